@@ -1,0 +1,143 @@
+"""Turn what a validation batch produces into Deephys rows: torch only, no Lightning.
+
+- :func:`reduce_activations`: a layer output -> one activation per neuron per image.
+- :func:`split_batch`: a batch -> (inputs, labels).
+- :func:`to_thumbnails`: model inputs -> displayable uint8 RGB images.
+
+Example::
+
+    >>> import torch
+    >>> reduce_activations(torch.tensor([[[[-1.0, 3.0]]]])).tolist()  # (B=1, C=1, H=1, W=2)
+    [[1.5]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+_INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
+_TARGET_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def reduce_activations(output: Any, *, relu: bool = True, layer: str = "layer") -> torch.Tensor:
+    """One activation per neuron per image: ReLU, then the mean over non-neuron dims.
+
+    ``(B, M)`` is kept; ``(B, T, C)`` (tokens) is averaged over ``T``; ``(B, C, H, W)``
+    (and any higher rank) is averaged over every dim after ``C``.
+
+    Returns:
+        float32 tensor ``[B, M]`` (detached, on the output's device).
+    """
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"DeephysCallback: the output of layer {layer!r} is a {type(output).__name__}, "
+            "not a tensor. Pick a module whose forward returns one tensor (for example a "
+            "Linear or Conv2d inside it)."
+        )
+    out = output.detach().float()
+    if out.ndim < 2:
+        raise ValueError(
+            f"DeephysCallback: the output of layer {layer!r} has shape {tuple(out.shape)}; "
+            "expected a batch of features (B, M), tokens (B, T, C) or maps (B, C, H, W)."
+        )
+    if relu:
+        out = torch.relu(out)
+    if out.ndim == 2:
+        return out
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    return out.mean(dim=tuple(range(2, out.ndim)))
+
+
+def split_batch(
+    batch: Any, input_key: str | int | None = None, target_key: str | int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and integer labels of a ``(x, y, ...)`` or dict batch."""
+    if isinstance(batch, Mapping):
+        x = _pick(batch, input_key, _INPUT_KEYS, "input_key")
+        y = _pick(batch, target_key, _TARGET_KEYS, "target_key")
+    elif isinstance(batch, Sequence) and not isinstance(batch, (str, bytes)):
+        in_index = 0 if input_key is None else input_key
+        tg_index = 1 if target_key is None else target_key
+        if not isinstance(in_index, int) or not isinstance(tg_index, int):
+            raise TypeError(
+                "DeephysCallback: the batch is a tuple/list, so input_key and target_key "
+                f"must be integer positions, got {input_key!r} and {target_key!r}"
+            )
+        if len(batch) <= max(in_index, tg_index):
+            raise ValueError(
+                f"DeephysCallback needs labels: the batch has {len(batch)} element(s), "
+                f"expected inputs at position {in_index} and labels at {tg_index}. "
+                "Return (inputs, labels) from your validation datasets."
+            )
+        x, y = batch[in_index], batch[tg_index]
+    else:
+        raise TypeError(
+            f"DeephysCallback needs labels: got a batch of type {type(batch).__name__}; "
+            "expected a tuple (inputs, labels) or a dict with input and label keys."
+        )
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"DeephysCallback: batch inputs must be a tensor, got {type(x).__name__}")
+    y = torch.as_tensor(y)
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(
+            "DeephysCallback: labels must be a 1-D integer tensor of class indices, got "
+            f"dtype {y.dtype} and shape {tuple(y.shape)}"
+        )
+    return x, y
+
+
+def _pick(batch: Mapping, key: Any, defaults: Sequence[str], param: str) -> Any:
+    if key is not None:
+        if key not in batch:
+            raise KeyError(
+                f"DeephysCallback: {param}={key!r} is not in the batch; its keys are "
+                f"{sorted(map(str, batch))}"
+            )
+        return batch[key]
+    for name in defaults:
+        if name in batch:
+            return batch[name]
+    raise KeyError(
+        f"DeephysCallback could not find {'inputs' if param == 'input_key' else 'labels'} "
+        f"in a dict batch with keys {sorted(map(str, batch))}; pass {param}= with the "
+        "right key."
+    )
+
+
+def to_thumbnails(inputs: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 RGB thumbnails ``(B, h, w, 3)`` of image inputs ``(B, C, H, W)``.
+
+    Inputs in [0, 1] are scaled by 255, integer inputs are taken as 0..255, anything
+    else is min-max scaled per image. One channel is repeated to three; images whose
+    longer side exceeds ``size`` are resized down, keeping their aspect ratio.
+    """
+    x = inputs.detach()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
+        raise ValueError(
+            "DeephysCallback: thumbnails need image inputs (B, C, H, W) with 1 or 3 "
+            f"channels, got shape {tuple(x.shape)}"
+        )
+    integer = not x.dtype.is_floating_point
+    x = x[:, :3].float().cpu()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if integer:
+        x = x / 255.0
+    elif x.numel() and (x.min() < 0 or x.max() > 1):
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    height, width = x.shape[-2:]
+    if max(height, width) > size:
+        scale = size / max(height, width)
+        new = (max(1, round(height * scale)), max(1, round(width * scale)))
+        x = F.interpolate(x, size=new, mode="bilinear", antialias=True, align_corners=False)
+    x = (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,144 @@
+"""Read a Deephys log back as NumPy arrays.
+
+Loads event files with TensorBoard's own event multiplexer (keeping every step)
+and reads them through the same data layer as the TensorBoard plugin
+(``tb_plugin.records``), so what you get here is what the Deephys tab shows.
+
+Example::
+
+    from deephys_lightning import read_log
+
+    log = read_log("lightning_logs/version_0")
+    log.datasets                                    # ("colored", "permuted", ...), InD first
+    acts = log.activations("backbone.fc1", "permuted", log.steps[-1])   # [N, M] float16
+    labels = log.labels("permuted", log.steps[-1])
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.context import RequestContext
+from tensorboard.errors import NotFoundError
+
+from tb_plugin.metadata import Kind, Record
+from tb_plugin.records import DeephysReader
+
+_EXPERIMENT = ""
+_KEEP_EVERYTHING = {
+    event_accumulator.TENSORS: 0,
+    event_accumulator.SCALARS: 0,
+}
+
+
+class DeephysLog:
+    """The Deephys data of one run; arrays are read lazily and cached.
+
+    Use :func:`read_log` to make one.
+    """
+
+    def __init__(self, reader: DeephysReader, run: str) -> None:
+        self._reader = reader
+        self._ctx = RequestContext()
+        self.run = run
+        self.records: tuple[Record, ...] = tuple(reader.records(self._ctx, _EXPERIMENT, run))
+        if not self.records:
+            raise ValueError(f"run {run!r} holds no readable Deephys record")
+
+    @property
+    def latest(self) -> Record:
+        return self.records[-1]
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        """The global steps with a record, oldest first."""
+        return tuple(r.step for r in self.records)
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        """Dataset names of the latest record, the in-distribution set first."""
+        return self.latest.datasets
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.latest.layers
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.latest.class_names
+
+    def record(self, step: int) -> Record:
+        for record in self.records:
+            if record.step == step:
+                return record
+        raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
+
+    def activations(self, layer: str, dataset: str, step: int) -> np.ndarray:
+        """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``."""
+        return self._array(Kind.ACTIVATIONS, step, layer=layer, dataset=dataset)
+
+    def top_images(self, layer: str, dataset: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per neuron, the top image indices ``[M, k]`` and their activations ``[M, k]``."""
+        return (
+            self._array(Kind.TOP_INDICES, step, layer=layer, dataset=dataset),
+            self._array(Kind.TOP_VALUES, step, layer=layer, dataset=dataset),
+        )
+
+    def labels(self, dataset: str, step: int) -> np.ndarray:
+        """int32 ``[N]`` ground-truth class of each image."""
+        return self._array(Kind.LABELS, step, dataset=dataset)
+
+    def predictions(self, dataset: str, step: int) -> np.ndarray:
+        """int32 ``[N]`` predicted class of each image."""
+        return self._array(Kind.PREDICTIONS, step, dataset=dataset)
+
+    def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest)."""
+        step = self.latest.step if step is None else step
+        return self._array(Kind.THUMBNAILS, step, dataset=dataset)
+
+    def _array(self, kind: Kind, step: int, **names: str) -> np.ndarray:
+        self.record(step)  # a clear KeyError for a step that was never recorded
+        try:
+            return self._reader.array(self._ctx, _EXPERIMENT, self.run, kind, step=step, **names)
+        except NotFoundError as error:
+            raise KeyError(str(error)) from None
+
+
+def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
+    """Read the Deephys data under ``log_dir``.
+
+    Args:
+        log_dir: a run directory (such as a TensorBoardLogger's ``log_dir``) or a
+            directory of runs.
+        run: which run, relative to ``log_dir`` (``"."`` is ``log_dir`` itself);
+            needed only when several runs there hold Deephys data.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist.
+        ValueError: no run holds Deephys data, or several do and ``run`` is not given.
+    """
+    log_dir = os.fspath(log_dir)
+    if not os.path.isdir(log_dir):
+        raise FileNotFoundError(f"read_log: {log_dir!r} is not a directory")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance=_KEEP_EVERYTHING)
+    multiplexer.AddRunsFromDirectory(log_dir)
+    multiplexer.Reload()
+    provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
+    reader = DeephysReader(provider)
+    runs = sorted(reader.index(RequestContext(), _EXPERIMENT))
+    if run is None:
+        if len(runs) != 1:
+            raise ValueError(
+                f"read_log: {log_dir!r} holds Deephys data in {len(runs)} runs "
+                f"({runs or 'none: was DeephysCallback in the Trainer?'})"
+                + ("; pass run= to pick one" if runs else "")
+            )
+        run = runs[0]
+    elif run not in runs:
+        raise ValueError(f"read_log: no Deephys data in run {run!r}; runs with data: {runs}")
+    return DeephysLog(reader, run)

@@ -1,0 +1,168 @@
+"""Write Deephys records as TensorBoard summaries.
+
+Needs only NumPy and TensorBoard's protobufs (no Lightning): the callback gathers
+arrays, this module turns them into ``Summary`` protos following the schema in
+``tb_plugin.metadata``, and an event sink appends them to an event file.
+
+Example::
+
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    sink = EventFileSink(EventFileWriter("logs/run"))
+    write_record(sink, record, {"mnist": DatasetRecording(labels, preds, {"fc1": acts})})
+    sink.flush()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Protocol
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.util import tensor_util
+
+from deephys_lightning import metrics
+from tb_plugin import array_codec
+from tb_plugin.metadata import Kind, Record, create_summary_metadata, tag_name
+
+
+class SummarySink(Protocol):
+    """Where summaries go: an event file, usually the logger's own."""
+
+    def add_summary(self, summary: summary_pb2.Summary, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class EventFileSink:
+    """Writes through TensorBoard's ``EventFileWriter`` (used when there is no logger)."""
+
+    def __init__(self, writer) -> None:
+        self._writer = writer
+
+    def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
+        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class FileWriterSink:
+    """Writes through a ``torch.utils.tensorboard`` file writer (the TensorBoardLogger's)."""
+
+    def __init__(self, file_writer) -> None:
+        self._file_writer = file_writer
+
+    def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
+        self._file_writer.add_summary(summary, global_step=step)
+
+    def flush(self) -> None:
+        self._file_writer.flush()
+
+
+@dataclasses.dataclass
+class DatasetRecording:
+    """What one dataset contributes to a record.
+
+    Args:
+        labels: int [N] ground-truth classes.
+        predictions: int [N] predicted classes.
+        activations: layer name -> float [N, M] activations (after ReLU and reduction).
+        thumbnails: uint8 [N, H, W, 3], or None when already written for this dataset.
+    """
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    activations: dict[str, np.ndarray]
+    thumbnails: np.ndarray | None = None
+
+
+def tensor_summary(
+    kind: Kind, array: np.ndarray, *, layer: str | None = None, dataset: str | None = None
+) -> summary_pb2.Summary:
+    """A summary holding ``array`` as a tensor with Deephys metadata."""
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag_name(kind, layer=layer, dataset=dataset),
+        metadata=create_summary_metadata(kind, layer=layer, dataset=dataset),
+        tensor=tensor_util.make_tensor_proto(np.ascontiguousarray(array)),
+    )
+    return summary
+
+
+def blob_summary(
+    kind: Kind, blobs: list[bytes], *, layer: str | None = None, dataset: str | None = None
+) -> summary_pb2.Summary:
+    """A summary holding ``blobs`` as a blob sequence with Deephys metadata."""
+    summary = summary_pb2.Summary()
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=blobs)
+    tensor.tensor_shape.dim.add(size=len(blobs))
+    summary.value.add(
+        tag=tag_name(kind, layer=layer, dataset=dataset),
+        metadata=create_summary_metadata(kind, layer=layer, dataset=dataset),
+        tensor=tensor,
+    )
+    return summary
+
+
+def array_blob_summary(
+    kind: Kind, array: np.ndarray, *, layer: str | None = None, dataset: str | None = None
+) -> summary_pb2.Summary:
+    """A blob-sequence summary holding ``array`` as ``.npy`` chunks."""
+    return blob_summary(kind, array_codec.encode_chunks(array), layer=layer, dataset=dataset)
+
+
+def write_record(
+    sink: SummarySink, record: Record, recordings: dict[str, DatasetRecording]
+) -> None:
+    """Write one recorded validation epoch at ``record.step``.
+
+    For each dataset: labels, predictions, accuracy, thumbnails (when given); for each
+    layer and dataset: the float16 activation matrix and its per-neuron top images.
+    The record itself is written last, so a reader that sees it sees the rest too.
+    """
+    missing = [name for name in record.datasets if name not in recordings]
+    if missing:
+        raise ValueError(f"no recording for datasets {missing}")
+    step = record.step
+    for name in record.datasets:
+        rec = recordings[name]
+        labels = np.asarray(rec.labels, dtype=np.int32)
+        predictions = np.asarray(rec.predictions, dtype=np.int32)
+        sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
+        sink.add_summary(tensor_summary(Kind.PREDICTIONS, predictions, dataset=name), step)
+        if len(labels):
+            accuracy = float(np.mean(labels == predictions))
+            sink.add_summary(scalar_pb(f"deephys/{name}/accuracy", accuracy), step)
+        if rec.thumbnails is not None:
+            sink.add_summary(
+                array_blob_summary(Kind.THUMBNAILS, rec.thumbnails.astype(np.uint8), dataset=name),
+                step,
+            )
+        for layer in record.layers:
+            # One source of truth: top images are ranked on the stored float16 values.
+            acts = np.asarray(rec.activations[layer], dtype=np.float16)
+            indices, values = metrics.top_k(acts, record.top_k)
+            sink.add_summary(
+                array_blob_summary(Kind.ACTIVATIONS, acts, layer=layer, dataset=name),
+                step,
+            )
+            sink.add_summary(
+                tensor_summary(
+                    Kind.TOP_INDICES, indices.astype(np.int32), layer=layer, dataset=name
+                ),
+                step,
+            )
+            sink.add_summary(
+                tensor_summary(
+                    Kind.TOP_VALUES, values.astype(np.float32), layer=layer, dataset=name
+                ),
+                step,
+            )
+    sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
+    sink.flush()

@@ -1,0 +1,177 @@
+"""The Deephys event schema: the one place that knows plugin name, tags and content.
+
+Both sides import this module: the writer in ``deephys_lightning.summary`` and the
+readers (``tb_plugin.records``, used by the TensorBoard plugin and by
+``deephys_lightning.read_log``). It needs only the protobufs TensorBoard ships.
+
+Every Deephys summary carries ``plugin_data.plugin_name = "deephys"`` and a JSON
+content that says what the value is (its ``kind``), for which layer and dataset.
+Readers find data by this content, never by parsing tag names, and skip content
+versions newer than they know.
+
+Example::
+
+    >>> from tb_plugin import metadata
+    >>> md = metadata.create_summary_metadata(metadata.Kind.LABELS, dataset="mnist")
+    >>> metadata.parse_plugin_content(md.plugin_data.content).dataset
+    'mnist'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from urllib.parse import quote
+
+from tensorboard.compat.proto import summary_pb2
+
+PLUGIN_NAME = "deephys"
+# Bump when the meaning of a kind changes; readers skip contents newer than this.
+CONTENT_VERSION = 1
+# Blob sequences hold byte chunks of one .npy stream; no chunk is larger than this.
+MAX_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class Kind(str, enum.Enum):
+    """What one Deephys tag holds. The value is written into the plugin content."""
+
+    RECORD = "record"  # JSON description of one recorded validation epoch (blob)
+    LABELS = "labels"  # int32 [N] ground-truth class per image (tensor)
+    PREDICTIONS = "predictions"  # int32 [N] predicted class per image (tensor)
+    THUMBNAILS = "thumbnails"  # uint8 [N, H, W, 3] images (.npy blob chunks)
+    ACTIVATIONS = "activations"  # float16 [N, M] activations of one layer (.npy blob chunks)
+    TOP_INDICES = "top_indices"  # int32 [M, k] image indices, highest activation first (tensor)
+    TOP_VALUES = "top_values"  # float32 [M, k] raw activations of those images (tensor)
+
+
+# Kinds stored as blob sequences (everything else is a tensor).
+BLOB_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS})
+# Kinds written per layer (everything else but RECORD is per dataset only).
+LAYER_KINDS = frozenset({Kind.ACTIVATIONS, Kind.TOP_INDICES, Kind.TOP_VALUES})
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginContent:
+    """The parsed plugin content of one Deephys tag."""
+
+    kind: Kind
+    version: int = CONTENT_VERSION
+    layer: str | None = None
+    dataset: str | None = None
+
+
+def _tag_part(name: str) -> str:
+    # Layer and dataset names are user data: escape "/" so tags stay unambiguous.
+    return quote(name, safe="._-")
+
+
+def tag_name(kind: Kind, *, layer: str | None = None, dataset: str | None = None) -> str:
+    """The tag a value of ``kind`` is written under.
+
+    Tags are for humans browsing the log; readers match on plugin content instead.
+    """
+    kind = Kind(kind)
+    if kind is Kind.RECORD:
+        return "deephys/record"
+    if kind in LAYER_KINDS:
+        if layer is None or dataset is None:
+            raise ValueError(f"{kind.value} tags need both a layer and a dataset")
+        return f"deephys/{_tag_part(layer)}/{_tag_part(dataset)}/{kind.value}"
+    if dataset is None:
+        raise ValueError(f"{kind.value} tags need a dataset")
+    return f"deephys/{_tag_part(dataset)}/{kind.value}"
+
+
+def create_summary_metadata(
+    kind: Kind, *, layer: str | None = None, dataset: str | None = None
+) -> summary_pb2.SummaryMetadata:
+    """A ``SummaryMetadata`` with Deephys plugin data and the right ``data_class``."""
+    kind = Kind(kind)
+    content = {"version": CONTENT_VERSION, "kind": kind.value}
+    if layer is not None:
+        content["layer"] = layer
+    if dataset is not None:
+        content["dataset"] = dataset
+    data_class = (
+        summary_pb2.DATA_CLASS_BLOB_SEQUENCE if kind in BLOB_KINDS else summary_pb2.DATA_CLASS_TENSOR
+    )
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(
+            plugin_name=PLUGIN_NAME, content=json.dumps(content).encode("utf-8")
+        ),
+        data_class=data_class,
+    )
+
+
+def parse_plugin_content(content: bytes) -> PluginContent | None:
+    """Parse plugin content; ``None`` for contents this reader cannot read.
+
+    Unknown (newer) versions and unknown kinds are skipped, not errors, so that an
+    older TensorBoard keeps working on a log written by a newer callback.
+    """
+    try:
+        raw = json.loads(content.decode("utf-8"))
+        version = int(raw["version"])
+        kind = Kind(raw["kind"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+    if version > CONTENT_VERSION:
+        return None
+    return PluginContent(
+        kind=kind, version=version, layer=raw.get("layer"), dataset=raw.get("dataset")
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """What one recorded validation epoch holds: written once per step as JSON.
+
+    ``datasets`` lists the in-distribution set first, then the OOD sets in
+    dataloader order. ``num_images`` maps each dataset to its image count.
+    """
+
+    step: int
+    epoch: int
+    layers: tuple[str, ...]
+    datasets: tuple[str, ...]
+    class_names: tuple[str, ...]
+    num_images: dict[str, int]
+    top_k: int
+    relu: bool = True
+    version: int = CONTENT_VERSION
+
+    @property
+    def ind(self) -> str:
+        """Name of the in-distribution dataset."""
+        return self.datasets[0]
+
+    @property
+    def ood(self) -> tuple[str, ...]:
+        """Names of the out-of-distribution datasets, in dataloader order."""
+        return self.datasets[1:]
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)
+        return json.dumps(data, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Record | None:
+        """Parse a record; ``None`` for a newer version or a malformed one."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+            if int(data.get("version", 0)) > CONTENT_VERSION:
+                return None
+            return cls(
+                step=int(data["step"]),
+                epoch=int(data["epoch"]),
+                layers=tuple(data["layers"]),
+                datasets=tuple(data["datasets"]),
+                class_names=tuple(data["class_names"]),
+                num_images={str(k): int(v) for k, v in data["num_images"].items()},
+                top_k=int(data["top_k"]),
+                relu=bool(data.get("relu", True)),
+                version=int(data.get("version", CONTENT_VERSION)),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            return None

@@ -1,0 +1,208 @@
+"""Read Deephys data through a TensorBoard data provider.
+
+This is the plugin's data layer and also what ``deephys_lightning.read_log`` uses,
+so the web views and the Python API read the same bytes the same way. It works on
+any ``tensorboard.data.provider.DataProvider``: the Python multiplexer
+(``--load_fast=false``) and the Rust data server (``--load_fast=true``).
+
+Example::
+
+    reader = DeephysReader(context.data_provider)
+    ctx = plugin_util.context(request.environ)
+    record = reader.record(ctx, experiment_id, run="version_0")
+    labels = reader.array(ctx, experiment_id, "version_0", Kind.LABELS,
+                          dataset=record.ind, step=record.step)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+from tensorboard import errors
+from tensorboard.data import provider
+
+from tb_plugin import array_codec
+from tb_plugin.lru_cache import ByteLRUCache
+from tb_plugin.metadata import (
+    BLOB_KINDS,
+    PLUGIN_NAME,
+    Kind,
+    PluginContent,
+    Record,
+    parse_plugin_content,
+)
+
+# Ask the provider for every datum it kept (it has sampled already on load).
+_ALL_SAMPLES = 1_000_000
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+TagKey = tuple[Kind, str | None, str | None]  # (kind, layer, dataset)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunIndex:
+    """The Deephys tags of one run, by (kind, layer, dataset)."""
+
+    tags: Mapping[TagKey, str]
+
+    def tag(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> str | None:
+        return self.tags.get((Kind(kind), layer, dataset))
+
+
+class DeephysReader:
+    """Deephys records and arrays of the runs a data provider serves.
+
+    Decoded arrays are kept in a bounded LRU cache shared by all requests.
+    Missing data raises ``tensorboard.errors.NotFoundError``.
+    """
+
+    def __init__(
+        self, data_provider: provider.DataProvider, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
+        self._provider = data_provider
+        self._cache = ByteLRUCache(cache_bytes)
+
+    # -- listing -----------------------------------------------------------------
+
+    def index(self, ctx, experiment_id: str) -> dict[str, RunIndex]:
+        """Every run with Deephys data, mapped to its tags."""
+        runs: dict[str, dict[TagKey, str]] = {}
+        listings = (
+            self._provider.list_tensors(
+                ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
+            ),
+            self._provider.list_blob_sequences(
+                ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
+            ),
+        )
+        for listing in listings:
+            for run, tags in listing.items():
+                for tag, meta in tags.items():
+                    content = parse_plugin_content(meta.plugin_content)
+                    if content is not None:
+                        runs.setdefault(run, {})[_tag_key(content)] = tag
+        return {
+            run: RunIndex(tags)
+            for run, tags in sorted(runs.items())
+            if (Kind.RECORD, None, None) in tags
+        }
+
+    def run_index(self, ctx, experiment_id: str, run: str) -> RunIndex:
+        index = self.index(ctx, experiment_id)
+        if run not in index:
+            raise errors.NotFoundError(
+                f"run {run!r} has no Deephys data; runs with data: {sorted(index)}"
+            )
+        return index[run]
+
+    # -- records -----------------------------------------------------------------
+
+    def records(self, ctx, experiment_id: str, run: str) -> list[Record]:
+        """The recorded validation epochs of ``run``, oldest first."""
+        tag = self.run_index(ctx, experiment_id, run).tag(Kind.RECORD)
+        records = []
+        for datum in self._blob_data(ctx, experiment_id, run, tag):
+            raw = b"".join(self._read_blob(ctx, ref) for ref in datum.values)
+            record = Record.from_json(raw)
+            if record is not None:
+                records.append(record)
+        return sorted(records, key=lambda r: r.step)
+
+    def record(self, ctx, experiment_id: str, run: str, step: int | None = None) -> Record:
+        """The record at ``step``, or the latest one when ``step`` is None."""
+        records = self.records(ctx, experiment_id, run)
+        if not records:
+            raise errors.NotFoundError(f"run {run!r} has no readable Deephys record")
+        if step is None:
+            return records[-1]
+        for record in records:
+            if record.step == step:
+                return record
+        raise errors.NotFoundError(
+            f"run {run!r} has no Deephys record at step {step}; "
+            f"steps: {[r.step for r in records]}"
+        )
+
+    # -- arrays ------------------------------------------------------------------
+
+    def array(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        kind: Kind,
+        *,
+        step: int,
+        layer: str | None = None,
+        dataset: str | None = None,
+    ) -> np.ndarray:
+        """One array at ``step``.
+
+        Thumbnails are written once per dataset, so for them the latest write at or
+        before ``step`` is returned (or the first one, for older steps).
+        """
+        kind = Kind(kind)
+        tag = self.run_index(ctx, experiment_id, run).tag(kind, layer, dataset)
+        if tag is None:
+            raise errors.NotFoundError(
+                f"run {run!r} has no {kind.value} for layer={layer!r}, dataset={dataset!r}"
+            )
+        key = (experiment_id, run, tag, step)
+        return self._cache.get_or_compute(
+            key, lambda: self._load(ctx, experiment_id, run, tag, kind, step)
+        )
+
+    def _load(self, ctx, experiment_id, run, tag, kind, step) -> np.ndarray:
+        if kind in BLOB_KINDS:
+            data = self._blob_data(ctx, experiment_id, run, tag)
+        else:
+            data = self._tensor_data(ctx, experiment_id, run, tag)
+        datum = _pick_step(data, step, latest_before=kind is Kind.THUMBNAILS)
+        if datum is None:
+            raise errors.NotFoundError(
+                f"tag {tag!r} of run {run!r} has no data at step {step} "
+                "(TensorBoard may have sampled it out: start it with "
+                "--samples_per_plugin=deephys=0 to keep every step)"
+            )
+        if kind in BLOB_KINDS:
+            return array_codec.decode_chunks([self._read_blob(ctx, v) for v in datum.values])
+        return np.asarray(datum.numpy)
+
+    def _tensor_data(self, ctx, experiment_id, run, tag):
+        result = self._provider.read_tensors(
+            ctx,
+            experiment_id=experiment_id,
+            plugin_name=PLUGIN_NAME,
+            downsample=_ALL_SAMPLES,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+        )
+        return result.get(run, {}).get(tag, [])
+
+    def _blob_data(self, ctx, experiment_id, run, tag):
+        result = self._provider.read_blob_sequences(
+            ctx,
+            experiment_id=experiment_id,
+            plugin_name=PLUGIN_NAME,
+            downsample=_ALL_SAMPLES,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+        )
+        return result.get(run, {}).get(tag, [])
+
+    def _read_blob(self, ctx, ref: provider.BlobReference) -> bytes:
+        return self._provider.read_blob(ctx, blob_key=ref.blob_key)
+
+
+def _tag_key(content: PluginContent) -> TagKey:
+    return (content.kind, content.layer, content.dataset)
+
+
+def _pick_step(data, step: int, *, latest_before: bool):
+    exact = [d for d in data if d.step == step]
+    if exact:
+        return exact[-1]
+    if not latest_before or not data:
+        return None
+    earlier = [d for d in data if d.step <= step]
+    return (earlier or sorted(data, key=lambda d: d.step))[-1 if earlier else 0]

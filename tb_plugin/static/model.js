@@ -1,0 +1,41 @@
+// Data access for the Deephys tab: fetch JSON from the plugin's routes.
+// URLs are relative: the plugin iframe's <base> is ".../data/plugin/deephys/",
+// so this works under any TensorBoard --path_prefix.
+
+export class ApiError extends Error {}
+
+async function fetchJSON(url) {
+  const response = await fetch(url);
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (_) {
+    body = null;
+  }
+  if (!response.ok) {
+    const message = body && body.error ? body.error : `HTTP ${response.status}`;
+    throw new ApiError(message);
+  }
+  return body;
+}
+
+function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined && value !== '') search.set(key, String(value));
+  }
+  return search.toString();
+}
+
+export async function getRuns() {
+  const body = await fetchJSON('./runs');
+  return body.runs;
+}
+
+export async function getNeuron({run, layer, step, neuron, k}) {
+  return fetchJSON(`./neuron?${query({run, layer, step, neuron, k})}`);
+}
+
+export function thumbnailUrl({run, dataset, index, step}) {
+  return `./thumbnail?${query({run, dataset, index, step})}`;
+}
