@@ -185,9 +185,7 @@ class DeephysCallback(Callback):
     # -- validation hooks ----------------------------------------------------------
 
     @override
-    def on_validation_epoch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule
-    ) -> None:
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._recording = self._should_record(trainer)
         if not self._recording:
             return
@@ -264,8 +262,10 @@ class DeephysCallback(Callback):
         if not self._recording:
             return
         if not isinstance(output, torch.Tensor):
-            where = "the LightningModule's forward" if self.logits_layer is None else (
-                f"logits_layer {self.logits_layer!r}"
+            where = (
+                "the LightningModule's forward"
+                if self.logits_layer is None
+                else (f"logits_layer {self.logits_layer!r}")
             )
             raise TypeError(
                 f"DeephysCallback takes predictions from {where}, which returned a "
@@ -429,4 +429,3 @@ def _event_file_sink(log_dir: str) -> EventFileSink:
 
     os.makedirs(log_dir, exist_ok=True)
     return EventFileSink(EventFileWriter(log_dir, filename_suffix=".deephys"))
-

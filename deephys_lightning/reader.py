@@ -20,8 +20,7 @@ import os
 
 import numpy as np
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_multiplexer
 from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 

@@ -165,7 +165,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
             labels = self._array(ctx, experiment_id, run, record, Kind.LABELS, None, dataset)
             preds = self._array(ctx, experiment_id, run, record, Kind.PREDICTIONS, None, dataset)
             images = []
-            for index, value in zip(indices[neuron, :k].tolist(), values[neuron, :k].tolist()):
+            for index, value in zip(
+                indices[neuron, :k].tolist(), values[neuron, :k].tolist(), strict=True
+            ):
                 images.append(
                     {
                         "index": int(index),

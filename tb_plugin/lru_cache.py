@@ -41,9 +41,7 @@ class ByteLRUCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = max_bytes
-        self._items: collections.OrderedDict[Hashable, tuple[Any, int]] = (
-            collections.OrderedDict()
-        )
+        self._items: collections.OrderedDict[Hashable, tuple[Any, int]] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 

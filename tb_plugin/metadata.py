@@ -93,9 +93,8 @@ def create_summary_metadata(
         content["layer"] = layer
     if dataset is not None:
         content["dataset"] = dataset
-    data_class = (
-        summary_pb2.DATA_CLASS_BLOB_SEQUENCE if kind in BLOB_KINDS else summary_pb2.DATA_CLASS_TENSOR
-    )
+    blob = kind in BLOB_KINDS
+    data_class = summary_pb2.DATA_CLASS_BLOB_SEQUENCE if blob else summary_pb2.DATA_CLASS_TENSOR
     return summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
             plugin_name=PLUGIN_NAME, content=json.dumps(content).encode("utf-8")

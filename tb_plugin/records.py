@@ -70,9 +70,7 @@ class DeephysReader:
         """Every run with Deephys data, mapped to its tags."""
         runs: dict[str, dict[TagKey, str]] = {}
         listings = (
-            self._provider.list_tensors(
-                ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
-            ),
+            self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME),
             self._provider.list_blob_sequences(
                 ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
             ),
@@ -121,8 +119,7 @@ class DeephysReader:
             if record.step == step:
                 return record
         raise errors.NotFoundError(
-            f"run {run!r} has no Deephys record at step {step}; "
-            f"steps: {[r.step for r in records]}"
+            f"run {run!r} has no Deephys record at step {step}; steps: {[r.step for r in records]}"
         )
 
     # -- arrays ------------------------------------------------------------------
