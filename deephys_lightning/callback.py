@@ -4,6 +4,7 @@ Example::
 
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
     from deephys_lightning import DeephysCallback
 
     trainer = L.Trainer(
@@ -28,6 +29,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
@@ -249,7 +251,7 @@ class DeephysCallback(Callback):
     def _should_record(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return False
-        if trainer.validating:  # trainer.validate(...): always record
+        if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(...): always record
             return True
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 

@@ -42,9 +42,7 @@ def train_demo(
 ) -> str:
     """Train the demo model with DeephysCallback and return the run's log directory."""
     L.seed_everything(seed, verbose=False)
-    data = make_colored_digits(
-        train_per_class, val_per_class, data_dir=data_dir, seed=seed
-    )
+    data = make_colored_digits(train_per_class, val_per_class, data_dir=data_dir, seed=seed)
     model = DigitClassifier(num_classes=len(CLASS_NAMES))
     logger = TensorBoardLogger(os.fspath(logdir), name=EXPERIMENT_NAME)
     trainer = L.Trainer(
@@ -58,9 +56,7 @@ def train_demo(
         enable_model_summary=not quiet,
         log_every_n_steps=10,
     )
-    val_loaders = {
-        name: DataLoader(dataset, batch_size=256) for name, dataset in data.val.items()
-    }
+    val_loaders = {name: DataLoader(dataset, batch_size=256) for name, dataset in data.val.items()}
     trainer.fit(
         model,
         DataLoader(data.train, batch_size=64, shuffle=True),

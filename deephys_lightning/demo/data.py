@@ -140,14 +140,21 @@ def _glyph_bank() -> torch.Tensor:
             canvas = Image.new("L", (40, 40), 0)
             draw = ImageDraw.Draw(canvas)
             draw.text(
-                (20, 20), str(digit), fill=255, font=font, anchor="mm", stroke_width=stroke,
+                (20, 20),
+                str(digit),
+                fill=255,
+                font=font,
+                anchor="mm",
+                stroke_width=stroke,
                 stroke_fill=255,
             )
             bank[digit, v] = np.asarray(canvas, dtype=np.float32) / 255.0
     return torch.from_numpy(bank)
 
 
-def generate_digits(per_class: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_digits(
+    per_class: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Handwriting-like digits ``(10 * per_class, 28, 28)`` in [0, 1] and their labels.
 
     Labels are shuffled. Each image is a glyph under a random affine transform
@@ -176,8 +183,13 @@ def generate_digits(per_class: int, generator: torch.Generator) -> tuple[torch.T
     warped = F.grid_sample(glyphs, grid, align_corners=False, padding_mode="zeros")
     # Crop the 40 px canvas to the central 34 px and resample to 28 px, like MNIST's
     # 20 px digit in a 28 px frame.
-    small = F.interpolate(warped[:, :, 3:37, 3:37], size=(IMAGE_SIZE, IMAGE_SIZE),
-                          mode="bilinear", antialias=True, align_corners=False)
+    small = F.interpolate(
+        warped[:, :, 3:37, 3:37],
+        size=(IMAGE_SIZE, IMAGE_SIZE),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
     return small.squeeze(1).clamp(0, 1), labels
 
 

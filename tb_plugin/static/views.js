@@ -30,6 +30,10 @@ function percent(value) {
   return value === null || value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
 
+function formatRaw(value) {
+  return value === null || value === undefined ? 'n/a' : Number(value).toPrecision(3);
+}
+
 export function datasetList(runInfo) {
   const list = el('ul', {className: 'datasets', attrs: {'aria-label': 'datasets'}});
   for (const name of runInfo.datasets) {
@@ -51,6 +55,12 @@ export function neuronView(data, run) {
   root.appendChild(
     el('h2', {text: `Neuron ${data.neuron} of ${data.num_neurons} — layer ${data.layer}, step ${data.step} (epoch ${data.epoch})`}),
   );
+  if (data.ind_max === null || data.ind_max <= 0) {
+    root.appendChild(
+      message('empty', 'This neuron never fires on the in-distribution set (a dead neuron): ' +
+        'normalized activations and activation ratios are undefined.'),
+    );
+  }
   const columns = el('div', {className: 'columns'});
   for (const dataset of data.datasets) {
     const header = el('header', {}, [
@@ -78,7 +88,11 @@ export function neuronView(data, run) {
         el('figure', {className: `image ${correct ? 'right' : 'wrong'}`, attrs: {'data-index': image.index}}, [
           img,
           el('figcaption', {}, [
-            el('span', {className: 'value', text: percent(image.normalized)}),
+            el('span', {
+              className: 'value',
+              text: image.normalized === null ? `raw ${formatRaw(image.activation)}` : percent(image.normalized),
+              attrs: {title: `activation ${formatRaw(image.activation)}`},
+            }),
             el('span', {className: 'label', text: `${labelName} → ${predName}`}),
           ]),
         ]),

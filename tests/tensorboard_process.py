@@ -1,0 +1,73 @@
+"""Start a real ``tensorboard`` process on 127.0.0.1 and stop it by its own PID."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+_URL = re.compile(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/")
+
+
+@contextlib.contextmanager
+def running_tensorboard(logdir, *, load_fast: bool, extra=(), timeout: float = 90.0):
+    """Yield the base URL of a tensorboard serving ``logdir`` once Deephys data is loaded."""
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        f"--load_fast={'true' if load_fast else 'false'}",
+        "--reload_interval",
+        "1",
+        *extra,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    found: list[str] = []
+
+    def pump():
+        for line in process.stdout:
+            lines.append(line)
+            match = _URL.search(line)
+            if match and not found:
+                found.append(match.group(1))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not found:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("tensorboard did not start:\n" + "".join(lines))
+            time.sleep(0.1)
+        base = found[0]
+        while True:  # wait until the data is loaded and the plugin is enabled
+            try:
+                listing = requests.get(f"{base}/data/plugins_listing", timeout=10).json()
+                if listing.get("deephys", {}).get("enabled"):
+                    runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
+                    if runs["runs"]:
+                        break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("tensorboard never showed Deephys data:\n" + "".join(lines))
+            time.sleep(0.5)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

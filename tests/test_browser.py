@@ -1,0 +1,159 @@
+"""The Deephys tab in a real headless Chromium against a live tensorboard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard_process import running_tensorboard
+from tiny_model import TinyNet, loader, random_set, trainer
+
+from deephys_lightning import DeephysCallback
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+HOSTILE = '<img src=x onerror="window.__xss=1">'
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing: .ci/run must install Debian's chromium")
+    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
+        yield browser
+        browser.close()
+
+
+def _open_tab(browser, base):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(f"{msg.location.get('url')}: {msg.text}")
+            if msg.type == "error" and "/data/plugin/deephys" in (msg.location.get("url") or "")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
+    page.goto(f"{base}/#deephys", wait_until="domcontentloaded")
+    frame = page.frame_locator("iframe")
+    frame.locator(".neuron-view figure img").first.wait_for(timeout=60_000)
+    return page, frame, errors
+
+
+def _loaded_images(frame) -> int:
+    return frame.locator(".neuron-view").evaluate(
+        "el => [...el.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
+    )
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_tab_shows_a_neurons_top_images(browser, demo_log_dir, demo_log, load_fast):
+    with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
+        page, frame, errors = _open_tab(browser, base)
+        datasets = frame.locator("ul.datasets li .name").all_text_contents()
+        assert datasets == list(demo_log.datasets)
+        columns = frame.locator(".neuron-view .column")
+        assert columns.count() == 4
+        # neuron 0 of the latest step, 12 images per dataset, as read_log says
+        step = demo_log.steps[-1]
+        for i, name in enumerate(demo_log.datasets):
+            acts = demo_log.activations("backbone.fc1", name, step).astype(np.float32)[:, 0]
+            expected = sorted(range(len(acts)), key=lambda j: (-acts[j], j))[:12]
+            shown = (
+                columns.nth(i)
+                .locator("figure")
+                .evaluate_all("figs => figs.map(f => Number(f.dataset.index))")
+            )
+            assert shown == expected
+        page.wait_for_function(
+            "() => [...document.querySelector('iframe').contentDocument"
+            ".querySelectorAll('.neuron-view img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=30_000,
+        )
+        assert _loaded_images(frame) == 4 * 12
+        # pick another neuron by number
+        frame.locator("#neuron-input").fill("7")
+        frame.locator("#neuron-input").dispatch_event("change")
+        frame.locator('.neuron-view[data-neuron="7"]').wait_for()
+        assert "Neuron 7 of 50" in frame.locator(".neuron-view h2").text_content()
+        frame.locator("#neuron-next").click()
+        frame.locator('.neuron-view[data-neuron="8"]').wait_for()
+        if not load_fast:  # a screenshot of the most active neuron, for the docs
+            live = demo_log.activations("backbone.fc1", "colored", step).astype(np.float32)
+            busiest = int(np.argmax(live.max(axis=0)))
+            frame.locator("#neuron-input").fill(str(busiest))
+            frame.locator("#neuron-input").dispatch_event("change")
+            frame.locator(f'.neuron-view[data-neuron="{busiest}"]').wait_for()
+            page.wait_for_timeout(1000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "deephys-tab.png"))
+        assert errors == []
+        page.close()
+
+
+def test_names_from_user_data_are_shown_as_text(browser, tmp_path):
+    hostile_dataset = "<b>ood</b>"
+    t = trainer(
+        tmp_path,
+        [DeephysCallback(layer="fc", class_names=[HOSTILE, "<i>b</i>", "c"])],
+        max_epochs=1,
+    )
+    t.fit(
+        TinyNet(),
+        loader(random_set(8, 0)),
+        val_dataloaders={
+            "ind": loader(random_set(6, 1)),
+            hostile_dataset: loader(random_set(6, 2)),
+        },
+    )
+    with running_tensorboard(tmp_path, load_fast=False) as base:
+        page, frame, errors = _open_tab(browser, base)
+        assert hostile_dataset in frame.locator("ul.datasets").text_content()
+        assert frame.locator("ul.datasets b").count() == 0
+        figures = frame.locator(".column figure")
+        labels = figures.evaluate_all(
+            "figs => figs.map(f => f.querySelector('.label').textContent)"
+        )
+        names = [HOSTILE, "<i>b</i>", "c"]
+        expected = [
+            f"{names[y]} → {names[p]}"
+            for name in ("ind", hostile_dataset)
+            for y, p in zip(*_labels_and_predictions(tmp_path, name), strict=True)
+        ]
+        assert sorted(labels) == sorted(expected)
+        assert frame.locator("figcaption img, figcaption i, header b").count() == 0
+        page.wait_for_timeout(500)
+        assert page.evaluate("() => window.__xss") is None
+        assert frame.locator("body").evaluate("() => window.__xss") is None
+        assert errors == []
+        page.close()
+
+
+def _labels_and_predictions(logdir, dataset):
+    from deephys_lightning import read_log
+
+    log = read_log(logdir)
+    step = log.steps[-1]
+    return log.labels(dataset, step).tolist(), log.predictions(dataset, step).tolist()

@@ -1,0 +1,210 @@
+"""DeephysCallback under a real Trainer: what is recorded, when, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from tiny_model import NUM_CLASSES, DictSet, TinyNet, loader, random_set, trainer
+
+from deephys_lightning import DeephysCallback, read_log
+
+CLASSES = ["cat", "dog", "<b>bird</b>"]
+
+
+def _hook_output(model: TinyNet, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the layer outputs for ``x``, by hand: ReLU, then the spatial mean."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    out = torch.relu(seen[0])
+    if out.ndim == 4:
+        out = out.mean(dim=(2, 3))
+    return out, logits.argmax(-1)
+
+
+@pytest.mark.parametrize("layer", ["fc", "features.0"])
+def test_fit_logs_activations_equal_to_the_hook_output(tmp_path, layer):
+    sets = {"ind": random_set(10, 1), "noise": random_set(7, 2), "shifted": random_set(9, 3)}
+    model = TinyNet()
+    callback = DeephysCallback(layer=layer, class_names=CLASSES)
+    t = trainer(tmp_path, [callback], max_epochs=2)
+    t.fit(
+        model,
+        loader(random_set(12, 0)),
+        val_dataloaders={name: loader(ds) for name, ds in sets.items()},
+    )
+    log = read_log(t.logger.log_dir)
+    assert log.datasets == ("ind", "noise", "shifted")
+    assert log.layers == (layer,)
+    assert log.class_names == tuple(CLASSES)
+    assert log.steps == (3, 6)  # one record per epoch, none for the sanity check
+    module = dict(model.named_modules())[layer]
+    for name, dataset in sets.items():
+        x, y = dataset.tensors
+        expected, predictions = _hook_output(model, module, x)
+        got = log.activations(layer, name, log.steps[-1])
+        assert got.dtype == np.float16
+        assert got.shape == (len(x), expected.shape[1])
+        np.testing.assert_allclose(got.astype(np.float32), expected.numpy(), rtol=2e-3, atol=1e-4)
+        np.testing.assert_array_equal(log.labels(name, log.steps[-1]), y.numpy())
+        np.testing.assert_array_equal(log.predictions(name, log.steps[-1]), predictions.numpy())
+        thumbs = log.thumbnails(name)
+        assert thumbs.shape == (len(x), 8, 8, 3) and thumbs.dtype == np.uint8
+        np.testing.assert_array_equal(
+            thumbs, (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        )
+
+
+def test_top_images_are_the_highest_activations(tmp_path):
+    model = TinyNet()
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", top_k=4)], max_epochs=1)
+    t.fit(model, loader(random_set(12, 0)), val_dataloaders=[loader(random_set(11, 5))])
+    log = read_log(t.logger.log_dir)
+    step = log.steps[-1]
+    acts = log.activations("fc", "dataset_0", step).astype(np.float32)
+    indices, values = log.top_images("fc", "dataset_0", step)
+    assert indices.shape == (acts.shape[1], 4)
+    for neuron in range(acts.shape[1]):
+        order = sorted(range(len(acts)), key=lambda i: (-acts[i, neuron], i))[:4]
+        assert indices[neuron].tolist() == order
+        np.testing.assert_array_equal(values[neuron], acts[order, neuron])
+
+
+def test_ind_names_the_in_distribution_set(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", ind="clean")], max_epochs=1)
+    t.fit(
+        TinyNet(),
+        loader(random_set(8, 0)),
+        val_dataloaders={"ood": loader(random_set(5, 1)), "clean": loader(random_set(6, 2))},
+    )
+    log = read_log(t.logger.log_dir)
+    assert log.datasets == ("clean", "ood")
+    assert log.latest.num_images == {"clean": 6, "ood": 5}
+
+
+def test_unnamed_loaders_and_default_class_names(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+    log = read_log(t.logger.log_dir)
+    assert log.datasets == ("dataset_0",)
+    assert log.class_names == tuple(str(i) for i in range(NUM_CLASSES))
+
+
+def test_every_n_epochs_records_only_those_epochs(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", every_n_epochs=2)], max_epochs=4)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    log = read_log(t.logger.log_dir)
+    assert [r.epoch for r in log.records] == [1, 3]
+    assert log.steps == (6, 12)
+
+
+def test_thumbnails_are_written_once_per_dataset(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    log = read_log(t.logger.log_dir)
+    assert len(log.steps) == 3
+    from tb_plugin.metadata import Kind, tag_name
+
+    accumulator_tags = _tag_steps(t.logger.log_dir)
+    assert accumulator_tags[tag_name(Kind.THUMBNAILS, dataset="dataset_0")] == [log.steps[0]]
+    assert accumulator_tags[tag_name(Kind.LABELS, dataset="dataset_0")] == list(log.steps)
+    # thumbnails of a later step resolve to the one write
+    assert log.thumbnails("dataset_0", log.steps[-1]).shape == (5, 8, 8, 3)
+
+
+def _tag_steps(run_dir) -> dict[str, list[int]]:
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+
+
+def test_dict_batches(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    base = random_set(6, 1)
+    t.fit(TinyNet(), loader(DictSet(random_set(8, 0))), val_dataloaders=loader(DictSet(base)))
+    log = read_log(t.logger.log_dir)
+    np.testing.assert_array_equal(log.labels("dataset_0", log.steps[-1]), base.tensors[1].numpy())
+
+
+def test_validate_records_without_training(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")])
+    t.validate(
+        TinyNet(), dataloaders={"a": loader(random_set(5, 1)), "b": loader(random_set(4, 2))}
+    )
+    log = read_log(t.logger.log_dir)
+    assert log.steps == (0,)
+    assert log.datasets == ("a", "b")
+
+
+def test_without_tensorboard_logger_writes_to_default_root_dir(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=False, max_epochs=1)
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+    log = read_log(tmp_path)
+    assert log.run == "."
+    assert log.activations("fc", "dataset_0", log.steps[-1]).shape == (5, 5)
+
+
+def test_sanity_check_and_fast_dev_run_record_nothing(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], fast_dev_run=True, logger=False)
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+    with pytest.raises(ValueError, match="0 runs"):
+        read_log(tmp_path)
+
+
+def test_wrong_layer_name_lists_the_closest_modules(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="featurs.0")], max_epochs=1)
+    with pytest.raises(MisconfigurationException, match=r"Closest module names: features\.0"):
+        t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"layer": ""}, "dotted module name"),
+        ({"layer": "fc", "every_n_epochs": 0}, "every_n_epochs"),
+        ({"layer": "fc", "top_k": 0}, "top_k"),
+        ({"layer": "fc", "class_names": "abc"}, "list of strings"),
+        ({"layer": "fc", "class_names": []}, "empty"),
+        ({"layer": "fc", "thumbnail_size": 2}, "thumbnail_size"),
+    ],
+)
+def test_invalid_arguments_name_the_parameter(kwargs, match):
+    with pytest.raises(MisconfigurationException, match=match):
+        DeephysCallback(**kwargs)
+
+
+def test_too_few_class_names_is_a_clear_error(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", class_names=["a"])], max_epochs=1)
+    with pytest.raises(MisconfigurationException, match="one name per class"):
+        t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(9, 1)))
+
+
+def test_batches_without_labels_are_a_clear_error(tmp_path):
+    class Unlabeled(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return (torch.rand(3, 8, 8),)
+
+    class Net(TinyNet):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self(batch[0])
+
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    with pytest.raises(ValueError, match="needs labels"):
+        t.fit(Net(), loader(random_set(8, 0)), val_dataloaders=loader(Unlabeled()))
+
+
+def test_state_dict_round_trip():
+    callback = DeephysCallback(layer="fc")
+    callback.load_state_dict({"thumbnails_written": ["a"], "last_step": 7})
+    assert callback.state_dict() == {"thumbnails_written": ["a"], "last_step": 7}
+    assert callback.state_key != DeephysCallback(layer="other").state_key
