@@ -1,0 +1,80 @@
+"""The event schema shared by writer and reader: metadata, array chunks, records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tensorboard.compat.proto import summary_pb2
+
+from deephys_lightning.summary import array_blob_summary, tensor_summary
+from tb_plugin import array_codec, metadata
+from tb_plugin.metadata import Kind, Record
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.int32])
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 128, metadata.MAX_CHUNK_BYTES])
+def test_array_chunks_round_trip(dtype, chunk_bytes):
+    array = (np.arange(5 * 7 * 3) % 250).astype(dtype).reshape(5, 7, 3)
+    chunks = array_codec.encode_chunks(array, chunk_bytes=chunk_bytes)
+    assert all(len(c) <= chunk_bytes for c in chunks)
+    out = array_codec.decode_chunks(chunks)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, array)
+
+
+def test_large_arrays_are_split_into_chunks_of_at_most_8_mib():
+    array = np.zeros((3000, 2048), dtype=np.float16)  # 12 MiB
+    summary = array_blob_summary(Kind.ACTIVATIONS, array, layer="fc", dataset="d")
+    blobs = summary.value[0].tensor.string_val
+    assert len(blobs) == 2
+    assert max(map(len, blobs)) <= 8 * 1024 * 1024
+
+
+def test_summaries_carry_plugin_name_content_and_data_class():
+    blob = array_blob_summary(Kind.THUMBNAILS, np.zeros((1, 2, 2, 3), np.uint8), dataset="a/b")
+    tensor = tensor_summary(Kind.LABELS, np.zeros(3, np.int32), dataset="a/b")
+    for summary, data_class in (
+        (blob, summary_pb2.DATA_CLASS_BLOB_SEQUENCE),
+        (tensor, summary_pb2.DATA_CLASS_TENSOR),
+    ):
+        value = summary.value[0]
+        assert value.metadata.plugin_data.plugin_name == "deephys"
+        assert value.metadata.data_class == data_class
+        content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+        assert content.dataset == "a/b"
+    # a "/" in a user's dataset name cannot make tags ambiguous
+    assert blob.value[0].tag == "deephys/a%2Fb/thumbnails"
+
+
+def test_newer_or_malformed_content_is_skipped():
+    newer = json.dumps({"version": metadata.CONTENT_VERSION + 1, "kind": "labels"}).encode()
+    assert metadata.parse_plugin_content(newer) is None
+    assert metadata.parse_plugin_content(b"not json") is None
+    assert metadata.parse_plugin_content(b'{"version": 1, "kind": "what"}') is None
+
+
+def test_record_json_round_trip():
+    record = Record(
+        step=5,
+        epoch=1,
+        layers=("fc",),
+        datasets=("ind", "ood"),
+        class_names=("a", "b"),
+        num_images={"ind": 3, "ood": 4},
+        top_k=8,
+    )
+    assert Record.from_json(record.to_json()) == record
+    assert record.ind == "ind" and record.ood == ("ood",)
+    newer = json.loads(record.to_json())
+    newer["version"] = metadata.CONTENT_VERSION + 1
+    assert Record.from_json(json.dumps(newer).encode()) is None
+    assert Record.from_json(b"{}") is None
+
+
+def test_tag_names_need_their_parts():
+    with pytest.raises(ValueError, match="layer and a dataset"):
+        metadata.tag_name(Kind.ACTIVATIONS, dataset="d")
+    with pytest.raises(ValueError, match="need a dataset"):
+        metadata.tag_name(Kind.LABELS)
