@@ -151,7 +151,8 @@ class DeephysCallback(Callback):
         self._num_classes = 0
         self._thumbnails_written: set[str] = set()
         self._last_step = -1
-        self._sink: SummarySink | None = None
+        # An event file of our own, only when there is no TensorBoardLogger to write through.
+        self._own_sink: EventFileSink | None = None
 
     @property
     def state_key(self) -> str:
@@ -176,6 +177,9 @@ class DeephysCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
+        if self._own_sink is not None:
+            self._own_sink.close()
+            self._own_sink = None
 
     @override
     def on_exception(
@@ -364,9 +368,25 @@ class DeephysCallback(Callback):
     def _write_rank_zero(
         self, trainer: pl.Trainer, record: Record, recordings: dict[str, DatasetRecording]
     ) -> None:
-        if self._sink is None:
-            self._sink = _open_sink(trainer)
-        write_record(self._sink, record, recordings)
+        write_record(self._sink_for(trainer), record, recordings)
+
+    def _sink_for(self, trainer: pl.Trainer) -> SummarySink:
+        """The TensorBoardLogger's writer (fetched anew: a finished fit closes it), else ours."""
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                get_file_writer = getattr(logger.experiment, "_get_file_writer", None)
+                if get_file_writer is not None:  # torch.utils.tensorboard reopens on demand
+                    return FileWriterSink(get_file_writer())
+                return self._event_file_sink(logger.log_dir)
+        return self._event_file_sink(trainer.default_root_dir)
+
+    def _event_file_sink(self, log_dir: str) -> EventFileSink:
+        if self._own_sink is None:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            os.makedirs(log_dir, exist_ok=True)
+            self._own_sink = EventFileSink(EventFileWriter(log_dir, filename_suffix=".deephys"))
+        return self._own_sink
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -413,21 +433,3 @@ def _ind_first(names: list[str], ind: str | int | None) -> list[int]:
             )
         ind_idx = names.index(ind)
     return [ind_idx] + [i for i in range(len(names)) if i != ind_idx]
-
-
-def _open_sink(trainer: pl.Trainer) -> SummarySink:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment
-            get_file_writer = getattr(writer, "_get_file_writer", None)
-            if get_file_writer is not None:
-                return FileWriterSink(get_file_writer())
-            return _event_file_sink(logger.log_dir)
-    return _event_file_sink(trainer.default_root_dir)
-
-
-def _event_file_sink(log_dir: str) -> EventFileSink:
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-    os.makedirs(log_dir, exist_ok=True)
-    return EventFileSink(EventFileWriter(log_dir, filename_suffix=".deephys"))

@@ -100,13 +100,15 @@ class DeephysReader:
     def records(self, ctx, experiment_id: str, run: str) -> list[Record]:
         """The recorded validation epochs of ``run``, oldest first."""
         tag = self.run_index(ctx, experiment_id, run).tag(Kind.RECORD)
-        records = []
+        by_step: dict[int, Record] = {}
         for datum in self._blob_data(ctx, experiment_id, run, tag):
             raw = b"".join(self._read_blob(ctx, ref) for ref in datum.values)
             record = Record.from_json(raw)
             if record is not None:
-                records.append(record)
-        return sorted(records, key=lambda r: r.step)
+                # Recorded twice at one step (fit, then validate): the later write wins,
+                # as it does for the arrays.
+                by_step[record.step] = record
+        return [by_step[step] for step in sorted(by_step)]
 
     def record(self, ctx, experiment_id: str, run: str, step: int | None = None) -> Record:
         """The record at ``step``, or the latest one when ``step`` is None."""

@@ -143,6 +143,26 @@ def test_validate_records_without_training(tmp_path):
     assert log.datasets == ("a", "b")
 
 
+def test_fit_then_validate_with_the_same_trainer_and_callback(tmp_path):
+    callback = DeephysCallback(layer="fc")
+    t = trainer(tmp_path, [callback], max_epochs=1)
+    model = TinyNet()
+    t.fit(model, loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    with torch.no_grad():
+        model.fc.weight.mul_(2)
+    t.validate(model, dataloaders=loader(random_set(5, 1)))  # the logger was closed by fit
+    log = read_log(t.logger.log_dir)
+    assert log.steps == (3,)  # one step, recorded twice: the later write wins
+    x = random_set(5, 1).tensors[0]
+    expected, _ = _hook_output(model, model.fc, x)
+    np.testing.assert_allclose(
+        log.activations("fc", "dataset_0", 3).astype(np.float32),
+        expected.numpy(),
+        rtol=2e-3,
+        atol=1e-4,
+    )
+
+
 def test_without_tensorboard_logger_writes_to_default_root_dir(tmp_path):
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=False, max_epochs=1)
     t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
