@@ -19,6 +19,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from typing_extensions import override
 
 from deephys_lightning.capture import reduce_activations, split_batch, to_thumbnails
@@ -149,8 +150,11 @@ class DeephysCallback(Callback):
         self._pending_logits: list[torch.Tensor] = []
         self._buffers: dict[int, dict[str, list[torch.Tensor]]] = {}
         self._num_classes = 0
-        self._thumbnails_written: set[str] = set()
-        self._last_step = -1
+        # Per log directory written to: the last recorded step and the datasets whose
+        # thumbnails are there already (a reused callback may write to several).
+        self._written: dict[str, _WrittenState] = {}
+        self._destination = ""
+        self._names: list[str] = []
         # An event file of our own, only when there is no TensorBoardLogger to write through.
         self._own_sink: EventFileSink | None = None
 
@@ -197,6 +201,8 @@ class DeephysCallback(Callback):
             return
         self._buffers = {}
         self._num_classes = 0
+        self._names = _dataloader_names(trainer.val_dataloaders)
+        self._destination = _log_dir(trainer)
         self._remove_hooks()
         assert self._layer_module is not None and self._logits_module is not None
         self._handles.append(self._layer_module.register_forward_hook(self._on_layer_output))
@@ -233,22 +239,25 @@ class DeephysCallback(Callback):
             return
         self._remove_hooks()
         self._recording = False
-        names = _dataloader_names(trainer.val_dataloaders)
-        self._write(trainer, names)
+        self._write(trainer)
 
     # -- resume ----------------------------------------------------------------------
 
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
-            "thumbnails_written": sorted(self._thumbnails_written),
-            "last_step": self._last_step,
+            "written": {
+                log_dir: {"last_step": state.last_step, "thumbnails": sorted(state.thumbnails)}
+                for log_dir, state in self._written.items()
+            }
         }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._thumbnails_written = set(state_dict.get("thumbnails_written", []))
-        self._last_step = int(state_dict.get("last_step", -1))
+        self._written = {
+            log_dir: _WrittenState(int(state["last_step"]), set(state["thumbnails"]))
+            for log_dir, state in state_dict.get("written", {}).items()
+        }
 
     # -- workers -----------------------------------------------------------------------
 
@@ -308,12 +317,30 @@ class DeephysCallback(Callback):
         buffer["labels"].append(y.detach().cpu().to(torch.int64))
         buffer["preds"].append(logits.reshape(batch_size, -1).argmax(dim=-1))
         self._num_classes = max(self._num_classes, logits.reshape(batch_size, -1).shape[-1])
-        buffer["thumbs"].append(to_thumbnails(x, self.thumbnail_size))
+        if not self._has_thumbnails(dataloader_idx):
+            buffer["thumbs"].append(to_thumbnails(x, self.thumbnail_size))
         self._pending_acts = []
         self._pending_logits = []
 
-    def _write(self, trainer: pl.Trainer, names: list[str]) -> None:
+    def _has_thumbnails(self, dataloader_idx: int) -> bool:
+        written = self._written.get(self._destination)
+        name = self._names[dataloader_idx] if dataloader_idx < len(self._names) else None
+        return written is not None and name in written.thumbnails
+
+    def _write(self, trainer: pl.Trainer) -> None:
         if not self._buffers:
+            return
+        names = self._names
+        written = self._written.setdefault(self._destination, _WrittenState())
+        step = trainer.global_step
+        if step <= written.last_step:
+            self._buffers = {}
+            rank_zero_warn(
+                f"DeephysCallback: {self._destination} already holds a record at step "
+                f"{written.last_step}; this validation at step {step} is not recorded, because "
+                "TensorBoard keeps one record per step and drops data written after a later "
+                "step. Log to a new version (a new TensorBoardLogger) to record it."
+            )
             return
         order = _ind_first(names, self.ind)
         recordings: dict[str, DatasetRecording] = {}
@@ -327,12 +354,11 @@ class DeephysCallback(Callback):
                 predictions=torch.cat(buffer["preds"]).numpy(),
                 activations={self.layer: torch.cat(buffer["acts"]).numpy()},
                 thumbnails=None
-                if name in self._thumbnails_written
+                if name in written.thumbnails
                 else torch.cat(buffer["thumbs"]).numpy(),
             )
         self._buffers = {}
         class_names = self._class_names(self._num_classes, recordings)
-        step = trainer.global_step
         record = Record(
             step=step,
             epoch=trainer.current_epoch,
@@ -344,10 +370,10 @@ class DeephysCallback(Callback):
             relu=self.relu,
         )
         self._write_rank_zero(trainer, record, recordings)
-        self._thumbnails_written.update(
+        written.thumbnails.update(
             name for name, rec in recordings.items() if rec.thumbnails is not None
         )
-        self._last_step = step
+        written.last_step = step
 
     def _class_names(
         self, num_classes: int, recordings: Mapping[str, DatasetRecording]
@@ -392,6 +418,20 @@ class DeephysCallback(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+
+@dataclasses.dataclass
+class _WrittenState:
+    last_step: int = -1
+    thumbnails: set[str] = dataclasses.field(default_factory=set)
+
+
+def _log_dir(trainer: pl.Trainer) -> str:
+    """Where records go: the TensorBoardLogger's run directory, else the root dir."""
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return os.path.abspath(logger.log_dir)
+    return os.path.abspath(trainer.default_root_dir)
 
 
 def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.Module:

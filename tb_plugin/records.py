@@ -100,15 +100,15 @@ class DeephysReader:
     def records(self, ctx, experiment_id: str, run: str) -> list[Record]:
         """The recorded validation epochs of ``run``, oldest first."""
         tag = self.run_index(ctx, experiment_id, run).tag(Kind.RECORD)
-        by_step: dict[int, Record] = {}
+        # Should a log hold two writes at one step (the callback avoids it), the later
+        # one wins, here and for the arrays (by wall time, not by event file order).
+        latest: dict[int, tuple[float, Record]] = {}
         for datum in self._blob_data(ctx, experiment_id, run, tag):
             raw = b"".join(self._read_blob(ctx, ref) for ref in datum.values)
             record = Record.from_json(raw)
-            if record is not None:
-                # Recorded twice at one step (fit, then validate): the later write wins,
-                # as it does for the arrays.
-                by_step[record.step] = record
-        return [by_step[step] for step in sorted(by_step)]
+            if record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
+                latest[record.step] = (datum.wall_time, record)
+        return [latest[step][1] for step in sorted(latest)]
 
     def record(self, ctx, experiment_id: str, run: str, step: int | None = None) -> Record:
         """The record at ``step``, or the latest one when ``step`` is None."""
@@ -200,7 +200,7 @@ def _tag_key(content: PluginContent) -> TagKey:
 def _pick_step(data, step: int, *, latest_before: bool):
     exact = [d for d in data if d.step == step]
     if exact:
-        return exact[-1]
+        return max(exact, key=lambda d: d.wall_time)
     if not latest_before or not data:
         return None
     earlier = [d for d in data if d.step <= step]

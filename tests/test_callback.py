@@ -143,24 +143,28 @@ def test_validate_records_without_training(tmp_path):
     assert log.datasets == ("a", "b")
 
 
-def test_fit_then_validate_with_the_same_trainer_and_callback(tmp_path):
+def test_a_step_is_recorded_once_per_log(tmp_path):
     callback = DeephysCallback(layer="fc")
     t = trainer(tmp_path, [callback], max_epochs=1)
     model = TinyNet()
     t.fit(model, loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
-    with torch.no_grad():
-        model.fc.weight.mul_(2)
-    t.validate(model, dataloaders=loader(random_set(5, 1)))  # the logger was closed by fit
+    before = read_log(t.logger.log_dir).activations("fc", "dataset_0", 3)
+    with pytest.warns(UserWarning, match="already holds a record at step 3"):
+        t.validate(model, dataloaders=loader(random_set(5, 1)))  # same global step
     log = read_log(t.logger.log_dir)
-    assert log.steps == (3,)  # one step, recorded twice: the later write wins
-    x = random_set(5, 1).tensors[0]
-    expected, _ = _hook_output(model, model.fc, x)
-    np.testing.assert_allclose(
-        log.activations("fc", "dataset_0", 3).astype(np.float32),
-        expected.numpy(),
-        rtol=2e-3,
-        atol=1e-4,
-    )
+    assert log.steps == (3,)
+    np.testing.assert_array_equal(log.activations("fc", "dataset_0", 3), before)
+
+
+def test_a_reused_callback_writes_thumbnails_into_each_new_log(tmp_path):
+    callback = DeephysCallback(layer="fc")
+    for version in range(2):  # the logger closed by the first fit is not reused
+        t = trainer(tmp_path, [callback], max_epochs=1)
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+        log = read_log(tmp_path / "tiny" / f"version_{version}")
+        assert log.thumbnails("dataset_0").shape == (5, 8, 8, 3)
+    state = callback.state_dict()["written"]
+    assert len(state) == 2 and all(s["thumbnails"] == ["dataset_0"] for s in state.values())
 
 
 def test_without_tensorboard_logger_writes_to_default_root_dir(tmp_path):
@@ -225,6 +229,7 @@ def test_batches_without_labels_are_a_clear_error(tmp_path):
 
 def test_state_dict_round_trip():
     callback = DeephysCallback(layer="fc")
-    callback.load_state_dict({"thumbnails_written": ["a"], "last_step": 7})
-    assert callback.state_dict() == {"thumbnails_written": ["a"], "last_step": 7}
+    state = {"written": {"/logs/version_0": {"last_step": 7, "thumbnails": ["a", "b"]}}}
+    callback.load_state_dict(state)
+    assert callback.state_dict() == state
     assert callback.state_key != DeephysCallback(layer="other").state_key
