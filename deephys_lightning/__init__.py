@@ -11,7 +11,7 @@ Example::
 """
 
 from deephys_lightning.callback import DeephysCallback
-from deephys_lightning.reader import DeephysLog, read_log
+from deephys_lightning.reader import DeephysLog, read_log, read_runs
 
-__all__ = ["DeephysCallback", "DeephysLog", "read_log"]
+__all__ = ["DeephysCallback", "DeephysLog", "read_log", "read_runs"]
 __version__ = "0.1.0"

@@ -1,22 +1,39 @@
 """Deephys metrics: pure, vectorised functions on activation matrices.
 
-Arrays in, arrays out; NumPy only (torch tensors are accepted and converted). No
-Lightning or TensorBoard import, so these can be used on any activations.
+Arrays in, arrays out: NumPy arrays or torch tensors in, NumPy arrays out (torch's
+CPU kernels do the heavy lifting). No Lightning or TensorBoard import, so these
+work on any activations.
+The definitions are those of the Deephys paper, made exact in ``docs/concepts.md``.
 
 Example::
 
     >>> import numpy as np
-    >>> acts = np.array([[0.0, 2.0], [3.0, 2.0], [1.0, 5.0]])
-    >>> indices, values = top_k(acts, 2)
-    >>> indices.tolist(), values.tolist()
-    ([[1, 2], [2, 0]], [[3.0, 1.0], [5.0, 2.0]])
+    >>> ind = np.array([[1.0, 0.0], [3.0, 2.0], [2.0, 4.0]])    # 3 InD images, 2 neurons
+    >>> ood = np.array([[1.5, 1.0], [0.5, 1.0]])                # 2 OOD images
+    >>> activation_ratio(ind, ood).tolist()
+    [0.5, 0.25]
+    >>> ind_means = category_means(ind, np.array([0, 1, 1]), num_classes=2)
+    >>> ood_means = category_means(ood, np.array([1, 0]), num_classes=2)
+    >>> novelty(ind_means, ood_means).tolist()
+    [1.0, 2.0]
+    >>> spurious(ind_means, ood_means).tolist()    # neuron 1 is constant on OOD
+    [0.0, nan]
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
+
+# float16 input is widened to float32 in blocks of this many rows or columns, never
+# as a whole (50,000 x 2,048 is 400 MB in float32).
+_ROW_BLOCK = 8192
+_COLUMN_BLOCK = 256
+# top_k looks at this many candidates beyond k to settle ties cheaply.
+_TIE_MARGIN = 32
 
 
 def as_numpy(array: Any) -> np.ndarray:
@@ -24,6 +41,247 @@ def as_numpy(array: Any) -> np.ndarray:
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     return np.asarray(array)
+
+
+def _as_torch(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing memory with ``array`` where it can (torch's half-precision
+    kernels are much faster than NumPy's)."""
+    if array.dtype.kind not in "fiub" or array.dtype == np.float64:
+        array = array.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _matrix(array: Any, name: str) -> np.ndarray:
+    out = as_numpy(array)
+    if out.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [images, neurons], got shape {out.shape}")
+    return out
+
+
+def _labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarray:
+    out = as_numpy(labels)
+    if out.ndim != 1 or out.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {out.shape}")
+    if out.size and not np.issubdtype(out.dtype, np.integer):
+        raise ValueError(f"{name} must be integers, got dtype {out.dtype}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if out.size and (out.min() < 0 or out.max() >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got values from {out.min()} to {out.max()}"
+        )
+    return out.astype(np.int64, copy=False)
+
+
+def category_means(activations: Any, labels: Any, num_classes: int) -> np.ndarray:
+    """Mean activation of every neuron over the images of each category.
+
+    Args:
+        activations: [N, M] activations.
+        labels: [N] integer categories in ``[0, num_classes)``.
+        num_classes: C.
+
+    Returns:
+        float32 [C, M]; the row of a category without images is NaN.
+    """
+    return dataset_statistics(activations, labels, num_classes)[0]
+
+
+def dataset_statistics(
+    activations: Any, labels: Any, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Category means ``[C, M]`` and per-neuron maxima ``[M]`` in one pass over the rows.
+
+    The same values as :func:`category_means` and :func:`max_per_neuron`, for a
+    dataset that is read once (float16 rows are widened block by block).
+    """
+    acts = _matrix(activations, "activations")
+    labels = _labels(labels, acts.shape[0], num_classes)
+    n, m = acts.shape
+    rows = _as_torch(acts)
+    index = torch.from_numpy(labels)
+    sums = torch.zeros((num_classes, m), dtype=torch.float64)
+    block_sums = torch.empty((num_classes, m), dtype=torch.float32)
+    maxima = torch.full((m,), float("nan") if n == 0 else -float("inf"))
+    for start in range(0, n, _ROW_BLOCK):
+        block = rows[start : start + _ROW_BLOCK].float()
+        # Sum each block in float32, accumulate the blocks in float64.
+        block_sums.zero_().index_add_(0, index[start : start + _ROW_BLOCK], block)
+        sums += block_sums
+        maxima = torch.maximum(maxima, block.amax(dim=0))  # NaN propagates, as in max()
+    counts = torch.from_numpy(np.bincount(labels, minlength=num_classes)).to(torch.float64)
+    means = sums / counts[:, None]
+    means[counts == 0] = float("nan")
+    return means.float().numpy(), maxima.numpy()
+
+
+def mean_activation(activations: Any, selection: Any) -> np.ndarray:
+    """Mean activation of every neuron over a set of images.
+
+    Args:
+        activations: [N, M].
+        selection: a boolean mask [N] or integer image indices, e.g. one category
+            (``labels == c``) or a confusion set (``(labels == a) & (preds == b)``).
+
+    Returns:
+        float32 [M]; NaN for an empty set.
+    """
+    acts = _matrix(activations, "activations")
+    selection = as_numpy(selection)
+    if selection.dtype == bool:
+        if selection.shape != (acts.shape[0],):
+            raise ValueError(
+                f"a boolean selection must have shape ({acts.shape[0]},), got {selection.shape}"
+            )
+        rows = acts[selection]
+    else:
+        rows = acts[selection.astype(np.int64)]
+    if rows.shape[0] == 0:
+        return np.full(acts.shape[1], np.nan, dtype=np.float32)
+    return rows.astype(np.float32).mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class): int64 [C, C], rows are true classes."""
+    labels = as_numpy(labels)
+    labels = _labels(labels, labels.shape[0] if labels.ndim else -1, num_classes)
+    predictions = _labels(predictions, labels.shape[0], num_classes, "predictions")
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def max_per_neuron(activations: Any) -> np.ndarray:
+    """Highest activation of every neuron over the images: float32 [M] (NaN when N = 0)."""
+    acts = _matrix(activations, "activations")
+    if acts.shape[0] == 0:
+        return np.full(acts.shape[1], np.nan, dtype=np.float32)
+    return _as_torch(acts).amax(dim=0).float().numpy()
+
+
+def normalized_activations(activations: Any, ind_max: Any) -> np.ndarray:
+    """Activations divided by the InD maximum of their neuron: float32 [N, M].
+
+    Images of any dataset, OOD included, are normalised by the InD maximum. Neurons
+    whose InD maximum is not positive (dead on InD) give NaN.
+    """
+    acts = _matrix(activations, "activations")
+    ind_max = as_numpy(ind_max).astype(np.float32)
+    if ind_max.shape != (acts.shape[1],):
+        raise ValueError(f"ind_max must have shape ({acts.shape[1]},), got {ind_max.shape}")
+    scale = np.where(ind_max > 0, ind_max, np.nan).astype(np.float32)
+    return acts.astype(np.float32) / scale
+
+
+def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
+    """Per neuron, the highest OOD activation over the highest InD activation.
+
+    Args:
+        ind_activations: [N, M] InD activations.
+        ood_activations: [K, M] activations of one OOD set.
+
+    Returns:
+        float32 [M]; can exceed 1; NaN for a neuron dead on InD (max <= 0).
+    """
+    ind = _matrix(ind_activations, "ind_activations")
+    ood = _matrix(ood_activations, "ood_activations")
+    if ind.shape[1] != ood.shape[1]:
+        raise ValueError(
+            f"InD and OOD activations need the same neurons, got {ind.shape[1]} and {ood.shape[1]}"
+        )
+    return ratio_of_maxima(max_per_neuron(ind), max_per_neuron(ood))
+
+
+def ratio_of_maxima(ind_max: Any, ood_max: Any) -> np.ndarray:
+    """``ood_max / ind_max`` with NaN where ``ind_max <= 0``: float32 [M]."""
+    ind_max = as_numpy(ind_max).astype(np.float32)
+    ood_max = as_numpy(ood_max).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ind_max > 0, ood_max / ind_max, np.nan).astype(np.float32)
+
+
+def _check_means(ind_means: Any, ood_means: Any) -> tuple[np.ndarray, np.ndarray]:
+    ind = _matrix(ind_means, "ind_means").astype(np.float64)
+    ood = _matrix(ood_means, "ood_means").astype(np.float64)
+    if ind.shape != ood.shape:
+        raise ValueError(
+            f"category means must have the same shape [C, M], got {ind.shape} and {ood.shape}"
+        )
+    return ind, ood
+
+
+def _max_ignoring_nan(means: np.ndarray) -> np.ndarray:
+    # fmax skips NaN (an empty category); a column of only NaN stays NaN.
+    if means.shape[0] == 0:
+        return np.full(means.shape[1], np.nan)
+    return np.fmax.reduce(means, axis=0)
+
+
+def novelty(ind_means: Any, ood_means: Any) -> np.ndarray:
+    """Raw novelty per neuron: max over categories of InD minus that of OOD.
+
+    Categories without images (NaN rows) are skipped. Positive values mean the
+    neuron's strongest category response drops on the OOD set: its feature is
+    missing there. The paper's novelty score is the positive part.
+
+    Returns:
+        float32 [M]; NaN where a side has no category with data.
+    """
+    ind, ood = _check_means(ind_means, ood_means)
+    return (_max_ignoring_nan(ind) - _max_ignoring_nan(ood)).astype(np.float32)
+
+
+def spurious(ind_means: Any, ood_means: Any) -> np.ndarray:
+    """Spurious score per neuron: ``1 - |Spearman correlation|`` of category means.
+
+    Categories that are NaN on either side are left out for that neuron; ties get
+    average ranks. Where fewer than two categories remain, or either side is
+    constant over them, the correlation is undefined and the score is NaN (never 0).
+
+    Returns:
+        float32 [M] in [0, 1], or NaN.
+    """
+    ind, ood = _check_means(ind_means, ood_means)
+    # One row per neuron: sorting along contiguous rows is several times faster.
+    ind_t = torch.from_numpy(np.ascontiguousarray(ind.T))
+    ood_t = torch.from_numpy(np.ascontiguousarray(ood.T))
+    valid = torch.isfinite(ind_t) & torch.isfinite(ood_t)
+    # Invalid entries become +inf on both sides: they rank above every valid value,
+    # so the valid values keep exactly the ranks they have among themselves.
+    rank_ind = _average_ranks(torch.where(valid, ind_t, torch.inf))
+    rank_ood = _average_ranks(torch.where(valid, ood_t, torch.inf))
+    weight = valid.double()
+    count = weight.sum(dim=1)
+    mean_ind = (rank_ind * weight).sum(dim=1, keepdim=True) / count[:, None]
+    mean_ood = (rank_ood * weight).sum(dim=1, keepdim=True) / count[:, None]
+    dev_ind = (rank_ind - mean_ind) * weight
+    dev_ood = (rank_ood - mean_ood) * weight
+    cov = (dev_ind * dev_ood).sum(dim=1)
+    var_ind = (dev_ind**2).sum(dim=1)
+    var_ood = (dev_ood**2).sum(dim=1)
+    rho = cov / torch.sqrt(var_ind * var_ood)
+    # Ranks are multiples of 1/2, so "constant" is an exact zero variance.
+    undefined = (count < 2) | (var_ind == 0) | (var_ood == 0)
+    score = 1.0 - torch.clamp(rho.abs(), max=1.0)
+    return torch.where(undefined, torch.nan, score).float().numpy()
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Ranks (1-based) along each row, ties sharing their average rank, as float64."""
+    m, c = values.shape
+    if c == 0:
+        return values.double()
+    ordered, order = torch.sort(values, dim=1)
+    position = torch.arange(c, dtype=torch.float64).expand(m, c)
+    new_group = torch.ones_like(ordered, dtype=torch.bool)
+    new_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    last_of_group = torch.ones_like(new_group)
+    last_of_group[:, :-1] = new_group[:, 1:]
+    # First and last sorted position of each element's tie group.
+    first = torch.where(new_group, position, 0.0).cummax(dim=1).values
+    last = torch.where(last_of_group, position, float(c)).flip(1).cummin(dim=1).values.flip(1)
+    ranks = torch.empty((m, c), dtype=torch.float64)
+    ranks.scatter_(1, order, (first + last) / 2 + 1)
+    return ranks
 
 
 def top_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,14 +295,93 @@ def top_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         ``(indices [M, k], values [M, k])``, highest first; ties go to the lower
         image index; NaN ranks last. Values are float32.
     """
-    acts = as_numpy(activations)
-    if acts.ndim != 2:
-        raise ValueError(f"activations must be 2-D [images, neurons], got shape {acts.shape}")
+    acts = _matrix(activations, "activations")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    acts = acts.astype(np.float32, copy=False)
-    k = min(k, acts.shape[0])
-    # A stable sort of the negated values keeps the lower index first among ties.
-    order = np.argsort(-acts, axis=0, kind="stable")[:k]
-    values = np.take_along_axis(acts, order, axis=0)
-    return order.T.astype(np.int64), values.T.copy()
+    n, m = acts.shape
+    k = min(k, n)
+    rows = _as_torch(acts)
+    indices = np.empty((m, k), dtype=np.int64)
+    values = np.empty((m, k), dtype=np.float32)
+    for start in range(0, m, _COLUMN_BLOCK):
+        # One row per neuron: torch's selection kernels are fastest along rows.
+        block = rows[:, start : start + _COLUMN_BLOCK].T.contiguous().float()  # [B, N]
+        order = _top_columns(block, k)
+        indices[start : start + block.shape[0]] = order.numpy()
+        values[start : start + block.shape[0]] = torch.gather(block, 1, order).numpy()
+    return indices, values
+
+
+def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, k] column indices of the k largest values of each row of ``block``, in order."""
+    if k == 0:
+        return torch.empty((block.shape[0], 0), dtype=torch.int64)
+    key = block
+    if torch.isnan(block).any() or torch.isneginf(block).any():
+        # A float64 key orders every float32 value and puts NaN below even -inf.
+        key = block.double()
+        key = torch.where(torch.isneginf(key), -torch.finfo(torch.float64).max, key)
+        key = torch.where(torch.isnan(key), -torch.inf, key)
+    n = key.shape[1]
+    # Take some extra candidates: when the last of them is below the k-th key, every
+    # entry tied with the k-th key is among them, and sorting them is exact.
+    wide = min(n, k + _TIE_MARGIN)
+    top_keys, candidates = torch.topk(key, wide, dim=1)
+    if wide == n or bool((top_keys[:, wide - 1] < top_keys[:, k - 1]).all()):
+        columns = candidates.sort(dim=1).values
+    else:
+        # More ties than the margin: keep the lowest columns among those tied with the
+        # k-th key that complete k.
+        kth = top_keys[:, k - 1 : k]
+        above = key > kth
+        tied = key == kth
+        room = k - torch.count_nonzero(above, dim=1).unsqueeze(1)
+        running = tied.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
+        chosen = above | (tied & (running <= room))
+        # Exactly k per row; nonzero() lists them row by row, columns ascending.
+        columns = chosen.nonzero()[:, 1].reshape(key.shape[0], k)
+    keys = torch.gather(key, 1, columns)
+    # A stable sort keeps the lower column first among equal keys.
+    order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.gather(columns, 1, order)
+
+
+@dataclasses.dataclass(frozen=True)
+class OODScores:
+    """Per-neuron scores of one OOD set (float32 [M] each)."""
+
+    novelty: np.ndarray
+    spurious: np.ndarray
+    activation_ratio: np.ndarray
+
+    def summary(self) -> dict[str, float]:
+        """Headline numbers: means over neurons with a defined score, and counts."""
+        defined = np.isfinite(self.novelty)
+        return {
+            "novelty_mean": _nanmean(self.novelty),
+            "novelty_positive_fraction": float(np.mean(self.novelty[defined] > 0))
+            if defined.any()
+            else float("nan"),
+            "spurious_mean": _nanmean(self.spurious),
+            "spurious_undefined": float(np.sum(~np.isfinite(self.spurious))),
+            "activation_ratio_mean": _nanmean(self.activation_ratio),
+        }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean(dtype=np.float64)) if finite.size else float("nan")
+
+
+def ood_scores(ind_means: Any, ind_max: Any, ood_means: Any, ood_max: Any) -> OODScores:
+    """Novelty, spurious score and activation ratio of one OOD set, per neuron.
+
+    Takes category means ([C, M], from :func:`category_means`) and per-neuron maxima
+    ([M], from :func:`max_per_neuron`), so that the InD side is computed once for
+    all OOD sets.
+    """
+    return OODScores(
+        novelty=novelty(ind_means, ood_means),
+        spurious=spurious(ind_means, ood_means),
+        activation_ratio=ratio_of_maxima(ind_max, ood_max),
+    )

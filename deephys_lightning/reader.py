@@ -24,7 +24,8 @@ from tensorboard.backend.event_processing import event_accumulator, plugin_event
 from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
-from tb_plugin.metadata import Kind, Record
+from deephys_lightning.metrics import OODScores
+from tb_plugin.metadata import SCORE_KINDS, Kind, Record
 from tb_plugin.records import DeephysReader
 
 _EXPERIMENT = ""
@@ -87,6 +88,21 @@ class DeephysLog:
             self._array(Kind.TOP_VALUES, step, layer=layer, dataset=dataset),
         )
 
+    def category_means(self, layer: str, dataset: str, step: int) -> np.ndarray:
+        """float32 ``[C, M]`` mean activation per category (NaN rows: no images)."""
+        return self._array(Kind.CATEGORY_MEANS, step, layer=layer, dataset=dataset)
+
+    def scores(self, layer: str, ood: str, step: int) -> OODScores:
+        """Per-neuron novelty, spurious score and activation ratio of an OOD set."""
+        if ood == self.record(step).ind:
+            raise KeyError(f"{ood!r} is the in-distribution set; scores exist for OOD sets only")
+        arrays = {kind: self._array(kind, step, layer=layer, dataset=ood) for kind in SCORE_KINDS}
+        return OODScores(
+            novelty=arrays[Kind.NOVELTY],
+            spurious=arrays[Kind.SPURIOUS],
+            activation_ratio=arrays[Kind.ACTIVATION_RATIO],
+        )
+
     def labels(self, dataset: str, step: int) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""
         return self._array(Kind.LABELS, step, dataset=dataset)
@@ -108,6 +124,26 @@ class DeephysLog:
             raise KeyError(str(error)) from None
 
 
+def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
+    """Every run under ``log_dir`` that holds Deephys data, by run name.
+
+    Run names are paths relative to ``log_dir`` (``"."`` is ``log_dir`` itself), as
+    TensorBoard shows them.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist.
+    """
+    log_dir = os.fspath(log_dir)
+    if not os.path.isdir(log_dir):
+        raise FileNotFoundError(f"{log_dir!r} is not a directory")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance=_KEEP_EVERYTHING)
+    multiplexer.AddRunsFromDirectory(log_dir)
+    multiplexer.Reload()
+    provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
+    reader = DeephysReader(provider)
+    return {run: DeephysLog(reader, run) for run in reader.index(RequestContext(), _EXPERIMENT)}
+
+
 def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
     """Read the Deephys data under ``log_dir``.
 
@@ -121,23 +157,19 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
         FileNotFoundError: ``log_dir`` does not exist.
         ValueError: no run holds Deephys data, or several do and ``run`` is not given.
     """
-    log_dir = os.fspath(log_dir)
-    if not os.path.isdir(log_dir):
-        raise FileNotFoundError(f"read_log: {log_dir!r} is not a directory")
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance=_KEEP_EVERYTHING)
-    multiplexer.AddRunsFromDirectory(log_dir)
-    multiplexer.Reload()
-    provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
-    reader = DeephysReader(provider)
-    runs = sorted(reader.index(RequestContext(), _EXPERIMENT))
+    try:
+        logs = read_runs(log_dir)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"read_log: {error}") from None
+    runs = sorted(logs)
     if run is None:
         if len(runs) != 1:
             raise ValueError(
-                f"read_log: {log_dir!r} holds Deephys data in {len(runs)} runs "
+                f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
                 f"({runs or 'none: was DeephysCallback in the Trainer?'})"
                 + ("; pass run= to pick one" if runs else "")
             )
         run = runs[0]
-    elif run not in runs:
+    elif run not in logs:
         raise ValueError(f"read_log: no Deephys data in run {run!r}; runs with data: {runs}")
-    return DeephysLog(reader, run)
+    return logs[run]

@@ -20,12 +20,13 @@ from typing import Protocol
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 from deephys_lightning import metrics
 from tb_plugin import array_codec
-from tb_plugin.metadata import Kind, Record, create_summary_metadata, tag_name
+from tb_plugin.metadata import Kind, Record, create_summary_metadata, scalar_tag, tag_name
 
 
 class SummarySink(Protocol):
@@ -122,47 +123,80 @@ def write_record(
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
-    For each dataset: labels, predictions, accuracy, thumbnails (when given); for each
-    layer and dataset: the float16 activation matrix and its per-neuron top images.
+    For each dataset: labels, predictions, the accuracy scalar and (when given)
+    thumbnails. For each layer and dataset: the float16 activations, each neuron's
+    top images, the category means. For each layer and OOD set: per-neuron novelty,
+    spurious score and activation ratio, their headline scalars and histograms.
     The record itself is written last, so a reader that sees it sees the rest too.
     """
     missing = [name for name in record.datasets if name not in recordings]
     if missing:
         raise ValueError(f"no recording for datasets {missing}")
     step = record.step
+    num_classes = len(record.class_names)
     for name in record.datasets:
-        rec = recordings[name]
-        labels = np.asarray(rec.labels, dtype=np.int32)
-        predictions = np.asarray(rec.predictions, dtype=np.int32)
-        sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
-        sink.add_summary(tensor_summary(Kind.PREDICTIONS, predictions, dataset=name), step)
-        if len(labels):
-            accuracy = float(np.mean(labels == predictions))
-            sink.add_summary(scalar_pb(f"deephys/{name}/accuracy", accuracy), step)
-        if rec.thumbnails is not None:
-            sink.add_summary(
-                array_blob_summary(Kind.THUMBNAILS, rec.thumbnails.astype(np.uint8), dataset=name),
-                step,
-            )
-        for layer in record.layers:
-            # One source of truth: top images are ranked on the stored float16 values.
+        _write_dataset(sink, step, name, recordings[name])
+    for layer in record.layers:
+        statistics = {}
+        for name in record.datasets:
+            rec = recordings[name]
+            # One source of truth: everything is computed on the stored float16 values.
             acts = np.asarray(rec.activations[layer], dtype=np.float16)
-            indices, values = metrics.top_k(acts, record.top_k)
-            sink.add_summary(
-                array_blob_summary(Kind.ACTIVATIONS, acts, layer=layer, dataset=name),
-                step,
-            )
-            sink.add_summary(
-                tensor_summary(
-                    Kind.TOP_INDICES, indices.astype(np.int32), layer=layer, dataset=name
-                ),
-                step,
-            )
-            sink.add_summary(
-                tensor_summary(
-                    Kind.TOP_VALUES, values.astype(np.float32), layer=layer, dataset=name
-                ),
-                step,
-            )
+            statistics[name] = metrics.dataset_statistics(acts, rec.labels, num_classes)
+            _write_layer_arrays(sink, step, layer, name, acts, statistics[name][0], record.top_k)
+        ind_means, ind_max = statistics[record.ind]
+        for ood in record.ood:
+            ood_means, ood_max = statistics[ood]
+            scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
+            _write_scores(sink, step, layer, ood, scores)
     sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
     sink.flush()
+
+
+def _write_dataset(sink: SummarySink, step: int, name: str, rec: DatasetRecording) -> None:
+    labels = np.asarray(rec.labels, dtype=np.int32)
+    predictions = np.asarray(rec.predictions, dtype=np.int32)
+    sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
+    sink.add_summary(tensor_summary(Kind.PREDICTIONS, predictions, dataset=name), step)
+    if len(labels):
+        accuracy = float(np.mean(labels == predictions))
+        sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)
+    if rec.thumbnails is not None:
+        thumbnails = np.asarray(rec.thumbnails, dtype=np.uint8)
+        sink.add_summary(array_blob_summary(Kind.THUMBNAILS, thumbnails, dataset=name), step)
+
+
+def _write_layer_arrays(
+    sink: SummarySink,
+    step: int,
+    layer: str,
+    name: str,
+    acts: np.ndarray,
+    means: np.ndarray,
+    top_k: int,
+) -> None:
+    indices, values = metrics.top_k(acts, top_k)
+    names = {"layer": layer, "dataset": name}
+    sink.add_summary(array_blob_summary(Kind.ACTIVATIONS, acts, **names), step)
+    sink.add_summary(tensor_summary(Kind.TOP_INDICES, indices.astype(np.int32), **names), step)
+    sink.add_summary(tensor_summary(Kind.TOP_VALUES, values, **names), step)
+    sink.add_summary(tensor_summary(Kind.CATEGORY_MEANS, means, **names), step)
+
+
+def _write_scores(
+    sink: SummarySink, step: int, layer: str, ood: str, scores: metrics.OODScores
+) -> None:
+    names = {"layer": layer, "dataset": ood}
+    for kind, values in (
+        (Kind.NOVELTY, scores.novelty),
+        (Kind.SPURIOUS, scores.spurious),
+        (Kind.ACTIVATION_RATIO, scores.activation_ratio),
+    ):
+        sink.add_summary(tensor_summary(kind, values.astype(np.float32), **names), step)
+    for scalar, value in scores.summary().items():
+        sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
+    for name, values in (("novelty", scores.novelty), ("spurious", scores.spurious)):
+        finite = values[np.isfinite(values)].astype(np.float64)
+        if finite.size:
+            tag = scalar_tag(name, layer=layer, dataset=ood)
+            sink.add_summary(histogram_pb(tag, finite, buckets=30), step)

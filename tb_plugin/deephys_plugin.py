@@ -178,16 +178,20 @@ class DeephysPlugin(base_plugin.TBPlugin):
                     }
                 )
             top_value = float(values[neuron, 0]) if values.shape[1] else 0.0
-            datasets.append(
-                {
-                    "name": dataset,
-                    "role": "ind" if dataset == record.ind else "ood",
-                    "activation_ratio": None
-                    if dataset == record.ind
-                    else _ratio(top_value, ind_max),
-                    "images": images,
-                }
-            )
+            entry = {
+                "name": dataset,
+                "role": "ind" if dataset == record.ind else "ood",
+                "activation_ratio": None,
+                "novelty": None,
+                "spurious": None,
+                "images": images,
+            }
+            if dataset != record.ind:
+                entry["activation_ratio"] = _ratio(top_value, ind_max)
+                for kind in (Kind.NOVELTY, Kind.SPURIOUS):
+                    scores = self._array(ctx, experiment_id, run, record, kind, layer, dataset)
+                    entry[kind.value] = _finite(float(scores[neuron]))
+            datasets.append(entry)
         return {
             "run": run,
             "layer": layer,

@@ -43,12 +43,36 @@ class Kind(str, enum.Enum):
     ACTIVATIONS = "activations"  # float16 [N, M] activations of one layer (.npy blob chunks)
     TOP_INDICES = "top_indices"  # int32 [M, k] image indices, highest activation first (tensor)
     TOP_VALUES = "top_values"  # float32 [M, k] raw activations of those images (tensor)
+    CATEGORY_MEANS = "category_means"  # float32 [C, M] mean activation per category (tensor)
+    NOVELTY = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
+    SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
+    ACTIVATION_RATIO = "activation_ratio"  # float32 [M] OOD max / InD max (tensor)
 
 
 # Kinds stored as blob sequences (everything else is a tensor).
 BLOB_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS})
 # Kinds written per layer (everything else but RECORD is per dataset only).
-LAYER_KINDS = frozenset({Kind.ACTIVATIONS, Kind.TOP_INDICES, Kind.TOP_VALUES})
+LAYER_KINDS = frozenset(
+    {
+        Kind.ACTIVATIONS,
+        Kind.TOP_INDICES,
+        Kind.TOP_VALUES,
+        Kind.CATEGORY_MEANS,
+        Kind.NOVELTY,
+        Kind.SPURIOUS,
+        Kind.ACTIVATION_RATIO,
+    }
+)
+# Per-neuron scores, written per layer for each OOD set.
+SCORE_KINDS = (Kind.NOVELTY, Kind.SPURIOUS, Kind.ACTIVATION_RATIO)
+# Headline scalars per layer and OOD set, tagged deephys/<layer>/<ood>/<name>.
+SCORE_SCALARS = (
+    "novelty_mean",
+    "novelty_positive_fraction",
+    "spurious_mean",
+    "spurious_undefined",
+    "activation_ratio_mean",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +90,11 @@ def _tag_part(name: str) -> str:
     return quote(name, safe="._-")
 
 
+# Plugin data live under their own tag prefix, so that they never share a tag with
+# the scalars and histograms written under "deephys/" for TensorBoard's own tabs.
+DATA_TAG_PREFIX = "deephys.data"
+
+
 def tag_name(kind: Kind, *, layer: str | None = None, dataset: str | None = None) -> str:
     """The tag a value of ``kind`` is written under.
 
@@ -73,14 +102,24 @@ def tag_name(kind: Kind, *, layer: str | None = None, dataset: str | None = None
     """
     kind = Kind(kind)
     if kind is Kind.RECORD:
-        return "deephys/record"
+        return f"{DATA_TAG_PREFIX}/record"
     if kind in LAYER_KINDS:
         if layer is None or dataset is None:
             raise ValueError(f"{kind.value} tags need both a layer and a dataset")
-        return f"deephys/{_tag_part(layer)}/{_tag_part(dataset)}/{kind.value}"
+        return f"{DATA_TAG_PREFIX}/{_tag_part(layer)}/{_tag_part(dataset)}/{kind.value}"
     if dataset is None:
         raise ValueError(f"{kind.value} tags need a dataset")
-    return f"deephys/{_tag_part(dataset)}/{kind.value}"
+    return f"{DATA_TAG_PREFIX}/{_tag_part(dataset)}/{kind.value}"
+
+
+def scalar_tag(name: str, *, layer: str | None = None, dataset: str) -> str:
+    """Tag of a Deephys scalar or histogram, shown in TensorBoard's own tabs.
+
+    ``deephys/<dataset>/<name>`` (accuracy) or ``deephys/<layer>/<ood>/<name>`` (scores).
+    Names are kept readable; only "/" inside them is escaped.
+    """
+    parts = [dataset, name] if layer is None else [layer, dataset, name]
+    return "deephys/" + "/".join(p.replace("/", "%2F") for p in parts)
 
 
 def create_summary_metadata(

@@ -65,6 +65,14 @@ def test_neuron_returns_top_images_normalised_by_the_ind_max(client, run, demo_l
             assert image["label"] == demo_log.labels(dataset["name"], step)[image["index"]]
         if dataset["role"] == "ood":
             assert dataset["activation_ratio"] == pytest.approx(column.max() / ind_max, rel=1e-5)
+            scores = demo_log.scores("backbone.fc1", dataset["name"], step)
+            assert dataset["novelty"] == pytest.approx(float(scores.novelty[neuron]))
+            spurious = float(scores.spurious[neuron])
+            assert dataset["spurious"] == (
+                pytest.approx(spurious) if np.isfinite(spurious) else None
+            )
+        else:
+            assert dataset["novelty"] is None and dataset["spurious"] is None
 
 
 def test_thumbnail_is_the_recorded_image(client, run, demo_log):

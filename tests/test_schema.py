@@ -45,7 +45,7 @@ def test_summaries_carry_plugin_name_content_and_data_class():
         content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
         assert content.dataset == "a/b"
     # a "/" in a user's dataset name cannot make tags ambiguous
-    assert blob.value[0].tag == "deephys/a%2Fb/thumbnails"
+    assert blob.value[0].tag == "deephys.data/a%2Fb/thumbnails"
 
 
 def test_newer_or_malformed_content_is_skipped():

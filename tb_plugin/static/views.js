@@ -71,6 +71,14 @@ export function neuronView(data, run) {
       header.appendChild(
         el('span', {className: 'ratio', text: `activation ratio ${percent(dataset.activation_ratio)}`}),
       );
+      header.appendChild(
+        el('span', {
+          className: 'scores',
+          text: `novelty ${formatRaw(dataset.novelty)} · spurious ${formatRaw(dataset.spurious)}`,
+          attrs: {title: 'novelty: InD max category mean − OOD max category mean; ' +
+            'spurious: 1 − |Spearman| of the category means (n/a: undefined)'},
+        }),
+      );
     }
     const grid = el('div', {className: 'grid'});
     for (const image of dataset.images) {

@@ -1,0 +1,66 @@
+"""``deephys-lightning``: command-line tools for Deephys logs.
+
+Example::
+
+    deephys-lightning scores lightning_logs        # the score table of every run
+    python -m deephys_lightning scores lightning_logs --csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+from deephys_lightning.scores import ScoreRow, format_score_table, score_table
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deephys-lightning", description="Tools for logs written by DeephysCallback."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    scores = commands.add_parser(
+        "scores",
+        help="print novelty, spurious and activation-ratio scores per layer, OOD set and step",
+        description="Print the score table of every run with Deephys data under LOGDIR: "
+        "per layer, OOD set and recorded step, the OOD accuracy, the mean raw novelty "
+        "and the fraction of neurons with positive novelty, the mean spurious score "
+        "and how many neurons have it undefined, and the mean activation ratio.",
+    )
+    scores.add_argument("logdir", help="a TensorBoard log directory (or one run's directory)")
+    scores.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "scores":
+        return _scores(args.logdir, as_csv=args.csv)
+    return 2  # argparse already refused unknown commands
+
+
+def _scores(logdir: str, *, as_csv: bool) -> int:
+    try:
+        rows = score_table(logdir)
+    except FileNotFoundError as error:
+        print(f"deephys-lightning scores: {error}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(
+            f"deephys-lightning scores: no Deephys scores under {logdir!r} (scores need an "
+            "OOD set: pass two or more validation dataloaders to a Trainer with "
+            "DeephysCallback)",
+            file=sys.stderr,
+        )
+        return 1
+    if as_csv:
+        fields = [field.name for field in dataclasses.fields(ScoreRow)]
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(row) for row in rows)
+    else:
+        print(format_score_table(rows))
+    return 0
