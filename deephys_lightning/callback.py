@@ -1,10 +1,9 @@
-"""DeephysCallback: record a layer's activations on InD and OOD validation sets.
+"""DeephysCallback: record layer activations on InD and OOD validation sets.
 
 Example::
 
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.trainer.states import TrainerFn
     from deephys_lightning import DeephysCallback
 
     trainer = L.Trainer(
@@ -19,22 +18,35 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
-from deephys_lightning.capture import reduce_activations, split_batch, to_thumbnails
+from deephys_lightning.buffers import DatasetBuffer, Rows, SamplingPlan, gather_rows
+from deephys_lightning.capture import (
+    Denormalize,
+    OutputSelector,
+    Reduction,
+    denormalize_inputs,
+    reduce_activations,
+    select_output,
+    split_batch,
+    to_thumbnails,
+)
+from deephys_lightning.log_state import LogState
 from deephys_lightning.summary import (
     DatasetRecording,
     EventFileSink,
@@ -44,64 +56,87 @@ from deephys_lightning.summary import (
 )
 from tb_plugin.metadata import Record
 
+DEFAULT_MAX_ACTIVATION_BYTES = 256 * 1024 * 1024
+
 
 class DeephysCallback(Callback):
-    r"""Record the activations of a layer on every validation dataloader for Deephys.
+    r"""Record the activations of layers on every validation dataloader for Deephys.
 
     Validation dataloader 0 (or the one named by ``ind``) is the in-distribution (InD)
     set; all other validation dataloaders are out-of-distribution (OOD) sets. Datasets
     are named by the keys when ``val_dataloaders`` is a dict, else ``dataset_0..n``.
 
-    During a recorded validation epoch (never the sanity check or ``fast_dev_run``) a
-    forward hook on ``layer`` keeps, for each image, one activation per neuron: the
-    output after ReLU (``relu=True``), averaged over spatial dims ``(B, C, H, W)`` or
-    tokens ``(B, T, C)``. The prediction is the arg-max over the last dim of the
-    output of ``logits_layer`` (by default, the LightningModule's own ``forward``
-    output, so ``validation_step`` must call ``self(x)``), and the label comes from
-    the batch. At the end of the epoch rank zero writes everything, with thumbnails
-    of each dataset's images the first time, into the TensorBoardLogger's event file
-    (or an event file in ``trainer.default_root_dir`` when there is no such logger).
+    During a recorded validation epoch (never the sanity check, nor ``fast_dev_run``
+    unless ``record_fast_dev_run``), forward hooks keep, for each image and layer, one
+    activation per neuron: the output after ReLU (``relu=True``), averaged over spatial
+    dims ``(B, C, H, W)`` or tokens ``(B, T, C)``. The prediction is the arg-max over
+    the last dim of the output of ``logits_layer`` (by default the LightningModule's
+    own ``forward``, so ``validation_step`` must call ``self(x)``); the label comes from
+    the batch. At the end of the epoch the rows of all processes are gathered in
+    dataset order and rank zero writes them, with the scores and view data, into the
+    TensorBoardLogger's event file (or an event file in ``trainer.default_root_dir``).
 
     Args:
         layer: dotted name of the module to record, as in ``model.named_modules()``.
-        class_names: one name per class; default ``"0"``, ``"1"``, ... up to the
-            number of logits.
+        class_names: one name per class. Default: the datamodule's ``class_names`` or
+            ``classes`` attribute, else ``"0"``, ``"1"``, ... up to the number of logits.
+        layers: several module names instead of ``layer``.
         ind: name or dataloader index of the in-distribution set (default: the first).
         every_n_epochs: record every n-th validation epoch (``(epoch + 1) % n == 0``);
             ``trainer.validate`` always records.
         logits_layer: dotted name of the module whose output holds the class scores;
             ``None`` takes the LightningModule's ``forward`` output.
-        relu: clip negative activations to 0 before averaging.
+        output_selector: which tensor to record when a layer returns a tuple, list or
+            dict: an index, a key, or a function of the output; a dict maps layer names
+            to selectors.
+        reduction: ``"auto"`` (mean over spatial dims or tokens), ``"none"`` (outputs
+            must be ``(B, M)``), or a function from the output to ``(B, M)``.
+        relu: clip negative activations to 0 before reducing.
         top_k: how many top images per neuron are precomputed for the views.
+        max_images: record at most this many images per dataset: an evenly spread,
+            deterministic subset (the same images every epoch).
+        max_activation_bytes: the full float16 activation matrix of a layer and dataset
+            is written while it is at most this large; above, only the precomputed view
+            data and scores are (they never need it). ``None``: always write it.
+        thumbnails: store an image per recorded image (needs image inputs).
         thumbnail_size: longest side, in pixels, of the stored thumbnails.
+        denormalize: ``(mean, std)`` per channel, or a function, that turns model
+            inputs back into displayable images for the thumbnails.
         input_key: where the inputs are in a batch: a position for tuple batches
             (default 0), a key for dict batches (default: ``image``/``input``/``x``...).
         target_key: where the labels are (default position 1, or ``label``/``target``/``y``).
+        unpack_batch: a function ``batch -> (inputs, labels)``, for any other batch layout.
+        record_fast_dev_run: record under ``Trainer(fast_dev_run=...)`` too.
 
     Raises:
-        MisconfigurationException: on invalid arguments, or at ``setup`` when ``layer``
-            is not a module of the model (the message lists the closest names).
+        MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is
+            not a module of the model (the message lists the closest names).
     """
 
     def __init__(
         self,
-        layer: str,
+        layer: str | None = None,
         class_names: Sequence[str] | None = None,
         *,
+        layers: Sequence[str] | None = None,
         ind: str | int | None = None,
         every_n_epochs: int = 1,
         logits_layer: str | None = None,
+        output_selector: OutputSelector | Mapping[str, OutputSelector] | None = None,
+        reduction: Reduction = "auto",
         relu: bool = True,
         top_k: int = 32,
+        max_images: int | None = None,
+        max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
+        thumbnails: bool = True,
         thumbnail_size: int = 64,
+        denormalize: Denormalize | None = None,
         input_key: str | int | None = None,
         target_key: str | int | None = None,
+        unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        record_fast_dev_run: bool = False,
     ) -> None:
-        if not isinstance(layer, str) or not layer:
-            raise MisconfigurationException(
-                f"DeephysCallback(layer=...) must be a dotted module name such as "
-                f"'backbone.fc1', got {layer!r}"
-            )
+        self.layers = _check_layers(layer, layers)
         if class_names is not None:
             if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
                 raise MisconfigurationException(
@@ -112,71 +147,98 @@ class DeephysCallback(Callback):
                 raise MisconfigurationException(
                     "DeephysCallback(class_names=...) is empty; give one name per class"
                 )
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise MisconfigurationException(
-                f"DeephysCallback(every_n_epochs=...) must be an integer >= 1, "
-                f"got {every_n_epochs!r}"
-            )
-        if not isinstance(top_k, int) or top_k < 1:
-            raise MisconfigurationException(
-                f"DeephysCallback(top_k=...) must be an integer >= 1, got {top_k!r}"
-            )
-        if not isinstance(thumbnail_size, int) or thumbnail_size < 8:
-            raise MisconfigurationException(
-                f"DeephysCallback(thumbnail_size=...) must be an integer >= 8, "
-                f"got {thumbnail_size!r}"
-            )
+        _check_positive_int("every_n_epochs", every_n_epochs)
+        _check_positive_int("top_k", top_k)
+        if max_images is not None:
+            _check_positive_int("max_images", max_images)
+        if max_activation_bytes is not None:
+            _check_positive_int("max_activation_bytes", max_activation_bytes, minimum=0)
+        _check_positive_int("thumbnail_size", thumbnail_size, minimum=8)
         if ind is not None and not isinstance(ind, (str, int)):
             raise MisconfigurationException(
                 f"DeephysCallback(ind=...) must be a dataset name or a dataloader index, "
                 f"got {ind!r}"
             )
-        self.layer = layer
+        if not (callable(reduction) or reduction in ("auto", "none")):
+            raise MisconfigurationException(
+                f"DeephysCallback(reduction=...) must be 'auto', 'none' or a function, "
+                f"got {reduction!r}"
+            )
+        if isinstance(output_selector, Mapping):
+            unknown = sorted(set(output_selector) - set(self.layers))
+            if unknown:
+                raise MisconfigurationException(
+                    f"DeephysCallback(output_selector=...) names layers {unknown} that are not "
+                    f"recorded; recorded layers: {self.layers}"
+                )
+        if (
+            denormalize is not None
+            and not callable(denormalize)
+            and not (isinstance(denormalize, (tuple, list)) and len(denormalize) == 2)
+        ):
+            raise MisconfigurationException(
+                "DeephysCallback(denormalize=...) must be (mean, std) or a function, got "
+                f"{denormalize!r}"
+            )
         self.class_names = list(class_names) if class_names is not None else None
         self.ind = ind
         self.every_n_epochs = every_n_epochs
         self.logits_layer = logits_layer
+        self.output_selector = output_selector
+        self.reduction = reduction
         self.relu = relu
         self.top_k = top_k
+        self.max_images = max_images
+        self.max_activation_bytes = max_activation_bytes
+        self.thumbnails = thumbnails
         self.thumbnail_size = thumbnail_size
+        self.denormalize = denormalize
         self.input_key = input_key
         self.target_key = target_key
+        self.unpack_batch = unpack_batch
+        self.record_fast_dev_run = record_fast_dev_run
 
-        self._layer_module: torch.nn.Module | None = None
+        self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._recording = False
-        self._pending_acts: list[torch.Tensor] = []
+        self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
-        self._buffers: dict[int, dict[str, list[torch.Tensor]]] = {}
+        self._buffers: dict[int, DatasetBuffer] = {}
+        self._plans: dict[int, SamplingPlan] = {}
+        self._seen: dict[int, int] = {}
+        self._thumb_shapes: dict[int, tuple[int, int]] = {}
         self._num_classes = 0
-        # Per log directory written to: the last recorded step and the datasets whose
-        # thumbnails are there already (a reused callback may write to several).
-        self._written: dict[str, _WrittenState] = {}
-        self._destination = ""
         self._names: list[str] = []
+        self._destination = ""
+        # What each log directory written to holds (a reused callback may write to several).
+        self._log_states: dict[str, LogState] = {}
         # An event file of our own, only when there is no TensorBoardLogger to write through.
         self._own_sink: EventFileSink | None = None
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(layer=self.layer, ind=self.ind)
+        return self._generate_state_key(layers=self.layers, ind=self.ind)
 
     # -- set-up ------------------------------------------------------------------
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if trainer.world_size > 1:
-            raise MisconfigurationException(
-                "DeephysCallback does not gather across processes yet: run the recorded "
-                f"validation on one device (this trainer has world_size={trainer.world_size})."
-            )
-        self._layer_module = _find_module(pl_module, self.layer, "layer")
+        self._layer_modules = {name: _find_module(pl_module, name, "layer") for name in self.layers}
         self._logits_module = (
             pl_module
             if self.logits_layer is None
             else _find_module(pl_module, self.logits_layer, "logits_layer")
         )
+        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers) and (
+            trainer.loggers
+        ):
+            rank_zero_warn(
+                "DeephysCallback writes TensorBoard events, and this Trainer has no "
+                "TensorBoardLogger: they go to an event file in "
+                f"{trainer.default_root_dir!r}. Add a TensorBoardLogger to keep them beside "
+                "your training curves."
+            )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -191,6 +253,7 @@ class DeephysCallback(Callback):
     ) -> None:
         self._remove_hooks()
         self._recording = False
+        self._buffers = {}
 
     # -- validation hooks ----------------------------------------------------------
 
@@ -199,13 +262,20 @@ class DeephysCallback(Callback):
         self._recording = self._should_record(trainer)
         if not self._recording:
             return
-        self._buffers = {}
-        self._num_classes = 0
-        self._names = _dataloader_names(trainer.val_dataloaders)
+        loaders = trainer.val_dataloaders
+        self._names = _dataloader_names(loaders)
         self._destination = _log_dir(trainer)
+        flat = _flatten_loaders(loaders)
+        self._plans = {
+            idx: _sampling_plan(loader, trainer, self.max_images) for idx, loader in enumerate(flat)
+        }
+        self._buffers = {}
+        self._seen = {}
+        self._num_classes = 0
         self._remove_hooks()
-        assert self._layer_module is not None and self._logits_module is not None
-        self._handles.append(self._layer_module.register_forward_hook(self._on_layer_output))
+        for name, module in self._layer_modules.items():
+            self._handles.append(module.register_forward_hook(self._layer_hook(name)))
+        assert self._logits_module is not None
         self._handles.append(self._logits_module.register_forward_hook(self._on_logits_output))
 
     @override
@@ -217,7 +287,7 @@ class DeephysCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._pending_acts = []
+        self._pending = {name: [] for name in self.layers}
         self._pending_logits = []
 
     @override
@@ -245,33 +315,40 @@ class DeephysCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "written": {
-                log_dir: {"last_step": state.last_step, "thumbnails": sorted(state.thumbnails)}
-                for log_dir, state in self._written.items()
-            }
-        }
+        return {"written": {d: s.to_dict() for d, s in self._log_states.items()}}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._written = {
-            log_dir: _WrittenState(int(state["last_step"]), set(state["thumbnails"]))
-            for log_dir, state in state_dict.get("written", {}).items()
+        self._log_states = {
+            d: LogState.from_dict(d, raw) for d, raw in state_dict.get("written", {}).items()
         }
 
     # -- workers -----------------------------------------------------------------------
 
     def _should_record(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        if trainer.sanity_checking:
+            return False
+        if trainer.fast_dev_run and not self.record_fast_dev_run:
             return False
         if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(...): always record
             return True
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
-    def _on_layer_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._recording:
-            acts = reduce_activations(output, relu=self.relu, layer=self.layer)
-            self._pending_acts.append(acts.to("cpu", torch.float16))
+    def _selector(self, layer: str) -> OutputSelector | None:
+        if isinstance(self.output_selector, Mapping):
+            return self.output_selector.get(layer)
+        return self.output_selector
+
+    def _layer_hook(self, layer: str) -> Callable:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            if self._recording:
+                selected = select_output(output, self._selector(layer), layer=layer)
+                acts = reduce_activations(
+                    selected, relu=self.relu, reduction=self.reduction, layer=layer
+                )
+                self._pending[layer].append(acts.to("cpu", torch.float16))
+
+        return hook
 
     def _on_logits_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if not self._recording:
@@ -280,7 +357,7 @@ class DeephysCallback(Callback):
             where = (
                 "the LightningModule's forward"
                 if self.logits_layer is None
-                else (f"logits_layer {self.logits_layer!r}")
+                else f"logits_layer {self.logits_layer!r}"
             )
             raise TypeError(
                 f"DeephysCallback takes predictions from {where}, which returned a "
@@ -290,111 +367,167 @@ class DeephysCallback(Callback):
         self._pending_logits.append(output.detach().float().cpu())
 
     def _keep_batch(self, batch: Any, dataloader_idx: int) -> None:
-        x, y = split_batch(batch, self.input_key, self.target_key)
+        if self.unpack_batch is not None:
+            x, y = self.unpack_batch(batch)
+            y = torch.as_tensor(y)
+        else:
+            x, y = split_batch(batch, self.input_key, self.target_key)
         batch_size = len(y)
-        if not self._pending_acts:
-            raise RuntimeError(
-                f"DeephysCallback: layer {self.layer!r} was not called during validation "
-                f"batch of dataloader {dataloader_idx}; does validation_step run it?"
-            )
+        for layer, pending in self._pending.items():
+            if not pending:
+                raise RuntimeError(
+                    f"DeephysCallback: layer {layer!r} was not called during a validation "
+                    f"batch of dataloader {dataloader_idx}; does validation_step run it?"
+                )
         if not self._pending_logits:
             raise RuntimeError(
                 "DeephysCallback: no class scores were seen during a validation batch. "
                 "Call self(x) in validation_step, or set logits_layer= to the classifier module."
             )
-        acts = torch.cat(self._pending_acts)
-        logits = torch.cat(self._pending_logits)
-        if len(acts) != batch_size or len(logits) != batch_size:
-            raise RuntimeError(
-                f"DeephysCallback: a batch of {batch_size} labels produced {len(acts)} rows at "
-                f"layer {self.layer!r} and {len(logits)} rows of class scores; each must run "
-                "once per batch."
+        acts = {layer: torch.cat(p) for layer, p in self._pending.items()}
+        logits = torch.cat(self._pending_logits).reshape(batch_size, -1)
+        for layer, a in acts.items():
+            if len(a) != batch_size:
+                raise RuntimeError(
+                    f"DeephysCallback: a batch of {batch_size} labels produced {len(a)} rows "
+                    f"at layer {layer!r}; the layer must run once per batch."
+                )
+        self._num_classes = max(self._num_classes, logits.shape[-1])
+        plan = self._plans.get(dataloader_idx) or SamplingPlan.for_rank(None, 1, 0, None)
+        start = self._seen.get(dataloader_idx, 0)
+        self._seen[dataloader_idx] = start + batch_size
+        positions = plan.positions(start, batch_size)
+        keep = plan.keep(positions)
+        if not bool(keep.any()):
+            return
+        thumbs = None
+        if self.thumbnails:
+            images = denormalize_inputs(x[keep.to(x.device)], self.denormalize)
+            thumbs = to_thumbnails(
+                images, self.thumbnail_size, self._thumb_shapes.get(dataloader_idx)
             )
-        buffer = self._buffers.setdefault(
-            dataloader_idx, {"acts": [], "labels": [], "preds": [], "thumbs": []}
+            self._thumb_shapes.setdefault(dataloader_idx, tuple(thumbs.shape[1:3]))
+        buffer = self._buffers.get(dataloader_idx)
+        if buffer is None:
+            buffer = self._buffers[dataloader_idx] = DatasetBuffer(plan.capacity)
+        buffer.append(
+            positions[keep],
+            {layer: a[keep] for layer, a in acts.items()},
+            y.detach().cpu().to(torch.int64)[keep],
+            logits.argmax(dim=-1)[keep],
+            thumbs,
         )
-        buffer["acts"].append(acts)
-        buffer["labels"].append(y.detach().cpu().to(torch.int64))
-        buffer["preds"].append(logits.reshape(batch_size, -1).argmax(dim=-1))
-        self._num_classes = max(self._num_classes, logits.reshape(batch_size, -1).shape[-1])
-        if not self._has_thumbnails(dataloader_idx):
-            buffer["thumbs"].append(to_thumbnails(x, self.thumbnail_size))
-        self._pending_acts = []
-        self._pending_logits = []
-
-    def _has_thumbnails(self, dataloader_idx: int) -> bool:
-        written = self._written.get(self._destination)
-        name = self._names[dataloader_idx] if dataloader_idx < len(self._names) else None
-        return written is not None and name in written.thumbnails
 
     def _write(self, trainer: pl.Trainer) -> None:
-        if not self._buffers:
-            return
         names = self._names
-        written = self._written.setdefault(self._destination, _WrittenState())
+        # Every process takes part in the gathering, in the same dataloader order.
+        gathered: dict[int, Rows] = {}
+        for idx in range(len(names)):
+            buffer = self._buffers.get(idx)
+            rows = buffer.rows() if buffer is not None and len(buffer) else None
+            if trainer.world_size > 1:
+                rows = gather_rows(
+                    rows if rows is not None else _empty_rows(self.layers, self.thumbnails),
+                    lambda t: trainer.strategy.all_gather(t),
+                    trainer.world_size,
+                )
+            elif rows is not None:
+                rows = rows.sorted()
+            if rows is not None and len(rows.positions):
+                gathered[idx] = rows
+        self._buffers = {}
+        if not gathered:
+            return
+        if trainer.world_size > 1:
+            num_classes = int(trainer.strategy.all_gather(torch.tensor(self._num_classes)).max())
+        else:
+            num_classes = self._num_classes
+        self._write_rank_zero(trainer, names, gathered, num_classes)
+
+    @rank_zero_only
+    def _write_rank_zero(
+        self, trainer: pl.Trainer, names: list[str], gathered: dict[int, Rows], num_classes: int
+    ) -> None:
+        state = self._log_state(self._destination)
         step = trainer.global_step
-        if step <= written.last_step:
-            self._buffers = {}
+        if step <= state.last_step:
             rank_zero_warn(
                 f"DeephysCallback: {self._destination} already holds a record at step "
-                f"{written.last_step}; this validation at step {step} is not recorded, because "
+                f"{state.last_step}; this validation at step {step} is not recorded, because "
                 "TensorBoard keeps one record per step and drops data written after a later "
                 "step. Log to a new version (a new TensorBoardLogger) to record it."
             )
             return
-        order = _ind_first(names, self.ind)
         recordings: dict[str, DatasetRecording] = {}
-        for idx in order:
-            buffer = self._buffers.get(idx)
-            if buffer is None:
+        digests: dict[str, str] = {}
+        for idx in _ind_first(names, self.ind):
+            rows = gathered.get(idx)
+            if rows is None:
                 continue
             name = names[idx]
+            thumbs = None
+            if rows.thumbs is not None:
+                digest = _digest(rows.thumbs, rows.positions)
+                if state.thumbnails.get(name) != digest:
+                    thumbs = rows.thumbs.numpy()
+                    digests[name] = digest
             recordings[name] = DatasetRecording(
-                labels=torch.cat(buffer["labels"]).numpy(),
-                predictions=torch.cat(buffer["preds"]).numpy(),
-                activations={self.layer: torch.cat(buffer["acts"]).numpy()},
-                thumbnails=None
-                if name in written.thumbnails
-                else torch.cat(buffer["thumbs"]).numpy(),
+                labels=rows.labels.numpy(),
+                predictions=rows.preds.numpy(),
+                activations={layer: a.numpy() for layer, a in rows.acts.items()},
+                thumbnails=thumbs,
+                positions=rows.positions.numpy(),
             )
-        self._buffers = {}
-        class_names = self._class_names(self._num_classes, recordings)
+        class_names = self._class_names(trainer, num_classes, recordings)
+        _warn_non_finite(recordings)
         record = Record(
             step=step,
             epoch=trainer.current_epoch,
-            layers=(self.layer,),
+            layers=tuple(self.layers),
             datasets=tuple(recordings),
             class_names=tuple(class_names),
             num_images={name: len(rec.labels) for name, rec in recordings.items()},
             top_k=self.top_k,
             relu=self.relu,
         )
-        self._write_rank_zero(trainer, record, recordings)
-        written.thumbnails.update(
-            name for name, rec in recordings.items() if rec.thumbnails is not None
+        write_record(
+            self._sink_for(trainer),
+            record,
+            recordings,
+            max_activation_bytes=self.max_activation_bytes,
         )
-        written.last_step = step
+        state.last_step = step
+        state.thumbnails.update(digests)
+        state.save()
+
+    def _log_state(self, log_dir: str) -> LogState:
+        state = self._log_states.get(log_dir)
+        on_disk = LogState.load(log_dir)
+        if state is None:
+            state = self._log_states[log_dir] = on_disk
+        else:
+            state.merge(on_disk)
+        return state
 
     def _class_names(
-        self, num_classes: int, recordings: Mapping[str, DatasetRecording]
+        self, trainer: pl.Trainer, num_classes: int, recordings: Mapping[str, DatasetRecording]
     ) -> list[str]:
         max_label = max(
             (int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1
         )
-        if self.class_names is None:
+        names = self.class_names
+        source = "DeephysCallback(class_names=...)"
+        if names is None:
+            names = _datamodule_class_names(trainer)
+            source = "the datamodule's class names"
+        if names is None:
             return [str(i) for i in range(max(num_classes, max_label + 1))]
-        if max_label >= len(self.class_names):
+        if max_label >= len(names):
             raise MisconfigurationException(
-                f"DeephysCallback(class_names=...) has {len(self.class_names)} names, but the "
-                f"validation labels go up to {max_label}; give one name per class."
+                f"{source} has {len(names)} names, but the validation labels go up to "
+                f"{max_label}; give one name per class."
             )
-        return self.class_names
-
-    @rank_zero_only
-    def _write_rank_zero(
-        self, trainer: pl.Trainer, record: Record, recordings: dict[str, DatasetRecording]
-    ) -> None:
-        write_record(self._sink_for(trainer), record, recordings)
+        return list(names)
 
     def _sink_for(self, trainer: pl.Trainer) -> SummarySink:
         """The TensorBoardLogger's writer (fetched anew: a finished fit closes it), else ours."""
@@ -420,10 +553,28 @@ class DeephysCallback(Callback):
         self._handles = []
 
 
-@dataclasses.dataclass
-class _WrittenState:
-    last_step: int = -1
-    thumbnails: set[str] = dataclasses.field(default_factory=set)
+def _check_layers(layer: str | None, layers: Sequence[str] | None) -> list[str]:
+    if (layer is None) == (layers is None):
+        raise MisconfigurationException(
+            "DeephysCallback needs exactly one of layer='dotted.module.name' or "
+            f"layers=[...], got layer={layer!r} and layers={layers!r}"
+        )
+    names = [layer] if layer is not None else list(layers or [])
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise MisconfigurationException(
+            "DeephysCallback(layer/layers=...) must be dotted module names such as "
+            f"'backbone.fc1', got {layer if layer is not None else layers!r}"
+        )
+    if len(set(names)) != len(names):
+        raise MisconfigurationException(f"DeephysCallback(layers=...) repeats a name: {names}")
+    return names
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise MisconfigurationException(
+            f"DeephysCallback({name}=...) must be an integer >= {minimum}, got {value!r}"
+        )
 
 
 def _log_dir(trainer: pl.Trainer) -> str:
@@ -455,6 +606,46 @@ def _dataloader_names(dataloaders: Any) -> list[str]:
     return ["dataset_0"]
 
 
+def _flatten_loaders(dataloaders: Any) -> list[Any]:
+    if isinstance(dataloaders, Mapping):
+        return list(dataloaders.values())
+    if isinstance(dataloaders, Sequence) and not isinstance(dataloaders, (str, bytes)):
+        return list(dataloaders)
+    return [dataloaders]
+
+
+def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> SamplingPlan:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        num_images = len(dataset) if dataset is not None else None
+    except TypeError:  # an IterableDataset without a length
+        num_images = None
+    world_size = trainer.world_size
+    if world_size > 1:
+        sampler = getattr(loader, "sampler", None)
+        if not (
+            type(sampler) is DistributedSampler and not sampler.shuffle and num_images is not None
+        ):
+            raise MisconfigurationException(
+                "DeephysCallback gathers validation rows across processes in dataset order, "
+                "which needs Lightning's DistributedSampler without shuffling on a dataset "
+                f"with a length; got sampler {type(sampler).__name__}. Keep "
+                "Trainer(use_distributed_sampler=True) and an unshuffled map-style dataset."
+            )
+    return SamplingPlan.for_rank(num_images, world_size, trainer.global_rank, max_images)
+
+
+def _empty_rows(layers: Sequence[str], thumbnails: bool) -> Rows:
+    empty = torch.empty(0, dtype=torch.int64)
+    return Rows(
+        positions=empty,
+        acts={layer: torch.empty((0, 0), dtype=torch.float16) for layer in layers},
+        labels=empty,
+        preds=empty,
+        thumbs=torch.empty((0, 1, 1, 3), dtype=torch.uint8) if thumbnails else None,
+    )
+
+
 def _ind_first(names: list[str], ind: str | int | None) -> list[int]:
     """Dataloader indices with the in-distribution one first."""
     if ind is None:
@@ -473,3 +664,32 @@ def _ind_first(names: list[str], ind: str | int | None) -> list[int]:
             )
         ind_idx = names.index(ind)
     return [ind_idx] + [i for i in range(len(names)) if i != ind_idx]
+
+
+def _datamodule_class_names(trainer: pl.Trainer) -> list[str] | None:
+    datamodule = getattr(trainer, "datamodule", None)
+    for attribute in ("class_names", "classes"):
+        names = getattr(datamodule, attribute, None)
+        if isinstance(names, Sequence) and names and all(isinstance(n, str) for n in names):
+            return list(names)
+    return None
+
+
+def _digest(thumbs: torch.Tensor, positions: torch.Tensor) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.ascontiguousarray(positions.numpy()).tobytes())
+    digest.update(str(tuple(thumbs.shape)).encode())
+    digest.update(np.ascontiguousarray(thumbs.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:
+    for name, rec in recordings.items():
+        for layer, acts in rec.activations.items():
+            bad = int(np.count_nonzero(~np.isfinite(acts)))
+            if bad:
+                rank_zero_warn(
+                    f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "
+                    "or infinite (float16 overflows above 65504). They are recorded as they "
+                    "are; scores of the affected neurons are NaN."
+                )

@@ -13,7 +13,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,11 +23,52 @@ _INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values")
 _TARGET_KEYS = ("label", "labels", "target", "targets", "y")
 
 
-def reduce_activations(output: Any, *, relu: bool = True, layer: str = "layer") -> torch.Tensor:
+OutputSelector = int | str | Callable[[Any], torch.Tensor]
+Reduction = str | Callable[[torch.Tensor], torch.Tensor]
+
+
+def select_output(output: Any, selector: OutputSelector | None, *, layer: str) -> torch.Tensor:
+    """The tensor to record from a layer's output.
+
+    Tuple/list outputs take ``output[selector]`` with an integer selector, dict outputs
+    ``output[selector]`` with a key; a callable gets the whole output.
+    """
+    if selector is None:
+        if isinstance(output, torch.Tensor):
+            return output
+        kind = type(output).__name__
+        hint = f"keys {sorted(map(str, output))}" if isinstance(output, Mapping) else f"a {kind}"
+        raise TypeError(
+            f"DeephysCallback: the output of layer {layer!r} is {hint}, not a tensor. Pass "
+            "output_selector= (an index, a key or a function) to say which tensor to record, "
+            "or pick a module whose forward returns one tensor."
+        )
+    if callable(selector):
+        selected = selector(output)
+    else:
+        try:
+            selected = output[selector]
+        except (KeyError, IndexError, TypeError) as error:
+            raise TypeError(
+                f"DeephysCallback: output_selector={selector!r} does not apply to the output of "
+                f"layer {layer!r} ({type(output).__name__}): {error}"
+            ) from None
+    if not isinstance(selected, torch.Tensor):
+        raise TypeError(
+            f"DeephysCallback: output_selector={selector!r} picked a "
+            f"{type(selected).__name__} from layer {layer!r}, not a tensor"
+        )
+    return selected
+
+
+def reduce_activations(
+    output: Any, *, relu: bool = True, reduction: Reduction = "auto", layer: str = "layer"
+) -> torch.Tensor:
     """One activation per neuron per image: ReLU, then the mean over non-neuron dims.
 
-    ``(B, M)`` is kept; ``(B, T, C)`` (tokens) is averaged over ``T``; ``(B, C, H, W)``
-    (and any higher rank) is averaged over every dim after ``C``.
+    With ``reduction="auto"``: ``(B, M)`` is kept; ``(B, T, C)`` (tokens) is averaged
+    over ``T``; ``(B, C, H, W)`` (and any higher rank) over every dim after ``C``.
+    ``"none"`` accepts ``(B, M)`` only; a callable maps the (ReLU'd) output to ``(B, M)``.
 
     Returns:
         float32 tensor ``[B, M]`` (detached, on the output's device).
@@ -36,7 +77,7 @@ def reduce_activations(output: Any, *, relu: bool = True, layer: str = "layer") 
         raise TypeError(
             f"DeephysCallback: the output of layer {layer!r} is a {type(output).__name__}, "
             "not a tensor. Pick a module whose forward returns one tensor (for example a "
-            "Linear or Conv2d inside it)."
+            "Linear or Conv2d inside it), or pass output_selector=."
         )
     out = output.detach().float()
     if out.ndim < 2:
@@ -46,11 +87,25 @@ def reduce_activations(output: Any, *, relu: bool = True, layer: str = "layer") 
         )
     if relu:
         out = torch.relu(out)
-    if out.ndim == 2:
-        return out
-    if out.ndim == 3:
-        return out.mean(dim=1)
-    return out.mean(dim=tuple(range(2, out.ndim)))
+    if callable(reduction):
+        out = reduction(out)
+    elif reduction == "none":
+        if out.ndim != 2:
+            raise ValueError(
+                f"DeephysCallback(reduction='none') needs (B, M) outputs, but layer {layer!r} "
+                f"gives shape {tuple(out.shape)}; use reduction='auto' or a function"
+            )
+    elif out.ndim == 3:
+        out = out.mean(dim=1)
+    elif out.ndim > 3:
+        out = out.mean(dim=tuple(range(2, out.ndim)))
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != output.shape[0]:
+        raise ValueError(
+            f"DeephysCallback: the reduction of layer {layer!r} must give (B, M) with "
+            f"B = {output.shape[0]}, got "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}"
+        )
+    return out
 
 
 def split_batch(
@@ -109,12 +164,37 @@ def _pick(batch: Mapping, key: Any, defaults: Sequence[str], param: str) -> Any:
     )
 
 
-def to_thumbnails(inputs: torch.Tensor, size: int) -> torch.Tensor:
+Denormalize = tuple[Sequence[float], Sequence[float]] | Callable[[torch.Tensor], torch.Tensor]
+
+
+def denormalize_inputs(inputs: torch.Tensor, denormalize: Denormalize | None) -> torch.Tensor:
+    """Undo the input normalisation: ``x * std + mean`` per channel, or a callable."""
+    if denormalize is None:
+        return inputs
+    if callable(denormalize):
+        return denormalize(inputs)
+    mean, std = denormalize
+    x = inputs.detach().float()
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
+    if x.ndim < 2 or mean_t.numel() not in (1, x.shape[1]) or std_t.numel() != mean_t.numel():
+        raise ValueError(
+            f"DeephysCallback(denormalize=(mean, std)): {mean_t.numel()} means and "
+            f"{std_t.numel()} stds do not fit inputs of shape {tuple(x.shape)}"
+        )
+    return x * std_t + mean_t
+
+
+def to_thumbnails(
+    inputs: torch.Tensor, size: int, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """uint8 RGB thumbnails ``(B, h, w, 3)`` of image inputs ``(B, C, H, W)``.
 
     Inputs in [0, 1] are scaled by 255, integer inputs are taken as 0..255, anything
     else is min-max scaled per image. One channel is repeated to three; images whose
-    longer side exceeds ``size`` are resized down, keeping their aspect ratio.
+    longer side exceeds ``size`` are resized down, keeping their aspect ratio, or to
+    ``shape`` when given (so that all thumbnails of a dataset share one shape).
     """
     x = inputs.detach()
     if x.ndim == 3:
@@ -122,7 +202,8 @@ def to_thumbnails(inputs: torch.Tensor, size: int) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] not in (1, 3, 4):
         raise ValueError(
             "DeephysCallback: thumbnails need image inputs (B, C, H, W) with 1 or 3 "
-            f"channels, got shape {tuple(x.shape)}"
+            f"channels, got shape {tuple(x.shape)}; pass thumbnails=False to record "
+            "without them, or denormalize= a function that returns images"
         )
     integer = not x.dtype.is_floating_point
     x = x[:, :3].float().cpu()
@@ -135,9 +216,13 @@ def to_thumbnails(inputs: torch.Tensor, size: int) -> torch.Tensor:
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
         x = (x - lo) / (hi - lo).clamp_min(1e-12)
     height, width = x.shape[-2:]
-    if max(height, width) > size:
-        scale = size / max(height, width)
-        new = (max(1, round(height * scale)), max(1, round(width * scale)))
-        x = F.interpolate(x, size=new, mode="bilinear", antialias=True, align_corners=False)
+    if shape is None:
+        shape = (height, width)
+        if max(height, width) > size:
+            scale = size / max(height, width)
+            shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if tuple(shape) != (height, width):
+        antialias = shape[0] < height or shape[1] < width
+        x = F.interpolate(x, size=shape, mode="bilinear", antialias=antialias, align_corners=False)
     x = (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()

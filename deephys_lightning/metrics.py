@@ -346,6 +346,38 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
     return torch.gather(columns, 1, order)
 
 
+def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the ``n`` neurons with the highest normalized activation.
+
+    Args:
+        activations: [N, M] activations of any dataset.
+        ind_max: [M] the InD maximum of each neuron (see :func:`max_per_neuron`).
+        n: how many neurons per image; fewer when M < n.
+
+    Returns:
+        ``(neurons [N, n], normalized [N, n])``, highest first, ties to the lower
+        neuron; neurons dead on InD (NaN normalized activation) rank last.
+    """
+    acts = _matrix(activations, "activations")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    count, m = acts.shape
+    n = min(n, m)
+    ind_max = as_numpy(ind_max).astype(np.float32)
+    if ind_max.shape != (m,):
+        raise ValueError(f"ind_max must have shape ({m},), got {ind_max.shape}")
+    denominator = torch.from_numpy(np.where(ind_max > 0, ind_max, np.nan).astype(np.float32))
+    rows = _as_torch(acts)
+    neurons = np.empty((count, n), dtype=np.int64)
+    values = np.empty((count, n), dtype=np.float32)
+    for start in range(0, count, _ROW_BLOCK):
+        block = rows[start : start + _ROW_BLOCK].float() / denominator  # NaN if dead
+        order = _top_columns(block, n)
+        neurons[start : start + len(block)] = order.numpy()
+        values[start : start + len(block)] = torch.gather(block, 1, order).numpy()
+    return neurons, values
+
+
 @dataclasses.dataclass(frozen=True)
 class OODScores:
     """Per-neuron scores of one OOD set (float32 [M] each)."""

@@ -78,8 +78,33 @@ class DeephysLog:
         raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
 
     def activations(self, layer: str, dataset: str, step: int) -> np.ndarray:
-        """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``."""
-        return self._array(Kind.ACTIVATIONS, step, layer=layer, dataset=dataset)
+        """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``.
+
+        Raises:
+            KeyError: the matrix was not written (it was larger than the callback's
+                ``max_activation_bytes``; the view data and scores are still there).
+        """
+        try:
+            return self._array(Kind.ACTIVATIONS, step, layer=layer, dataset=dataset)
+        except KeyError as error:
+            raise KeyError(
+                f"{error.args[0]}. The full activation matrix is written only while it is "
+                "at most DeephysCallback(max_activation_bytes=...) large; raise that (or "
+                "set it to None) or record fewer images with max_images=."
+            ) from None
+
+    def image_top_neurons(
+        self, layer: str, dataset: str, step: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per image, its top neurons ``[N, n]`` and their normalized activations ``[N, n]``."""
+        return (
+            self._array(Kind.IMAGE_TOP_NEURONS, step, layer=layer, dataset=dataset),
+            self._array(Kind.IMAGE_TOP_VALUES, step, layer=layer, dataset=dataset),
+        )
+
+    def positions(self, dataset: str, step: int) -> np.ndarray:
+        """int32 ``[N]``: the index in its dataset of each recorded image."""
+        return self._array(Kind.POSITIONS, step, dataset=dataset)
 
     def top_images(self, layer: str, dataset: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         """Per neuron, the top image indices ``[M, k]`` and their activations ``[M, k]``."""

@@ -75,12 +75,14 @@ class DatasetRecording:
         predictions: int [N] predicted classes.
         activations: layer name -> float [N, M] activations (after ReLU and reduction).
         thumbnails: uint8 [N, H, W, 3], or None when already written for this dataset.
+        positions: int [N] index in the dataset of each image (default 0..N-1).
     """
 
     labels: np.ndarray
     predictions: np.ndarray
     activations: dict[str, np.ndarray]
     thumbnails: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
 
 def tensor_summary(
@@ -118,15 +120,25 @@ def array_blob_summary(
     return blob_summary(kind, array_codec.encode_chunks(array), layer=layer, dataset=dataset)
 
 
+# How many top neurons are kept per image for the image view.
+IMAGE_TOP_NEURONS = 16
+
+
 def write_record(
-    sink: SummarySink, record: Record, recordings: dict[str, DatasetRecording]
+    sink: SummarySink,
+    record: Record,
+    recordings: dict[str, DatasetRecording],
+    *,
+    max_activation_bytes: int | None = None,
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
-    For each dataset: labels, predictions, the accuracy scalar and (when given)
-    thumbnails. For each layer and dataset: the float16 activations, each neuron's
-    top images, the category means. For each layer and OOD set: per-neuron novelty,
-    spurious score and activation ratio, their headline scalars and histograms.
+    For each dataset: labels, predictions, positions, the accuracy scalar and (when
+    given) thumbnails. For each layer and dataset: each neuron's top images, each
+    image's top neurons by normalized activation, the category means, and the float16
+    activation matrix while it is at most ``max_activation_bytes`` (None: always).
+    For each layer and OOD set: per-neuron novelty, spurious score and activation
+    ratio, their headline scalars and histograms.
     The record itself is written last, so a reader that sees it sees the rest too.
     """
     missing = [name for name in record.datasets if name not in recordings]
@@ -137,14 +149,29 @@ def write_record(
     for name in record.datasets:
         _write_dataset(sink, step, name, recordings[name])
     for layer in record.layers:
-        statistics = {}
-        for name in record.datasets:
-            rec = recordings[name]
-            # One source of truth: everything is computed on the stored float16 values.
-            acts = np.asarray(rec.activations[layer], dtype=np.float16)
-            statistics[name] = metrics.dataset_statistics(acts, rec.labels, num_classes)
-            _write_layer_arrays(sink, step, layer, name, acts, statistics[name][0], record.top_k)
+        # One source of truth: everything is computed on the stored float16 values.
+        acts = {
+            name: np.asarray(recordings[name].activations[layer], dtype=np.float16)
+            for name in record.datasets
+        }
+        statistics = {
+            name: metrics.dataset_statistics(acts[name], recordings[name].labels, num_classes)
+            for name in record.datasets
+        }
         ind_means, ind_max = statistics[record.ind]
+        for name in record.datasets:
+            full = max_activation_bytes is None or acts[name].nbytes <= max_activation_bytes
+            _write_layer_arrays(
+                sink,
+                step,
+                layer,
+                name,
+                acts[name],
+                statistics[name][0],
+                ind_max,
+                record.top_k,
+                full,
+            )
         for ood in record.ood:
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
@@ -158,6 +185,10 @@ def _write_dataset(sink: SummarySink, step: int, name: str, rec: DatasetRecordin
     predictions = np.asarray(rec.predictions, dtype=np.int32)
     sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
     sink.add_summary(tensor_summary(Kind.PREDICTIONS, predictions, dataset=name), step)
+    positions = np.arange(len(labels)) if rec.positions is None else rec.positions
+    sink.add_summary(
+        tensor_summary(Kind.POSITIONS, np.asarray(positions, dtype=np.int32), dataset=name), step
+    )
     if len(labels):
         accuracy = float(np.mean(labels == predictions))
         sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)
@@ -173,13 +204,21 @@ def _write_layer_arrays(
     name: str,
     acts: np.ndarray,
     means: np.ndarray,
+    ind_max: np.ndarray,
     top_k: int,
+    full: bool,
 ) -> None:
-    indices, values = metrics.top_k(acts, top_k)
     names = {"layer": layer, "dataset": name}
-    sink.add_summary(array_blob_summary(Kind.ACTIVATIONS, acts, **names), step)
+    if full:
+        sink.add_summary(array_blob_summary(Kind.ACTIVATIONS, acts, **names), step)
+    indices, values = metrics.top_k(acts, top_k)
     sink.add_summary(tensor_summary(Kind.TOP_INDICES, indices.astype(np.int32), **names), step)
     sink.add_summary(tensor_summary(Kind.TOP_VALUES, values, **names), step)
+    neurons, normalized = metrics.top_neurons(acts, ind_max, IMAGE_TOP_NEURONS)
+    sink.add_summary(
+        tensor_summary(Kind.IMAGE_TOP_NEURONS, neurons.astype(np.int32), **names), step
+    )
+    sink.add_summary(tensor_summary(Kind.IMAGE_TOP_VALUES, normalized, **names), step)
     sink.add_summary(tensor_summary(Kind.CATEGORY_MEANS, means, **names), step)
 
 

@@ -43,6 +43,9 @@ class Kind(str, enum.Enum):
     ACTIVATIONS = "activations"  # float16 [N, M] activations of one layer (.npy blob chunks)
     TOP_INDICES = "top_indices"  # int32 [M, k] image indices, highest activation first (tensor)
     TOP_VALUES = "top_values"  # float32 [M, k] raw activations of those images (tensor)
+    POSITIONS = "positions"  # int32 [N] index in the dataset of each recorded image (tensor)
+    IMAGE_TOP_NEURONS = "image_top_neurons"  # int32 [N, n] each image's top neurons (tensor)
+    IMAGE_TOP_VALUES = "image_top_values"  # float32 [N, n] their normalized activations (tensor)
     CATEGORY_MEANS = "category_means"  # float32 [C, M] mean activation per category (tensor)
     NOVELTY = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
     SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
@@ -57,6 +60,8 @@ LAYER_KINDS = frozenset(
         Kind.ACTIVATIONS,
         Kind.TOP_INDICES,
         Kind.TOP_VALUES,
+        Kind.IMAGE_TOP_NEURONS,
+        Kind.IMAGE_TOP_VALUES,
         Kind.CATEGORY_MEANS,
         Kind.NOVELTY,
         Kind.SPURIOUS,

@@ -164,7 +164,7 @@ def test_a_reused_callback_writes_thumbnails_into_each_new_log(tmp_path):
         log = read_log(tmp_path / "tiny" / f"version_{version}")
         assert log.thumbnails("dataset_0").shape == (5, 8, 8, 3)
     state = callback.state_dict()["written"]
-    assert len(state) == 2 and all(s["thumbnails"] == ["dataset_0"] for s in state.values())
+    assert len(state) == 2 and all(list(s["thumbnails"]) == ["dataset_0"] for s in state.values())
 
 
 def test_without_tensorboard_logger_writes_to_default_root_dir(tmp_path):
@@ -191,7 +191,14 @@ def test_wrong_layer_name_lists_the_closest_modules(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"layer": ""}, "dotted module name"),
+        ({"layer": ""}, "dotted module names"),
+        ({}, "exactly one of"),
+        ({"layer": "fc", "layers": ["fc"]}, "exactly one of"),
+        ({"layers": ["fc", "fc"]}, "repeats"),
+        ({"layer": "fc", "reduction": "max"}, "reduction"),
+        ({"layer": "fc", "max_images": 0}, "max_images"),
+        ({"layer": "fc", "denormalize": (0.5,)}, "denormalize"),
+        ({"layer": "fc", "output_selector": {"other": 0}}, "not recorded"),
         ({"layer": "fc", "every_n_epochs": 0}, "every_n_epochs"),
         ({"layer": "fc", "top_k": 0}, "top_k"),
         ({"layer": "fc", "class_names": "abc"}, "list of strings"),
@@ -229,7 +236,7 @@ def test_batches_without_labels_are_a_clear_error(tmp_path):
 
 def test_state_dict_round_trip():
     callback = DeephysCallback(layer="fc")
-    state = {"written": {"/logs/version_0": {"last_step": 7, "thumbnails": ["a", "b"]}}}
+    state = {"written": {"/logs/version_0": {"last_step": 7, "thumbnails": {"a": "f00d"}}}}
     callback.load_state_dict(state)
     assert callback.state_dict() == state
     assert callback.state_key != DeephysCallback(layer="other").state_key
