@@ -208,18 +208,31 @@ def _concat(chunks: list[Rows]) -> Rows:
 
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
+Broadcast = Callable[[object, int], object]
 
 
-def gather_rows(rows: Rows, all_gather: AllGather, world_size: int) -> Rows:
-    """Every process's rows, in dataset order (call on every process).
+def gather_rows(
+    rows: Rows | None, all_gather: AllGather, broadcast: Broadcast, world_size: int
+) -> Rows | None:
+    """Every process's rows, in dataset order (call on every process, in step).
 
     ``all_gather`` maps a tensor of identical shape on every process to the stacked
-    ``[world_size, ...]`` tensor, as ``trainer.strategy.all_gather`` does. Row counts
-    may differ: rows are padded to the largest count and the padding dropped.
+    ``[world_size, ...]`` tensor and ``broadcast(obj, src)`` sends a Python object
+    from process ``src`` to all, as ``trainer.strategy`` does. Row counts may differ,
+    down to none on a process: rows are padded to the largest count, the padding
+    dropped. Returns None when no process has rows.
     """
     if world_size == 1:
-        return rows.sorted()
-    counts = all_gather(torch.tensor([len(rows.positions)], dtype=torch.int64)).reshape(-1)
+        return None if rows is None else rows.sorted()
+    count = 0 if rows is None else len(rows.positions)
+    counts = all_gather(torch.tensor([count], dtype=torch.int64)).reshape(-1).cpu()
+    if int(counts.max()) == 0:
+        return None
+    # A process without rows learns the trailing shapes from the first one with rows.
+    source = int(torch.nonzero(counts)[0])
+    layout = broadcast(None if rows is None or count == 0 else _layout(rows), source)
+    if rows is None or count == 0:
+        rows = _empty_like(layout)
     width = int(counts.max())
 
     def gathered(t: torch.Tensor) -> torch.Tensor:
@@ -235,3 +248,26 @@ def gather_rows(rows: Rows, all_gather: AllGather, world_size: int) -> Rows:
         preds=gathered(rows.preds),
         thumbs=None if rows.thumbs is None else gathered(rows.thumbs),
     ).sorted()
+
+
+def _layout(rows: Rows) -> dict:
+    return {
+        "acts": {layer: (tuple(a.shape[1:]), a.dtype) for layer, a in rows.acts.items()},
+        "thumbs": None if rows.thumbs is None else tuple(rows.thumbs.shape[1:]),
+    }
+
+
+def _empty_like(layout: dict) -> Rows:
+    empty = torch.empty(0, dtype=torch.int64)
+    return Rows(
+        positions=empty,
+        acts={
+            layer: torch.empty((0, *shape), dtype=dtype)
+            for layer, (shape, dtype) in layout["acts"].items()
+        },
+        labels=empty,
+        preds=empty,
+        thumbs=None
+        if layout["thumbs"] is None
+        else torch.empty((0, *layout["thumbs"]), dtype=torch.uint8),
+    )

@@ -424,16 +424,13 @@ class DeephysCallback(Callback):
         gathered: dict[int, Rows] = {}
         for idx in range(len(names)):
             buffer = self._buffers.get(idx)
-            rows = buffer.rows() if buffer is not None and len(buffer) else None
-            if trainer.world_size > 1:
-                rows = gather_rows(
-                    rows if rows is not None else _empty_rows(self.layers, self.thumbnails),
-                    lambda t: trainer.strategy.all_gather(t),
-                    trainer.world_size,
-                )
-            elif rows is not None:
-                rows = rows.sorted()
-            if rows is not None and len(rows.positions):
+            rows = gather_rows(
+                buffer.rows() if buffer is not None and len(buffer) else None,
+                trainer.strategy.all_gather,
+                trainer.strategy.broadcast,
+                trainer.world_size,
+            )
+            if rows is not None:
                 gathered[idx] = rows
         self._buffers = {}
         if not gathered:
@@ -633,17 +630,6 @@ def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> 
                 "Trainer(use_distributed_sampler=True) and an unshuffled map-style dataset."
             )
     return SamplingPlan.for_rank(num_images, world_size, trainer.global_rank, max_images)
-
-
-def _empty_rows(layers: Sequence[str], thumbnails: bool) -> Rows:
-    empty = torch.empty(0, dtype=torch.int64)
-    return Rows(
-        positions=empty,
-        acts={layer: torch.empty((0, 0), dtype=torch.float16) for layer in layers},
-        labels=empty,
-        preds=empty,
-        thumbs=torch.empty((0, 1, 1, 3), dtype=torch.uint8) if thumbnails else None,
-    )
 
 
 def _ind_first(names: list[str], ind: str | int | None) -> list[int]:

@@ -1,0 +1,47 @@
+"""Run trainer.validate with DeephysCallback on 1 or 2 CPU processes (DDP, gloo).
+
+    python tests/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES]
+
+Used by test_distributed.py: Lightning's "ddp" strategy starts the second process
+by running this script again, so it must be a script, not a test function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tiny_model import TinyNet, loader, random_set
+
+from deephys_lightning import DeephysCallback
+
+
+def main() -> None:
+    logdir, weights, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    max_images = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    model = TinyNet()
+    model.load_state_dict(torch.load(weights))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        logger=TensorBoardLogger(logdir, name="run", version=0),
+        callbacks=[DeephysCallback(layers=["fc", "features.0"], max_images=max_images)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(
+        model,
+        dataloaders={
+            "ind": loader(random_set(10, 1), 3),
+            "ood": loader(random_set(7, 2), 3),  # 7 and 9 do not split evenly in two
+            "odd": loader(random_set(9, 3), 2),
+        },
+        verbose=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""DDP with two CPU processes (gloo) logs the same arrays as one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import TinyNet
+
+from deephys_lightning import read_log
+
+SCRIPT = Path(__file__).with_name("ddp_validate.py")
+
+
+def _run(logdir, weights, devices, *extra):
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parent), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(logdir), str(weights), str(devices), *map(str, extra)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return read_log(Path(logdir) / "run" / "version_0")
+
+
+@pytest.mark.parametrize("max_images", [None, 5])
+def test_two_processes_log_what_one_process_logs(tmp_path, max_images):
+    weights = tmp_path / "weights.pt"
+    torch.manual_seed(0)
+    torch.save(TinyNet().state_dict(), weights)
+    extra = () if max_images is None else (max_images,)
+    single = _run(tmp_path / "single", weights, 1, *extra)
+    double = _run(tmp_path / "double", weights, 2, *extra)
+    assert double.datasets == single.datasets == ("ind", "ood", "odd")
+    step = single.steps[-1]
+    assert double.steps == single.steps
+    for dataset in single.datasets:
+        expected = min(max_images or 99, {"ind": 10, "ood": 7, "odd": 9}[dataset])
+        assert single.latest.num_images[dataset] == expected
+        assert double.latest.num_images[dataset] == expected
+        for getter in ("labels", "predictions", "positions"):
+            np.testing.assert_array_equal(
+                getattr(double, getter)(dataset, step), getattr(single, getter)(dataset, step)
+            )
+        np.testing.assert_array_equal(double.thumbnails(dataset), single.thumbnails(dataset))
+        for layer in ("fc", "features.0"):
+            np.testing.assert_allclose(
+                double.activations(layer, dataset, step).astype(np.float32),
+                single.activations(layer, dataset, step).astype(np.float32),
+                rtol=1e-3,
+                atol=1e-4,
+            )
