@@ -56,7 +56,7 @@ from deephys_lightning.summary import (
 )
 from tb_plugin.metadata import Record
 
-DEFAULT_MAX_ACTIVATION_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
 
 
 class DeephysCallback(Callback):

@@ -7,7 +7,7 @@ Example::
 
     >>> import numpy as np
     >>> a = np.arange(6, dtype=np.float16).reshape(2, 3)
-    >>> (decode_chunks(encode_chunks(a, chunk_bytes=16)) == a).all()
+    >>> bool((decode_chunks(encode_chunks(a, chunk_bytes=16)) == a).all())
     True
 """
 

@@ -72,13 +72,13 @@ def trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
 
     kwargs.setdefault("logger", TensorBoardLogger(str(tmp_path), name="tiny"))
     kwargs.setdefault("max_epochs", 2)
+    kwargs.setdefault("enable_checkpointing", False)
     return L.Trainer(
         accelerator="cpu",
         devices=1,
         callbacks=callbacks,
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
         limit_train_batches=3,
         log_every_n_steps=1,
         default_root_dir=str(tmp_path),
