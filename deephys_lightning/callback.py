@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DistributedSampler
 from typing_extensions import override
 
+from deephys_lightning import fast_crc
 from deephys_lightning.buffers import DatasetBuffer, Rows, SamplingPlan, gather_rows
 from deephys_lightning.capture import (
     Denormalize,
@@ -224,6 +225,7 @@ class DeephysCallback(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        fast_crc.install()  # event framing at C speed, same bytes
         self._layer_modules = {name: _find_module(pl_module, name, "layer") for name in self.layers}
         self._logits_module = (
             pl_module
@@ -672,7 +674,10 @@ def _digest(thumbs: torch.Tensor, positions: torch.Tensor) -> str:
 def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:
     for name, rec in recordings.items():
         for layer, acts in rec.activations.items():
-            bad = int(np.count_nonzero(~np.isfinite(acts)))
+            rows = torch.from_numpy(acts)
+            bad = sum(  # in blocks: a full boolean mask would be half the matrix again
+                int((~torch.isfinite(rows[i : i + 4096])).sum()) for i in range(0, len(rows), 4096)
+            )
             if bad:
                 rank_zero_warn(
                     f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "

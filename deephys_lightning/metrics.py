@@ -30,8 +30,8 @@ import torch
 
 # float16 input is widened to float32 in blocks of this many rows or columns, never
 # as a whole (50,000 x 2,048 is 400 MB in float32).
-_ROW_BLOCK = 8192
-_COLUMN_BLOCK = 256
+_ROW_BLOCK = 2048
+_COLUMN_BLOCK = 64
 # top_k looks at this many candidates beyond k to settle ties cheaply.
 _TIE_MARGIN = 32
 
@@ -370,8 +370,10 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
     rows = _as_torch(acts)
     neurons = np.empty((count, n), dtype=np.int64)
     values = np.empty((count, n), dtype=np.float32)
-    for start in range(0, count, _ROW_BLOCK):
-        block = rows[start : start + _ROW_BLOCK].float() / denominator  # NaN if dead
+    # About two million values a block: the NaN-aware ranking widens them to float64.
+    step = max(1, (1 << 21) // max(m, 1))
+    for start in range(0, count, step):
+        block = rows[start : start + step].float() / denominator  # NaN if dead
         order = _top_columns(block, n)
         neurons[start : start + len(block)] = order.numpy()
         values[start : start + len(block)] = torch.gather(block, 1, order).numpy()

@@ -1,0 +1,250 @@
+"""Cost of DeephysCallback on a validation epoch, and its peak memory.
+
+    python benchmarks/bench_callback.py [--models cnn resnet18] [--repeats 2] [--memory]
+
+Speed: ``trainer.validate`` of the same model on the same data, side by side in one
+run, interleaved: without the callback, with capture only (hooks, buffers,
+gathering; the write step replaced by nothing), and with capture and writing.
+Models: the demo CNN on the four Colored-digits sets (4 x 1,000 images, 28 px), and
+a ResNet18 with random weights on 2 x 1,000 random 224 px images (penultimate layer,
+512 neurons). Targets: capture <= 1.10x, capture + writing <= 1.25x.
+
+Memory (``--memory``): peak resident memory of a validation run that records a
+2,048-neuron layer on 50,000 images, minus the same run without the callback, in
+fresh processes (the peak is reset after a warm-up run, so it is the recording
+run's own); compared with the float16 matrix itself (200 MB). Target: <= 1.3x.
+
+Log size (``--log-size``): what one recorded epoch adds to the event file at
+ImageNet scale (4 sets x 50,000 images x 2,048 neurons, 1,000 classes), written
+through the real writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deephys_lightning import DeephysCallback
+
+
+class CaptureOnly(DeephysCallback):
+    """The callback with its write step replaced by nothing: what capture alone costs."""
+
+    def _write_rank_zero(self, *args, **kwargs) -> None:
+        return None
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self(batch[0])
+
+
+def _validate(model, loaders, callbacks, logdir) -> float:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=TensorBoardLogger(logdir),
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    start = time.perf_counter()
+    trainer.validate(model, dataloaders=loaders, verbose=False)
+    return time.perf_counter() - start
+
+
+def _cnn_case():
+    from deephys_lightning.demo.data import make_colored_digits
+    from deephys_lightning.demo.model import PENULTIMATE_LAYER, DigitClassifier
+
+    data = make_colored_digits(500, 100, seed=0)
+    loaders = {name: DataLoader(ds, batch_size=256) for name, ds in data.val.items()}
+    return "demo CNN, 4 x 1,000 images", DigitClassifier(), loaders, PENULTIMATE_LAYER
+
+
+def _resnet_case():
+    import torchvision
+
+    generator = torch.Generator().manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10)
+    loaders = {
+        name: DataLoader(
+            TensorDataset(
+                torch.rand(1000, 3, 224, 224, generator=generator),
+                torch.randint(0, 10, (1000,), generator=generator),
+            ),
+            batch_size=64,
+        )
+        for name in ("ind", "ood")
+    }
+    return "ResNet18, 2 x 1,000 images, 224 px", Classifier(net), loaders, "net.avgpool"
+
+
+def _speed(case, repeats: int) -> None:
+    title, model, loaders, layer = case
+    times = {"without callback": [], "capture only": [], "capture + writing": []}
+    with tempfile.TemporaryDirectory() as logdir:
+        _validate(model, loaders, [], logdir)  # warm-up
+        for _ in range(repeats):  # interleaved, so drift hits every side alike
+            times["without callback"].append(_validate(model, loaders, [], logdir))
+            times["capture only"].append(
+                _validate(model, loaders, [CaptureOnly(layer=layer)], logdir)
+            )
+            # a fresh callback each time: its first record also writes the thumbnails
+            times["capture + writing"].append(
+                _validate(model, loaders, [DeephysCallback(layer=layer)], logdir)
+            )
+    base = statistics.median(times["without callback"])
+    print(f"\n{title} (trainer.validate, median of {repeats}):")
+    for label, values in times.items():
+        t = statistics.median(values)
+        print(f"  {label:20s} {t:8.2f} s   ratio {t / base:.2f}x")
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _memory_child(mode: str) -> None:
+    """Validate a 2,048-neuron layer on 50,000 images; print the peak RSS of that part."""
+    torch.manual_seed(0)
+    n, m = 50_000, 2048
+    net = nn.Sequential(nn.Linear(8, m), nn.Linear(m, 10))
+    loader = DataLoader(TensorDataset(torch.rand(n, 8), torch.randint(0, 10, (n,))), 1000)
+    callbacks = {
+        "none": [],
+        "capture": [CaptureOnly(layer="net.0", thumbnails=False)],
+        "write": [DeephysCallback(layer="net.0", thumbnails=False)],
+    }[mode]
+    with tempfile.TemporaryDirectory() as logdir:
+        _validate(Classifier(net), {"ind": loader}, [], logdir)  # imports, warm-up
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the peak (VmHWM) to the current RSS
+        _validate(Classifier(net), {"ind": loader}, callbacks, logdir)
+    print(json.dumps({"peak": _peak_rss()}))
+
+
+def _memory() -> None:
+    def peak(mode: str) -> int:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])["peak"]
+
+    matrix = 50_000 * 2048 * 2
+    without = peak("none")
+    print("\npeak memory of a validation run, 50,000 images x 2,048 neurons:")
+    print(f"  without callback       {without / 2**20:8.0f} MiB")
+    for mode, label in (("capture", "capture only"), ("write", "capture + writing")):
+        extra = peak(mode) - without
+        print(
+            f"  {label:20s} +{extra / 2**20:7.0f} MiB = {extra / matrix:.2f}x the float16 "
+            f"matrix ({matrix / 2**20:.0f} MiB)"
+        )
+
+
+def _log_size() -> None:
+    """Bytes one recorded epoch adds to the log at ImageNet scale, through the real writer."""
+    import os
+
+    import numpy as np
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning import fast_crc
+    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from tb_plugin.metadata import Record
+
+    fast_crc.install()
+    n, m, c = 50_000, 2048, 1000
+    rng = np.random.default_rng(0)
+    names = ("imagenet", "v2", "sketch", "style")
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, c, n),
+            predictions=rng.integers(0, c, n),
+            activations={
+                "fc": np.maximum(rng.standard_normal((n, m), dtype=np.float32), 0).astype(
+                    np.float16
+                )
+            },
+        )
+        for name in names
+    }
+    record = Record(
+        step=1,
+        epoch=0,
+        layers=("fc",),
+        datasets=names,
+        class_names=tuple(map(str, range(c))),
+        num_images={name: n for name in names},
+        top_k=32,
+    )
+    with tempfile.TemporaryDirectory() as logdir:
+        sink = EventFileSink(EventFileWriter(logdir))
+        start = time.perf_counter()
+        write_record(sink, record, recordings, max_activation_bytes=32 * 2**20)
+        sink.close()
+        seconds = time.perf_counter() - start
+        size = sum(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
+    thumbs = n * 64 * 64 * 3
+    print("\nlog size of one recorded epoch, 4 sets x 50,000 images x 2,048 neurons, 1,000 classes")
+    print(
+        f"  view data and scores (default: no full matrix) {size / 2**20:7.1f} MiB in all, "
+        f"{size / len(names) / 2**20:.1f} MiB per dataset, written in {seconds:.1f} s"
+    )
+    print(f"  (+ the full float16 matrix if enabled: {n * m * 2 / 2**20:7.1f} MiB per dataset)")
+    print(f"  (+ thumbnails once per dataset at 64 px: {thumbs / 2**20:7.1f} MiB per dataset)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="*", default=["cnn", "resnet18"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--log-size", action="store_true")
+    parser.add_argument(
+        "--memory-child", choices=["none", "capture", "write"], help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.memory_child is not None:
+        _memory_child(args.memory_child)
+        return
+    cases = {"cnn": _cnn_case, "resnet18": _resnet_case}
+    for name in args.models:
+        _speed(cases[name](), args.repeats)
+    if args.memory:
+        _memory()
+    if args.log_size:
+        _log_size()
+
+
+if __name__ == "__main__":
+    main()
