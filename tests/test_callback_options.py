@@ -305,3 +305,56 @@ def test_fast_dev_run_records_when_asked(tmp_path):
     t = trainer(tmp_path, [callback], fast_dev_run=True, logger=False)
     t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
     assert len(read_log(tmp_path).steps) == 1
+
+
+def test_unpack_batch_reads_any_batch_layout(tmp_path):
+    class Nested(Dataset):
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return len(self.base)
+
+        def __getitem__(self, i):
+            x, y = self.base[i]
+            return {"sample": {"pixels": x}, "meta": (y, "extra")}
+
+    class Net(TinyNet):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self(batch["sample"]["pixels"])
+
+    base = random_set(6, 1)
+    callback = DeephysCallback(
+        layer="fc", unpack_batch=lambda b: (b["sample"]["pixels"], b["meta"][0])
+    )
+    t = trainer(tmp_path, [callback], max_epochs=1)
+    t.validate(Net(), dataloaders=loader(Nested(base)))
+    log = read_log(t.logger.log_dir)
+    np.testing.assert_array_equal(log.labels("dataset_0", 0), base.tensors[1].numpy())
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_the_latest_step_is_complete_under_default_sampling(tmp_path, load_fast):
+    import requests
+    from tensorboard_process import running_tensorboard
+
+    _, log = _fit(tmp_path, DeephysCallback(layer="fc"), loader(random_set(5, 1)), epochs=14)
+    assert len(log.steps) == 14
+    with running_tensorboard(tmp_path, load_fast=load_fast) as base:  # default sampling
+        (run,) = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()["runs"]
+        steps = [s["step"] for s in run["steps"]]
+        assert len(steps) < 14  # TensorBoard sampled the older steps
+        assert steps[-1] == log.steps[-1]
+        neuron = requests.get(
+            f"{base}/data/plugin/deephys/neuron",
+            params={"run": run["run"], "layer": "fc", "neuron": 0},
+            timeout=10,
+        )
+        assert neuron.status_code == 200, neuron.text
+        assert neuron.json()["step"] == log.steps[-1]
+        thumbnail = requests.get(
+            f"{base}/data/plugin/deephys/thumbnail",
+            params={"run": run["run"], "dataset": "dataset_0", "index": 4},
+            timeout=10,
+        )
+        assert thumbnail.status_code == 200
