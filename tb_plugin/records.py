@@ -170,17 +170,16 @@ class DeephysReader:
         return np.asarray(datum.numpy)
 
     def _tensor_data(self, ctx, experiment_id, run, tag):
-        result = self._provider.read_tensors(
-            ctx,
-            experiment_id=experiment_id,
-            plugin_name=PLUGIN_NAME,
-            downsample=_ALL_SAMPLES,
-            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
-        )
-        return result.get(run, {}).get(tag, [])
+        return self._read_series(self._provider.read_tensors, ctx, experiment_id, run, tag)
 
     def _blob_data(self, ctx, experiment_id, run, tag):
-        result = self._provider.read_blob_sequences(
+        return self._read_series(self._provider.read_blob_sequences, ctx, experiment_id, run, tag)
+
+    @staticmethod
+    def _read_series(read, ctx, experiment_id, run, tag):
+        """Every datum the provider kept of one run and tag, via ``read_tensors`` or
+        ``read_blob_sequences`` (they share a signature)."""
+        result = read(
             ctx,
             experiment_id=experiment_id,
             plugin_name=PLUGIN_NAME,

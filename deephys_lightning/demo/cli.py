@@ -39,8 +39,12 @@ def train_demo(
     val_per_class: int = 100,
     seed: int = 0,
     quiet: bool = False,
+    record: bool = True,
 ) -> str:
-    """Train the demo model with DeephysCallback and return the run's log directory."""
+    """Train the demo model with DeephysCallback and return the run's log directory.
+
+    ``record=False`` trains the same way without the callback (for comparisons).
+    """
     L.seed_everything(seed, verbose=False)
     data = make_colored_digits(train_per_class, val_per_class, data_dir=data_dir, seed=seed)
     model = DigitClassifier(num_classes=len(CLASS_NAMES))
@@ -50,7 +54,9 @@ def train_demo(
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=[DeephysCallback(layer=PENULTIMATE_LAYER, class_names=CLASS_NAMES)],
+        callbacks=[DeephysCallback(layer=PENULTIMATE_LAYER, class_names=CLASS_NAMES)]
+        if record
+        else [],
         enable_checkpointing=False,
         enable_progress_bar=not quiet,
         enable_model_summary=not quiet,
