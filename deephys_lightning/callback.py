@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
 from deephys_lightning import fast_crc
@@ -614,6 +614,12 @@ def _flatten_loaders(dataloaders: Any) -> list[Any]:
 
 
 def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> SamplingPlan:
+    if isinstance(getattr(loader, "sampler", None), RandomSampler):
+        rank_zero_warn(
+            "DeephysCallback: a validation dataloader shuffles (shuffle=True). Images are "
+            "recorded in the order they come, so image indices, the max_images subset and "
+            "the thumbnails change every epoch. Use shuffle=False for validation."
+        )
     dataset = getattr(loader, "dataset", None)
     try:
         num_images = len(dataset) if dataset is not None else None

@@ -358,3 +358,9 @@ def test_the_latest_step_is_complete_under_default_sampling(tmp_path, load_fast)
             timeout=10,
         )
         assert thumbnail.status_code == 200
+
+
+def test_a_shuffled_validation_loader_gets_a_warning(tmp_path):
+    shuffled = torch.utils.data.DataLoader(random_set(6, 1), batch_size=3, shuffle=True)
+    with pytest.warns(UserWarning, match="shuffles"):
+        _fit(tmp_path, DeephysCallback(layer="fc"), shuffled)
