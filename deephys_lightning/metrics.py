@@ -115,6 +115,50 @@ def dataset_statistics(
     return means.float().numpy(), maxima.numpy()
 
 
+def confusion_top_neurons(
+    activations: Any, labels: Any, predictions: Any, num_classes: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every (true, predicted) pair that occurs, its ``n`` most active neurons.
+
+    A pair's activation is the mean over its images (its confusion set; ``a == b`` are
+    the correctly classified images of class ``a``). Neurons are ranked by that mean,
+    highest first, ties to the lower neuron, NaN last.
+
+    Returns:
+        ``(pairs [P, 2], neurons [P, n], means [P, n])``, pairs sorted by (true, predicted).
+    """
+    acts = _matrix(activations, "activations")
+    labels = _labels(labels, acts.shape[0], num_classes)
+    predictions = _labels(predictions, acts.shape[0], num_classes, "predictions")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    count, m = acts.shape
+    n = min(n, m)
+    pair_ids, groups = np.unique(labels * num_classes + predictions, return_inverse=True)
+    pairs = np.stack([pair_ids // num_classes, pair_ids % num_classes], axis=1)
+    sizes = torch.from_numpy(np.bincount(groups, minlength=len(pair_ids))).float()[:, None]
+    index = torch.from_numpy(groups.astype(np.int64))
+    rows = _as_torch(acts)
+    best_neurons = torch.empty((len(pair_ids), 0), dtype=torch.int64)
+    best_means = torch.empty((len(pair_ids), 0), dtype=torch.float32)
+    for start in range(0, m, _COLUMN_BLOCK * 4):
+        columns = rows[:, start : start + _COLUMN_BLOCK * 4]
+        sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32)
+        for row in range(0, count, _ROW_BLOCK):
+            sums.index_add_(
+                0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
+            )
+        # Candidates in ascending neuron order, so that ties go to the lower neuron.
+        kept = torch.sort(best_neurons, dim=1)
+        block_neurons = torch.arange(start, start + columns.shape[1])
+        candidates = torch.cat([kept.values, block_neurons.expand(len(pair_ids), -1)], dim=1)
+        means = torch.cat([torch.gather(best_means, 1, kept.indices), sums / sizes], dim=1)
+        order = _top_columns(means, min(n, means.shape[1]))
+        best_neurons = torch.gather(candidates, 1, order)
+        best_means = torch.gather(means, 1, order)
+    return pairs.astype(np.int64), best_neurons.numpy(), best_means.numpy()
+
+
 def mean_activation(activations: Any, selection: Any) -> np.ndarray:
     """Mean activation of every neuron over a set of images.
 

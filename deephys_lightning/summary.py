@@ -172,6 +172,9 @@ def write_record(
                 record.top_k,
                 full,
             )
+            _write_confusion_neurons(
+                sink, step, layer, name, acts[name], recordings[name], num_classes
+            )
         for ood in record.ood:
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
@@ -220,6 +223,24 @@ def _write_layer_arrays(
     )
     sink.add_summary(tensor_summary(Kind.IMAGE_TOP_VALUES, normalized, **names), step)
     sink.add_summary(tensor_summary(Kind.CATEGORY_MEANS, means, **names), step)
+
+
+def _write_confusion_neurons(
+    sink: SummarySink,
+    step: int,
+    layer: str,
+    name: str,
+    acts: np.ndarray,
+    rec: DatasetRecording,
+    num_classes: int,
+) -> None:
+    pairs, neurons, means = metrics.confusion_top_neurons(
+        acts, rec.labels, rec.predictions, num_classes, IMAGE_TOP_NEURONS
+    )
+    names = {"layer": layer, "dataset": name}
+    sink.add_summary(tensor_summary(Kind.PAIRS, pairs.astype(np.int32), **names), step)
+    sink.add_summary(tensor_summary(Kind.PAIR_TOP_NEURONS, neurons.astype(np.int32), **names), step)
+    sink.add_summary(tensor_summary(Kind.PAIR_TOP_MEANS, means.astype(np.float32), **names), step)
 
 
 def _write_scores(

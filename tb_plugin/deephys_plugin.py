@@ -28,7 +28,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_plugin.metadata import PLUGIN_NAME, Kind, Record
+from tb_plugin.metadata import PLUGIN_NAME, SCORE_KINDS, Kind, Record
 from tb_plugin.records import DeephysReader
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -95,6 +95,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "/static/*": self._serve_static,
             "/runs": self._serve_runs,
             "/neuron": self._serve_neuron,
+            "/summary": self._serve_summary,
+            "/image": self._serve_image,
+            "/category": self._serve_category,
+            "/scores_over_time": self._serve_scores_over_time,
             "/thumbnail": self._serve_thumbnail,
         }
 
@@ -204,6 +208,246 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "datasets": datasets,
         }
 
+    def summary_impl(
+        self, ctx, experiment_id: str, run: str, layer: str, step: int | None = None
+    ) -> dict[str, Any]:
+        """Accuracy and confusion matrix per dataset; per OOD set, every neuron's scores
+        and their densities."""
+        record = self._reader.record(ctx, experiment_id, run, step)
+        _check_layer(record, layer)
+        num_classes = len(record.class_names)
+        datasets = []
+        for dataset in record.datasets:
+            labels = self._array(ctx, experiment_id, run, record, Kind.LABELS, None, dataset)
+            preds = self._array(ctx, experiment_id, run, record, Kind.PREDICTIONS, None, dataset)
+            confusion = np.bincount(
+                labels.astype(np.int64) * num_classes + preds.astype(np.int64),
+                minlength=num_classes * num_classes,
+            )[: num_classes * num_classes].reshape(num_classes, num_classes)
+            entry: dict[str, Any] = {
+                "name": dataset,
+                "role": "ind" if dataset == record.ind else "ood",
+                "num_images": len(labels),
+                "accuracy": _finite(float(np.mean(labels == preds))) if len(labels) else None,
+                "confusion": confusion.tolist(),
+            }
+            if dataset != record.ind:
+                scores = {
+                    kind.value: self._array(ctx, experiment_id, run, record, kind, layer, dataset)
+                    for kind in SCORE_KINDS
+                }
+                entry["scores"] = {name: _finite_list(v) for name, v in scores.items()}
+                novelty, spurious = scores["novelty"], scores["spurious"]
+                entry["summary"] = {
+                    "novelty_mean": _finite_mean(novelty),
+                    "novelty_positive_fraction": _finite(
+                        float(np.mean(novelty[np.isfinite(novelty)] > 0))
+                    )
+                    if np.isfinite(novelty).any()
+                    else None,
+                    "spurious_mean": _finite_mean(spurious),
+                    "spurious_undefined": int(np.sum(~np.isfinite(spurious))),
+                    "activation_ratio_mean": _finite_mean(scores["activation_ratio"]),
+                }
+                positive = novelty[np.isfinite(novelty) & (novelty > 0)]
+                entry["densities"] = {
+                    "novelty": _density(positive),
+                    "spurious": _density(spurious[np.isfinite(spurious)], (0.0, 1.0)),
+                }
+            datasets.append(entry)
+        return {
+            "run": run,
+            "layer": layer,
+            "step": record.step,
+            "epoch": record.epoch,
+            "class_names": list(record.class_names),
+            "num_neurons": self._num_neurons(ctx, experiment_id, run, record, layer),
+            "datasets": datasets,
+        }
+
+    def image_impl(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        layer: str,
+        dataset: str,
+        index: int,
+        step: int | None = None,
+        n: int = 10,
+        k: int = 6,
+    ) -> dict[str, Any]:
+        """One image: label, prediction, its top neurons by normalized activation, and
+        each neuron's top images in InD and in the image's own dataset."""
+        record = self._reader.record(ctx, experiment_id, run, step)
+        _check_layer(record, layer)
+        _check_dataset(record, dataset)
+        labels = self._array(ctx, experiment_id, run, record, Kind.LABELS, None, dataset)
+        _check_index(index, len(labels), dataset)
+        preds = self._array(ctx, experiment_id, run, record, Kind.PREDICTIONS, None, dataset)
+        neurons = self._array(
+            ctx, experiment_id, run, record, Kind.IMAGE_TOP_NEURONS, layer, dataset
+        )
+        normalized = self._array(
+            ctx, experiment_id, run, record, Kind.IMAGE_TOP_VALUES, layer, dataset
+        )
+        positions = self._array(ctx, experiment_id, run, record, Kind.POSITIONS, None, dataset)
+        ind_values = self._array(
+            ctx, experiment_id, run, record, Kind.TOP_VALUES, layer, record.ind
+        )
+        sources = [record.ind] + ([dataset] if dataset != record.ind else [])
+        tops = {}
+        for source in sources:
+            tops[source] = (
+                self._array(ctx, experiment_id, run, record, Kind.TOP_INDICES, layer, source),
+                self._array(ctx, experiment_id, run, record, Kind.TOP_VALUES, layer, source),
+                self._array(ctx, experiment_id, run, record, Kind.LABELS, None, source),
+                self._array(ctx, experiment_id, run, record, Kind.PREDICTIONS, None, source),
+            )
+        top_neurons = []
+        for neuron, value in zip(
+            neurons[index, :n].tolist(), normalized[index, :n].tolist(), strict=True
+        ):
+            ind_max = float(ind_values[neuron, 0]) if ind_values.shape[1] else 0.0
+            top_images = {}
+            for source, (indices, values, src_labels, src_preds) in tops.items():
+                top_images[source] = [
+                    {
+                        "index": int(i),
+                        "normalized": _ratio(v, ind_max),
+                        "label": int(src_labels[i]),
+                        "prediction": int(src_preds[i]),
+                    }
+                    for i, v in zip(
+                        indices[neuron, :k].tolist(), values[neuron, :k].tolist(), strict=True
+                    )
+                ]
+            top_neurons.append(
+                {"neuron": int(neuron), "normalized": _finite(value), "top_images": top_images}
+            )
+        return {
+            "run": run,
+            "layer": layer,
+            "step": record.step,
+            "dataset": dataset,
+            "role": "ind" if dataset == record.ind else "ood",
+            "index": index,
+            "position": int(positions[index]),
+            "label": int(labels[index]),
+            "prediction": int(preds[index]),
+            "class_names": list(record.class_names),
+            "top_neurons": top_neurons,
+        }
+
+    def category_impl(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        layer: str,
+        dataset: str,
+        label: int,
+        pred: int | None = None,
+        step: int | None = None,
+        page: int = 0,
+        page_size: int = 50,
+    ) -> dict[str, Any]:
+        """A category (``label``) or a confusion set (``label`` predicted as ``pred``):
+        neurons ranked by mean activation over its images, and its images, paginated."""
+        record = self._reader.record(ctx, experiment_id, run, step)
+        _check_layer(record, layer)
+        _check_dataset(record, dataset)
+        num_classes = len(record.class_names)
+        for name, value in (("label", label), ("pred", pred)):
+            if value is not None and value >= num_classes:
+                raise errors.InvalidArgumentError(
+                    f"{name} {value} is out of range: there are {num_classes} classes"
+                )
+        labels = self._array(ctx, experiment_id, run, record, Kind.LABELS, None, dataset)
+        preds = self._array(ctx, experiment_id, run, record, Kind.PREDICTIONS, None, dataset)
+        members = labels == label if pred is None else (labels == label) & (preds == pred)
+        indices = np.flatnonzero(members)
+        if pred is None:
+            means = self._array(
+                ctx, experiment_id, run, record, Kind.CATEGORY_MEANS, layer, dataset
+            )[label]
+            order = sorted(
+                range(len(means)),
+                key=lambda j: (not np.isfinite(means[j]), -float(np.nan_to_num(means[j])), j),
+            )[:16]
+            neurons = [{"neuron": j, "mean": _finite(float(means[j]))} for j in order]
+        else:
+            pairs = self._array(ctx, experiment_id, run, record, Kind.PAIRS, layer, dataset)
+            row = np.flatnonzero((pairs[:, 0] == label) & (pairs[:, 1] == pred))
+            if not len(row):
+                raise errors.NotFoundError(
+                    f"no image of {dataset!r} has label {label} and prediction {pred}"
+                )
+            top = self._array(
+                ctx, experiment_id, run, record, Kind.PAIR_TOP_NEURONS, layer, dataset
+            )[row[0]]
+            top_means = self._array(
+                ctx, experiment_id, run, record, Kind.PAIR_TOP_MEANS, layer, dataset
+            )[row[0]]
+            neurons = [
+                {"neuron": int(j), "mean": _finite(float(v))}
+                for j, v in zip(top.tolist(), top_means.tolist(), strict=True)
+            ]
+        start = page * page_size
+        images = [
+            {"index": int(i), "label": int(labels[i]), "prediction": int(preds[i])}
+            for i in indices[start : start + page_size]
+        ]
+        return {
+            "run": run,
+            "layer": layer,
+            "step": record.step,
+            "dataset": dataset,
+            "label": label,
+            "pred": pred,
+            "class_names": list(record.class_names),
+            "num_images": len(indices),
+            "page": page,
+            "page_size": page_size,
+            "neurons": neurons,
+            "images": images,
+        }
+
+    def scores_over_time_impl(
+        self, ctx, experiment_id: str, run: str, layer: str, dataset: str, neuron: int | None
+    ) -> dict[str, Any]:
+        """Per recorded step: mean scores of an OOD set, or one neuron's scores."""
+        points = []
+        for record in self._reader.records(ctx, experiment_id, run):
+            if layer not in record.layers or dataset not in record.ood:
+                continue
+            try:
+                scores = {
+                    kind.value: self._array(ctx, experiment_id, run, record, kind, layer, dataset)
+                    for kind in SCORE_KINDS
+                }
+            except errors.NotFoundError:
+                continue  # this step was sampled out for some tag
+            if neuron is not None:
+                if neuron >= len(scores["novelty"]):
+                    raise errors.InvalidArgumentError(
+                        f"neuron {neuron} is out of range: layer {layer!r} has "
+                        f"{len(scores['novelty'])} neurons"
+                    )
+                values = {name: _finite(float(v[neuron])) for name, v in scores.items()}
+            else:
+                values = {name: _finite_mean(v) for name, v in scores.items()}
+            points.append({"step": record.step, "epoch": record.epoch, **values})
+        if not points:
+            raise errors.NotFoundError(
+                f"run {run!r} has no scores for layer {layer!r} on OOD set {dataset!r}"
+            )
+        return {"run": run, "layer": layer, "dataset": dataset, "neuron": neuron, "points": points}
+
+    def _num_neurons(self, ctx, experiment_id, run, record: Record, layer: str) -> int:
+        top = self._array(ctx, experiment_id, run, record, Kind.TOP_INDICES, layer, record.ind)
+        return int(top.shape[0])
+
     def thumbnail_impl(
         self, ctx, experiment_id: str, run: str, dataset: str, index: int, step: int | None
     ) -> bytes:
@@ -246,6 +490,60 @@ class DeephysPlugin(base_plugin.TBPlugin):
             neuron=_int_arg(request, "neuron", default=0, maximum=2**31 - 1),
             step=_int_arg(request, "step", maximum=2**62),
             k=_int_arg(request, "k", minimum=1, maximum=_MAX_K),
+        )
+        return http_util.Respond(request, body, "application/json")
+
+    @_json_route
+    def _serve_summary(self, request: wrappers.Request) -> wrappers.Response:
+        body = self.summary_impl(
+            plugin_util.context(request.environ),
+            plugin_util.experiment_id(request.environ),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            step=_int_arg(request, "step", maximum=2**62),
+        )
+        return http_util.Respond(request, body, "application/json")
+
+    @_json_route
+    def _serve_image(self, request: wrappers.Request) -> wrappers.Response:
+        body = self.image_impl(
+            plugin_util.context(request.environ),
+            plugin_util.experiment_id(request.environ),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            dataset=_arg(request, "dataset"),
+            index=_int_arg(request, "index", default=0, maximum=2**31 - 1),
+            step=_int_arg(request, "step", maximum=2**62),
+            n=_int_arg(request, "n", default=10, minimum=1, maximum=100),
+            k=_int_arg(request, "k", default=6, minimum=1, maximum=_MAX_K),
+        )
+        return http_util.Respond(request, body, "application/json")
+
+    @_json_route
+    def _serve_category(self, request: wrappers.Request) -> wrappers.Response:
+        body = self.category_impl(
+            plugin_util.context(request.environ),
+            plugin_util.experiment_id(request.environ),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            dataset=_arg(request, "dataset"),
+            label=_int_arg(request, "label", default=0, maximum=2**31 - 1),
+            pred=_int_arg(request, "pred", maximum=2**31 - 1),
+            step=_int_arg(request, "step", maximum=2**62),
+            page=_int_arg(request, "page", default=0, maximum=2**31 - 1),
+            page_size=_int_arg(request, "page_size", default=50, minimum=1, maximum=500),
+        )
+        return http_util.Respond(request, body, "application/json")
+
+    @_json_route
+    def _serve_scores_over_time(self, request: wrappers.Request) -> wrappers.Response:
+        body = self.scores_over_time_impl(
+            plugin_util.context(request.environ),
+            plugin_util.experiment_id(request.environ),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            dataset=_arg(request, "dataset"),
+            neuron=_int_arg(request, "neuron", maximum=2**31 - 1),
         )
         return http_util.Respond(request, body, "application/json")
 
@@ -301,6 +599,31 @@ def _check_dataset(record: Record, dataset: str) -> None:
             f"dataset {dataset!r} was not recorded at step {record.step}; "
             f"datasets: {list(record.datasets)}"
         )
+
+
+def _check_index(index: int, count: int, dataset: str) -> None:
+    if index >= count:
+        raise errors.InvalidArgumentError(
+            f"image index {index} is out of range: {dataset!r} has {count} images"
+        )
+
+
+def _finite_list(values: np.ndarray) -> list[float | None]:
+    return [float(v) if np.isfinite(v) else None for v in values.tolist()]
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean(dtype=np.float64)) if finite.size else None
+
+
+def _density(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict:
+    """A 20-bin histogram normalised to a density (the paper's Fig. 3 plots)."""
+    if not values.size:
+        return {"edges": [], "density": [], "count": 0}
+    low, high = bounds if bounds is not None else (0.0, float(values.max()) or 1.0)
+    density, edges = np.histogram(values, bins=20, range=(low, high), density=True)
+    return {"edges": edges.tolist(), "density": _finite_list(density), "count": int(values.size)}
 
 
 def _finite(value: float) -> float | None:

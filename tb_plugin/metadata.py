@@ -47,6 +47,9 @@ class Kind(str, enum.Enum):
     IMAGE_TOP_NEURONS = "image_top_neurons"  # int32 [N, n] each image's top neurons (tensor)
     IMAGE_TOP_VALUES = "image_top_values"  # float32 [N, n] their normalized activations (tensor)
     CATEGORY_MEANS = "category_means"  # float32 [C, M] mean activation per category (tensor)
+    PAIRS = "pairs"  # int32 [P, 2] (true, predicted) pairs that occur (tensor)
+    PAIR_TOP_NEURONS = "pair_top_neurons"  # int32 [P, n] most active neurons per pair (tensor)
+    PAIR_TOP_MEANS = "pair_top_means"  # float32 [P, n] their mean activations (tensor)
     NOVELTY = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
     SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
     ACTIVATION_RATIO = "activation_ratio"  # float32 [M] OOD max / InD max (tensor)
@@ -63,6 +66,9 @@ LAYER_KINDS = frozenset(
         Kind.IMAGE_TOP_NEURONS,
         Kind.IMAGE_TOP_VALUES,
         Kind.CATEGORY_MEANS,
+        Kind.PAIRS,
+        Kind.PAIR_TOP_NEURONS,
+        Kind.PAIR_TOP_MEANS,
         Kind.NOVELTY,
         Kind.SPURIOUS,
         Kind.ACTIVATION_RATIO,

@@ -253,3 +253,17 @@ def test_top_k_accepts_torch_and_rejects_bad_input():
         metrics.top_k(np.zeros(3), 1)
     with pytest.raises(ValueError, match="k must be"):
         metrics.top_k(np.zeros((3, 2)), 0)
+
+
+def test_confusion_top_neurons_match_the_set_means():
+    rng = np.random.default_rng(5)
+    acts = np.round(rng.random((400, 300)) * 6).astype(np.float16)  # ties across neurons
+    labels, preds = rng.integers(0, 4, 400), rng.integers(0, 4, 400)
+    pairs, neurons, means = metrics.confusion_top_neurons(acts, labels, preds, 4, 7)
+    expected_pairs = sorted({(int(a), int(b)) for a, b in zip(labels, preds, strict=True)})
+    assert [tuple(p) for p in pairs.tolist()] == expected_pairs
+    for p, (a, b) in enumerate(expected_pairs):
+        m = acts[(labels == a) & (preds == b)].astype(np.float64).mean(axis=0)
+        order = sorted(range(300), key=lambda j: (-m[j], j))[:7]
+        assert neurons[p].tolist() == order
+        np.testing.assert_allclose(means[p], m[order], rtol=1e-5)

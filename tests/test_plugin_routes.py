@@ -129,3 +129,116 @@ def test_static_route_refuses_traversal(client, path):
     response = client.get(f"{PREFIX}/{path}")
     assert response.status_code == 404
     assert b"import" not in response.data
+
+
+LAYER = "backbone.fc1"
+
+
+def test_summary_has_accuracy_confusion_and_scores(client, run, demo_log):
+    step = demo_log.steps[-1]
+    body = client.get(f"{PREFIX}/summary?run={run}&layer={LAYER}").json
+    assert body["step"] == step and body["num_neurons"] == 50
+    for dataset in body["datasets"]:
+        labels = demo_log.labels(dataset["name"], step)
+        preds = demo_log.predictions(dataset["name"], step)
+        assert dataset["accuracy"] == pytest.approx(np.mean(labels == preds))
+        confusion = np.array(dataset["confusion"])
+        assert confusion.sum() == len(labels)
+        assert confusion[labels[0], preds[0]] == np.sum((labels == labels[0]) & (preds == preds[0]))
+        if dataset["role"] == "ood":
+            scores = demo_log.scores(LAYER, dataset["name"], step)
+            got = np.array(dataset["scores"]["spurious"], dtype=float)
+            np.testing.assert_allclose(got, scores.spurious, rtol=1e-6, equal_nan=True)
+            summary = scores.summary()
+            assert dataset["summary"]["novelty_mean"] == pytest.approx(summary["novelty_mean"])
+            assert dataset["summary"]["spurious_undefined"] == summary["spurious_undefined"]
+            density = dataset["densities"]["spurious"]
+            widths = np.diff(density["edges"])
+            assert np.sum(np.array(density["density"]) * widths) == pytest.approx(1.0)
+
+
+def test_image_lists_its_top_neurons_and_their_top_images(client, run, demo_log):
+    step = demo_log.steps[-1]
+    body = client.get(
+        f"{PREFIX}/image?run={run}&layer={LAYER}&dataset=permuted&index=5&n=4&k=3"
+    ).json
+    assert body["label"] == demo_log.labels("permuted", step)[5]
+    assert body["prediction"] == demo_log.predictions("permuted", step)[5]
+    ind_max = demo_log.activations(LAYER, "colored", step).astype(np.float32).max(axis=0)
+    row = demo_log.activations(LAYER, "permuted", step).astype(np.float32)[5]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = np.where(ind_max > 0, row / ind_max, np.nan)
+    expected = sorted(
+        range(50), key=lambda j: (np.isnan(normalized[j]), -np.nan_to_num(normalized[j]), j)
+    )[:4]
+    assert [t["neuron"] for t in body["top_neurons"]] == expected
+    for top in body["top_neurons"]:
+        assert set(top["top_images"]) == {"colored", "permuted"}
+        indices, _ = demo_log.top_images(LAYER, "permuted", step)
+        assert [i["index"] for i in top["top_images"]["permuted"]] == indices[
+            top["neuron"], :3
+        ].tolist()
+
+
+def test_category_and_confusion_set(client, run, demo_log):
+    step = demo_log.steps[-1]
+    acts = demo_log.activations(LAYER, "permuted", step).astype(np.float32)
+    labels, preds = demo_log.labels("permuted", step), demo_log.predictions("permuted", step)
+    body = client.get(f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label=3").json
+    assert body["num_images"] == int(np.sum(labels == 3))
+    assert [i["index"] for i in body["images"]] == np.flatnonzero(labels == 3)[:50].tolist()
+    means = acts[labels == 3].mean(axis=0)
+    assert body["neurons"][0]["neuron"] == int(np.argmax(means))
+    a, b = int(labels[0]), int(preds[0])
+    pair = client.get(
+        f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label={a}&pred={b}&page_size=2"
+    ).json
+    members = np.flatnonzero((labels == a) & (preds == b))
+    assert pair["num_images"] == len(members)
+    assert [i["index"] for i in pair["images"]] == members[:2].tolist()
+    pair_means = acts[members].mean(axis=0)
+    assert pair["neurons"][0]["neuron"] == int(np.argmax(pair_means))
+    assert pair["neurons"][0]["mean"] == pytest.approx(pair_means.max(), rel=1e-3)
+    missing = [
+        (x, y) for x in range(10) for y in range(10) if not np.any((labels == x) & (preds == y))
+    ]
+    x, y = missing[0]
+    response = client.get(
+        f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label={x}&pred={y}"
+    )
+    assert response.status_code == 404
+
+
+def test_scores_over_time(client, run, demo_log):
+    body = client.get(f"{PREFIX}/scores_over_time?run={run}&layer={LAYER}&dataset=arbitrary").json
+    assert [p["step"] for p in body["points"]] == list(demo_log.steps)
+    for point, step in zip(body["points"], demo_log.steps, strict=True):
+        summary = demo_log.scores(LAYER, "arbitrary", step).summary()
+        assert point["novelty"] == pytest.approx(summary["novelty_mean"])
+    one = client.get(
+        f"{PREFIX}/scores_over_time?run={run}&layer={LAYER}&dataset=arbitrary&neuron=3"
+    ).json
+    scores = demo_log.scores(LAYER, "arbitrary", demo_log.steps[-1])
+    assert one["points"][-1]["activation_ratio"] == pytest.approx(float(scores.activation_ratio[3]))
+    assert (
+        client.get(f"{PREFIX}/scores_over_time?run={run}&layer={LAYER}&dataset=colored").status_code
+        == 404
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "image?run={run}&layer=backbone.fc1&dataset=colored&index=-1",
+        "image?run={run}&layer=backbone.fc1&dataset=colored&index=999999",
+        "image?run={run}&layer=backbone.fc1&dataset=colored&index=0&n=0",
+        "category?run={run}&layer=backbone.fc1&dataset=colored&label=10",
+        "category?run={run}&layer=backbone.fc1&dataset=colored&label=1&page_size=100000",
+        "scores_over_time?run={run}&layer=backbone.fc1&dataset=arbitrary&neuron=50",
+        "summary?run={run}",
+    ],
+)
+def test_more_bad_parameters_get_400_json(client, run, query):
+    response = client.get(f"{PREFIX}/" + query.format(run=run))
+    assert response.status_code == 400
+    assert response.json["error"]
