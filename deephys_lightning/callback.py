@@ -493,6 +493,7 @@ class DeephysCallback(Callback):
             self._sink_for(trainer),
             record,
             recordings,
+            log_dir=self._destination,
             max_activation_bytes=self.max_activation_bytes,
         )
         state.last_step = step

@@ -139,7 +139,12 @@ class DeephysLog:
     def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest)."""
         step = self.latest.step if step is None else step
-        return self._array(Kind.THUMBNAILS, step, dataset=dataset)
+        self.record(step)
+        try:
+            mapped = self._reader.thumbnails(self._ctx, _EXPERIMENT, self.run, dataset, step)
+        except NotFoundError as error:
+            raise KeyError(str(error)) from None
+        return np.array(mapped)
 
     def _array(self, kind: Kind, step: int, **names: str) -> np.ndarray:
         self.record(step)  # a clear KeyError for a step that was never recorded
@@ -165,7 +170,7 @@ def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     multiplexer.AddRunsFromDirectory(log_dir)
     multiplexer.Reload()
     provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
-    reader = DeephysReader(provider)
+    reader = DeephysReader(provider, logdir=log_dir)
     return {run: DeephysLog(reader, run) for run in reader.index(RequestContext(), _EXPERIMENT)}
 
 

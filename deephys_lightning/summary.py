@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Protocol
 
@@ -25,7 +26,7 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 from deephys_lightning import metrics
-from tb_plugin import array_codec
+from tb_plugin import array_codec, assets
 from tb_plugin.metadata import Kind, Record, create_summary_metadata, scalar_tag, tag_name
 
 
@@ -129,14 +130,17 @@ def write_record(
     record: Record,
     recordings: dict[str, DatasetRecording],
     *,
+    log_dir: str | None = None,
     max_activation_bytes: int | None = None,
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
     For each dataset: labels, predictions, positions, the accuracy scalar and (when
-    given) thumbnails. For each layer and dataset: each neuron's top images, each
-    image's top neurons by normalized activation, the category means, and the float16
-    activation matrix while it is at most ``max_activation_bytes`` (None: always).
+    given) thumbnails, written as an asset file under ``log_dir`` (the run directory
+    the sink writes to) with a reference in the events. For each layer and dataset:
+    each neuron's top images, each image's top neurons by normalized activation, the
+    category means, confusion-pair top neurons, and the float16 activation matrix
+    while it is at most ``max_activation_bytes`` (None: always).
     For each layer and OOD set: per-neuron novelty, spurious score and activation
     ratio, their headline scalars and histograms.
     The record itself is written last, so a reader that sees it sees the rest too.
@@ -147,7 +151,7 @@ def write_record(
     step = record.step
     num_classes = len(record.class_names)
     for name in record.datasets:
-        _write_dataset(sink, step, name, recordings[name])
+        _write_dataset(sink, step, name, recordings[name], log_dir)
     for layer in record.layers:
         # One source of truth: everything is computed on the stored float16 values.
         acts = {
@@ -183,7 +187,9 @@ def write_record(
     sink.flush()
 
 
-def _write_dataset(sink: SummarySink, step: int, name: str, rec: DatasetRecording) -> None:
+def _write_dataset(
+    sink: SummarySink, step: int, name: str, rec: DatasetRecording, log_dir: str | None
+) -> None:
     labels = np.asarray(rec.labels, dtype=np.int32)
     predictions = np.asarray(rec.predictions, dtype=np.int32)
     sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
@@ -196,8 +202,16 @@ def _write_dataset(sink: SummarySink, step: int, name: str, rec: DatasetRecordin
         accuracy = float(np.mean(labels == predictions))
         sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)
     if rec.thumbnails is not None:
+        if log_dir is None:
+            raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
         thumbnails = np.asarray(rec.thumbnails, dtype=np.uint8)
-        sink.add_summary(array_blob_summary(Kind.THUMBNAILS, thumbnails, dataset=name), step)
+        reference = {
+            "file": assets.write_thumbnails(log_dir, name, thumbnails),
+            "count": int(thumbnails.shape[0]),
+            "shape": list(thumbnails.shape[1:]),
+        }
+        blob = json.dumps(reference).encode("utf-8")
+        sink.add_summary(blob_summary(Kind.THUMBNAILS, [blob], dataset=name), step)
 
 
 def _write_layer_arrays(

@@ -88,7 +88,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
     plugin_name = PLUGIN_NAME
 
     def __init__(self, context: base_plugin.TBContext) -> None:
-        self._reader = DeephysReader(context.data_provider)
+        self._reader = DeephysReader(context.data_provider, logdir=context.logdir)
 
     def get_plugin_apps(self) -> dict[str, Callable]:
         return {
@@ -454,9 +454,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         """PNG bytes of image ``index`` of ``dataset``."""
         record = self._reader.record(ctx, experiment_id, run, step)
         _check_dataset(record, dataset)
-        thumbs = self._reader.array(
-            ctx, experiment_id, run, Kind.THUMBNAILS, step=record.step, dataset=dataset
-        )
+        thumbs = self._reader.thumbnails(ctx, experiment_id, run, dataset, record.step)
         if index >= len(thumbs):
             raise errors.InvalidArgumentError(
                 f"image index {index} is out of range: {dataset!r} has {len(thumbs)} images"

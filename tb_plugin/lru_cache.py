@@ -24,6 +24,8 @@ import numpy as np
 
 
 def _size_of(value: Any) -> int:
+    if isinstance(value, np.memmap):
+        return 4096  # a mapped file: its pages belong to the OS page cache, not to us
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
     if isinstance(value, (bytes, bytearray)):

@@ -17,13 +17,15 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 
 import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_plugin import array_codec
+from tb_plugin import array_codec, assets
 from tb_plugin.lru_cache import ByteLRUCache
 from tb_plugin.metadata import (
     BLOB_KINDS,
@@ -59,9 +61,13 @@ class DeephysReader:
     """
 
     def __init__(
-        self, data_provider: provider.DataProvider, cache_bytes: int = DEFAULT_CACHE_BYTES
+        self,
+        data_provider: provider.DataProvider,
+        logdir: str | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self._provider = data_provider
+        self._logdir = logdir
         self._cache = ByteLRUCache(cache_bytes)
 
     # -- listing -----------------------------------------------------------------
@@ -153,6 +159,31 @@ class DeephysReader:
             key, lambda: self._load(ctx, experiment_id, run, tag, kind, step)
         )
 
+    def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, memory-mapped
+        from their asset file (reading one image reads only its bytes)."""
+        reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
+        if not self._logdir:
+            raise errors.NotFoundError(
+                "thumbnails are files beside the events; this TensorBoard has no single "
+                "--logdir to find them in"
+            )
+        run_dir = os.path.join(self._logdir, run)
+        try:
+            relative = json.loads(bytes(reference).decode("utf-8"))["file"]
+            path = assets.asset_path(run_dir, relative)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise errors.NotFoundError(f"unreadable thumbnail reference: {error}") from None
+        try:
+            return self._cache.get_or_compute(
+                ("thumbnails", path), lambda: assets.open_thumbnails(run_dir, relative)
+            )
+        except FileNotFoundError:
+            raise errors.NotFoundError(
+                f"the thumbnails of {dataset!r} are missing: {path} (copy the run directory "
+                "with its plugins/ folder)"
+            ) from None
+
     def _load(self, ctx, experiment_id, run, tag, kind, step) -> np.ndarray:
         if kind in BLOB_KINDS:
             data = self._blob_data(ctx, experiment_id, run, tag)
@@ -165,6 +196,9 @@ class DeephysReader:
                 "(TensorBoard may have sampled it out: start it with "
                 "--samples_per_plugin=deephys=0 to keep every step)"
             )
+        if kind is Kind.THUMBNAILS:  # a reference to an asset file: its bytes as uint8
+            raw = b"".join(self._read_blob(ctx, v) for v in datum.values)
+            return np.frombuffer(raw, dtype=np.uint8)
         if kind in BLOB_KINDS:
             return array_codec.decode_chunks([self._read_blob(ctx, v) for v in datum.values])
         return np.asarray(datum.numpy)
