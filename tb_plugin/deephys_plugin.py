@@ -29,7 +29,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_plugin.metadata import PLUGIN_NAME, SCORE_KINDS, Kind, Record
-from tb_plugin.records import DeephysReader
+from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
@@ -87,8 +87,12 @@ class DeephysPlugin(base_plugin.TBPlugin):
 
     plugin_name = PLUGIN_NAME
 
-    def __init__(self, context: base_plugin.TBContext) -> None:
-        self._reader = DeephysReader(context.data_provider, logdir=context.logdir)
+    def __init__(
+        self, context: base_plugin.TBContext, cache_bytes: int = DEFAULT_CACHE_BYTES
+    ) -> None:
+        self._reader = DeephysReader(
+            context.data_provider, logdir=context.logdir, cache_bytes=cache_bytes
+        )
 
     def get_plugin_apps(self) -> dict[str, Callable]:
         return {

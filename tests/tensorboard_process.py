@@ -63,6 +63,7 @@ def running_tensorboard(logdir, *, load_fast: bool, extra=(), timeout: float = 9
             if time.monotonic() > deadline:
                 raise RuntimeError("tensorboard never showed Deephys data:\n" + "".join(lines))
             time.sleep(0.5)
+        running_tensorboard.pid = process.pid
         yield base
     finally:
         process.terminate()

@@ -1,0 +1,43 @@
+"""The entry point TensorBoard loads: defines the plugin's flags, then builds it.
+
+Registered in ``pyproject.toml`` as ``tensorboard_plugins: deephys =
+tb_plugin.loader:DeephysLoader``. Light on purpose: the web plugin is imported only
+when TensorBoard asks for it.
+
+Example::
+
+    tensorboard --logdir lightning_logs --deephys_cache_mb 1024
+"""
+
+from __future__ import annotations
+
+from tensorboard.plugins import base_plugin
+
+DEFAULT_CACHE_MB = 512
+
+
+class DeephysLoader(base_plugin.TBLoader):
+    """Adds ``--deephys_cache_mb`` and loads :class:`DeephysPlugin`."""
+
+    def define_flags(self, parser) -> None:
+        group = parser.add_argument_group("deephys")
+        group.add_argument(
+            "--deephys_cache_mb",
+            metavar="MB",
+            type=int,
+            default=DEFAULT_CACHE_MB,
+            help="Memory for decoded Deephys arrays, shared by all requests "
+            f"(least recently used first out; default {DEFAULT_CACHE_MB}).",
+        )
+
+    def fix_flags(self, flags) -> None:
+        if flags.deephys_cache_mb < 0:
+            raise base_plugin.FlagsError(
+                f"--deephys_cache_mb must be >= 0, got {flags.deephys_cache_mb}"
+            )
+
+    def load(self, context: base_plugin.TBContext):
+        from tb_plugin.deephys_plugin import DeephysPlugin
+
+        cache_mb = getattr(context.flags, "deephys_cache_mb", DEFAULT_CACHE_MB)
+        return DeephysPlugin(context, cache_bytes=cache_mb * 1024 * 1024)
