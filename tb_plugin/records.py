@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -39,6 +41,7 @@ from tb_plugin.metadata import (
 # Ask the provider for every datum it kept (it has sampled already on load).
 _ALL_SAMPLES = 1_000_000
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+INDEX_TTL_SECONDS = 2.0
 
 TagKey = tuple[Kind, str | None, str | None]  # (kind, layer, dataset)
 
@@ -69,11 +72,29 @@ class DeephysReader:
         self._provider = data_provider
         self._logdir = logdir
         self._cache = ByteLRUCache(cache_bytes)
+        self._index_lock = threading.Lock()
+        self._index_cache: dict[str, tuple[float, dict[str, RunIndex]]] = {}
 
     # -- listing -----------------------------------------------------------------
 
     def index(self, ctx, experiment_id: str) -> dict[str, RunIndex]:
-        """Every run with Deephys data, mapped to its tags."""
+        """Every run with Deephys data, mapped to its tags.
+
+        Listing is a round trip to the data server, and one request reads many
+        arrays: the listing is reused for ``INDEX_TTL_SECONDS`` (TensorBoard itself
+        reloads the logdir every few seconds).
+        """
+        now = time.monotonic()
+        with self._index_lock:
+            cached = self._index_cache.get(experiment_id)
+            if cached is not None and now - cached[0] < INDEX_TTL_SECONDS:
+                return cached[1]
+        index = self._list_index(ctx, experiment_id)
+        with self._index_lock:
+            self._index_cache[experiment_id] = (now, index)
+        return index
+
+    def _list_index(self, ctx, experiment_id: str) -> dict[str, RunIndex]:
         runs: dict[str, dict[TagKey, str]] = {}
         listings = (
             self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME),
@@ -110,8 +131,12 @@ class DeephysReader:
         # one wins, here and for the arrays (by wall time, not by event file order).
         latest: dict[int, tuple[float, Record]] = {}
         for datum in self._blob_data(ctx, experiment_id, run, tag):
-            raw = b"".join(self._read_blob(ctx, ref) for ref in datum.values)
-            record = Record.from_json(raw)
+            record = self._cache.get_or_compute(
+                ("record", experiment_id, run, tuple(ref.blob_key for ref in datum.values)),
+                lambda datum=datum: Record.from_json(
+                    b"".join(self._read_blob(ctx, ref) for ref in datum.values)
+                ),
+            )
             if record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
                 latest[record.step] = (datum.wall_time, record)
         return [latest[step][1] for step in sorted(latest)]

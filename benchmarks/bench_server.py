@@ -1,0 +1,205 @@
+"""The Deephys plugin under a real tensorboard, on a synthetic ImageNet-scale log.
+
+    python benchmarks/bench_server.py [--images 50000] [--load-fast true false] [--requests 100]
+
+Writes, through the real writer, InD + 3 OOD sets of 50,000 images x 2,048 neurons
+with 1,000 classes at 2 steps (thumbnails of 64 px as asset files, no full
+activation matrix: the callback's defaults), then for each loader starts
+``tensorboard --port 0`` on it and prints: the time until the log is loaded, the
+time to the tab's first data after that (runs, then a neuron), p50/p95 of neuron,
+image and category requests after warm-up, and the peak RSS of the server (with
+the Rust data server process, when used). The same figures for the demo's log.
+Targets: first data <= 3 s, p95 <= 150 ms, peak RSS <= 2.5 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import requests
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from tensorboard_process import running_tensorboard  # noqa: E402
+
+
+def write_imagenet_scale_log(logdir: str, images: int, neurons: int, classes: int) -> str:
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning import fast_crc
+    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from tb_plugin.metadata import Record
+
+    fast_crc.install()
+    run_dir = os.path.join(logdir, "imagenet")
+    os.makedirs(run_dir)
+    sink = EventFileSink(EventFileWriter(run_dir))
+    rng = np.random.default_rng(0)
+    names = ("imagenet", "v2", "sketch", "style")
+    for step in (1000, 2000):
+        recordings = {}
+        for name in names:
+            labels = rng.integers(0, classes, images)
+            correct = rng.random(images) < 0.7
+            recordings[name] = DatasetRecording(
+                labels=labels,
+                predictions=np.where(correct, labels, rng.integers(0, classes, images)),
+                activations={
+                    "fc": np.maximum(
+                        rng.standard_normal((images, neurons), dtype=np.float32), 0
+                    ).astype(np.float16)
+                },
+                thumbnails=rng.integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
+                if step == 1000
+                else None,
+            )
+        record = Record(
+            step=step,
+            epoch=step // 1000 - 1,
+            layers=("fc",),
+            datasets=names,
+            class_names=tuple(f"class {i}" for i in range(classes)),
+            num_images={name: images for name in names},
+            top_k=32,
+        )
+        write_record(sink, record, recordings, log_dir=run_dir, max_activation_bytes=32 * 2**20)
+        del recordings
+    sink.close()
+    return "imagenet"
+
+
+def _peak_rss(pid: int) -> int:
+    """VmHWM of ``pid`` and of its children (the Rust data server)."""
+    total = 0
+    pids = [pid]
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def _timed_get(session, url):
+    start = time.perf_counter()
+    response = session.get(url, timeout=120)
+    elapsed = time.perf_counter() - start
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+    return elapsed, response
+
+
+def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets, layer: str):
+    start = time.perf_counter()
+    with running_tensorboard(logdir, load_fast=load_fast, timeout=900) as base:
+        loaded = time.perf_counter() - start
+        prefix = f"{base}/data/plugin/deephys"
+        rng = random.Random(0)
+        with requests.Session() as session:
+            first_start = time.perf_counter()
+            _timed_get(session, f"{prefix}/runs")
+            _timed_get(session, f"{prefix}/neuron?run={run}&layer={layer}&neuron=0&k=12")
+            first = time.perf_counter() - first_start
+            summary_s, summary = _timed_get(session, f"{prefix}/summary?run={run}&layer={layer}")
+            num_neurons = summary.json()["num_neurons"]
+            num_images = {d["name"]: d["num_images"] for d in summary.json()["datasets"]}
+            num_classes = len(summary.json()["class_names"])
+
+            def neuron():
+                return f"neuron?run={run}&layer={layer}&neuron={rng.randrange(num_neurons)}&k=12"
+
+            def image():
+                d = rng.choice(datasets)
+                return f"image?run={run}&layer={layer}&dataset={d}&index={rng.randrange(num_images[d])}"
+
+            def category():
+                d = rng.choice(datasets)
+                return f"category?run={run}&layer={layer}&dataset={d}&label={rng.randrange(num_classes)}"
+
+            def thumbnail():
+                d = rng.choice(datasets)
+                return f"thumbnail?run={run}&dataset={d}&index={rng.randrange(num_images[d])}"
+
+            print(f"\n{title}, load_fast={str(load_fast).lower()}:")
+            print(f"  log loaded after server start     {loaded:8.2f} s")
+            print(f"  first data (runs + neuron)        {first * 1000:8.1f} ms")
+            print(f"  summary route (first call)        {summary_s * 1000:8.1f} ms")
+            for name, make in (
+                ("neuron", neuron),
+                ("image", image),
+                ("category", category),
+                ("thumbnail", thumbnail),
+            ):
+                for _ in range(5):  # warm-up
+                    _timed_get(session, f"{prefix}/{make()}")
+                times = sorted(_timed_get(session, f"{prefix}/{make()}")[0] for _ in range(n))
+                p50 = statistics.median(times)
+                p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+                print(f"  {name:10s} p50 {p50 * 1000:7.1f} ms   p95 {p95 * 1000:7.1f} ms")
+        peak = _peak_rss(running_tensorboard.pid)
+        print(f"  peak RSS of the server            {peak / 2**20:8.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=50_000)
+    parser.add_argument("--neurons", type=int, default=2048)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--load-fast", nargs="*", default=["true", "false"])
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        run = write_imagenet_scale_log(logdir, args.images, args.neurons, args.classes)
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(logdir) for f in fs)
+        print(
+            f"synthetic log: 4 sets x {args.images:,} images x {args.neurons:,} neurons, "
+            f"{args.classes:,} classes, 2 steps: {size / 2**20:.0f} MiB on disk "
+            f"(thumbnails included), written in {time.perf_counter() - start:.0f} s"
+        )
+        for load_fast in args.load_fast:
+            measure(
+                "ImageNet scale",
+                logdir,
+                run,
+                load_fast == "true",
+                args.requests,
+                ["imagenet", "v2", "sketch", "style"],
+                "fc",
+            )
+    from deephys_lightning.demo.cli import train_demo
+
+    with tempfile.TemporaryDirectory() as logdir:
+        run_dir = train_demo(logdir, epochs=3, quiet=True)
+        run = os.path.relpath(run_dir, logdir)
+        for load_fast in args.load_fast:
+            measure(
+                "demo log",
+                logdir,
+                run,
+                load_fast == "true",
+                args.requests,
+                ["colored", "permuted", "arbitrary", "drifted"],
+                "backbone.fc1",
+            )
+
+
+if __name__ == "__main__":
+    main()
