@@ -18,7 +18,6 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -81,8 +80,8 @@ def _peak_rss(pid: int) -> int:
     total = 0
     pids = [pid]
     try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-        pids += [int(c) for c in children]
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            pids += [int(c) for c in children.read().split()]
     except OSError:
         pass
     for p in pids:
@@ -126,11 +125,13 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
 
             def image():
                 d = rng.choice(datasets)
-                return f"image?run={run}&layer={layer}&dataset={d}&index={rng.randrange(num_images[d])}"
+                index = rng.randrange(num_images[d])
+                return f"image?run={run}&layer={layer}&dataset={d}&index={index}"
 
             def category():
                 d = rng.choice(datasets)
-                return f"category?run={run}&layer={layer}&dataset={d}&label={rng.randrange(num_classes)}"
+                label = rng.randrange(num_classes)
+                return f"category?run={run}&layer={layer}&dataset={d}&label={label}"
 
             def thumbnail():
                 d = rng.choice(datasets)
