@@ -242,3 +242,47 @@ def test_more_bad_parameters_get_400_json(client, run, query):
     response = client.get(f"{PREFIX}/" + query.format(run=run))
     assert response.status_code == 400
     assert response.json["error"]
+
+
+def _client_for(logdir):
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    plugin = DeephysPlugin(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
+    return werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider))
+
+
+def test_several_runs_layers_and_names_with_html(tmp_path):
+    from tiny_model import TinyNet, loader, random_set, trainer
+
+    from deephys_lightning import DeephysCallback
+
+    hostile = '<img src=x onerror="alert(1)">'
+    for version, layers in enumerate((["fc"], ["fc", "features.0"])):
+        t = trainer(
+            tmp_path,
+            [DeephysCallback(layers=layers, class_names=[hostile, "b", "c"])],
+            max_epochs=version + 1,
+        )
+        t.fit(
+            TinyNet(),
+            loader(random_set(12, 0)),
+            val_dataloaders={"ind": loader(random_set(5, 1)), hostile: loader(random_set(4, 2))},
+        )
+    client = _client_for(tmp_path)
+    runs = {r["run"]: r for r in client.get(f"{PREFIX}/runs").json["runs"]}
+    assert sorted(runs) == ["tiny/version_0", "tiny/version_1"]
+    assert runs["tiny/version_1"]["layers"] == ["fc", "features.0"]
+    assert len(runs["tiny/version_1"]["steps"]) == 2
+    assert runs["tiny/version_0"]["datasets"] == ["ind", hostile]  # data, verbatim
+    assert runs["tiny/version_0"]["class_names"][0] == hostile
+    for layer, neurons in (("fc", 5), ("features.0", 4)):
+        body = client.get(f"{PREFIX}/neuron?run=tiny/version_1&layer={layer}&neuron=1").json
+        assert body["num_neurons"] == neurons
+        assert [d["name"] for d in body["datasets"]] == ["ind", hostile]
+    step0 = runs["tiny/version_1"]["steps"][0]["step"]
+    older = client.get(f"{PREFIX}/neuron?run=tiny/version_1&layer=fc&neuron=0&step={step0}")
+    assert older.status_code == 200 and older.json["step"] == step0
+    response = client.get(f"{PREFIX}/runs")
+    assert response.headers["Content-Type"].startswith("application/json")
