@@ -157,3 +157,50 @@ def _labels_and_predictions(logdir, dataset):
     log = read_log(logdir)
     step = log.steps[-1]
     return log.labels(dataset, step).tolist(), log.predictions(dataset, step).tolist()
+
+
+def test_views_click_through(browser, demo_log_dir, demo_log):
+    step = demo_log.steps[-1]
+    names = demo_log.class_names
+    with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
+        page, frame, errors = _open_tab(browser, base)
+        frame.locator("#view-overview").click()
+        frame.locator(".overview-view .card").first.wait_for()
+        assert frame.locator(".overview-view .card").count() == 4
+        # the neuron table sorts by the first OOD set's novelty, highest first
+        first_row = frame.locator(".neuron-table tr[data-neuron]").first
+        novelty = demo_log.scores("backbone.fc1", "permuted", step).novelty
+        assert int(first_row.get_attribute("data-neuron")) == int(np.nanargmax(novelty))
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "deephys-overview.png"), full_page=True)
+        # a confusion cell of the permuted set opens the category view of that pair
+        labels = demo_log.labels("permuted", step)
+        preds = demo_log.predictions("permuted", step)
+        a, b = int(labels[0]), int(preds[0])
+        card = frame.locator('.card[data-dataset="permuted"]')
+        card.locator(f'td[data-label="{a}"][data-pred="{b}"]').click()
+        frame.locator(".category-view").wait_for()
+        members = np.flatnonzero((labels == a) & (preds == b))
+        heading = frame.locator(".category-view h2").text_content()
+        assert f"{len(members)} images" in heading and names[a] in heading
+        shown = frame.locator(".category-view figure").evaluate_all(
+            "figs => figs.map(f => Number(f.dataset.index))"
+        )
+        assert shown == members[:48].tolist()
+        # an image opens the image view, with its label and prediction
+        frame.locator(".category-view figure").first.click()
+        frame.locator(".image-view").wait_for()
+        facts = frame.locator(".image-view .facts").text_content()
+        assert f"label: {names[a]}" in facts and f"prediction: {names[b]}" in facts
+        neurons, _ = demo_log.image_top_neurons("backbone.fc1", "permuted", step)
+        first = frame.locator(".top-neuron header").first
+        assert int(first.get_attribute("data-neuron")) == int(neurons[members[0], 0])
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "deephys-image.png"), full_page=True)
+        # a neuron opens the neuron view (keyboard works too)
+        first.focus()
+        page.keyboard.press("Enter")
+        frame.locator(f'.neuron-view[data-neuron="{int(neurons[members[0], 0])}"]').wait_for()
+        assert errors == []
+        page.close()

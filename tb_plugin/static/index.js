@@ -4,13 +4,56 @@
 import * as model from './model.js';
 import * as views from './views.js';
 
-const state = {runs: [], run: null, layer: null, step: null, neuron: 0, k: 12, request: 0};
+const VIEWS = [
+  ['overview', 'Overview'],
+  ['neuron', 'Neuron'],
+  ['image', 'Image'],
+  ['category', 'Category'],
+];
+
+const state = {
+  runs: [],
+  run: null,
+  layer: null,
+  step: null,
+  view: 'neuron',
+  neuron: 0,
+  k: 12,
+  image: null, // {dataset, index}
+  category: null, // {dataset, label, pred, page}
+  request: 0,
+};
 
 function runInfo() {
   return state.runs.find((r) => r.run === state.run) || null;
 }
 
-function controls(root) {
+// Click-through between the views.
+const navigate = {
+  neuron(neuron) {
+    state.view = 'neuron';
+    state.neuron = neuron;
+    renderAll();
+  },
+  image(dataset, index) {
+    state.view = 'image';
+    state.image = {dataset, index};
+    renderAll();
+  },
+  category(dataset, label, pred) {
+    state.view = 'category';
+    state.category = {dataset, label, pred, page: 0};
+    renderAll();
+  },
+  page(page) {
+    state.category = {...state.category, page};
+    renderPanel();
+  },
+};
+
+let root = null;
+
+function controls() {
   const info = runInfo();
   const bar = views.el('div', {className: 'controls'});
   const runSel = views.labeledSelect('Run', 'run-select', state.runs.map((r) => ({value: r.run, text: r.run})), state.run);
@@ -37,56 +80,96 @@ function controls(root) {
     const r = runInfo();
     state.layer = r.layers[0];
     state.step = r.steps[r.steps.length - 1].step;
-    renderAll(root);
+    state.image = null;
+    state.category = null;
+    renderAll();
   });
   layerSel.select.addEventListener('change', () => {
     state.layer = layerSel.select.value;
-    renderNeuron(root);
+    renderPanel();
   });
   stepSel.select.addEventListener('change', () => {
     state.step = Number(stepSel.select.value);
-    renderNeuron(root);
+    renderPanel();
   });
-  const setNeuron = (value) => {
-    state.neuron = Math.max(0, Number.isFinite(value) ? Math.floor(value) : 0);
-    neuronInput.value = state.neuron;
-    renderNeuron(root);
-  };
+  const setNeuron = (value) => navigate.neuron(Math.max(0, Number.isFinite(value) ? Math.floor(value) : 0));
   neuronInput.addEventListener('change', () => setNeuron(Number(neuronInput.value)));
   prev.addEventListener('click', () => setNeuron(state.neuron - 1));
   next.addEventListener('click', () => setNeuron(state.neuron + 1));
   kInput.addEventListener('change', () => {
     state.k = Math.min(info.top_k, Math.max(1, Math.floor(Number(kInput.value)) || 1));
     kInput.value = state.k;
-    renderNeuron(root);
+    if (state.view === 'neuron') renderPanel();
   });
   return bar;
 }
 
-async function renderNeuron(root) {
+function tabs() {
+  const bar = views.el('nav', {className: 'views', attrs: {'aria-label': 'views'}});
+  for (const [name, title] of VIEWS) {
+    const button = views.el('button', {
+      className: name === state.view ? 'selected' : '',
+      text: title,
+      attrs: {id: `view-${name}`, 'aria-pressed': name === state.view},
+    });
+    button.addEventListener('click', () => {
+      state.view = name;
+      renderAll();
+    });
+    bar.appendChild(button);
+  }
+  return bar;
+}
+
+async function load() {
+  const where = {run: state.run, layer: state.layer, step: state.step};
+  const info = runInfo();
+  switch (state.view) {
+    case 'overview': {
+      const summary = await model.getSummary(where);
+      const over = await Promise.all(
+        info.datasets.filter((d) => d !== info.ind).map((dataset) =>
+          model.getScoresOverTime({run: state.run, layer: state.layer, dataset}).catch(() => null)),
+      );
+      return views.overviewView(summary, over.filter(Boolean), navigate);
+    }
+    case 'image': {
+      const image = state.image || {dataset: info.ind, index: 0};
+      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate);
+    }
+    case 'category': {
+      const category = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
+      return views.categoryView(await model.getCategory({...where, ...category}), state.run, navigate);
+    }
+    default:
+      return views.neuronView(
+        await model.getNeuron({...where, neuron: state.neuron, k: state.k}), state.run, navigate);
+  }
+}
+
+async function renderPanel() {
   const target = root.querySelector('#neuron-panel');
   const request = ++state.request;
   target.replaceChildren(views.message('loading', 'Loading…'));
   try {
-    const data = await model.getNeuron({
-      run: state.run, layer: state.layer, step: state.step, neuron: state.neuron, k: state.k,
-    });
+    const view = await load();
     if (request !== state.request) return; // the user picked something else meanwhile
-    target.replaceChildren(views.neuronView(data, state.run));
+    target.replaceChildren(view);
   } catch (error) {
     if (request !== state.request) return;
     target.replaceChildren(views.message('error', error.message));
   }
 }
 
-function renderAll(root) {
+function renderAll() {
   const info = runInfo();
   root.replaceChildren(
-    controls(root),
+    controls(),
     views.datasetList(info),
+    tabs(),
     views.el('div', {attrs: {id: 'neuron-panel'}}),
   );
-  renderNeuron(root);
+  renderPanel();
 }
 
 export async function render() {
@@ -94,7 +177,7 @@ export async function render() {
   stylesheet.rel = 'stylesheet';
   stylesheet.href = './static/style.css';
   document.head.appendChild(stylesheet);
-  const root = views.el('main', {attrs: {id: 'deephys'}});
+  root = views.el('main', {attrs: {id: 'deephys'}});
   document.body.appendChild(root);
   root.appendChild(views.message('loading', 'Loading Deephys runs…'));
   try {
@@ -114,5 +197,5 @@ export async function render() {
   state.layer = info.layers[0];
   state.step = info.steps[info.steps.length - 1].step;
   state.k = Math.min(state.k, info.top_k);
-  renderAll(root);
+  renderAll();
 }

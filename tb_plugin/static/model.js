@@ -39,3 +39,19 @@ export async function getNeuron({run, layer, step, neuron, k}) {
 export function thumbnailUrl({run, dataset, index, step}) {
   return `./thumbnail?${query({run, dataset, index, step})}`;
 }
+
+export async function getSummary({run, layer, step}) {
+  return fetchJSON(`./summary?${query({run, layer, step})}`);
+}
+
+export async function getImage({run, layer, step, dataset, index}) {
+  return fetchJSON(`./image?${query({run, layer, step, dataset, index, n: 8, k: 6})}`);
+}
+
+export async function getCategory({run, layer, step, dataset, label, pred, page}) {
+  return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred, page, page_size: 48})}`);
+}
+
+export async function getScoresOverTime({run, layer, dataset}) {
+  return fetchJSON(`./scores_over_time?${query({run, layer, dataset})}`);
+}

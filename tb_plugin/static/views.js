@@ -30,6 +30,30 @@ function percent(value) {
   return value === null || value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
 
+/** Run ``action`` on click and on Enter/Space, for keyboard users too. */
+export function activate(node, action) {
+  node.addEventListener('click', action);
+  node.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') {
+      event.preventDefault();
+      action();
+    }
+  });
+}
+
+function thumb({run, dataset, index, step, caption, title, on}) {
+  const figure = el('figure', {className: 'image clickable', attrs: {tabindex: 0, title: title || 'open the image view', 'data-index': index}}, [
+    el('img', {attrs: {src: thumbnailUrl({run, dataset, index, step}), alt: `${dataset} image ${index}`, loading: 'lazy'}}),
+    el('figcaption', {}, caption.map((text) => el('span', {text}))),
+  ]);
+  activate(figure, () => on.image && on.image(dataset, index));
+  return figure;
+}
+
+function className(names, index) {
+  return names[index] ?? String(index);
+}
+
 function formatRaw(value) {
   return value === null || value === undefined ? 'n/a' : Number(value).toPrecision(3);
 }
@@ -50,7 +74,7 @@ export function datasetList(runInfo) {
   return list;
 }
 
-export function neuronView(data, run) {
+export function neuronView(data, run, on = {}) {
   const root = el('section', {className: 'neuron-view', attrs: {'data-neuron': data.neuron}});
   root.appendChild(
     el('h2', {text: `Neuron ${data.neuron} of ${data.num_neurons} — layer ${data.layer}, step ${data.step} (epoch ${data.epoch})`}),
@@ -92,8 +116,10 @@ export function neuronView(data, run) {
           loading: 'lazy',
         },
       });
-      grid.appendChild(
-        el('figure', {className: `image ${correct ? 'right' : 'wrong'}`, attrs: {'data-index': image.index}}, [
+      const figure = el('figure', {
+        className: `image clickable ${correct ? 'right' : 'wrong'}`,
+        attrs: {'data-index': image.index, tabindex: 0, title: 'open the image view'},
+      }, [
           img,
           el('figcaption', {}, [
             el('span', {
@@ -103,8 +129,9 @@ export function neuronView(data, run) {
             }),
             el('span', {className: 'label', text: `${labelName} → ${predName}`}),
           ]),
-        ]),
-      );
+        ]);
+      activate(figure, () => on.image && on.image(dataset.name, image.index));
+      grid.appendChild(figure);
     }
     if (!dataset.images.length) grid.appendChild(message('empty', 'no images'));
     columns.appendChild(
@@ -112,5 +139,259 @@ export function neuronView(data, run) {
     );
   }
   root.appendChild(columns);
+  return root;
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag, attrs = {}, children = []) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children) node.appendChild(child);
+  return node;
+}
+
+/** A density as bars: the paper's Fig. 3 plots. */
+function densityPlot(title, density) {
+  const width = 220;
+  const height = 80;
+  const box = el('div', {className: 'density'}, [el('div', {className: 'density-title', text: title})]);
+  if (!density || !density.count) {
+    box.appendChild(message('empty', 'no values'));
+    return box;
+  }
+  const values = density.density.map((v) => v || 0);
+  const top = Math.max(...values, 1e-12);
+  const barWidth = width / values.length;
+  const bars = values.map((v, i) => {
+    const h = (v / top) * (height - 4);
+    return svg('rect', {x: i * barWidth, y: height - h, width: Math.max(barWidth - 1, 1), height: h});
+  });
+  box.appendChild(svg('svg', {width, height, viewBox: `0 0 ${width} ${height}`, role: 'img',
+    'aria-label': title}, bars));
+  const edges = density.edges;
+  box.appendChild(el('div', {className: 'axis', text: `${formatRaw(edges[0])} … ${formatRaw(edges[edges.length - 1])} (${density.count} neurons)`}));
+  return box;
+}
+
+export function overviewView(data, over, on = {}) {
+  const root = el('section', {className: 'overview-view'});
+  root.appendChild(el('h2', {text: `Overview — layer ${data.layer}, step ${data.step} (epoch ${data.epoch})`}));
+  const cards = el('div', {className: 'cards'});
+  for (const dataset of data.datasets) {
+    const card = el('div', {className: `card ${dataset.role}`, attrs: {'data-dataset': dataset.name}}, [
+      el('header', {}, [
+        el('span', {className: `role ${dataset.role}`, text: dataset.role === 'ind' ? 'InD' : 'OOD'}),
+        el('span', {className: 'name', text: dataset.name}),
+        el('span', {className: 'accuracy', text: `accuracy ${percent(dataset.accuracy)}`}),
+      ]),
+    ]);
+    if (dataset.summary) {
+      const s = dataset.summary;
+      card.appendChild(el('div', {className: 'scores', text:
+        `novelty ${formatRaw(s.novelty_mean)} (${percent(s.novelty_positive_fraction)} > 0) · ` +
+        `spurious ${formatRaw(s.spurious_mean)} (${s.spurious_undefined} undefined) · ` +
+        `activation ratio ${percent(s.activation_ratio_mean)}`}));
+      card.appendChild(el('div', {className: 'densities'}, [
+        densityPlot('novelty > 0', dataset.densities.novelty),
+        densityPlot('spurious', dataset.densities.spurious),
+      ]));
+    }
+    card.appendChild(confusionTable(dataset, data.class_names, on));
+    cards.appendChild(card);
+  }
+  root.appendChild(cards);
+  if (over && over.length) root.appendChild(scoresOverTime(over));
+  root.appendChild(neuronTable(data, on));
+  return root;
+}
+
+function confusionTable(dataset, names, on) {
+  const n = dataset.confusion.length;
+  const wrapper = el('details', {className: 'confusion', attrs: n <= 12 ? {open: ''} : {}}, [
+    el('summary', {text: `confusion matrix (rows: label, columns: prediction)`}),
+  ]);
+  if (n > 60) {
+    wrapper.appendChild(message('empty', `${n} classes: open a category from the neuron table or the image view`));
+    return wrapper;
+  }
+  const table = el('table', {className: 'matrix'});
+  const head = el('tr', {}, [el('th', {text: ''})]);
+  for (let b = 0; b < n; b++) head.appendChild(el('th', {text: className(names, b)}));
+  table.appendChild(head);
+  const max = Math.max(1, ...dataset.confusion.flat());
+  for (let a = 0; a < n; a++) {
+    const row = el('tr', {}, [el('th', {text: className(names, a)})]);
+    for (let b = 0; b < n; b++) {
+      const count = dataset.confusion[a][b];
+      const cell = el('td', {
+        className: `cell ${a === b ? 'diagonal' : ''} ${count ? 'clickable' : ''}`,
+        text: count || '',
+        attrs: {'data-label': a, 'data-pred': b, tabindex: count ? 0 : -1,
+          title: `${className(names, a)} → ${className(names, b)}: ${count}`},
+      });
+      cell.style.setProperty('--weight', String(count / max));
+      if (count) activate(cell, () => on.category && on.category(dataset.name, a, b));
+      row.appendChild(cell);
+    }
+    table.appendChild(row);
+  }
+  wrapper.appendChild(table);
+  return wrapper;
+}
+
+function scoresOverTime(over) {
+  const box = el('div', {className: 'over-time'}, [el('h3', {text: 'Mean scores across steps'})]);
+  const table = el('table', {className: 'table'});
+  table.appendChild(el('tr', {}, ['OOD set', 'step', 'epoch', 'novelty', 'spurious', 'activation ratio'].map((t) => el('th', {text: t}))));
+  for (const series of over) {
+    for (const p of series.points) {
+      table.appendChild(el('tr', {}, [
+        el('td', {text: series.dataset}), el('td', {text: p.step}), el('td', {text: p.epoch}),
+        el('td', {text: formatRaw(p.novelty)}), el('td', {text: formatRaw(p.spurious)}),
+        el('td', {text: percent(p.activation_ratio)}),
+      ]));
+    }
+  }
+  box.appendChild(table);
+  return box;
+}
+
+function neuronTable(data, on) {
+  const oods = data.datasets.filter((d) => d.role === 'ood');
+  const columns = [{key: 'neuron', title: 'neuron', value: (i) => i}];
+  for (const d of oods) {
+    for (const [key, title] of [['novelty', 'novelty'], ['spurious', 'spurious'], ['activation_ratio', 'act. ratio']]) {
+      columns.push({key: `${d.name}:${key}`, title: `${d.name} ${title}`, value: (i) => d.scores[key][i]});
+    }
+  }
+  const box = el('div', {className: 'neuron-table'}, [el('h3', {text: 'Neurons'})]);
+  const filter = el('input', {attrs: {id: 'neuron-filter', type: 'search', placeholder: 'filter: e.g. >0.5 on the sorted column, or a neuron number'}});
+  box.appendChild(filter);
+  const table = el('table', {className: 'table sortable'});
+  box.appendChild(table);
+  let sortKey = columns.length > 1 ? columns[1].key : 'neuron';
+  let descending = true;
+  const draw = () => {
+    const column = columns.find((c) => c.key === sortKey);
+    let rows = Array.from({length: data.num_neurons}, (_, i) => i);
+    const text = filter.value.trim();
+    const bound = text.match(/^([<>])\s*(-?[0-9.]+)$/);
+    if (bound) {
+      const limit = Number(bound[2]);
+      rows = rows.filter((i) => {
+        const v = column.value(i);
+        return v !== null && (bound[1] === '>' ? v > limit : v < limit);
+      });
+    } else if (/^[0-9]+$/.test(text)) {
+      rows = rows.filter((i) => String(i).startsWith(text));
+    }
+    rows.sort((a, b) => {
+      const va = column.value(a);
+      const vb = column.value(b);
+      if (va === null && vb === null) return a - b;
+      if (va === null) return 1;
+      if (vb === null) return -1;
+      return descending ? vb - va || a - b : va - vb || a - b;
+    });
+    const head = el('tr', {}, columns.map((c) => {
+      const th = el('th', {className: 'clickable', text: c.title + (c.key === sortKey ? (descending ? ' ▼' : ' ▲') : ''),
+        attrs: {tabindex: 0, 'data-key': c.key, 'aria-sort': c.key === sortKey ? (descending ? 'descending' : 'ascending') : 'none'}});
+      activate(th, () => {
+        descending = c.key === sortKey ? !descending : true;
+        sortKey = c.key;
+        draw();
+      });
+      return th;
+    }));
+    const body = rows.slice(0, 200).map((i) => {
+      const tr = el('tr', {className: 'clickable', attrs: {tabindex: 0, 'data-neuron': i}}, columns.map((c) => {
+        const v = c.value(i);
+        return el('td', {text: c.key === 'neuron' ? v : c.key.endsWith('activation_ratio') ? percent(v) : formatRaw(v)});
+      }));
+      activate(tr, () => on.neuron && on.neuron(i));
+      return tr;
+    });
+    table.replaceChildren(head, ...body);
+  };
+  filter.addEventListener('input', draw);
+  draw();
+  return box;
+}
+
+export function imageView(data, run, on = {}) {
+  const names = data.class_names;
+  const root = el('section', {className: 'image-view', attrs: {'data-dataset': data.dataset, 'data-index': data.index}});
+  root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${data.role === 'ind' ? 'InD' : 'OOD'}) — step ${data.step}`}));
+  const correct = data.label === data.prediction;
+  root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
+    el('img', {attrs: {src: thumbnailUrl({run, dataset: data.dataset, index: data.index, step: data.step}), alt: `${data.dataset} image ${data.index}`}}),
+    el('div', {className: 'facts'}, [
+      el('div', {text: `label: ${className(names, data.label)}`}),
+      el('div', {text: `prediction: ${className(names, data.prediction)} (${correct ? 'right' : 'wrong'})`}),
+      el('div', {text: `index in the dataset: ${data.position}`}),
+    ]),
+  ]));
+  const list = el('div', {className: 'top-neurons'});
+  for (const top of data.top_neurons) {
+    const value = top.normalized;
+    const bar = el('div', {className: 'bar'});
+    bar.style.setProperty('--fill', String(Math.max(0, Math.min(1, value || 0))));
+    const header = el('header', {className: 'clickable', attrs: {tabindex: 0, title: 'open the neuron view', 'data-neuron': top.neuron}}, [
+      el('span', {className: 'name', text: `neuron ${top.neuron}`}),
+      bar,
+      el('span', {className: 'value', text: percent(value)}),
+    ]);
+    activate(header, () => on.neuron && on.neuron(top.neuron));
+    const rows = el('div', {className: 'sources'});
+    for (const [source, images] of Object.entries(top.top_images)) {
+      const grid = el('div', {className: 'grid'});
+      for (const image of images) {
+        grid.appendChild(thumb({run, dataset: source, index: image.index, step: data.step, on,
+          caption: [percent(image.normalized), `${className(names, image.label)} → ${className(names, image.prediction)}`]}));
+      }
+      rows.appendChild(el('div', {className: 'source'}, [el('div', {className: 'name', text: source}), grid]));
+    }
+    list.appendChild(el('div', {className: 'top-neuron'}, [header, rows]));
+  }
+  root.appendChild(list);
+  return root;
+}
+
+export function categoryView(data, run, on = {}) {
+  const names = data.class_names;
+  const what = data.pred === null || data.pred === undefined
+    ? `category ${className(names, data.label)}`
+    : `label ${className(names, data.label)} predicted as ${className(names, data.pred)}`;
+  const root = el('section', {className: 'category-view'});
+  root.appendChild(el('h2', {text: `${what} in ${data.dataset} — ${data.num_images} images, step ${data.step}`}));
+  const neurons = el('ol', {className: 'category-neurons'});
+  for (const n of data.neurons) {
+    const item = el('li', {className: 'clickable', text: `neuron ${n.neuron}: mean ${formatRaw(n.mean)}`, attrs: {tabindex: 0, 'data-neuron': n.neuron}});
+    activate(item, () => on.neuron && on.neuron(n.neuron));
+    neurons.appendChild(item);
+  }
+  root.appendChild(el('div', {className: 'columns'}, [
+    el('div', {}, [el('h3', {text: 'Most active neurons'}), neurons]),
+    el('div', {className: 'column'}, [el('h3', {text: 'Images'}), (() => {
+      const grid = el('div', {className: 'grid'});
+      for (const image of data.images) {
+        grid.appendChild(thumb({run, dataset: data.dataset, index: image.index, step: data.step, on,
+          caption: [`${className(names, image.label)} → ${className(names, image.prediction)}`]}));
+      }
+      if (!data.images.length) grid.appendChild(message('empty', 'no images'));
+      return grid;
+    })()]),
+  ]));
+  const pages = Math.ceil(data.num_images / data.page_size);
+  if (pages > 1) {
+    const prev = el('button', {text: 'previous', attrs: {id: 'page-prev'}});
+    const next = el('button', {text: 'next', attrs: {id: 'page-next'}});
+    prev.disabled = data.page === 0;
+    next.disabled = data.page >= pages - 1;
+    prev.addEventListener('click', () => on.page && on.page(data.page - 1));
+    next.addEventListener('click', () => on.page && on.page(data.page + 1));
+    root.appendChild(el('div', {className: 'pager'}, [prev, el('span', {text: `page ${data.page + 1} of ${pages}`}), next]));
+  }
   return root;
 }
