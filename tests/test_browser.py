@@ -204,3 +204,35 @@ def test_views_click_through(browser, demo_log_dir, demo_log):
         frame.locator(f'.neuron-view[data-neuron="{int(neurons[members[0], 0])}"]').wait_for()
         assert errors == []
         page.close()
+
+
+def test_back_button_keyboard_and_dark_mode(browser, demo_log_dir, demo_log):
+    with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
+        page, frame, errors = _open_tab(browser, base)
+        frame.locator("#view-overview").click()
+        frame.locator(".overview-view").wait_for()
+        row = frame.locator(".neuron-table tr[data-neuron]").nth(2)
+        neuron = int(row.get_attribute("data-neuron"))
+        row.click()
+        frame.locator(f'.neuron-view[data-neuron="{neuron}"]').wait_for()
+        # the browser's back and forward buttons walk the joint session history, which
+        # holds the tab's entries (Playwright's go_back waits for a top-level load)
+        page.evaluate("() => history.back()")
+        frame.locator(".overview-view").wait_for()
+        page.evaluate("() => history.back()")
+        frame.locator('.neuron-view[data-neuron="0"]').wait_for()
+        page.evaluate("() => history.forward()")
+        frame.locator(".overview-view").wait_for()
+        # arrow keys step through neurons in the neuron view
+        frame.locator("#view-neuron").click()
+        current = int(frame.locator(".neuron-view").get_attribute("data-neuron"))
+        frame.locator("h2").click()
+        page.keyboard.press("ArrowRight")
+        frame.locator(f'.neuron-view[data-neuron="{current + 1}"]').wait_for()
+        # TensorBoard's dark mode reaches the tab
+        page.evaluate("document.body.classList.add('dark-mode')")
+        frame.locator("html.dark").wait_for(state="attached")
+        background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+        assert background == "rgb(32, 33, 36)"
+        assert errors == []
+        page.close()

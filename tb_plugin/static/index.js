@@ -47,11 +47,50 @@ const navigate = {
   },
   page(page) {
     state.category = {...state.category, page};
+    remember();
     renderPanel();
   },
 };
 
 let root = null;
+
+// The view state lives in the iframe's URL hash, pushed on every navigation, so the
+// browser's back and forward buttons move between views.
+function encodeState() {
+  const params = new URLSearchParams({view: state.view, run: state.run, layer: state.layer, step: state.step,
+    neuron: state.neuron});
+  if (state.image) params.set('image', `${state.image.index}@${state.image.dataset}`);
+  if (state.category) {
+    const c = state.category;
+    params.set('category', `${c.label}:${c.pred ?? ''}:${c.page}@${c.dataset}`);
+  }
+  return `#${params.toString()}`;
+}
+
+function decodeState(hash) {
+  const params = new URLSearchParams(hash.replace(/^#/, ''));
+  const run = state.runs.find((r) => r.run === params.get('run'));
+  if (!run) return false;
+  state.run = run.run;
+  state.layer = run.layers.includes(params.get('layer')) ? params.get('layer') : run.layers[0];
+  const step = Number(params.get('step'));
+  state.step = run.steps.some((s) => s.step === step) ? step : run.steps[run.steps.length - 1].step;
+  state.view = VIEWS.some(([name]) => name === params.get('view')) ? params.get('view') : 'neuron';
+  state.neuron = Math.max(0, Number(params.get('neuron')) || 0);
+  const image = (params.get('image') || '').match(/^(\d+)@(.*)$/s);
+  state.image = image ? {index: Number(image[1]), dataset: image[2]} : null;
+  const category = (params.get('category') || '').match(/^(\d+):(\d*):(\d+)@(.*)$/s);
+  state.category = category
+    ? {label: Number(category[1]), pred: category[2] === '' ? null : Number(category[2]),
+      page: Number(category[3]), dataset: category[4]}
+    : null;
+  return true;
+}
+
+function remember() {
+  const hash = encodeState();
+  if (window.location.hash !== hash) window.history.pushState(null, '', hash);
+}
 
 function controls() {
   const info = runInfo();
@@ -161,7 +200,8 @@ async function renderPanel() {
   }
 }
 
-function renderAll() {
+function renderAll({push = true} = {}) {
+  if (push) remember();
   const info = runInfo();
   root.replaceChildren(
     controls(),
@@ -192,10 +232,37 @@ export async function render() {
     );
     return;
   }
-  state.run = state.runs[0].run;
-  const info = runInfo();
-  state.layer = info.layers[0];
-  state.step = info.steps[info.steps.length - 1].step;
-  state.k = Math.min(state.k, info.top_k);
-  renderAll();
+  if (!decodeState(window.location.hash)) {
+    state.run = state.runs[0].run;
+    const info = runInfo();
+    state.layer = info.layers[0];
+    state.step = info.steps[info.steps.length - 1].step;
+  }
+  state.k = Math.min(state.k, runInfo().top_k);
+  window.addEventListener('popstate', () => {
+    if (decodeState(window.location.hash)) renderAll({push: false});
+  });
+  followDarkMode();
+  document.addEventListener('keydown', (event) => {
+    // ← and → step through neurons in the neuron view (not while typing in a field).
+    if (state.view !== 'neuron' || ['INPUT', 'SELECT', 'TEXTAREA'].includes(event.target.tagName)) return;
+    if (event.key === 'ArrowRight') navigate.neuron(state.neuron + 1);
+    if (event.key === 'ArrowLeft') navigate.neuron(Math.max(0, state.neuron - 1));
+  });
+  window.history.replaceState(null, '', encodeState());
+  renderAll({push: false});
+}
+
+// TensorBoard marks dark mode with a class on its own page's body; follow it.
+function followDarkMode() {
+  let host = null;
+  try {
+    host = window.parent !== window ? window.parent.document.body : null;
+  } catch (_) {
+    host = null; // another origin: keep the system preference
+  }
+  if (!host) return;
+  const apply = () => document.documentElement.classList.toggle('dark', host.classList.contains('dark-mode'));
+  apply();
+  new MutationObserver(apply).observe(host, {attributes: true, attributeFilter: ['class']});
 }
