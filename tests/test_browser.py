@@ -198,6 +198,15 @@ def test_views_click_through(browser, demo_log_dir, demo_log):
         assert int(first.get_attribute("data-neuron")) == int(neurons[members[0], 0])
         page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / "deephys-image.png"), full_page=True)
+        # any image by dataset and index
+        frame.locator("#image-dataset").select_option("drifted")
+        frame.locator("#image-index").fill("7")
+        frame.locator("#image-open").click()
+        frame.locator('.image-view[data-dataset="drifted"][data-index="7"]').wait_for()
+        facts = frame.locator(".image-view .facts").text_content()
+        assert f"label: {names[int(demo_log.labels('drifted', step)[7])]}" in facts
+        page.evaluate("() => history.back()")
+        frame.locator(f'.image-view[data-index="{members[0]}"]').wait_for()
         # a neuron opens the neuron view (keyboard works too)
         first.focus()
         page.keyboard.press("Enter")

@@ -174,7 +174,7 @@ async function load() {
     }
     case 'image': {
       const image = state.image || {dataset: info.ind, index: 0};
-      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate);
+      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate, info.datasets);
     }
     case 'category': {
       const category = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};

@@ -319,9 +319,32 @@ function neuronTable(data, on) {
   return box;
 }
 
-export function imageView(data, run, on = {}) {
+/** Pick any image by dataset and index. */
+function imagePicker(data, datasets, on) {
+  const select = el('select', {attrs: {id: 'image-dataset'}});
+  for (const name of datasets) {
+    const option = el('option', {text: name, attrs: {value: name}});
+    if (name === data.dataset) option.selected = true;
+    select.appendChild(option);
+  }
+  const index = el('input', {attrs: {id: 'image-index', type: 'number', min: 0, value: data.index}});
+  const go = el('button', {text: 'open', attrs: {id: 'image-open'}});
+  const open = () => on.image && on.image(select.value, Math.max(0, Math.floor(Number(index.value)) || 0));
+  go.addEventListener('click', open);
+  index.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') open();
+  });
+  return el('div', {className: 'picker'}, [
+    el('label', {text: 'Dataset', attrs: {for: 'image-dataset'}}, [select]),
+    el('label', {text: 'Image', attrs: {for: 'image-index'}}, [index]),
+    go,
+  ]);
+}
+
+export function imageView(data, run, on = {}, datasets = [data.dataset]) {
   const names = data.class_names;
   const root = el('section', {className: 'image-view', attrs: {'data-dataset': data.dataset, 'data-index': data.index}});
+  root.appendChild(imagePicker(data, datasets, on));
   root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${data.role === 'ind' ? 'InD' : 'OOD'}) — step ${data.step}`}));
   const correct = data.label === data.prediction;
   root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
