@@ -33,21 +33,32 @@ from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
+_MAX_INDEX = 2**31 - 1
 _IMMUTABLE_CACHE = "private, max-age=86400"
 
 
 def _json_route(handler: Callable) -> Callable:
-    """Wrap a route: JSON errors with the right 4xx code instead of tracebacks."""
+    """Wrap a route: it gets the request context and experiment id, and returns
+    either a response or data sent as JSON; errors become JSON with their 4xx code
+    instead of tracebacks."""
 
     @functools.wraps(handler)
     @wrappers.Request.application
     def route(self, request: wrappers.Request) -> wrappers.Response:
         try:
-            return handler(self, request)
+            result = handler(
+                self,
+                request,
+                plugin_util.context(request.environ),
+                plugin_util.experiment_id(request.environ),
+            )
         except errors.PublicError as error:
             return http_util.Respond(
                 request, {"error": str(error)}, "application/json", code=error.http_code
             )
+        if isinstance(result, wrappers.Response):
+            return result
+        return http_util.Respond(request, result, "application/json")
 
     return route
 
@@ -80,6 +91,10 @@ def _int_arg(
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise errors.InvalidArgumentError(f"query parameter {name!r} must be {bound}, got {value}")
     return value
+
+
+def _step_arg(request: wrappers.Request) -> int | None:
+    return _int_arg(request, "step", maximum=2**62)
 
 
 class DeephysPlugin(base_plugin.TBPlugin):
@@ -477,94 +492,91 @@ class DeephysPlugin(base_plugin.TBPlugin):
     # -- routes (thin) -----------------------------------------------------------------
 
     @_json_route
-    def _serve_runs(self, request: wrappers.Request) -> wrappers.Response:
-        ctx = plugin_util.context(request.environ)
-        body = self.runs_impl(ctx, plugin_util.experiment_id(request.environ))
-        return http_util.Respond(request, body, "application/json")
+    def _serve_runs(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.runs_impl(ctx, experiment_id)
 
     @_json_route
-    def _serve_neuron(self, request: wrappers.Request) -> wrappers.Response:
-        body = self.neuron_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
+    def _serve_summary(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.summary_impl(
+            ctx,
+            experiment_id,
             run=_arg(request, "run"),
             layer=_arg(request, "layer"),
-            neuron=_int_arg(request, "neuron", default=0, maximum=2**31 - 1),
-            step=_int_arg(request, "step", maximum=2**62),
+            step=_step_arg(request),
+        )
+
+    @_json_route
+    def _serve_neuron(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.neuron_impl(
+            ctx,
+            experiment_id,
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            neuron=_int_arg(request, "neuron", default=0, maximum=_MAX_INDEX),
+            step=_step_arg(request),
             k=_int_arg(request, "k", minimum=1, maximum=_MAX_K),
         )
-        return http_util.Respond(request, body, "application/json")
 
     @_json_route
-    def _serve_summary(self, request: wrappers.Request) -> wrappers.Response:
-        body = self.summary_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
-            run=_arg(request, "run"),
-            layer=_arg(request, "layer"),
-            step=_int_arg(request, "step", maximum=2**62),
-        )
-        return http_util.Respond(request, body, "application/json")
-
-    @_json_route
-    def _serve_image(self, request: wrappers.Request) -> wrappers.Response:
-        body = self.image_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
+    def _serve_image(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.image_impl(
+            ctx,
+            experiment_id,
             run=_arg(request, "run"),
             layer=_arg(request, "layer"),
             dataset=_arg(request, "dataset"),
-            index=_int_arg(request, "index", default=0, maximum=2**31 - 1),
-            step=_int_arg(request, "step", maximum=2**62),
+            index=_int_arg(request, "index", default=0, maximum=_MAX_INDEX),
+            step=_step_arg(request),
             n=_int_arg(request, "n", default=10, minimum=1, maximum=100),
             k=_int_arg(request, "k", default=6, minimum=1, maximum=_MAX_K),
         )
-        return http_util.Respond(request, body, "application/json")
 
     @_json_route
-    def _serve_category(self, request: wrappers.Request) -> wrappers.Response:
-        body = self.category_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
+    def _serve_category(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.category_impl(
+            ctx,
+            experiment_id,
             run=_arg(request, "run"),
             layer=_arg(request, "layer"),
             dataset=_arg(request, "dataset"),
-            label=_int_arg(request, "label", default=0, maximum=2**31 - 1),
-            pred=_int_arg(request, "pred", maximum=2**31 - 1),
-            step=_int_arg(request, "step", maximum=2**62),
-            page=_int_arg(request, "page", default=0, maximum=2**31 - 1),
+            label=_int_arg(request, "label", default=0, maximum=_MAX_INDEX),
+            pred=_int_arg(request, "pred", maximum=_MAX_INDEX),
+            step=_step_arg(request),
+            page=_int_arg(request, "page", default=0, maximum=_MAX_INDEX),
             page_size=_int_arg(request, "page_size", default=50, minimum=1, maximum=500),
         )
-        return http_util.Respond(request, body, "application/json")
 
     @_json_route
-    def _serve_scores_over_time(self, request: wrappers.Request) -> wrappers.Response:
-        body = self.scores_over_time_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
+    def _serve_scores_over_time(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.scores_over_time_impl(
+            ctx,
+            experiment_id,
             run=_arg(request, "run"),
             layer=_arg(request, "layer"),
             dataset=_arg(request, "dataset"),
-            neuron=_int_arg(request, "neuron", maximum=2**31 - 1),
+            neuron=_int_arg(request, "neuron", maximum=_MAX_INDEX),
         )
-        return http_util.Respond(request, body, "application/json")
 
     @_json_route
-    def _serve_thumbnail(self, request: wrappers.Request) -> wrappers.Response:
+    def _serve_thumbnail(
+        self, request: wrappers.Request, ctx, experiment_id: str
+    ) -> wrappers.Response:
         png = self.thumbnail_impl(
-            plugin_util.context(request.environ),
-            plugin_util.experiment_id(request.environ),
+            ctx,
+            experiment_id,
             run=_arg(request, "run"),
             dataset=_arg(request, "dataset"),
-            index=_int_arg(request, "index", default=0, maximum=2**31 - 1),
-            step=_int_arg(request, "step", maximum=2**62),
+            index=_int_arg(request, "index", default=0, maximum=_MAX_INDEX),
+            step=_step_arg(request),
         )
         response = http_util.Respond(request, png, "image/png")
         response.headers["Cache-Control"] = _IMMUTABLE_CACHE
         return response
 
     @_json_route
-    def _serve_static(self, request: wrappers.Request) -> wrappers.Response:
+    def _serve_static(
+        self, request: wrappers.Request, ctx, experiment_id: str
+    ) -> wrappers.Response:
         prefix = f"/data/plugin/{PLUGIN_NAME}/static/"
         path = request.path
         start = path.find(prefix)
