@@ -19,13 +19,11 @@ Example::
 from __future__ import annotations
 
 import difflib
-import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
@@ -55,6 +53,7 @@ from deephys_lightning.summary import (
     SummarySink,
     write_record,
 )
+from tb_plugin import assets
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
@@ -466,7 +465,7 @@ class DeephysCallback(Callback):
             name = names[idx]
             thumbs = None
             if rows.thumbs is not None:
-                digest = _digest(rows.thumbs, rows.positions)
+                digest = assets.thumbnails_digest(rows.thumbs.numpy())
                 if state.thumbnails.get(name) != digest:
                     thumbs = rows.thumbs.numpy()
                     digests[name] = digest
@@ -475,6 +474,7 @@ class DeephysCallback(Callback):
                 predictions=rows.preds.numpy(),
                 activations={layer: a.numpy() for layer, a in rows.acts.items()},
                 thumbnails=thumbs,
+                thumbnails_digest=digests.get(name),
                 positions=rows.positions.numpy(),
             )
         class_names = self._class_names(trainer, num_classes, recordings)
@@ -668,14 +668,6 @@ def _datamodule_class_names(trainer: pl.Trainer) -> list[str] | None:
         if isinstance(names, Sequence) and names and all(isinstance(n, str) for n in names):
             return list(names)
     return None
-
-
-def _digest(thumbs: torch.Tensor, positions: torch.Tensor) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.ascontiguousarray(positions.numpy()).tobytes())
-    digest.update(str(tuple(thumbs.shape)).encode())
-    digest.update(np.ascontiguousarray(thumbs.numpy()).tobytes())
-    return digest.hexdigest()
 
 
 def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:

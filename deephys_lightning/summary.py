@@ -77,6 +77,7 @@ class DatasetRecording:
         activations: layer name -> float [N, M] activations (after ReLU and reduction).
         thumbnails: uint8 [N, H, W, 3], or None when already written for this dataset.
         positions: int [N] index in the dataset of each image (default 0..N-1).
+        thumbnails_digest: the thumbnails' content digest, when already computed.
     """
 
     labels: np.ndarray
@@ -84,6 +85,7 @@ class DatasetRecording:
     activations: dict[str, np.ndarray]
     thumbnails: np.ndarray | None = None
     positions: np.ndarray | None = None
+    thumbnails_digest: str | None = None
 
 
 def tensor_summary(
@@ -206,7 +208,7 @@ def _write_dataset(
             raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
         thumbnails = np.asarray(rec.thumbnails, dtype=np.uint8)
         reference = {
-            "file": assets.write_thumbnails(log_dir, name, thumbnails),
+            "file": assets.write_thumbnails(log_dir, name, thumbnails, rec.thumbnails_digest),
             "count": int(thumbnails.shape[0]),
             "shape": list(thumbnails.shape[1:]),
         }

@@ -37,16 +37,20 @@ def thumbnails_digest(thumbnails: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def write_thumbnails(run_dir: str, dataset: str, thumbnails: np.ndarray) -> str:
+def write_thumbnails(
+    run_dir: str, dataset: str, thumbnails: np.ndarray, digest: str | None = None
+) -> str:
     """Write ``thumbnails`` (uint8 [N, H, W, 3]) under ``run_dir``; return its relative name.
 
-    The name holds the dataset and a digest of the content, so a changed set gets a
-    new file and an unchanged one is never rewritten. Writes are atomic.
+    The name holds the dataset and a digest of the content (``digest``, when the
+    caller computed :func:`thumbnails_digest` already), so a changed set gets a new
+    file and an unchanged one is never rewritten. Writes are atomic.
     """
     thumbnails = np.ascontiguousarray(thumbnails, dtype=np.uint8)
     if thumbnails.ndim != 4 or thumbnails.shape[-1] != 3:
         raise ValueError(f"thumbnails must be uint8 [N, H, W, 3], got shape {thumbnails.shape}")
-    name = f"{quote(dataset, safe='')[:200]}-{thumbnails_digest(thumbnails)}.npy"
+    digest = digest or thumbnails_digest(thumbnails)
+    name = f"{quote(dataset, safe='')[:200]}-{digest}.npy"
     relative = f"{THUMBNAIL_DIR}/{name}"
     path = os.path.join(run_dir, ASSET_ROOT, THUMBNAIL_DIR, name)
     if not os.path.exists(path):
