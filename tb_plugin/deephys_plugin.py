@@ -474,10 +474,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         record = self._reader.record(ctx, experiment_id, run, step)
         _check_dataset(record, dataset)
         thumbs = self._reader.thumbnails(ctx, experiment_id, run, dataset, record.step)
-        if index >= len(thumbs):
-            raise errors.InvalidArgumentError(
-                f"image index {index} is out of range: {dataset!r} has {len(thumbs)} images"
-            )
+        _check_index(index, len(thumbs), dataset)
         out = io.BytesIO()
         Image.fromarray(np.asarray(thumbs[index], dtype=np.uint8), mode="RGB").save(
             out, format="PNG"
