@@ -212,8 +212,7 @@ def normalized_activations(activations: Any, ind_max: Any) -> np.ndarray:
     ind_max = as_numpy(ind_max).astype(np.float32)
     if ind_max.shape != (acts.shape[1],):
         raise ValueError(f"ind_max must have shape ({acts.shape[1]},), got {ind_max.shape}")
-    scale = np.where(ind_max > 0, ind_max, np.nan).astype(np.float32)
-    return acts.astype(np.float32) / scale
+    return acts.astype(np.float32) / _alive(ind_max)
 
 
 def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
@@ -237,10 +236,14 @@ def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
 
 def ratio_of_maxima(ind_max: Any, ood_max: Any) -> np.ndarray:
     """``ood_max / ind_max`` with NaN where ``ind_max <= 0``: float32 [M]."""
-    ind_max = as_numpy(ind_max).astype(np.float32)
     ood_max = as_numpy(ood_max).astype(np.float32)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(ind_max > 0, ood_max / ind_max, np.nan).astype(np.float32)
+    return (ood_max / _alive(ind_max)).astype(np.float32)
+
+
+def _alive(ind_max: Any) -> np.ndarray:
+    """The InD maxima as a float32 divisor, NaN for neurons dead on InD (max <= 0)."""
+    ind_max = as_numpy(ind_max).astype(np.float32)
+    return np.where(ind_max > 0, ind_max, np.nan).astype(np.float32)
 
 
 def _check_means(ind_means: Any, ood_means: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -426,7 +429,7 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
     ind_max = as_numpy(ind_max).astype(np.float32)
     if ind_max.shape != (m,):
         raise ValueError(f"ind_max must have shape ({m},), got {ind_max.shape}")
-    denominator = torch.from_numpy(np.where(ind_max > 0, ind_max, np.nan).astype(np.float32))
+    denominator = torch.from_numpy(_alive(ind_max))
     rows = _as_torch(acts)
     neurons = np.empty((count, n), dtype=np.int64)
     values = np.empty((count, n), dtype=np.float32)
