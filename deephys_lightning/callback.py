@@ -231,9 +231,7 @@ class DeephysCallback(Callback):
             if self.logits_layer is None
             else _find_module(pl_module, self.logits_layer, "logits_layer")
         )
-        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers) and (
-            trainer.loggers
-        ):
+        if trainer.loggers and _tensorboard_logger(trainer) is None:
             rank_zero_warn(
                 "DeephysCallback writes TensorBoard events, and this Trainer has no "
                 "TensorBoardLogger: they go to an event file in "
@@ -263,12 +261,12 @@ class DeephysCallback(Callback):
         self._recording = self._should_record(trainer)
         if not self._recording:
             return
-        loaders = trainer.val_dataloaders
-        self._names = _dataloader_names(loaders)
+        named = _named_loaders(trainer.val_dataloaders)
+        self._names = [name for name, _ in named]
         self._destination = _log_dir(trainer)
-        flat = _flatten_loaders(loaders)
         self._plans = {
-            idx: _sampling_plan(loader, trainer, self.max_images) for idx, loader in enumerate(flat)
+            idx: _sampling_plan(loader, trainer, self.max_images)
+            for idx, (_, loader) in enumerate(named)
         }
         self._buffers = {}
         self._seen = {}
@@ -531,13 +529,12 @@ class DeephysCallback(Callback):
 
     def _sink_for(self, trainer: pl.Trainer) -> SummarySink:
         """The TensorBoardLogger's writer (fetched anew: a finished fit closes it), else ours."""
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                get_file_writer = getattr(logger.experiment, "_get_file_writer", None)
-                if get_file_writer is not None:  # torch.utils.tensorboard reopens on demand
-                    return FileWriterSink(get_file_writer())
-                return self._event_file_sink(logger.log_dir)
-        return self._event_file_sink(trainer.default_root_dir)
+        logger = _tensorboard_logger(trainer)
+        if logger is not None:
+            get_file_writer = getattr(logger.experiment, "_get_file_writer", None)
+            if get_file_writer is not None:  # torch.utils.tensorboard reopens on demand
+                return FileWriterSink(get_file_writer())
+        return self._event_file_sink(_log_dir(trainer))
 
     def _event_file_sink(self, log_dir: str) -> EventFileSink:
         if self._own_sink is None:
@@ -577,12 +574,14 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
         )
 
 
+def _tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
 def _log_dir(trainer: pl.Trainer) -> str:
     """Where records go: the TensorBoardLogger's run directory, else the root dir."""
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return os.path.abspath(logger.log_dir)
-    return os.path.abspath(trainer.default_root_dir)
+    logger = _tensorboard_logger(trainer)
+    return os.path.abspath(logger.log_dir if logger is not None else trainer.default_root_dir)
 
 
 def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.Module:
@@ -598,20 +597,14 @@ def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.
     )
 
 
-def _dataloader_names(dataloaders: Any) -> list[str]:
+def _named_loaders(dataloaders: Any) -> list[tuple[str, Any]]:
+    """(name, loader) per validation dataloader, in dataloader-index order: dict keys,
+    else ``dataset_0..n``."""
     if isinstance(dataloaders, Mapping):
-        return [str(k) for k in dataloaders]
+        return [(str(k), v) for k, v in dataloaders.items()]
     if isinstance(dataloaders, Sequence) and not isinstance(dataloaders, (str, bytes)):
-        return [f"dataset_{i}" for i in range(len(dataloaders))]
-    return ["dataset_0"]
-
-
-def _flatten_loaders(dataloaders: Any) -> list[Any]:
-    if isinstance(dataloaders, Mapping):
-        return list(dataloaders.values())
-    if isinstance(dataloaders, Sequence) and not isinstance(dataloaders, (str, bytes)):
-        return list(dataloaders)
-    return [dataloaders]
+        return [(f"dataset_{i}", loader) for i, loader in enumerate(dataloaders)]
+    return [("dataset_0", dataloaders)]
 
 
 def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> SamplingPlan:
