@@ -35,6 +35,7 @@ class Rows:
     labels: torch.Tensor  # int64 [n]
     preds: torch.Tensor  # int64 [n]
     thumbs: torch.Tensor | None  # uint8 [n, h, w, 3]
+    logits: torch.Tensor | None = None  # float32 [n, C] classifier outputs
 
     def sorted(self) -> Rows:
         """The same rows in dataset order."""
@@ -47,6 +48,7 @@ class Rows:
             labels=self.labels[order],
             preds=self.preds[order],
             thumbs=None if self.thumbs is None else self.thumbs[order],
+            logits=None if self.logits is None else self.logits[order],
         )
 
 
@@ -88,6 +90,13 @@ class SamplingPlan:
         positions = np.arange(self.rank, padded, self.world_size)
         return int(self.keep(torch.from_numpy(positions)).sum())
 
+    @property
+    def recorded_images(self) -> int | None:
+        """How many images of the dataset all processes together record."""
+        if self.num_images is None:
+            return None
+        return self.num_images if self.selected is None else int(self.selected.sum())
+
     def positions(self, local_start: int, count: int) -> torch.Tensor:
         """Dataset positions of this process's rows ``local_start .. local_start + count``."""
         local = torch.arange(local_start, local_start + count, dtype=torch.int64)
@@ -128,6 +137,7 @@ class DatasetBuffer:
         labels: torch.Tensor,
         preds: torch.Tensor,
         thumbs: torch.Tensor | None = None,
+        logits: torch.Tensor | None = None,
     ) -> None:
         n = len(positions)
         if n == 0:
@@ -138,6 +148,7 @@ class DatasetBuffer:
             labels.to(torch.int64),
             preds.to(torch.int64),
             thumbs,
+            None if logits is None else logits.to(torch.float32),
         )
         if self.capacity is None:
             self._chunks.append(batch)
@@ -171,6 +182,7 @@ def _allocate(like: Rows, capacity: int) -> Rows:
         empty(like.labels),
         empty(like.preds),
         None if like.thumbs is None else empty(like.thumbs),
+        None if like.logits is None else empty(like.logits),
     )
 
 
@@ -183,6 +195,8 @@ def _copy_into(rows: Rows, batch: Rows, start: int) -> None:
     rows.preds[start:end] = batch.preds
     if rows.thumbs is not None and batch.thumbs is not None:
         rows.thumbs[start:end] = batch.thumbs
+    if rows.logits is not None and batch.logits is not None:
+        rows.logits[start:end] = batch.logits
 
 
 def _slice(rows: Rows, n: int) -> Rows:
@@ -192,6 +206,7 @@ def _slice(rows: Rows, n: int) -> Rows:
         rows.labels[:n],
         rows.preds[:n],
         None if rows.thumbs is None else rows.thumbs[:n],
+        None if rows.logits is None else rows.logits[:n],
     )
 
 
@@ -204,6 +219,7 @@ def _concat(chunks: list[Rows]) -> Rows:
         torch.cat([c.labels for c in chunks]),
         torch.cat([c.preds for c in chunks]),
         None if chunks[0].thumbs is None else torch.cat([c.thumbs for c in chunks]),
+        None if chunks[0].logits is None else torch.cat([c.logits for c in chunks]),
     )
 
 
@@ -247,6 +263,7 @@ def gather_rows(
         labels=gathered(rows.labels),
         preds=gathered(rows.preds),
         thumbs=None if rows.thumbs is None else gathered(rows.thumbs),
+        logits=None if rows.logits is None else gathered(rows.logits),
     ).sorted()
 
 
@@ -254,6 +271,7 @@ def _layout(rows: Rows) -> dict:
     return {
         "acts": {layer: (tuple(a.shape[1:]), a.dtype) for layer, a in rows.acts.items()},
         "thumbs": None if rows.thumbs is None else tuple(rows.thumbs.shape[1:]),
+        "logits": None if rows.logits is None else tuple(rows.logits.shape[1:]),
     }
 
 
@@ -270,4 +288,7 @@ def _empty_like(layout: dict) -> Rows:
         thumbs=None
         if layout["thumbs"] is None
         else torch.empty((0, *layout["thumbs"]), dtype=torch.uint8),
+        logits=None
+        if layout["logits"] is None
+        else torch.empty((0, *layout["logits"]), dtype=torch.float32),
     )

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
@@ -98,6 +99,9 @@ class DeephysCallback(Callback):
         max_activation_bytes: the full float16 activation matrix of a layer and dataset
             is written while it is at most this large; above, only the precomputed view
             data and scores are (they never need it). ``None``: always write it.
+        record_logits: also write each image's classifier outputs (float32 ``[N, C]``),
+            which :func:`deephys_lightning.export.export_step` needs for the original
+            Deephys app. ``None`` (default): while the full activation matrix is written.
         thumbnails: store an image per recorded image (needs image inputs).
         thumbnail_size: longest side, in pixels, of the stored thumbnails.
         denormalize: ``(mean, std)`` per channel, or a function, that turns model
@@ -128,6 +132,7 @@ class DeephysCallback(Callback):
         top_k: int = 32,
         max_images: int | None = None,
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
+        record_logits: bool | None = None,
         thumbnails: bool = True,
         thumbnail_size: int = 64,
         denormalize: Denormalize | None = None,
@@ -197,6 +202,12 @@ class DeephysCallback(Callback):
         self.target_key = target_key
         self.unpack_batch = unpack_batch
         self.record_fast_dev_run = record_fast_dev_run
+        if record_logits not in (None, True, False):
+            raise MisconfigurationException(
+                f"DeephysCallback(record_logits=...) must be True, False or None, got "
+                f"{record_logits!r}"
+            )
+        self.record_logits = record_logits
 
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
@@ -409,12 +420,14 @@ class DeephysCallback(Callback):
         buffer = self._buffers.get(dataloader_idx)
         if buffer is None:
             buffer = self._buffers[dataloader_idx] = DatasetBuffer(plan.capacity)
+        kept_acts = {layer: a[keep] for layer, a in acts.items()}
         buffer.append(
             positions[keep],
-            {layer: a[keep] for layer, a in acts.items()},
+            kept_acts,
             y.detach().cpu().to(torch.int64)[keep],
             logits.argmax(dim=-1)[keep],
             thumbs,
+            logits[keep] if self._keeps_logits(plan.recorded_images, kept_acts) else None,
         )
 
     def _write(self, trainer: pl.Trainer) -> None:
@@ -467,10 +480,12 @@ class DeephysCallback(Callback):
                 if state.thumbnails.get(name) != digest:
                     thumbs = rows.thumbs.numpy()
                     digests[name] = digest
+            acts = {layer: a.numpy() for layer, a in rows.acts.items()}
             recordings[name] = DatasetRecording(
                 labels=rows.labels.numpy(),
                 predictions=rows.preds.numpy(),
-                activations={layer: a.numpy() for layer, a in rows.acts.items()},
+                activations=acts,
+                logits=self._logits_to_write(rows.logits, acts),
                 thumbnails=thumbs,
                 thumbnails_digest=digests.get(name),
                 positions=rows.positions.numpy(),
@@ -497,6 +512,27 @@ class DeephysCallback(Callback):
         state.last_step = step
         state.thumbnails.update(digests)
         state.save()
+
+    def _keeps_logits(self, num_images: int | None, acts: Mapping[str, torch.Tensor]) -> bool:
+        """Whether a dataset's buffer keeps the classifier outputs."""
+        if self.record_logits is not None:
+            return self.record_logits
+        if num_images is None or self.max_activation_bytes is None:
+            return True  # decided at writing time, by _logits_to_write
+        smallest = min(num_images * a[0].numel() * 2 for a in acts.values())  # float16
+        return smallest <= self.max_activation_bytes
+
+    def _logits_to_write(
+        self, logits: torch.Tensor | None, acts: Mapping[str, np.ndarray]
+    ) -> np.ndarray | None:
+        if logits is None:
+            return None
+        too_large = self.max_activation_bytes is not None and all(
+            a.nbytes > self.max_activation_bytes for a in acts.values()
+        )
+        if self.record_logits is None and too_large:
+            return None  # no full matrix is written: the logits alone export nothing
+        return logits.numpy()
 
     def _log_state(self, log_dir: str) -> LogState:
         state = self._log_states.get(log_dir)

@@ -136,6 +136,23 @@ class DeephysLog:
         """int32 ``[N]`` predicted class of each image."""
         return self._array(Kind.PREDICTIONS, step, dataset=dataset)
 
+    def logits(self, dataset: str, step: int) -> np.ndarray:
+        """float32 ``[N, C]`` classifier outputs of each image.
+
+        Raises:
+            KeyError: they were not recorded at ``step`` (by default they are written
+                with the full activation matrix; ``DeephysCallback(record_logits=True)``
+                always writes them).
+        """
+        try:
+            return self._array(Kind.LOGITS, step, dataset=dataset)
+        except KeyError as error:
+            raise KeyError(
+                f"{error.args[0]}. Classifier outputs are written while the full activation "
+                "matrix is (DeephysCallback(max_activation_bytes=...)), or always with "
+                "DeephysCallback(record_logits=True)."
+            ) from None
+
     def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest)."""
         step = self.latest.step if step is None else step

@@ -78,6 +78,7 @@ class DatasetRecording:
         thumbnails: uint8 [N, H, W, 3], or None when already written for this dataset.
         positions: int [N] index in the dataset of each image (default 0..N-1).
         thumbnails_digest: the thumbnails' content digest, when already computed.
+        logits: float [N, C] classifier outputs, or None when not recorded.
     """
 
     labels: np.ndarray
@@ -86,6 +87,7 @@ class DatasetRecording:
     thumbnails: np.ndarray | None = None
     positions: np.ndarray | None = None
     thumbnails_digest: str | None = None
+    logits: np.ndarray | None = None
 
 
 def tensor_summary(
@@ -137,9 +139,10 @@ def write_record(
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
-    For each dataset: labels, predictions, positions, the accuracy scalar and (when
-    given) thumbnails, written as an asset file under ``log_dir`` (the run directory
-    the sink writes to) with a reference in the events. For each layer and dataset:
+    For each dataset: labels, predictions, positions, the accuracy scalar, the
+    classifier outputs (when given) and thumbnails (when given), written as an asset
+    file under ``log_dir`` (the run directory the sink writes to) with a reference in
+    the events. For each layer and dataset:
     each neuron's top images, each image's top neurons by normalized activation, the
     category means, confusion-pair top neurons, and the float16 activation matrix
     while it is at most ``max_activation_bytes`` (None: always).
@@ -200,6 +203,9 @@ def _write_dataset(
     sink.add_summary(
         tensor_summary(Kind.POSITIONS, np.asarray(positions, dtype=np.int32), dataset=name), step
     )
+    if rec.logits is not None:
+        logits = np.asarray(rec.logits, dtype=np.float32)
+        sink.add_summary(array_blob_summary(Kind.LOGITS, logits, dataset=name), step)
     if len(labels):
         accuracy = float(np.mean(labels == predictions))
         sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)

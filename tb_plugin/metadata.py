@@ -53,10 +53,11 @@ class Kind(str, enum.Enum):
     NOVELTY = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
     SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
     ACTIVATION_RATIO = "activation_ratio"  # float32 [M] OOD max / InD max (tensor)
+    LOGITS = "logits"  # float32 [N, C] classifier outputs per image (.npy blob chunks)
 
 
 # Kinds stored as blob sequences (everything else is a tensor).
-BLOB_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS})
+BLOB_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS})
 # Kinds written per layer (everything else but RECORD is per dataset only).
 LAYER_KINDS = frozenset(
     {

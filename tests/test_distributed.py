@@ -50,6 +50,9 @@ def test_two_processes_log_what_one_process_logs(tmp_path, max_images):
                 getattr(double, getter)(dataset, step), getattr(single, getter)(dataset, step)
             )
         np.testing.assert_array_equal(double.thumbnails(dataset), single.thumbnails(dataset))
+        np.testing.assert_allclose(
+            double.logits(dataset, step), single.logits(dataset, step), rtol=1e-5, atol=1e-6
+        )
         for layer in ("fc", "features.0"):
             np.testing.assert_allclose(
                 double.activations(layer, dataset, step).astype(np.float32),
