@@ -4,6 +4,7 @@ Example::
 
     deephys-lightning scores lightning_logs        # the score table of every run
     python -m deephys_lightning scores lightning_logs --csv
+    deephys-lightning export lightning_logs/version_0 deephys_files   # for the Deephys app
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import sys
 from collections.abc import Sequence
 
+from deephys_lightning.export import DTYPES, ExportError, export_step
 from deephys_lightning.scores import ScoreRow, format_score_table, score_table
 
 
@@ -32,6 +34,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     scores.add_argument("logdir", help="a TensorBoard log directory (or one run's directory)")
     scores.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    export = commands.add_parser(
+        "export",
+        help="write a recorded step as .model/.test files for the original Deephys app",
+        description="Write one recorded step of a run as the original Deephys app's files: "
+        "OUTDIR/<model>.model and OUTDIR/<dataset>.test per dataset. The step must hold "
+        "the full activation matrix, the classifier outputs and the thumbnails (what "
+        "DeephysCallback records by default while the matrix is at most "
+        "max_activation_bytes).",
+    )
+    export.add_argument("logdir", help="a run directory (or a log directory with one run)")
+    export.add_argument("outdir", help="where to write the files (created if missing)")
+    export.add_argument("--step", type=int, help="which recorded step (default: the latest)")
+    export.add_argument("--run", help="which run under LOGDIR, when it holds several")
+    export.add_argument(
+        "--layer",
+        action="append",
+        dest="layers",
+        help="a recorded layer to export (repeat for several; default: all with a matrix)",
+    )
+    export.add_argument("--name", help="the model's name in the app (default: the run's)")
+    export.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="activation precision"
+    )
     return parser
 
 
@@ -39,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "scores":
         return _scores(args.logdir, as_csv=args.csv)
+    if args.command == "export":
+        return _export(args)
     return 2  # argparse already refused unknown commands
 
 
@@ -63,4 +90,23 @@ def _scores(logdir: str, *, as_csv: bool) -> int:
         writer.writerows(dataclasses.asdict(row) for row in rows)
     else:
         print(format_score_table(rows))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        files = export_step(
+            args.logdir,
+            args.outdir,
+            step=args.step,
+            run=args.run,
+            layers=args.layers,
+            model_name=args.name,
+            dtype=args.dtype,
+        )
+    except ExportError as error:
+        print(f"deephys-lightning export: {error}", file=sys.stderr)
+        return 2
+    for path in (files.model, *files.tests.values()):
+        print(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -1,0 +1,472 @@
+"""Export a recorded step to the original Deephys app's ``.model`` and ``.test`` files.
+
+The Deephys desktop app (https://deephys.org) opens one ``.model`` file (the layers
+and their sizes) and one ``.test`` file per dataset (class names, and per image its
+pixels, label and the activations of every layer). Both are CBOR with the structure,
+field names and value conventions of the ``deephys`` package (0.14) that the app's
+authors publish: activations as big-endian float32 byte strings, pixels as one byte
+string per row of each RGB channel, the classification layer last. The app takes
+each image's prediction from the classification layer, so the export needs the
+classifier outputs: ``DeephysCallback`` records them with the full activation
+matrix (or always with ``record_logits=True``).
+
+Example::
+
+    from deephys_lightning.export import export_step
+
+    files = export_step("lightning_logs/version_0", "deephys_files")
+    files.model        # deephys_files/version_0.model
+    files.tests        # {"mnist": deephys_files/mnist.test, "permuted": ...}
+
+From the shell: ``deephys-lightning export lightning_logs/version_0 deephys_files``.
+The arrays can also be written directly with :func:`write_model` and
+:func:`write_test`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from deephys_lightning import cbor
+
+# The app's limits, as the deephys package checks them.
+MAX_NAME_LENGTH = 40  # model and dataset names
+MAX_LAYER_NAME_LENGTH = 30
+DTYPES = {"float32": ">f4", "float64": ">f8"}
+# The name the classifier outputs get as the model's classification layer.
+CLASSIFICATION_LAYER = "logits"
+
+
+class ExportError(ValueError):
+    """The data cannot be written as Deephys files; the message says what to change."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeephysModel:
+    """A model as the Deephys app sees it: named layers and their neuron counts.
+
+    Args:
+        name: the model's name (at most 40 characters).
+        layers: layer name -> number of neurons, in order; the classification layer
+            is one of them, with one neuron per class.
+        classification_layer: the layer whose arg-max is the prediction.
+
+    Example::
+
+        >>> DeephysModel("cnn", {"fc1": 50, "logits": 10}, "logits").layers["fc1"]
+        50
+    """
+
+    name: str
+    layers: Mapping[str, int]
+    classification_layer: str
+
+    def __post_init__(self) -> None:
+        _check_name("model name", self.name, MAX_NAME_LENGTH)
+        if not self.layers:
+            raise ExportError("a Deephys model needs at least one layer")
+        for layer, size in self.layers.items():
+            _check_name("layer name", layer, MAX_LAYER_NAME_LENGTH)
+            if int(size) < 1:
+                raise ExportError(f"layer {layer!r} has {size} neurons; it needs at least 1")
+        if self.classification_layer not in self.layers:
+            raise ExportError(
+                f"classification_layer {self.classification_layer!r} is not one of the "
+                f"layers {list(self.layers)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedFiles:
+    """Where :func:`export_step` wrote the files."""
+
+    model: Path
+    tests: dict[str, Path]
+
+
+def write_model(path: str | os.PathLike, model: DeephysModel) -> Path:
+    """Write ``model`` as a ``.model`` file.
+
+    Example::
+
+        write_model("out/cnn.model", DeephysModel("cnn", {"fc1": 50, "logits": 10}, "logits"))
+    """
+    parts = [cbor.head(cbor.MAP, 3), cbor.text("name"), cbor.text(model.name)]
+    parts += [cbor.text("layers"), cbor.head(cbor.ARRAY, len(model.layers))]
+    for layer, size in model.layers.items():
+        parts += [cbor.head(cbor.MAP, 2), cbor.text("layerID"), cbor.text(layer)]
+        # The format lists every neuron as an empty map.
+        parts += [cbor.text("neurons"), cbor.head(cbor.ARRAY, int(size)), b"\xa0" * int(size)]
+    parts += [cbor.text("classification_layer"), cbor.text(model.classification_layer)]
+    path = Path(path)
+    path.write_bytes(b"".join(parts))
+    return path
+
+
+def write_test(
+    path: str | os.PathLike,
+    model: DeephysModel,
+    name: str,
+    class_names: Sequence[str],
+    activations: Mapping[str, np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray | Sequence[int],
+    *,
+    dtype: str = "float32",
+) -> Path:
+    """Write one dataset as a ``.test`` file for ``model``.
+
+    Args:
+        path: the file to write.
+        model: the model the activations come from.
+        name: the dataset's name (at most 40 characters).
+        class_names: one name per class, as many as the classification layer has neurons.
+        activations: layer name -> ``[N, neurons]`` for every layer of ``model``;
+            all but the classification layer non-negative (taken after ReLU).
+        images: ``[N, 3, H, W]`` RGB, uint8 or floats in ``[0, 1]`` (scaled by 255 and
+            truncated, as the deephys package does).
+        labels: ``[N]`` class index of each image.
+        dtype: ``"float32"`` or ``"float64"`` activations in the file.
+
+    Raises:
+        ExportError: the data break one of the format's rules; the message says which.
+
+    Example::
+
+        write_test("out/mnist.test", model, "mnist", CLASSES,
+                   {"fc1": acts, "logits": logits}, images, labels)
+    """
+    _check_name("dataset name", name, MAX_NAME_LENGTH)
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    class_names = list(class_names)
+    if not all(isinstance(c, str) for c in class_names):
+        raise ExportError("class_names must be strings")
+    images = _check_images(images)
+    vectors = _activation_bytes(model, activations, len(images), len(class_names), dtype)
+    labels = _labels(labels, len(images), len(class_names))
+    per_class = [
+        cbor.text("categoryID")
+        + cbor.uint(c)
+        + cbor.text("category")
+        + cbor.text(class_name)
+        + cbor.text("data")
+        for c, class_name in enumerate(class_names)
+    ]
+    image_head = cbor.head(cbor.MAP, 6) + cbor.text("imageID")
+    header = [cbor.head(cbor.MAP, 4), cbor.text("name"), cbor.text(name)]
+    header += [cbor.text("dtype"), cbor.text(dtype), cbor.text("classes")]
+    header += [cbor.head(cbor.ARRAY, len(class_names)), *map(cbor.text, class_names)]
+    header += [cbor.text("images"), cbor.head(cbor.ARRAY, len(images))]
+    layout = _ImageLayout(images.shape, vectors)
+    block = np.empty((min(_BLOCK_IMAGES, len(images)), layout.size), np.uint8)
+    path = Path(path)
+    with open(path, "wb") as file:
+        file.write(b"".join(header))
+        for start in range(0, len(images), _BLOCK_IMAGES):
+            stop = min(start + _BLOCK_IMAGES, len(images))
+            filled = layout.fill(block[: stop - start], images[start:stop], vectors, start)
+            flat, size = memoryview(filled).cast("B"), layout.size
+            pieces = []
+            for j, label in enumerate(labels[start:stop].tolist()):
+                head = image_head + cbor.uint(start + j) + per_class[label]
+                pieces += (head, flat[j * size : (j + 1) * size])
+            file.write(b"".join(pieces))
+    return path
+
+
+def export_step(
+    log_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    step: int | None = None,
+    run: str | None = None,
+    layers: Sequence[str] | None = None,
+    model_name: str | None = None,
+    dtype: str = "float32",
+) -> ExportedFiles:
+    """Write one recorded step of a Deephys log as ``.model`` and ``.test`` files.
+
+    Args:
+        log_dir: a run directory, or a log directory holding one run with Deephys data.
+        out_dir: where to write (created if missing): ``<model name>.model`` and
+            ``<dataset>.test`` per dataset.
+        step: which recorded step (default: the latest).
+        run: which run under ``log_dir``, when it holds several.
+        layers: which recorded layers (default: all whose full matrix was written).
+        model_name: the model's name in the app (default: the run's name).
+        dtype: ``"float32"`` or ``"float64"`` activations in the files.
+
+    Raises:
+        ExportError: the step lacks the full activation matrix, the classifier outputs
+            or the thumbnails (the message says how to record them), or a name or
+            value breaks the format's rules.
+
+    Example::
+
+        files = export_step("lightning_logs/version_0", "deephys_files", step=1500)
+    """
+    from deephys_lightning.reader import read_log  # TensorBoard's loaders, only when used
+
+    try:
+        log = read_log(log_dir, run)
+    except (FileNotFoundError, ValueError) as error:
+        raise ExportError(str(error)) from None
+    step = log.latest.step if step is None else step
+    try:
+        record = log.record(step)
+    except KeyError as error:
+        raise ExportError(error.args[0]) from None
+    chosen = _export_layers(log, record, step, layers)
+    datasets = {
+        name: _dataset_arrays(log, name, step, chosen, record.class_names)
+        for name in record.datasets
+    }
+    sizes = {layer: datasets[record.ind][0][layer].shape[1] for layer in chosen}
+    classification = _classification_layer_name(chosen)
+    sizes[classification] = len(record.class_names)
+    model = DeephysModel(_model_name(log_dir, log.run, model_name), sizes, classification)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    file_names = _file_names([model.name, *record.datasets])
+    model_path = write_model(out / f"{file_names[0]}.model", model)
+    tests = {}
+    for name, file_name in zip(record.datasets, file_names[1:], strict=True):
+        acts, logits, thumbnails, labels = datasets[name]
+        tests[name] = write_test(
+            out / f"{file_name}.test",
+            model,
+            name,
+            record.class_names,
+            {**acts, classification: logits},
+            thumbnails.transpose(0, 3, 1, 2),
+            labels,
+            dtype=dtype,
+        )
+    return ExportedFiles(model_path, tests)
+
+
+def _check_name(what: str, name: str, limit: int) -> None:
+    if not isinstance(name, str) or not name:
+        raise ExportError(f"the {what} must be a non-empty string, got {name!r}")
+    if len(name) > limit:
+        raise ExportError(
+            f"the {what} {name!r} has {len(name)} characters; the Deephys format allows "
+            f"at most {limit}: choose a shorter one"
+        )
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ExportError(
+            f"images must be [N, 3, H, W] RGB (channels first), got shape {images.shape}"
+        )
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise ExportError(f"images must be uint8 or floats in [0, 1], got {images.dtype}")
+    return images
+
+
+def _labels(labels, count: int, num_classes: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.shape != (count,) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+        raise ExportError(f"labels must be {count} integers, one per image, got {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ExportError(f"labels must be class indices in [0, {num_classes}), one per image")
+    return labels.astype(np.int64)
+
+
+def _activation_bytes(
+    model: DeephysModel,
+    activations: Mapping[str, np.ndarray],
+    count: int,
+    num_classes: int,
+    dtype: str,
+) -> list[np.ndarray]:
+    """Per layer of ``model``, in order: uint8 ``[N, neurons * itemsize]`` big-endian."""
+    if set(activations) != set(model.layers):
+        raise ExportError(
+            f"activations are given for layers {sorted(activations)}, the model has "
+            f"{sorted(model.layers)}"
+        )
+    if model.layers[model.classification_layer] != num_classes:
+        raise ExportError(
+            f"the classification layer {model.classification_layer!r} has "
+            f"{model.layers[model.classification_layer]} neurons but there are "
+            f"{num_classes} class names; give one name per class"
+        )
+    vectors = []
+    for layer, size in model.layers.items():
+        values = np.asarray(activations[layer])
+        if values.shape != (count, size):
+            raise ExportError(
+                f"activations of {layer!r} must be [{count} images, {size} neurons], "
+                f"got {values.shape}"
+            )
+        if not np.isfinite(values).all():
+            raise ExportError(f"activations of {layer!r} hold NaN or infinite values")
+        if layer != model.classification_layer and values.size and values.min() < 0:
+            raise ExportError(
+                f"activations of {layer!r} are negative in places; the Deephys app needs "
+                "them after ReLU (record with DeephysCallback(relu=True))"
+            )
+        vectors.append(np.ascontiguousarray(values, dtype=DTYPES[dtype]).view(np.uint8))
+    return vectors
+
+
+# Images are laid out and written in blocks of this many, reusing one buffer.
+_BLOCK_IMAGES = 128
+
+
+class _ImageLayout:
+    """The bytes of an image from its pixel data to its end, the same size for all.
+
+    ``data`` is 3 channels of H rows of W-byte strings; then ``features`` (null) and
+    ``activations`` (a map holding one byte string per layer).
+    """
+
+    def __init__(self, shape: tuple[int, ...], vectors: list[np.ndarray]) -> None:
+        _, channels, height, width = shape
+        self.channels, self.height = channels, height
+        self.row_head = np.frombuffer(cbor.head(cbor.BYTES, width), np.uint8)
+        self.channel_head = np.frombuffer(cbor.head(cbor.ARRAY, height), np.uint8)
+        self.row_size = len(self.row_head) + width
+        self.channel_size = len(self.channel_head) + height * self.row_size
+        self.data_head = cbor.head(cbor.ARRAY, channels)
+        middle = cbor.text("features") + cbor.NULL + cbor.text("activations")
+        middle += cbor.head(cbor.MAP, 1) + cbor.text("activations")
+        self.middle = middle + cbor.head(cbor.ARRAY, len(vectors))
+        self.vector_heads = [cbor.head(cbor.BYTES, v.shape[1]) for v in vectors]
+        self.size = len(self.data_head) + channels * self.channel_size + len(self.middle)
+        self.size += sum(
+            len(h) + v.shape[1] for h, v in zip(self.vector_heads, vectors, strict=True)
+        )
+
+    def fill(
+        self, out: np.ndarray, images: np.ndarray, vectors: list[np.ndarray], start: int
+    ) -> np.ndarray:
+        """Lay out ``images`` (the block from image ``start``) into ``out``."""
+        count = len(images)
+        at = _put(out, 0, self.data_head)
+        channels = out[:, at : at + self.channels * self.channel_size]
+        channels = channels.reshape(count, self.channels, -1)
+        channels[:, :, : len(self.channel_head)] = self.channel_head
+        rows = channels[:, :, len(self.channel_head) :]
+        rows = rows.reshape(count, self.channels, self.height, self.row_size)
+        rows[..., : len(self.row_head)] = self.row_head
+        rows[..., len(self.row_head) :] = _pixels(images)
+        at = _put(out, at + self.channels * self.channel_size, self.middle)
+        for vector_head, vector in zip(self.vector_heads, vectors, strict=True):
+            at = _put(out, at, vector_head)
+            out[:, at : at + vector.shape[1]] = vector[start : start + count]
+            at += vector.shape[1]
+        return out
+
+
+def _pixels(images: np.ndarray) -> np.ndarray:
+    """Bytes of ``images``: uint8 as they are, floats in [0, 1] times 255, truncated
+    (as the deephys package converts them)."""
+    if images.dtype == np.uint8:
+        return images
+    low, high = images.min(initial=0.0), images.max(initial=0.0)
+    if not (low >= 0 and high <= 1):  # NaN fails too
+        raise ExportError(f"float images must hold values in [0, 1], got {low} to {high}")
+    return (images * 255).astype(np.uint8)
+
+
+def _put(out: np.ndarray, at: int, constant: bytes) -> int:
+    out[:, at : at + len(constant)] = np.frombuffer(constant, np.uint8)
+    return at + len(constant)
+
+
+def _export_layers(log, record, step: int, layers: Sequence[str] | None) -> list[str]:
+    if layers is not None:
+        unknown = [layer for layer in layers if layer not in record.layers]
+        if unknown:
+            raise ExportError(
+                f"layers {unknown} were not recorded; recorded: {list(record.layers)}"
+            )
+        return list(layers)
+    with_matrix = [layer for layer in record.layers if _has_matrix(log, layer, record, step)]
+    if not with_matrix:
+        raise ExportError(
+            f"step {step} holds no full activation matrix. The Deephys files need it: "
+            "record with DeephysCallback(max_activation_bytes=None) (or a larger limit), "
+            "or fewer images with max_images="
+        )
+    return with_matrix
+
+
+def _has_matrix(log, layer: str, record, step: int) -> bool:
+    try:
+        log.activations(layer, record.ind, step)
+    except KeyError:
+        return False
+    return True
+
+
+def _dataset_arrays(log, name: str, step: int, layers: Sequence[str], class_names):
+    try:
+        acts = {layer: log.activations(layer, name, step) for layer in layers}
+        logits = log.logits(name, step)
+    except KeyError as error:
+        raise ExportError(f"dataset {name!r}: {error.args[0]}") from None
+    try:
+        thumbnails = log.thumbnails(name, step)
+    except KeyError:
+        raise ExportError(
+            f"dataset {name!r} has no thumbnails at step {step}; the Deephys files need "
+            "the images: record with DeephysCallback(thumbnails=True)"
+        ) from None
+    labels = log.labels(name, step)
+    if len(thumbnails) != len(labels):
+        raise ExportError(
+            f"dataset {name!r}: {len(thumbnails)} thumbnails for {len(labels)} recorded images"
+        )
+    if logits.shape[1] != len(class_names):
+        raise ExportError(
+            f"dataset {name!r}: the classifier has {logits.shape[1]} outputs but the record "
+            f"names {len(class_names)} classes; pass DeephysCallback(class_names=...) with "
+            "one name per output"
+        )
+    return acts, logits, thumbnails, labels
+
+
+def _classification_layer_name(layers: Sequence[str]) -> str:
+    name = CLASSIFICATION_LAYER
+    while name in layers:
+        name = f"{name}_"
+    return name
+
+
+def _model_name(log_dir: str | os.PathLike, run: str, model_name: str | None) -> str:
+    if model_name is not None:
+        return model_name
+    name = os.path.basename(os.path.abspath(os.path.join(log_dir, run)))
+    if len(name) > MAX_NAME_LENGTH:
+        raise ExportError(
+            f"the run's name {name!r} is longer than the {MAX_NAME_LENGTH} characters the "
+            "Deephys format allows: pass model_name= (--name)"
+        )
+    return name
+
+
+def _file_names(names: Sequence[str]) -> list[str]:
+    """Safe, distinct file names (without extension) for model and dataset names."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset"
+        candidate, n = base, 1
+        while candidate in used:
+            n += 1
+            candidate = f"{base}_{n}"
+        used.add(candidate)
+        out.append(candidate)
+    return out
