@@ -360,7 +360,7 @@ class _ImageLayout:
         rows = channels[:, :, len(self.channel_head) :]
         rows = rows.reshape(count, self.channels, self.height, self.row_size)
         rows[..., : len(self.row_head)] = self.row_head
-        rows[..., len(self.row_head) :] = _pixels(images)
+        _put_pixels(rows[..., len(self.row_head) :], images)
         at = _put(out, at + self.channels * self.channel_size, self.middle)
         for vector_head, vector in zip(self.vector_heads, vectors, strict=True):
             at = _put(out, at, vector_head)
@@ -369,15 +369,34 @@ class _ImageLayout:
         return out
 
 
-def _pixels(images: np.ndarray) -> np.ndarray:
-    """Bytes of ``images``: uint8 as they are, floats in [0, 1] times 255, truncated
-    (as the deephys package converts them)."""
+def _put_pixels(out: np.ndarray, images: np.ndarray) -> None:
+    """Write the bytes of ``images`` into ``out``: uint8 as they are, floats in [0, 1]
+    times 255, truncated (as the deephys package converts them)."""
     if images.dtype == np.uint8:
-        return images
-    low, high = images.min(initial=0.0), images.max(initial=0.0)
-    if not (low >= 0 and high <= 1):  # NaN fails too
+        out[...] = images
+        return
+    if not _within_zero_one(images):
+        low, high = images.min(initial=0.0), images.max(initial=0.0)
         raise ExportError(f"float images must hold values in [0, 1], got {low} to {high}")
-    return (images * 255).astype(np.uint8)
+    # Multiplied in the images' own precision, then cast: image * 255 -> uint8.
+    np.multiply(images, 255, out=out, casting="unsafe")
+
+
+def _within_zero_one(values: np.ndarray) -> bool:
+    """Whether all ``values`` (floats) are in [0, 1], in one pass over memory.
+
+    The bit patterns of non-negative floats, read as unsigned integers, sort as the
+    numbers do; negative numbers (sign bit) and NaN sort above 1.0. Only when that
+    quick test fails (perhaps for a -0.0) are the exact minimum and maximum needed.
+    """
+    if not values.size:
+        return True
+    unsigned = np.dtype(f"u{values.dtype.itemsize}")
+    one = np.array(1, values.dtype).view(unsigned)
+    if values.flags.c_contiguous and values.view(unsigned).max() <= one:
+        return True
+    low, high = values.min(), values.max()
+    return bool(low >= 0 and high <= 1)  # NaN fails
 
 
 def _put(out: np.ndarray, at: int, constant: bytes) -> int:

@@ -1,0 +1,155 @@
+"""Export to the Deephys app's files, beside the ``deephys`` package's exporter, in one run.
+
+    python benchmarks/bench_export.py [--images 10000] [--neurons 512] [--classes 10]
+                                      [--size 32] [--repeats 3] [--from-log]
+
+The same random data go to both: activations (ReLU of a normal) of one layer, the
+logits, float pixels in [0, 1] and labels. The package's ``dataset_activity`` +
+``save`` runs once (it takes seconds); :func:`write_test` runs ``--repeats`` times
+(best kept), from the same float pixels and from uint8 pixels (what ``export_step``
+hands it: the recorded thumbnails). Also printed: the time to write the same number
+of bytes with one ``write`` (the floor), and that both files are byte-identical.
+Target: >= 50x the package. ``--from-log`` also times ``export_step`` on a log of
+that size written through the real summary writer (reading the log included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deephys_lightning.export import DeephysModel, export_step, write_model, write_test
+
+
+def best_of(repeats: int, function) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def package_export(out: Path, data: dict) -> float:
+    import deephys
+
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        model = deephys.model("bench", data["layers"], "logits")
+        test = deephys.dataset_activity(
+            "cifar",
+            data["classes"],
+            {"fc": data["acts"].copy(), "logits": data["logits"].copy()},
+            model,
+            data["images"],
+            data["labels"],
+        )
+        model.save(str(out / "package.model"))
+        test.save(str(out / "package.test"))
+    return time.perf_counter() - start
+
+
+def ours(out: Path, data: dict, images: np.ndarray, tag: str) -> None:
+    model = DeephysModel("bench", data["layers"], "logits")
+    write_model(out / f"ours-{tag}.model", model)
+    activations = {"fc": data["acts"], "logits": data["logits"]}
+    path, labels = out / f"ours-{tag}.test", data["labels"]
+    write_test(path, model, "cifar", data["classes"], activations, images, labels)
+
+
+def make_data(images: int, neurons: int, classes: int, size: int) -> dict:
+    rng = np.random.default_rng(0)
+    return {
+        "layers": {"fc": neurons, "logits": classes},
+        "classes": [f"class {c}" for c in range(classes)],
+        "acts": np.maximum(rng.normal(size=(images, neurons)), 0).astype(np.float32),
+        "logits": rng.normal(size=(images, classes)).astype(np.float32),
+        "images": rng.random((images, 3, size, size)),
+        "labels": rng.integers(0, classes, images),
+    }
+
+
+def from_log(out: Path, data: dict, repeats: int) -> None:
+    """export_step on a log written through the real writer (float16 matrix, thumbnails)."""
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from tb_plugin.metadata import Record
+
+    run = out / "log"
+    sink = EventFileSink(EventFileWriter(str(run)))
+    pixels = (data["images"] * 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    recordings = {
+        name: DatasetRecording(
+            labels=data["labels"],
+            predictions=data["logits"].argmax(1),
+            activations={"fc": data["acts"]},
+            thumbnails=pixels,
+            logits=data["logits"],
+        )
+        for name in ("ind", "ood")
+    }
+    record = Record(
+        step=1,
+        epoch=0,
+        layers=("fc",),
+        datasets=("ind", "ood"),
+        class_names=tuple(data["classes"]),
+        num_images={name: len(data["labels"]) for name in recordings},
+        top_k=32,
+        relu=True,
+    )
+    write_record(sink, record, recordings, log_dir=str(run), max_activation_bytes=None)
+    sink.close()
+    seconds = best_of(repeats, lambda: export_step(run, out / "exported"))
+    size = sum(f.stat().st_size for f in (out / "exported").iterdir()) / 2**20
+    print(f"export_step from a log, 2 datasets ({size:.0f} MiB), reading included: {seconds:.2f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=10_000)
+    parser.add_argument("--neurons", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--from-log", action="store_true")
+    args = parser.parse_args()
+    data = make_data(args.images, args.neurons, args.classes, args.size)
+    pixels = (data["images"] * 255).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        package = package_export(out, data)
+        size = (out / "package.test").stat().st_size
+        floats = best_of(args.repeats, lambda: ours(out, data, data["images"], "float"))
+        uint8 = best_of(args.repeats, lambda: ours(out, data, pixels, "uint8"))
+        blob = os.urandom(size)
+        floor = best_of(args.repeats, lambda: (out / "floor.bin").write_bytes(blob))
+        same = (
+            all(
+                (out / f"ours-{tag}.test").read_bytes() == (out / "package.test").read_bytes()
+                for tag in ("float", "uint8")
+            )
+            and (out / "ours-float.model").read_bytes() == (out / "package.model").read_bytes()
+        )
+        print(
+            f"{args.images} images x {args.neurons} neurons + {args.classes} logits, "
+            f"{args.size} px: .test file {size / 1e6:.1f} MB; byte-identical files: {same}"
+        )
+        print(f"deephys package (dataset_activity + save): {package:.3f} s")
+        print(f"write_test, float pixels:               {floats:7.3f} s {package / floats:5.1f}x")
+        print(f"write_test, uint8 pixels (export_step): {uint8:7.3f} s {package / uint8:5.1f}x")
+        print(f"one write of the same bytes (floor):    {floor:7.3f} s")
+        if args.from_log:
+            from_log(out, data, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
