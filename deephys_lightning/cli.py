@@ -108,5 +108,6 @@ def _export(args: argparse.Namespace) -> int:
         print(f"deephys-lightning export: {error}", file=sys.stderr)
         return 2
     for path in (files.model, *files.tests.values()):
-        print(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
+        size = path.stat().st_size
+        print(f"{path}  ({size / 2**20:.1f} MiB)" if size >= 2**20 else f"{path}  ({size} bytes)")
     return 0

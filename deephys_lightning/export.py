@@ -14,8 +14,8 @@ Example::
 
     from deephys_lightning.export import export_step
 
-    files = export_step("lightning_logs/version_0", "deephys_files")
-    files.model        # deephys_files/version_0.model
+    files = export_step("lightning_logs/mnist/version_0", "deephys_files")
+    files.model        # deephys_files/mnist_version_0.model
     files.tests        # {"mnist": deephys_files/mnist.test, "permuted": ...}
 
 From the shell: ``deephys-lightning export lightning_logs/version_0 deephys_files``.
@@ -200,7 +200,8 @@ def export_step(
         step: which recorded step (default: the latest).
         run: which run under ``log_dir``, when it holds several.
         layers: which recorded layers (default: all whose full matrix was written).
-        model_name: the model's name in the app (default: the run's name).
+        model_name: the model's name in the app (default: the run's name, such as
+            ``"mnist/version_0"``).
         dtype: ``"float32"`` or ``"float64"`` activations in the files.
 
     Raises:
@@ -467,7 +468,11 @@ def _classification_layer_name(layers: Sequence[str]) -> str:
 def _model_name(log_dir: str | os.PathLike, run: str, model_name: str | None) -> str:
     if model_name is not None:
         return model_name
-    name = os.path.basename(os.path.abspath(os.path.join(log_dir, run)))
+    path = Path(os.path.abspath(os.path.join(log_dir, run)))
+    name = path.name
+    if name.startswith("version_"):  # a TensorBoardLogger version: name it as TensorBoard does
+        with_parent = f"{path.parent.name}/{name}"
+        name = with_parent if len(with_parent) <= MAX_NAME_LENGTH else name
     if len(name) > MAX_NAME_LENGTH:
         raise ExportError(
             f"the run's name {name!r} is longer than the {MAX_NAME_LENGTH} characters the "

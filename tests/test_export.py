@@ -135,13 +135,13 @@ def test_export_step_writes_what_the_deephys_package_writes(recorded_run, tmp_pa
     log = read_log(log_dir)
     step = log.steps[0]
     files = export_step(log_dir, tmp_path / "out", step=step)
-    assert files.model.name == "version_0.model"
+    assert files.model.name == "tiny_version_0.model"
     assert {name: path.name for name, path in files.tests.items()} == {
         "ind": "ind.test",
         "ood/x": "ood_x.test",
     }
     model = _decode(files.model)
-    assert model["name"] == "version_0" and model["classification_layer"] == "logits"
+    assert model["name"] == "tiny/version_0" and model["classification_layer"] == "logits"
     assert [(layer["layerID"], len(layer["neurons"])) for layer in model["layers"]] == [
         ("fc", 5),
         ("features.0", 4),
@@ -171,7 +171,7 @@ def test_export_step_writes_what_the_deephys_package_writes(recorded_run, tmp_pa
         theirs = _decode(reference[1])
         theirs["name"] = name  # the reference was named for its file
         assert ours == theirs
-        assert _decode(files.model) == {**_decode(reference[0]), "name": "version_0"}
+        assert _decode(files.model) == {**_decode(reference[0]), "name": "tiny/version_0"}
 
 
 def test_export_from_the_command_line(recorded_run, tmp_path, capsys):
