@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, random_set, trainer
 
@@ -144,6 +145,12 @@ def test_names_from_user_data_are_shown_as_text(browser, tmp_path):
         ]
         assert sorted(labels) == sorted(expected)
         assert frame.locator("figcaption img, figcaption i, header b").count() == 0
+        frame.locator("#view-overview").click()  # one step: a dot per line, names as text
+        frame.locator(".over-time .score-plot").first.wait_for()
+        assert frame.locator(".over-time .legend .name").all_text_contents() == [hostile_dataset]
+        series = frame.locator("svg.line-plot g.series")
+        assert series.evaluate_all("gs => gs.map(g => g.dataset.dataset)") == [hostile_dataset] * 3
+        assert frame.locator(".over-time b").count() == 0
         page.wait_for_timeout(500)
         assert page.evaluate("() => window.__xss") is None
         assert frame.locator("body").evaluate("() => window.__xss") is None
@@ -243,5 +250,81 @@ def test_back_button_keyboard_and_dark_mode(browser, demo_log_dir, demo_log):
         frame.locator("html.dark").wait_for(state="attached")
         background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
         assert background == "rgb(32, 33, 36)"
+        assert errors == []
+        page.close()
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_overview_plots_the_mean_scores_across_steps(browser, demo_log_dir, demo_log, load_fast):
+    ind = demo_log.record(demo_log.steps[-1]).ind
+    oods = [name for name in demo_log.datasets if name != ind]
+    with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
+        page, frame, errors = _open_tab(browser, base)
+        frame.locator("#view-overview").click()
+        frame.locator(".over-time .score-plot").first.wait_for()
+        assert frame.locator(".over-time .legend .name").all_text_contents() == oods
+        plots = frame.locator(".over-time figure.score-plot")
+        assert plots.evaluate_all("fs => fs.map(f => f.dataset.score)") == [
+            "novelty",
+            "spurious",
+            "activation_ratio",
+        ]
+        for score in ("novelty", "spurious", "activation_ratio"):
+            lines = frame.locator(f'svg.line-plot[data-score="{score}"] g.series')
+            # one line per OOD set, through one dot per recorded step
+            assert lines.evaluate_all("gs => gs.map(g => g.dataset.dataset)") == oods
+            for i, name in enumerate(oods):
+                line = lines.nth(i)
+                assert line.locator("path.line").get_attribute("d").startswith("M")
+                dots = line.locator("circle").evaluate_all(
+                    "cs => cs.map(c => [Number(c.dataset.step), Number(c.dataset.value)])"
+                )
+                expected = [
+                    (
+                        step,
+                        float(
+                            np.nanmean(getattr(demo_log.scores("backbone.fc1", name, step), score))
+                        ),
+                    )
+                    for step in demo_log.steps
+                ]
+                assert [s for s, _ in dots] == [s for s, _ in expected]
+                assert [v for _, v in dots] == pytest.approx([v for _, v in expected], rel=1e-5)
+                served = requests.get(
+                    f"{base}/data/plugin/deephys/scores_over_time",
+                    params={
+                        "run": "colored_digits/version_0",
+                        "layer": "backbone.fc1",
+                        "dataset": name,
+                    },
+                    timeout=10,
+                ).json()
+                assert [v for _, v in dots] == [p[score] for p in served["points"]]
+        # the exact numbers, under "show numbers"
+        numbers = frame.locator(".over-time details.over-time-numbers")
+        assert not numbers.evaluate("d => d.open")
+        numbers.locator("summary").click()
+        rows = numbers.locator("tr[data-dataset]")
+        assert rows.count() == len(oods) * len(demo_log.steps)
+        first_row = rows.first.locator("td").all_text_contents()
+        assert first_row[:3] == [oods[0], str(demo_log.steps[0]), "0"]
+        novelty = np.nanmean(demo_log.scores("backbone.fc1", oods[0], demo_log.steps[0]).novelty)
+        assert float(first_row[3]) == pytest.approx(novelty, rel=1e-2, abs=1e-3)
+        if not load_fast:  # a screenshot of the plots, for the docs
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.wait_for_timeout(300)
+            frame.locator(".over-time").screenshot(
+                path=str(ARTIFACTS / "deephys-scores-over-time.png")
+            )
+        # readable in TensorBoard's dark mode: the lines take the dark palette
+        light = frame.locator("g.series-0").first.evaluate("g => getComputedStyle(g).color")
+        page.evaluate("document.body.classList.add('dark-mode')")
+        frame.locator("html.dark").wait_for(state="attached")
+        dark = frame.locator("g.series-0").first.evaluate("g => getComputedStyle(g).color")
+        assert light != dark
+        tick = frame.locator("svg.line-plot text.tick").first.evaluate(
+            "t => getComputedStyle(t).fill"
+        )
+        assert tick == "rgb(158, 158, 158)"
         assert errors == []
         page.close()

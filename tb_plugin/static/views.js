@@ -240,21 +240,133 @@ function confusionTable(dataset, names, on) {
   return wrapper;
 }
 
+// The mean scores across steps: one small line chart per score, one line per OOD
+// set, and the exact numbers in a table under "show numbers".
+const SCORES_OVER_TIME = [
+  {key: 'novelty', title: 'mean novelty', format: formatRaw, tick: (v) => String(+v.toPrecision(4))},
+  {key: 'spurious', title: 'mean spurious score', format: formatRaw, tick: (v) => String(+v.toPrecision(4))},
+  {key: 'activation_ratio', title: 'mean activation ratio', format: percent,
+    tick: (v) => `${+(v * 100).toPrecision(4)}%`},
+];
+const SERIES_COLORS = 6; // style.css's --series-0 … --series-5, reused in turn
+
 function scoresOverTime(over) {
   const box = el('div', {className: 'over-time'}, [el('h3', {text: 'Mean scores across steps'})]);
+  const legend = el('ul', {className: 'legend', attrs: {'aria-label': 'OOD sets'}});
+  over.forEach((series, i) => {
+    legend.appendChild(el('li', {className: `series-${i % SERIES_COLORS}`, attrs: {'data-dataset': series.dataset}}, [
+      el('span', {className: 'swatch', attrs: {'aria-hidden': 'true'}}),
+      el('span', {className: 'name', text: series.dataset}),
+    ]));
+  });
+  box.appendChild(legend);
+  box.appendChild(el('div', {className: 'plots'}, SCORES_OVER_TIME.map((score) => linePlot(score, over))));
+  box.appendChild(el('details', {className: 'over-time-numbers'}, [
+    el('summary', {text: 'show numbers'}),
+    scoresOverTimeTable(over),
+  ]));
+  return box;
+}
+
+function scoresOverTimeTable(over) {
   const table = el('table', {className: 'table'});
-  table.appendChild(el('tr', {}, ['OOD set', 'step', 'epoch', 'novelty', 'spurious', 'activation ratio'].map((t) => el('th', {text: t}))));
+  table.appendChild(el('tr', {}, ['OOD set', 'step', 'epoch', 'novelty', 'spurious', 'activation ratio']
+    .map((t) => el('th', {text: t}))));
   for (const series of over) {
     for (const p of series.points) {
-      table.appendChild(el('tr', {}, [
+      table.appendChild(el('tr', {attrs: {'data-dataset': series.dataset, 'data-step': p.step}}, [
         el('td', {text: series.dataset}), el('td', {text: p.step}), el('td', {text: p.epoch}),
         el('td', {text: formatRaw(p.novelty)}), el('td', {text: formatRaw(p.spurious)}),
         el('td', {text: percent(p.activation_ratio)}),
       ]));
     }
   }
-  box.appendChild(table);
-  return box;
+  return table;
+}
+
+/** Round tick values (steps of 1, 2 or 5 times a power of ten) spanning ``values``. */
+function niceTicks(values, count = 4) {
+  let low = values.length ? Math.min(...values) : 0;
+  let high = values.length ? Math.max(...values) : 1;
+  if (high - low < 1e-12) {
+    const pad = Math.abs(high) * 0.1 || 1;
+    low -= pad;
+    high += pad;
+  }
+  const rough = (high - low) / count;
+  const power = 10 ** Math.floor(Math.log10(rough));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
+  const first = Math.floor(low / step);
+  const last = Math.ceil(high / step);
+  return Array.from({length: last - first + 1}, (_, i) => (first + i) * step);
+}
+
+/** At most ``count`` items of ``items``, evenly spread, first and last included. */
+function spread(items, count) {
+  if (items.length <= count) return items;
+  return Array.from({length: count}, (_, i) => items[Math.round((i * (items.length - 1)) / (count - 1))]);
+}
+
+/** One score against step, one line (and a dot per recorded step) per OOD set. */
+function linePlot({key, title, format, tick}, over) {
+  const width = 300;
+  const height = 170;
+  const margin = {left: 52, right: 12, top: 10, bottom: 38};
+  const steps = [...new Map(over.flatMap((s) => s.points.map((p) => [p.step, p.epoch])))]
+    .sort((a, b) => a[0] - b[0]);
+  const [x0, x1] = steps.length > 1 ? [steps[0][0], steps[steps.length - 1][0]] : [steps[0][0] - 1, steps[0][0] + 1];
+  const values = over.flatMap((s) => s.points.map((p) => p[key])).filter((v) => v !== null && Number.isFinite(v));
+  const yTicks = niceTicks(values);
+  const [y0, y1] = [yTicks[0], yTicks[yTicks.length - 1]];
+  const x = (step) => margin.left + ((step - x0) / (x1 - x0)) * (width - margin.left - margin.right);
+  const y = (value) => height - margin.bottom - ((value - y0) / (y1 - y0)) * (height - margin.top - margin.bottom);
+  const plot = svg('svg', {class: 'line-plot', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img',
+    'aria-label': `${title} of each OOD set across steps`, 'data-score': key});
+  // axes, ticks and their labels
+  const bottom = height - margin.bottom;
+  plot.appendChild(svg('path', {class: 'axis-line', d: `M${margin.left},${margin.top}V${bottom}H${width - margin.right}`}));
+  for (const [step, epoch] of spread(steps, 6)) {
+    const label = svg('text', {class: 'tick', x: x(step), y: bottom + 13, 'text-anchor': 'middle'});
+    label.textContent = String(step);
+    const sub = svg('text', {class: 'tick sub', x: x(step), y: bottom + 24, 'text-anchor': 'middle'});
+    sub.textContent = `ep ${epoch}`;
+    plot.append(svg('path', {class: 'axis-line', d: `M${x(step)},${bottom}v4`}), label, sub);
+  }
+  for (const value of yTicks) {
+    const label = svg('text', {class: 'tick', x: margin.left - 6, y: y(value) + 4, 'text-anchor': 'end'});
+    label.textContent = tick(value);
+    plot.append(svg('path', {class: 'grid-line', d: `M${margin.left},${y(value)}H${width - margin.right}`}), label);
+  }
+  const xTitle = svg('text', {class: 'axis-title', x: width - margin.right, y: height - 2, 'text-anchor': 'end'});
+  xTitle.textContent = 'step (epoch)';
+  plot.appendChild(xTitle);
+  // the series: a line through the defined values, a dot (with a tooltip) on each
+  over.forEach((series, i) => {
+    const group = svg('g', {class: `series series-${i % SERIES_COLORS}`, 'data-dataset': series.dataset});
+    let d = '';
+    let pen = 'M';
+    for (const p of series.points) {
+      const v = p[key];
+      if (v === null || !Number.isFinite(v)) {
+        pen = 'M'; // undefined here: break the line
+        continue;
+      }
+      d += `${pen}${x(p.step).toFixed(1)},${y(v).toFixed(1)}`;
+      pen = 'L';
+      const dot = svg('circle', {cx: x(p.step), cy: y(v), r: 3, 'data-step': p.step, 'data-epoch': p.epoch,
+        'data-value': v});
+      const tip = svg('title');
+      tip.textContent = `${series.dataset}, step ${p.step} (epoch ${p.epoch}): ${title} ${format(v)}`;
+      dot.appendChild(tip);
+      group.appendChild(dot);
+    }
+    group.insertBefore(svg('path', {class: 'line', d}), group.firstChild);
+    plot.appendChild(group);
+  });
+  return el('figure', {className: 'score-plot', attrs: {'data-score': key}}, [
+    el('figcaption', {text: title}),
+    plot,
+  ]);
 }
 
 function neuronTable(data, on) {
