@@ -44,7 +44,8 @@ def browser():
         browser.close()
 
 
-def _open_tab(browser, base):
+def _open_tab(browser, base, *, url=None, ready=".neuron-view figure img"):
+    """A page in a new browser context on ``url`` (default: the tab), once ``ready`` shows."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     errors: list[str] = []
     page.on(
@@ -57,9 +58,9 @@ def _open_tab(browser, base):
     )
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
-    page.goto(f"{base}/#deephys", wait_until="domcontentloaded")
+    page.goto(url or f"{base}/#deephys", wait_until="domcontentloaded")
     frame = page.frame_locator("iframe")
-    frame.locator(".neuron-view figure img").first.wait_for(timeout=60_000)
+    frame.locator(ready).first.wait_for(timeout=60_000)
     return page, frame, errors
 
 
@@ -250,6 +251,100 @@ def test_back_button_keyboard_and_dark_mode(browser, demo_log_dir, demo_log):
         frame.locator("html.dark").wait_for(state="attached")
         background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
         assert background == "rgb(32, 33, 36)"
+        assert errors == []
+        page.close()
+
+
+def _image_view_facts(frame) -> tuple[str, list[int]]:
+    """The image view's label/prediction text and its top neurons, in order."""
+    facts = frame.locator(".image-view .facts").text_content()
+    neurons = frame.locator(".top-neuron header").evaluate_all(
+        "hs => hs.map(h => Number(h.dataset.neuron))"
+    )
+    return facts, neurons
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_tensorboard_url_is_a_bookmark_of_the_view(browser, demo_log_dir, demo_log, load_fast):
+    names = demo_log.class_names
+    first = demo_log.steps[0]  # not the default (latest) step, so the URL must carry it
+    with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
+        page, frame, errors = _open_tab(browser, base)
+        frame.locator("#step-select").select_option(str(first))
+        frame.locator(f'.neuron-view h2:has-text("step {first} ")').wait_for()
+        frame.locator("#view-image").click()
+        frame.locator("#image-dataset").select_option("drifted")
+        frame.locator("#image-index").fill("7")
+        frame.locator("#image-open").click()
+        frame.locator('.image-view[data-dataset="drifted"][data-index="7"]').wait_for()
+        facts, neurons = _image_view_facts(frame)
+        top, _ = demo_log.image_top_neurons("backbone.fc1", "drifted", first)
+        assert neurons == top[7, : len(neurons)].tolist()
+        label = names[int(demo_log.labels("drifted", first)[7])]
+        prediction = names[int(demo_log.predictions("drifted", first)[7])]
+        assert f"label: {label}" in facts and f"prediction: {prediction}" in facts
+        # TensorBoard's own address bar holds the view, next to its dashboard name
+        url = page.url
+        assert url.startswith(f"{base}/#deephys&")
+        for part in (
+            "p.deephys.view=image",
+            f"p.deephys.step={first}",
+            "p.deephys.image=7%40drifted",
+        ):
+            assert part in url
+        page.wait_for_timeout(1500)  # TensorBoard leaves it alone
+        assert page.url == url
+
+        # the copied URL, in a fresh browser context, opens the same view and numbers
+        shared, shared_frame, shared_errors = _open_tab(
+            browser, base, url=url, ready='.image-view[data-dataset="drifted"][data-index="7"]'
+        )
+        assert _image_view_facts(shared_frame) == (facts, neurons)
+        assert shared_frame.locator("#step-select").input_value() == str(first)
+        # back and forward still walk the views; a reload keeps the view
+        shared_frame.locator(".top-neuron header").first.click()
+        shared_frame.locator(f'.neuron-view[data-neuron="{neurons[0]}"]').wait_for()
+        assert "p.deephys.view=neuron" in shared.url
+        shared.evaluate("() => history.back()")
+        shared_frame.locator('.image-view[data-dataset="drifted"][data-index="7"]').wait_for()
+        assert shared.url == url
+        shared.evaluate("() => history.forward()")
+        shared_frame.locator(f'.neuron-view[data-neuron="{neurons[0]}"]').wait_for()
+        shared.reload(wait_until="domcontentloaded")
+        shared_frame.locator(f'.neuron-view[data-neuron="{neurons[0]}"] figure').first.wait_for()
+        assert f"step {first} " in shared_frame.locator(".neuron-view h2").text_content()
+        shared.evaluate("() => history.back()")  # to the entry before the reload
+        shared_frame.locator('.image-view[data-dataset="drifted"][data-index="7"]').wait_for()
+
+        # switching TensorBoard dashboards keeps the state; back returns to the tab
+        page.get_by_role("tab", name="Scalars").click()
+        page.wait_for_url(f"{base}/#scalars&*")
+        assert url.split("&", 1)[1] in page.url
+        page.get_by_role("tab", name="Deephys").click()
+        page.wait_for_url(url)
+        page.evaluate("() => history.back()")
+        page.wait_for_url(f"{base}/#scalars&*")
+        page.evaluate("() => history.back()")
+        page.wait_for_url(url)
+        frame.locator('.image-view[data-dataset="drifted"][data-index="7"]').wait_for()
+        assert errors == [] and shared_errors == []
+        shared.close()
+        page.close()
+
+
+def test_outside_tensorboard_the_frames_own_url_holds_the_state(browser, demo_log_dir):
+    with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{base}/data/plugin_entry.html?name=deephys", wait_until="domcontentloaded")
+        page.locator(".neuron-view figure").first.wait_for(timeout=60_000)
+        assert "#view=neuron&" in page.url
+        page.locator("#view-overview").click()
+        page.locator(".overview-view").wait_for()
+        assert "#view=overview&" in page.url
+        page.evaluate("() => history.back()")
+        page.locator(".neuron-view").wait_for()
         assert errors == []
         page.close()
 

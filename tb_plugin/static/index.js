@@ -2,6 +2,7 @@
 // plugin iframe and calls render().
 
 import * as model from './model.js';
+import {hostWindow, UrlState} from './url_state.js';
 import * as views from './views.js';
 
 const VIEWS = [
@@ -54,32 +55,37 @@ const navigate = {
 
 let root = null;
 
-// The view state lives in the iframe's URL hash, pushed on every navigation, so the
-// browser's back and forward buttons move between views.
+// The view state lives in the URL (TensorBoard's address bar where it can be
+// reached, see url_state.js), pushed on every navigation, so a view can be
+// bookmarked and the browser's back and forward buttons move between views.
+const url = new UrlState();
+
+/** The state as the URL's string values. */
 function encodeState() {
-  const params = new URLSearchParams({view: state.view, run: state.run, layer: state.layer, step: state.step,
-    neuron: state.neuron});
-  if (state.image) params.set('image', `${state.image.index}@${state.image.dataset}`);
+  const data = {view: state.view, run: state.run, layer: state.layer, step: String(state.step),
+    neuron: String(state.neuron), k: String(state.k)};
+  if (state.image) data.image = `${state.image.index}@${state.image.dataset}`;
   if (state.category) {
     const c = state.category;
-    params.set('category', `${c.label}:${c.pred ?? ''}:${c.page}@${c.dataset}`);
+    data.category = `${c.label}:${c.pred ?? ''}:${c.page}@${c.dataset}`;
   }
-  return `#${params.toString()}`;
+  return data;
 }
 
-function decodeState(hash) {
-  const params = new URLSearchParams(hash.replace(/^#/, ''));
-  const run = state.runs.find((r) => r.run === params.get('run'));
+/** Set the state from the URL's values; false (state unchanged) for an unknown run. */
+function decodeState(data) {
+  const run = state.runs.find((r) => r.run === data.run);
   if (!run) return false;
   state.run = run.run;
-  state.layer = run.layers.includes(params.get('layer')) ? params.get('layer') : run.layers[0];
-  const step = Number(params.get('step'));
+  state.layer = run.layers.includes(data.layer) ? data.layer : run.layers[0];
+  const step = Number(data.step);
   state.step = run.steps.some((s) => s.step === step) ? step : run.steps[run.steps.length - 1].step;
-  state.view = VIEWS.some(([name]) => name === params.get('view')) ? params.get('view') : 'neuron';
-  state.neuron = Math.max(0, Number(params.get('neuron')) || 0);
-  const image = (params.get('image') || '').match(/^(\d+)@(.*)$/s);
+  state.view = VIEWS.some(([name]) => name === data.view) ? data.view : 'neuron';
+  state.neuron = Math.max(0, Math.floor(Number(data.neuron)) || 0);
+  state.k = Math.min(run.top_k, Math.max(1, Math.floor(Number(data.k)) || 12));
+  const image = (data.image || '').match(/^(\d+)@(.*)$/s);
   state.image = image ? {index: Number(image[1]), dataset: image[2]} : null;
-  const category = (params.get('category') || '').match(/^(\d+):(\d*):(\d+)@(.*)$/s);
+  const category = (data.category || '').match(/^(\d+):(\d*):(\d+)@(.*)$/s);
   state.category = category
     ? {label: Number(category[1]), pred: category[2] === '' ? null : Number(category[2]),
       page: Number(category[3]), dataset: category[4]}
@@ -87,9 +93,16 @@ function decodeState(hash) {
   return true;
 }
 
-function remember() {
-  const hash = encodeState();
-  if (window.location.hash !== hash) window.history.pushState(null, '', hash);
+/** Whether the URL's values are the current state. */
+function isCurrent(data) {
+  const current = encodeState();
+  const keys = Object.keys(current);
+  return keys.length === Object.keys(data).length && keys.every((key) => data[key] === current[key]);
+}
+
+/** Record the state in the URL: a new history entry, or (push false) in place. */
+function remember({push = true} = {}) {
+  url.write(encodeState(), {push});
 }
 
 function controls() {
@@ -125,10 +138,12 @@ function controls() {
   });
   layerSel.select.addEventListener('change', () => {
     state.layer = layerSel.select.value;
+    remember();
     renderPanel();
   });
   stepSel.select.addEventListener('change', () => {
     state.step = Number(stepSel.select.value);
+    remember();
     renderPanel();
   });
   const setNeuron = (value) => navigate.neuron(Math.max(0, Number.isFinite(value) ? Math.floor(value) : 0));
@@ -138,6 +153,7 @@ function controls() {
   kInput.addEventListener('change', () => {
     state.k = Math.min(info.top_k, Math.max(1, Math.floor(Number(kInput.value)) || 1));
     kInput.value = state.k;
+    remember({push: false});
     if (state.view === 'neuron') renderPanel();
   });
   return bar;
@@ -232,15 +248,17 @@ export async function render() {
     );
     return;
   }
-  if (!decodeState(window.location.hash)) {
+  if (!decodeState(await url.read())) {
     state.run = state.runs[0].run;
     const info = runInfo();
     state.layer = info.layers[0];
     state.step = info.steps[info.steps.length - 1].step;
+    state.k = Math.min(state.k, info.top_k);
   }
-  state.k = Math.min(state.k, runInfo().top_k);
-  window.addEventListener('popstate', () => {
-    if (decodeState(window.location.hash)) renderAll({push: false});
+  url.onPop((data) => {
+    // Entries without our state (before the tab was opened) and entries of the
+    // same state (TensorBoard switching dashboards) leave the view as it is.
+    if (!isCurrent(data) && decodeState(data)) renderAll({push: false});
   });
   followDarkMode();
   document.addEventListener('keydown', (event) => {
@@ -249,18 +267,13 @@ export async function render() {
     if (event.key === 'ArrowRight') navigate.neuron(state.neuron + 1);
     if (event.key === 'ArrowLeft') navigate.neuron(Math.max(0, state.neuron - 1));
   });
-  window.history.replaceState(null, '', encodeState());
+  remember({push: false}); // the URL names the view even before the first click
   renderAll({push: false});
 }
 
 // TensorBoard marks dark mode with a class on its own page's body; follow it.
 function followDarkMode() {
-  let host = null;
-  try {
-    host = window.parent !== window ? window.parent.document.body : null;
-  } catch (_) {
-    host = null; // another origin: keep the system preference
-  }
+  const host = hostWindow()?.document.body; // none across origins: keep the system preference
   if (!host) return;
   const apply = () => document.documentElement.classList.toggle('dark', host.classList.contains('dark-mode'));
   apply();
