@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--name", help="the model's name in the app (default: the run's)")
     export.add_argument(
+        "--rename",
+        action="append",
+        metavar="OLD=NEW",
+        help="a new name in the files for a dataset or layer (repeat for several)",
+    )
+    export.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="activation precision"
     )
     return parser
@@ -95,6 +101,7 @@ def _scores(logdir: str, *, as_csv: bool) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     try:
+        rename = dict(_pair(text) for text in args.rename or [])
         files = export_step(
             args.logdir,
             args.outdir,
@@ -102,12 +109,20 @@ def _export(args: argparse.Namespace) -> int:
             run=args.run,
             layers=args.layers,
             model_name=args.name,
+            rename=rename,
             dtype=args.dtype,
         )
-    except ExportError as error:
+    except (ExportError, OSError) as error:
         print(f"deephys-lightning export: {error}", file=sys.stderr)
         return 2
     for path in (files.model, *files.tests.values()):
         size = path.stat().st_size
         print(f"{path}  ({size / 2**20:.1f} MiB)" if size >= 2**20 else f"{path}  ({size} bytes)")
     return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    old, sep, new = text.partition("=")
+    if not sep or not old or not new:
+        raise ExportError(f"--rename takes OLD=NEW, got {text!r}")
+    return old, new

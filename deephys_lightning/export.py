@@ -73,6 +73,8 @@ class DeephysModel:
             raise ExportError("a Deephys model needs at least one layer")
         for layer, size in self.layers.items():
             _check_name("layer name", layer, MAX_LAYER_NAME_LENGTH)
+            if not isinstance(size, (int, np.integer)) or isinstance(size, bool):
+                raise ExportError(f"layer {layer!r}: the number of neurons must be an int")
             if int(size) < 1:
                 raise ExportError(f"layer {layer!r} has {size} neurons; it needs at least 1")
         if self.classification_layer not in self.layers:
@@ -148,6 +150,8 @@ def write_test(
     class_names = list(class_names)
     if not all(isinstance(c, str) for c in class_names):
         raise ExportError("class_names must be strings")
+    for class_name in class_names:
+        _check_encodable("class name", class_name)
     images = _check_images(images)
     vectors = _activation_bytes(model, activations, len(images), len(class_names), dtype)
     labels = _labels(labels, len(images), len(class_names))
@@ -167,17 +171,24 @@ def write_test(
     layout = _ImageLayout(images.shape, vectors)
     block = np.empty((min(_BLOCK_IMAGES, len(images)), layout.size), np.uint8)
     path = Path(path)
-    with open(path, "wb") as file:
-        file.write(b"".join(header))
-        for start in range(0, len(images), _BLOCK_IMAGES):
-            stop = min(start + _BLOCK_IMAGES, len(images))
-            filled = layout.fill(block[: stop - start], images[start:stop], vectors, start)
-            flat, size = memoryview(filled).cast("B"), layout.size
-            pieces = []
-            for j, label in enumerate(labels[start:stop].tolist()):
-                head = image_head + cbor.uint(start + j) + per_class[label]
-                pieces += (head, flat[j * size : (j + 1) * size])
-            file.write(b"".join(pieces))
+    # Written beside the target and renamed at the end: an error (a bad pixel found
+    # in a later block, a full disk) never leaves a truncated file under its name.
+    partial = path.with_name(f"{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(b"".join(header))
+            for start in range(0, len(images), _BLOCK_IMAGES):
+                stop = min(start + _BLOCK_IMAGES, len(images))
+                filled = layout.fill(block[: stop - start], images[start:stop], vectors, start)
+                flat, size = memoryview(filled).cast("B"), layout.size
+                pieces = []
+                for j, label in enumerate(labels[start:stop].tolist()):
+                    head = image_head + cbor.uint(start + j) + per_class[label]
+                    pieces += (head, flat[j * size : (j + 1) * size])
+                file.write(b"".join(pieces))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 
@@ -189,6 +200,7 @@ def export_step(
     run: str | None = None,
     layers: Sequence[str] | None = None,
     model_name: str | None = None,
+    rename: Mapping[str, str] | None = None,
     dtype: str = "float32",
 ) -> ExportedFiles:
     """Write one recorded step of a Deephys log as ``.model`` and ``.test`` files.
@@ -202,16 +214,20 @@ def export_step(
         layers: which recorded layers (default: all whose full matrix was written).
         model_name: the model's name in the app (default: the run's name, such as
             ``"mnist/version_0"``).
+        rename: new names, in the files, for datasets or layers of the log (the
+            format allows 40 characters for dataset names, 30 for layer names).
         dtype: ``"float32"`` or ``"float64"`` activations in the files.
 
     Raises:
         ExportError: the step lacks the full activation matrix, the classifier outputs
             or the thumbnails (the message says how to record them), or a name or
-            value breaks the format's rules.
+            value breaks the format's rules. Nothing is written then, except files
+            of datasets that came before a bad value.
 
     Example::
 
         files = export_step("lightning_logs/version_0", "deephys_files", step=1500)
+        export_step("lightning_logs/version_0", "out", rename={"backbone.fc1": "fc1"})
     """
     from deephys_lightning.reader import read_log  # TensorBoard's loaders, only when used
 
@@ -225,17 +241,19 @@ def export_step(
     except KeyError as error:
         raise ExportError(error.args[0]) from None
     chosen = _export_layers(log, record, step, layers)
+    layer_names, dataset_names = _new_names(rename, chosen, record.datasets)
     datasets = {
         name: _dataset_arrays(log, name, step, chosen, record.class_names)
         for name in record.datasets
     }
-    sizes = {layer: datasets[record.ind][0][layer].shape[1] for layer in chosen}
-    classification = _classification_layer_name(chosen)
+    sizes = {layer_names[layer]: datasets[record.ind][0][layer].shape[1] for layer in chosen}
+    classification = _classification_layer_name(list(sizes))
     sizes[classification] = len(record.class_names)
+    # Every name is checked before the first file is written.
     model = DeephysModel(_model_name(log_dir, log.run, model_name), sizes, classification)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    file_names = _file_names([model.name, *record.datasets])
+    file_names = _file_names([model.name, *dataset_names.values()])
     model_path = write_model(out / f"{file_names[0]}.model", model)
     tests = {}
     for name, file_name in zip(record.datasets, file_names[1:], strict=True):
@@ -243,9 +261,9 @@ def export_step(
         tests[name] = write_test(
             out / f"{file_name}.test",
             model,
-            name,
+            dataset_names[name],
             record.class_names,
-            {**acts, classification: logits},
+            {**{layer_names[k]: a for k, a in acts.items()}, classification: logits},
             thumbnails.transpose(0, 3, 1, 2),
             labels,
             dtype=dtype,
@@ -253,18 +271,59 @@ def export_step(
     return ExportedFiles(model_path, tests)
 
 
-def _check_name(what: str, name: str, limit: int) -> None:
+_RENAME_HINT = "rename it with export_step(rename=...) or --rename OLD=NEW"
+
+
+def _new_names(
+    rename: Mapping[str, str] | None, layers: Sequence[str], datasets: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Names in the files of the exported layers and of the datasets, all checked."""
+    rename = dict(rename or {})
+    unknown = sorted(set(rename) - set(layers) - set(datasets))
+    if unknown:
+        raise ExportError(
+            f"rename: {unknown} are neither datasets ({list(datasets)}) nor exported "
+            f"layers ({list(layers)})"
+        )
+    layer_names = {layer: rename.get(layer, layer) for layer in layers}
+    dataset_names = {name: rename.get(name, name) for name in datasets}
+    for layer in layer_names.values():
+        _check_name("layer name", layer, MAX_LAYER_NAME_LENGTH, _RENAME_HINT)
+    for name in dataset_names.values():
+        _check_name("dataset name", name, MAX_NAME_LENGTH, _RENAME_HINT)
+    for kind, names in (("layer", layer_names), ("dataset", dataset_names)):
+        if len(set(names.values())) < len(names):
+            raise ExportError(f"rename gives two {kind}s the same name: {names}")
+    return layer_names, dataset_names
+
+
+def _check_name(what: str, name: str, limit: int, fix: str = "choose a shorter one") -> None:
     if not isinstance(name, str) or not name:
         raise ExportError(f"the {what} must be a non-empty string, got {name!r}")
+    _check_encodable(what, name)
     if len(name) > limit:
         raise ExportError(
             f"the {what} {name!r} has {len(name)} characters; the Deephys format allows "
-            f"at most {limit}: choose a shorter one"
+            f"at most {limit}: {fix}"
         )
 
 
+def _check_encodable(what: str, name: str) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ExportError(f"the {what} {name!r} is not valid Unicode text") from None
+
+
+def _as_array(values) -> np.ndarray:
+    """NumPy view of an array-like; torch tensors are detached and moved to the CPU."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
 def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
+    images = _as_array(images)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ExportError(
             f"images must be [N, 3, H, W] RGB (channels first), got shape {images.shape}"
@@ -275,9 +334,12 @@ def _check_images(images: np.ndarray) -> np.ndarray:
 
 
 def _labels(labels, count: int, num_classes: int) -> np.ndarray:
-    labels = np.asarray(labels)
+    labels = _as_array(labels)
     if labels.shape != (count,) or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
-        raise ExportError(f"labels must be {count} integers, one per image, got {labels.shape}")
+        raise ExportError(
+            f"labels must be {count} integers, one per image, got {labels.dtype} of shape "
+            f"{labels.shape}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ExportError(f"labels must be class indices in [0, {num_classes}), one per image")
     return labels.astype(np.int64)
@@ -304,20 +366,27 @@ def _activation_bytes(
         )
     vectors = []
     for layer, size in model.layers.items():
-        values = np.asarray(activations[layer])
+        values = _as_array(activations[layer])
         if values.shape != (count, size):
             raise ExportError(
                 f"activations of {layer!r} must be [{count} images, {size} neurons], "
                 f"got {values.shape}"
             )
-        if not np.isfinite(values).all():
-            raise ExportError(f"activations of {layer!r} hold NaN or infinite values")
+        if not np.issubdtype(values.dtype, np.number):
+            raise ExportError(f"activations of {layer!r} must be numbers, got {values.dtype}")
         if layer != model.classification_layer and values.size and values.min() < 0:
             raise ExportError(
                 f"activations of {layer!r} are negative in places; the Deephys app needs "
                 "them after ReLU (record with DeephysCallback(relu=True))"
             )
-        vectors.append(np.ascontiguousarray(values, dtype=DTYPES[dtype]).view(np.uint8))
+        with np.errstate(over="ignore"):
+            converted = np.ascontiguousarray(values, dtype=DTYPES[dtype])
+        if not np.isfinite(converted).all():  # also what overflows the file's dtype
+            raise ExportError(
+                f"activations of {layer!r} hold NaN or infinite values, or values too large "
+                f"for {dtype}"
+            )
+        vectors.append(converted.view(np.uint8))
     return vectors
 
 
@@ -361,7 +430,7 @@ class _ImageLayout:
         rows = channels[:, :, len(self.channel_head) :]
         rows = rows.reshape(count, self.channels, self.height, self.row_size)
         rows[..., : len(self.row_head)] = self.row_head
-        _put_pixels(rows[..., len(self.row_head) :], images)
+        _put_pixels(rows[..., len(self.row_head) :], images, start)
         at = _put(out, at + self.channels * self.channel_size, self.middle)
         for vector_head, vector in zip(self.vector_heads, vectors, strict=True):
             at = _put(out, at, vector_head)
@@ -370,15 +439,20 @@ class _ImageLayout:
         return out
 
 
-def _put_pixels(out: np.ndarray, images: np.ndarray) -> None:
+def _put_pixels(out: np.ndarray, images: np.ndarray, start: int) -> None:
     """Write the bytes of ``images`` into ``out``: uint8 as they are, floats in [0, 1]
     times 255, truncated (as the deephys package converts them)."""
     if images.dtype == np.uint8:
         out[...] = images
         return
     if not _within_zero_one(images):
-        low, high = images.min(initial=0.0), images.max(initial=0.0)
-        raise ExportError(f"float images must hold values in [0, 1], got {low} to {high}")
+        inside = ((images >= 0) & (images <= 1)).reshape(len(images), -1).all(axis=1)
+        first = int(np.flatnonzero(~inside)[0])
+        low, high = np.nanmin(images[first]), np.nanmax(images[first])
+        raise ExportError(
+            f"float images must hold values in [0, 1]; image {start + first} holds "
+            f"{low} to {high}{' and NaN' if np.isnan(images[first]).any() else ''}"
+        )
     # Multiplied in the images' own precision, then cast: image * 255 -> uint8.
     np.multiply(images, 255, out=out, casting="unsafe")
 
@@ -392,10 +466,10 @@ def _within_zero_one(values: np.ndarray) -> bool:
     """
     if not values.size:
         return True
-    unsigned = np.dtype(f"u{values.dtype.itemsize}")
-    one = np.array(1, values.dtype).view(unsigned)
-    if values.flags.c_contiguous and values.view(unsigned).max() <= one:
-        return True
+    if values.dtype.itemsize in (2, 4, 8) and values.flags.c_contiguous:
+        unsigned = np.dtype(f"u{values.dtype.itemsize}")
+        if values.view(unsigned).max() <= np.array(1, values.dtype).view(unsigned):
+            return True
     low, high = values.min(), values.max()
     return bool(low >= 0 and high <= 1)  # NaN fails
 
@@ -488,9 +562,9 @@ def _file_names(names: Sequence[str]) -> list[str]:
     for name in names:
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset"
         candidate, n = base, 1
-        while candidate in used:
+        while candidate.lower() in used:  # distinct on case-insensitive file systems too
             n += 1
             candidate = f"{base}_{n}"
-        used.add(candidate)
+        used.add(candidate.lower())
         out.append(candidate)
     return out

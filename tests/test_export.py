@@ -274,3 +274,78 @@ def test_record_logits_must_be_a_bool_or_none():
 
     with pytest.raises(MisconfigurationException, match="record_logits"):
         DeephysCallback("fc", record_logits="yes")
+
+
+def test_a_bad_value_leaves_no_file_behind(tmp_path):
+    activations, images, labels = _random_arrays(seed=4, n=300)
+    images[250, 0, 1, 2] = 1.5  # found while writing the second block of images
+    model = DeephysModel("m", {"fc": 12, "conv": 4, "logits": 3}, "logits")
+    with pytest.raises(ExportError, match=r"image 250 holds .* to 1\.5"):
+        write_test(tmp_path / "d.test", model, "d", CLASSES, activations, images, labels)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_values_too_large_for_float32_are_an_error(tmp_path):
+    activations, images, labels = _random_arrays(seed=5, n=4)
+    activations["logits"] = activations["logits"].astype(np.float64) * 1e39
+    model = DeephysModel("m", {"fc": 12, "conv": 4, "logits": 3}, "logits")
+    with pytest.raises(ExportError, match="too large for float32"):
+        write_test(tmp_path / "d.test", model, "d", CLASSES, activations, images, labels)
+    write_test(
+        tmp_path / "d.test", model, "d", CLASSES, activations, images, labels, dtype="float64"
+    )
+
+
+def test_rename_datasets_and_layers(recorded_run, tmp_path, capsys):
+    log_dir, _ = recorded_run
+    files = export_step(log_dir, tmp_path, layers=["fc"], rename={"ood/x": "shifted", "fc": "fc1"})
+    assert files.tests["ood/x"].name == "shifted.test"
+    assert _decode(files.tests["ood/x"])["name"] == "shifted"
+    assert [layer["layerID"] for layer in _decode(files.model)["layers"]] == ["fc1", "logits"]
+    long_name = {"ind": "i" * 41}
+    with pytest.raises(ExportError, match="--rename OLD=NEW"):
+        export_step(log_dir, tmp_path / "long", rename=long_name)
+    assert not (tmp_path / "long").exists()  # checked before anything is written
+    with pytest.raises(ExportError, match="neither datasets"):
+        export_step(log_dir, tmp_path, rename={"nope": "x"})
+    assert (
+        cli_main(
+            ["export", log_dir, str(tmp_path / "c"), "--rename", "ind=in", "--rename", "ood/x=o"]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "c").glob("*.test")) == ["in.test", "o.test"]
+    assert cli_main(["export", log_dir, str(tmp_path), "--rename", "ind"]) == 2
+    assert "OLD=NEW" in capsys.readouterr().err
+
+
+def test_an_output_path_that_is_a_file_is_a_clear_error(recorded_run, tmp_path, capsys):
+    log_dir, _ = recorded_run
+    (tmp_path / "taken").write_text("")
+    assert cli_main(["export", log_dir, str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.startswith("deephys-lightning export: ")
+
+
+def test_file_names_differ_on_case_insensitive_file_systems():
+    from deephys_lightning.export import _file_names
+
+    assert _file_names(["m", "MNIST", "mnist", "a/b", "a b"]) == [
+        "m",
+        "MNIST",
+        "mnist_2",
+        "a_b",
+        "a_b_2",
+    ]
+
+
+def test_wrong_types_are_clear_errors(tmp_path):
+    activations, images, labels = _random_arrays(seed=6, n=4)
+    with pytest.raises(ExportError, match="must be an int"):
+        DeephysModel("m", {"fc": 2.7, "logits": 3}, "logits")
+    model = DeephysModel("m", {"fc": 12, "conv": 4, "logits": 3}, "logits")
+    with pytest.raises(ExportError, match="float64 of shape"):
+        write_test(tmp_path / "d.test", model, "d", CLASSES, activations, images, labels * 1.0)
+    tensors = {name: torch.tensor(a, requires_grad=True) for name, a in activations.items()}
+    write_test(tmp_path / "t.test", model, "d", CLASSES, tensors, torch.tensor(images), labels)
+    reference = write_test(tmp_path / "r.test", model, "d", CLASSES, activations, images, labels)
+    assert (tmp_path / "t.test").read_bytes() == reference.read_bytes()

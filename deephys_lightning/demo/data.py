@@ -54,9 +54,10 @@ IND_COLORS = np.array(
 PERMUTATION = np.array([3, 7, 5, 9, 0, 8, 1, 4, 2, 6])
 # New colours, one per class: the class's InD colour moved by a random offset of up to
 # ±0.45 per channel (numpy seed 0), redrawn until at least 0.2 away from every InD
-# colour. Related to the InD colours but none of them, as the paper's "arbitrary" set:
-# colour neurons fire less (high novelty) and partly for the same classes (a medium
-# spurious score, between the permuted and the drifted sets).
+# colour. None of them is an InD colour (colour neurons fire less: high novelty), but
+# each keeps part of its class's old channel values, and the first layer is linear in
+# them, so neurons keep part of their preference among classes: a medium spurious
+# score, between the permuted and the drifted sets, as in the paper.
 ARBITRARY_COLORS = np.array(
     [
         [0.46, 0.38, 0.47],
