@@ -153,12 +153,41 @@ def _missing_message(root: Path, missing: list[str]) -> str:
 # ---------------------------------------------------------------- reading the files
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and NumPy arrays only: a file from --data-dir runs no code."""
+
+    ALLOWED = frozenset(
+        (module, name)
+        for prefix in ("numpy.core", "numpy._core")
+        for module, name in (
+            (f"{prefix}.multiarray", "_reconstruct"),
+            (f"{prefix}.multiarray", "scalar"),
+            (f"{prefix}.numeric", "_frombuffer"),
+        )
+    ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # bytes, protocol 2
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict[str, object]:
     """A CIFAR-10 python batch as a dict with str keys (the files were pickled by Python 2)."""
     try:
         with open(path, "rb") as file:
-            entry = pickle.load(file, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
+            entry = _ArrayUnpickler(file, encoding="bytes").load()
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        KeyError,
+        IndexError,
+    ) as error:
         raise DataError(f"cannot read {path} as a CIFAR-10 python batch: {error}") from None
     if not isinstance(entry, dict):
         raise DataError(f"{path} is not a CIFAR-10 python batch (no dict inside)")

@@ -213,7 +213,7 @@ def class_index(folder: str) -> int | None:
     """
     if folder in WNID_INDEX:
         return WNID_INDEX[folder]
-    if folder.isdigit() and int(folder) < NUM_CLASSES:
+    if folder.isdecimal() and folder.isascii() and int(folder) < NUM_CLASSES:
         return int(folder)
     return None
 

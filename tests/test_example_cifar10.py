@@ -178,3 +178,16 @@ def test_subsets_are_random_reproducible_and_in_order():
     assert (np.diff(first.labels) > 0).all() and first.labels[-1] > 30  # spread, in order
     np.testing.assert_array_equal(first.labels, data.subset(30, seed=1).labels)
     assert data.subset(None, seed=1) is data and data.subset(500, seed=1) is data
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Payload()}))
+    with pytest.raises(cifar10.DataError, match="refusing to load builtins.print"):
+        cifar10.read_cifar10_batches(folder, ["data_batch_1"])
