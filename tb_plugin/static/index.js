@@ -73,6 +73,12 @@ function encodeState() {
 }
 
 /** Set the state from the URL's values; false (state unchanged) for an unknown run. */
+// A non-negative integer from URL text (which may hold anything), else the fallback.
+function wholeNumber(text, fallback) {
+  const value = Math.floor(Number(text));
+  return Number.isFinite(value) && value >= 0 ? value : fallback;
+}
+
 function decodeState(data) {
   const run = state.runs.find((r) => r.run === data.run);
   if (!run) return false;
@@ -81,8 +87,8 @@ function decodeState(data) {
   const step = Number(data.step);
   state.step = run.steps.some((s) => s.step === step) ? step : run.steps[run.steps.length - 1].step;
   state.view = VIEWS.some(([name]) => name === data.view) ? data.view : 'neuron';
-  state.neuron = Math.max(0, Math.floor(Number(data.neuron)) || 0);
-  state.k = Math.min(run.top_k, Math.max(1, Math.floor(Number(data.k)) || 12));
+  state.neuron = wholeNumber(data.neuron, 0);
+  state.k = Math.min(run.top_k, Math.max(1, wholeNumber(data.k, 12)));
   const image = (data.image || '').match(/^(\d+)@(.*)$/s);
   state.image = image ? {index: Number(image[1]), dataset: image[2]} : null;
   const category = (data.category || '').match(/^(\d+):(\d*):(\d+)@(.*)$/s);
