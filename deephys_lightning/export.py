@@ -439,39 +439,55 @@ class _ImageLayout:
         return out
 
 
+# Float images are converted this many at a time, so that the images and their
+# product by 255 are still in the CPU's cache when checked and copied.
+_PIXEL_CHUNK = 32
+
+
 def _put_pixels(out: np.ndarray, images: np.ndarray, start: int) -> None:
     """Write the bytes of ``images`` into ``out``: uint8 as they are, floats in [0, 1]
     times 255, truncated (as the deephys package converts them)."""
     if images.dtype == np.uint8:
         out[...] = images
         return
-    if not _within_zero_one(images):
-        inside = ((images >= 0) & (images <= 1)).reshape(len(images), -1).all(axis=1)
-        first = int(np.flatnonzero(~inside)[0])
-        low, high = np.nanmin(images[first]), np.nanmax(images[first])
-        raise ExportError(
-            f"float images must hold values in [0, 1]; image {start + first} holds "
-            f"{low} to {high}{' and NaN' if np.isnan(images[first]).any() else ''}"
-        )
     # Multiplied in the images' own precision, then cast: image * 255 -> uint8.
-    np.multiply(images, 255, out=out, casting="unsafe")
+    scratch = np.empty((min(_PIXEL_CHUNK, len(images)), *images.shape[1:]), images.dtype)
+    for at in range(0, len(images), _PIXEL_CHUNK):
+        chunk = images[at : at + _PIXEL_CHUNK]
+        product = scratch[: len(chunk)]
+        np.multiply(chunk, 255, out=product)
+        if not _within_range(chunk, product):
+            raise _pixel_error(chunk, start + at)
+        out[at : at + len(chunk)] = product
 
 
-def _within_zero_one(values: np.ndarray) -> bool:
-    """Whether all ``values`` (floats) are in [0, 1], in one pass over memory.
+def _within_range(images: np.ndarray, product: np.ndarray) -> bool:
+    """Whether all ``images`` (floats) are in [0, 1], given ``product = images * 255``.
 
-    The bit patterns of non-negative floats, read as unsigned integers, sort as the
-    numbers do; negative numbers (sign bit) and NaN sort above 1.0. Only when that
-    quick test fails (perhaps for a -0.0) are the exact minimum and maximum needed.
+    Rounding is monotonic and 255 * 1.0 is exact, so ``images`` are in [0, 1] exactly
+    when ``product`` is in [0, 255]. The bit patterns of non-negative floats, read as
+    unsigned integers, sort as the numbers do; negative numbers (sign bit) and NaN
+    sort above 255: one pass decides. Only when it fails (perhaps for a -0.0) are
+    the exact minimum and maximum needed.
     """
-    if not values.size:
+    if not images.size:
         return True
-    if values.dtype.itemsize in (2, 4, 8) and values.flags.c_contiguous:
-        unsigned = np.dtype(f"u{values.dtype.itemsize}")
-        if values.view(unsigned).max() <= np.array(1, values.dtype).view(unsigned):
+    if product.dtype.itemsize in (2, 4, 8) and product.flags.c_contiguous:
+        unsigned = np.dtype(f"u{product.dtype.itemsize}")
+        if product.view(unsigned).max() <= np.array(255, product.dtype).view(unsigned):
             return True
-    low, high = values.min(), values.max()
+    low, high = images.min(), images.max()
     return bool(low >= 0 and high <= 1)  # NaN fails
+
+
+def _pixel_error(images: np.ndarray, start: int) -> ExportError:
+    inside = ((images >= 0) & (images <= 1)).reshape(len(images), -1).all(axis=1)
+    first = int(np.flatnonzero(~inside)[0])
+    low, high = np.nanmin(images[first]), np.nanmax(images[first])
+    nan = " and NaN" if np.isnan(images[first]).any() else ""
+    return ExportError(
+        f"float images must hold values in [0, 1]; image {start + first} holds {low} to {high}{nan}"
+    )
 
 
 def _put(out: np.ndarray, at: int, constant: bytes) -> int:
