@@ -1,8 +1,9 @@
 // Entry point of the Deephys tab: TensorBoard imports this module in the
 // plugin iframe and calls render().
 
+import {hostWindow, listen} from './host_ipc.js';
 import * as model from './model.js';
-import {hostWindow, UrlState} from './url_state.js';
+import {UrlState} from './url_state.js';
 import * as views from './views.js';
 
 const VIEWS = [
@@ -25,8 +26,23 @@ const state = {
   request: 0,
 };
 
+// What the tab shows: 'loading' (the first fetch of the runs), 'error' (they could
+// not be fetched), 'empty' (no Deephys data yet) or 'shown' (the controls and views).
+let phase = 'loading';
+
+const EMPTY = 'No Deephys data yet: add DeephysCallback(layer=...) to your Trainer and run validation.';
+
 function runInfo() {
   return state.runs.find((r) => r.run === state.run) || null;
+}
+
+/** Select `run` with its defaults: first layer, latest step, no image or category. */
+function selectRun(run) {
+  state.run = run.run;
+  state.layer = run.layers[0];
+  state.step = run.steps[run.steps.length - 1].step;
+  state.image = null;
+  state.category = null;
 }
 
 // Click-through between the views.
@@ -72,13 +88,13 @@ function encodeState() {
   return data;
 }
 
-/** Set the state from the URL's values; false (state unchanged) for an unknown run. */
 // A non-negative integer from URL text (which may hold anything), else the fallback.
 function wholeNumber(text, fallback) {
   const value = Math.floor(Number(text));
   return Number.isFinite(value) && value >= 0 ? value : fallback;
 }
 
+/** Set the state from the URL's values; false (state unchanged) for an unknown run. */
 function decodeState(data) {
   const run = state.runs.find((r) => r.run === data.run);
   if (!run) return false;
@@ -111,17 +127,17 @@ function remember({push = true} = {}) {
   url.write(encodeState(), {push});
 }
 
+// The options of the run, layer and step selectors.
+const runOptions = () => state.runs.map((r) => ({value: r.run, text: r.run}));
+const layerOptions = (info) => info.layers.map((l) => ({value: l, text: l}));
+const stepOptions = (info) => info.steps.map((s) => ({value: s.step, text: `step ${s.step} (epoch ${s.epoch})`}));
+
 function controls() {
   const info = runInfo();
   const bar = views.el('div', {className: 'controls'});
-  const runSel = views.labeledSelect('Run', 'run-select', state.runs.map((r) => ({value: r.run, text: r.run})), state.run);
-  const layerSel = views.labeledSelect('Layer', 'layer-select', info.layers.map((l) => ({value: l, text: l})), state.layer);
-  const stepSel = views.labeledSelect(
-    'Step',
-    'step-select',
-    info.steps.map((s) => ({value: s.step, text: `step ${s.step} (epoch ${s.epoch})`})),
-    state.step,
-  );
+  const runSel = views.labeledSelect('Run', 'run-select', runOptions(), state.run);
+  const layerSel = views.labeledSelect('Layer', 'layer-select', layerOptions(info), state.layer);
+  const stepSel = views.labeledSelect('Step', 'step-select', stepOptions(info), state.step);
   const neuronInput = views.el('input', {attrs: {id: 'neuron-input', type: 'number', min: 0, value: state.neuron}});
   const kInput = views.el('input', {attrs: {id: 'k-input', type: 'number', min: 1, max: info.top_k, value: state.k}});
   const prev = views.el('button', {text: '◀', attrs: {id: 'neuron-prev', 'aria-label': 'previous neuron'}});
@@ -134,12 +150,7 @@ function controls() {
     views.el('label', {text: 'Top k', attrs: {for: 'k-input'}}, [kInput]),
   );
   runSel.select.addEventListener('change', () => {
-    state.run = runSel.select.value;
-    const r = runInfo();
-    state.layer = r.layers[0];
-    state.step = r.steps[r.steps.length - 1].step;
-    state.image = null;
-    state.category = null;
+    selectRun(state.runs.find((r) => r.run === runSel.select.value));
     renderAll();
   });
   layerSel.select.addEventListener('change', () => {
@@ -157,7 +168,7 @@ function controls() {
   prev.addEventListener('click', () => setNeuron(state.neuron - 1));
   next.addEventListener('click', () => setNeuron(state.neuron + 1));
   kInput.addEventListener('change', () => {
-    state.k = Math.min(info.top_k, Math.max(1, Math.floor(Number(kInput.value)) || 1));
+    state.k = Math.min(runInfo().top_k, Math.max(1, Math.floor(Number(kInput.value)) || 1));
     kInput.value = state.k;
     remember({push: false});
     if (state.view === 'neuron') renderPanel();
@@ -182,17 +193,22 @@ function tabs() {
   return bar;
 }
 
+/** The mean scores of every OOD set of the run at every step, for the overview. */
+async function scoresOverTime(info) {
+  const over = await Promise.all(
+    info.datasets.filter((d) => d !== info.ind).map((dataset) =>
+      model.getScoresOverTime({run: state.run, layer: state.layer, dataset}).catch(() => null)),
+  );
+  return over.filter(Boolean);
+}
+
 async function load() {
   const where = {run: state.run, layer: state.layer, step: state.step};
   const info = runInfo();
   switch (state.view) {
     case 'overview': {
       const summary = await model.getSummary(where);
-      const over = await Promise.all(
-        info.datasets.filter((d) => d !== info.ind).map((dataset) =>
-          model.getScoresOverTime({run: state.run, layer: state.layer, dataset}).catch(() => null)),
-      );
-      return views.overviewView(summary, over.filter(Boolean), navigate);
+      return views.overviewView(summary, await scoresOverTime(info), navigate);
     }
     case 'image': {
       const image = state.image || {dataset: info.ind, index: 0};
@@ -234,6 +250,151 @@ function renderAll({push = true} = {}) {
   renderPanel();
 }
 
+/** Show one message instead of the tab (nothing redrawn when it is already shown). */
+function showMessage(kind, text) {
+  phase = kind;
+  state.request++; // a panel still loading has nowhere to go
+  const shown = root.children.length === 1 ? root.firstElementChild : null;
+  if (shown && shown.classList.contains(kind) && shown.textContent === text) return;
+  root.replaceChildren(views.message(kind, text));
+}
+
+let listening = false; // back/forward and the keyboard, listened to from the first show
+
+/** Show the tab at the state of the URL's `data` (its defaults where they name no run). */
+function show(data) {
+  if (!decodeState(data)) {
+    selectRun(state.runs[0]);
+    state.k = Math.min(state.k, runInfo().top_k);
+  }
+  phase = 'shown';
+  if (!listening) {
+    listening = true;
+    url.onPop((data) => {
+      // Entries without our state (before the tab was opened) and entries of the
+      // same state (TensorBoard switching dashboards) leave the view as it is.
+      if (phase === 'shown' && !isCurrent(data) && decodeState(data)) renderAll({push: false});
+    });
+    document.addEventListener('keydown', (event) => {
+      // ← and → step through neurons in the neuron view (not while typing in a field).
+      if (phase !== 'shown' || state.view !== 'neuron') return;
+      if (['INPUT', 'SELECT', 'TEXTAREA'].includes(event.target.tagName)) return;
+      if (event.key === 'ArrowRight') navigate.neuron(state.neuron + 1);
+      if (event.key === 'ArrowLeft') navigate.neuron(Math.max(0, state.neuron - 1));
+    });
+  }
+  remember({push: false}); // the URL names the view even before the first click
+  renderAll({push: false});
+}
+
+/** Replace the options of `select` where they changed, and select `selected`. */
+function setOptions(select, options, selected) {
+  const same = select.options.length === options.length &&
+    options.every(({value, text}, i) => select.options[i].value === String(value) && select.options[i].text === text);
+  if (!same) select.replaceChildren(...options.map(({value, text}) => views.el('option', {text, attrs: {value}})));
+  select.value = String(selected);
+}
+
+/**
+ * Bring the controls and the dataset list up to date with `state.runs` in place:
+ * the panel, the focus and whatever is typed in a field stay as they are.
+ */
+function updateControls() {
+  const info = runInfo();
+  setOptions(root.querySelector('#run-select'), runOptions(), state.run);
+  setOptions(root.querySelector('#layer-select'), layerOptions(info), state.layer);
+  setOptions(root.querySelector('#step-select'), stepOptions(info), state.step);
+  root.querySelector('#k-input').setAttribute('max', String(info.top_k));
+  const datasets = root.querySelector('ul.datasets');
+  const fresh = views.datasetList(info);
+  if (!datasets.isEqualNode(fresh)) datasets.replaceWith(fresh);
+}
+
+/** Redraw the overview's scores across steps alone (its table keeps its sorting and filter). */
+async function updateScoresOverTime() {
+  const view = root.querySelector('#neuron-panel > .overview-view');
+  if (!view) return; // another view, or the overview still loading (it fetches them itself)
+  const request = state.request;
+  const over = await scoresOverTime(runInfo());
+  if (request !== state.request || !view.isConnected) return;
+  const old = view.querySelector('.over-time');
+  const box = over.length ? views.scoresOverTime(over) : null;
+  if (box && old?.querySelector('details.over-time-numbers')?.open) {
+    box.querySelector('details.over-time-numbers').open = true;
+  }
+  if (old && box) old.replaceWith(box);
+  else if (old) old.remove();
+  else if (box) view.querySelector('.cards').after(box);
+}
+
+let firstRead = null; // the URL's state, read while the runs are fetched the first time
+
+/**
+ * Fetch the runs and follow them: the first time, and on every TensorBoard reload.
+ *
+ * A reload that brings nothing new changes nothing (no redraw every 30 s of
+ * auto reload). New runs and steps become selectable, and the view stays where the
+ * user is, on the same step even when it was the latest: a new step is one click
+ * away in the step selector, never a jump. Only where a run, layer or step is gone
+ * does the view move (to the defaults, as a URL naming it would).
+ */
+async function refreshRuns() {
+  let runs;
+  try {
+    runs = await model.getRuns();
+  } catch (error) {
+    // Showing the tab: keep it as it is, the next reload tries again.
+    if (phase !== 'shown') showMessage('error', `Could not load runs: ${error.message}`);
+    return;
+  }
+  if (phase !== 'shown') {
+    const read = firstRead || url.read();
+    firstRead = null;
+    state.runs = runs;
+    if (!runs.length) showMessage('empty', EMPTY);
+    else show(await read);
+    return;
+  }
+  if (JSON.stringify(runs) === JSON.stringify(state.runs)) return;
+  const before = encodeState();
+  const steps = JSON.stringify(runInfo().steps);
+  state.runs = runs;
+  if (!runs.length) {
+    showMessage('empty', EMPTY);
+    return;
+  }
+  if (!decodeState(before)) selectRun(runs[0]);
+  if (!isCurrent(before)) {
+    remember({push: false});
+    renderAll({push: false});
+    return;
+  }
+  updateControls();
+  if (JSON.stringify(runInfo().steps) !== steps && state.view === 'overview') await updateScoresOverTime();
+}
+
+let refreshing = null; // the refresh under way
+let refreshAgain = false;
+
+/** refreshRuns(), one at a time: reloads that come meanwhile make one more. */
+function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return refreshing;
+  }
+  refreshing = (async () => {
+    try {
+      do {
+        refreshAgain = false;
+        await refreshRuns();
+      } while (refreshAgain);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
 export async function render() {
   const stylesheet = document.createElement('link');
   stylesheet.rel = 'stylesheet';
@@ -242,39 +403,12 @@ export async function render() {
   root = views.el('main', {attrs: {id: 'deephys'}});
   document.body.appendChild(root);
   root.appendChild(views.message('loading', 'Loading Deephys runs…'));
-  try {
-    state.runs = await model.getRuns();
-  } catch (error) {
-    root.replaceChildren(views.message('error', `Could not load runs: ${error.message}`));
-    return;
-  }
-  if (!state.runs.length) {
-    root.replaceChildren(
-      views.message('empty', 'No Deephys data yet: add DeephysCallback(layer=...) to your Trainer and run validation.'),
-    );
-    return;
-  }
-  if (!decodeState(await url.read())) {
-    state.run = state.runs[0].run;
-    const info = runInfo();
-    state.layer = info.layers[0];
-    state.step = info.steps[info.steps.length - 1].step;
-    state.k = Math.min(state.k, info.top_k);
-  }
-  url.onPop((data) => {
-    // Entries without our state (before the tab was opened) and entries of the
-    // same state (TensorBoard switching dashboards) leave the view as it is.
-    if (!isCurrent(data) && decodeState(data)) renderAll({push: false});
-  });
   followDarkMode();
-  document.addEventListener('keydown', (event) => {
-    // ← and → step through neurons in the neuron view (not while typing in a field).
-    if (state.view !== 'neuron' || ['INPUT', 'SELECT', 'TEXTAREA'].includes(event.target.tagName)) return;
-    if (event.key === 'ArrowRight') navigate.neuron(state.neuron + 1);
-    if (event.key === 'ArrowLeft') navigate.neuron(Math.max(0, state.neuron - 1));
-  });
-  remember({push: false}); // the URL names the view even before the first click
-  renderAll({push: false});
+  firstRead = url.read(); // TensorBoard answers while the runs are fetched
+  // TensorBoard broadcasts this after each reload of its data (the reload button,
+  // and its auto reload): new runs and steps show up without reloading the page.
+  listen('experimental.DataReloaded', () => refresh());
+  await refresh();
 }
 
 // TensorBoard marks dark mode with a class on its own page's body; follow it.

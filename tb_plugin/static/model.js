@@ -4,8 +4,8 @@
 
 export class ApiError extends Error {}
 
-async function fetchJSON(url) {
-  const response = await fetch(url);
+async function fetchJSON(url, options = {}) {
+  const response = await fetch(url, options);
   let body = null;
   try {
     body = await response.json();
@@ -28,7 +28,8 @@ function query(params) {
 }
 
 export async function getRuns() {
-  const body = await fetchJSON('./runs');
+  // Fetched again on every TensorBoard reload: never from the browser's cache.
+  const body = await fetchJSON('./runs', {cache: 'no-store'});
   return body.runs;
 }
 

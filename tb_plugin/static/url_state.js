@@ -17,20 +17,10 @@
 // outside TensorBoard), the state lives in the iframe's own hash instead: back and
 // forward still work, bookmarks do not.
 
+import {hostWindow, request} from './host_ipc.js';
+
 const PLUGIN = new URLSearchParams(window.location.search).get('name') || 'deephys';
 const PREFIX = `p.${PLUGIN}.`;
-const IPC_TIMEOUT_MS = 1000;
-
-/** TensorBoard's window when this iframe may read and write it, else null. */
-export function hostWindow() {
-  try {
-    if (window.parent === window) return null;
-    void window.parent.location.href; // throws across origins
-    return window.parent;
-  } catch (_) {
-    return null;
-  }
-}
 
 function decode(text) {
   try {
@@ -77,43 +67,6 @@ export function withPluginData(hash, data) {
 }
 
 /**
- * Ask TensorBoard for the plugin's URL data over the plugin API's message channel
- * (what the plugin lib's plugin-guest.ts and getURLPluginData() do). Resolves to
- * the key/value object, or null when no answer comes.
- */
-function requestPluginData(host) {
-  return new Promise((resolve) => {
-    const channel = new MessageChannel();
-    const port = channel.port1;
-    const timer = setTimeout(() => resolve(null), IPC_TIMEOUT_MS);
-    port.addEventListener('message', (event) => {
-      let message = null;
-      try {
-        message = JSON.parse(event.data);
-      } catch (_) {
-        return;
-      }
-      if (!message || typeof message !== 'object') return;
-      if (message.isReply) {
-        if (message.id !== 0) return;
-        clearTimeout(timer);
-        const payload = message.payload;
-        resolve(!message.error && payload && typeof payload === 'object' ? payload : null);
-        return;
-      }
-      // TensorBoard also broadcasts (runs changed, data reloaded) and waits for a
-      // reply: answer with nothing, as the plugin lib does for unheard types.
-      port.postMessage(JSON.stringify({type: message.type, id: message.id, payload: null, error: null,
-        isReply: true}));
-    });
-    port.start();
-    host.postMessage('experimental.bootstrap', '*', [channel.port2]);
-    port.postMessage(JSON.stringify({type: 'experimental.GetURLPluginData', id: 0, payload: null, error: null,
-      isReply: false}));
-  });
-}
-
-/**
  * The view state as a URL keeps it.
  *
  * `read()` gives the state the page was opened with; `write(data, {push})` records
@@ -132,7 +85,10 @@ export class UrlState {
 
   async read() {
     if (!this.host) return frameData(window.location.hash);
-    const answer = await requestPluginData(this.host);
+    // The plugin lib's getURLPluginData(), over the one channel to TensorBoard
+    // (host_ipc.js); no answer in time (a host page that is not TensorBoard) reads
+    // the hash below.
+    const answer = await request('experimental.GetURLPluginData');
     if (answer && Object.keys(answer).length) return answer;
     // TensorBoard 2.16 and later answer {} until the first hashchange: its
     // HashDeepLinker reads the hash before turning on hash mode (TensorBoard PR

@@ -250,7 +250,8 @@ const SCORES_OVER_TIME = [
 ];
 const SERIES_COLORS = 6; // style.css's --series-0 … --series-5, reused in turn
 
-function scoresOverTime(over) {
+/** The overview's mean scores across steps (also redrawn alone when steps arrive). */
+export function scoresOverTime(over) {
   const box = el('div', {className: 'over-time'}, [el('h3', {text: 'Mean scores across steps'})]);
   const legend = el('ul', {className: 'legend', attrs: {'aria-label': 'OOD sets'}});
   over.forEach((series, i) => {
