@@ -15,8 +15,14 @@ _URL = re.compile(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/")
 
 
 @contextlib.contextmanager
-def running_tensorboard(logdir, *, load_fast: bool, extra=(), timeout: float = 90.0):
-    """Yield the base URL of a tensorboard serving ``logdir`` once Deephys data is loaded."""
+def running_tensorboard(
+    logdir, *, load_fast: bool, extra=(), timeout: float = 90.0, wait_for_runs: bool = True
+):
+    """Yield the base URL of a tensorboard serving ``logdir`` once Deephys data is loaded.
+
+    With ``wait_for_runs=False`` it is enough that the plugin is enabled (some Deephys
+    tag is loaded), even while no run has a record yet.
+    """
     command = [
         sys.executable,
         "-m",
@@ -55,6 +61,8 @@ def running_tensorboard(logdir, *, load_fast: bool, extra=(), timeout: float = 9
             try:
                 listing = requests.get(f"{base}/data/plugins_listing", timeout=10).json()
                 if listing.get("deephys", {}).get("enabled"):
+                    if not wait_for_runs:
+                        break
                     runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
                     if runs["runs"]:
                         break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -421,5 +422,181 @@ def test_overview_plots_the_mean_scores_across_steps(browser, demo_log_dir, demo
             "t => getComputedStyle(t).fill"
         )
         assert tick == "rgb(158, 158, 158)"
+        assert errors == []
+        page.close()
+
+
+# -- following TensorBoard's reload ------------------------------------------------
+
+RUNS_ROUTE = "/data/plugin/deephys/runs"
+
+
+def _fit_tiny(logdir, *, max_epochs: int, ckpt_path=None):
+    """Fit TinyNet with a DeephysCallback into ``logdir/tiny/version_0``: one record per
+    epoch; with ``ckpt_path`` it resumes there, so its records come at later steps."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(logdir), name="tiny", version=0)
+    t = trainer(logdir, [DeephysCallback(layer="fc")], max_epochs=max_epochs, logger=logger)
+    t.fit(
+        TinyNet(),
+        loader(random_set(8, 0)),
+        val_dataloaders={"ind": loader(random_set(6, 1)), "ood": loader(random_set(6, 2))},
+        ckpt_path=ckpt_path,
+    )
+    return t
+
+
+def _served_runs(base, until, timeout: float = 30.0) -> list[dict]:
+    """The runs the plugin serves, once ``until(runs)`` holds (TensorBoard loads new
+    event files every --reload_interval seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = requests.get(f"{base}{RUNS_ROUTE}", timeout=10).json()["runs"]
+        if until(runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.3)
+
+
+def _click_tensorboard_reload(page):
+    """Click the reload button in TensorBoard's top bar; return once the tab has
+    fetched its runs again (TensorBoard broadcasts experimental.DataReloaded to the
+    plugin frames after it has reloaded its own data)."""
+    with page.expect_response(lambda r: r.url.endswith(RUNS_ROUTE), timeout=30_000):
+        page.locator("app-header-reload button.reload-button").click()
+
+
+def _step_options(frame) -> list[str]:
+    return frame.locator("#step-select option").evaluate_all("os => os.map(o => o.value)")
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_new_steps_appear_on_tensorboard_reload(browser, tmp_path, load_fast):
+    first = _fit_tiny(tmp_path, max_epochs=1)
+    checkpoint = tmp_path / "epoch1.ckpt"
+    first.save_checkpoint(checkpoint)
+    with running_tensorboard(tmp_path, load_fast=load_fast) as base:
+        page, frame, errors = _open_tab(browser, base, ready=".neuron-view")
+        assert frame.locator("#run-select").input_value() == "tiny/version_0"
+        (old_step,) = _step_options(frame)
+        # a view that is not the default one: another neuron's number, then the overview
+        frame.locator("#neuron-input").fill("3")
+        frame.locator("#neuron-input").dispatch_event("change")
+        frame.locator('.neuron-view[data-neuron="3"]').wait_for()
+        frame.locator("#view-overview").click()
+        frame.locator(".overview-view .over-time").wait_for()
+        frame.locator(".over-time details.over-time-numbers summary").click()
+        dots = frame.locator('svg.line-plot[data-score="novelty"] circle')
+        assert dots.count() == 1
+        frame.locator(".overview-view").evaluate("el => { el.__before_reload = true; }")
+        panel_requests: list[str] = []
+        page.on(
+            "request",
+            lambda r: (
+                panel_requests.append(r.url)
+                if "/data/plugin/deephys/" in r.url and not r.url.endswith(RUNS_ROUTE)
+                else None
+            ),
+        )
+        url = page.url
+
+        # a reload that brings nothing new leaves the tab alone
+        _click_tensorboard_reload(page)
+        page.wait_for_timeout(500)
+        assert panel_requests == []
+        assert frame.locator(".overview-view").evaluate("el => el.__before_reload") is True
+
+        # training goes on: a second record, at a later step of the same run
+        _fit_tiny(tmp_path, max_epochs=2, ckpt_path=checkpoint)
+        runs = _served_runs(base, lambda runs: len(runs[0]["steps"]) == 2)
+        new_step = str(runs[0]["steps"][-1]["step"])
+        assert [str(s["step"]) for s in runs[0]["steps"]] == [old_step, new_step]
+        _click_tensorboard_reload(page)
+        frame.locator(f'#step-select option[value="{new_step}"]').wait_for(state="attached")
+        assert _step_options(frame) == [old_step, new_step]
+        # the view stays: same step, same overview element (not redrawn), same URL ...
+        assert frame.locator("#step-select").input_value() == old_step
+        assert frame.locator(".overview-view").evaluate("el => el.__before_reload") is True
+        assert f"step {old_step} " in frame.locator(".overview-view h2").text_content()
+        assert page.url == url
+        # ... but its scores across steps take the new step, still with their numbers open
+        dots.nth(1).wait_for(state="attached")
+        steps = dots.evaluate_all("cs => cs.map(c => c.dataset.step)")
+        assert steps == [old_step, new_step]
+        assert frame.locator(".over-time details.over-time-numbers").evaluate("d => d.open")
+        assert all("scores_over_time" in u for u in panel_requests)
+        # the new step is one pick away, and the neuron is still the one chosen
+        frame.locator("#step-select").select_option(new_step)
+        frame.locator(f'.overview-view h2:has-text("step {new_step} ")').wait_for()
+        assert f"p.deephys.step={new_step}" in page.url and "p.deephys.neuron=3" in page.url
+        frame.locator("#view-neuron").click()
+        frame.locator('.neuron-view[data-neuron="3"]').wait_for()
+        assert errors == []
+        page.close()
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, load_fast):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning.summary import EventFileSink, tensor_summary
+    from tb_plugin.metadata import Kind
+
+    # what a first validation has written before its record: Deephys tags, no run yet
+    sink = EventFileSink(EventFileWriter(str(tmp_path / "partial")))
+    sink.add_summary(tensor_summary(Kind.LABELS, np.zeros(6, np.int32), dataset="ind"), step=1)
+    sink.close()
+    with running_tensorboard(tmp_path, load_fast=load_fast, wait_for_runs=False) as base:
+        page, frame, errors = _open_tab(browser, base, ready="main > .message.empty")
+        assert "No Deephys data yet" in frame.locator("main").text_content()
+        _click_tensorboard_reload(page)  # still nothing: still the message
+        assert frame.locator("main > .message.empty").count() == 1
+        _fit_tiny(tmp_path, max_epochs=1)
+        runs = _served_runs(base, bool)
+        assert [r["run"] for r in runs] == ["tiny/version_0"]
+        _click_tensorboard_reload(page)
+        frame.locator('.neuron-view[data-neuron="0"]').wait_for(timeout=30_000)
+        assert frame.locator("#run-select").input_value() == "tiny/version_0"
+        assert _step_options(frame) == [str(runs[0]["steps"][0]["step"])]
+        assert frame.locator("main > .message").count() == 0
+        assert "p.deephys.run=tiny%2Fversion_0" in page.url
+        assert errors == []
+        page.close()
+
+
+def test_a_host_page_that_never_answers_does_not_hold_up_the_tab(browser, demo_log_dir):
+    """A same-origin page around the tab that is not TensorBoard: the tab asks it for
+    its URL data over the plugin API, hears nothing, and goes on with the page's hash
+    without waiting out more than a short timeout, while the runs load."""
+    with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.route(
+            f"{base}/deaf-host.html",
+            lambda route: route.fulfill(
+                content_type="text/html",
+                body='<iframe src="/data/plugin_entry.html?name=deephys"'
+                ' style="width:1200px;height:800px"></iframe>',
+            ),
+        )
+        run = "colored_digits%2Fversion_0"
+        page.goto(
+            f"{base}/deaf-host.html#deephys&p.deephys.run={run}&p.deephys.neuron=5",
+            wait_until="domcontentloaded",
+        )
+        frame = page.frame_locator("iframe")
+        frame.locator('.neuron-view[data-neuron="5"]').wait_for(timeout=60_000)
+        assert f"p.deephys.run={run}" in page.url and "p.deephys.view=neuron" in page.url
+        # from the runs' arrival to the first view request: not the old 1 s wait
+        gap = frame.locator("body").evaluate(
+            """() => {
+                const entries = performance.getEntriesByType('resource');
+                const runs = entries.find(e => e.name.endsWith('/runs'));
+                const neuron = entries.find(e => e.name.includes('/neuron?'));
+                return neuron.startTime - runs.responseEnd;
+            }"""
+        )
+        assert gap < 800, gap
         assert errors == []
         page.close()
