@@ -53,6 +53,7 @@ from deephys_lightning.summary import (
     FileWriterSink,
     SummarySink,
     write_record,
+    writes_matrix,
 )
 from tb_plugin import assets
 from tb_plugin.metadata import Record
@@ -517,20 +518,20 @@ class DeephysCallback(Callback):
         """Whether a dataset's buffer keeps the classifier outputs."""
         if self.record_logits is not None:
             return self.record_logits
-        if num_images is None or self.max_activation_bytes is None:
+        if num_images is None:
             return True  # decided at writing time, by _logits_to_write
-        smallest = min(num_images * a[0].numel() * 2 for a in acts.values())  # float16
-        return smallest <= self.max_activation_bytes
+        return any(  # the float16 matrix of some layer will be written
+            writes_matrix(num_images * a[0].numel() * 2, self.max_activation_bytes)
+            for a in acts.values()
+        )
 
     def _logits_to_write(
         self, logits: torch.Tensor | None, acts: Mapping[str, np.ndarray]
     ) -> np.ndarray | None:
         if logits is None:
             return None
-        too_large = self.max_activation_bytes is not None and all(
-            a.nbytes > self.max_activation_bytes for a in acts.values()
-        )
-        if self.record_logits is None and too_large:
+        written = any(writes_matrix(a.nbytes, self.max_activation_bytes) for a in acts.values())
+        if self.record_logits is None and not written:
             return None  # no full matrix is written: the logits alone export nothing
         return logits.numpy()
 

@@ -125,6 +125,11 @@ def array_blob_summary(
     return blob_summary(kind, array_codec.encode_chunks(array), layer=layer, dataset=dataset)
 
 
+def writes_matrix(nbytes: int, max_activation_bytes: int | None) -> bool:
+    """Whether :func:`write_record` writes a float16 activation matrix of ``nbytes``."""
+    return max_activation_bytes is None or nbytes <= max_activation_bytes
+
+
 # How many top neurons are kept per image for the image view.
 IMAGE_TOP_NEURONS = 16
 
@@ -169,7 +174,7 @@ def write_record(
         }
         ind_means, ind_max = statistics[record.ind]
         for name in record.datasets:
-            full = max_activation_bytes is None or acts[name].nbytes <= max_activation_bytes
+            full = writes_matrix(acts[name].nbytes, max_activation_bytes)
             _write_layer_arrays(
                 sink,
                 step,
