@@ -88,7 +88,7 @@ function encodeState() {
   return data;
 }
 
-// A non-negative integer from URL text (which may hold anything), else the fallback.
+// A non-negative integer from URL text or a field (which may hold anything), else the fallback.
 function wholeNumber(text, fallback) {
   const value = Math.floor(Number(text));
   return Number.isFinite(value) && value >= 0 ? value : fallback;
@@ -163,12 +163,12 @@ function controls() {
     remember();
     renderPanel();
   });
-  const setNeuron = (value) => navigate.neuron(Math.max(0, Number.isFinite(value) ? Math.floor(value) : 0));
+  const setNeuron = (value) => navigate.neuron(wholeNumber(value, 0));
   neuronInput.addEventListener('change', () => setNeuron(Number(neuronInput.value)));
   prev.addEventListener('click', () => setNeuron(state.neuron - 1));
   next.addEventListener('click', () => setNeuron(state.neuron + 1));
   kInput.addEventListener('change', () => {
-    state.k = Math.min(runInfo().top_k, Math.max(1, Math.floor(Number(kInput.value)) || 1));
+    state.k = Math.min(runInfo().top_k, Math.max(1, wholeNumber(kInput.value, 1)));
     kInput.value = state.k;
     remember({push: false});
     if (state.view === 'neuron') renderPanel();
