@@ -55,7 +55,7 @@ from deephys_lightning.summary import (
     write_record,
     writes_matrix,
 )
-from tb_plugin import assets
+from tb_plugin import metadata
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
@@ -477,7 +477,7 @@ class DeephysCallback(Callback):
             name = names[idx]
             thumbs = None
             if rows.thumbs is not None:
-                digest = assets.thumbnails_digest(rows.thumbs.numpy())
+                digest = metadata.thumbnails_digest(rows.thumbs.numpy())
                 if state.thumbnails.get(name) != digest:
                     thumbs = rows.thumbs.numpy()
                     digests[name] = digest

@@ -1,6 +1,7 @@
 """What a log directory already holds, kept beside the events.
 
-``<log_dir>/plugins/deephys/state.json`` (TensorBoard's place for plugin assets)
+``<log_dir>/plugins/deephys/state.json`` (``metadata.state_path``; TensorBoard's
+place for plugin assets)
 records the last step written and a digest of each dataset's thumbnails. The
 callback reads it before writing, so that a run resumed into the same directory,
 even from an older checkpoint, never writes a step at or before one already there
@@ -21,9 +22,7 @@ import dataclasses
 import json
 import os
 
-from tb_plugin.metadata import PLUGIN_NAME
-
-STATE_FILE = "state.json"
+from tb_plugin import metadata
 
 
 @dataclasses.dataclass
@@ -36,7 +35,7 @@ class LogState:
 
     @staticmethod
     def path(log_dir: str) -> str:
-        return os.path.join(log_dir, "plugins", PLUGIN_NAME, STATE_FILE)
+        return metadata.state_path(log_dir)
 
     @classmethod
     def load(cls, log_dir: str) -> LogState:

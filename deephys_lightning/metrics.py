@@ -2,7 +2,10 @@
 
 Arrays in, arrays out: NumPy arrays or torch tensors in, NumPy arrays out (torch's
 CPU kernels do the heavy lifting). No Lightning or TensorBoard import, so these
-work on any activations.
+work on any activations. This module holds the kernels over whole activation
+matrices that the writer runs; the small derived numbers that readers need too
+(normalization, the ranking rule, confusion matrix, score summary) have their one
+implementation in ``tb_plugin.derived``, which needs NumPy only.
 The definitions are those of the Deephys paper, made exact in ``docs/concepts.md``.
 
 Example::
@@ -22,11 +25,32 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
+
+from tb_plugin import derived
+from tb_plugin.derived import OODScores
+
+__all__ = [
+    "OODScores",
+    "activation_ratio",
+    "as_numpy",
+    "category_means",
+    "confusion_matrix",
+    "confusion_top_neurons",
+    "dataset_statistics",
+    "max_per_neuron",
+    "mean_activation",
+    "normalized_activations",
+    "novelty",
+    "ood_scores",
+    "ratio_of_maxima",
+    "spurious",
+    "top_k",
+    "top_neurons",
+]
 
 # float16 input is widened to float32 in blocks of this many rows or columns, never
 # as a whole (50,000 x 2,048 is 400 MB in float32).
@@ -62,15 +86,7 @@ def _labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> np.n
     out = as_numpy(labels)
     if out.ndim != 1 or out.shape[0] != n:
         raise ValueError(f"{name} must be 1-D with {n} entries, got shape {out.shape}")
-    if out.size and not np.issubdtype(out.dtype, np.integer):
-        raise ValueError(f"{name} must be integers, got dtype {out.dtype}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if out.size and (out.min() < 0 or out.max() >= num_classes):
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes}), got values from {out.min()} to {out.max()}"
-        )
-    return out.astype(np.int64, copy=False)
+    return derived.check_classes(out, num_classes, name)
 
 
 def category_means(activations: Any, labels: Any, num_classes: int) -> np.ndarray:
@@ -186,12 +202,11 @@ def mean_activation(activations: Any, selection: Any) -> np.ndarray:
 
 
 def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndarray:
-    """Counts of (true class, predicted class): int64 [C, C], rows are true classes."""
-    labels = as_numpy(labels)
-    labels = _labels(labels, labels.shape[0] if labels.ndim else -1, num_classes)
-    predictions = _labels(predictions, labels.shape[0], num_classes, "predictions")
-    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    """Counts of (true class, predicted class): int64 [C, C], rows are true classes.
+
+    Torch tensors are accepted; see :func:`tb_plugin.derived.confusion_matrix`.
+    """
+    return derived.confusion_matrix(as_numpy(labels), as_numpy(predictions), num_classes)
 
 
 def max_per_neuron(activations: Any) -> np.ndarray:
@@ -212,7 +227,7 @@ def normalized_activations(activations: Any, ind_max: Any) -> np.ndarray:
     ind_max = as_numpy(ind_max).astype(np.float32)
     if ind_max.shape != (acts.shape[1],):
         raise ValueError(f"ind_max must have shape ({acts.shape[1]},), got {ind_max.shape}")
-    return acts.astype(np.float32) / _alive(ind_max)
+    return derived.normalize(acts, ind_max)
 
 
 def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
@@ -236,14 +251,7 @@ def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
 
 def ratio_of_maxima(ind_max: Any, ood_max: Any) -> np.ndarray:
     """``ood_max / ind_max`` with NaN where ``ind_max <= 0``: float32 [M]."""
-    ood_max = as_numpy(ood_max).astype(np.float32)
-    return (ood_max / _alive(ind_max)).astype(np.float32)
-
-
-def _alive(ind_max: Any) -> np.ndarray:
-    """The InD maxima as a float32 divisor, NaN for neurons dead on InD (max <= 0)."""
-    ind_max = as_numpy(ind_max).astype(np.float32)
-    return np.where(ind_max > 0, ind_max, np.nan).astype(np.float32)
+    return derived.normalize(as_numpy(ood_max), as_numpy(ind_max))
 
 
 def _check_means(ind_means: Any, ood_means: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -429,7 +437,7 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
     ind_max = as_numpy(ind_max).astype(np.float32)
     if ind_max.shape != (m,):
         raise ValueError(f"ind_max must have shape ({m},), got {ind_max.shape}")
-    denominator = torch.from_numpy(_alive(ind_max))
+    denominator = torch.from_numpy(derived.alive_divisor(ind_max))
     rows = _as_torch(acts)
     neurons = np.empty((count, n), dtype=np.int64)
     values = np.empty((count, n), dtype=np.float32)
@@ -441,33 +449,6 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
         neurons[start : start + len(block)] = order.numpy()
         values[start : start + len(block)] = torch.gather(block, 1, order).numpy()
     return neurons, values
-
-
-@dataclasses.dataclass(frozen=True)
-class OODScores:
-    """Per-neuron scores of one OOD set (float32 [M] each)."""
-
-    novelty: np.ndarray
-    spurious: np.ndarray
-    activation_ratio: np.ndarray
-
-    def summary(self) -> dict[str, float]:
-        """Headline numbers: means over neurons with a defined score, and counts."""
-        defined = np.isfinite(self.novelty)
-        return {
-            "novelty_mean": _nanmean(self.novelty),
-            "novelty_positive_fraction": float(np.mean(self.novelty[defined] > 0))
-            if defined.any()
-            else float("nan"),
-            "spurious_mean": _nanmean(self.spurious),
-            "spurious_undefined": float(np.sum(~np.isfinite(self.spurious))),
-            "activation_ratio_mean": _nanmean(self.activation_ratio),
-        }
-
-
-def _nanmean(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean(dtype=np.float64)) if finite.size else float("nan")
 
 
 def ood_scores(ind_means: Any, ind_max: Any, ood_means: Any, ood_max: Any) -> OODScores:

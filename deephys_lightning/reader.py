@@ -1,8 +1,10 @@
 """Read a Deephys log back as NumPy arrays.
 
 Loads event files with TensorBoard's own event multiplexer (keeping every step)
-and reads them through the same data layer as the TensorBoard plugin
-(``tb_plugin.records``), so what you get here is what the Deephys tab shows.
+and reads them through the same read model as the TensorBoard plugin
+(``tb_plugin.read_model``), so what you get here is what the Deephys tab shows.
+Needs NumPy and TensorBoard only: ``from deephys_lightning import read_log`` does
+not import torch or Lightning.
 
 Example::
 
@@ -10,13 +12,15 @@ Example::
 
     log = read_log("lightning_logs/version_0")
     log.datasets                                    # ("colored", "permuted", ...), InD first
-    acts = log.activations("backbone.fc1", "permuted", log.steps[-1])   # [N, M] float16
-    labels = log.labels("permuted", log.steps[-1])
+    acts = log.activations("backbone.fc1", "permuted")   # [N, M] float16, latest step
+    labels = log.labels("permuted", step=log.steps[0])
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
@@ -25,8 +29,9 @@ from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
-from deephys_lightning.metrics import OODScores
-from tb_plugin.metadata import SCORE_KINDS, Kind, Record
+from tb_plugin.derived import OODScores
+from tb_plugin.metadata import Record
+from tb_plugin.read_model import StepData, UnknownNameError
 from tb_plugin.records import DeephysReader
 
 _EXPERIMENT = ""
@@ -39,16 +44,32 @@ _KEEP_EVERYTHING = {
 class DeephysLog:
     """The Deephys data of one run; arrays are read lazily and cached.
 
+    Every accessor takes the recorded global ``step`` last; without it, the latest
+    step. Missing data raise ``KeyError`` with what exists and how to record it.
     Use :func:`read_log` to make one.
+
+    Example::
+
+        log = read_log("lightning_logs/version_0")
+        log.scores("backbone.fc1", "permuted").summary()["novelty_mean"]   # latest step
+        log.activations("backbone.fc1", "permuted", step=log.steps[0])
     """
 
     def __init__(self, reader: DeephysReader, run: str) -> None:
-        self._reader = reader
-        self._ctx = RequestContext()
         self.run = run
-        self.records: tuple[Record, ...] = tuple(reader.records(self._ctx, _EXPERIMENT, run))
+        self._steps = {
+            data.step: data
+            for data in StepData.every_step(reader, RequestContext(), _EXPERIMENT, run)
+        }
+        self.records: tuple[Record, ...] = tuple(data.record for data in self._steps.values())
         if not self.records:
             raise ValueError(f"run {run!r} holds no readable Deephys record")
+
+    def __repr__(self) -> str:
+        return (
+            f"DeephysLog(run={self.run!r}, steps={list(self.steps)}, "
+            f"layers={list(self.layers)}, datasets={list(self.datasets)})"
+        )
 
     @property
     def latest(self) -> Record:
@@ -72,72 +93,74 @@ class DeephysLog:
     def class_names(self) -> tuple[str, ...]:
         return self.latest.class_names
 
-    def record(self, step: int) -> Record:
-        for record in self.records:
-            if record.step == step:
-                return record
-        raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
+    def record(self, step: int | None = None) -> Record:
+        """The record at ``step`` (default: the latest)."""
+        return self.at(step).record
 
-    def activations(self, layer: str, dataset: str, step: int) -> np.ndarray:
+    def at(self, step: int | None = None) -> StepData:
+        """The read model of one step (default: the latest), as the plugin reads it.
+
+        Its methods raise ``tensorboard.errors.NotFoundError`` rather than ``KeyError``.
+        """
+        if step is None:
+            step = self.latest.step
+        if step not in self._steps:
+            raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
+        return self._steps[step]
+
+    def activations(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``.
 
         Raises:
             KeyError: the matrix was not written (it was larger than the callback's
                 ``max_activation_bytes``; the view data and scores are still there).
         """
-        try:
-            return self._array(Kind.ACTIVATIONS, step, layer=layer, dataset=dataset)
-        except KeyError as error:
-            raise KeyError(
-                f"{error.args[0]}. The full activation matrix is written only while it is "
-                "at most DeephysCallback(max_activation_bytes=...) large; raise that (or "
-                "set it to None) or record fewer images with max_images=."
-            ) from None
+        return self._read(
+            step,
+            lambda data: data.activations(layer, dataset),
+            "The full activation matrix is written only while it is at most "
+            "DeephysCallback(max_activation_bytes=...) large; raise that (or set it to "
+            "None) or record fewer images with max_images=.",
+        )
 
     def image_top_neurons(
-        self, layer: str, dataset: str, step: int
+        self, layer: str, dataset: str, step: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per image, its top neurons ``[N, n]`` and their normalized activations ``[N, n]``."""
-        return (
-            self._array(Kind.IMAGE_TOP_NEURONS, step, layer=layer, dataset=dataset),
-            self._array(Kind.IMAGE_TOP_VALUES, step, layer=layer, dataset=dataset),
-        )
+        return self._read(step, lambda data: data.image_top_neuron_arrays(layer, dataset))
 
-    def positions(self, dataset: str, step: int) -> np.ndarray:
+    def positions(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]``: the index in its dataset of each recorded image."""
-        return self._array(Kind.POSITIONS, step, dataset=dataset)
+        return self._read(step, lambda data: data.positions(dataset))
 
-    def top_images(self, layer: str, dataset: str, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def top_images(
+        self, layer: str, dataset: str, step: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Per neuron, the top image indices ``[M, k]`` and their activations ``[M, k]``."""
-        return (
-            self._array(Kind.TOP_INDICES, step, layer=layer, dataset=dataset),
-            self._array(Kind.TOP_VALUES, step, layer=layer, dataset=dataset),
-        )
+        return self._read(step, lambda data: data.top_image_arrays(layer, dataset))
 
-    def category_means(self, layer: str, dataset: str, step: int) -> np.ndarray:
+    def category_means(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float32 ``[C, M]`` mean activation per category (NaN rows: no images)."""
-        return self._array(Kind.CATEGORY_MEANS, step, layer=layer, dataset=dataset)
+        return self._read(step, lambda data: data.category_means(layer, dataset))
 
-    def scores(self, layer: str, ood: str, step: int) -> OODScores:
+    def maxima(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
+        """float32 ``[M]`` highest activation of each neuron on ``dataset``; those of the
+        InD set normalize every dataset's activations."""
+        return self._read(step, lambda data: data.maxima(layer, dataset))
+
+    def scores(self, layer: str, ood: str, step: int | None = None) -> OODScores:
         """Per-neuron novelty, spurious score and activation ratio of an OOD set."""
-        if ood == self.record(step).ind:
-            raise KeyError(f"{ood!r} is the in-distribution set; scores exist for OOD sets only")
-        arrays = {kind: self._array(kind, step, layer=layer, dataset=ood) for kind in SCORE_KINDS}
-        return OODScores(
-            novelty=arrays[Kind.NOVELTY],
-            spurious=arrays[Kind.SPURIOUS],
-            activation_ratio=arrays[Kind.ACTIVATION_RATIO],
-        )
+        return self._read(step, lambda data: data.scores(layer, ood))
 
-    def labels(self, dataset: str, step: int) -> np.ndarray:
+    def labels(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""
-        return self._array(Kind.LABELS, step, dataset=dataset)
+        return self._read(step, lambda data: data.labels(dataset))
 
-    def predictions(self, dataset: str, step: int) -> np.ndarray:
+    def predictions(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]`` predicted class of each image."""
-        return self._array(Kind.PREDICTIONS, step, dataset=dataset)
+        return self._read(step, lambda data: data.predictions(dataset))
 
-    def logits(self, dataset: str, step: int) -> np.ndarray:
+    def logits(self, dataset: str, step: int | None = None) -> np.ndarray:
         """float32 ``[N, C]`` classifier outputs of each image.
 
         Raises:
@@ -145,31 +168,28 @@ class DeephysLog:
                 with the full activation matrix; ``DeephysCallback(record_logits=True)``
                 always writes them).
         """
-        try:
-            return self._array(Kind.LOGITS, step, dataset=dataset)
-        except KeyError as error:
-            raise KeyError(
-                f"{error.args[0]}. Classifier outputs are written while the full activation "
-                "matrix is (DeephysCallback(max_activation_bytes=...)), or always with "
-                "DeephysCallback(record_logits=True)."
-            ) from None
+        return self._read(
+            step,
+            lambda data: data.logits(dataset),
+            "Classifier outputs are written while the full activation matrix is "
+            "(DeephysCallback(max_activation_bytes=...)), or always with "
+            "DeephysCallback(record_logits=True).",
+        )
 
     def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest)."""
-        step = self.latest.step if step is None else step
-        self.record(step)
-        try:
-            mapped = self._reader.thumbnails(self._ctx, _EXPERIMENT, self.run, dataset, step)
-        except NotFoundError as error:
-            raise KeyError(str(error)) from None
-        return np.array(mapped)
+        return np.array(self._read(step, lambda data: data.thumbnails(dataset)))
 
-    def _array(self, kind: Kind, step: int, **names: str) -> np.ndarray:
-        self.record(step)  # a clear KeyError for a step that was never recorded
+    def _read(self, step: int | None, read: Callable[[StepData], Any], hint: str = "") -> Any:
+        """``read`` of the step's data; a missing array becomes a ``KeyError`` that says
+        what is missing, and ``hint`` (how to record it) unless a name was wrong."""
+        data = self.at(step)
         try:
-            return self._reader.array(self._ctx, _EXPERIMENT, self.run, kind, step=step, **names)
-        except NotFoundError as error:
+            return read(data)
+        except UnknownNameError as error:
             raise KeyError(str(error)) from None
+        except NotFoundError as error:
+            raise KeyError(f"{error}. {hint}" if hint else str(error)) from None
 
 
 def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:

@@ -16,14 +16,16 @@ import dataclasses
 import math
 import os
 
-import numpy as np
-
 from deephys_lightning.reader import read_runs
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoreRow:
-    """Headline scores of one OOD set at one recorded step."""
+    """Headline scores of one OOD set at one recorded step.
+
+    The fields after ``accuracy`` are those of ``OODScores.summary()``, the numbers
+    the tab and the logged scalars show.
+    """
 
     run: str
     step: int
@@ -47,12 +49,9 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
     rows = []
     for run, log in sorted(read_runs(log_dir).items()):
         for record in log.records:
+            data = log.at(record.step)
             for layer in record.layers:
                 for ood in record.ood:
-                    summary = log.scores(layer, ood, record.step).summary()
-                    labels = log.labels(ood, record.step)
-                    predictions = log.predictions(ood, record.step)
-                    accuracy = float(np.mean(labels == predictions)) if len(labels) else math.nan
                     rows.append(
                         ScoreRow(
                             run=run,
@@ -60,12 +59,8 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                             epoch=record.epoch,
                             layer=layer,
                             ood=ood,
-                            accuracy=accuracy,
-                            novelty_mean=summary["novelty_mean"],
-                            novelty_positive_fraction=summary["novelty_positive_fraction"],
-                            spurious_mean=summary["spurious_mean"],
-                            spurious_undefined=int(summary["spurious_undefined"]),
-                            activation_ratio_mean=summary["activation_ratio_mean"],
+                            accuracy=data.accuracy(ood),
+                            **data.scores(layer, ood).summary(),
                         )
                     )
     return rows

@@ -2,7 +2,8 @@
 
 Needs only NumPy and TensorBoard's protobufs (no Lightning): the callback gathers
 arrays, this module turns them into ``Summary`` protos following the schema in
-``tb_plugin.metadata``, and an event sink appends them to an event file.
+``tb_plugin.metadata`` (the log format), and an event sink appends them to an
+event file.
 
 Example::
 
@@ -15,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Protocol
 
@@ -26,8 +26,15 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 from deephys_lightning import metrics
-from tb_plugin import array_codec, assets
-from tb_plugin.metadata import Kind, Record, create_summary_metadata, scalar_tag, tag_name
+from tb_plugin import assets, derived, metadata
+from tb_plugin.metadata import (
+    SCORE_KINDS,
+    Kind,
+    Record,
+    create_summary_metadata,
+    scalar_tag,
+    tag_name,
+)
 
 
 class SummarySink(Protocol):
@@ -122,16 +129,20 @@ def array_blob_summary(
     kind: Kind, array: np.ndarray, *, layer: str | None = None, dataset: str | None = None
 ) -> summary_pb2.Summary:
     """A blob-sequence summary holding ``array`` as ``.npy`` chunks."""
-    return blob_summary(kind, array_codec.encode_chunks(array), layer=layer, dataset=dataset)
+    return blob_summary(kind, metadata.encode_chunks(array), layer=layer, dataset=dataset)
+
+
+def value_summary(
+    kind: Kind, array: np.ndarray, *, layer: str | None = None, dataset: str | None = None
+) -> summary_pb2.Summary:
+    """The summary of one array of ``kind``: ``.npy`` chunks for blob kinds, else a tensor."""
+    make = array_blob_summary if kind in metadata.BLOB_KINDS else tensor_summary
+    return make(kind, array, layer=layer, dataset=dataset)
 
 
 def writes_matrix(nbytes: int, max_activation_bytes: int | None) -> bool:
     """Whether :func:`write_record` writes a float16 activation matrix of ``nbytes``."""
     return max_activation_bytes is None or nbytes <= max_activation_bytes
-
-
-# How many top neurons are kept per image for the image view.
-IMAGE_TOP_NEURONS = 16
 
 
 def write_record(
@@ -147,12 +158,10 @@ def write_record(
     For each dataset: labels, predictions, positions, the accuracy scalar, the
     classifier outputs (when given) and thumbnails (when given), written as an asset
     file under ``log_dir`` (the run directory the sink writes to) with a reference in
-    the events. For each layer and dataset:
-    each neuron's top images, each image's top neurons by normalized activation, the
-    category means, confusion-pair top neurons, and the float16 activation matrix
-    while it is at most ``max_activation_bytes`` (None: always).
-    For each layer and OOD set: per-neuron novelty, spurious score and activation
-    ratio, their headline scalars and histograms.
+    the events. For each layer and dataset: the view data of :func:`layer_arrays`
+    (the float16 activation matrix only while it is at most ``max_activation_bytes``;
+    None: always). For each layer and OOD set: per-neuron novelty, spurious score
+    and activation ratio, their headline scalars and histograms.
     The record itself is written last, so a reader that sees it sees the rest too.
     """
     missing = [name for name in record.datasets if name not in recordings]
@@ -174,21 +183,17 @@ def write_record(
         }
         ind_means, ind_max = statistics[record.ind]
         for name in record.datasets:
-            full = writes_matrix(acts[name].nbytes, max_activation_bytes)
-            _write_layer_arrays(
-                sink,
-                step,
-                layer,
-                name,
+            arrays = layer_arrays(
                 acts[name],
-                statistics[name][0],
+                recordings[name],
+                statistics[name],
                 ind_max,
-                record.top_k,
-                full,
+                num_classes=num_classes,
+                top_k=record.top_k,
+                full=writes_matrix(acts[name].nbytes, max_activation_bytes),
             )
-            _write_confusion_neurons(
-                sink, step, layer, name, acts[name], recordings[name], num_classes
-            )
+            for kind, array in arrays.items():
+                sink.add_summary(value_summary(kind, array, layer=layer, dataset=name), step)
         for ood in record.ood:
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
@@ -197,89 +202,81 @@ def write_record(
     sink.flush()
 
 
+def layer_arrays(
+    acts: np.ndarray,
+    recording: DatasetRecording,
+    statistics: tuple[np.ndarray, np.ndarray],
+    ind_max: np.ndarray,
+    *,
+    num_classes: int,
+    top_k: int,
+    full: bool,
+) -> dict[Kind, np.ndarray]:
+    """The view data of one layer on one dataset, by kind, in the stored dtypes.
+
+    ``statistics`` are the dataset's category means and per-neuron maxima
+    (``metrics.dataset_statistics``), ``ind_max`` the InD maxima that normalize it.
+    ``full`` adds the activation matrix itself. Pure: computing is kept apart from
+    writing.
+    """
+    means, maxima = statistics
+    arrays: dict[Kind, np.ndarray] = {}
+    if full:
+        arrays[Kind.ACTIVATIONS] = acts
+    indices, values = metrics.top_k(acts, top_k)
+    arrays[Kind.TOP_INDICES] = indices.astype(np.int32)
+    arrays[Kind.TOP_VALUES] = values.astype(np.float32)
+    neurons, normalized = metrics.top_neurons(acts, ind_max, metadata.TOP_NEURONS)
+    arrays[Kind.IMAGE_TOP_NEURONS] = neurons.astype(np.int32)
+    arrays[Kind.IMAGE_TOP_VALUES] = normalized.astype(np.float32)
+    arrays[Kind.CATEGORY_MEANS] = means.astype(np.float32)
+    arrays[Kind.MAXIMA] = maxima.astype(np.float32)
+    pairs, pair_neurons, pair_means = metrics.confusion_top_neurons(
+        acts, recording.labels, recording.predictions, num_classes, metadata.TOP_NEURONS
+    )
+    arrays[Kind.PAIRS] = pairs.astype(np.int32)
+    arrays[Kind.PAIR_TOP_NEURONS] = pair_neurons.astype(np.int32)
+    arrays[Kind.PAIR_TOP_MEANS] = pair_means.astype(np.float32)
+    return arrays
+
+
 def _write_dataset(
     sink: SummarySink, step: int, name: str, rec: DatasetRecording, log_dir: str | None
 ) -> None:
     labels = np.asarray(rec.labels, dtype=np.int32)
     predictions = np.asarray(rec.predictions, dtype=np.int32)
-    sink.add_summary(tensor_summary(Kind.LABELS, labels, dataset=name), step)
-    sink.add_summary(tensor_summary(Kind.PREDICTIONS, predictions, dataset=name), step)
     positions = np.arange(len(labels)) if rec.positions is None else rec.positions
-    sink.add_summary(
-        tensor_summary(Kind.POSITIONS, np.asarray(positions, dtype=np.int32), dataset=name), step
-    )
+    arrays = {
+        Kind.LABELS: labels,
+        Kind.PREDICTIONS: predictions,
+        Kind.POSITIONS: np.asarray(positions, dtype=np.int32),
+    }
     if rec.logits is not None:
-        logits = np.asarray(rec.logits, dtype=np.float32)
-        sink.add_summary(array_blob_summary(Kind.LOGITS, logits, dataset=name), step)
+        arrays[Kind.LOGITS] = np.asarray(rec.logits, dtype=np.float32)
+    for kind, array in arrays.items():
+        sink.add_summary(value_summary(kind, array, dataset=name), step)
     if len(labels):
-        accuracy = float(np.mean(labels == predictions))
+        accuracy = derived.accuracy(labels, predictions)
         sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)
     if rec.thumbnails is not None:
         if log_dir is None:
             raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
         thumbnails = np.asarray(rec.thumbnails, dtype=np.uint8)
-        reference = {
-            "file": assets.write_thumbnails(log_dir, name, thumbnails, rec.thumbnails_digest),
-            "count": int(thumbnails.shape[0]),
-            "shape": list(thumbnails.shape[1:]),
-        }
-        blob = json.dumps(reference).encode("utf-8")
-        sink.add_summary(blob_summary(Kind.THUMBNAILS, [blob], dataset=name), step)
-
-
-def _write_layer_arrays(
-    sink: SummarySink,
-    step: int,
-    layer: str,
-    name: str,
-    acts: np.ndarray,
-    means: np.ndarray,
-    ind_max: np.ndarray,
-    top_k: int,
-    full: bool,
-) -> None:
-    names = {"layer": layer, "dataset": name}
-    if full:
-        sink.add_summary(array_blob_summary(Kind.ACTIVATIONS, acts, **names), step)
-    indices, values = metrics.top_k(acts, top_k)
-    sink.add_summary(tensor_summary(Kind.TOP_INDICES, indices.astype(np.int32), **names), step)
-    sink.add_summary(tensor_summary(Kind.TOP_VALUES, values, **names), step)
-    neurons, normalized = metrics.top_neurons(acts, ind_max, IMAGE_TOP_NEURONS)
-    sink.add_summary(
-        tensor_summary(Kind.IMAGE_TOP_NEURONS, neurons.astype(np.int32), **names), step
-    )
-    sink.add_summary(tensor_summary(Kind.IMAGE_TOP_VALUES, normalized, **names), step)
-    sink.add_summary(tensor_summary(Kind.CATEGORY_MEANS, means, **names), step)
-
-
-def _write_confusion_neurons(
-    sink: SummarySink,
-    step: int,
-    layer: str,
-    name: str,
-    acts: np.ndarray,
-    rec: DatasetRecording,
-    num_classes: int,
-) -> None:
-    pairs, neurons, means = metrics.confusion_top_neurons(
-        acts, rec.labels, rec.predictions, num_classes, IMAGE_TOP_NEURONS
-    )
-    names = {"layer": layer, "dataset": name}
-    sink.add_summary(tensor_summary(Kind.PAIRS, pairs.astype(np.int32), **names), step)
-    sink.add_summary(tensor_summary(Kind.PAIR_TOP_NEURONS, neurons.astype(np.int32), **names), step)
-    sink.add_summary(tensor_summary(Kind.PAIR_TOP_MEANS, means.astype(np.float32), **names), step)
+        reference = metadata.ThumbnailReference(
+            file=assets.write_thumbnails(log_dir, name, thumbnails, rec.thumbnails_digest),
+            count=int(thumbnails.shape[0]),
+            shape=tuple(thumbnails.shape[1:]),
+        )
+        sink.add_summary(blob_summary(Kind.THUMBNAILS, [reference.to_json()], dataset=name), step)
 
 
 def _write_scores(
-    sink: SummarySink, step: int, layer: str, ood: str, scores: metrics.OODScores
+    sink: SummarySink, step: int, layer: str, ood: str, scores: derived.OODScores
 ) -> None:
     names = {"layer": layer, "dataset": ood}
-    for kind, values in (
-        (Kind.NOVELTY, scores.novelty),
-        (Kind.SPURIOUS, scores.spurious),
-        (Kind.ACTIVATION_RATIO, scores.activation_ratio),
-    ):
-        sink.add_summary(tensor_summary(kind, values.astype(np.float32), **names), step)
+    for kind in SCORE_KINDS:
+        values = np.asarray(getattr(scores, kind.value), dtype=np.float32)
+        sink.add_summary(tensor_summary(kind, values, **names), step)
     for scalar, value in scores.summary().items():
         sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
     for name, values in (("novelty", scores.novelty), ("spurious", scores.spurious)):

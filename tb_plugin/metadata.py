@@ -1,8 +1,12 @@
-"""The Deephys event schema: the one place that knows plugin name, tags and content.
+"""The Deephys log format: the one place that knows how a log is laid out.
 
-Both sides import this module: the writer in ``deephys_lightning.summary`` and the
-readers (``tb_plugin.records``, used by the TensorBoard plugin and by
-``deephys_lightning.read_log``). It needs only the protobufs TensorBoard ships.
+Plugin name, content version, kinds and tags; the record; how arrays become blob
+chunks; the asset files beside the events (thumbnails, their reference in the
+events) and the callback's resume state. Both sides import this module: the writer
+(``deephys_lightning.summary``, the callback) and the readers (``tb_plugin.records``
+and ``tb_plugin.read_model``, used by the TensorBoard plugin and by
+``deephys_lightning.read_log``). It needs only NumPy and the protobufs TensorBoard
+ships. ``docs/data_format.md`` is its contract.
 
 Every Deephys summary carries ``plugin_data.plugin_name = "deephys"`` and a JSON
 content that says what the value is (its ``kind``), for which layer and dataset.
@@ -21,9 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import hashlib
+import io
 import json
+import os
+import re
+from collections.abc import Sequence
 from urllib.parse import quote
 
+import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 PLUGIN_NAME = "deephys"
@@ -31,6 +41,9 @@ PLUGIN_NAME = "deephys"
 CONTENT_VERSION = 1
 # Blob sequences hold byte chunks of one .npy stream; no chunk is larger than this.
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# How many top neurons are kept per image and per confusion pair (and shown per
+# category): the second dimension of IMAGE_TOP_* and PAIR_TOP_*.
+TOP_NEURONS = 16
 
 
 class Kind(str, enum.Enum):
@@ -39,7 +52,7 @@ class Kind(str, enum.Enum):
     RECORD = "record"  # JSON description of one recorded validation epoch (blob)
     LABELS = "labels"  # int32 [N] ground-truth class per image (tensor)
     PREDICTIONS = "predictions"  # int32 [N] predicted class per image (tensor)
-    THUMBNAILS = "thumbnails"  # uint8 [N, H, W, 3] images (.npy blob chunks)
+    THUMBNAILS = "thumbnails"  # JSON ThumbnailReference to an asset file (blob)
     ACTIVATIONS = "activations"  # float16 [N, M] activations of one layer (.npy blob chunks)
     TOP_INDICES = "top_indices"  # int32 [M, k] image indices, highest activation first (tensor)
     TOP_VALUES = "top_values"  # float32 [M, k] raw activations of those images (tensor)
@@ -47,6 +60,7 @@ class Kind(str, enum.Enum):
     IMAGE_TOP_NEURONS = "image_top_neurons"  # int32 [N, n] each image's top neurons (tensor)
     IMAGE_TOP_VALUES = "image_top_values"  # float32 [N, n] their normalized activations (tensor)
     CATEGORY_MEANS = "category_means"  # float32 [C, M] mean activation per category (tensor)
+    MAXIMA = "maxima"  # float32 [M] highest activation per neuron, NaN if any is NaN (tensor)
     PAIRS = "pairs"  # int32 [P, 2] (true, predicted) pairs that occur (tensor)
     PAIR_TOP_NEURONS = "pair_top_neurons"  # int32 [P, n] most active neurons per pair (tensor)
     PAIR_TOP_MEANS = "pair_top_means"  # float32 [P, n] their mean activations (tensor)
@@ -67,6 +81,7 @@ LAYER_KINDS = frozenset(
         Kind.IMAGE_TOP_NEURONS,
         Kind.IMAGE_TOP_VALUES,
         Kind.CATEGORY_MEANS,
+        Kind.MAXIMA,
         Kind.PAIRS,
         Kind.PAIR_TOP_NEURONS,
         Kind.PAIR_TOP_MEANS,
@@ -75,16 +90,9 @@ LAYER_KINDS = frozenset(
         Kind.ACTIVATION_RATIO,
     }
 )
-# Per-neuron scores, written per layer for each OOD set.
+# Per-neuron scores, written per layer for each OOD set (the headline scalars of
+# each are the fields of ``tb_plugin.derived.ScoreSummary``).
 SCORE_KINDS = (Kind.NOVELTY, Kind.SPURIOUS, Kind.ACTIVATION_RATIO)
-# Headline scalars per layer and OOD set, tagged deephys/<layer>/<ood>/<name>.
-SCORE_SCALARS = (
-    "novelty_mean",
-    "novelty_positive_fraction",
-    "spurious_mean",
-    "spurious_undefined",
-    "activation_ratio_mean",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,3 +233,103 @@ class Record:
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             return None
+
+
+# -- arrays as blob chunks ---------------------------------------------------------
+
+
+def encode_chunks(array: np.ndarray, chunk_bytes: int = MAX_CHUNK_BYTES) -> list[bytes]:
+    """Serialise ``array`` as ``.npy`` bytes (no pickle) cut into chunks of at most
+    ``chunk_bytes``: how blob kinds hold arrays.
+
+    Example::
+
+        >>> a = np.arange(6, dtype=np.float16).reshape(2, 3)
+        >>> bool((decode_chunks(encode_chunks(a, chunk_bytes=16)) == a).all())
+        True
+    """
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    data = buffer.getbuffer()
+    return [bytes(data[i : i + chunk_bytes]) for i in range(0, len(data), chunk_bytes)]
+
+
+def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
+    """Join chunks written by :func:`encode_chunks` and load the array."""
+    return np.load(io.BytesIO(b"".join(chunks)), allow_pickle=False)
+
+
+# -- assets beside the events --------------------------------------------------------
+
+# Where a run's plugin files live (TensorBoard's place for plugin assets), relative
+# to the run directory: thumbnails and the callback's resume state.
+ASSET_ROOT = os.path.join("plugins", PLUGIN_NAME)
+THUMBNAIL_DIR = "thumbnails"
+STATE_FILE = "state.json"
+_ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.npy")
+
+
+def thumbnails_digest(thumbnails: np.ndarray) -> str:
+    """A content digest of a thumbnail array (shape included): part of its file name."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(thumbnails.shape).encode())
+    digest.update(np.ascontiguousarray(thumbnails).data)
+    return digest.hexdigest()
+
+
+def thumbnail_asset_name(dataset: str, digest: str) -> str:
+    """The asset name (relative to ``ASSET_ROOT``) of a dataset's thumbnails.
+
+    It holds the dataset (percent-escaped, dots too, so that no name holds "..")
+    and the content digest, so a changed set gets a new file and an unchanged one
+    is never rewritten.
+    """
+    escaped = quote(dataset, safe="").replace(".", "%2E")[:200]
+    return f"{THUMBNAIL_DIR}/{escaped}-{digest}.npy"
+
+
+def asset_path(run_dir: str, relative: str) -> str:
+    """The file of an asset name read from an event, refusing anything but our own
+    plain file names (an event file is data: it must not steer file access)."""
+    if not isinstance(relative, str) or not _ASSET_NAME.fullmatch(relative) or ".." in relative:
+        raise ValueError(f"not a Deephys asset name: {relative!r}")
+    return os.path.join(run_dir, ASSET_ROOT, *relative.split("/"))
+
+
+def state_path(run_dir: str) -> str:
+    """The callback's resume state of a run: last step written, thumbnail digests."""
+    return os.path.join(run_dir, ASSET_ROOT, STATE_FILE)
+
+
+@dataclasses.dataclass(frozen=True)
+class ThumbnailReference:
+    """What a ``thumbnails`` blob holds: the asset file of a dataset's images.
+
+    ``file`` is an asset name (see :func:`thumbnail_asset_name`); ``count`` and
+    ``shape`` (``[H, W, 3]``) describe the uint8 ``[count, H, W, 3]`` array in it.
+    """
+
+    file: str
+    count: int
+    shape: tuple[int, ...]
+
+    def to_json(self) -> bytes:
+        data = {"file": self.file, "count": self.count, "shape": list(self.shape)}
+        return json.dumps(data).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ThumbnailReference:
+        """Parse a reference; ``ValueError`` for a malformed one or a foreign file name."""
+        try:
+            data = json.loads(bytes(raw).decode("utf-8"))
+            reference = cls(
+                file=data["file"],
+                count=int(data.get("count", -1)),
+                shape=tuple(int(d) for d in data.get("shape", ())),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+            raise ValueError(f"unreadable thumbnail reference: {error}") from None
+        asset_path("", reference.file)  # refuses anything but our own asset names
+        return reference

@@ -1,9 +1,11 @@
 """Read Deephys data through a TensorBoard data provider.
 
-This is the plugin's data layer and also what ``deephys_lightning.read_log`` uses,
-so the web views and the Python API read the same bytes the same way. It works on
-any ``tensorboard.data.provider.DataProvider``: the Python multiplexer
-(``--load_fast=false``) and the Rust data server (``--load_fast=true``).
+The storage side of reading: which runs and tags hold Deephys data, their records,
+and one array at one step, decoded and kept in a bounded cache. It works on any
+``tensorboard.data.provider.DataProvider``: the Python multiplexer
+(``--load_fast=false``) and the Rust data server (``--load_fast=true``). Views and
+``read_log`` do not call it directly: they read through ``tb_plugin.read_model``,
+which sits on top of it.
 
 Example::
 
@@ -17,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_plugin import array_codec, assets
+from tb_plugin import assets
 from tb_plugin.lru_cache import ByteLRUCache
 from tb_plugin.metadata import (
     BLOB_KINDS,
@@ -35,6 +36,9 @@ from tb_plugin.metadata import (
     Kind,
     PluginContent,
     Record,
+    ThumbnailReference,
+    asset_path,
+    decode_chunks,
     parse_plugin_content,
 )
 
@@ -195,10 +199,10 @@ class DeephysReader:
             )
         run_dir = os.path.join(self._logdir, run)
         try:
-            relative = json.loads(bytes(reference).decode("utf-8"))["file"]
-            path = assets.asset_path(run_dir, relative)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-            raise errors.NotFoundError(f"unreadable thumbnail reference: {error}") from None
+            relative = ThumbnailReference.from_json(reference.tobytes()).file
+        except ValueError as error:
+            raise errors.NotFoundError(str(error)) from None
+        path = asset_path(run_dir, relative)
         try:
             return self._cache.get_or_compute(
                 ("thumbnails", path), lambda: assets.open_thumbnails(run_dir, relative)
@@ -225,7 +229,7 @@ class DeephysReader:
             raw = b"".join(self._read_blob(ctx, v) for v in datum.values)
             return np.frombuffer(raw, dtype=np.uint8)
         if kind in BLOB_KINDS:
-            return array_codec.decode_chunks([self._read_blob(ctx, v) for v in datum.values])
+            return decode_chunks([self._read_blob(ctx, v) for v in datum.values])
         return np.asarray(datum.numpy)
 
     def _tensor_data(self, ctx, experiment_id, run, tag):

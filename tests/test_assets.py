@@ -9,7 +9,7 @@ import pytest
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
-from tb_plugin import assets
+from tb_plugin import assets, metadata
 
 
 def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
@@ -43,7 +43,7 @@ def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
 )
 def test_asset_names_from_events_cannot_leave_the_asset_folder(tmp_path, relative):
     with pytest.raises(ValueError, match="not a Deephys asset name"):
-        assets.asset_path(str(tmp_path), relative)
+        metadata.asset_path(str(tmp_path), relative)
 
 
 def test_write_thumbnails_is_content_addressed(tmp_path):

@@ -1,4 +1,4 @@
-"""The event schema shared by writer and reader: metadata, array chunks, records."""
+"""The log format shared by writer and reader: metadata, array chunks, records, assets."""
 
 from __future__ import annotations
 
@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from deephys_lightning.summary import array_blob_summary, tensor_summary
-from tb_plugin import array_codec, metadata
-from tb_plugin.metadata import Kind, Record
+from deephys_lightning.summary import array_blob_summary, blob_summary, tensor_summary
+from tb_plugin import metadata
+from tb_plugin.metadata import Kind, Record, ThumbnailReference
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.int32])
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 128, metadata.MAX_CHUNK_BYTES])
 def test_array_chunks_round_trip(dtype, chunk_bytes):
     array = (np.arange(5 * 7 * 3) % 250).astype(dtype).reshape(5, 7, 3)
-    chunks = array_codec.encode_chunks(array, chunk_bytes=chunk_bytes)
+    chunks = metadata.encode_chunks(array, chunk_bytes=chunk_bytes)
     assert all(len(c) <= chunk_bytes for c in chunks)
-    out = array_codec.decode_chunks(chunks)
+    out = metadata.decode_chunks(chunks)
     assert out.dtype == dtype
     np.testing.assert_array_equal(out, array)
 
@@ -33,7 +33,11 @@ def test_large_arrays_are_split_into_chunks_of_at_most_8_mib():
 
 
 def test_summaries_carry_plugin_name_content_and_data_class():
-    blob = array_blob_summary(Kind.THUMBNAILS, np.zeros((1, 2, 2, 3), np.uint8), dataset="a/b")
+    # what the writer puts in a thumbnails blob: a reference to the asset file
+    reference = ThumbnailReference(
+        file=metadata.thumbnail_asset_name("a/b", "0" * 32), count=1, shape=(2, 2, 3)
+    )
+    blob = blob_summary(Kind.THUMBNAILS, [reference.to_json()], dataset="a/b")
     tensor = tensor_summary(Kind.LABELS, np.zeros(3, np.int32), dataset="a/b")
     for summary, data_class in (
         (blob, summary_pb2.DATA_CLASS_BLOB_SEQUENCE),
@@ -78,3 +82,21 @@ def test_tag_names_need_their_parts():
         metadata.tag_name(Kind.ACTIVATIONS, dataset="d")
     with pytest.raises(ValueError, match="need a dataset"):
         metadata.tag_name(Kind.LABELS)
+
+
+def test_thumbnail_reference_round_trip_and_refuses_foreign_files():
+    name = metadata.thumbnail_asset_name("cifar10..2/x", "ab" * 16)
+    assert ".." not in name and "/" not in name.removeprefix("thumbnails/")
+    metadata.asset_path("run", name)  # a name the reader accepts
+    reference = ThumbnailReference(file=name, count=7, shape=(8, 8, 3))
+    assert ThumbnailReference.from_json(reference.to_json()) == reference
+    for raw in (b"not json", b"{}", b'{"file": "../../etc/passwd"}', b'{"file": 3}'):
+        with pytest.raises(ValueError, match="thumbnail reference|not a Deephys asset name"):
+            ThumbnailReference.from_json(raw)
+
+
+def test_the_resume_state_lives_beside_the_thumbnails(tmp_path):
+    run = str(tmp_path)
+    assert metadata.state_path(run) == str(tmp_path / "plugins" / "deephys" / "state.json")
+    name = metadata.thumbnail_asset_name("d", "0" * 32)
+    assert metadata.asset_path(run, name).startswith(str(tmp_path / "plugins" / "deephys"))

@@ -78,11 +78,6 @@ export class UrlState {
     this.host = hostWindow();
   }
 
-  /** Whether bookmarks work: the state is in TensorBoard's address bar. */
-  get inAddressBar() {
-    return this.host !== null;
-  }
-
   async read() {
     if (!this.host) return frameData(window.location.hash);
     // The plugin lib's getURLPluginData(), over the one channel to TensorBoard

@@ -1,0 +1,292 @@
+"""The read model: one recorded step of one run, as NumPy arrays and derived numbers.
+
+Every reader goes through :class:`StepData`: the plugin's routes and
+``deephys_lightning.read_log``. It answers "the array of this kind for this layer
+and dataset", the record's metadata, the per-set scores and the small derived
+lists the views show, with the one implementation of each number in
+``tb_plugin.derived``. Names are checked first, so a wrong layer, dataset or index
+is reported as what it is, with what exists. NumPy only (no torch, no Lightning).
+
+Missing data raise ``tensorboard.errors.NotFoundError`` (a name that was not
+recorded: its subclass :class:`UnknownNameError`); an index out of range raises
+``tensorboard.errors.InvalidArgumentError`` (the routes answer 404 and 400).
+
+Example::
+
+    reader = DeephysReader(provider, logdir="lightning_logs")
+    data = StepData.open(reader, ctx, experiment_id, "version_0")    # latest step
+    data.record.datasets                                  # InD first
+    data.scores("backbone.fc1", "permuted").summary()     # headline numbers
+    data.top_images("backbone.fc1", "permuted", neuron=3, k=8).normalized
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from tensorboard import errors
+
+from tb_plugin import derived
+from tb_plugin.metadata import TOP_NEURONS, Kind, Record
+from tb_plugin.records import DeephysReader
+
+
+class UnknownNameError(errors.NotFoundError):
+    """A layer or dataset that the step did not record (the message lists those it did)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopImages:
+    """One neuron's top images in one dataset, highest activation first (``[k]`` each)."""
+
+    indices: np.ndarray  # image index in the recorded dataset
+    activations: np.ndarray  # raw activation
+    normalized: np.ndarray  # activation / the neuron's InD maximum (NaN: dead on InD)
+    labels: np.ndarray
+    predictions: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class TopNeurons:
+    """Neurons ranked for an image or a set of images, highest first (``[n]`` each)."""
+
+    neurons: np.ndarray
+    values: np.ndarray  # normalized activation (an image) or mean activation (a set)
+
+
+class StepData:
+    """The Deephys data of ``run`` at the recorded step of ``record``.
+
+    Arrays are read lazily through ``reader`` (whose cache they share) and never
+    copied; treat them as read-only. Use :meth:`open` to pick a step.
+    """
+
+    def __init__(
+        self, reader: DeephysReader, ctx, experiment_id: str, run: str, record: Record
+    ) -> None:
+        self._reader = reader
+        self._ctx = ctx
+        self._experiment_id = experiment_id
+        self.run = run
+        self.record = record
+
+    @classmethod
+    def open(
+        cls, reader: DeephysReader, ctx, experiment_id: str, run: str, step: int | None = None
+    ) -> StepData:
+        """The data of ``run`` at ``step`` (None: the latest recorded step)."""
+        return cls(reader, ctx, experiment_id, run, reader.record(ctx, experiment_id, run, step))
+
+    @classmethod
+    def every_step(cls, reader: DeephysReader, ctx, experiment_id: str, run: str) -> list[StepData]:
+        """The data of every recorded step of ``run``, oldest first."""
+        records = reader.records(ctx, experiment_id, run)
+        return [cls(reader, ctx, experiment_id, run, record) for record in records]
+
+    @property
+    def step(self) -> int:
+        return self.record.step
+
+    def role(self, dataset: str) -> str:
+        """``"ind"`` for the in-distribution set, ``"ood"`` for the others."""
+        return "ind" if dataset == self.record.ind else "ood"
+
+    # -- name and range checks ------------------------------------------------------
+
+    def check_layer(self, layer: str) -> None:
+        if layer not in self.record.layers:
+            raise UnknownNameError(
+                f"layer {layer!r} was not recorded at step {self.step}; "
+                f"layers: {list(self.record.layers)}"
+            )
+
+    def check_dataset(self, dataset: str) -> None:
+        if dataset not in self.record.datasets:
+            raise UnknownNameError(
+                f"dataset {dataset!r} was not recorded at step {self.step}; "
+                f"datasets: {list(self.record.datasets)}"
+            )
+
+    def check_ood(self, dataset: str) -> None:
+        """Scores exist for OOD sets only."""
+        self.check_dataset(dataset)
+        if dataset == self.record.ind:
+            raise UnknownNameError(
+                f"{dataset!r} is the in-distribution set; scores exist for the OOD sets "
+                f"{list(self.record.ood)}"
+            )
+
+    def check_neuron(self, layer: str, neuron: int) -> None:
+        count = self.num_neurons(layer)
+        if not 0 <= neuron < count:
+            raise errors.InvalidArgumentError(
+                f"neuron {neuron} is out of range: layer {layer!r} has {count} neurons"
+            )
+
+    def check_image(self, dataset: str, index: int) -> None:
+        count = len(self.labels(dataset))
+        if not 0 <= index < count:
+            raise errors.InvalidArgumentError(
+                f"image index {index} is out of range: {dataset!r} has {count} images"
+            )
+
+    def check_class(self, name: str, value: int) -> None:
+        count = len(self.record.class_names)
+        if not 0 <= value < count:
+            raise errors.InvalidArgumentError(
+                f"{name} {value} is out of range: there are {count} classes"
+            )
+
+    # -- stored arrays --------------------------------------------------------------
+
+    def array(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> np.ndarray:
+        """The stored array of ``kind`` (for ``layer`` and ``dataset`` as it needs)."""
+        if layer is not None:
+            self.check_layer(layer)
+        if dataset is not None:
+            self.check_dataset(dataset)
+        return self._reader.array(
+            self._ctx,
+            self._experiment_id,
+            self.run,
+            kind,
+            step=self.step,
+            layer=layer,
+            dataset=dataset,
+        )
+
+    def labels(self, dataset: str) -> np.ndarray:
+        """int32 ``[N]`` ground-truth class of each image."""
+        return self.array(Kind.LABELS, dataset=dataset)
+
+    def predictions(self, dataset: str) -> np.ndarray:
+        """int32 ``[N]`` predicted class of each image."""
+        return self.array(Kind.PREDICTIONS, dataset=dataset)
+
+    def positions(self, dataset: str) -> np.ndarray:
+        """int32 ``[N]`` index in its dataset of each recorded image."""
+        return self.array(Kind.POSITIONS, dataset=dataset)
+
+    def logits(self, dataset: str) -> np.ndarray:
+        """float32 ``[N, C]`` classifier outputs (written with the full matrix, or always
+        with ``record_logits=True``)."""
+        return self.array(Kind.LOGITS, dataset=dataset)
+
+    def activations(self, layer: str, dataset: str) -> np.ndarray:
+        """float16 ``[N, M]`` (written while at most ``max_activation_bytes``)."""
+        return self.array(Kind.ACTIVATIONS, layer, dataset)
+
+    def category_means(self, layer: str, dataset: str) -> np.ndarray:
+        """float32 ``[C, M]`` mean activation per category (NaN rows: no images)."""
+        return self.array(Kind.CATEGORY_MEANS, layer, dataset)
+
+    def top_image_arrays(self, layer: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per neuron, the top image indices ``[M, k]`` and their activations ``[M, k]``."""
+        return self.array(Kind.TOP_INDICES, layer, dataset), self.array(
+            Kind.TOP_VALUES, layer, dataset
+        )
+
+    def image_top_neuron_arrays(self, layer: str, dataset: str) -> tuple[np.ndarray, np.ndarray]:
+        """Per image, its top neurons ``[N, n]`` and their normalized activations ``[N, n]``."""
+        return self.array(Kind.IMAGE_TOP_NEURONS, layer, dataset), self.array(
+            Kind.IMAGE_TOP_VALUES, layer, dataset
+        )
+
+    def maxima(self, layer: str, dataset: str) -> np.ndarray:
+        """float32 ``[M]``: each neuron's highest activation on ``dataset``.
+
+        Logs written before the ``maxima`` kind existed give the first top value,
+        the same number for every finite activation.
+        """
+        self.check_layer(layer)
+        self.check_dataset(dataset)
+        index = self._reader.run_index(self._ctx, self._experiment_id, self.run)
+        if index.tag(Kind.MAXIMA, layer, dataset) is not None:
+            return self.array(Kind.MAXIMA, layer, dataset)
+        values = self.array(Kind.TOP_VALUES, layer, dataset)
+        if values.shape[1] == 0:
+            return np.full(values.shape[0], np.nan, dtype=np.float32)
+        return values[:, 0]
+
+    def ind_max(self, layer: str) -> np.ndarray:
+        """float32 ``[M]``: the InD maxima that normalize every dataset's activations."""
+        return self.maxima(layer, self.record.ind)
+
+    def num_neurons(self, layer: str) -> int:
+        return int(self.array(Kind.TOP_INDICES, layer, self.record.ind).shape[0])
+
+    def thumbnails(self, dataset: str) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]`` images of ``dataset``, memory-mapped (as of this step)."""
+        self.check_dataset(dataset)
+        return self._reader.thumbnails(self._ctx, self._experiment_id, self.run, dataset, self.step)
+
+    # -- derived numbers ------------------------------------------------------------
+
+    def scores(self, layer: str, ood: str) -> derived.OODScores:
+        """Per-neuron novelty, spurious score and activation ratio of an OOD set."""
+        self.check_ood(ood)
+        return derived.OODScores(
+            novelty=self.array(Kind.NOVELTY, layer, ood),
+            spurious=self.array(Kind.SPURIOUS, layer, ood),
+            activation_ratio=self.array(Kind.ACTIVATION_RATIO, layer, ood),
+        )
+
+    def accuracy(self, dataset: str) -> float:
+        return derived.accuracy(self.labels(dataset), self.predictions(dataset))
+
+    def confusion_matrix(self, dataset: str) -> np.ndarray:
+        """int64 ``[C, C]`` counts of (true, predicted) class."""
+        return derived.confusion_matrix(
+            self.labels(dataset), self.predictions(dataset), len(self.record.class_names)
+        )
+
+    def top_images(self, layer: str, dataset: str, neuron: int, k: int | None = None) -> TopImages:
+        """The ``k`` (default: all recorded) top images of ``neuron`` in ``dataset``."""
+        self.check_neuron(layer, neuron)
+        indices, values = self.top_image_arrays(layer, dataset)
+        indices, values = indices[neuron, :k], values[neuron, :k]
+        return TopImages(
+            indices=indices,
+            activations=values,
+            normalized=derived.normalize(values, self.ind_max(layer)[neuron]),
+            labels=self.labels(dataset)[indices],
+            predictions=self.predictions(dataset)[indices],
+        )
+
+    def image_top_neurons(self, layer: str, dataset: str, index: int, n: int) -> TopNeurons:
+        """Image ``index``'s ``n`` top neurons by normalized activation."""
+        self.check_image(dataset, index)
+        neurons, normalized = self.image_top_neuron_arrays(layer, dataset)
+        return TopNeurons(neurons=neurons[index, :n], values=normalized[index, :n])
+
+    def category_top_neurons(self, layer: str, dataset: str, label: int) -> TopNeurons:
+        """The neurons most active on average over the images of category ``label``."""
+        self.check_class("label", label)
+        means = self.category_means(layer, dataset)[label]
+        order = derived.descending_order(means, TOP_NEURONS)
+        return TopNeurons(neurons=order, values=means[order])
+
+    def pair_top_neurons(self, layer: str, dataset: str, label: int, pred: int) -> TopNeurons:
+        """The neurons most active on average over the images of ``label`` predicted as
+        ``pred`` (its confusion set)."""
+        self.check_class("label", label)
+        self.check_class("pred", pred)
+        pairs = self.array(Kind.PAIRS, layer, dataset)
+        row = np.flatnonzero((pairs[:, 0] == label) & (pairs[:, 1] == pred))
+        if not len(row):
+            raise errors.NotFoundError(
+                f"no image of {dataset!r} has label {label} and prediction {pred}"
+            )
+        return TopNeurons(
+            neurons=self.array(Kind.PAIR_TOP_NEURONS, layer, dataset)[row[0]],
+            values=self.array(Kind.PAIR_TOP_MEANS, layer, dataset)[row[0]],
+        )
+
+    def members(self, dataset: str, label: int, pred: int | None = None) -> np.ndarray:
+        """Indices of the images of category ``label`` (predicted as ``pred``, if given)."""
+        labels = self.labels(dataset)
+        selected = labels == label
+        if pred is not None:
+            selected &= self.predictions(dataset) == pred
+        return np.flatnonzero(selected)

@@ -1,0 +1,94 @@
+"""Query parameters and JSON responses of the plugin's routes.
+
+Every route reads its parameters through these helpers, so a bad parameter is a
+4xx JSON answer that names it, never a traceback. The contract is
+``docs/http_api.md``.
+
+Example::
+
+    @json_route
+    def _serve_neuron(self, request, ctx, experiment_id):
+        return self.neuron_impl(ctx, experiment_id, **required_args(request, "run", "layer"),
+                                neuron=int_arg(request, "neuron", default=0))
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util
+from werkzeug import wrappers
+
+# The largest index a route accepts (image, neuron, class, page: int32 arrays).
+MAX_INDEX = 2**31 - 1
+MAX_STEP = 2**62
+
+
+def json_route(handler: Callable) -> Callable:
+    """Wrap a route: it gets the request context and experiment id, and returns
+    either a response or data sent as JSON; errors become JSON with their 4xx code
+    instead of tracebacks."""
+
+    @functools.wraps(handler)
+    @wrappers.Request.application
+    def route(self, request: wrappers.Request) -> wrappers.Response:
+        try:
+            result = handler(
+                self,
+                request,
+                plugin_util.context(request.environ),
+                plugin_util.experiment_id(request.environ),
+            )
+        except errors.PublicError as error:
+            return http_util.Respond(
+                request, {"error": str(error)}, "application/json", code=error.http_code
+            )
+        if isinstance(result, wrappers.Response):
+            return result
+        return http_util.Respond(request, result, "application/json")
+
+    return route
+
+
+def required_arg(request: wrappers.Request, name: str) -> str:
+    """A parameter that must be given and not empty."""
+    value = request.args.get(name)
+    if value is None or value == "":
+        raise errors.InvalidArgumentError(f"missing query parameter {name!r}")
+    return value
+
+
+def required_args(request: wrappers.Request, *names: str) -> dict[str, str]:
+    """Several required parameters by name, e.g. ``**required_args(request, "run", "layer")``."""
+    return {name: required_arg(request, name) for name in names}
+
+
+def int_arg(
+    request: wrappers.Request,
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int = 0,
+    maximum: int | None = MAX_INDEX,
+) -> int | None:
+    """An integer parameter in ``[minimum, maximum]``; ``default`` when absent or empty."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise errors.InvalidArgumentError(
+            f"query parameter {name!r} must be an integer, got {raw[:40]!r}"
+        ) from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise errors.InvalidArgumentError(f"query parameter {name!r} must be {bound}, got {value}")
+    return value
+
+
+def step_arg(request: wrappers.Request) -> int | None:
+    """The ``step`` parameter: a recorded global step, or None for the latest."""
+    return int_arg(request, "step", maximum=MAX_STEP)

@@ -1,0 +1,227 @@
+"""One read model and one implementation of each derived number, on real logs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tiny_model import TinyNet, loader, random_set, trainer
+
+from deephys_lightning import DeephysCallback, metrics, read_log
+from deephys_lightning.scores import ScoreRow, score_table
+from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+from tb_plugin import derived, metadata
+from tb_plugin.metadata import Kind, Record
+
+LAYER = "fc"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A real two-epoch fit with one InD and two OOD sets, every matrix written."""
+    root = tmp_path_factory.mktemp("read_model")
+    callback = DeephysCallback(layer=LAYER, max_activation_bytes=None, thumbnails=True)
+    t = trainer(root, [callback], max_epochs=2)
+    val = {
+        "ind": loader(random_set(30, 1)),
+        "noise": loader(random_set(20, 2)),
+        "other": loader(random_set(25, 3)),
+    }
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    return root, t.logger.log_dir
+
+
+def test_read_log_imports_neither_torch_nor_lightning(fitted):
+    code = (
+        "import sys\n"
+        "from deephys_lightning import read_log\n"
+        f"log = read_log({fitted[1]!r})\n"
+        "log.scores('fc', 'noise').summary(); log.thumbnails('ind')\n"
+        "heavy = ('torch', 'lightning', 'pytorch_lightning')\n"
+        "loaded = sorted(m for m in heavy if m in sys.modules)\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_stored_maxima_are_the_recorded_maxima(fitted):
+    log = read_log(fitted[1])
+    for dataset in log.datasets:
+        acts = log.activations(LAYER, dataset)
+        np.testing.assert_array_equal(log.maxima(LAYER, dataset), metrics.max_per_neuron(acts))
+    # the InD maxima normalize what every view shows
+    data = log.at()
+    ind_max = log.maxima(LAYER, "ind")
+    alive = np.where(ind_max > 0, ind_max, np.nan)
+    neurons, normalized = log.image_top_neurons(LAYER, "noise")
+    acts = log.activations(LAYER, "noise").astype(np.float32)
+    expected = np.take_along_axis(acts, neurons.astype(np.int64), axis=1) / alive[neurons]
+    np.testing.assert_allclose(normalized, expected, rtol=1e-6, equal_nan=True)
+    neuron = int(np.nanargmax(alive))
+    top = data.top_images(LAYER, "noise", neuron=neuron, k=3)
+    np.testing.assert_allclose(top.normalized, top.activations / alive[neuron], rtol=1e-6)
+
+
+def test_accessors_default_to_the_latest_step_and_name_what_exists(fitted):
+    log = read_log(fitted[1])
+    assert len(log.steps) == 2
+    np.testing.assert_array_equal(log.labels("noise"), log.labels("noise", log.steps[-1]))
+    assert log.record() == log.latest
+    assert repr(log).startswith(f"DeephysLog(run='.', steps={list(log.steps)}")
+    with pytest.raises(KeyError, match=r"layer 'fc2' was not recorded.*layers: \['fc'\]") as info:
+        log.activations("fc2", "noise")
+    assert "max_activation_bytes" not in str(info.value)
+    with pytest.raises(KeyError, match=r"dataset 'nois' was not recorded.*'noise'"):
+        log.logits("nois")
+    with pytest.raises(KeyError, match=r"no Deephys record at step 7; steps"):
+        log.labels("noise", 7)
+
+
+def test_one_score_summary_for_scalars_table_and_reader(fitted):
+    root, run_dir = fitted
+    log = read_log(run_dir)
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    rows = {(r.step, r.ood): r for r in score_table(root)}
+    summary_names = list(log.scores(LAYER, "noise").summary())
+    assert [f.name for f in dataclasses.fields(ScoreRow)][6:] == summary_names
+    for step in log.steps:
+        for ood in ("noise", "other"):
+            summary = log.scores(LAYER, ood, step).summary()
+            row = rows[(step, ood)]
+            for name, value in summary.items():
+                assert getattr(row, name) == pytest.approx(value, nan_ok=True)
+                logged = [
+                    e.tensor_proto.float_val[0]
+                    for e in acc.Tensors(metadata.scalar_tag(name, layer=LAYER, dataset=ood))
+                    if e.step == step
+                ]
+                assert logged == [pytest.approx(value, rel=1e-6, nan_ok=True)]
+            labels, preds = log.labels(ood, step), log.predictions(ood, step)
+            assert row.accuracy == pytest.approx(np.mean(labels == preds))
+
+
+def test_a_log_without_stored_maxima_still_reads(tmp_path):
+    """Logs written before the ``maxima`` kind: the InD maximum is the first top value."""
+
+    class DropMaxima(EventFileSink):
+        def add_summary(self, summary, step):
+            content = metadata.parse_plugin_content(summary.value[0].metadata.plugin_data.content)
+            if content is None or content.kind is not Kind.MAXIMA:
+                super().add_summary(summary, step)
+
+    rng = np.random.default_rng(0)
+    record = Record(
+        step=3,
+        epoch=0,
+        layers=(LAYER,),
+        datasets=("ind", "ood"),
+        class_names=("a", "b"),
+        num_images={"ind": 20, "ood": 10},
+        top_k=4,
+    )
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, 2, n),
+            predictions=rng.integers(0, 2, n),
+            activations={LAYER: np.maximum(rng.normal(size=(n, 6)), 0).astype(np.float16)},
+        )
+        for name, n in (("ind", 20), ("ood", 10))
+    }
+    sink = DropMaxima(EventFileWriter(str(tmp_path)))
+    write_record(sink, record, recordings, log_dir=str(tmp_path))
+    sink.close()
+    log = read_log(tmp_path)
+    expected = metrics.max_per_neuron(recordings["ind"].activations[LAYER])
+    np.testing.assert_array_equal(log.maxima(LAYER, "ind"), expected)
+
+
+# -- the ranking rule: one definition, the fast torch kernels agree with it --------------
+
+TIES_AND_NAN = st.sampled_from([0.0, 1.0, 2.0, -1.0, np.nan, np.inf, -np.inf])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=hnp.arrays(np.float32, st.integers(1, 40), elements=TIES_AND_NAN), n=st.integers(1, 8)
+)
+def test_descending_order_is_the_rule_of_every_top_list(values, n):
+    expected = sorted(
+        range(len(values)),
+        key=lambda i: (
+            np.isnan(values[i]),
+            -np.float64(values[i]) if not np.isnan(values[i]) else 0,
+            i,
+        ),
+    )[:n]
+    assert derived.descending_order(values, n).tolist() == expected
+    # top images per neuron (a column) and top neurons per image (a row) follow it
+    assert metrics.top_k(values[:, None], n)[0][0].tolist() == expected
+    finite = np.nan_to_num(values, nan=0.0, posinf=3.0, neginf=-2.0) + 1.0
+    ones = np.ones(len(values), np.float32)
+    top, _ = metrics.top_neurons(finite[None, :], ones, n)
+    assert top[0].tolist() == derived.descending_order(finite, n).tolist()
+
+
+def test_category_top_neurons_follow_the_rule(fitted):
+    data = read_log(fitted[1]).at()
+    means = data.category_means(LAYER, "noise")
+    for label in range(means.shape[0]):
+        top = data.category_top_neurons(LAYER, "noise", label)
+        assert top.neurons.tolist() == derived.descending_order(means[label], 16).tolist()
+
+
+def test_normalization_and_confusion_have_one_implementation():
+    rng = np.random.default_rng(1)
+    acts = rng.normal(size=(30, 5)).astype(np.float32)
+    ind_max = np.array([1.0, 0.0, -2.0, 4.0, np.nan], np.float32)
+    expected = acts / np.where(ind_max > 0, ind_max, np.nan)
+    for got in (
+        derived.normalize(acts, ind_max),
+        metrics.normalized_activations(acts, ind_max),
+        metrics.normalized_activations(torch.from_numpy(acts), ind_max),
+    ):
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+    labels, preds = rng.integers(0, 4, 50), rng.integers(0, 4, 50)
+    loop = np.zeros((4, 4), np.int64)
+    for a, b in zip(labels, preds, strict=True):
+        loop[a, b] += 1
+    np.testing.assert_array_equal(derived.confusion_matrix(labels, preds, 4), loop)
+    np.testing.assert_array_equal(
+        metrics.confusion_matrix(torch.from_numpy(labels), preds, 4), loop
+    )
+    with pytest.raises(ValueError, match="same length"):
+        derived.confusion_matrix(labels, preds[:-1], 4)
+
+
+def test_writer_and_readers_share_one_log_format():
+    """No module but tb_plugin.metadata spells out the format's names and paths."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spelled = []
+    for package in ("deephys_lightning", "tb_plugin"):
+        for folder, _, files in os.walk(os.path.join(root, package)):
+            for name in files:
+                path = os.path.join(folder, name)
+                if not name.endswith(".py") or path.endswith(
+                    os.path.join("tb_plugin", "metadata.py")
+                ):
+                    continue
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                for literal in ('"state.json"', '"plugins"', '"deephys.data', '"thumbnails/'):
+                    if literal in text:
+                        spelled.append((os.path.relpath(path, root), literal))
+    assert spelled == []
