@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from tiny_model import NUM_CLASSES, DictSet, TinyNet, loader, random_set, trainer
+from tiny_model import NUM_CLASSES, DictSet, TinyNet, loader, module_output, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
 
@@ -15,13 +15,8 @@ CLASSES = ["cat", "dog", "<b>bird</b>"]
 
 def _hook_output(model: TinyNet, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the layer outputs for ``x``, by hand: ReLU, then the spatial mean."""
-    seen = []
-    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
-    model.eval()
-    with torch.no_grad():
-        logits = model(x)
-    handle.remove()
-    out = torch.relu(seen[0])
+    out, logits = module_output(model, module, x)
+    out = torch.relu(out)
     if out.ndim == 4:
         out = out.mean(dim=(2, 3))
     return out, logits.argmax(-1)

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing import event_accumulator
-from tiny_model import TinyNet, loader, random_set, trainer
+from tiny_model import TinyNet, loader, module_output, random_set, trainer
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -25,13 +25,7 @@ def _fit(tmp_path, callback, val, *, epochs=1, model=None, **kwargs):
 
 
 def _outputs(model, module, x):
-    seen = []
-    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
-    model.eval()
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    return seen[0]
+    return module_output(model, module, x)[0]
 
 
 class TupleNet(TinyNet):

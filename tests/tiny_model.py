@@ -84,3 +84,15 @@ def trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
         default_root_dir=str(tmp_path),
         **kwargs,
     )
+
+
+def module_output(model: nn.Module, module: nn.Module, x: torch.Tensor):
+    """What ``module`` outputs when ``model`` (in eval mode) runs on ``x``, by hand,
+    and the model's own output: ``(module_output, model_output)``."""
+    seen = []
+    handle = module.register_forward_hook(lambda m, a, out: seen.append(out))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    handle.remove()
+    return seen[0], out
