@@ -221,7 +221,7 @@ def normalized_activations(activations: Any, ind_max: Any) -> np.ndarray:
     """Activations divided by the InD maximum of their neuron: float32 [N, M].
 
     Images of any dataset, OOD included, are normalised by the InD maximum. Neurons
-    whose InD maximum is not positive (dead on InD) give NaN.
+    whose InD maximum is not a positive finite number (dead on InD) give NaN.
     """
     acts = _matrix(activations, "activations")
     ind_max = as_numpy(ind_max).astype(np.float32)
@@ -250,7 +250,7 @@ def activation_ratio(ind_activations: Any, ood_activations: Any) -> np.ndarray:
 
 
 def ratio_of_maxima(ind_max: Any, ood_max: Any) -> np.ndarray:
-    """``ood_max / ind_max`` with NaN where ``ind_max <= 0``: float32 [M]."""
+    """``ood_max / ind_max`` with NaN where ``ind_max`` is not positive and finite: float32 [M]."""
     return derived.normalize(as_numpy(ood_max), as_numpy(ind_max))
 
 

@@ -106,7 +106,8 @@ class DeephysLog:
             step = self.latest.step
         if step not in self._steps:
             raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
-        return self._steps[step]
+        # A fresh one each time: the reader's cache bounds what stays in memory.
+        return self._steps[step].fresh()
 
     def activations(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``.

@@ -17,6 +17,7 @@ import math
 import os
 
 from deephys_lightning.reader import read_runs
+from tb_plugin.derived import accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,18 +50,18 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
     rows = []
     for run, log in sorted(read_runs(log_dir).items()):
         for record in log.records:
-            data = log.at(record.step)
+            step = record.step
             for layer in record.layers:
                 for ood in record.ood:
                     rows.append(
                         ScoreRow(
                             run=run,
-                            step=record.step,
+                            step=step,
                             epoch=record.epoch,
                             layer=layer,
                             ood=ood,
-                            accuracy=data.accuracy(ood),
-                            **data.scores(layer, ood).summary(),
+                            accuracy=accuracy(log.labels(ood, step), log.predictions(ood, step)),
+                            **log.scores(layer, ood, step).summary(),
                         )
                     )
     return rows

@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import io
+import math
 import mimetypes
 import os
 import posixpath
@@ -28,7 +29,6 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_plugin import derived
 from tb_plugin.metadata import PLUGIN_NAME, SCORE_KINDS
 from tb_plugin.read_model import StepData, TopImages, TopNeurons
 from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
@@ -163,10 +163,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 entry["summary"] = {
                     name: _finite(value) for name, value in scores.summary().items()
                 }
-                novelty, spurious = scores.novelty, scores.spurious
                 entry["densities"] = {
-                    "novelty": _density(novelty[np.isfinite(novelty) & (novelty > 0)]),
-                    "spurious": _density(spurious[np.isfinite(spurious)], (0.0, 1.0)),
+                    name: {"edges": edges.tolist(), "density": _finite_list(hist), "count": count}
+                    for name, (hist, edges, count) in scores.densities().items()
                 }
             datasets.append(entry)
         return {
@@ -276,7 +275,11 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 summary = scores.summary()
                 values = {kind.value: summary[f"{kind.value}_mean"] for kind in SCORE_KINDS}
             else:
-                data.check_neuron(layer, neuron)
+                if neuron >= len(scores.novelty):
+                    raise errors.InvalidArgumentError(
+                        f"neuron {neuron} is out of range: layer {layer!r} has "
+                        f"{len(scores.novelty)} neurons"
+                    )
                 values = {kind.value: getattr(scores, kind.value)[neuron] for kind in SCORE_KINDS}
             points.append(
                 {
@@ -297,10 +300,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         """PNG bytes of image ``index`` of ``dataset``."""
         data = self._step(ctx, experiment_id, run, step)
         thumbs = data.thumbnails(dataset)
-        if index >= len(thumbs):
-            raise errors.InvalidArgumentError(
-                f"image index {index} is out of range: {dataset!r} has {len(thumbs)} images"
-            )
+        data.check_image(dataset, index, len(thumbs))
         out = io.BytesIO()
         Image.fromarray(np.asarray(thumbs[index], dtype=np.uint8), mode="RGB").save(
             out, format="PNG"
@@ -451,13 +451,8 @@ def _finite(value: float) -> float | int | None:
     if isinstance(value, (int, np.integer)):
         return int(value)
     value = float(value)
-    return value if np.isfinite(value) else None
+    return value if math.isfinite(value) else None
 
 
 def _finite_list(values: np.ndarray) -> list[float | None]:
-    return [_finite(v) for v in np.asarray(values).tolist()]
-
-
-def _density(values: np.ndarray, bounds: tuple[float, float] | None = None) -> dict:
-    density, edges = derived.density(values, bounds)
-    return {"edges": edges.tolist(), "density": _finite_list(density), "count": int(values.size)}
+    return [v if math.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]

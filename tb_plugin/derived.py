@@ -33,9 +33,11 @@ def finite_mean(values: np.ndarray) -> float:
 
 
 def alive_divisor(ind_max: np.ndarray) -> np.ndarray:
-    """The InD maxima as a float32 divisor: NaN for neurons dead on InD (max <= 0, or NaN)."""
+    """The InD maxima as a float32 divisor: NaN where a maximum is not a positive finite
+    number (a neuron dead on InD, or one that saw NaN or infinity)."""
     ind_max = np.asarray(ind_max, dtype=np.float32)
-    return np.where(ind_max > 0, ind_max, np.nan).astype(np.float32)
+    alive = np.isfinite(ind_max) & (ind_max > 0)
+    return np.where(alive, ind_max, np.nan).astype(np.float32)
 
 
 def normalize(values: np.ndarray, ind_max: np.ndarray) -> np.ndarray:
@@ -134,8 +136,21 @@ class OODScores:
             "activation_ratio_mean": finite_mean(self.activation_ratio),
         }
 
+    def densities(self, bins: int = 20) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The distributions the tab plots (the paper's Fig. 3), as :func:`density` gives
+        them: of the positive novelty values (the paper's novelty score) and of the
+        defined spurious scores over [0, 1]."""
+        novelty = self.novelty[np.isfinite(self.novelty) & (self.novelty > 0)]
+        spurious = self.spurious[np.isfinite(self.spurious)]
+        return {
+            "novelty": density(novelty, bins=bins),
+            "spurious": density(spurious, (0.0, 1.0), bins=bins),
+        }
 
-def density(values: np.ndarray, bounds: tuple[float, float] | None = None, bins: int = 20):
+
+def density(
+    values: np.ndarray, bounds: tuple[float, float] | None = None, bins: int = 20
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A histogram of the finite ``values`` normalised to a density (the paper's Fig. 3).
 
     ``bounds`` default to ``(0, max)``. Returns ``(density [bins], edges [bins + 1])``;
@@ -144,6 +159,7 @@ def density(values: np.ndarray, bounds: tuple[float, float] | None = None, bins:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if not values.size:
-        return np.empty(0), np.empty(0)
+        return np.empty(0), np.empty(0), 0
     low, high = bounds if bounds is not None else (0.0, float(values.max()) or 1.0)
-    return np.histogram(values, bins=bins, range=(low, high), density=True)
+    hist, edges = np.histogram(values, bins=bins, range=(low, high), density=True)
+    return hist, edges, int(values.size)

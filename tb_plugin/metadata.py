@@ -90,8 +90,8 @@ LAYER_KINDS = frozenset(
         Kind.ACTIVATION_RATIO,
     }
 )
-# Per-neuron scores, written per layer for each OOD set (the headline scalars of
-# each are the fields of ``tb_plugin.derived.ScoreSummary``).
+# Per-neuron scores, written per layer for each OOD set (their headline scalars are
+# the keys of ``tb_plugin.derived.OODScores.summary()``).
 SCORE_KINDS = (Kind.NOVELTY, Kind.SPURIOUS, Kind.ACTIVATION_RATIO)
 
 

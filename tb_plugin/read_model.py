@@ -58,8 +58,10 @@ class TopNeurons:
 class StepData:
     """The Deephys data of ``run`` at the recorded step of ``record``.
 
-    Arrays are read lazily through ``reader`` (whose cache they share) and never
-    copied; treat them as read-only. Use :meth:`open` to pick a step.
+    Arrays are read lazily through ``reader`` (whose bounded cache they share) and
+    never copied; treat them as read-only. An instance also remembers the arrays it
+    has read, so make one per request (they are cheap), not one to keep. Use
+    :meth:`open` to pick a step.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class StepData:
         self._experiment_id = experiment_id
         self.run = run
         self.record = record
+        self._arrays: dict[tuple[Kind, str | None, str | None], np.ndarray] = {}
 
     @classmethod
     def open(
@@ -77,6 +80,10 @@ class StepData:
     ) -> StepData:
         """The data of ``run`` at ``step`` (None: the latest recorded step)."""
         return cls(reader, ctx, experiment_id, run, reader.record(ctx, experiment_id, run, step))
+
+    def fresh(self) -> StepData:
+        """The same step with nothing remembered (arrays stay in the reader's cache)."""
+        return StepData(self._reader, self._ctx, self._experiment_id, self.run, self.record)
 
     @classmethod
     def every_step(cls, reader: DeephysReader, ctx, experiment_id: str, run: str) -> list[StepData]:
@@ -124,8 +131,9 @@ class StepData:
                 f"neuron {neuron} is out of range: layer {layer!r} has {count} neurons"
             )
 
-    def check_image(self, dataset: str, index: int) -> None:
-        count = len(self.labels(dataset))
+    def check_image(self, dataset: str, index: int, count: int | None = None) -> None:
+        """``index`` must be one of the ``count`` (default: recorded) images of ``dataset``."""
+        count = len(self.labels(dataset)) if count is None else count
         if not 0 <= index < count:
             raise errors.InvalidArgumentError(
                 f"image index {index} is out of range: {dataset!r} has {count} images"
@@ -142,19 +150,22 @@ class StepData:
 
     def array(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> np.ndarray:
         """The stored array of ``kind`` (for ``layer`` and ``dataset`` as it needs)."""
-        if layer is not None:
-            self.check_layer(layer)
-        if dataset is not None:
-            self.check_dataset(dataset)
-        return self._reader.array(
-            self._ctx,
-            self._experiment_id,
-            self.run,
-            kind,
-            step=self.step,
-            layer=layer,
-            dataset=dataset,
-        )
+        key = (kind, layer, dataset)
+        if key not in self._arrays:
+            if layer is not None:
+                self.check_layer(layer)
+            if dataset is not None:
+                self.check_dataset(dataset)
+            self._arrays[key] = self._reader.array(
+                self._ctx,
+                self._experiment_id,
+                self.run,
+                kind,
+                step=self.step,
+                layer=layer,
+                dataset=dataset,
+            )
+        return self._arrays[key]
 
     def labels(self, dataset: str) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""
@@ -196,18 +207,19 @@ class StepData:
     def maxima(self, layer: str, dataset: str) -> np.ndarray:
         """float32 ``[M]``: each neuron's highest activation on ``dataset``.
 
-        Logs written before the ``maxima`` kind existed give the first top value,
-        the same number for every finite activation.
+        Steps written before the ``maxima`` kind existed (an old log, or the old steps
+        of a run resumed by a newer callback) give the first top value: the same
+        number for every finite activation.
         """
-        self.check_layer(layer)
-        self.check_dataset(dataset)
-        index = self._reader.run_index(self._ctx, self._experiment_id, self.run)
-        if index.tag(Kind.MAXIMA, layer, dataset) is not None:
+        try:
             return self.array(Kind.MAXIMA, layer, dataset)
-        values = self.array(Kind.TOP_VALUES, layer, dataset)
-        if values.shape[1] == 0:
-            return np.full(values.shape[0], np.nan, dtype=np.float32)
-        return values[:, 0]
+        except UnknownNameError:
+            raise
+        except errors.NotFoundError:
+            values = self.array(Kind.TOP_VALUES, layer, dataset)
+            if values.shape[1] == 0:
+                return np.full(values.shape[0], np.nan, dtype=np.float32)
+            return values[:, 0]
 
     def ind_max(self, layer: str) -> np.ndarray:
         """float32 ``[M]``: the InD maxima that normalize every dataset's activations."""
@@ -237,9 +249,15 @@ class StepData:
 
     def confusion_matrix(self, dataset: str) -> np.ndarray:
         """int64 ``[C, C]`` counts of (true, predicted) class."""
-        return derived.confusion_matrix(
-            self.labels(dataset), self.predictions(dataset), len(self.record.class_names)
-        )
+        try:
+            return derived.confusion_matrix(
+                self.labels(dataset), self.predictions(dataset), len(self.record.class_names)
+            )
+        except ValueError as error:  # only a damaged or foreign log gets here
+            raise errors.NotFoundError(
+                f"the labels or predictions of {dataset!r} at step {self.step} are unreadable: "
+                f"{error}"
+            ) from None
 
     def top_images(self, layer: str, dataset: str, neuron: int, k: int | None = None) -> TopImages:
         """The ``k`` (default: all recorded) top images of ``neuron`` in ``dataset``."""

@@ -114,8 +114,9 @@ def test_one_score_summary_for_scalars_table_and_reader(fitted):
             assert row.accuracy == pytest.approx(np.mean(labels == preds))
 
 
-def test_a_log_without_stored_maxima_still_reads(tmp_path):
-    """Logs written before the ``maxima`` kind: the InD maximum is the first top value."""
+def test_steps_without_stored_maxima_still_read(tmp_path):
+    """Steps written before the ``maxima`` kind (an old run resumed by this version):
+    the InD maximum is the first top value there, the stored one after."""
 
     class DropMaxima(EventFileSink):
         def add_summary(self, summary, step):
@@ -124,29 +125,35 @@ def test_a_log_without_stored_maxima_still_reads(tmp_path):
                 super().add_summary(summary, step)
 
     rng = np.random.default_rng(0)
-    record = Record(
-        step=3,
-        epoch=0,
-        layers=(LAYER,),
-        datasets=("ind", "ood"),
-        class_names=("a", "b"),
-        num_images={"ind": 20, "ood": 10},
-        top_k=4,
-    )
-    recordings = {
-        name: DatasetRecording(
-            labels=rng.integers(0, 2, n),
-            predictions=rng.integers(0, 2, n),
-            activations={LAYER: np.maximum(rng.normal(size=(n, 6)), 0).astype(np.float16)},
+    recordings = {}
+    for step, sink_type in ((3, DropMaxima), (6, EventFileSink)):
+        record = Record(
+            step=step,
+            epoch=step // 3 - 1,
+            layers=(LAYER,),
+            datasets=("ind", "ood"),
+            class_names=("a", "b"),
+            num_images={"ind": 20, "ood": 10},
+            top_k=4,
         )
-        for name, n in (("ind", 20), ("ood", 10))
-    }
-    sink = DropMaxima(EventFileWriter(str(tmp_path)))
-    write_record(sink, record, recordings, log_dir=str(tmp_path))
-    sink.close()
+        recordings[step] = {
+            name: DatasetRecording(
+                labels=rng.integers(0, 2, n),
+                predictions=rng.integers(0, 2, n),
+                activations={LAYER: np.maximum(rng.normal(size=(n, 6)), 0).astype(np.float16)},
+            )
+            for name, n in (("ind", 20), ("ood", 10))
+        }
+        sink = sink_type(EventFileWriter(str(tmp_path)))
+        write_record(sink, record, recordings[step], log_dir=str(tmp_path))
+        sink.close()
     log = read_log(tmp_path)
-    expected = metrics.max_per_neuron(recordings["ind"].activations[LAYER])
-    np.testing.assert_array_equal(log.maxima(LAYER, "ind"), expected)
+    assert log.steps == (3, 6)
+    for step in log.steps:
+        expected = metrics.max_per_neuron(recordings[step]["ind"].activations[LAYER])
+        np.testing.assert_array_equal(log.maxima(LAYER, "ind", step), expected)
+        top = log.at(step).top_images(LAYER, "ood", neuron=0, k=2)
+        np.testing.assert_allclose(top.normalized, top.activations / expected[0], rtol=1e-6)
 
 
 # -- the ranking rule: one definition, the fast torch kernels agree with it --------------
