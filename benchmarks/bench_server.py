@@ -30,7 +30,21 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from tensorboard_process import running_tensorboard  # noqa: E402
 
 
-def write_imagenet_scale_log(logdir: str, images: int, neurons: int, classes: int) -> str:
+def write_imagenet_scale_log(
+    logdir: str,
+    images: int,
+    neurons: int,
+    classes: int,
+    *,
+    run: str = "imagenet",
+    names: tuple[str, ...] = ("imagenet", "v2", "sketch", "style"),
+    thumbnail_px: int = 64,
+    max_activation_bytes: int | None = 32 * 2**20,
+    write_seconds: list[float] | None = None,
+) -> str:
+    """Write two steps of synthetic data into ``logdir/run`` through the real writer
+    (thumbnails at the first step only); return ``run``. ``write_seconds`` gets the
+    time of each step's ``write_record``."""
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning import fast_crc
@@ -38,11 +52,10 @@ def write_imagenet_scale_log(logdir: str, images: int, neurons: int, classes: in
     from tb_plugin.metadata import Record
 
     fast_crc.install()
-    run_dir = os.path.join(logdir, "imagenet")
+    run_dir = os.path.join(logdir, run)
     os.makedirs(run_dir)
     sink = EventFileSink(EventFileWriter(run_dir))
     rng = np.random.default_rng(0)
-    names = ("imagenet", "v2", "sketch", "style")
     for step in (1000, 2000):
         recordings = {}
         for name in names:
@@ -56,7 +69,9 @@ def write_imagenet_scale_log(logdir: str, images: int, neurons: int, classes: in
                         rng.standard_normal((images, neurons), dtype=np.float32), 0
                     ).astype(np.float16)
                 },
-                thumbnails=rng.integers(0, 256, (images, 64, 64, 3), dtype=np.uint8)
+                thumbnails=rng.integers(
+                    0, 256, (images, thumbnail_px, thumbnail_px, 3), dtype=np.uint8
+                )
                 if step == 1000
                 else None,
             )
@@ -69,10 +84,15 @@ def write_imagenet_scale_log(logdir: str, images: int, neurons: int, classes: in
             num_images={name: images for name in names},
             top_k=32,
         )
-        write_record(sink, record, recordings, log_dir=run_dir, max_activation_bytes=32 * 2**20)
+        start = time.perf_counter()
+        write_record(
+            sink, record, recordings, log_dir=run_dir, max_activation_bytes=max_activation_bytes
+        )
+        if write_seconds is not None:
+            write_seconds.append(time.perf_counter() - start)
         del recordings
     sink.close()
-    return "imagenet"
+    return run
 
 
 def _peak_rss(pid: int) -> int:
