@@ -57,11 +57,10 @@ class DeephysLog:
 
     def __init__(self, reader: DeephysReader, run: str) -> None:
         self.run = run
-        self._steps = {
-            data.step: data
-            for data in StepData.every_step(reader, RequestContext(), _EXPERIMENT, run)
-        }
-        self.records: tuple[Record, ...] = tuple(data.record for data in self._steps.values())
+        self._reader = reader
+        self._ctx = RequestContext()
+        self.records: tuple[Record, ...] = tuple(reader.records(self._ctx, _EXPERIMENT, run))
+        self._by_step = {record.step: record for record in self.records}
         if not self.records:
             raise ValueError(f"run {run!r} holds no readable Deephys record")
 
@@ -104,10 +103,10 @@ class DeephysLog:
         """
         if step is None:
             step = self.latest.step
-        if step not in self._steps:
+        if step not in self._by_step:
             raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
-        # A fresh one each time: the reader's cache bounds what stays in memory.
-        return self._steps[step].fresh()
+        # A new one each time: only the reader's bounded cache keeps arrays in memory.
+        return StepData(self._reader, self._ctx, _EXPERIMENT, self.run, self._by_step[step])
 
     def activations(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``.

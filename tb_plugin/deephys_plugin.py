@@ -191,10 +191,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
         each neuron's top images in InD and in the image's own dataset."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
-        data.check_dataset(dataset)
-        data.check_image(dataset, index)
+        top = data.image_top_neurons(layer, dataset, index, n)  # checks dataset and index
         sources = [data.record.ind] + ([dataset] if dataset != data.record.ind else [])
-        top = data.image_top_neurons(layer, dataset, index, n)
         top_neurons = [
             {
                 "neuron": neuron,
@@ -235,11 +233,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         data.check_dataset(dataset)
-        data.check_class("label", label)
         if pred is None:
             top = data.category_top_neurons(layer, dataset, label)
         else:
-            data.check_class("pred", pred)
             top = data.pair_top_neurons(layer, dataset, label, pred)
         members = data.members(dataset, label, pred)
         labels, preds = data.labels(dataset), data.predictions(dataset)
@@ -275,11 +271,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 summary = scores.summary()
                 values = {kind.value: summary[f"{kind.value}_mean"] for kind in SCORE_KINDS}
             else:
-                if neuron >= len(scores.novelty):
-                    raise errors.InvalidArgumentError(
-                        f"neuron {neuron} is out of range: layer {layer!r} has "
-                        f"{len(scores.novelty)} neurons"
-                    )
+                data.check_neuron(layer, neuron, len(scores.novelty))
                 values = {kind.value: getattr(scores, kind.value)[neuron] for kind in SCORE_KINDS}
             points.append(
                 {

@@ -136,15 +136,13 @@ class OODScores:
             "activation_ratio_mean": finite_mean(self.activation_ratio),
         }
 
-    def densities(self, bins: int = 20) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def densities(self, bins: int = 20) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
         """The distributions the tab plots (the paper's Fig. 3), as :func:`density` gives
         them: of the positive novelty values (the paper's novelty score) and of the
         defined spurious scores over [0, 1]."""
-        novelty = self.novelty[np.isfinite(self.novelty) & (self.novelty > 0)]
-        spurious = self.spurious[np.isfinite(self.spurious)]
-        return {
-            "novelty": density(novelty, bins=bins),
-            "spurious": density(spurious, (0.0, 1.0), bins=bins),
+        return {  # density() keeps the finite values
+            "novelty": density(self.novelty[self.novelty > 0], bins=bins),
+            "spurious": density(self.spurious, (0.0, 1.0), bins=bins),
         }
 
 
@@ -153,8 +151,8 @@ def density(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """A histogram of the finite ``values`` normalised to a density (the paper's Fig. 3).
 
-    ``bounds`` default to ``(0, max)``. Returns ``(density [bins], edges [bins + 1])``;
-    both empty when no value is finite.
+    ``bounds`` default to ``(0, max)``. Returns ``(density [bins], edges [bins + 1],
+    count)``, ``count`` the finite values; both arrays are empty when there are none.
     """
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]

@@ -81,10 +81,6 @@ class StepData:
         """The data of ``run`` at ``step`` (None: the latest recorded step)."""
         return cls(reader, ctx, experiment_id, run, reader.record(ctx, experiment_id, run, step))
 
-    def fresh(self) -> StepData:
-        """The same step with nothing remembered (arrays stay in the reader's cache)."""
-        return StepData(self._reader, self._ctx, self._experiment_id, self.run, self.record)
-
     @classmethod
     def every_step(cls, reader: DeephysReader, ctx, experiment_id: str, run: str) -> list[StepData]:
         """The data of every recorded step of ``run``, oldest first."""
@@ -124,8 +120,9 @@ class StepData:
                 f"{list(self.record.ood)}"
             )
 
-    def check_neuron(self, layer: str, neuron: int) -> None:
-        count = self.num_neurons(layer)
+    def check_neuron(self, layer: str, neuron: int, count: int | None = None) -> None:
+        """``neuron`` must be one of the ``count`` (default: recorded) neurons of ``layer``."""
+        count = self.num_neurons(layer) if count is None else count
         if not 0 <= neuron < count:
             raise errors.InvalidArgumentError(
                 f"neuron {neuron} is out of range: layer {layer!r} has {count} neurons"
