@@ -36,6 +36,7 @@ class Rows:
     preds: torch.Tensor  # int64 [n]
     thumbs: torch.Tensor | None  # uint8 [n, h, w, 3]
     logits: torch.Tensor | None = None  # float32 [n, C] classifier outputs
+    logit_scores: torch.Tensor | None = None  # float32 [n, 3] OOD detector scores
 
     def sorted(self) -> Rows:
         """The same rows in dataset order."""
@@ -49,6 +50,7 @@ class Rows:
             preds=self.preds[order],
             thumbs=None if self.thumbs is None else self.thumbs[order],
             logits=None if self.logits is None else self.logits[order],
+            logit_scores=None if self.logit_scores is None else self.logit_scores[order],
         )
 
 
@@ -138,6 +140,7 @@ class DatasetBuffer:
         preds: torch.Tensor,
         thumbs: torch.Tensor | None = None,
         logits: torch.Tensor | None = None,
+        logit_scores: torch.Tensor | None = None,
     ) -> None:
         n = len(positions)
         if n == 0:
@@ -149,6 +152,7 @@ class DatasetBuffer:
             preds.to(torch.int64),
             thumbs,
             None if logits is None else logits.to(torch.float32),
+            None if logit_scores is None else logit_scores.to(torch.float32),
         )
         if self.capacity is None:
             self._chunks.append(batch)
@@ -183,6 +187,7 @@ def _allocate(like: Rows, capacity: int) -> Rows:
         empty(like.preds),
         None if like.thumbs is None else empty(like.thumbs),
         None if like.logits is None else empty(like.logits),
+        None if like.logit_scores is None else empty(like.logit_scores),
     )
 
 
@@ -197,6 +202,8 @@ def _copy_into(rows: Rows, batch: Rows, start: int) -> None:
         rows.thumbs[start:end] = batch.thumbs
     if rows.logits is not None and batch.logits is not None:
         rows.logits[start:end] = batch.logits
+    if rows.logit_scores is not None and batch.logit_scores is not None:
+        rows.logit_scores[start:end] = batch.logit_scores
 
 
 def _slice(rows: Rows, n: int) -> Rows:
@@ -207,6 +214,7 @@ def _slice(rows: Rows, n: int) -> Rows:
         rows.preds[:n],
         None if rows.thumbs is None else rows.thumbs[:n],
         None if rows.logits is None else rows.logits[:n],
+        None if rows.logit_scores is None else rows.logit_scores[:n],
     )
 
 
@@ -220,6 +228,7 @@ def _concat(chunks: list[Rows]) -> Rows:
         torch.cat([c.preds for c in chunks]),
         None if chunks[0].thumbs is None else torch.cat([c.thumbs for c in chunks]),
         None if chunks[0].logits is None else torch.cat([c.logits for c in chunks]),
+        None if chunks[0].logit_scores is None else torch.cat([c.logit_scores for c in chunks]),
     )
 
 
@@ -264,6 +273,7 @@ def gather_rows(
         preds=gathered(rows.preds),
         thumbs=None if rows.thumbs is None else gathered(rows.thumbs),
         logits=None if rows.logits is None else gathered(rows.logits),
+        logit_scores=None if rows.logit_scores is None else gathered(rows.logit_scores),
     ).sorted()
 
 
@@ -272,6 +282,7 @@ def _layout(rows: Rows) -> dict:
         "acts": {layer: (tuple(a.shape[1:]), a.dtype) for layer, a in rows.acts.items()},
         "thumbs": None if rows.thumbs is None else tuple(rows.thumbs.shape[1:]),
         "logits": None if rows.logits is None else tuple(rows.logits.shape[1:]),
+        "logit_scores": None if rows.logit_scores is None else tuple(rows.logit_scores.shape[1:]),
     }
 
 
@@ -291,4 +302,7 @@ def _empty_like(layout: dict) -> Rows:
         logits=None
         if layout["logits"] is None
         else torch.empty((0, *layout["logits"]), dtype=torch.float32),
+        logit_scores=None
+        if layout.get("logit_scores") is None
+        else torch.empty((0, *layout["logit_scores"]), dtype=torch.float32),
     )

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
-from deephys_lightning import fast_crc
+from deephys_lightning import detection, fast_crc
 from deephys_lightning.buffers import DatasetBuffer, Rows, SamplingPlan, gather_rows
 from deephys_lightning.capture import (
     Denormalize,
@@ -112,6 +112,11 @@ class DeephysCallback(Callback):
         target_key: where the labels are (default position 1, or ``label``/``target``/``y``).
         unpack_batch: a function ``batch -> (inputs, labels)``, for any other batch layout.
         record_fast_dev_run: record under ``Trainer(fast_dev_run=...)`` too.
+        ood_detectors: which OOD detectors to evaluate, InD against each OOD set, at
+            every recorded step (``"msp"``, ``"max_logit"``, ``"energy"`` on the logits;
+            ``"mahalanobis"``, ``"knn"`` on each recorded layer's features; see
+            ``deephys_lightning.detection``). Default: the three on the logits, which
+            cost milliseconds; ``()`` or None: none.
 
     Raises:
         MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is
@@ -141,6 +146,7 @@ class DeephysCallback(Callback):
         target_key: str | int | None = None,
         unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
         record_fast_dev_run: bool = False,
+        ood_detectors: Sequence[str] | None = detection.DEFAULT_DETECTORS,
     ) -> None:
         self.layers = _check_layers(layer, layers)
         if class_names is not None:
@@ -209,6 +215,12 @@ class DeephysCallback(Callback):
                 f"{record_logits!r}"
             )
         self.record_logits = record_logits
+        try:
+            self.ood_detectors = detection.check_detectors(ood_detectors)
+        except ValueError as error:
+            raise MisconfigurationException(
+                f"DeephysCallback(ood_detectors=...): {error}"
+            ) from None
 
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
@@ -429,6 +441,7 @@ class DeephysCallback(Callback):
             logits.argmax(dim=-1)[keep],
             thumbs,
             logits[keep] if self._keeps_logits(plan.recorded_images, kept_acts) else None,
+            detection.logit_scores(logits[keep]) if self._scores_logits() else None,
         )
 
     def _write(self, trainer: pl.Trainer) -> None:
@@ -487,6 +500,7 @@ class DeephysCallback(Callback):
                 predictions=rows.preds.numpy(),
                 activations=acts,
                 logits=self._logits_to_write(rows.logits, acts),
+                logit_scores=None if rows.logit_scores is None else rows.logit_scores.numpy(),
                 thumbnails=thumbs,
                 thumbnails_digest=digests.get(name),
                 positions=rows.positions.numpy(),
@@ -509,10 +523,15 @@ class DeephysCallback(Callback):
             recordings,
             log_dir=self._destination,
             max_activation_bytes=self.max_activation_bytes,
+            detectors=self.ood_detectors,
         )
         state.last_step = step
         state.thumbnails.update(digests)
         state.save()
+
+    def _scores_logits(self) -> bool:
+        """Whether the buffers keep each image's logit detector scores."""
+        return any(d in detection.LOGIT_DETECTORS for d in self.ood_detectors)
 
     def _keeps_logits(self, num_images: int | None, acts: Mapping[str, torch.Tensor]) -> bool:
         """Whether a dataset's buffer keeps the classifier outputs."""

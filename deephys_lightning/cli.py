@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
-from deephys_lightning.scores import ScoreRow, format_score_table, score_table
+from deephys_lightning.scores import detection_table, format_table, score_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +28,19 @@ def _parser() -> argparse.ArgumentParser:
         "scores",
         help="print novelty, spurious and activation-ratio scores per layer, OOD set and step",
         description="Print the score table of every run with Deephys data under LOGDIR: "
-        "per layer, OOD set and recorded step, the OOD accuracy, the mean raw novelty "
-        "and the fraction of neurons with positive novelty, the mean spurious score "
-        "and how many neurons have it undefined, and the mean activation ratio.",
+        "per layer, OOD set and recorded step, the OOD accuracy, the mean novelty (in the "
+        "Deephys authors' units: activations divided by the neuron's InD maximum) and "
+        "the fraction of neurons with positive novelty, the mean raw novelty, the mean "
+        "spurious score and how many neurons have it undefined, the mean activation "
+        "ratio and how many neurons are dead (never above 0 on InD, left out of every "
+        "mean). With --detection: per OOD set, step and detector, AUROC, AUPR-In, "
+        "AUPR-Out and FPR at 95%% TPR of telling the InD set from it.",
     )
     scores.add_argument("logdir", help="a TensorBoard log directory (or one run's directory)")
     scores.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    scores.add_argument(
+        "--detection", action="store_true", help="print the OOD detection table instead"
+    )
     export = commands.add_parser(
         "export",
         help="write a recorded step as .model/.test files for the original Deephys app",
@@ -69,33 +76,34 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "scores":
-        return _scores(args.logdir, as_csv=args.csv)
+        return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
     if args.command == "export":
         return _export(args)
     return 2  # argparse already refused unknown commands
 
 
-def _scores(logdir: str, *, as_csv: bool) -> int:
+def _scores(logdir: str, *, as_csv: bool, detection: bool = False) -> int:
     try:
-        rows = score_table(logdir)
+        rows = detection_table(logdir) if detection else score_table(logdir)
     except FileNotFoundError as error:
         print(f"deephys-lightning scores: {error}", file=sys.stderr)
         return 2
     if not rows:
+        what = "OOD detection rows" if detection else "scores"
         print(
-            f"deephys-lightning scores: no Deephys scores under {logdir!r} (scores need an "
+            f"deephys-lightning scores: no Deephys {what} under {logdir!r} ({what} need an "
             "OOD set: pass two or more validation dataloaders to a Trainer with "
-            "DeephysCallback)",
+            "DeephysCallback" + (", whose ood_detectors are not off)" if detection else ")"),
             file=sys.stderr,
         )
         return 1
     if as_csv:
-        fields = [field.name for field in dataclasses.fields(ScoreRow)]
+        fields = [field.name for field in dataclasses.fields(type(rows[0]))]
         writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(dataclasses.asdict(row) for row in rows)
     else:
-        print(format_score_table(rows))
+        print(format_table(rows))
     return 0
 
 

@@ -17,8 +17,10 @@ Example::
     [0.5, 0.25]
     >>> ind_means = category_means(ind, np.array([0, 1, 1]), num_classes=2)
     >>> ood_means = category_means(ood, np.array([1, 0]), num_classes=2)
-    >>> novelty(ind_means, ood_means).tolist()
+    >>> raw_novelty(ind_means, ood_means).tolist()
     [1.0, 2.0]
+    >>> novelty(ind_means, ood_means, max_per_neuron(ind)).tolist()   # the authors' units
+    [0.3333333432674408, 0.5]
     >>> spurious(ind_means, ood_means).tolist()    # neuron 1 is constant on OOD
     [0.0, nan]
 """
@@ -39,6 +41,7 @@ __all__ = [
     "as_numpy",
     "category_means",
     "confusion_matrix",
+    "confusion_sets_top_neurons",
     "confusion_top_neurons",
     "dataset_statistics",
     "max_per_neuron",
@@ -47,6 +50,7 @@ __all__ = [
     "novelty",
     "ood_scores",
     "ratio_of_maxima",
+    "raw_novelty",
     "spurious",
     "top_k",
     "top_neurons",
@@ -132,16 +136,44 @@ def dataset_statistics(
 
 
 def confusion_top_neurons(
-    activations: Any, labels: Any, predictions: Any, num_classes: int, n: int
+    activations: Any,
+    labels: Any,
+    predictions: Any,
+    num_classes: int,
+    n: int,
+    ind_max: Any | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every (true, predicted) pair that occurs, its ``n`` most active neurons.
 
-    A pair's activation is the mean over its images (its confusion set; ``a == b`` are
-    the correctly classified images of class ``a``). Neurons are ranked by that mean,
-    highest first, ties to the lower neuron, NaN last.
+    The directed sets of :func:`confusion_sets_top_neurons`: ``(pairs [P, 2],
+    neurons [P, n], means [P, n])``, pairs sorted by (true, predicted).
+    """
+    directed, _ = confusion_sets_top_neurons(
+        activations, labels, predictions, num_classes, n, ind_max
+    )
+    return directed
+
+
+def confusion_sets_top_neurons(
+    activations: Any,
+    labels: Any,
+    predictions: Any,
+    num_classes: int,
+    n: int,
+    ind_max: Any | None = None,
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """The ``n`` most active neurons of every confusion set that has images, in one pass.
+
+    Two kinds of sets: *directed*, the images of label ``a`` predicted as ``b`` (``a == b``
+    are the correctly classified images of ``a``), and *either*, the paper's confusion
+    between ``a < b`` (section 2.4): images of ``a`` predicted as ``b`` or of ``b``
+    predicted as ``a``. A set's activation is the mean over its images, divided by the
+    neuron's InD maximum when ``ind_max`` ([M]) is given (dead neurons: NaN). Neurons are
+    ranked by it, highest first, ties to the lower neuron, NaN last.
 
     Returns:
-        ``(pairs [P, 2], neurons [P, n], means [P, n])``, pairs sorted by (true, predicted).
+        ``((pairs [P, 2], neurons [P, n], means [P, n]), (pairs [S, 2], neurons [S, n],
+        means [S, n]))``, pairs sorted by their first, then second class.
     """
     acts = _matrix(activations, "activations")
     labels = _labels(labels, acts.shape[0], num_classes)
@@ -150,13 +182,26 @@ def confusion_top_neurons(
         raise ValueError(f"n must be >= 1, got {n}")
     count, m = acts.shape
     n = min(n, m)
+    divisor = (
+        torch.ones(m)
+        if ind_max is None
+        else torch.from_numpy(derived.alive_divisor(as_numpy(ind_max)))
+    )
     pair_ids, groups = np.unique(labels * num_classes + predictions, return_inverse=True)
     pairs = np.stack([pair_ids // num_classes, pair_ids % num_classes], axis=1)
-    sizes = torch.from_numpy(np.bincount(groups, minlength=len(pair_ids))).float()[:, None]
+    sizes = np.bincount(groups, minlength=len(pair_ids))
+    # Each off-diagonal directed pair adds its sums to the unordered pair it belongs to.
+    off = pairs[:, 0] != pairs[:, 1]
+    low, high = pairs[off].min(axis=1), pairs[off].max(axis=1)
+    either_ids, either_of = np.unique(low * num_classes + high, return_inverse=True)
+    either_pairs = np.stack([either_ids // num_classes, either_ids % num_classes], axis=1)
+    either_sizes = np.bincount(either_of, weights=sizes[off], minlength=len(either_ids))
+    off_rows = torch.from_numpy(np.flatnonzero(off))
+    into_either = torch.from_numpy(either_of.astype(np.int64))
     index = torch.from_numpy(groups.astype(np.int64))
     rows = _as_torch(acts)
-    best_neurons = torch.empty((len(pair_ids), 0), dtype=torch.int64)
-    best_means = torch.empty((len(pair_ids), 0), dtype=torch.float32)
+    directed = _RunningTop(len(pair_ids), n, torch.from_numpy(sizes).float()[:, None])
+    either = _RunningTop(len(either_ids), n, torch.from_numpy(either_sizes).float()[:, None])
     for start in range(0, m, _COLUMN_BLOCK * 4):
         columns = rows[:, start : start + _COLUMN_BLOCK * 4]
         sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32)
@@ -164,15 +209,39 @@ def confusion_top_neurons(
             sums.index_add_(
                 0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
             )
+        either_sums = torch.zeros((len(either_ids), columns.shape[1]), dtype=torch.float32)
+        either_sums.index_add_(0, into_either, sums[off_rows])
+        scale = divisor[start : start + columns.shape[1]]
+        directed.add(start, sums / scale)
+        either.add(start, either_sums / scale)
+    return (pairs.astype(np.int64), *directed.result()), (
+        either_pairs.astype(np.int64),
+        *either.result(),
+    )
+
+
+class _RunningTop:
+    """The ``n`` highest mean columns of each of ``groups`` rows, over column blocks."""
+
+    def __init__(self, groups: int, n: int, sizes: torch.Tensor) -> None:
+        self.n = n
+        self.sizes = sizes
+        self.neurons = torch.empty((groups, 0), dtype=torch.int64)
+        self.means = torch.empty((groups, 0), dtype=torch.float32)
+
+    def add(self, start: int, sums: torch.Tensor) -> None:
+        groups, width = sums.shape
         # Candidates in ascending neuron order, so that ties go to the lower neuron.
-        kept = torch.sort(best_neurons, dim=1)
-        block_neurons = torch.arange(start, start + columns.shape[1])
-        candidates = torch.cat([kept.values, block_neurons.expand(len(pair_ids), -1)], dim=1)
-        means = torch.cat([torch.gather(best_means, 1, kept.indices), sums / sizes], dim=1)
-        order = _top_columns(means, min(n, means.shape[1]))
-        best_neurons = torch.gather(candidates, 1, order)
-        best_means = torch.gather(means, 1, order)
-    return pairs.astype(np.int64), best_neurons.numpy(), best_means.numpy()
+        kept = torch.sort(self.neurons, dim=1)
+        block_neurons = torch.arange(start, start + width)
+        candidates = torch.cat([kept.values, block_neurons.expand(groups, -1)], dim=1)
+        means = torch.cat([torch.gather(self.means, 1, kept.indices), sums / self.sizes], dim=1)
+        order = _top_columns(means, min(self.n, means.shape[1]))
+        self.neurons = torch.gather(candidates, 1, order)
+        self.means = torch.gather(means, 1, order)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.neurons.numpy(), self.means.numpy()
 
 
 def mean_activation(activations: Any, selection: Any) -> np.ndarray:
@@ -274,18 +343,34 @@ def _max_ignoring_nan(means: np.ndarray) -> np.ndarray:
     return np.fmax.reduce(means, axis=0)
 
 
-def novelty(ind_means: Any, ood_means: Any) -> np.ndarray:
-    """Raw novelty per neuron: max over categories of InD minus that of OOD.
+def raw_novelty(ind_means: Any, ood_means: Any) -> np.ndarray:
+    """Raw novelty per neuron: max over categories of InD minus that of OOD, on the raw
+    category means (so in the neuron's own units).
 
     Categories without images (NaN rows) are skipped. Positive values mean the
     neuron's strongest category response drops on the OOD set: its feature is
-    missing there. The paper's novelty score is the positive part.
+    missing there.
 
     Returns:
         float32 [M]; NaN where a side has no category with data.
     """
     ind, ood = _check_means(ind_means, ood_means)
     return (_max_ignoring_nan(ind) - _max_ignoring_nan(ood)).astype(np.float32)
+
+
+def novelty(ind_means: Any, ood_means: Any, ind_max: Any) -> np.ndarray:
+    """Novelty per neuron in the Deephys authors' units: :func:`raw_novelty` on
+    activations divided by each neuron's InD maximum ``ind_max`` ([M]) before the
+    category means are taken (mjgroth/deephys-aio, Colored_MNIST_Tutorial.ipynb).
+
+    Dividing a neuron by a positive number divides its category means, so this is
+    ``raw_novelty / ind_max``: comparable across neurons, layers and models, at most
+    1 after ReLU. The paper's novelty score is its positive part.
+
+    Returns:
+        float32 [M]; NaN for neurons dead on InD and where a side has no data.
+    """
+    return derived.normalize(raw_novelty(ind_means, ood_means), as_numpy(ind_max))
 
 
 def spurious(ind_means: Any, ood_means: Any) -> np.ndarray:
@@ -452,14 +537,17 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
 
 
 def ood_scores(ind_means: Any, ind_max: Any, ood_means: Any, ood_max: Any) -> OODScores:
-    """Novelty, spurious score and activation ratio of one OOD set, per neuron.
+    """Novelty (normalized and raw), spurious score and activation ratio of one OOD
+    set, per neuron.
 
     Takes category means ([C, M], from :func:`category_means`) and per-neuron maxima
     ([M], from :func:`max_per_neuron`), so that the InD side is computed once for
     all OOD sets.
     """
+    ind_max = as_numpy(ind_max).astype(np.float32)
     return OODScores(
-        novelty=novelty(ind_means, ood_means),
+        novelty_raw=raw_novelty(ind_means, ood_means),
         spurious=spurious(ind_means, ood_means),
         activation_ratio=ratio_of_maxima(ind_max, ood_max),
+        ind_max=ind_max,
     )

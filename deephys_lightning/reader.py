@@ -30,7 +30,7 @@ from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
 from tb_plugin.derived import OODScores
-from tb_plugin.metadata import Record
+from tb_plugin.metadata import Detection, Record
 from tb_plugin.read_model import StepData, UnknownNameError
 from tb_plugin.records import DeephysReader
 
@@ -149,8 +149,15 @@ class DeephysLog:
         return self._read(step, lambda data: data.maxima(layer, dataset))
 
     def scores(self, layer: str, ood: str, step: int | None = None) -> OODScores:
-        """Per-neuron novelty, spurious score and activation ratio of an OOD set."""
+        """Per-neuron novelty (``.novelty``, in the authors' units; ``.novelty_raw``),
+        spurious score and activation ratio of an OOD set; ``.summary()`` the means."""
         return self._read(step, lambda data: data.scores(layer, ood))
+
+    def detection(self, ood: str, step: int | None = None) -> list[Detection]:
+        """The OOD detection rows of ``ood`` (``DeephysCallback(ood_detectors=...)``):
+        per detector, AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR against the InD set.
+        Empty when none were recorded."""
+        return self._read(step, lambda data: data.detection(ood))
 
     def labels(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""

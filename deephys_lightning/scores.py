@@ -1,13 +1,14 @@
-"""The score table of a Deephys log: per run, step, layer and OOD set.
+"""The score tables of a Deephys log: per run, step, layer and OOD set, the neuron
+scores; per run, step, OOD set and detector, the OOD detection metrics.
 
 Example::
 
-    from deephys_lightning.scores import score_table, format_score_table
+    from deephys_lightning.scores import score_table, format_table, detection_table
 
-    rows = score_table("lightning_logs")
-    print(format_score_table(rows))
+    print(format_table(score_table("lightning_logs")))
+    print(format_table(detection_table("lightning_logs")))
 
-or from a shell: ``deephys-lightning scores lightning_logs``.
+or from a shell: ``deephys-lightning scores lightning_logs`` (``--detection``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 
 from deephys_lightning.reader import read_runs
 from tb_plugin.derived import accuracy
+from tb_plugin.metadata import DETECTION_METRICS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +38,30 @@ class ScoreRow:
     accuracy: float
     novelty_mean: float
     novelty_positive_fraction: float
+    novelty_raw_mean: float
     spurious_mean: float
     spurious_undefined: int
     activation_ratio_mean: float
+    dead_neurons: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectionRow:
+    """How well one OOD detector separates the InD set from one OOD set at one step
+    (higher scores = more in-distribution; InD is the positive class)."""
+
+    run: str
+    step: int
+    epoch: int
+    ood: str
+    detector: str
+    layer: str  # "" for the detectors on the logits
+    auroc: float
+    aupr_in: float
+    aupr_out: float
+    fpr_at_95_tpr: float
+    ind_images: int
+    ood_images: int
 
 
 def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
@@ -67,18 +90,51 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
     return rows
 
 
-_COLUMNS = (
+def detection_table(log_dir: str | os.PathLike) -> list[DetectionRow]:
+    """OOD detection metrics of every run under ``log_dir``, oldest step first.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist.
+    """
+    rows = []
+    for run, log in sorted(read_runs(log_dir).items()):
+        for record in log.records:
+            for ood in record.ood:
+                for row in log.detection(ood, record.step):
+                    fields = dataclasses.asdict(row)
+                    fields["layer"] = fields["layer"] or ""
+                    rows.append(
+                        DetectionRow(
+                            run=run, step=record.step, epoch=record.epoch, ood=ood, **fields
+                        )
+                    )
+    return rows
+
+
+_SCORE_COLUMNS = (
     ("run", "run", "{}"),
     ("step", "step", "{}"),
     ("epoch", "epoch", "{}"),
     ("layer", "layer", "{}"),
     ("ood", "OOD set", "{}"),
     ("accuracy", "accuracy", "{:.1%}"),
-    ("novelty_mean", "novelty", "{:.4g}"),
+    ("novelty_mean", "novelty", "{:.3f}"),
     ("novelty_positive_fraction", "novel>0", "{:.0%}"),
+    ("novelty_raw_mean", "raw novelty", "{:.4g}"),
     ("spurious_mean", "spurious", "{:.3f}"),
     ("spurious_undefined", "undef.", "{}"),
     ("activation_ratio_mean", "act.ratio", "{:.1%}"),
+    ("dead_neurons", "dead", "{}"),
+)
+_DETECTION_COLUMNS = (
+    ("run", "run", "{}"),
+    ("step", "step", "{}"),
+    ("epoch", "epoch", "{}"),
+    ("ood", "OOD set", "{}"),
+    ("detector", "detector", "{}"),
+    ("layer", "layer", "{}"),
+    *((metric, metric.replace("_at_95_tpr", "@95tpr"), "{:.4f}") for metric in DETECTION_METRICS),
+    ("ood_images", "OOD images", "{}"),
 )
 
 
@@ -88,10 +144,12 @@ def _cell(value: object, fmt: str) -> str:
     return fmt.format(value)
 
 
-def format_score_table(rows: list[ScoreRow]) -> str:
-    """A fixed-width text table of ``rows``, one line per OOD set and step."""
-    header = [title for _, title, _ in _COLUMNS]
-    lines = [[_cell(getattr(row, field), fmt) for field, _, fmt in _COLUMNS] for row in rows]
+def format_table(rows: list[ScoreRow] | list[DetectionRow]) -> str:
+    """A fixed-width text table of ``rows`` (of :func:`score_table` or
+    :func:`detection_table`), one line per row."""
+    columns = _DETECTION_COLUMNS if rows and isinstance(rows[0], DetectionRow) else _SCORE_COLUMNS
+    header = [title for _, title, _ in columns]
+    lines = [[_cell(getattr(row, field), fmt) for field, _, fmt in columns] for row in rows]
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]
     text = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     text += [

@@ -20,18 +20,21 @@ import time
 from typing import Protocol
 
 import numpy as np
+import torch
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
-from deephys_lightning import metrics
+from deephys_lightning import detection, metrics
 from tb_plugin import assets, derived, metadata
 from tb_plugin.metadata import (
     SCORE_KINDS,
+    Detection,
     Kind,
     Record,
     create_summary_metadata,
+    detection_tag,
     scalar_tag,
     tag_name,
 )
@@ -86,6 +89,8 @@ class DatasetRecording:
         positions: int [N] index in the dataset of each image (default 0..N-1).
         thumbnails_digest: the thumbnails' content digest, when already computed.
         logits: float [N, C] classifier outputs, or None when not recorded.
+        logit_scores: float32 [N, 3] the ``msp``, ``max_logit`` and ``energy`` score of
+            each image (``detection.logit_scores``); computed from ``logits`` when None.
     """
 
     labels: np.ndarray
@@ -95,6 +100,15 @@ class DatasetRecording:
     positions: np.ndarray | None = None
     thumbnails_digest: str | None = None
     logits: np.ndarray | None = None
+    logit_scores: np.ndarray | None = None
+
+    def detector_scores(self) -> np.ndarray | None:
+        """The logit detectors' scores ``[N, 3]``, or None without logits."""
+        if self.logit_scores is not None:
+            return np.asarray(self.logit_scores, dtype=np.float32)
+        if self.logits is None:
+            return None
+        return detection.logit_scores(torch.from_numpy(np.asarray(self.logits))).numpy()
 
 
 def tensor_summary(
@@ -152,6 +166,7 @@ def write_record(
     *,
     log_dir: str | None = None,
     max_activation_bytes: int | None = None,
+    detectors: tuple[str, ...] = (),
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
@@ -161,7 +176,9 @@ def write_record(
     the events. For each layer and dataset: the view data of :func:`layer_arrays`
     (the float16 activation matrix only while it is at most ``max_activation_bytes``;
     None: always). For each layer and OOD set: per-neuron novelty, spurious score
-    and activation ratio, their headline scalars and histograms.
+    and activation ratio, their headline scalars and histograms. For each OOD set:
+    the metrics of the OOD ``detectors`` (``detection.DETECTORS``; the logit ones need
+    every dataset's logits or logit scores), as a ``detection`` blob and scalars.
     The record itself is written last, so a reader that sees it sees the rest too.
     """
     missing = [name for name in record.datasets if name not in recordings]
@@ -171,6 +188,18 @@ def write_record(
     num_classes = len(record.class_names)
     for name in record.datasets:
         _write_dataset(sink, step, name, recordings[name], log_dir)
+    detections: dict[str, list[Detection]] = {ood: [] for ood in record.ood}
+    logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
+    if any(d in detection.LOGIT_DETECTORS for d in detectors):
+        without = [name for name, scores in logit_scores.items() if scores is None]
+        if without:
+            raise ValueError(
+                f"the logit detectors in {list(detectors)} need logits or logit_scores for "
+                f"every dataset; {without} have neither"
+            )
+        found = detection.logit_detections(logit_scores, ind=record.ind, detectors=detectors)
+        for ood, rows in found.items():
+            detections[ood] += rows
     for layer in record.layers:
         # One source of truth: everything is computed on the stored float16 values.
         acts = {
@@ -198,6 +227,20 @@ def write_record(
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
             _write_scores(sink, step, layer, ood, scores)
+        if any(d in detection.FEATURE_DETECTORS for d in detectors):
+            found = detection.feature_detections(
+                layer,
+                acts,
+                ind=record.ind,
+                ind_labels=recordings[record.ind].labels,
+                num_classes=num_classes,
+                detectors=detectors,
+            )
+            for ood, rows in found.items():
+                detections[ood] += rows
+    if detectors:
+        for ood, rows in detections.items():
+            _write_detections(sink, step, ood, rows)
     sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
     sink.flush()
 
@@ -231,12 +274,16 @@ def layer_arrays(
     arrays[Kind.IMAGE_TOP_VALUES] = normalized.astype(np.float32)
     arrays[Kind.CATEGORY_MEANS] = means.astype(np.float32)
     arrays[Kind.MAXIMA] = maxima.astype(np.float32)
-    pairs, pair_neurons, pair_means = metrics.confusion_top_neurons(
-        acts, recording.labels, recording.predictions, num_classes, metadata.TOP_NEURONS
+    directed, either = metrics.confusion_sets_top_neurons(
+        acts, recording.labels, recording.predictions, num_classes, metadata.TOP_NEURONS, ind_max
     )
-    arrays[Kind.PAIRS] = pairs.astype(np.int32)
-    arrays[Kind.PAIR_TOP_NEURONS] = pair_neurons.astype(np.int32)
-    arrays[Kind.PAIR_TOP_MEANS] = pair_means.astype(np.float32)
+    for kinds, (pairs, pair_neurons, pair_means) in (
+        ((Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS), directed),
+        ((Kind.CONFUSIONS, Kind.CONFUSION_TOP_NEURONS, Kind.CONFUSION_TOP_MEANS), either),
+    ):
+        arrays[kinds[0]] = pairs.astype(np.int32)
+        arrays[kinds[1]] = pair_neurons.astype(np.int32)
+        arrays[kinds[2]] = pair_means.astype(np.float32)
     return arrays
 
 
@@ -274,13 +321,24 @@ def _write_scores(
     sink: SummarySink, step: int, layer: str, ood: str, scores: derived.OODScores
 ) -> None:
     names = {"layer": layer, "dataset": ood}
-    for kind in SCORE_KINDS:
-        values = np.asarray(getattr(scores, kind.value), dtype=np.float32)
+    for kind, field in SCORE_KINDS.items():
+        values = np.asarray(getattr(scores, field), dtype=np.float32)
         sink.add_summary(tensor_summary(kind, values, **names), step)
     for scalar, value in scores.summary().items():
         sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
-    for name, values in (("novelty", scores.novelty), ("spurious", scores.spurious)):
+    alive = ~scores.dead
+    for name in ("novelty", "spurious"):
+        values = np.asarray(getattr(scores, name))[alive]
         finite = values[np.isfinite(values)].astype(np.float64)
         if finite.size:
             tag = scalar_tag(name, layer=layer, dataset=ood)
             sink.add_summary(histogram_pb(tag, finite, buckets=30), step)
+
+
+def _write_detections(sink: SummarySink, step: int, ood: str, rows: list[Detection]) -> None:
+    blob = Detection.list_to_json(rows)
+    sink.add_summary(blob_summary(Kind.DETECTION, [blob], dataset=ood), step)
+    for row in rows:
+        for metric in metadata.DETECTION_METRICS:
+            tag = detection_tag(row.detector, metric, dataset=ood, layer=row.layer)
+            sink.add_summary(scalar_pb(tag, getattr(row, metric)), step)

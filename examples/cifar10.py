@@ -50,7 +50,7 @@ from torchvision.models import resnet18
 from torchvision.transforms import v2
 
 from deephys_lightning import DeephysCallback
-from deephys_lightning.scores import format_score_table, score_table
+from deephys_lightning.scores import format_table, score_table
 
 PROG = "examples/cifar10.py"
 EXPERIMENT_NAME = "cifar10"
@@ -436,7 +436,7 @@ def print_scores(log_dir: str, logdir: str) -> None:
         return
     last = max(row.step for row in rows)
     print(f"\nDeephys scores of {LAYER} at the last recorded epoch:", flush=True)
-    print(format_score_table([row for row in rows if row.step == last]), flush=True)
+    print(format_table([row for row in rows if row.step == last]), flush=True)
     print(
         f"\nEvery epoch: deephys-lightning scores {log_dir}\n"
         f"The Deephys tab: tensorboard --logdir {logdir}",

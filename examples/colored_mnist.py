@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from deephys_lightning import DeephysCallback
 from deephys_lightning.demo.data import CLASS_NAMES, make_colored_digits
 from deephys_lightning.demo.model import PENULTIMATE_LAYER, DigitClassifier
-from deephys_lightning.scores import ScoreRow, format_score_table, score_table
+from deephys_lightning.scores import ScoreRow, format_table, score_table
 
 PROG = "examples/colored_mnist.py"
 EXPERIMENT_NAME = "colored_mnist"
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {error}", file=sys.stderr)
         return 2
     rows = last_step_rows(run_dir)
-    print(format_score_table(rows))
+    print(format_table(rows))
     expectations = check_pattern(rows)
     for expectation in expectations:
         print(f"{'ok  ' if expectation.holds else 'FAIL'}  {expectation.claim}")

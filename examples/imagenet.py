@@ -53,7 +53,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.models import WeightsEnum
 
 from deephys_lightning import DeephysCallback
-from deephys_lightning.scores import format_score_table, score_table
+from deephys_lightning.scores import format_table, score_table
 
 PROG = "examples/imagenet.py"
 IND_NAME = "imagenet"
@@ -455,7 +455,7 @@ def print_scores(run_dir: str, logdir: Path, random_weights: bool) -> None:
     name = os.path.relpath(run_dir, logdir)  # the run as TensorBoard names it, not "."
     rows = [dataclasses.replace(row, run=name) for row in score_table(run_dir)]
     if rows:
-        print(format_score_table(rows), flush=True)
+        print(format_table(rows), flush=True)
     else:
         print("no OOD set (--ood NAME=DIR), so no scores", flush=True)
     if random_weights:

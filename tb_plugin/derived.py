@@ -13,9 +13,14 @@ Example::
     [0.5, nan]
     >>> descending_order(np.array([1.0, np.nan, 3.0, 3.0])).tolist()      # ties: lower first
     [2, 3, 0, 1]
-    >>> scores = OODScores(np.array([1.0, -1.0]), np.array([0.5, np.nan]), np.array([1.0, 2.0]))
-    >>> scores.summary()["spurious_undefined"]
-    1
+    >>> scores = OODScores(novelty_raw=np.array([1.0, -1.0, 0.0]),
+    ...                    spurious=np.array([0.5, np.nan, 0.0]),
+    ...                    activation_ratio=np.array([1.0, 2.0, np.nan]),
+    ...                    ind_max=np.array([2.0, 4.0, 0.0]))     # neuron 2 is dead
+    >>> scores.novelty.tolist()
+    [0.5, -0.25, nan]
+    >>> scores.summary()["spurious_undefined"], scores.summary()["dead_neurons"]
+    (1, 1)
 """
 
 from __future__ import annotations
@@ -107,42 +112,84 @@ def check_classes(values: np.ndarray, num_classes: int, name: str = "labels") ->
     return values.astype(np.int64, copy=False)
 
 
+# The per-neuron scores of an OOD set, as :meth:`OODScores.per_neuron` names them; the
+# headline means of ``summary()`` are ``<name>_mean``.
+NEURON_SCORES = ("novelty", "novelty_raw", "spurious", "activation_ratio")
+
+
+def dead_neurons(ind_max: np.ndarray) -> np.ndarray:
+    """bool ``[M]``: the neurons never above 0 on the InD set (or whose maximum is not
+    finite). They have no normalized activation, no novelty and are left out of every
+    mean and fraction."""
+    return np.isnan(alive_divisor(ind_max))
+
+
 @dataclasses.dataclass(frozen=True)
 class OODScores:
-    """Per-neuron scores of one OOD set (float32 ``[M]`` each).
+    """Per-neuron scores of one OOD set (float32 ``[M]`` each), from what a log stores.
 
-    ``novelty`` is raw (not clipped at 0), ``spurious`` is NaN where undefined and
-    ``activation_ratio`` NaN for neurons dead on InD (see docs/concepts.md).
+    ``novelty_raw`` is max over categories of the InD means minus that of the OOD
+    means, on raw activations (stored as kind ``novelty``); ``novelty`` is the same
+    difference on activations divided by the neuron's InD maximum, the Deephys
+    authors' units (mjgroth/deephys-aio, Colored_MNIST_Tutorial.ipynb), comparable
+    across neurons, layers and models. Scaling a neuron by a positive number scales
+    every category mean, so ``novelty = novelty_raw / ind_max`` exactly. ``spurious``
+    is NaN where undefined; dead neurons (:func:`dead_neurons`) have no novelty and
+    no activation ratio and are left out of :meth:`summary` (see docs/concepts.md).
     """
 
-    novelty: np.ndarray
+    novelty_raw: np.ndarray
     spurious: np.ndarray
     activation_ratio: np.ndarray
+    ind_max: np.ndarray
+
+    @property
+    def novelty(self) -> np.ndarray:
+        """Novelty in the authors' units (raw novelty / InD maximum); NaN if dead."""
+        return normalize(self.novelty_raw, self.ind_max)
+
+    @property
+    def dead(self) -> np.ndarray:
+        """bool ``[M]``: neurons never above 0 on InD."""
+        return dead_neurons(self.ind_max)
+
+    def per_neuron(self) -> dict[str, np.ndarray]:
+        """Every per-neuron score by name (:data:`NEURON_SCORES`)."""
+        return {name: np.asarray(getattr(self, name)) for name in NEURON_SCORES}
 
     def summary(self) -> dict[str, float]:
         """The headline numbers, logged as scalars ``deephys/<layer>/<ood>/<name>`` and
         shown in the tab and the ``scores`` table.
 
-        Means are over neurons with a defined score; ``spurious_undefined`` counts
-        the neurons without one. NaN where no neuron has a defined value.
+        Means and fractions are over the live neurons with a defined score;
+        ``spurious_undefined`` counts the live neurons without one and
+        ``dead_neurons`` the neurons left out. NaN where no neuron has a value.
         """
-        defined = np.isfinite(self.novelty)
-        positive = float(np.mean(self.novelty[defined] > 0)) if defined.any() else float("nan")
+        alive = ~self.dead
+        novelty = self.novelty[alive]
+        defined = novelty[np.isfinite(novelty)]
+        positive = float(np.mean(defined > 0)) if defined.size else float("nan")
+        spurious = np.asarray(self.spurious)[alive]
         return {
-            "novelty_mean": finite_mean(self.novelty),
+            "novelty_mean": finite_mean(novelty),
             "novelty_positive_fraction": positive,
-            "spurious_mean": finite_mean(self.spurious),
-            "spurious_undefined": int(np.sum(~np.isfinite(self.spurious))),
-            "activation_ratio_mean": finite_mean(self.activation_ratio),
+            "novelty_raw_mean": finite_mean(np.asarray(self.novelty_raw)[alive]),
+            "spurious_mean": finite_mean(spurious),
+            "spurious_undefined": int(np.sum(~np.isfinite(spurious))),
+            "activation_ratio_mean": finite_mean(np.asarray(self.activation_ratio)[alive]),
+            "dead_neurons": int(np.sum(~alive)),
         }
 
     def densities(self, bins: int = 20) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
         """The distributions the tab plots (the paper's Fig. 3), as :func:`density` gives
-        them: of the positive novelty values (the paper's novelty score) and of the
-        defined spurious scores over [0, 1]."""
+        them, over the live neurons: of the positive novelty values (the paper's
+        novelty score) and of the defined spurious scores, both over [0, 1] (values
+        above 1 are counted in the last bin)."""
+        alive = ~self.dead
+        novelty = self.novelty[alive]
         return {  # density() keeps the finite values
-            "novelty": density(self.novelty[self.novelty > 0], bins=bins),
-            "spurious": density(self.spurious, (0.0, 1.0), bins=bins),
+            "novelty": density(np.minimum(novelty[novelty > 0], 1.0), (0.0, 1.0), bins=bins),
+            "spurious": density(np.asarray(self.spurious)[alive], (0.0, 1.0), bins=bins),
         }
 
 

@@ -64,14 +64,24 @@ class Kind(str, enum.Enum):
     PAIRS = "pairs"  # int32 [P, 2] (true, predicted) pairs that occur (tensor)
     PAIR_TOP_NEURONS = "pair_top_neurons"  # int32 [P, n] most active neurons per pair (tensor)
     PAIR_TOP_MEANS = "pair_top_means"  # float32 [P, n] their mean activations (tensor)
-    NOVELTY = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
+    # The paper's confusion sets: images of label a predicted as b or of b predicted as a.
+    CONFUSIONS = "confusions"  # int32 [S, 2] pairs (a < b) with such images (tensor)
+    CONFUSION_TOP_NEURONS = "confusion_top_neurons"  # int32 [S, n] most active neurons (tensor)
+    CONFUSION_TOP_MEANS = "confusion_top_means"  # float32 [S, n] their normalized means (tensor)
+    # Raw novelty (the neuron's own units); the normalized novelty is derived from it.
+    NOVELTY_RAW = "novelty"  # float32 [M] raw novelty of an OOD set (tensor)
     SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
     ACTIVATION_RATIO = "activation_ratio"  # float32 [M] OOD max / InD max (tensor)
     LOGITS = "logits"  # float32 [N, C] classifier outputs per image (.npy blob chunks)
+    DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
 
 
 # Kinds stored as blob sequences (everything else is a tensor).
-BLOB_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS})
+BLOB_KINDS = frozenset(
+    {Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS, Kind.DETECTION}
+)
+# Blob kinds holding one JSON document (the others hold .npy chunks).
+JSON_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.DETECTION})
 # Kinds written per layer (everything else but RECORD is per dataset only).
 LAYER_KINDS = frozenset(
     {
@@ -85,14 +95,22 @@ LAYER_KINDS = frozenset(
         Kind.PAIRS,
         Kind.PAIR_TOP_NEURONS,
         Kind.PAIR_TOP_MEANS,
-        Kind.NOVELTY,
+        Kind.CONFUSIONS,
+        Kind.CONFUSION_TOP_NEURONS,
+        Kind.CONFUSION_TOP_MEANS,
+        Kind.NOVELTY_RAW,
         Kind.SPURIOUS,
         Kind.ACTIVATION_RATIO,
     }
 )
-# Per-neuron scores, written per layer for each OOD set (their headline scalars are
-# the keys of ``tb_plugin.derived.OODScores.summary()``).
-SCORE_KINDS = (Kind.NOVELTY, Kind.SPURIOUS, Kind.ACTIVATION_RATIO)
+# Per-neuron scores stored per layer for each OOD set, and the field of
+# ``tb_plugin.derived.OODScores`` each holds (the normalized novelty is derived from
+# the raw one and the InD maxima; the headline scalars are the keys of ``summary()``).
+SCORE_KINDS = {
+    Kind.NOVELTY_RAW: "novelty_raw",
+    Kind.SPURIOUS: "spurious",
+    Kind.ACTIVATION_RATIO: "activation_ratio",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +158,13 @@ def scalar_tag(name: str, *, layer: str | None = None, dataset: str) -> str:
     """
     parts = [dataset, name] if layer is None else [layer, dataset, name]
     return "deephys/" + "/".join(p.replace("/", "%2F") for p in parts)
+
+
+def detection_tag(detector: str, metric: str, *, dataset: str, layer: str | None = None) -> str:
+    """Tag of an OOD detection scalar: ``deephys/<ood>/<detector>/<metric>`` for the
+    detectors on the logits, ``deephys/<layer>/<ood>/<detector>/<metric>`` for those on
+    a layer's features."""
+    return f"{scalar_tag(detector, layer=layer, dataset=dataset)}/{metric}"
 
 
 def create_summary_metadata(
@@ -197,6 +222,9 @@ class Record:
     num_images: dict[str, int]
     top_k: int
     relu: bool = True
+    # "normalized": the confusion sets' top neurons (PAIR_TOP_*) are ranked by the mean
+    # of activations divided by the InD maxima; "raw" in logs written before.
+    set_means: str = "normalized"
     version: int = CONTENT_VERSION
 
     @property
@@ -229,10 +257,70 @@ class Record:
                 num_images={str(k): int(v) for k, v in data["num_images"].items()},
                 top_k=int(data["top_k"]),
                 relu=bool(data.get("relu", True)),
+                set_means=str(data.get("set_means", "raw")),
                 version=int(data.get("version", CONTENT_VERSION)),
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             return None
+
+
+# The OOD detection metrics of one Detection row, in the order the tables show them.
+DETECTION_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """How well one detector tells the InD set from one OOD set at one step.
+
+    ``detector`` scores every image, higher meaning more in-distribution (see
+    docs/concepts.md); ``layer`` is the recorded layer whose features it used, or
+    None for the detectors on the logits. The metrics (:data:`DETECTION_METRICS`) treat
+    InD as the positive class: AUROC, average precision with InD positive
+    (``aupr_in``) and with OOD positive (``aupr_out``), and the fraction of OOD images
+    accepted at the threshold that accepts 95 % of the InD images
+    (``fpr_at_95_tpr``). ``ind_images`` / ``ood_images`` are the images scored (a
+    detector may score a documented subsample). A kind ``detection`` blob holds a
+    JSON list of rows per OOD set.
+    """
+
+    detector: str
+    layer: str | None
+    auroc: float
+    aupr_in: float
+    aupr_out: float
+    fpr_at_95_tpr: float
+    ind_images: int
+    ood_images: int
+
+    @staticmethod
+    def list_to_json(rows: Sequence[Detection]) -> bytes:
+        # NaN (a set without images) is written as null: JSON has no NaN.
+        def clean(row: Detection) -> dict:
+            data = dataclasses.asdict(row)
+            return {k: (None if isinstance(v, float) and v != v else v) for k, v in data.items()}
+
+        return json.dumps([clean(row) for row in rows], sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def list_from_json(cls, raw: bytes) -> list[Detection]:
+        """Parse a ``detection`` blob; ``ValueError`` for a malformed one."""
+        try:
+            data = json.loads(bytes(raw).decode("utf-8"))
+            return [
+                cls(
+                    detector=str(row["detector"]),
+                    layer=None if row.get("layer") is None else str(row["layer"]),
+                    **{
+                        name: float("nan") if row.get(name) is None else float(row[name])
+                        for name in DETECTION_METRICS
+                    },
+                    ind_images=int(row["ind_images"]),
+                    ood_images=int(row["ood_images"]),
+                )
+                for row in data
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
+            raise ValueError(f"unreadable detection rows: {error}") from None
 
 
 # -- arrays as blob chunks ---------------------------------------------------------

@@ -27,8 +27,8 @@ import dataclasses
 import numpy as np
 from tensorboard import errors
 
-from tb_plugin import derived
-from tb_plugin.metadata import TOP_NEURONS, Kind, Record
+from tb_plugin import derived, metadata
+from tb_plugin.metadata import TOP_NEURONS, Detection, Kind, Record
 from tb_plugin.records import DeephysReader
 
 
@@ -52,7 +52,9 @@ class TopNeurons:
     """Neurons ranked for an image or a set of images, highest first (``[n]`` each)."""
 
     neurons: np.ndarray
-    values: np.ndarray  # normalized activation (an image) or mean activation (a set)
+    # normalized activation (an image) or mean normalized activation (a set of images)
+    values: np.ndarray
+    normalized: bool = True  # False: the raw means of a log written before (set_means)
 
 
 class StepData:
@@ -233,13 +235,29 @@ class StepData:
     # -- derived numbers ------------------------------------------------------------
 
     def scores(self, layer: str, ood: str) -> derived.OODScores:
-        """Per-neuron novelty, spurious score and activation ratio of an OOD set."""
+        """Per-neuron novelty (normalized and raw), spurious score and activation ratio
+        of an OOD set; the normalized novelty comes from the stored raw one and the InD
+        maxima, so logs written before it existed give it too."""
         self.check_ood(ood)
-        return derived.OODScores(
-            novelty=self.array(Kind.NOVELTY, layer, ood),
-            spurious=self.array(Kind.SPURIOUS, layer, ood),
-            activation_ratio=self.array(Kind.ACTIVATION_RATIO, layer, ood),
-        )
+        arrays = {
+            field: self.array(kind, layer, ood) for kind, field in metadata.SCORE_KINDS.items()
+        }
+        return derived.OODScores(**arrays, ind_max=self.ind_max(layer))
+
+    def detection(self, ood: str) -> list[Detection]:
+        """The OOD detection rows of ``ood`` (empty when none were recorded: detectors
+        off, or a log written before them)."""
+        self.check_ood(ood)
+        try:
+            raw = self.array(Kind.DETECTION, dataset=ood)
+        except UnknownNameError:
+            raise
+        except errors.NotFoundError:
+            return []
+        try:
+            return Detection.list_from_json(raw.tobytes())
+        except ValueError as error:
+            raise errors.NotFoundError(f"the detection rows of {ood!r}: {error}") from None
 
     def accuracy(self, dataset: str) -> float:
         return derived.accuracy(self.labels(dataset), self.predictions(dataset))
@@ -276,32 +294,63 @@ class StepData:
         return TopNeurons(neurons=neurons[index, :n], values=normalized[index, :n])
 
     def category_top_neurons(self, layer: str, dataset: str, label: int) -> TopNeurons:
-        """The neurons most active on average over the images of category ``label``."""
+        """The neurons most active on average over the images of category ``label``, by
+        mean normalized activation (dead neurons last)."""
         self.check_class("label", label)
-        means = self.category_means(layer, dataset)[label]
+        means = derived.normalize(self.category_means(layer, dataset)[label], self.ind_max(layer))
         order = derived.descending_order(means, TOP_NEURONS)
         return TopNeurons(neurons=order, values=means[order])
 
-    def pair_top_neurons(self, layer: str, dataset: str, label: int, pred: int) -> TopNeurons:
-        """The neurons most active on average over the images of ``label`` predicted as
-        ``pred`` (its confusion set)."""
+    def pair_top_neurons(
+        self, layer: str, dataset: str, label: int, pred: int, either: bool = False
+    ) -> TopNeurons:
+        """The neurons most active on average over a confusion set: the images of
+        ``label`` predicted as ``pred``, or with ``either`` the paper's confusion
+        between the two classes (also ``pred`` predicted as ``label``)."""
         self.check_class("label", label)
         self.check_class("pred", pred)
-        pairs = self.array(Kind.PAIRS, layer, dataset)
-        row = np.flatnonzero((pairs[:, 0] == label) & (pairs[:, 1] == pred))
+        if either:
+            if label == pred:
+                raise errors.InvalidArgumentError(
+                    "a confusion set in either direction needs two different classes"
+                )
+            kinds = (Kind.CONFUSIONS, Kind.CONFUSION_TOP_NEURONS, Kind.CONFUSION_TOP_MEANS)
+            key = (min(label, pred), max(label, pred))
+            try:
+                pairs = self.array(kinds[0], layer, dataset)
+            except UnknownNameError:
+                raise
+            except errors.NotFoundError:
+                raise errors.NotFoundError(
+                    f"step {self.step} was written before confusion sets in either direction "
+                    "were recorded; open the directed set (label predicted as pred), or "
+                    "record again"
+                ) from None
+        else:
+            kinds = (Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS)
+            key = (label, pred)
+            pairs = self.array(kinds[0], layer, dataset)
+        row = np.flatnonzero((pairs[:, 0] == key[0]) & (pairs[:, 1] == key[1]))
         if not len(row):
+            what = "or the other way round" if either else ""
             raise errors.NotFoundError(
-                f"no image of {dataset!r} has label {label} and prediction {pred}"
+                f"no image of {dataset!r} has label {label} and prediction {pred} {what}".strip()
             )
         return TopNeurons(
-            neurons=self.array(Kind.PAIR_TOP_NEURONS, layer, dataset)[row[0]],
-            values=self.array(Kind.PAIR_TOP_MEANS, layer, dataset)[row[0]],
+            neurons=self.array(kinds[1], layer, dataset)[row[0]],
+            values=self.array(kinds[2], layer, dataset)[row[0]],
+            normalized=either or self.record.set_means == "normalized",
         )
 
-    def members(self, dataset: str, label: int, pred: int | None = None) -> np.ndarray:
-        """Indices of the images of category ``label`` (predicted as ``pred``, if given)."""
-        labels = self.labels(dataset)
-        selected = labels == label
-        if pred is not None:
-            selected &= self.predictions(dataset) == pred
+    def members(
+        self, dataset: str, label: int, pred: int | None = None, either: bool = False
+    ) -> np.ndarray:
+        """Indices of the images of category ``label`` (predicted as ``pred``, if given;
+        with ``either``, also those of ``pred`` predicted as ``label``)."""
+        labels, predictions = self.labels(dataset), self.predictions(dataset)
+        if pred is None:
+            return np.flatnonzero(labels == label)
+        selected = (labels == label) & (predictions == pred)
+        if either:
+            selected |= (labels == pred) & (predictions == label)
         return np.flatnonzero(selected)

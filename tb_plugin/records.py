@@ -32,6 +32,7 @@ from tb_plugin import assets
 from tb_plugin.lru_cache import ByteLRUCache
 from tb_plugin.metadata import (
     BLOB_KINDS,
+    JSON_KINDS,
     PLUGIN_NAME,
     Kind,
     PluginContent,
@@ -225,7 +226,7 @@ class DeephysReader:
                 "(TensorBoard may have sampled it out: start it with "
                 "--samples_per_plugin=deephys=0 to keep every step)"
             )
-        if kind is Kind.THUMBNAILS:  # a reference to an asset file: its bytes as uint8
+        if kind in JSON_KINDS:  # a JSON document (a thumbnail reference...): bytes as uint8
             raw = b"".join(self._read_blob(ctx, v) for v in datum.values)
             return np.frombuffer(raw, dtype=np.uint8)
         if kind in BLOB_KINDS:

@@ -42,7 +42,21 @@ def test_the_paper_pattern_holds_at_small_size(tmp_path, capsys):
 
 
 def _row(ood: str, novelty: float, spurious: float) -> ScoreRow:
-    return ScoreRow("run", 10, 1, "backbone.fc1", ood, 0.5, novelty, 0.5, spurious, 0, 0.9)
+    return ScoreRow(
+        run="run",
+        step=10,
+        epoch=1,
+        layer="backbone.fc1",
+        ood=ood,
+        accuracy=0.5,
+        novelty_mean=novelty,
+        novelty_positive_fraction=0.5,
+        novelty_raw_mean=novelty * 10,
+        spurious_mean=spurious,
+        spurious_undefined=0,
+        activation_ratio_mean=0.9,
+        dead_neurons=0,
+    )
 
 
 def test_the_check_reports_each_broken_expectation():

@@ -174,7 +174,7 @@ def test_novelty_and_spurious_match_scipy(shape, dtype, data):
     ood = data.draw(hnp.arrays(dtype, shape, elements=MEANS))
     if data.draw(st.booleans()):  # whole empty categories (NaN rows) as well
         ind[data.draw(st.integers(0, shape[0] - 1))] = np.nan
-    nov, spu = metrics.novelty(ind, ood), metrics.spurious(ind, ood)
+    nov, spu = metrics.raw_novelty(ind, ood), metrics.spurious(ind, ood)
     ref_ind, ref_ood = ind.astype(np.float64), ood.astype(np.float64)
     np.testing.assert_allclose(nov, ref_novelty(ref_ind, ref_ood), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(spu, ref_spurious(ref_ind, ref_ood), rtol=1e-5, atol=1e-6)
@@ -201,7 +201,7 @@ def test_spurious_random_data_against_scipy_per_neuron():
 
 def test_means_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="same shape"):
-        metrics.novelty(np.ones((3, 2)), np.ones((4, 2)))
+        metrics.raw_novelty(np.ones((3, 2)), np.ones((4, 2)))
 
 
 def test_ood_scores_summary():
@@ -210,14 +210,70 @@ def test_ood_scores_summary():
     scores = metrics.ood_scores(
         ind_means, np.array([4.0, 2.0, 0.0]), ood_means, np.array([2.0, 4.0, 1.0])
     )
-    np.testing.assert_allclose(scores.novelty, [2.0, -2.0, -1.0])
+    np.testing.assert_allclose(scores.novelty_raw, [2.0, -2.0, -1.0])
+    np.testing.assert_allclose(scores.novelty, [0.5, -1.0, np.nan])  # raw / InD max
     np.testing.assert_allclose(scores.activation_ratio, [0.5, 2.0, np.nan])
+    assert scores.dead.tolist() == [False, False, True]
     summary = scores.summary()
-    assert summary["novelty_mean"] == pytest.approx(-1 / 3)
-    assert summary["novelty_positive_fraction"] == pytest.approx(1 / 3)
+    # neuron 2 is dead (InD max 0): left out of every mean and fraction
+    assert summary["dead_neurons"] == 1
+    assert summary["novelty_mean"] == pytest.approx(-0.25)
+    assert summary["novelty_positive_fraction"] == pytest.approx(1 / 2)
+    assert summary["novelty_raw_mean"] == pytest.approx(0.0)
     assert summary["activation_ratio_mean"] == pytest.approx(1.25)
-    assert summary["spurious_undefined"] == 1  # neuron 2: constant on InD
+    assert summary["spurious_undefined"] == 0
     assert summary["spurious_mean"] == pytest.approx(0.0)
+
+
+def authors_scores(ind_acts, ind_labels, ood_acts, ood_labels, num_classes):
+    """The Deephys authors' tutorial cells, restated (mjgroth/deephys-aio,
+    Colored_MNIST_Tutorial.ipynb: "Normalize and get average firing rates per category",
+    "Calculate Spurious and Novelty scores"), with scipy.stats.mstats.spearmanr."""
+    from scipy.stats.mstats import spearmanr
+
+    norm = np.max(ind_acts, axis=0)
+    ind_acts, ood_acts = ind_acts / norm, ood_acts / norm
+    y_ind = np.array(
+        [np.mean(ind_acts[np.where(ind_labels == c)[0], :], axis=0) for c in range(num_classes)]
+    )
+    y_ood = np.array(
+        [np.mean(ood_acts[np.where(ood_labels == c)[0], :], axis=0) for c in range(num_classes)]
+    )
+    spurious = [1 - abs(spearmanr(y_ind[:, i], y_ood[:, i])[0]) for i in range(len(y_ind[0]))]
+    novelty = list(np.max(y_ind, axis=0) - np.max(y_ood, axis=0))
+    return np.array(novelty), np.array(spurious, dtype=np.float64)
+
+
+def test_novelty_and_spurious_match_the_authors_code_on_random_data():
+    rng = np.random.default_rng(11)
+    num_classes, m = 6, 40
+    ind = np.maximum(rng.normal(0, 1, (300, m)) * rng.uniform(0.01, 20, m), 0)
+    ood = np.maximum(rng.normal(-0.2, 1.3, (200, m)) * rng.uniform(0.01, 20, m), 0)
+    ind_labels = rng.integers(0, num_classes, 300)
+    ood_labels = rng.integers(0, num_classes, 200)
+    ind_means, ind_max = metrics.dataset_statistics(ind, ind_labels, num_classes)
+    ood_means, ood_max = metrics.dataset_statistics(ood, ood_labels, num_classes)
+    scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
+    novelty, spurious = authors_scores(ind, ind_labels, ood, ood_labels, num_classes)
+    np.testing.assert_allclose(scores.novelty, novelty, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores.spurious, spurious, rtol=1e-5, atol=1e-6)
+    # the raw novelty is the same difference in each neuron's own units
+    np.testing.assert_allclose(scores.novelty_raw, novelty * ind.max(0), rtol=1e-5, atol=1e-5)
+
+
+def test_dead_neurons_have_no_novelty_and_are_left_out():
+    ind = np.array([[1.0, 0.0], [3.0, 0.0]])
+    ood = np.array([[1.0, 2.0], [0.0, 1.0]])
+    labels = np.array([0, 1])
+    ind_means, ind_max = metrics.dataset_statistics(ind, labels, 2)
+    ood_means, ood_max = metrics.dataset_statistics(ood, labels, 2)
+    scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
+    assert np.isnan(scores.novelty[1]) and scores.dead.tolist() == [False, True]
+    assert np.isfinite(scores.novelty_raw[1])  # -2: the raw one is kept, but not averaged
+    summary = scores.summary()
+    assert summary["dead_neurons"] == 1
+    assert summary["novelty_raw_mean"] == pytest.approx(scores.novelty_raw[0])
+    assert summary["novelty_mean"] == pytest.approx(scores.novelty[0])
 
 
 # -- top k ------------------------------------------------------------------------------
@@ -267,3 +323,34 @@ def test_confusion_top_neurons_match_the_set_means():
         order = sorted(range(300), key=lambda j: (-m[j], j))[:7]
         assert neurons[p].tolist() == order
         np.testing.assert_allclose(means[p], m[order], rtol=1e-5)
+
+
+def test_confusion_sets_in_either_direction_match_the_set_means():
+    rng = np.random.default_rng(6)
+    acts = np.round(rng.random((500, 270)) * 6).astype(np.float16)
+    labels, preds = rng.integers(0, 5, 500), rng.integers(0, 5, 500)
+    preds[labels == 4] = 4  # class 4 is never confused
+    ind_max = rng.uniform(0.5, 8, 270).astype(np.float32)
+    ind_max[[3, 100]] = 0  # dead neurons rank last
+    directed, either = metrics.confusion_sets_top_neurons(acts, labels, preds, 5, 9, ind_max)
+    expected = sorted(
+        {
+            (min(a, b), max(a, b))
+            for a, b in zip(labels.tolist(), preds.tolist(), strict=True)
+            if a != b
+        }
+    )
+    assert [tuple(p) for p in either[0].tolist()] == expected
+    for p, (a, b) in enumerate(expected):
+        members = (labels == a) & (preds == b) | (labels == b) & (preds == a)
+        m = acts[members].astype(np.float64).mean(axis=0) / np.where(ind_max > 0, ind_max, np.nan)
+        order = sorted(range(270), key=lambda j: (np.isnan(m[j]), -np.nan_to_num(m[j]), j))[:9]
+        assert either[1][p].tolist() == order
+        np.testing.assert_allclose(either[2][p], m[order], rtol=1e-5)
+    # the directed sets are normalized the same way
+    pairs, neurons, means = directed
+    a, b = pairs[0]
+    m = acts[(labels == a) & (preds == b)].astype(np.float64).mean(axis=0)
+    m = m / np.where(ind_max > 0, ind_max, np.nan)
+    np.testing.assert_allclose(means[0], m[neurons[0]], rtol=1e-5)
+    assert 3 not in neurons[0].tolist() and 100 not in neurons[0].tolist()

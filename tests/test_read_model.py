@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.errors import NotFoundError
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tiny_model import TinyNet, loader, random_set, trainer
 
@@ -156,6 +158,92 @@ def test_steps_without_stored_maxima_still_read(tmp_path):
         np.testing.assert_allclose(top.normalized, top.activations / expected[0], rtol=1e-6)
 
 
+class OldWriterSink(EventFileSink):
+    """Writes what a callback of the previous release wrote: no maxima, no confusion
+    sets in either direction, no detection rows, a record without ``set_means``."""
+
+    NEW_KINDS = {
+        Kind.MAXIMA,
+        Kind.CONFUSIONS,
+        Kind.CONFUSION_TOP_NEURONS,
+        Kind.CONFUSION_TOP_MEANS,
+        Kind.DETECTION,
+    }
+
+    def add_summary(self, summary, step):
+        value = summary.value[0]
+        if value.tag.startswith("deephys/") and (
+            "/dead_neurons" in value.tag or "novelty_raw" in value.tag or "/msp/" in value.tag
+        ):
+            return
+        content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+        if content is not None and content.kind in self.NEW_KINDS:
+            return
+        if content is not None and content.kind is Kind.RECORD:
+            raw = json.loads(value.tensor.string_val[0])
+            del raw["set_means"]
+            value.tensor.string_val[0] = json.dumps(raw).encode()
+        super().add_summary(summary, step)
+
+
+def test_logs_of_the_previous_release_still_open(tmp_path):
+    rng = np.random.default_rng(4)
+    record = Record(
+        step=5,
+        epoch=0,
+        layers=(LAYER,),
+        datasets=("ind", "ood"),
+        class_names=("a", "b", "c"),
+        num_images={"ind": 60, "ood": 40},
+        top_k=4,
+    )
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, 3, n),
+            predictions=rng.integers(0, 3, n),
+            activations={
+                LAYER: (np.maximum(rng.normal(size=(n, 8)), 0) * rng.uniform(0.1, 30, 8)).astype(
+                    np.float16
+                )
+            },
+            logits=rng.normal(size=(n, 3)).astype(np.float32),
+        )
+        for name, n in (("ind", 60), ("ood", 40))
+    }
+    recordings["ind"].activations[LAYER][:, 7] = 0  # a dead neuron
+    sink = OldWriterSink(EventFileWriter(str(tmp_path)))
+    write_record(sink, record, recordings, log_dir=str(tmp_path), detectors=("msp",))
+    sink.close()
+    log = read_log(tmp_path)
+    assert log.record().set_means == "raw"
+    # the normalized novelty is derived from the stored raw one: the authors' formula
+    acts = {name: r.activations[LAYER].astype(np.float32) for name, r in recordings.items()}
+    ind_max = acts["ind"].max(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = {name: a / ind_max for name, a in acts.items()}
+    means = {
+        name: np.array([norm[name][recordings[name].labels == c].mean(0) for c in range(3)])
+        for name in acts
+    }
+    expected = means["ind"].max(0) - means["ood"].max(0)
+    scores = log.scores(LAYER, "ood")
+    np.testing.assert_allclose(scores.novelty[:7], expected[:7], rtol=1e-4, atol=1e-6)
+    assert np.isnan(scores.novelty[7]) and scores.summary()["dead_neurons"] == 1
+    # what the old log lacks is said, not made up
+    assert log.detection("ood") == []
+    data = log.at()
+    label, pred = (int(v) for v in data.array(Kind.PAIRS, LAYER, "ood")[0])
+    assert data.pair_top_neurons(LAYER, "ood", label, pred).normalized is False
+    other = next(
+        (int(x), int(y))
+        for x, y in zip(recordings["ood"].labels, recordings["ood"].predictions, strict=True)
+        if x != y
+    )
+    with pytest.raises(NotFoundError, match="written before confusion sets in either direction"):
+        data.pair_top_neurons(LAYER, "ood", *other, either=True)
+    assert data.category_top_neurons(LAYER, "ood", 0).normalized is True
+
+
 # -- the ranking rule: one definition, the fast torch kernels agree with it --------------
 
 TIES_AND_NAN = st.sampled_from([0.0, 1.0, 2.0, -1.0, np.nan, np.inf, -np.inf])
@@ -185,10 +273,12 @@ def test_descending_order_is_the_rule_of_every_top_list(values, n):
 
 def test_category_top_neurons_follow_the_rule(fitted):
     data = read_log(fitted[1]).at()
-    means = data.category_means(LAYER, "noise")
+    # ranked by the mean normalized activation: the raw means over the InD maxima
+    means = derived.normalize(data.category_means(LAYER, "noise"), data.ind_max(LAYER))
     for label in range(means.shape[0]):
         top = data.category_top_neurons(LAYER, "noise", label)
         assert top.neurons.tolist() == derived.descending_order(means[label], 16).tolist()
+        np.testing.assert_array_equal(top.values, means[label][top.neurons])
 
 
 def test_normalization_and_confusion_have_one_implementation():

@@ -18,9 +18,11 @@ from deephys_lightning.scores import score_table
 SCALARS = (
     "novelty_mean",
     "novelty_positive_fraction",
+    "novelty_raw_mean",
     "spurious_mean",
     "spurious_undefined",
     "activation_ratio_mean",
+    "dead_neurons",
 )
 
 
@@ -52,7 +54,13 @@ def test_logged_scores_equal_the_metrics_on_the_logged_activations(logged):
             np.testing.assert_array_equal(log.category_means("fc", d, step), means[d])
         for ood in ("noise", "other"):
             scores = log.scores("fc", ood, step)
-            np.testing.assert_array_equal(scores.novelty, metrics.novelty(means["ind"], means[ood]))
+            ind_max = metrics.max_per_neuron(acts["ind"])
+            np.testing.assert_array_equal(
+                scores.novelty, metrics.novelty(means["ind"], means[ood], ind_max)
+            )
+            np.testing.assert_array_equal(
+                scores.novelty_raw, metrics.raw_novelty(means["ind"], means[ood])
+            )
             np.testing.assert_array_equal(
                 scores.spurious, metrics.spurious(means["ind"], means[ood])
             )

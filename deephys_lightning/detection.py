@@ -1,0 +1,288 @@
+"""OOD detection from what the callback records: per-image scores and how well they
+tell the InD set from each OOD set.
+
+Every detector gives each image a score, **higher meaning more in-distribution**:
+
+- ``msp``: the maximum softmax probability of the logits (Hendrycks & Gimpel, 2017);
+- ``max_logit``: the largest logit (Hendrycks et al., 2022);
+- ``energy``: ``logsumexp`` of the logits, the negative free energy at temperature 1
+  (Liu et al., 2020);
+- ``mahalanobis``: minus the smallest Mahalanobis distance of the layer's features to
+  a class mean, with class means and one tied covariance fitted on the InD set's
+  features (Lee et al., 2018), pseudo-inverted;
+- ``knn``: minus the distance of the L2-normalized features to their ``k``-th nearest
+  InD neighbour (Sun et al., 2022), ``k`` = :data:`KNN_NEIGHBORS`; an InD image is
+  never its own neighbour. Beyond :data:`KNN_MAX_IMAGES` images per set, an evenly
+  spread subset of that many is used (as neighbours and as queries).
+
+The feature detectors are fitted on the InD *validation* set itself (the callback sees
+no training data), so their InD scores are in-sample: Mahalanobis then flatters the
+InD side when a layer has nearly as many neurons as the set has images.
+
+:func:`detection_metrics` gives AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR with
+InD as the positive class, computed by torchmetrics.
+
+Example::
+
+    >>> import torch
+    >>> scores = logit_scores(torch.tensor([[4.0, 0.0], [0.1, 0.0]]))   # [B, 3]
+    >>> [round(v, 3) for v in scores[:, 0].tolist()]                     # msp
+    [0.982, 0.525]
+    >>> metrics = detection_metrics(np.array([3.0, 2.0]), np.array([1.0, 2.5]))
+    >>> metrics["auroc"], metrics["fpr_at_95_tpr"]
+    (0.75, 0.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_specificity_at_sensitivity,
+)
+
+from tb_plugin.metadata import DETECTION_METRICS, Detection
+
+__all__ = [
+    "DEFAULT_DETECTORS",
+    "DETECTORS",
+    "FEATURE_DETECTORS",
+    "KNN_MAX_IMAGES",
+    "KNN_NEIGHBORS",
+    "LOGIT_DETECTORS",
+    "check_detectors",
+    "detection_metrics",
+    "feature_detections",
+    "knn_scores",
+    "logit_detections",
+    "logit_scores",
+    "mahalanobis_scores",
+]
+
+LOGIT_DETECTORS = ("msp", "max_logit", "energy")  # the columns of logit_scores()
+FEATURE_DETECTORS = ("mahalanobis", "knn")  # per recorded layer
+DETECTORS = LOGIT_DETECTORS + FEATURE_DETECTORS
+# The logit detectors cost a few milliseconds per epoch even at ImageNet scale; the
+# feature detectors cost seconds there (benchmarks/bench_scores.py): opt-in.
+DEFAULT_DETECTORS = LOGIT_DETECTORS
+KNN_NEIGHBORS = 50
+KNN_MAX_IMAGES = 10_000
+# The fraction of InD images accepted at the FPR's threshold.
+TPR = 0.95
+_ROW_BLOCK = 4096
+
+
+def check_detectors(detectors: Sequence[str] | None) -> tuple[str, ...]:
+    """``detectors`` as a tuple of known names, in the order given (None: none).
+
+    Raises:
+        ValueError: an unknown name or a string instead of a sequence, naming the
+            valid detectors.
+    """
+    if detectors is None:
+        return ()
+    if isinstance(detectors, str):
+        raise ValueError(
+            f"ood_detectors must be a list of names, got the string {detectors!r}; "
+            f"e.g. ood_detectors=[{detectors!r}]"
+        )
+    names = tuple(detectors)
+    unknown = [name for name in names if name not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown OOD detectors {unknown}; choose from {list(DETECTORS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def logit_scores(logits: torch.Tensor) -> torch.Tensor:
+    """float32 ``[B, 3]``: the ``msp``, ``max_logit`` and ``energy`` score of each row
+    of ``logits`` ``[B, C]``, on the logits' device (no host synchronisation)."""
+    logits = logits.detach().float().reshape(logits.shape[0], -1)
+    if logits.shape[1] == 0:
+        return torch.full((logits.shape[0], 3), float("nan"), device=logits.device)
+    energy = torch.logsumexp(logits, dim=1)
+    max_logit = logits.amax(dim=1)
+    msp = torch.exp(max_logit - energy)  # softmax of the largest logit
+    return torch.stack([msp, max_logit, energy], dim=1)
+
+
+def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR of telling InD from OOD by a score
+    that is higher for InD (keys :data:`tb_plugin.metadata.DETECTION_METRICS`).
+
+    InD is the positive class: AUPR-In is the average precision of InD, AUPR-Out that
+    of OOD under the negated score, and the FPR the fraction of OOD images scored at
+    least as high as the threshold that keeps 95 % of the InD images. All NaN when a
+    side has no images or a score is not finite.
+    """
+    ind = np.asarray(ind_scores, dtype=np.float64).reshape(-1)
+    ood = np.asarray(ood_scores, dtype=np.float64).reshape(-1)
+    if not (ind.size and ood.size and np.isfinite(ind).all() and np.isfinite(ood).all()):
+        return dict.fromkeys(DETECTION_METRICS, float("nan"))
+    scores = torch.from_numpy(np.concatenate([ind, ood]))
+    is_ind = torch.cat(
+        [torch.ones(ind.size, dtype=torch.long), torch.zeros(ood.size, dtype=torch.long)]
+    )
+    specificity, _ = binary_specificity_at_sensitivity(scores, is_ind, min_sensitivity=TPR)
+    return {
+        "auroc": float(binary_auroc(scores, is_ind)),
+        "aupr_in": float(binary_average_precision(scores, is_ind)),
+        "aupr_out": float(binary_average_precision(-scores, 1 - is_ind)),
+        "fpr_at_95_tpr": 1.0 - float(specificity),
+    }
+
+
+def _float_rows(features: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    block = features[start:stop]
+    block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+    return block.float()
+
+
+def mahalanobis_scores(
+    ind_features: np.ndarray,
+    ind_labels: np.ndarray,
+    num_classes: int,
+    features: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """``mahalanobis`` scores (float32 ``[N]``) of each dataset in ``features``.
+
+    Class means and a tied covariance are fitted on ``ind_features`` ``[N, M]`` with
+    ``ind_labels``; the covariance is pseudo-inverted (eigenvalues below
+    ``M * eps * max`` are dropped). A class without InD images has no mean.
+    """
+    ind_labels = np.asarray(ind_labels, dtype=np.int64)
+    n, m = ind_features.shape
+    if n == 0:
+        return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
+    # Class sums and the covariance accumulated in float64, rows widened block by block.
+    sums = torch.zeros((num_classes, m), dtype=torch.float64)
+    gram = torch.zeros((m, m), dtype=torch.float64)
+    index = torch.from_numpy(ind_labels)
+    for start in range(0, n, _ROW_BLOCK):
+        block = _float_rows(ind_features, start, start + _ROW_BLOCK)
+        sums.index_add_(0, index[start : start + _ROW_BLOCK], block.double())
+        gram += (block.T @ block).double()
+    counts = torch.from_numpy(np.bincount(ind_labels, minlength=num_classes)).double()
+    present = counts > 0
+    means = sums[present] / counts[present, None]  # [C', M]
+    # Tied covariance: sum over images of (x - mean of its class)(...)^T / N.
+    covariance = (gram - (means.T * counts[present]) @ means) / n
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    keep = eigenvalues > eigenvalues.max().clamp(min=0) * m * torch.finfo(torch.float64).eps
+    whiten = (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).float()  # [M, r]
+    centre = (sums.sum(0) / n).float()  # centring first keeps float32 products accurate
+    class_points = (means.float() - centre) @ whiten  # [C', r]
+    class_norms = (class_points**2).sum(1)
+    out = {}
+    for name, dataset in features.items():
+        scores = np.empty(len(dataset), dtype=np.float32)
+        for start in range(0, len(dataset), _ROW_BLOCK):
+            points = (_float_rows(dataset, start, start + _ROW_BLOCK) - centre) @ whiten
+            distances = (points**2).sum(1, keepdim=True) - 2 * points @ class_points.T + class_norms
+            scores[start : start + len(points)] = (-distances.amin(1).clamp(min=0)).numpy()
+        out[name] = scores
+    return out
+
+
+def spread_subset(count: int, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` of ``count`` items, evenly spread, deterministic."""
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
+
+
+def _unit_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    block = torch.from_numpy(np.asarray(features[rows])).float()
+    return block / block.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def knn_scores(
+    ind_features: np.ndarray,
+    features: Mapping[str, np.ndarray],
+    *,
+    ind: str,
+    k: int = KNN_NEIGHBORS,
+    max_images: int = KNN_MAX_IMAGES,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``knn`` scores of each dataset in ``features``: ``(indices, scores)``, the
+    images scored (at most ``max_images``, evenly spread) and their float32 scores.
+
+    The neighbours are the InD images of the same evenly spread subset; ``features[ind]``
+    (the InD set) is scored leave-one-out. ``k`` is capped at the neighbours there are.
+    """
+    bank_rows = spread_subset(len(ind_features), max_images)
+    bank = _unit_rows(ind_features, bank_rows)  # [B, M]
+    out = {}
+    for name, dataset in features.items():
+        is_ind = name == ind
+        rows = bank_rows if is_ind else spread_subset(len(dataset), max_images)
+        neighbours = min(k, len(bank) - (1 if is_ind else 0))
+        scores = np.full(len(rows), np.nan, dtype=np.float32)
+        if neighbours >= 1:
+            for start in range(0, len(rows), 1024):
+                queries = (
+                    bank[start : start + 1024]
+                    if is_ind
+                    else _unit_rows(dataset, rows[start : start + 1024])
+                )
+                similarity = queries @ bank.T  # [q, B]
+                if is_ind:  # an image is not its own neighbour
+                    own = torch.arange(start, start + len(queries))
+                    similarity[torch.arange(len(queries)), own] = -float("inf")
+                kth = similarity.topk(neighbours, dim=1).values[:, -1]
+                scores[start : start + len(queries)] = (-(2 - 2 * kth).clamp(min=0).sqrt()).numpy()
+        out[name] = (rows, scores)
+    return out
+
+
+def logit_detections(
+    scores: Mapping[str, np.ndarray], *, ind: str, detectors: Sequence[str]
+) -> dict[str, list[Detection]]:
+    """Per OOD set, a row per logit detector of ``detectors``: ``scores`` maps each
+    dataset (``ind`` among them) to its :func:`logit_scores` ``[N, 3]``."""
+    chosen = [d for d in detectors if d in LOGIT_DETECTORS]
+    rows: dict[str, list[Detection]] = {}
+    for name, ood in scores.items():
+        if name == ind:
+            continue
+        rows[name] = []
+        for detector in chosen:
+            column = LOGIT_DETECTORS.index(detector)
+            rows[name].append(_row(detector, None, scores[ind][:, column], ood[:, column]))
+    return rows
+
+
+def feature_detections(
+    layer: str,
+    features: Mapping[str, np.ndarray],
+    *,
+    ind: str,
+    ind_labels: np.ndarray,
+    num_classes: int,
+    detectors: Sequence[str],
+) -> dict[str, list[Detection]]:
+    """Per OOD set, a row per feature detector of ``detectors`` on ``layer``'s
+    ``features`` (dataset -> ``[N, M]``, ``ind`` among them)."""
+    rows: dict[str, list[Detection]] = {name: [] for name in features if name != ind}
+    if "mahalanobis" in detectors:
+        scores = mahalanobis_scores(features[ind], ind_labels, num_classes, features)
+        for name in rows:
+            rows[name].append(_row("mahalanobis", layer, scores[ind], scores[name]))
+    if "knn" in detectors:
+        scored = knn_scores(features[ind], features, ind=ind)
+        for name in rows:
+            rows[name].append(_row("knn", layer, scored[ind][1], scored[name][1]))
+    return rows
+
+
+def _row(detector: str, layer: str | None, ind: np.ndarray, ood: np.ndarray) -> Detection:
+    return Detection(
+        detector=detector,
+        layer=layer,
+        **detection_metrics(ind, ood),
+        ind_images=len(ind),
+        ood_images=len(ood),
+    )

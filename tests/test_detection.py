@@ -1,0 +1,262 @@
+"""OOD detection: detector scores against slow references, the metrics against
+scikit-learn and pytorch-ood on the same scores, and what a real Trainer run logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from pytorch_ood.metrics import OODMetrics
+from scipy.special import logsumexp, softmax
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from tensorboard.backend.event_processing import event_accumulator
+from tiny_model import NUM_CLASSES, TinyNet, loader, random_set, trainer
+
+from deephys_lightning import DeephysCallback, detection, read_log
+from deephys_lightning.cli import main
+from deephys_lightning.scores import detection_table
+from tb_plugin.metadata import DETECTION_METRICS, Detection
+
+
+def sklearn_metrics(ind: np.ndarray, ood: np.ndarray) -> dict[str, float]:
+    """The four metrics with scikit-learn, InD positive (the slow reference)."""
+    scores = np.concatenate([ind, ood])
+    is_ind = np.concatenate([np.ones(len(ind)), np.zeros(len(ood))])
+    fpr, tpr, _ = roc_curve(is_ind, scores)
+    return {
+        "auroc": roc_auc_score(is_ind, scores),
+        "aupr_in": average_precision_score(is_ind, scores),
+        "aupr_out": average_precision_score(1 - is_ind, -scores),
+        "fpr_at_95_tpr": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
+    }
+
+
+def pytorch_ood_metrics(ind: np.ndarray, ood: np.ndarray) -> dict[str, float]:
+    """pytorch-ood's OODMetrics on the same scores. It takes *outlier* scores with OOD
+    (labels < 0) as the positive class; ours are InD scores with InD positive, so InD
+    images are given its "outlier" label: its AUPR-OUT is our AUPR-In, and back."""
+    metrics = OODMetrics()
+    scores = torch.from_numpy(np.concatenate([ind, ood]))
+    labels = torch.cat([-torch.ones(len(ind)), torch.zeros(len(ood))]).long()
+    metrics.update(scores, labels)
+    out = metrics.compute()
+    return {
+        "auroc": out["AUROC"],
+        "aupr_in": out["AUPR-OUT"],
+        "aupr_out": out["AUPR-IN"],
+        "fpr_at_95_tpr": out["FPR95TPR"],
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_metrics_match_sklearn_and_pytorch_ood(seed, ties):
+    rng = np.random.default_rng(seed)
+    n_ind, n_ood = rng.integers(50, 3000, 2)
+    ind = rng.normal(rng.uniform(0, 2), 1, n_ind)
+    ood = rng.normal(0, rng.uniform(0.5, 2), n_ood)
+    if ties:  # coarse scores: many ties across the two sets
+        ind, ood = np.round(ind * 3), np.round(ood * 3)
+    ours = detection.detection_metrics(ind, ood)
+    reference = sklearn_metrics(ind, ood)
+    for name in DETECTION_METRICS:
+        assert ours[name] == pytest.approx(reference[name], abs=1e-6), name
+    other = pytorch_ood_metrics(ind, ood)
+    assert ours["auroc"] == pytest.approx(other["auroc"], abs=1e-6)
+    assert ours["fpr_at_95_tpr"] == pytest.approx(other["fpr_at_95_tpr"], abs=1e-6)
+    # pytorch-ood integrates the PR curve by trapezoids, scikit-learn (and we) by steps
+    # (average precision): without ties the two agree up to the steps' size; ties make
+    # long steps, where they differ by design.
+    if not ties:
+        assert ours["aupr_in"] == pytest.approx(other["aupr_in"], abs=2e-3)
+        assert ours["aupr_out"] == pytest.approx(other["aupr_out"], abs=2e-3)
+
+
+def test_metrics_sign_and_undefined_cases():
+    perfect = detection.detection_metrics(np.array([2.0, 3.0]), np.array([0.0, 1.0]))
+    assert perfect == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr_at_95_tpr": 0.0}
+    swapped = detection.detection_metrics(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
+    assert swapped["auroc"] == 0.0 and swapped["fpr_at_95_tpr"] == 1.0
+    for ind, ood in ((np.array([]), np.array([1.0])), (np.array([np.nan, 1.0]), np.array([0.0]))):
+        assert all(np.isnan(v) for v in detection.detection_metrics(ind, ood).values())
+
+
+def test_logit_scores_match_scipy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 5, (64, 10)).astype(np.float32)
+    scores = detection.logit_scores(torch.from_numpy(logits)).numpy()
+    np.testing.assert_allclose(scores[:, 0], softmax(logits, axis=1).max(1), rtol=1e-5)
+    np.testing.assert_allclose(scores[:, 1], logits.max(1), rtol=1e-6)
+    np.testing.assert_allclose(scores[:, 2], logsumexp(logits, axis=1), rtol=1e-5)
+
+
+def slow_mahalanobis(ind, labels, num_classes, x):
+    """Lee et al.'s score by its definition: class means, one tied covariance,
+    pseudo-inverse, minus the smallest squared distance, image by image."""
+    ind, x = ind.astype(np.float64), x.astype(np.float64)
+    classes = [c for c in range(num_classes) if (labels == c).any()]
+    means = {c: ind[labels == c].mean(0) for c in classes}
+    centred = np.concatenate([ind[labels == c] - means[c] for c in classes])
+    precision = np.linalg.pinv(centred.T @ centred / len(ind), hermitian=True)
+    out = []
+    for row in x:
+        out.append(-min((row - means[c]) @ precision @ (row - means[c]) for c in classes))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("m", [5, 40])
+def test_mahalanobis_matches_a_slow_reference(m):
+    rng = np.random.default_rng(m)
+    mixing = rng.normal(0, 1, (m, m))
+    ind = (rng.normal(0, 1, (400, m)) @ mixing + 3).astype(np.float16)
+    labels = rng.integers(0, 4, 400)
+    labels[labels == 3] = 2  # class 3 has no InD image: it has no mean
+    ood = (rng.normal(0.5, 1.5, (150, m)) @ mixing + 3).astype(np.float16)
+    scores = detection.mahalanobis_scores(ind, labels, 4, {"ind": ind, "ood": ood})
+    for name, x in (("ind", ind), ("ood", ood)):
+        expected = slow_mahalanobis(ind, labels, 4, x)
+        np.testing.assert_allclose(scores[name], expected, rtol=2e-3, atol=2e-3 * m)
+
+
+def slow_knn(bank, x, k, leave_one_out):
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    bank, x = unit(bank.astype(np.float64)), unit(x.astype(np.float64))
+    out = []
+    for i, row in enumerate(x):
+        distances = np.linalg.norm(bank - row, axis=1)
+        if leave_one_out:
+            distances = np.delete(distances, i)
+        out.append(-np.sort(distances)[k - 1])
+    return np.array(out)
+
+
+def test_knn_matches_a_slow_reference_and_subsamples():
+    rng = np.random.default_rng(5)
+    ind = rng.normal(1, 1, (300, 16)).astype(np.float16)
+    ood = rng.normal(0, 1, (120, 16)).astype(np.float16)
+    scored = detection.knn_scores(ind, {"ind": ind, "ood": ood}, ind="ind", k=7)
+    np.testing.assert_array_equal(scored["ind"][0], np.arange(300))
+    np.testing.assert_allclose(scored["ind"][1], slow_knn(ind, ind, 7, True), atol=1e-3)
+    np.testing.assert_allclose(scored["ood"][1], slow_knn(ind, ood, 7, False), atol=1e-3)
+    small = detection.knn_scores(ind, {"ind": ind, "ood": ood}, ind="ind", k=7, max_images=50)
+    rows, scores = small["ood"]
+    assert len(rows) == 50 and rows[0] == 0 and rows[-1] == 119
+    bank = ind[detection.spread_subset(300, 50)]
+    np.testing.assert_allclose(scores, slow_knn(bank, ood[rows], 7, False), atol=1e-3)
+
+
+def test_detector_names_are_checked_in_init():
+    assert detection.check_detectors(None) == ()
+    assert detection.check_detectors(["energy", "msp", "energy"]) == ("energy", "msp")
+    with pytest.raises(MisconfigurationException, match=r"unknown OOD detectors \['odin'\]"):
+        DeephysCallback(layer="fc", ood_detectors=["msp", "odin"])
+    with pytest.raises(MisconfigurationException, match=r"ood_detectors=\['knn'\]"):
+        DeephysCallback(layer="fc", ood_detectors="knn")
+
+
+def test_detection_json_round_trip_keeps_nan():
+    rows = [Detection("msp", None, 0.5, float("nan"), 0.25, 1.0, 3, 4)]
+    back = Detection.list_from_json(Detection.list_to_json(rows))
+    assert back[0].detector == "msp" and back[0].layer is None and np.isnan(back[0].aupr_in)
+    with pytest.raises(ValueError, match="unreadable detection rows"):
+        Detection.list_from_json(b'[{"detector": "msp"}]')
+
+
+@pytest.fixture(scope="module")
+def detected(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("detection")
+    callback = DeephysCallback(
+        layer="fc",
+        record_logits=True,
+        ood_detectors=["msp", "max_logit", "energy", "mahalanobis", "knn"],
+    )
+    t = trainer(tmp_path, [callback], max_epochs=2)
+    t.fit(
+        TinyNet(),
+        loader(random_set(12, 0)),
+        val_dataloaders={
+            "ind": loader(random_set(40, 1)),
+            "noise": loader(random_set(30, 2)),
+            "other": loader(random_set(25, 3)),
+        },
+    )
+    return tmp_path, t.logger.log_dir
+
+
+def test_a_trainer_run_logs_detection_rows_and_scalars(detected):
+    log = read_log(detected[1])
+    acc = event_accumulator.EventAccumulator(detected[1], size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["tensors"])
+    for step in log.steps:
+        logits = {d: log.logits(d, step) for d in log.datasets}
+        for ood in ("noise", "other"):
+            rows = {(r.detector, r.layer): r for r in log.detection(ood, step)}
+            assert set(rows) == {
+                ("msp", None),
+                ("max_logit", None),
+                ("energy", None),
+                ("mahalanobis", "fc"),
+                ("knn", "fc"),
+            }
+            # the logit detectors, recomputed from the logged logits with scipy + sklearn
+            for detector, score in (
+                ("msp", lambda z: softmax(z, axis=1).max(1)),
+                ("max_logit", lambda z: z.max(1)),
+                ("energy", lambda z: logsumexp(z, axis=1)),
+            ):
+                expected = sklearn_metrics(score(logits["ind"]), score(logits[ood]))
+                row = rows[(detector, None)]
+                assert row.ind_images == 40 and row.ood_images == len(logits[ood])
+                for name in DETECTION_METRICS:
+                    assert getattr(row, name) == pytest.approx(expected[name], abs=1e-5)
+            acts = {d: log.activations("fc", d, step) for d in log.datasets}
+            maha = detection.mahalanobis_scores(
+                acts["ind"], log.labels("ind", step), NUM_CLASSES, acts
+            )
+            expected = sklearn_metrics(maha["ind"], maha[ood])
+            assert rows[("mahalanobis", "fc")].auroc == pytest.approx(expected["auroc"], abs=1e-6)
+    last = log.steps[-1]
+    for ood in ("noise", "other"):
+        for detector in ("msp", "max_logit", "energy"):
+            for name in DETECTION_METRICS:
+                tag = f"deephys/{ood}/{detector}/{name}"
+                assert tag in tags
+                logged = acc.Tensors(tag)[-1]
+                assert logged.step == last
+                row = next(r for r in log.detection(ood) if r.detector == detector)
+                value = logged.tensor_proto.float_val[0]
+                assert value == pytest.approx(getattr(row, name), abs=1e-6, nan_ok=True)
+        assert f"deephys/fc/{ood}/mahalanobis/auroc" in tags
+    assert acc.SummaryMetadata("deephys/noise/msp/auroc").plugin_data.plugin_name == "scalars"
+
+
+def test_detection_table_and_command(detected, capsys):
+    rows = detection_table(detected[0])
+    log = read_log(detected[1])
+    assert len(rows) == len(log.steps) * 2 * 5
+    assert {r.layer for r in rows} == {"", "fc"}
+    assert main(["scores", str(detected[0]), "--detection"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:6] == ["run", "step", "epoch", "OOD", "set", "detector"]
+    assert len(out) == 1 + len(rows)
+    assert main(["scores", str(detected[0]), "--detection", "--csv"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("run,step,epoch,ood,detector,layer,auroc,aupr_in")
+
+
+def test_detectors_can_be_switched_off(tmp_path, capsys):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", ood_detectors=())], max_epochs=1)
+    t.fit(
+        TinyNet(),
+        loader(random_set(8, 0)),
+        val_dataloaders={"ind": loader(random_set(12, 1)), "ood": loader(random_set(12, 2))},
+    )
+    log = read_log(t.logger.log_dir)
+    assert log.detection("ood") == []
+    acc = event_accumulator.EventAccumulator(t.logger.log_dir)
+    acc.Reload()
+    assert not [tag for tag in acc.Tags()["tensors"] if "/msp/" in tag]
+    assert main(["scores", str(tmp_path), "--detection"]) == 1
+    assert "no Deephys OOD detection rows" in capsys.readouterr().err
