@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import mimetypes
@@ -29,10 +30,12 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_plugin.metadata import PLUGIN_NAME, SCORE_KINDS
+from tb_plugin import derived
+from tb_plugin.derived import NEURON_SCORES
+from tb_plugin.metadata import PLUGIN_NAME, Detection
 from tb_plugin.read_model import StepData, TopImages, TopNeurons
 from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
-from tb_plugin.request_args import int_arg, json_route, required_args, step_arg
+from tb_plugin.request_args import bool_arg, int_arg, json_route, required_args, step_arg
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
@@ -120,15 +123,12 @@ class DeephysPlugin(base_plugin.TBPlugin):
             entry = {
                 "name": dataset,
                 "role": data.role(dataset),
-                "activation_ratio": None,
-                "novelty": None,
-                "spurious": None,
+                **dict.fromkeys(NEURON_SCORES),
                 "images": _image_list(data.top_images(layer, dataset, neuron, k)),
             }
             if dataset != data.record.ind:
-                scores = data.scores(layer, dataset)
-                for kind in SCORE_KINDS:
-                    entry[kind.value] = _finite(getattr(scores, kind.value)[neuron])
+                per_neuron = data.scores(layer, dataset).per_neuron()
+                entry.update({name: _finite(v[neuron]) for name, v in per_neuron.items()})
             datasets.append(entry)
         return {
             **_header(data, layer),
@@ -136,6 +136,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "neuron": neuron,
             "num_neurons": data.num_neurons(layer),
             "ind_max": _finite(data.ind_max(layer)[neuron]),
+            "dead": bool(derived.dead_neurons(data.ind_max(layer)[neuron : neuron + 1])[0]),
             "datasets": datasets,
         }
 
@@ -143,7 +144,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         self, ctx, experiment_id: str, run: str, layer: str, step: int | None = None
     ) -> dict[str, Any]:
         """Accuracy and confusion matrix per dataset; per OOD set, every neuron's scores,
-        their headline numbers and densities."""
+        their headline numbers and densities, and the OOD detection rows."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         datasets = []
@@ -158,8 +159,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
             if dataset != data.record.ind:
                 scores = data.scores(layer, dataset)
                 entry["scores"] = {
-                    kind.value: _finite_list(getattr(scores, kind.value)) for kind in SCORE_KINDS
+                    name: _finite_list(values) for name, values in scores.per_neuron().items()
                 }
+                entry["detection"] = [_detection_row(row) for row in data.detection(dataset)]
                 entry["summary"] = {
                     name: _finite(value) for name, value in scores.summary().items()
                 }
@@ -172,6 +174,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             **_header(data, layer),
             "epoch": data.record.epoch,
             "num_neurons": data.num_neurons(layer),
+            "dead": np.flatnonzero(derived.dead_neurons(data.ind_max(layer))).tolist(),
             "datasets": datasets,
         }
 
@@ -227,17 +230,21 @@ class DeephysPlugin(base_plugin.TBPlugin):
         step: int | None = None,
         page: int = 0,
         page_size: int = 50,
+        either: bool = False,
     ) -> dict[str, Any]:
-        """A category (``label``) or a confusion set (``label`` predicted as ``pred``):
-        neurons ranked by mean activation over its images, and its images, paginated."""
+        """A category (``label``) or a confusion set (``label`` predicted as ``pred``;
+        with ``either``, also ``pred`` predicted as ``label``): neurons ranked by mean
+        normalized activation over its images, and its images, paginated."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         data.check_dataset(dataset)
         if pred is None:
+            if either:
+                raise errors.InvalidArgumentError("either=1 needs pred, the other class")
             top = data.category_top_neurons(layer, dataset, label)
         else:
-            top = data.pair_top_neurons(layer, dataset, label, pred)
-        members = data.members(dataset, label, pred)
+            top = data.pair_top_neurons(layer, dataset, label, pred, either)
+        members = data.members(dataset, label, pred, either)
         labels, preds = data.labels(dataset), data.predictions(dataset)
         start = page * page_size
         return {
@@ -245,6 +252,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "dataset": dataset,
             "label": label,
             "pred": pred,
+            "either": either,
+            "means": "normalized" if top.normalized else "raw",
             "num_images": len(members),
             "page": page,
             "page_size": page_size,
@@ -269,10 +278,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 continue  # this step was sampled out for some tag
             if neuron is None:
                 summary = scores.summary()
-                values = {kind.value: summary[f"{kind.value}_mean"] for kind in SCORE_KINDS}
+                values = {name: summary[f"{name}_mean"] for name in NEURON_SCORES}
             else:
-                data.check_neuron(layer, neuron, len(scores.novelty))
-                values = {kind.value: getattr(scores, kind.value)[neuron] for kind in SCORE_KINDS}
+                data.check_neuron(layer, neuron, len(scores.novelty_raw))
+                values = {name: v[neuron] for name, v in scores.per_neuron().items()}
             points.append(
                 {
                     "step": data.step,
@@ -348,6 +357,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             step=step_arg(request),
             page=int_arg(request, "page", default=0),
             page_size=int_arg(request, "page_size", default=50, minimum=1, maximum=500),
+            either=bool_arg(request, "either"),
         )
 
     @json_route
@@ -429,6 +439,13 @@ def _image_list(top: TopImages) -> list[dict[str, Any]]:
             strict=True,
         )
     ]
+
+
+def _detection_row(row: Detection) -> dict[str, Any]:
+    return {
+        name: _finite(value) if isinstance(value, float) else value
+        for name, value in dataclasses.asdict(row).items()
+    }
 
 
 def _neuron_list(top: TopNeurons, value_name: str) -> list[dict[str, Any]]:

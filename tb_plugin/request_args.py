@@ -89,6 +89,20 @@ def int_arg(
     return value
 
 
+def bool_arg(request: wrappers.Request, name: str, *, default: bool = False) -> bool:
+    """A yes/no parameter: ``1``/``true`` or ``0``/``false``; ``default`` when absent."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true"):
+        return True
+    if raw.lower() in ("0", "false"):
+        return False
+    raise errors.InvalidArgumentError(
+        f"query parameter {name!r} must be 1, 0, true or false, got {raw[:40]!r}"
+    )
+
+
 def step_arg(request: wrappers.Request) -> int | None:
     """The ``step`` parameter: a recorded global step, or None for the latest."""
     return int_arg(request, "step", maximum=MAX_STEP)

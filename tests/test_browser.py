@@ -224,6 +224,51 @@ def test_views_click_through(browser, demo_log_dir, demo_log):
         page.close()
 
 
+def test_overview_detection_table_and_confusion_in_both_directions(browser, demo_log_dir, demo_log):
+    step = demo_log.steps[-1]
+    names = demo_log.class_names
+    with running_tensorboard(demo_log_dir[0], load_fast=True) as base:
+        page, frame, errors = _open_tab(browser, base)
+        frame.locator("#view-overview").click()
+        card = frame.locator('.card[data-dataset="permuted"]')
+        card.wait_for()
+        # one row per default detector, with the logged AUROC
+        rows = card.locator("table.detection tr[data-detector]")
+        assert rows.count() == 3
+        for row in demo_log.detection("permuted", step):
+            cells = card.locator(f'tr[data-detector="{row.detector}"] td').all_text_contents()
+            assert cells[0] == row.detector and cells[1] == f"{row.auroc:.3f}"
+        summary = card.locator(".scores").text_content()
+        expected = demo_log.scores("backbone.fc1", "permuted", step).summary()
+        assert f"novelty {expected['novelty_mean']:.3g}" in summary and "raw" in summary
+        # an off-diagonal confusion cell, then the paper's set in both directions
+        labels = demo_log.labels("permuted", step)
+        preds = demo_log.predictions("permuted", step)
+        a, b = next((int(x), int(y)) for x, y in zip(labels, preds, strict=True) if x != y)
+        card.locator(f'td[data-label="{a}"][data-pred="{b}"]').click()
+        frame.locator(".category-view .direction").wait_for()
+        frame.locator('.category-view button[data-either="true"]').click()
+        frame.locator('.category-view h2:has-text("confusion between")').wait_for()
+        heading = frame.locator(".category-view h2").text_content()
+        both = np.flatnonzero((labels == a) & (preds == b) | (labels == b) & (preds == a))
+        assert f"{len(both)} images" in heading and names[a] in heading and names[b] in heading
+        shown = frame.locator(".category-view figure").evaluate_all(
+            "figs => figs.map(f => Number(f.dataset.index))"
+        )
+        assert shown == both[:48].tolist()
+        assert "of its InD max" in frame.locator(".category-neurons li").first.text_content()
+        assert ":either@" in page.evaluate("() => decodeURIComponent(location.href)")
+        # the bookmark holds it: a reload opens the same set
+        page.reload()
+        frame = page.frame_locator("iframe")
+        frame.locator('.category-view h2:has-text("confusion between")').wait_for()
+        # back to the directed set
+        frame.locator('.category-view button[data-either="false"]').click()
+        frame.locator('.category-view h2:has-text("predicted as")').wait_for()
+        assert errors == []
+        page.close()
+
+
 def test_back_button_keyboard_and_dark_mode(browser, demo_log_dir, demo_log):
     with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
         page, frame, errors = _open_tab(browser, base)

@@ -183,22 +183,48 @@ def test_image_lists_its_top_neurons_and_their_top_images(client, run, demo_log)
 def test_category_and_confusion_set(client, run, demo_log):
     step = demo_log.steps[-1]
     acts = demo_log.activations(LAYER, "permuted", step).astype(np.float32)
+    ind_max = demo_log.activations(LAYER, demo_log.datasets[0], step).astype(np.float32).max(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        normalized = np.where(ind_max > 0, acts / ind_max, np.nan)
     labels, preds = demo_log.labels("permuted", step), demo_log.predictions("permuted", step)
     body = client.get(f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label=3").json
     assert body["num_images"] == int(np.sum(labels == 3))
     assert [i["index"] for i in body["images"]] == np.flatnonzero(labels == 3)[:50].tolist()
-    means = acts[labels == 3].mean(axis=0)
+    # neurons ranked by the mean normalized activation (the paper's category means)
+    means = np.nan_to_num(normalized[labels == 3].mean(axis=0), nan=-np.inf)
     assert body["neurons"][0]["neuron"] == int(np.argmax(means))
-    a, b = int(labels[0]), int(preds[0])
+    assert body["neurons"][0]["mean"] == pytest.approx(means.max(), rel=1e-3)
+    a, b = next((int(x), int(y)) for x, y in zip(labels, preds, strict=True) if x != y)
     pair = client.get(
         f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label={a}&pred={b}&page_size=2"
     ).json
     members = np.flatnonzero((labels == a) & (preds == b))
-    assert pair["num_images"] == len(members)
+    assert pair["num_images"] == len(members) and pair["either"] is False
+    assert pair["means"] == "normalized"
     assert [i["index"] for i in pair["images"]] == members[:2].tolist()
-    pair_means = acts[members].mean(axis=0)
+    pair_means = np.nan_to_num(normalized[members].mean(axis=0), nan=-np.inf)
     assert pair["neurons"][0]["neuron"] == int(np.argmax(pair_means))
     assert pair["neurons"][0]["mean"] == pytest.approx(pair_means.max(), rel=1e-3)
+    # the paper's confusion set: false positives and negatives in either direction
+    both = (labels == a) & (preds == b) | (labels == b) & (preds == a)
+    for x, y in ((a, b), (b, a)):
+        either = client.get(
+            f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label={x}&pred={y}"
+            "&either=1&page_size=500"
+        ).json
+        assert either["either"] is True
+        assert [i["index"] for i in either["images"]] == np.flatnonzero(both)[:500].tolist()
+        either_means = np.nan_to_num(normalized[both].mean(axis=0), nan=-np.inf)
+        order = np.argsort(-either_means, kind="stable")[:16]
+        assert [n["neuron"] for n in either["neurons"]] == order.tolist()
+        assert either["neurons"][0]["mean"] == pytest.approx(either_means.max(), rel=1e-3)
+    for bad in (
+        f"label={a}&pred={a}&either=1",
+        f"label={a}&either=1",
+        f"label={a}&pred={b}&either=yes",
+    ):
+        response = client.get(f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&{bad}")
+        assert response.status_code == 400 and "error" in response.json
     missing = [
         (x, y) for x in range(10) for y in range(10) if not np.any((labels == x) & (preds == y))
     ]

@@ -22,7 +22,7 @@ const state = {
   neuron: 0,
   k: 12,
   image: null, // {dataset, index}
-  category: null, // {dataset, label, pred, page}
+  category: null, // {dataset, label, pred, either, page}
   request: 0,
 };
 
@@ -57,9 +57,9 @@ const navigate = {
     state.image = {dataset, index};
     renderAll();
   },
-  category(dataset, label, pred) {
+  category(dataset, label, pred, either = false) {
     state.view = 'category';
-    state.category = {dataset, label, pred, page: 0};
+    state.category = {dataset, label, pred, either: Boolean(either && pred !== null && pred !== label), page: 0};
     renderAll();
   },
   page(page) {
@@ -83,7 +83,7 @@ function encodeState() {
   if (state.image) data.image = `${state.image.index}@${state.image.dataset}`;
   if (state.category) {
     const c = state.category;
-    data.category = `${c.label}:${c.pred ?? ''}:${c.page}@${c.dataset}`;
+    data.category = `${c.label}:${c.pred ?? ''}:${c.page}${c.either ? ':either' : ''}@${c.dataset}`;
   }
   return data;
 }
@@ -107,10 +107,10 @@ function decodeState(data) {
   state.k = Math.min(run.top_k, Math.max(1, wholeNumber(data.k, 12)));
   const image = (data.image || '').match(/^(\d+)@(.*)$/s);
   state.image = image ? {index: Number(image[1]), dataset: image[2]} : null;
-  const category = (data.category || '').match(/^(\d+):(\d*):(\d+)@(.*)$/s);
+  const category = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?@(.*)$/s);
   state.category = category
     ? {label: Number(category[1]), pred: category[2] === '' ? null : Number(category[2]),
-      page: Number(category[3]), dataset: category[4]}
+      page: Number(category[3]), either: Boolean(category[4]) && category[2] !== '', dataset: category[5]}
     : null;
   return true;
 }

@@ -49,8 +49,9 @@ export async function getImage({run, layer, step, dataset, index}) {
   return fetchJSON(`./image?${query({run, layer, step, dataset, index, n: 8, k: 6})}`);
 }
 
-export async function getCategory({run, layer, step, dataset, label, pred, page}) {
-  return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred, page, page_size: 48})}`);
+export async function getCategory({run, layer, step, dataset, label, pred, either, page}) {
+  return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred,
+    either: either ? 1 : null, page, page_size: 48})}`);
 }
 
 export async function getScoresOverTime({run, layer, dataset}) {

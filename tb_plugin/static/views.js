@@ -98,8 +98,12 @@ export function neuronView(data, run, on = {}) {
       header.appendChild(
         el('span', {
           className: 'scores',
-          text: `novelty ${formatRaw(dataset.novelty)} · spurious ${formatRaw(dataset.spurious)}`,
-          attrs: {title: 'novelty: InD max category mean − OOD max category mean; ' +
+          text: data.dead
+            ? 'dead on InD: no novelty'
+            : `novelty ${formatRaw(dataset.novelty)} (raw ${formatRaw(dataset.novelty_raw)}) · ` +
+              `spurious ${formatRaw(dataset.spurious)}`,
+          attrs: {title: 'novelty: max category mean on InD − on this set, of activations ' +
+            'divided by the InD maximum (raw: of the activations themselves); ' +
             'spurious: 1 − |Spearman| of the category means (n/a: undefined)'},
         }),
       );
@@ -189,13 +193,17 @@ export function overviewView(data, over, on = {}) {
     if (dataset.summary) {
       const s = dataset.summary;
       card.appendChild(el('div', {className: 'scores', text:
-        `novelty ${formatRaw(s.novelty_mean)} (${percent(s.novelty_positive_fraction)} > 0) · ` +
+        `novelty ${formatRaw(s.novelty_mean)} (${percent(s.novelty_positive_fraction)} > 0; ` +
+        `raw ${formatRaw(s.novelty_raw_mean)}) · ` +
         `spurious ${formatRaw(s.spurious_mean)} (${s.spurious_undefined} undefined) · ` +
-        `activation ratio ${percent(s.activation_ratio_mean)}`}));
+        `activation ratio ${percent(s.activation_ratio_mean)}` +
+        (s.dead_neurons ? ` · ${s.dead_neurons} dead neurons left out` : ''),
+        attrs: {title: 'means over the live neurons; novelty in units of each neuron\'s InD maximum'}}));
       card.appendChild(el('div', {className: 'densities'}, [
         densityPlot('novelty > 0', dataset.densities.novelty),
         densityPlot('spurious', dataset.densities.spurious),
       ]));
+      if (dataset.detection && dataset.detection.length) card.appendChild(detectionTable(dataset.detection));
     }
     card.appendChild(confusionTable(dataset, data.class_names, on));
     cards.appendChild(card);
@@ -204,6 +212,28 @@ export function overviewView(data, over, on = {}) {
   if (over && over.length) root.appendChild(scoresOverTime(over));
   root.appendChild(neuronTable(data, on));
   return root;
+}
+
+const DETECTION_COLUMNS = [
+  ['auroc', 'AUROC'], ['aupr_in', 'AUPR-In'], ['aupr_out', 'AUPR-Out'], ['fpr_at_95_tpr', 'FPR@95%TPR'],
+];
+
+/** One OOD set's detection rows: how well each detector tells InD from it. */
+function detectionTable(rows) {
+  const table = el('table', {className: 'table detection'});
+  table.appendChild(el('tr', {}, [el('th', {text: 'detector'}), ...DETECTION_COLUMNS.map(([, t]) => el('th', {text: t}))]));
+  for (const row of rows) {
+    const name = row.layer === null ? row.detector : `${row.detector} (${row.layer})`;
+    const sampled = row.detector === 'knn' ? `, on ${row.ind_images} InD and ${row.ood_images} OOD images` : '';
+    table.appendChild(el('tr', {attrs: {'data-detector': row.detector, title: `higher score = more in-distribution${sampled}`}}, [
+      el('td', {text: name}),
+      ...DETECTION_COLUMNS.map(([key]) => el('td', {text: row[key] === null ? 'n/a' : row[key].toFixed(3)})),
+    ]));
+  }
+  return el('details', {className: 'detection', attrs: {open: ''}}, [
+    el('summary', {text: 'OOD detection (InD positive)'}),
+    table,
+  ]);
 }
 
 function confusionTable(dataset, names, on) {
@@ -372,6 +402,7 @@ function linePlot({key, title, format, tick}, over) {
 
 function neuronTable(data, on) {
   const oods = data.datasets.filter((d) => d.role === 'ood');
+  const dead = new Set(data.dead || []);
   const columns = [{key: 'neuron', title: 'neuron', value: (i) => i}];
   for (const d of oods) {
     for (const [key, title] of [['novelty', 'novelty'], ['spurious', 'spurious'], ['activation_ratio', 'act. ratio']]) {
@@ -420,7 +451,9 @@ function neuronTable(data, on) {
     const body = rows.slice(0, 200).map((i) => {
       const tr = el('tr', {className: 'clickable', attrs: {tabindex: 0, 'data-neuron': i}}, columns.map((c) => {
         const v = c.value(i);
-        return el('td', {text: c.key === 'neuron' ? v : c.key.endsWith('activation_ratio') ? percent(v) : formatRaw(v)});
+        if (c.key === 'neuron') return el('td', {text: dead.has(i) ? `${v} (dead)` : v});
+        if (dead.has(i) && v === null) return el('td', {className: 'dead', text: 'dead'});
+        return el('td', {text: c.key.endsWith('activation_ratio') ? percent(v) : formatRaw(v)});
       }));
       activate(tr, () => on.neuron && on.neuron(i));
       return tr;
@@ -496,14 +529,28 @@ export function imageView(data, run, on = {}, datasets = [data.dataset]) {
 
 export function categoryView(data, run, on = {}) {
   const names = data.class_names;
-  const what = data.pred === null || data.pred === undefined
-    ? `category ${className(names, data.label)}`
-    : `label ${className(names, data.label)} predicted as ${className(names, data.pred)}`;
+  const pair = data.pred !== null && data.pred !== undefined;
+  const [a, b] = [className(names, data.label), pair ? className(names, data.pred) : ''];
+  const what = !pair ? `category ${a}`
+    : data.either ? `confusion between ${a} and ${b} (${a} → ${b} or ${b} → ${a})`
+      : `label ${a} predicted as ${b}`;
   const root = el('section', {className: 'category-view'});
   root.appendChild(el('h2', {text: `${what} in ${data.dataset} — ${data.num_images} images, step ${data.step}`}));
+  if (pair && data.label !== data.pred) {
+    const toggle = el('div', {className: 'direction', attrs: {role: 'group', 'aria-label': 'confusion set'}});
+    for (const [either, text] of [[false, `${a} → ${b} only`], [true, 'both directions (the paper\'s confusion set)']]) {
+      const button = el('button', {text, attrs: {'data-either': either, 'aria-pressed': either === data.either}});
+      button.disabled = either === data.either;
+      button.addEventListener('click', () => on.category && on.category(data.dataset, data.label, data.pred, either));
+      toggle.appendChild(button);
+    }
+    root.appendChild(toggle);
+  }
+  const normalized = data.means !== 'raw';
   const neurons = el('ol', {className: 'category-neurons'});
   for (const n of data.neurons) {
-    const item = el('li', {className: 'clickable', text: `neuron ${n.neuron}: mean ${formatRaw(n.mean)}`, attrs: {tabindex: 0, 'data-neuron': n.neuron}});
+    const value = normalized ? `mean ${percent(n.mean)} of its InD max` : `raw mean ${formatRaw(n.mean)}`;
+    const item = el('li', {className: 'clickable', text: `neuron ${n.neuron}: ${value}`, attrs: {tabindex: 0, 'data-neuron': n.neuron}});
     activate(item, () => on.neuron && on.neuron(n.neuron));
     neurons.appendChild(item);
   }
