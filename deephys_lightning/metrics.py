@@ -190,18 +190,25 @@ def confusion_sets_top_neurons(
     pair_ids, groups = np.unique(labels * num_classes + predictions, return_inverse=True)
     pairs = np.stack([pair_ids // num_classes, pair_ids % num_classes], axis=1)
     sizes = np.bincount(groups, minlength=len(pair_ids))
-    # Each off-diagonal directed pair adds its sums to the unordered pair it belongs to.
-    off = pairs[:, 0] != pairs[:, 1]
+    # The unordered pair of each off-diagonal directed pair. Where only one direction
+    # occurs, the set in either direction is the directed set: its top neurons are
+    # copied; only pairs confused both ways are summed (each direction's sums added).
+    off = np.flatnonzero(pairs[:, 0] != pairs[:, 1])
     low, high = pairs[off].min(axis=1), pairs[off].max(axis=1)
     either_ids, either_of = np.unique(low * num_classes + high, return_inverse=True)
     either_pairs = np.stack([either_ids // num_classes, either_ids % num_classes], axis=1)
-    either_sizes = np.bincount(either_of, weights=sizes[off], minlength=len(either_ids))
-    off_rows = torch.from_numpy(np.flatnonzero(off))
-    into_either = torch.from_numpy(either_of.astype(np.int64))
+    two_way = np.bincount(either_of, minlength=len(either_ids)) == 2
+    both_rank = np.cumsum(two_way) - 1  # compact index of each two-way pair
+    summed = two_way[either_of]  # directed rows that take part in a two-way sum
+    both_sizes = np.bincount(
+        both_rank[either_of[summed]], weights=sizes[off[summed]], minlength=int(two_way.sum())
+    )
+    summed_rows = torch.from_numpy(off[summed])
+    into_both = torch.from_numpy(both_rank[either_of[summed]].astype(np.int64))
     index = torch.from_numpy(groups.astype(np.int64))
     rows = _as_torch(acts)
     directed = _RunningTop(len(pair_ids), n, torch.from_numpy(sizes).float()[:, None])
-    either = _RunningTop(len(either_ids), n, torch.from_numpy(either_sizes).float()[:, None])
+    both = _RunningTop(int(two_way.sum()), n, torch.from_numpy(both_sizes).float()[:, None])
     for start in range(0, m, _COLUMN_BLOCK * 4):
         columns = rows[:, start : start + _COLUMN_BLOCK * 4]
         sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32)
@@ -209,14 +216,22 @@ def confusion_sets_top_neurons(
             sums.index_add_(
                 0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
             )
-        either_sums = torch.zeros((len(either_ids), columns.shape[1]), dtype=torch.float32)
-        either_sums.index_add_(0, into_either, sums[off_rows])
         scale = divisor[start : start + columns.shape[1]]
+        both_sums = torch.zeros((both.neurons.shape[0], columns.shape[1]), dtype=torch.float32)
+        both_sums.index_add_(0, into_both, sums[summed_rows])
         directed.add(start, sums / scale)
-        either.add(start, either_sums / scale)
-    return (pairs.astype(np.int64), *directed.result()), (
+        both.add(start, both_sums / scale)
+    pair_neurons, pair_means = directed.result()
+    # Each unordered pair's result: its one directed set, or the two-way sum.
+    one_way_row = np.zeros(len(either_ids), dtype=np.int64)
+    one_way_row[either_of[~summed]] = off[~summed]
+    either_neurons, either_means = pair_neurons[one_way_row], pair_means[one_way_row]
+    if two_way.any():
+        either_neurons[two_way], either_means[two_way] = both.result()
+    return (pairs.astype(np.int64), pair_neurons, pair_means), (
         either_pairs.astype(np.int64),
-        *either.result(),
+        either_neurons,
+        either_means,
     )
 
 

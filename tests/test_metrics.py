@@ -330,6 +330,7 @@ def test_confusion_sets_in_either_direction_match_the_set_means():
     acts = np.round(rng.random((500, 270)) * 6).astype(np.float16)
     labels, preds = rng.integers(0, 5, 500), rng.integers(0, 5, 500)
     preds[labels == 4] = 4  # class 4 is never confused
+    preds[(labels == 1) & (preds == 0)] = 1  # 0 and 1 are confused one way only
     ind_max = rng.uniform(0.5, 8, 270).astype(np.float32)
     ind_max[[3, 100]] = 0  # dead neurons rank last
     directed, either = metrics.confusion_sets_top_neurons(acts, labels, preds, 5, 9, ind_max)
@@ -341,6 +342,7 @@ def test_confusion_sets_in_either_direction_match_the_set_means():
         }
     )
     assert [tuple(p) for p in either[0].tolist()] == expected
+    assert (0, 1) in expected and not ((labels == 1) & (preds == 0)).any()
     for p, (a, b) in enumerate(expected):
         members = (labels == a) & (preds == b) | (labels == b) & (preds == a)
         m = acts[members].astype(np.float64).mean(axis=0) / np.where(ind_max > 0, ind_max, np.nan)
