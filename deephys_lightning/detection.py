@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -61,6 +62,7 @@ __all__ = [
     "logit_detections",
     "logit_scores",
     "mahalanobis_scores",
+    "scored_counts",
 ]
 
 LOGIT_DETECTORS = ("msp", "max_logit", "energy")  # the columns of logit_scores()
@@ -100,7 +102,8 @@ def check_detectors(detectors: Sequence[str] | None) -> tuple[str, ...]:
 def logit_scores(logits: torch.Tensor) -> torch.Tensor:
     """float32 ``[B, 3]``: the ``msp``, ``max_logit`` and ``energy`` score of each row
     of ``logits`` ``[B, C]``, on the logits' device (no host synchronisation)."""
-    logits = logits.detach().float().reshape(logits.shape[0], -1)
+    logits = logits.detach().float()
+    logits = logits.flatten(1) if logits.ndim > 1 else logits[:, None]
     if logits.shape[1] == 0:
         return torch.full((logits.shape[0], 3), float("nan"), device=logits.device)
     energy = torch.logsumexp(logits, dim=1)
@@ -115,24 +118,35 @@ def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[st
 
     InD is the positive class: AUPR-In is the average precision of InD, AUPR-Out that
     of OOD under the negated score, and the FPR the fraction of OOD images scored at
-    least as high as the threshold that keeps 95 % of the InD images. All NaN when a
-    side has no images or a score is not finite.
+    least as high as the threshold that keeps 95 % of the InD images. NaN scores are
+    left out (:func:`scored_counts` says how many remain); infinities rank as the
+    extremes they are. All NaN when a side has no scored image.
     """
     ind = np.asarray(ind_scores, dtype=np.float64).reshape(-1)
     ood = np.asarray(ood_scores, dtype=np.float64).reshape(-1)
-    if not (ind.size and ood.size and np.isfinite(ind).all() and np.isfinite(ood).all()):
+    ind, ood = ind[~np.isnan(ind)], ood[~np.isnan(ood)]
+    if not (ind.size and ood.size):
         return dict.fromkeys(DETECTION_METRICS, float("nan"))
-    scores = torch.from_numpy(np.concatenate([ind, ood]))
+    # torchmetrics reads values outside [0, 1] as logits and squashes them with a
+    # sigmoid, which ties every large score: hand it the scores' ranks in [0, 1]
+    # instead (same order, same ties, so the same curves).
+    _, dense = np.unique(np.concatenate([ind, ood]), return_inverse=True)
+    ranks = torch.from_numpy(dense / max(int(dense.max()), 1))
     is_ind = torch.cat(
         [torch.ones(ind.size, dtype=torch.long), torch.zeros(ood.size, dtype=torch.long)]
     )
-    specificity, _ = binary_specificity_at_sensitivity(scores, is_ind, min_sensitivity=TPR)
+    specificity, _ = binary_specificity_at_sensitivity(ranks, is_ind, min_sensitivity=TPR)
     return {
-        "auroc": float(binary_auroc(scores, is_ind)),
-        "aupr_in": float(binary_average_precision(scores, is_ind)),
-        "aupr_out": float(binary_average_precision(-scores, 1 - is_ind)),
+        "auroc": float(binary_auroc(ranks, is_ind)),
+        "aupr_in": float(binary_average_precision(ranks, is_ind)),
+        "aupr_out": float(binary_average_precision(1 - ranks, 1 - is_ind)),
         "fpr_at_95_tpr": 1.0 - float(specificity),
     }
+
+
+def scored_counts(scores: np.ndarray) -> int:
+    """How many of ``scores`` :func:`detection_metrics` uses (the non-NaN ones)."""
+    return int(np.sum(~np.isnan(np.asarray(scores, dtype=np.float64))))
 
 
 def _float_rows(features: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -149,39 +163,57 @@ def mahalanobis_scores(
 ) -> dict[str, np.ndarray]:
     """``mahalanobis`` scores (float32 ``[N]``) of each dataset in ``features``.
 
-    Class means and a tied covariance are fitted on ``ind_features`` ``[N, M]`` with
-    ``ind_labels``; the covariance is pseudo-inverted (eigenvalues below
-    ``M * eps * max`` are dropped). A class without InD images has no mean.
+    Class means and a tied covariance are fitted on the rows of ``ind_features``
+    ``[N, M]`` whose features are all finite, with ``ind_labels``; the covariance is
+    pseudo-inverted (eigenvalues below ``M * eps * max`` are dropped). A class without
+    InD images has no mean. Rows with a non-finite feature score NaN.
     """
     ind_labels = np.asarray(ind_labels, dtype=np.int64)
-    n, m = ind_features.shape
+    finite_rows = np.concatenate(
+        [
+            torch.isfinite(_float_rows(ind_features, i, i + _ROW_BLOCK)).all(1).numpy()
+            for i in range(0, len(ind_features), _ROW_BLOCK)
+        ]
+        or [np.zeros(0, dtype=bool)]
+    )
+    n, m = int(finite_rows.sum()), ind_features.shape[1]
     if n == 0:
         return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
-    # Class sums and the covariance accumulated in float64, rows widened block by block.
+    # Sums and the Gram matrix of the rows minus a shift (their first finite row), in
+    # float32 blocks accumulated in float64: the shift keeps large offsets from
+    # cancelling. The tied covariance does not depend on it.
+    first = int(np.argmax(finite_rows))
+    shift = _float_rows(ind_features, first, first + 1)[0]
     sums = torch.zeros((num_classes, m), dtype=torch.float64)
     gram = torch.zeros((m, m), dtype=torch.float64)
-    index = torch.from_numpy(ind_labels)
-    for start in range(0, n, _ROW_BLOCK):
-        block = _float_rows(ind_features, start, start + _ROW_BLOCK)
-        sums.index_add_(0, index[start : start + _ROW_BLOCK], block.double())
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for start in range(0, len(ind_features), _ROW_BLOCK):
+        keep = torch.from_numpy(finite_rows[start : start + _ROW_BLOCK])
+        block = _float_rows(ind_features, start, start + _ROW_BLOCK)[keep] - shift
+        index = torch.from_numpy(ind_labels[start : start + _ROW_BLOCK])[keep]
+        sums.index_add_(0, index, block.double())
+        counts.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
         gram += (block.T @ block).double()
-    counts = torch.from_numpy(np.bincount(ind_labels, minlength=num_classes)).double()
     present = counts > 0
-    means = sums[present] / counts[present, None]  # [C', M]
+    means = sums[present] / counts[present, None]  # [C', M], shifted
     # Tied covariance: sum over images of (x - mean of its class)(...)^T / N.
     covariance = (gram - (means.T * counts[present]) @ means) / n
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    try:
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    except RuntimeError:  # torch.linalg.LinAlgError: a degenerate covariance
+        return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
     keep = eigenvalues > eigenvalues.max().clamp(min=0) * m * torch.finfo(torch.float64).eps
     whiten = (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).float()  # [M, r]
-    centre = (sums.sum(0) / n).float()  # centring first keeps float32 products accurate
+    centre = (sums.sum(0) / n).float()  # of the shifted rows
     class_points = (means.float() - centre) @ whiten  # [C', r]
     class_norms = (class_points**2).sum(1)
     out = {}
     for name, dataset in features.items():
         scores = np.empty(len(dataset), dtype=np.float32)
         for start in range(0, len(dataset), _ROW_BLOCK):
-            points = (_float_rows(dataset, start, start + _ROW_BLOCK) - centre) @ whiten
+            points = (_float_rows(dataset, start, start + _ROW_BLOCK) - shift - centre) @ whiten
             distances = (points**2).sum(1, keepdim=True) - 2 * points @ class_points.T + class_norms
+            # a row with a non-finite feature gets NaN: NaN propagates through amin
             scores[start : start + len(points)] = (-distances.amin(1).clamp(min=0)).numpy()
         out[name] = scores
     return out
@@ -268,6 +300,15 @@ def feature_detections(
     ``features`` (dataset -> ``[N, M]``, ``ind`` among them)."""
     rows: dict[str, list[Detection]] = {name: [] for name in features if name != ind}
     if "mahalanobis" in detectors:
+        n, m = features[ind].shape
+        if n <= m + num_classes:
+            warnings.warn(
+                f"OOD detector 'mahalanobis' on layer {layer!r}: {n} InD images for {m} "
+                f"neurons and {num_classes} classes. It is fitted on the InD set itself, "
+                "so with this few images its InD scores are far too good (its AUROC is "
+                "meaningless); record more InD images or leave it out of ood_detectors.",
+                stacklevel=2,
+            )
         scores = mahalanobis_scores(features[ind], ind_labels, num_classes, features)
         for name in rows:
             rows[name].append(_row("mahalanobis", layer, scores[ind], scores[name]))
@@ -283,6 +324,6 @@ def _row(detector: str, layer: str | None, ind: np.ndarray, ood: np.ndarray) -> 
         detector=detector,
         layer=layer,
         **detection_metrics(ind, ood),
-        ind_images=len(ind),
-        ood_images=len(ood),
+        ind_images=scored_counts(ind),
+        ood_images=scored_counts(ood),
     )

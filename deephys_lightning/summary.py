@@ -189,8 +189,8 @@ def write_record(
     for name in record.datasets:
         _write_dataset(sink, step, name, recordings[name], log_dir)
     detections: dict[str, list[Detection]] = {ood: [] for ood in record.ood}
-    logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
     if any(d in detection.LOGIT_DETECTORS for d in detectors):
+        logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
         without = [name for name, scores in logit_scores.items() if scores is None]
         if without:
             raise ValueError(

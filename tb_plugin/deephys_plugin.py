@@ -253,6 +253,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "label": label,
             "pred": pred,
             "either": either,
+            "either_available": data.has_either_confusions(layer, dataset),
             "means": "normalized" if top.normalized else "raw",
             "num_images": len(members),
             "page": page,

@@ -342,6 +342,17 @@ class StepData:
             normalized=either or self.record.set_means == "normalized",
         )
 
+    def has_either_confusions(self, layer: str, dataset: str) -> bool:
+        """Whether this step holds the confusion sets in either direction (logs written
+        before them do not)."""
+        try:
+            self.array(Kind.CONFUSIONS, layer, dataset)
+        except UnknownNameError:
+            raise
+        except errors.NotFoundError:
+            return False
+        return True
+
     def members(
         self, dataset: str, label: int, pred: int | None = None, either: bool = False
     ) -> np.ndarray:

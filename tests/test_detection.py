@@ -51,13 +51,16 @@ def pytorch_ood_metrics(ind: np.ndarray, ood: np.ndarray) -> dict[str, float]:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
-def test_metrics_match_sklearn_and_pytorch_ood(seed, ties):
+@pytest.mark.parametrize("offset", [0.0, 100.0, -1000.0])
+def test_metrics_match_sklearn_and_pytorch_ood(seed, ties, offset):
     rng = np.random.default_rng(seed)
     n_ind, n_ood = rng.integers(50, 3000, 2)
     ind = rng.normal(rng.uniform(0, 2), 1, n_ind)
     ood = rng.normal(0, rng.uniform(0.5, 2), n_ood)
     if ties:  # coarse scores: many ties across the two sets
         ind, ood = np.round(ind * 3), np.round(ood * 3)
+    # far outside [0, 1] (energies, Mahalanobis distances): no squashing of any kind
+    ind, ood = ind + offset, ood + offset
     ours = detection.detection_metrics(ind, ood)
     reference = sklearn_metrics(ind, ood)
     for name in DETECTION_METRICS:
@@ -78,8 +81,91 @@ def test_metrics_sign_and_undefined_cases():
     assert perfect == {"auroc": 1.0, "aupr_in": 1.0, "aupr_out": 1.0, "fpr_at_95_tpr": 0.0}
     swapped = detection.detection_metrics(np.array([0.0, 1.0]), np.array([2.0, 3.0]))
     assert swapped["auroc"] == 0.0 and swapped["fpr_at_95_tpr"] == 1.0
-    for ind, ood in ((np.array([]), np.array([1.0])), (np.array([np.nan, 1.0]), np.array([0.0]))):
+    for ind, ood in ((np.array([]), np.array([1.0])), (np.array([np.nan]), np.array([0.0]))):
         assert all(np.isnan(v) for v in detection.detection_metrics(ind, ood).values())
+
+
+def test_nan_scores_are_left_out_and_infinities_rank_as_extremes():
+    ind, ood = np.array([3.0, np.inf, np.nan, 2.0]), np.array([1.0, -np.inf, np.nan, 2.5])
+    metrics = detection.detection_metrics(ind, ood)
+    reference = sklearn_metrics(np.array([3.0, 1e300, 2.0]), np.array([1.0, -1e300, 2.5]))
+    for name in DETECTION_METRICS:
+        assert metrics[name] == pytest.approx(reference[name], abs=1e-6)
+    assert detection.scored_counts(ind) == 3
+
+
+def test_mahalanobis_survives_non_finite_features_and_large_offsets():
+    rng = np.random.default_rng(2)
+    ind = rng.normal(100, 0.05, (300, 6)).astype(np.float32)  # a large offset, small spread
+    labels = rng.integers(0, 3, 300)
+    ood = rng.normal(100, 0.08, (50, 6)).astype(np.float32)
+    expected = slow_mahalanobis(ind, labels, 3, ood)
+    scores = detection.mahalanobis_scores(ind, labels, 3, {"ood": ood})["ood"]
+    np.testing.assert_allclose(scores, expected, rtol=2e-3, atol=1e-2)
+    bad = ind.copy()
+    bad[5, 2], bad[7, 0] = np.nan, np.inf
+    clean = np.delete(ind, [5, 7], axis=0)
+    out = detection.mahalanobis_scores(bad, labels, 3, {"ind": bad, "ood": ood})
+    assert np.isnan(out["ind"][[5, 7]]).all() and np.isfinite(np.delete(out["ind"], [5, 7])).all()
+    np.testing.assert_allclose(
+        out["ood"], slow_mahalanobis(clean, np.delete(labels, [5, 7]), 3, ood), rtol=2e-3, atol=1e-2
+    )
+    rows = detection.feature_detections(
+        "fc",
+        {"ind": bad, "ood": ood},
+        ind="ind",
+        ind_labels=labels,
+        num_classes=3,
+        detectors=("mahalanobis",),
+    )
+    assert rows["ood"][0].ind_images == 298 and rows["ood"][0].ood_images == 50
+
+
+def test_a_wide_layer_warns_that_mahalanobis_is_in_sample():
+    rng = np.random.default_rng(3)
+    feats = {"ind": rng.normal(size=(20, 30)), "ood": rng.normal(size=(20, 30))}
+    with pytest.warns(UserWarning, match="fitted on the InD set itself"):
+        detection.feature_detections(
+            "fc",
+            feats,
+            ind="ind",
+            ind_labels=rng.integers(0, 2, 20),
+            num_classes=2,
+            detectors=("mahalanobis",),
+        )
+
+
+def test_an_empty_dataset_with_logits_still_writes(tmp_path):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from tb_plugin.metadata import Record
+
+    rng = np.random.default_rng(0)
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, 3, n),
+            predictions=rng.integers(0, 3, n),
+            activations={"fc": rng.random((n, 4)).astype(np.float16)},
+            logits=rng.normal(size=(n, 3)).astype(np.float32),
+        )
+        for name, n in (("ind", 10), ("empty", 0))
+    }
+    for step, detectors in ((1, ()), (2, detection.DEFAULT_DETECTORS)):
+        record = Record(
+            step=step,
+            epoch=0,
+            layers=("fc",),
+            datasets=("ind", "empty"),
+            class_names=("a", "b", "c"),
+            num_images={"ind": 10, "empty": 0},
+            top_k=2,
+        )
+        sink = EventFileSink(EventFileWriter(str(tmp_path)))
+        write_record(sink, record, recordings, log_dir=str(tmp_path), detectors=detectors)
+        sink.close()
+    rows = read_log(tmp_path).detection("empty")
+    assert len(rows) == 3 and all(np.isnan(r.auroc) and r.ood_images == 0 for r in rows)
 
 
 def test_logit_scores_match_scipy():

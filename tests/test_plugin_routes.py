@@ -212,7 +212,7 @@ def test_category_and_confusion_set(client, run, demo_log):
             f"{PREFIX}/category?run={run}&layer={LAYER}&dataset=permuted&label={x}&pred={y}"
             "&either=1&page_size=500"
         ).json
-        assert either["either"] is True
+        assert either["either"] is True and either["either_available"] is True
         assert [i["index"] for i in either["images"]] == np.flatnonzero(both)[:500].tolist()
         either_means = np.nan_to_num(normalized[both].mean(axis=0), nan=-np.inf)
         order = np.argsort(-either_means, kind="stable")[:16]

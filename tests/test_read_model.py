@@ -242,6 +242,7 @@ def test_logs_of_the_previous_release_still_open(tmp_path):
     with pytest.raises(NotFoundError, match="written before confusion sets in either direction"):
         data.pair_top_neurons(LAYER, "ood", *other, either=True)
     assert data.category_top_neurons(LAYER, "ood", 0).normalized is True
+    assert data.has_either_confusions(LAYER, "ood") is False
 
 
 # -- the ranking rule: one definition, the fast torch kernels agree with it --------------

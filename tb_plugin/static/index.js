@@ -110,7 +110,8 @@ function decodeState(data) {
   const category = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?@(.*)$/s);
   state.category = category
     ? {label: Number(category[1]), pred: category[2] === '' ? null : Number(category[2]),
-      page: Number(category[3]), either: Boolean(category[4]) && category[2] !== '', dataset: category[5]}
+      page: Number(category[3]), dataset: category[5],
+      either: Boolean(category[4]) && category[2] !== '' && category[2] !== category[1]}
     : null;
   return true;
 }

@@ -536,7 +536,7 @@ export function categoryView(data, run, on = {}) {
       : `label ${a} predicted as ${b}`;
   const root = el('section', {className: 'category-view'});
   root.appendChild(el('h2', {text: `${what} in ${data.dataset} — ${data.num_images} images, step ${data.step}`}));
-  if (pair && data.label !== data.pred) {
+  if (pair && data.label !== data.pred && (data.either_available || data.either)) {
     const toggle = el('div', {className: 'direction', attrs: {role: 'group', 'aria-label': 'confusion set'}});
     for (const [either, text] of [[false, `${a} → ${b} only`], [true, 'both directions (the paper\'s confusion set)']]) {
       const button = el('button', {text, attrs: {'data-either': either, 'aria-pressed': either === data.either}});
