@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
@@ -30,7 +30,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
@@ -59,16 +59,31 @@ from tb_plugin import metadata
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
+# The evaluations that can record: validation in fit, trainer.validate, trainer.test.
+STAGES = ("fit", "validate", "test")
+_LOADER_KIND = {"fit": "validation", "validate": "validation", "test": "test"}
+
+
+class GivenClassNames(NamedTuple):
+    names: Sequence[str]
+    source: str  # how the user gave them, for messages
 
 
 class DeephysCallback(Callback):
-    r"""Record the activations of layers on every validation dataloader for Deephys.
+    r"""Record the activations of layers on every validation (and test) dataloader for
+    Deephys.
 
-    Validation dataloader 0 (or the one named by ``ind``) is the in-distribution (InD)
-    set; all other validation dataloaders are out-of-distribution (OOD) sets. Datasets
-    are named by the keys when ``val_dataloaders`` is a dict, else ``dataset_0..n``.
+    Dataloader 0 (or the one named by ``ind``) is the in-distribution (InD) set; all
+    other dataloaders are out-of-distribution (OOD) sets. Datasets are named by the
+    keys when the dataloaders are a dict, by ``dataset_names`` for a list, else
+    ``dataset_0..n``. Validation during ``fit``, ``trainer.validate`` and
+    ``trainer.test`` record (``stages``); outside ``fit`` a record is made at the loaded
+    checkpoint's step and epoch.
 
-    During a recorded validation epoch (never the sanity check, nor ``fast_dev_run``
+    The sanity check (and, with ``num_sanity_val_steps=0``, the first batch of each
+    dataloader of the first validation) runs every check of the recording path and
+    writes nothing, so a misconfiguration stops the run before the first training
+    batch. During a recorded epoch (never the sanity check, nor ``fast_dev_run``
     unless ``record_fast_dev_run``), forward hooks keep, for each image and layer, one
     activation per neuron: the output after ReLU (``relu=True``), averaged over spatial
     dims ``(B, C, H, W)`` or tokens ``(B, T, C)``. The prediction is the arg-max over
@@ -84,6 +99,10 @@ class DeephysCallback(Callback):
             ``classes`` attribute, else ``"0"``, ``"1"``, ... up to the number of logits.
         layers: several module names instead of ``layer``.
         ind: name or dataloader index of the in-distribution set (default: the first).
+        dataset_names: names of the dataloaders when they are a list (or one loader),
+            in order; a dict's keys name them otherwise.
+        stages: which evaluations record: ``"fit"`` (validation during ``fit``),
+            ``"validate"`` (``trainer.validate``), ``"test"`` (``trainer.test``).
         every_n_epochs: record every n-th validation epoch (``(epoch + 1) % n == 0``);
             ``trainer.validate`` always records.
         logits_layer: dotted name of the module whose output holds the class scores;
@@ -117,6 +136,9 @@ class DeephysCallback(Callback):
             ``"mahalanobis"``, ``"knn"`` on each recorded layer's features; see
             ``deephys_lightning.detection``). Default: the three on the logits, which
             cost milliseconds; ``()`` or None: none.
+        log_scalars: also log the headline numbers as scalars for TensorBoard's
+            Scalars tab (``deephys/...``); the Deephys tab does not need them.
+        log_histograms: also log per-neuron novelty and spurious histograms.
 
     Raises:
         MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is
@@ -130,6 +152,8 @@ class DeephysCallback(Callback):
         *,
         layers: Sequence[str] | None = None,
         ind: str | int | None = None,
+        dataset_names: Sequence[str] | None = None,
+        stages: Sequence[str] = STAGES,
         every_n_epochs: int = 1,
         logits_layer: str | None = None,
         output_selector: OutputSelector | Mapping[str, OutputSelector] | None = None,
@@ -147,6 +171,8 @@ class DeephysCallback(Callback):
         unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
         record_fast_dev_run: bool = False,
         ood_detectors: Sequence[str] | None = detection.DEFAULT_DETECTORS,
+        log_scalars: bool = True,
+        log_histograms: bool = True,
     ) -> None:
         self.layers = _check_layers(layer, layers)
         if class_names is not None:
@@ -194,6 +220,15 @@ class DeephysCallback(Callback):
             )
         self.class_names = list(class_names) if class_names is not None else None
         self.ind = ind
+        self.dataset_names = _check_dataset_names(dataset_names)
+        self.stages = _check_stages(stages)
+        for name, flag in (("log_scalars", log_scalars), ("log_histograms", log_histograms)):
+            if not isinstance(flag, bool):
+                raise MisconfigurationException(
+                    f"DeephysCallback({name}=...) must be True or False, got {flag!r}"
+                )
+        self.log_scalars = log_scalars
+        self.log_histograms = log_histograms
         self.every_n_epochs = every_n_epochs
         self.logits_layer = logits_layer
         self.output_selector = output_selector
@@ -225,7 +260,14 @@ class DeephysCallback(Callback):
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._recording = False
+        # None: hooks idle; "check": run every check on the first batch of each
+        # dataloader, keep nothing; "record": keep every batch.
+        self._mode: str | None = None
+        self._stage = "fit"
+        self._checked = False  # the recording path's checks have passed once
+        self._checked_loaders: set[int] = set()
+        self._warned_one_loader = False
+        self._loaded_position: tuple[int, int] | None = None  # (global_step, epoch)
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
         self._buffers: dict[int, DatasetBuffer] = {}
@@ -237,8 +279,9 @@ class DeephysCallback(Callback):
         self._destination = ""
         # What each log directory written to holds (a reused callback may write to several).
         self._log_states: dict[str, LogState] = {}
-        # An event file of our own, only when there is no TensorBoardLogger to write through.
-        self._own_sink: EventFileSink | None = None
+        # Event files of our own, by directory: without a TensorBoardLogger, and for
+        # evaluations that go to a run of their own.
+        self._own_sinks: dict[str, EventFileSink] = {}
 
     @property
     def state_key(self) -> str:
@@ -249,6 +292,7 @@ class DeephysCallback(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         fast_crc.install()  # event framing at C speed, same bytes
+        self._loaded_position = None
         self._layer_modules = {name: _find_module(pl_module, name, "layer") for name in self.layers}
         self._logits_module = (
             pl_module
@@ -266,40 +310,34 @@ class DeephysCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._remove_hooks()
-        if self._own_sink is not None:
-            self._own_sink.close()
-            self._own_sink = None
+        for sink in self._own_sinks.values():
+            sink.close()
+        self._own_sinks = {}
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._remove_hooks()
-        self._recording = False
+        self._mode = None
         self._buffers = {}
 
-    # -- validation hooks ----------------------------------------------------------
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Where the loaded weights come from: evaluations outside fit record there.
+        self._loaded_position = _checkpoint_position(checkpoint)
+
+    # -- evaluation hooks: validation (in fit and trainer.validate) and test ---------
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._recording = self._should_record(trainer)
-        if not self._recording:
-            return
-        named = _named_loaders(trainer.val_dataloaders)
-        self._names = [name for name, _ in named]
-        self._destination = _log_dir(trainer)
-        self._plans = {
-            idx: _sampling_plan(loader, trainer, self.max_images)
-            for idx, (_, loader) in enumerate(named)
-        }
-        self._buffers = {}
-        self._seen = {}
-        self._num_classes = 0
-        self._remove_hooks()
-        for name, module in self._layer_modules.items():
-            self._handles.append(module.register_forward_hook(self._layer_hook(name)))
-        assert self._logits_module is not None
-        self._handles.append(self._logits_module.register_forward_hook(self._on_logits_output))
+        self._epoch_start(trainer, trainer.val_dataloaders)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start(trainer, trainer.test_dataloaders)
 
     @override
     def on_validation_batch_start(
@@ -310,8 +348,18 @@ class DeephysCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._pending = {name: [] for name in self.layers}
-        self._pending_logits = []
+        self._batch_start()
+
+    @override
+    def on_test_batch_start(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_start()
 
     @override
     def on_validation_batch_end(
@@ -323,16 +371,84 @@ class DeephysCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._recording:
-            self._keep_batch(batch, dataloader_idx)
+        self._batch_end(batch, dataloader_idx)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._batch_end(batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._recording:
+        self._epoch_end(trainer)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_end(trainer)
+
+    def _epoch_start(self, trainer: pl.Trainer, dataloaders: Any) -> None:
+        self._stage = _stage(trainer)
+        self._mode = self._mode_for(trainer)
+        if self._mode is None:
             return
+        named = _named_loaders(dataloaders, self.dataset_names, self._stage)
+        self._names = [name for name, _ in named]
+        _ind_first(self._names, self.ind)  # a wrong ind= fails here, before any batch
+        if len(named) == 1 and not self._warned_one_loader:
+            self._warned_one_loader = True
+            rank_zero_warn(
+                f"DeephysCallback: one {_LOADER_KIND[self._stage]} dataloader "
+                f"({self._names[0]!r}), so there is no OOD set to compare it with: no "
+                "novelty, spurious or detection scores. Pass a dict of dataloaders, "
+                "e.g. {'mnist': ind_loader, 'rotated': ood_loader}."
+            )
+        self._known_class_names = self._class_names_given(trainer)
+        self._destination = _log_dir(trainer)
+        self._plans = {
+            idx: _sampling_plan(loader, trainer, self.max_images)
+            for idx, (_, loader) in enumerate(named)
+        }
+        self._dataset_sizes = {
+            self._names[idx]: plan.num_images for idx, plan in self._plans.items()
+        }
+        self._buffers = {}
+        self._seen = {}
+        self._checked_loaders = set()
+        self._num_classes = 0
         self._remove_hooks()
-        self._recording = False
-        self._write(trainer)
+        for name, module in self._layer_modules.items():
+            self._handles.append(module.register_forward_hook(self._layer_hook(name)))
+        assert self._logits_module is not None
+        self._handles.append(self._logits_module.register_forward_hook(self._on_logits_output))
+
+    def _batch_start(self) -> None:
+        self._pending = {name: [] for name in self.layers}
+        self._pending_logits = []
+
+    def _batch_end(self, batch: Any, dataloader_idx: int) -> None:
+        if self._mode == "record":
+            self._keep_batch(batch, dataloader_idx)
+        elif self._mode == "check" and dataloader_idx not in self._checked_loaders:
+            self._keep_batch(batch, dataloader_idx, check_only=True)
+            self._checked_loaders.add(dataloader_idx)
+        self._pending = {name: [] for name in self.layers}
+        self._pending_logits = []
+
+    def _epoch_end(self, trainer: pl.Trainer) -> None:
+        if self._mode is None:
+            return
+        mode, self._mode = self._mode, None
+        self._remove_hooks()
+        self._checked = True
+        if mode == "record":
+            self._write(trainer)
 
     # -- resume ----------------------------------------------------------------------
 
@@ -348,14 +464,18 @@ class DeephysCallback(Callback):
 
     # -- workers -----------------------------------------------------------------------
 
-    def _should_record(self, trainer: pl.Trainer) -> bool:
+    def _mode_for(self, trainer: pl.Trainer) -> str | None:
+        """What this evaluation epoch does: record, only check, or nothing."""
+        if self._stage not in self.stages:
+            return None
         if trainer.sanity_checking:
-            return False
+            return "check"
         if trainer.fast_dev_run and not self.record_fast_dev_run:
-            return False
-        if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(...): always record
-            return True
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+            return "check"
+        if self._stage == "fit" and (trainer.current_epoch + 1) % self.every_n_epochs != 0:
+            # With num_sanity_val_steps=0 the first validation still runs the checks.
+            return None if self._checked else "check"
+        return "record"
 
     def _selector(self, layer: str) -> OutputSelector | None:
         if isinstance(self.output_selector, Mapping):
@@ -364,7 +484,7 @@ class DeephysCallback(Callback):
 
     def _layer_hook(self, layer: str) -> Callable:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if self._recording:
+            if self._mode is not None:
                 selected = select_output(output, self._selector(layer), layer=layer)
                 acts = reduce_activations(
                     selected, relu=self.relu, reduction=self.reduction, layer=layer
@@ -374,7 +494,7 @@ class DeephysCallback(Callback):
         return hook
 
     def _on_logits_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if not self._recording:
+        if self._mode is None:
             return
         if not isinstance(output, torch.Tensor):
             where = (
@@ -389,7 +509,10 @@ class DeephysCallback(Callback):
             )
         self._pending_logits.append(output.detach().float().cpu())
 
-    def _keep_batch(self, batch: Any, dataloader_idx: int) -> None:
+    def _keep_batch(self, batch: Any, dataloader_idx: int, check_only: bool = False) -> None:
+        """Check one batch's captured outputs, and keep its rows unless ``check_only``."""
+        kind = _LOADER_KIND[self._stage]
+        where = f"a {kind} batch of dataloader {dataloader_idx} ({self._names[dataloader_idx]!r})"
         if self.unpack_batch is not None:
             x, y = self.unpack_batch(batch)
             y = torch.as_tensor(y)
@@ -398,23 +521,46 @@ class DeephysCallback(Callback):
         batch_size = len(y)
         for layer, pending in self._pending.items():
             if not pending:
-                raise RuntimeError(
-                    f"DeephysCallback: layer {layer!r} was not called during a validation "
-                    f"batch of dataloader {dataloader_idx}; does validation_step run it?"
+                raise MisconfigurationException(
+                    f"DeephysCallback: layer {layer!r} did not run during {where}. Does "
+                    f"{kind}_step call the model through the LightningModule (self(x)) so "
+                    f"that {layer!r} runs? A module inside a torch.compile'd submodule never "
+                    "reports its output: compile the LightningModule instead."
                 )
         if not self._pending_logits:
-            raise RuntimeError(
-                "DeephysCallback: no class scores were seen during a validation batch. "
-                "Call self(x) in validation_step, or set logits_layer= to the classifier module."
+            step = f"{kind}_step"
+            raise MisconfigurationException(
+                f"DeephysCallback: no class scores were seen during {where}: the "
+                f"LightningModule's forward did not run. Call self(x) in {step} (not "
+                "self.model(x)), or set logits_layer= to the module that outputs the class "
+                "scores."
             )
         acts = {layer: torch.cat(p) for layer, p in self._pending.items()}
         logits = torch.cat(self._pending_logits).reshape(batch_size, -1)
         for layer, a in acts.items():
             if len(a) != batch_size:
-                raise RuntimeError(
-                    f"DeephysCallback: a batch of {batch_size} labels produced {len(a)} rows "
-                    f"at layer {layer!r}; the layer must run once per batch."
+                raise MisconfigurationException(
+                    f"DeephysCallback: {where} has {batch_size} labels but layer {layer!r} "
+                    f"produced {len(a)} rows; the layer must run once per batch, on the "
+                    "batch's images."
                 )
+        labels = y.detach().cpu().to(torch.int64)
+        names = self._known_class_names
+        if names is not None and len(labels) and int(labels.max()) >= len(names.names):
+            raise MisconfigurationException(
+                f"{names.source} has {len(names.names)} names, but {where} has label "
+                f"{int(labels.max())}; give one name per class."
+            )
+        if len(labels) and int(labels.min()) < 0:
+            raise MisconfigurationException(
+                f"DeephysCallback: {where} has label {int(labels.min())}; labels must be "
+                "class indices >= 0 (set target_key= or unpack_batch= if the batch holds "
+                "something else there)."
+            )
+        if check_only:
+            if self.thumbnails:  # inputs that cannot become images fail here, not later
+                to_thumbnails(denormalize_inputs(x[:2], self.denormalize), self.thumbnail_size)
+            return
         self._num_classes = max(self._num_classes, logits.shape[-1])
         plan = self._plans.get(dataloader_idx) or SamplingPlan.for_rank(None, 1, 0, None)
         start = self._seen.get(dataloader_idx, 0)
@@ -437,7 +583,7 @@ class DeephysCallback(Callback):
         buffer.append(
             positions[keep],
             kept_acts,
-            y.detach().cpu().to(torch.int64)[keep],
+            labels[keep],
             logits.argmax(dim=-1)[keep],
             thumbs,
             logits[keep] if self._keeps_logits(plan.recorded_images, kept_acts) else None,
@@ -471,16 +617,26 @@ class DeephysCallback(Callback):
     def _write_rank_zero(
         self, trainer: pl.Trainer, names: list[str], gathered: dict[int, Rows], num_classes: int
     ) -> None:
-        state = self._log_state(self._destination)
-        step = trainer.global_step
+        step, epoch = self._position(trainer)
+        log_dir = self._destination
+        state = self._log_state(log_dir)
         if step <= state.last_step:
-            rank_zero_warn(
+            if self._stage == "fit":  # a resumed fit: TensorBoard would drop the later data
+                rank_zero_warn(
+                    f"DeephysCallback: {log_dir} already holds a record at step "
+                    f"{state.last_step}; this validation at step {step} is not recorded, "
+                    "because TensorBoard keeps one record per step and drops data written "
+                    "after a later step. Log to a new version (a new TensorBoardLogger) to "
+                    "record it."
+                )
+                return
+            # An evaluation at a step this run already has: a run of its own beside it.
+            log_dir = _evaluation_dir(log_dir, self._stage, step)
+            state = self._log_state(log_dir)
+            rank_zero_info(
                 f"DeephysCallback: {self._destination} already holds a record at step "
-                f"{state.last_step}; this validation at step {step} is not recorded, because "
-                "TensorBoard keeps one record per step and drops data written after a later "
-                "step. Log to a new version (a new TensorBoardLogger) to record it."
+                f"{step} or later; this {self._stage} record goes to the run {log_dir}"
             )
-            return
         recordings: dict[str, DatasetRecording] = {}
         digests: dict[str, str] = {}
         for idx in _ind_first(names, self.ind):
@@ -509,21 +665,27 @@ class DeephysCallback(Callback):
         _warn_non_finite(recordings)
         record = Record(
             step=step,
-            epoch=trainer.current_epoch,
+            epoch=epoch,
             layers=tuple(self.layers),
             datasets=tuple(recordings),
             class_names=tuple(class_names),
             num_images={name: len(rec.labels) for name, rec in recordings.items()},
             top_k=self.top_k,
             relu=self.relu,
+            stage=self._stage,
+            dataset_sizes={name: self._dataset_sizes.get(name) for name in recordings},
         )
+        _warn_partial(record, self.max_images)
+        sink = self._sink_for(trainer) if log_dir == self._destination else None
         write_record(
-            self._sink_for(trainer),
+            sink or self._event_file_sink(log_dir),
             record,
             recordings,
-            log_dir=self._destination,
+            log_dir=log_dir,
             max_activation_bytes=self.max_activation_bytes,
             detectors=self.ood_detectors,
+            scalars=self.log_scalars,
+            histograms=self.log_histograms,
         )
         state.last_step = step
         state.thumbnails.update(digests)
@@ -563,25 +725,39 @@ class DeephysCallback(Callback):
             state.merge(on_disk)
         return state
 
+    def _position(self, trainer: pl.Trainer) -> tuple[int, int]:
+        """(step, epoch) of a record: the trainer's in fit, the loaded checkpoint's in
+        validate and test (the trainer's when no checkpoint was loaded)."""
+        if self._stage != "fit":
+            position = self._loaded_position
+            if position is None and trainer.ckpt_path:
+                position = _checkpoint_position(_load_checkpoint_header(trainer.ckpt_path))
+            if position is not None:
+                return position
+        return trainer.global_step, trainer.current_epoch
+
+    def _class_names_given(self, trainer: pl.Trainer) -> GivenClassNames | None:
+        """The class names from the callback, else from the datamodule, if any."""
+        if self.class_names is not None:
+            return GivenClassNames(self.class_names, "DeephysCallback(class_names=...)")
+        names = _datamodule_class_names(trainer)
+        return None if names is None else GivenClassNames(names, "the datamodule's class names")
+
     def _class_names(
         self, trainer: pl.Trainer, num_classes: int, recordings: Mapping[str, DatasetRecording]
     ) -> list[str]:
         max_label = max(
             (int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1
         )
-        names = self.class_names
-        source = "DeephysCallback(class_names=...)"
-        if names is None:
-            names = _datamodule_class_names(trainer)
-            source = "the datamodule's class names"
-        if names is None:
+        given = self._class_names_given(trainer)
+        if given is None:
             return [str(i) for i in range(max(num_classes, max_label + 1))]
-        if max_label >= len(names):
+        if max_label >= len(given.names):
             raise MisconfigurationException(
-                f"{source} has {len(names)} names, but the validation labels go up to "
+                f"{given.source} has {len(given.names)} names, but the labels go up to "
                 f"{max_label}; give one name per class."
             )
-        return list(names)
+        return list(given.names)
 
     def _sink_for(self, trainer: pl.Trainer) -> SummarySink:
         """The TensorBoardLogger's writer (fetched anew: a finished fit closes it), else ours."""
@@ -593,12 +769,13 @@ class DeephysCallback(Callback):
         return self._event_file_sink(_log_dir(trainer))
 
     def _event_file_sink(self, log_dir: str) -> EventFileSink:
-        if self._own_sink is None:
+        if log_dir not in self._own_sinks:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             os.makedirs(log_dir, exist_ok=True)
-            self._own_sink = EventFileSink(EventFileWriter(log_dir, filename_suffix=".deephys"))
-        return self._own_sink
+            writer = EventFileWriter(log_dir, filename_suffix=".deephys")
+            self._own_sinks[log_dir] = EventFileSink(writer)
+        return self._own_sinks[log_dir]
 
     def _remove_hooks(self) -> None:
         for handle in self._handles:
@@ -642,6 +819,15 @@ def _log_dir(trainer: pl.Trainer) -> str:
 
 def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.Module:
     modules = dict(pl_module.named_modules())
+    compiled = _compiled_ancestor(modules, name)
+    if compiled is not None:
+        raise MisconfigurationException(
+            f"DeephysCallback({param}={name!r}) is inside {compiled!r}, a torch.compile'd "
+            "submodule: modules inside a compiled submodule never report their outputs to "
+            "hooks. Compile the LightningModule instead (model = torch.compile(model), or "
+            "compile in configure_model), and name the layer as in the uncompiled model: "
+            f"{name.replace('._orig_mod', '').replace('_orig_mod.', '')!r}."
+        )
     if name in modules and name != "":
         return modules[name]
     names = [n for n in modules if n]
@@ -653,14 +839,110 @@ def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.
     )
 
 
-def _named_loaders(dataloaders: Any) -> list[tuple[str, Any]]:
-    """(name, loader) per validation dataloader, in dataloader-index order: dict keys,
-    else ``dataset_0..n``."""
+def _compiled_ancestor(modules: Mapping[str, torch.nn.Module], name: str) -> str | None:
+    """The name of the torch.compile'd submodule (an ``OptimizedModule``) that ``name``
+    lies in, or would lie in under its natural (uncompiled) name; None if none."""
+    parts = [p for p in name.split(".") if p != "_orig_mod"]
+    for end in range(len(parts)):
+        prefix = ".".join(parts[:end])
+        module = modules.get(prefix)
+        if module is not None and prefix and hasattr(module, "_orig_mod"):
+            return prefix
+    return None
+
+
+def _named_loaders(
+    dataloaders: Any, names: Sequence[str] | None = None, stage: str = "fit"
+) -> list[tuple[str, Any]]:
+    """(name, loader) per dataloader, in dataloader-index order: dict keys, else
+    ``names`` (``dataset_names=``), else ``dataset_0..n``."""
     if isinstance(dataloaders, Mapping):
         return [(str(k), v) for k, v in dataloaders.items()]
     if isinstance(dataloaders, Sequence) and not isinstance(dataloaders, (str, bytes)):
-        return [(f"dataset_{i}", loader) for i, loader in enumerate(dataloaders)]
-    return [("dataset_0", dataloaders)]
+        loaders = list(dataloaders)
+    else:
+        loaders = [dataloaders]
+    if names is None:
+        return [(f"dataset_{i}", loader) for i, loader in enumerate(loaders)]
+    if len(names) != len(loaders):
+        raise MisconfigurationException(
+            f"DeephysCallback(dataset_names={list(names)}) names {len(names)} datasets, but "
+            f"there are {len(loaders)} {_LOADER_KIND[stage]} dataloaders; give one name each."
+        )
+    return list(zip(names, loaders, strict=True))
+
+
+def _check_dataset_names(names: Sequence[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
+        raise MisconfigurationException(
+            f"DeephysCallback(dataset_names=...) must be a list of strings, got {names!r}"
+        )
+    if len(set(names)) != len(names):
+        raise MisconfigurationException(
+            f"DeephysCallback(dataset_names=...) repeats a name: {list(names)}"
+        )
+    return list(names)
+
+
+def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(stages, str) or not all(s in STAGES for s in stages):
+        raise MisconfigurationException(
+            f"DeephysCallback(stages=...) must be a list drawn from {list(STAGES)}, got {stages!r}"
+        )
+    return tuple(stages)
+
+
+def _stage(trainer: pl.Trainer) -> str:
+    """Which evaluation runs: validation in fit (with its sanity check), validate, test."""
+    if trainer.state.fn == TrainerFn.TESTING:
+        return "test"
+    if trainer.state.fn == TrainerFn.VALIDATING:
+        return "validate"
+    return "fit"
+
+
+def _checkpoint_position(checkpoint: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(global_step, epoch) a Lightning checkpoint was saved at, if it says."""
+    try:
+        return int(checkpoint["global_step"]), int(checkpoint["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _load_checkpoint_header(path: str) -> dict[str, Any]:
+    """A checkpoint's contents without reading its tensors into memory (for checkpoints
+    whose callbacks were not restored, as weights-only ones)."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except (OSError, RuntimeError, ValueError):
+        from lightning.fabric.utilities.cloud_io import _load
+
+        return _load(path, map_location="cpu")
+
+
+def _evaluation_dir(log_dir: str, stage: str, step: int) -> str:
+    """A new run directory under ``log_dir`` for an evaluation at a step it already has."""
+    base = os.path.join(log_dir, f"{stage}_step{step}")
+    path, n = base, 1
+    while os.path.exists(path):
+        n += 1
+        path = f"{base}_{n}"
+    return path
+
+
+def _warn_partial(record: Record, max_images: int | None) -> None:
+    """Say when a set was recorded in part for another reason than ``max_images``."""
+    for name in record.datasets:
+        size = record.dataset_sizes.get(name)
+        count = record.num_images[name]
+        if size is not None and count < min(size, max_images or size):
+            rank_zero_warn(
+                f"DeephysCallback: {count} of the {size} images of {name!r} were recorded "
+                "(limit_val_batches / limit_test_batches, or a dataloader that stops "
+                "early); the scores describe that part. The tab shows 'N of M images'."
+            )
 
 
 def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> SamplingPlan:

@@ -67,6 +67,7 @@ class DeephysLog:
     def __repr__(self) -> str:
         return (
             f"DeephysLog(run={self.run!r}, steps={list(self.steps)}, "
+            f"stages={sorted({r.stage for r in self.records})}, "
             f"layers={list(self.layers)}, datasets={list(self.datasets)})"
         )
 
@@ -243,7 +244,7 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
             raise ValueError(
                 f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
                 f"({runs or 'none: was DeephysCallback in the Trainer?'})"
-                + ("; pass run= to pick one" if runs else "")
+                + ("; pass run= (deephys-lightning export: --run) to pick one" if runs else "")
             )
         run = runs[0]
     elif run not in logs:

@@ -43,6 +43,7 @@ class ScoreRow:
     spurious_undefined: int
     activation_ratio_mean: float
     dead_neurons: int
+    stage: str = "fit"  # which evaluation: "fit", "validate", "test" ("" in older logs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class DetectionRow:
     fpr_at_95_tpr: float
     ind_images: int
     ood_images: int
+    stage: str = "fit"
 
 
 def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
@@ -84,6 +86,7 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                             layer=layer,
                             ood=ood,
                             accuracy=accuracy(log.labels(ood, step), log.predictions(ood, step)),
+                            stage=record.stage,
                             **log.scores(layer, ood, step).summary(),
                         )
                     )
@@ -105,7 +108,12 @@ def detection_table(log_dir: str | os.PathLike) -> list[DetectionRow]:
                     fields["layer"] = fields["layer"] or ""
                     rows.append(
                         DetectionRow(
-                            run=run, step=record.step, epoch=record.epoch, ood=ood, **fields
+                            run=run,
+                            step=record.step,
+                            epoch=record.epoch,
+                            ood=ood,
+                            stage=record.stage,
+                            **fields,
                         )
                     )
     return rows
@@ -125,6 +133,7 @@ _SCORE_COLUMNS = (
     ("spurious_undefined", "undef.", "{}"),
     ("activation_ratio_mean", "act.ratio", "{:.1%}"),
     ("dead_neurons", "dead", "{}"),
+    ("stage", "stage", "{}"),
 )
 _DETECTION_COLUMNS = (
     ("run", "run", "{}"),
@@ -135,6 +144,7 @@ _DETECTION_COLUMNS = (
     ("layer", "layer", "{}"),
     *((metric, metric.replace("_at_95_tpr", "@95tpr"), "{:.4f}") for metric in DETECTION_METRICS),
     ("ood_images", "OOD images", "{}"),
+    ("stage", "stage", "{}"),
 )
 
 

@@ -167,6 +167,8 @@ def write_record(
     log_dir: str | None = None,
     max_activation_bytes: int | None = None,
     detectors: tuple[str, ...] = (),
+    scalars: bool = True,
+    histograms: bool = True,
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
@@ -179,7 +181,9 @@ def write_record(
     and activation ratio, their headline scalars and histograms. For each OOD set:
     the metrics of the OOD ``detectors`` (``detection.DETECTORS``; the logit ones need
     every dataset's logits or logit scores), as a ``detection`` blob and scalars.
-    The record itself is written last, so a reader that sees it sees the rest too.
+    ``scalars`` / ``histograms`` False leave out what TensorBoard's own tabs show (the
+    Deephys tab reads none of it). The record itself is written last, so a reader that
+    sees it sees the rest too.
     """
     missing = [name for name in record.datasets if name not in recordings]
     if missing:
@@ -187,7 +191,7 @@ def write_record(
     step = record.step
     num_classes = len(record.class_names)
     for name in record.datasets:
-        _write_dataset(sink, step, name, recordings[name], log_dir)
+        _write_dataset(sink, step, name, recordings[name], log_dir, scalars)
     detections: dict[str, list[Detection]] = {ood: [] for ood in record.ood}
     if any(d in detection.LOGIT_DETECTORS for d in detectors):
         logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
@@ -226,7 +230,7 @@ def write_record(
         for ood in record.ood:
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
-            _write_scores(sink, step, layer, ood, scores)
+            _write_scores(sink, step, layer, ood, scores, scalars, histograms)
         if any(d in detection.FEATURE_DETECTORS for d in detectors):
             found = detection.feature_detections(
                 layer,
@@ -240,7 +244,7 @@ def write_record(
                 detections[ood] += rows
     if detectors:
         for ood, rows in detections.items():
-            _write_detections(sink, step, ood, rows)
+            _write_detections(sink, step, ood, rows, scalars)
     sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
     sink.flush()
 
@@ -288,7 +292,12 @@ def layer_arrays(
 
 
 def _write_dataset(
-    sink: SummarySink, step: int, name: str, rec: DatasetRecording, log_dir: str | None
+    sink: SummarySink,
+    step: int,
+    name: str,
+    rec: DatasetRecording,
+    log_dir: str | None,
+    scalars: bool = True,
 ) -> None:
     labels = np.asarray(rec.labels, dtype=np.int32)
     predictions = np.asarray(rec.predictions, dtype=np.int32)
@@ -302,7 +311,7 @@ def _write_dataset(
         arrays[Kind.LOGITS] = np.asarray(rec.logits, dtype=np.float32)
     for kind, array in arrays.items():
         sink.add_summary(value_summary(kind, array, dataset=name), step)
-    if len(labels):
+    if scalars and len(labels):
         accuracy = derived.accuracy(labels, predictions)
         sink.add_summary(scalar_pb(scalar_tag("accuracy", dataset=name), accuracy), step)
     if rec.thumbnails is not None:
@@ -318,14 +327,23 @@ def _write_dataset(
 
 
 def _write_scores(
-    sink: SummarySink, step: int, layer: str, ood: str, scores: derived.OODScores
+    sink: SummarySink,
+    step: int,
+    layer: str,
+    ood: str,
+    scores: derived.OODScores,
+    scalars: bool = True,
+    histograms: bool = True,
 ) -> None:
     names = {"layer": layer, "dataset": ood}
     for kind, field in SCORE_KINDS.items():
         values = np.asarray(getattr(scores, field), dtype=np.float32)
         sink.add_summary(tensor_summary(kind, values, **names), step)
-    for scalar, value in scores.summary().items():
-        sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
+    if scalars:
+        for scalar, value in scores.summary().items():
+            sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
+    if not histograms:
+        return
     alive = ~scores.dead
     for name in ("novelty", "spurious"):
         values = np.asarray(getattr(scores, name))[alive]
@@ -335,10 +353,12 @@ def _write_scores(
             sink.add_summary(histogram_pb(tag, finite, buckets=30), step)
 
 
-def _write_detections(sink: SummarySink, step: int, ood: str, rows: list[Detection]) -> None:
+def _write_detections(
+    sink: SummarySink, step: int, ood: str, rows: list[Detection], scalars: bool = True
+) -> None:
     blob = Detection.list_to_json(rows)
     sink.add_summary(blob_summary(Kind.DETECTION, [blob], dataset=ood), step)
-    for row in rows:
+    for row in rows if scalars else ():
         for metric in metadata.DETECTION_METRICS:
             tag = detection_tag(row.detector, metric, dataset=ood, layer=row.layer)
             sink.add_summary(scalar_pb(tag, getattr(row, metric)), step)

@@ -225,6 +225,12 @@ class Record:
     # "normalized": the confusion sets' top neurons (PAIR_TOP_*) are ranked by the mean
     # of activations divided by the InD maxima; "raw" in logs written before.
     set_means: str = "normalized"
+    # Which evaluation made the record: "fit" (validation during fit), "validate" or
+    # "test"; "" in logs written before.
+    stage: str = "fit"
+    # Each dataset's length (None: unknown), beside num_images: fewer images were
+    # recorded than the set has (max_images, limit_val_batches...).
+    dataset_sizes: dict[str, int | None] = dataclasses.field(default_factory=dict)
     version: int = CONTENT_VERSION
 
     @property
@@ -258,6 +264,11 @@ class Record:
                 top_k=int(data["top_k"]),
                 relu=bool(data.get("relu", True)),
                 set_means=str(data.get("set_means", "raw")),
+                stage=str(data.get("stage", "")),
+                dataset_sizes={
+                    str(k): None if v is None else int(v)
+                    for k, v in (data.get("dataset_sizes") or {}).items()
+                },
                 version=int(data.get("version", CONTENT_VERSION)),
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -139,16 +141,19 @@ def test_validate_records_without_training(tmp_path):
 
 
 def test_a_step_is_recorded_once_per_log(tmp_path):
+    """A validation at a step the run already holds goes to a run of its own beside it:
+    the fit's record is never overwritten, the evaluation never dropped."""
     callback = DeephysCallback(layer="fc")
     t = trainer(tmp_path, [callback], max_epochs=1)
     model = TinyNet()
     t.fit(model, loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
     before = read_log(t.logger.log_dir).activations("fc", "dataset_0", 3)
-    with pytest.warns(UserWarning, match="already holds a record at step 3"):
-        t.validate(model, dataloaders=loader(random_set(5, 1)))  # same global step
-    log = read_log(t.logger.log_dir)
-    assert log.steps == (3,)
+    t.validate(model, dataloaders=loader(random_set(5, 1)))  # same global step
+    log = read_log(t.logger.log_dir, run=".")
+    assert log.steps == (3,) and log.record().stage == "fit"
     np.testing.assert_array_equal(log.activations("fc", "dataset_0", 3), before)
+    evaluation = read_log(os.path.join(t.logger.log_dir, "validate_step3"))
+    assert evaluation.steps == (3,) and evaluation.record().stage == "validate"
 
 
 def test_a_reused_callback_writes_thumbnails_into_each_new_log(tmp_path):

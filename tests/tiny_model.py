@@ -32,6 +32,10 @@ class TinyNet(L.LightningModule):
         x, y = _xy(batch)
         self(x)
 
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = _xy(batch)
+        self(x)
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
