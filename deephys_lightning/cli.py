@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -75,11 +76,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "scores":
-        return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
-    if args.command == "export":
-        return _export(args)
+    try:
+        if args.command == "scores":
+            return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
+        if args.command == "export":
+            return _export(args)
+    except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
+        _silence_stdout()
+        return 0
     return 2  # argparse already refused unknown commands
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush into a closed
+    pipe does not print a second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (a test's capture): nothing to do
+        pass
 
 
 def _scores(logdir: str, *, as_csv: bool, detection: bool = False) -> int:

@@ -529,11 +529,14 @@ def _dataset_arrays(log, name: str, step: int, layers: Sequence[str], class_name
         raise ExportError(f"dataset {name!r}: {error.args[0]}") from None
     try:
         thumbnails = log.thumbnails(name, step)
-    except KeyError:
-        raise ExportError(
-            f"dataset {name!r} has no thumbnails at step {step}; the Deephys files need "
-            "the images: record with DeephysCallback(thumbnails=True)"
-        ) from None
+    except KeyError as error:
+        reason = error.args[0]
+        if "no thumbnails" in reason:  # never recorded, not a missing file
+            reason = (
+                f"it has no thumbnails at step {step}; the Deephys files need the images: "
+                "record with DeephysCallback(thumbnails=True)"
+            )
+        raise ExportError(f"dataset {name!r}: {reason}") from None
     labels = log.labels(name, step)
     if len(thumbnails) != len(labels):
         raise ExportError(

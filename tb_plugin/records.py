@@ -181,9 +181,12 @@ class DeephysReader:
         kind = Kind(kind)
         tag = self.run_index(ctx, experiment_id, run).tag(kind, layer, dataset)
         if tag is None:
-            raise errors.NotFoundError(
-                f"run {run!r} has no {kind.value} for layer={layer!r}, dataset={dataset!r}"
+            where = " and ".join(
+                f"{what} {name!r}"
+                for what, name in (("layer", layer), ("dataset", dataset))
+                if name
             )
+            raise errors.NotFoundError(f"run {run!r} has no {kind.value} for {where}")
         key = (experiment_id, run, tag, step)
         return self._cache.get_or_compute(
             key, lambda: self._load(ctx, experiment_id, run, tag, kind, step)
