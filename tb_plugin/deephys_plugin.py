@@ -92,7 +92,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
             runs.append(
                 {
                     "run": run,
-                    "steps": [{"step": r.step, "epoch": r.epoch} for r in records],
+                    "steps": [
+                        {"step": r.step, "epoch": r.epoch, "stage": r.stage} for r in records
+                    ],
                     "layers": list(latest.layers),
                     "datasets": list(latest.datasets),
                     "ind": latest.ind,
@@ -153,6 +155,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "name": dataset,
                 "role": data.role(dataset),
                 "num_images": len(data.labels(dataset)),
+                "dataset_size": data.record.dataset_sizes.get(dataset),
                 "accuracy": _finite(data.accuracy(dataset)),
                 "confusion": data.confusion_matrix(dataset).tolist(),
             }
@@ -418,6 +421,7 @@ def _header(data: StepData, layer: str) -> dict[str, Any]:
         "run": data.run,
         "layer": layer,
         "step": data.step,
+        "stage": data.record.stage,
         "class_names": list(data.record.class_names),
     }
 

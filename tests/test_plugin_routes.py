@@ -312,3 +312,26 @@ def test_several_runs_layers_and_names_with_html(tmp_path):
     assert older.status_code == 200 and older.json["step"] == step0
     response = client.get(f"{PREFIX}/runs")
     assert response.headers["Content-Type"].startswith("application/json")
+
+
+def test_stage_and_part_of_a_set_reach_the_tab(tmp_path):
+    from tiny_model import TinyNet, loader, random_set, trainer
+
+    from deephys_lightning import DeephysCallback
+
+    model = TinyNet()
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1, limit_val_batches=1)
+    val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
+    t.fit(model, loader(random_set(12, 0)), val_dataloaders=val)
+    t.test(model, dataloaders=val)
+    client = _client_for(tmp_path)
+    runs = {r["run"]: r for r in client.get(f"{PREFIX}/runs").json["runs"]}
+    assert [s["stage"] for s in runs["tiny/version_0"]["steps"]] == ["fit"]
+    assert [s["stage"] for s in runs["tiny/version_0/test_step3"]["steps"]] == ["test"]
+    body = client.get(f"{PREFIX}/summary?run=tiny/version_0&layer=fc").json
+    assert body["stage"] == "fit"
+    counts = {d["name"]: (d["num_images"], d["dataset_size"]) for d in body["datasets"]}
+    assert counts == {"ind": (4, 12), "ood": (4, 8)}  # one batch of 4 of each set
+    tested = client.get(f"{PREFIX}/summary?run=tiny/version_0/test_step3&layer=fc").json
+    assert tested["stage"] == "test"
+    assert {d["name"]: d["num_images"] for d in tested["datasets"]} == {"ind": 12, "ood": 8}

@@ -131,7 +131,9 @@ function remember({push = true} = {}) {
 // The options of the run, layer and step selectors.
 const runOptions = () => state.runs.map((r) => ({value: r.run, text: r.run}));
 const layerOptions = (info) => info.layers.map((l) => ({value: l, text: l}));
-const stepOptions = (info) => info.steps.map((s) => ({value: s.step, text: `step ${s.step} (epoch ${s.epoch})`}));
+const STAGE_NAMES = {validate: 'validate', test: 'test'}; // fit: the default, not named
+const stepOptions = (info) => info.steps.map((s) => ({value: s.step,
+  text: `step ${s.step} (epoch ${s.epoch}${STAGE_NAMES[s.stage] ? `, ${STAGE_NAMES[s.stage]}` : ''})`}));
 
 function controls() {
   const info = runInfo();

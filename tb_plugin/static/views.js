@@ -180,7 +180,8 @@ function densityPlot(title, density) {
 
 export function overviewView(data, over, on = {}) {
   const root = el('section', {className: 'overview-view'});
-  root.appendChild(el('h2', {text: `Overview — layer ${data.layer}, step ${data.step} (epoch ${data.epoch})`}));
+  const stage = data.stage === 'test' || data.stage === 'validate' ? `, ${data.stage}` : '';
+  root.appendChild(el('h2', {text: `Overview — layer ${data.layer}, step ${data.step} (epoch ${data.epoch}${stage})`}));
   const cards = el('div', {className: 'cards'});
   for (const dataset of data.datasets) {
     const card = el('div', {className: `card ${dataset.role}`, attrs: {'data-dataset': dataset.name}}, [
@@ -188,6 +189,7 @@ export function overviewView(data, over, on = {}) {
         el('span', {className: `role ${dataset.role}`, text: dataset.role === 'ind' ? 'InD' : 'OOD'}),
         el('span', {className: 'name', text: dataset.name}),
         el('span', {className: 'accuracy', text: `accuracy ${percent(dataset.accuracy)}`}),
+        el('span', {className: 'count', text: imageCount(dataset)}),
       ]),
     ]);
     if (dataset.summary) {
@@ -212,6 +214,13 @@ export function overviewView(data, over, on = {}) {
   if (over && over.length) root.appendChild(scoresOverTime(over));
   root.appendChild(neuronTable(data, on));
   return root;
+}
+
+/** "N images", or "N of M images" when only part of the set was recorded. */
+function imageCount(dataset) {
+  const size = dataset.dataset_size;
+  return size !== null && size !== undefined && size > dataset.num_images
+    ? `${dataset.num_images} of ${size} images` : `${dataset.num_images} images`;
 }
 
 const DETECTION_COLUMNS = [
