@@ -268,6 +268,8 @@ class DeephysCallback(Callback):
         self._checked_loaders: set[int] = set()
         self._warned_one_loader = False
         self._loaded_position: tuple[int, int] | None = None  # (global_step, epoch)
+        self._position: tuple[int, int] = (0, 0)  # where this epoch's record goes
+        self._capturing = False  # whether the hooks keep this batch's outputs
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
         self._buffers: dict[int, DatasetBuffer] = {}
@@ -293,6 +295,7 @@ class DeephysCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         fast_crc.install()  # event framing at C speed, same bytes
         self._loaded_position = None
+        self._checked = False
         self._layer_modules = {name: _find_module(pl_module, name, "layer") for name in self.layers}
         self._logits_module = (
             pl_module
@@ -348,7 +351,7 @@ class DeephysCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._batch_start()
+        self._batch_start(dataloader_idx)
 
     @override
     def on_test_batch_start(
@@ -359,7 +362,7 @@ class DeephysCallback(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._batch_start()
+        self._batch_start(dataloader_idx)
 
     @override
     def on_validation_batch_end(
@@ -400,7 +403,7 @@ class DeephysCallback(Callback):
             return
         named = _named_loaders(dataloaders, self.dataset_names, self._stage)
         self._names = [name for name, _ in named]
-        _ind_first(self._names, self.ind)  # a wrong ind= fails here, before any batch
+        _ind_first(self._names, self.ind, self._stage)  # a wrong ind= fails before any batch
         if len(named) == 1 and not self._warned_one_loader:
             self._warned_one_loader = True
             rank_zero_warn(
@@ -411,6 +414,8 @@ class DeephysCallback(Callback):
             )
         self._known_class_names = self._class_names_given(trainer)
         self._destination = _log_dir(trainer)
+        if self._mode == "record":
+            self._position = self._position_of(trainer)
         self._plans = {
             idx: _sampling_plan(loader, trainer, self.max_images)
             for idx, (_, loader) in enumerate(named)
@@ -428,16 +433,19 @@ class DeephysCallback(Callback):
         assert self._logits_module is not None
         self._handles.append(self._logits_module.register_forward_hook(self._on_logits_output))
 
-    def _batch_start(self) -> None:
+    def _batch_start(self, dataloader_idx: int) -> None:
         self._pending = {name: [] for name in self.layers}
         self._pending_logits = []
+        # In check mode only each loader's first batch is captured (and checked).
+        self._capturing = self._mode == "record" or (
+            self._mode == "check" and dataloader_idx not in self._checked_loaders
+        )
 
     def _batch_end(self, batch: Any, dataloader_idx: int) -> None:
-        if self._mode == "record":
-            self._keep_batch(batch, dataloader_idx)
-        elif self._mode == "check" and dataloader_idx not in self._checked_loaders:
-            self._keep_batch(batch, dataloader_idx, check_only=True)
+        if self._capturing:
+            self._keep_batch(batch, dataloader_idx, check_only=self._mode == "check")
             self._checked_loaders.add(dataloader_idx)
+        self._capturing = False
         self._pending = {name: [] for name in self.layers}
         self._pending_logits = []
 
@@ -445,6 +453,7 @@ class DeephysCallback(Callback):
         if self._mode is None:
             return
         mode, self._mode = self._mode, None
+        self._capturing = False
         self._remove_hooks()
         self._checked = True
         if mode == "record":
@@ -484,7 +493,7 @@ class DeephysCallback(Callback):
 
     def _layer_hook(self, layer: str) -> Callable:
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            if self._mode is not None:
+            if self._capturing:
                 selected = select_output(output, self._selector(layer), layer=layer)
                 acts = reduce_activations(
                     selected, relu=self.relu, reduction=self.reduction, layer=layer
@@ -494,7 +503,7 @@ class DeephysCallback(Callback):
         return hook
 
     def _on_logits_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._mode is None:
+        if not self._capturing:
             return
         if not isinstance(output, torch.Tensor):
             where = (
@@ -617,29 +626,31 @@ class DeephysCallback(Callback):
     def _write_rank_zero(
         self, trainer: pl.Trainer, names: list[str], gathered: dict[int, Rows], num_classes: int
     ) -> None:
-        step, epoch = self._position(trainer)
+        step, epoch = self._position
         log_dir = self._destination
         state = self._log_state(log_dir)
+        holder = state.holder(step)
+        if holder == "fit" and self._stage == "fit":  # a resumed fit validating again
+            rank_zero_warn(
+                f"DeephysCallback: {log_dir} already holds this fit's record at step {step} "
+                "(a fit resumed from an earlier checkpoint into the same logger version?); "
+                "it is kept and this validation is not recorded again. Log to a new version "
+                "(a new TensorBoardLogger) to record it."
+            )
+            return
         if step <= state.last_step:
-            if self._stage == "fit":  # a resumed fit: TensorBoard would drop the later data
-                rank_zero_warn(
-                    f"DeephysCallback: {log_dir} already holds a record at step "
-                    f"{state.last_step}; this validation at step {step} is not recorded, "
-                    "because TensorBoard keeps one record per step and drops data written "
-                    "after a later step. Log to a new version (a new TensorBoardLogger) to "
-                    "record it."
-                )
-                return
-            # An evaluation at a step this run already has: a run of its own beside it.
+            # Held, or before the run's last step (TensorBoard's Rust loader drops a
+            # run's later steps after an earlier one): a run of its own beside it.
             log_dir = _evaluation_dir(log_dir, self._stage, step)
             state = self._log_state(log_dir)
+            held = f"a {holder} record at step {step}" if holder else f"steps up to {step}"
             rank_zero_info(
-                f"DeephysCallback: {self._destination} already holds a record at step "
-                f"{step} or later; this {self._stage} record goes to the run {log_dir}"
+                f"DeephysCallback: {self._destination} already holds {held}; this "
+                f"{self._stage} record goes to the run {log_dir}"
             )
         recordings: dict[str, DatasetRecording] = {}
         digests: dict[str, str] = {}
-        for idx in _ind_first(names, self.ind):
+        for idx in _ind_first(names, self.ind, self._stage):
             rows = gathered.get(idx)
             if rows is None:
                 continue
@@ -687,7 +698,7 @@ class DeephysCallback(Callback):
             scalars=self.log_scalars,
             histograms=self.log_histograms,
         )
-        state.last_step = step
+        state.add(step, self._stage)
         state.thumbnails.update(digests)
         state.save()
 
@@ -725,13 +736,21 @@ class DeephysCallback(Callback):
             state.merge(on_disk)
         return state
 
-    def _position(self, trainer: pl.Trainer) -> tuple[int, int]:
-        """(step, epoch) of a record: the trainer's in fit, the loaded checkpoint's in
-        validate and test (the trainer's when no checkpoint was loaded)."""
+    def _position_of(self, trainer: pl.Trainer) -> tuple[int, int]:
+        """(step, epoch) of this epoch's record: the trainer's in fit, the loaded
+        checkpoint's in validate and test (the trainer's when none was loaded)."""
         if self._stage != "fit":
             position = self._loaded_position
             if position is None and trainer.ckpt_path:
-                position = _checkpoint_position(_load_checkpoint_header(trainer.ckpt_path))
+                try:
+                    position = _checkpoint_position(_load_checkpoint_header(trainer.ckpt_path))
+                except Exception as error:  # any reader error: record at the trainer's step
+                    rank_zero_warn(
+                        f"DeephysCallback: could not read the step of checkpoint "
+                        f"{trainer.ckpt_path!r} ({type(error).__name__}: {error}); this "
+                        f"{self._stage} is recorded at the trainer's step "
+                        f"{trainer.global_step}."
+                    )
             if position is not None:
                 return position
         return trainer.global_step, trainer.current_epoch
@@ -819,15 +838,9 @@ def _log_dir(trainer: pl.Trainer) -> str:
 
 def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.Module:
     modules = dict(pl_module.named_modules())
-    compiled = _compiled_ancestor(modules, name)
-    if compiled is not None:
-        raise MisconfigurationException(
-            f"DeephysCallback({param}={name!r}) is inside {compiled!r}, a torch.compile'd "
-            "submodule: modules inside a compiled submodule never report their outputs to "
-            "hooks. Compile the LightningModule instead (model = torch.compile(model), or "
-            "compile in configure_model), and name the layer as in the uncompiled model: "
-            f"{name.replace('._orig_mod', '').replace('_orig_mod.', '')!r}."
-        )
+    compiled = _through_compiled(modules, name)
+    if compiled is not None:  # a natural name inside a torch.compile'd submodule
+        return compiled
     if name in modules and name != "":
         return modules[name]
     names = [n for n in modules if n]
@@ -839,16 +852,21 @@ def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.
     )
 
 
-def _compiled_ancestor(modules: Mapping[str, torch.nn.Module], name: str) -> str | None:
-    """The name of the torch.compile'd submodule (an ``OptimizedModule``) that ``name``
-    lies in, or would lie in under its natural (uncompiled) name; None if none."""
-    parts = [p for p in name.split(".") if p != "_orig_mod"]
-    for end in range(len(parts)):
-        prefix = ".".join(parts[:end])
-        module = modules.get(prefix)
-        if module is not None and prefix and hasattr(module, "_orig_mod"):
-            return prefix
-    return None
+def _through_compiled(modules: Mapping[str, torch.nn.Module], name: str) -> torch.nn.Module | None:
+    """The module that ``name`` names once each torch.compile'd submodule on its path
+    (an ``OptimizedModule``, which holds the original under ``_orig_mod``) is looked
+    through, so that layers keep their natural names; None if there is none."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    parts, path = name.split("."), []
+    for part in parts:
+        path.append(part)
+        if isinstance(modules.get(".".join(path)), OptimizedModule):
+            path.append("_orig_mod")
+    resolved = ".".join(path)
+    if resolved == name or resolved not in modules:
+        return None
+    return modules[resolved]
 
 
 def _named_loaders(
@@ -857,6 +875,12 @@ def _named_loaders(
     """(name, loader) per dataloader, in dataloader-index order: dict keys, else
     ``names`` (``dataset_names=``), else ``dataset_0..n``."""
     if isinstance(dataloaders, Mapping):
+        if names is not None:
+            raise MisconfigurationException(
+                f"DeephysCallback(dataset_names={list(names)}) names list dataloaders, but the "
+                f"{_LOADER_KIND[stage]} dataloaders are a dict: its keys "
+                f"{[str(k) for k in dataloaders]} name them. Drop dataset_names=."
+            )
         return [(str(k), v) for k, v in dataloaders.items()]
     if isinstance(dataloaders, Sequence) and not isinstance(dataloaders, (str, bytes)):
         loaders = list(dataloaders)
@@ -887,9 +911,10 @@ def _check_dataset_names(names: Sequence[str] | None) -> list[str] | None:
 
 
 def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(stages, str) or not all(s in STAGES for s in stages):
+    if isinstance(stages, str) or not stages or not all(s in STAGES for s in stages):
         raise MisconfigurationException(
-            f"DeephysCallback(stages=...) must be a list drawn from {list(STAGES)}, got {stages!r}"
+            f"DeephysCallback(stages=...) must be a non-empty list drawn from {list(STAGES)}, "
+            f"got {stages!r} (to record nothing, leave the callback out)"
         )
     return tuple(stages)
 
@@ -926,10 +951,13 @@ def _evaluation_dir(log_dir: str, stage: str, step: int) -> str:
     """A new run directory under ``log_dir`` for an evaluation at a step it already has."""
     base = os.path.join(log_dir, f"{stage}_step{step}")
     path, n = base, 1
-    while os.path.exists(path):
-        n += 1
-        path = f"{base}_{n}"
-    return path
+    while True:
+        try:
+            os.makedirs(path)  # claimed: two jobs never pick the same directory
+            return path
+        except FileExistsError:
+            n += 1
+            path = f"{base}_{n}"
 
 
 def _warn_partial(record: Record, max_images: int | None) -> None:
@@ -972,21 +1000,22 @@ def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> 
     return SamplingPlan.for_rank(num_images, world_size, trainer.global_rank, max_images)
 
 
-def _ind_first(names: list[str], ind: str | int | None) -> list[int]:
+def _ind_first(names: list[str], ind: str | int | None, stage: str = "fit") -> list[int]:
     """Dataloader indices with the in-distribution one first."""
+    kind = _LOADER_KIND[stage]
     if ind is None:
         ind_idx = 0
     elif isinstance(ind, int):
         if not 0 <= ind < len(names):
             raise MisconfigurationException(
                 f"DeephysCallback(ind={ind}) is not a dataloader index; there are "
-                f"{len(names)} validation dataloaders: {names}"
+                f"{len(names)} {kind} dataloaders: {names}"
             )
         ind_idx = ind
     else:
         if ind not in names:
             raise MisconfigurationException(
-                f"DeephysCallback(ind={ind!r}) names no validation dataloader; names: {names}"
+                f"DeephysCallback(ind={ind!r}) names no {kind} dataloader; names: {names}"
             )
         ind_idx = names.index(ind)
     return [ind_idx] + [i for i in range(len(names)) if i != ind_idx]

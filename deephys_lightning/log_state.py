@@ -2,17 +2,18 @@
 
 ``<log_dir>/plugins/deephys/state.json`` (``metadata.state_path``; TensorBoard's
 place for plugin assets)
-records the last step written and a digest of each dataset's thumbnails. The
-callback reads it before writing, so that a run resumed into the same directory,
-even from an older checkpoint, never writes a step at or before one already there
-(TensorBoard would drop the newer data) and does not write unchanged thumbnails again.
+records each step written, with the stage that wrote it, and a digest of each
+dataset's thumbnails. The callback reads it before writing, so that a step is written
+once per directory (a run resumed into the same directory, even from an older
+checkpoint, skips the steps it holds; an evaluation at a held step goes to a run of its
+own) and unchanged thumbnails are not written again.
 
 Example::
 
     state = LogState.load("lightning_logs/version_0")
-    if step > state.last_step:
+    if state.holder(step) is None:
         ...write...
-        state.last_step = step
+        state.add(step, "fit")
         state.save()
 """
 
@@ -32,6 +33,20 @@ class LogState:
     log_dir: str
     last_step: int = -1
     thumbnails: dict[str, str] = dataclasses.field(default_factory=dict)  # dataset -> digest
+    steps: dict[int, str] = dataclasses.field(default_factory=dict)  # step -> stage
+    # State written before steps were kept: every step up to this one counts as held.
+    legacy_until: int = -1
+
+    def holder(self, step: int) -> str | None:
+        """The stage whose record holds ``step`` here ("fit" for a step of a state
+        written before stages were kept), or None when the step is free."""
+        if step in self.steps:
+            return self.steps[step]
+        return "fit" if step <= self.legacy_until else None
+
+    def add(self, step: int, stage: str) -> None:
+        self.steps[step] = stage
+        self.last_step = max(self.last_step, step)
 
     @staticmethod
     def path(log_dir: str) -> str:
@@ -43,11 +58,7 @@ class LogState:
         try:
             with open(cls.path(log_dir), encoding="utf-8") as handle:
                 raw = json.load(handle)
-            return cls(
-                log_dir=log_dir,
-                last_step=int(raw.get("last_step", -1)),
-                thumbnails={str(k): str(v) for k, v in raw.get("thumbnails", {}).items()},
-            )
+            return cls.from_dict(log_dir, raw)
         except FileNotFoundError:
             return cls(log_dir=log_dir)
         except (OSError, ValueError, TypeError, AttributeError):
@@ -58,6 +69,9 @@ class LogState:
     def merge(self, other: LogState) -> None:
         """Take the later step and every known thumbnail digest of ``other``."""
         self.last_step = max(self.last_step, other.last_step)
+        self.legacy_until = max(self.legacy_until, other.legacy_until)
+        for step, stage in other.steps.items():
+            self.steps.setdefault(step, stage)
         for name, digest in other.thumbnails.items():
             self.thumbnails.setdefault(name, digest)
 
@@ -67,18 +81,26 @@ class LogState:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(
-                {"last_step": self.last_step, "thumbnails": self.thumbnails}, handle, indent=1
-            )
+            json.dump(self.to_dict(), handle, indent=1)
         os.replace(tmp, path)
 
     def to_dict(self) -> dict:
-        return {"last_step": self.last_step, "thumbnails": dict(self.thumbnails)}
+        return {
+            "last_step": self.last_step,
+            "thumbnails": dict(self.thumbnails),
+            "steps": {str(step): stage for step, stage in sorted(self.steps.items())},
+            "legacy_until": self.legacy_until,
+        }
 
     @classmethod
     def from_dict(cls, log_dir: str, raw: dict) -> LogState:
+        last_step = int(raw.get("last_step", -1))
+        steps = {int(k): str(v) for k, v in (raw.get("steps") or {}).items()}
+        legacy = int(raw.get("legacy_until", -1)) if "steps" in raw else last_step
         return cls(
             log_dir=log_dir,
-            last_step=int(raw.get("last_step", -1)),
-            thumbnails=dict(raw.get("thumbnails", {})),
+            last_step=last_step,
+            thumbnails={str(k): str(v) for k, v in raw.get("thumbnails", {}).items()},
+            steps=steps,
+            legacy_until=legacy,
         )

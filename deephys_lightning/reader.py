@@ -227,8 +227,9 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
     Args:
         log_dir: a run directory (such as a TensorBoardLogger's ``log_dir``) or a
             directory of runs.
-        run: which run, relative to ``log_dir`` (``"."`` is ``log_dir`` itself);
-            needed only when several runs there hold Deephys data.
+        run: which run, relative to ``log_dir`` (``"."`` is ``log_dir`` itself, the
+            default when it holds Deephys data); needed when several runs below
+            ``log_dir`` hold data, e.g. ``"validate_step3"``, an evaluation's own run.
 
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
@@ -239,6 +240,8 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
     except FileNotFoundError as error:
         raise FileNotFoundError(f"read_log: {error}") from None
     runs = sorted(logs)
+    if run is None and "." in logs:
+        run = "."  # a run directory itself (its evaluation runs inside it need run=)
     if run is None:
         if len(runs) != 1:
             raise ValueError(

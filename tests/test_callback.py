@@ -236,7 +236,19 @@ def test_batches_without_labels_are_a_clear_error(tmp_path):
 
 def test_state_dict_round_trip():
     callback = DeephysCallback(layer="fc")
-    state = {"written": {"/logs/version_0": {"last_step": 7, "thumbnails": {"a": "f00d"}}}}
+    state = {
+        "written": {
+            "/logs/version_0": {
+                "last_step": 7,
+                "thumbnails": {"a": "f00d"},
+                "steps": {"3": "fit", "7": "validate"},
+                "legacy_until": -1,
+            }
+        }
+    }
     callback.load_state_dict(state)
     assert callback.state_dict() == state
+    # a checkpoint of the previous release: its steps up to the last count as held
+    callback.load_state_dict({"written": {"/logs/v": {"last_step": 7, "thumbnails": {}}}})
+    assert callback.state_dict()["written"]["/logs/v"]["legacy_until"] == 7
     assert callback.state_key != DeephysCallback(layer="other").state_key

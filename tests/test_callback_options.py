@@ -251,7 +251,7 @@ def test_resuming_from_an_older_checkpoint_never_rewrites_a_step(tmp_path):
         max_epochs=4,
         enable_checkpointing=True,
     )
-    with pytest.warns(UserWarning, match="already holds a record at step 9"):
+    with pytest.warns(UserWarning, match="already holds this fit's record at step 9"):
         resumed.fit(
             TinyNet(), loader(random_set(12, 0)), val_dataloaders=val, ckpt_path=str(oldest)
         )

@@ -122,14 +122,27 @@ def test_sanity_check_and_fast_dev_run_write_nothing_when_all_is_well(tmp_path):
     assert not any(name.startswith("events") for name in os.listdir(tmp_path))
 
 
-def test_a_compiled_submodule_is_refused_at_setup_with_the_fix(tmp_path):
-    for name in ("features.0", "features._orig_mod.0"):
-        model = CountingNet()
-        model.features = torch.compile(model.features)
-        t = trainer(tmp_path, [DeephysCallback(layer=name)], max_epochs=1)
-        with pytest.raises(MisconfigurationException, match="Compile the LightningModule") as err:
-            t.fit(model, loader(random_set(12, 0)), val_dataloaders=sets())
-        assert "'features.0'" in str(err.value) and model.trained == 0
+def test_a_compiled_submodule_records_under_its_natural_name(tmp_path):
+    torch.manual_seed(0)
+    eager = CountingNet()
+    compiled = CountingNet()
+    compiled.load_state_dict(eager.state_dict())
+    compiled.features = torch.compile(compiled.features)
+    logs = {}
+    for label, model, layer in (
+        ("eager", eager, "features.0"),
+        ("compiled", compiled, "features.0"),  # the natural name, looked through
+    ):
+        logger = TensorBoardLogger(str(tmp_path), name=label)
+        t = trainer(tmp_path, [DeephysCallback(layer=layer)], logger=logger, max_epochs=1)
+        t.validate(model, dataloaders=sets())
+        logs[label] = read_log(logger.log_dir)
+    assert logs["compiled"].layers == ("features.0",)
+    np.testing.assert_allclose(
+        logs["compiled"].activations("features.0", "ind").astype(np.float32),
+        logs["eager"].activations("features.0", "ind").astype(np.float32),
+        atol=2e-3,
+    )
 
 
 def test_trainer_test_records_with_its_stage(tmp_path):
@@ -138,7 +151,7 @@ def test_trainer_test_records_with_its_stage(tmp_path):
     t.fit(model, loader(random_set(12, 0)), val_dataloaders=sets())
     t.test(model, dataloaders=sets(10, 6))
     run_dir = t.logger.log_dir
-    fit = read_log(run_dir, run=".")
+    fit = read_log(run_dir)  # the run directory itself; its evaluation run is inside
     assert [r.stage for r in fit.records] == ["fit"]
     # the fit already holds step 3: the test goes to a run of its own beside it
     tested = read_log(os.path.join(run_dir, "test_step3"))
@@ -155,8 +168,9 @@ def test_stages_choose_what_records(tmp_path):
     t.test(model, dataloaders=sets())
     log = read_log(t.logger.log_dir)  # one run: the fit's validation did not record
     assert [r.stage for r in log.records] == ["test"] and log.run == "."
-    with pytest.raises(MisconfigurationException, match="stages"):
-        DeephysCallback(layer="fc", stages=["train"])
+    for wrong in (["train"], [], "test"):
+        with pytest.raises(MisconfigurationException, match="stages"):
+            DeephysCallback(layer="fc", stages=wrong)
 
 
 @pytest.mark.parametrize("weights_only", [False, True])
@@ -170,9 +184,9 @@ def test_checkpoints_are_evaluated_at_their_own_step(tmp_path, weights_only):
     assert [os.path.basename(p) for p in paths] == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
     logger = TensorBoardLogger(str(tmp_path), name="eval")
     evaluator = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger)
-    for path in paths + paths[:1]:  # the first one twice
+    for path in paths + paths[:1]:  # in order, then the first one again
         evaluator.validate(TinyNet(), dataloaders=sets(), ckpt_path=path)
-    log = read_log(logger.log_dir, run=".")
+    log = read_log(logger.log_dir)
     assert [(r.step, r.epoch, r.stage) for r in log.records] == [
         (3, 0, "validate"),
         (6, 1, "validate"),
@@ -180,6 +194,25 @@ def test_checkpoints_are_evaluated_at_their_own_step(tmp_path, weights_only):
     again = read_log(os.path.join(logger.log_dir, "validate_step3"))
     assert [(r.step, r.epoch) for r in again.records] == [(3, 0)]
     np.testing.assert_array_equal(again.activations("fc", "ind"), log.activations("fc", "ind", 3))
+
+
+def test_an_evaluation_before_fit_does_not_silence_the_fit(tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    t = trainer(tmp_path, [checkpoints], max_epochs=2, enable_checkpointing=True)
+    t.fit(TinyNet(), loader(random_set(12, 0)))
+    logger = TensorBoardLogger(str(tmp_path), name="finetune")
+    evaluator = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger)
+    evaluator.validate(
+        TinyNet(), dataloaders=sets(), ckpt_path=str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
+    )
+    tuner = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger, max_epochs=2)
+    tuner.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=sets())
+    main = read_log(logger.log_dir)
+    assert [(r.step, r.stage) for r in main.records] == [(3, "validate"), (6, "fit")]
+    # the fit's step 3 is held by the evaluation: it has a run of its own, not dropped
+    assert [(r.step, r.stage) for r in read_log(logger.log_dir, run="fit_step3").records] == [
+        (3, "fit")
+    ]
 
 
 def test_names_for_list_dataloaders_and_a_warning_for_one(tmp_path):
@@ -192,6 +225,10 @@ def test_names_for_list_dataloaders_and_a_warning_for_one(tmp_path):
     t = trainer(tmp_path, [wrong], max_epochs=1)
     with pytest.raises(MisconfigurationException, match="names 1 datasets, but there are 2"):
         t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    named_dict = DeephysCallback(layer="fc", dataset_names=["a", "b"])
+    t = trainer(tmp_path, [named_dict], max_epochs=1)
+    with pytest.raises(MisconfigurationException, match="its keys \\['ind', 'ood'\\] name them"):
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=sets())
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     with pytest.warns(UserWarning, match="no OOD set to compare it with"):
         t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(8, 1)))
@@ -240,6 +277,12 @@ def test_messages_name_the_real_cause(tmp_path):
     assert "thumbnails=True" not in str(err.value)
 
 
+def test_test_messages_say_test(tmp_path):
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", ind=5)])
+    with pytest.raises(MisconfigurationException, match="there are 2 test dataloaders"):
+        t.test(TinyNet(), dataloaders=sets(), verbose=False)
+
+
 def test_a_closed_pipe_ends_the_cli_quietly(tmp_path):
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=sets())
@@ -267,3 +310,59 @@ def test_validate_after_fit_on_the_same_trainer_keeps_both(tmp_path):
     t.validate(model, dataloaders=sets())
     runs = sorted(os.listdir(t.logger.log_dir))
     assert "validate_step3" in runs and "validate_step3_2" in runs
+
+
+def test_log_state_keeps_each_step_with_its_stage_and_reads_older_files(tmp_path):
+    import json
+
+    from deephys_lightning.log_state import LogState
+    from tb_plugin import metadata
+
+    state = LogState.load(str(tmp_path))
+    assert state.holder(3) is None
+    state.add(6, "validate")
+    state.add(3, "fit")
+    state.save()
+    again = LogState.load(str(tmp_path))
+    assert (again.holder(3), again.holder(6), again.holder(4), again.last_step) == (
+        "fit",
+        "validate",
+        None,
+        6,
+    )
+    # a state file of the previous release: every step up to its last one is held
+    with open(metadata.state_path(str(tmp_path)), "w") as handle:
+        json.dump({"last_step": 6, "thumbnails": {"ind": "abc"}}, handle)
+    old = LogState.load(str(tmp_path))
+    assert (old.holder(2), old.holder(6), old.holder(7)) == ("fit", "fit", None)
+    assert old.thumbnails == {"ind": "abc"}
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_checkpoints_out_of_order_are_all_served_by_tensorboard(tmp_path, load_fast):
+    import requests
+    from tensorboard_process import running_tensorboard
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    t = trainer(tmp_path, [checkpoints], max_epochs=2, enable_checkpointing=True)
+    t.fit(TinyNet(), loader(random_set(12, 0)))
+    logger = TensorBoardLogger(str(tmp_path / "logs"), name="eval")
+    evaluator = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger)
+    for name in ("epoch=1-step=6.ckpt", "epoch=0-step=3.ckpt"):  # the later one first
+        evaluator.validate(TinyNet(), dataloaders=sets(), ckpt_path=str(tmp_path / "ckpt" / name))
+    # an earlier step after a later one would make TensorBoard's Rust loader drop the
+    # later one: it goes to a run of its own, and both loaders serve both
+    with running_tensorboard(tmp_path / "logs", load_fast=load_fast) as base:
+        runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()["runs"]
+        steps = {r["run"]: [(s["step"], s["stage"]) for s in r["steps"]] for r in runs}
+        assert steps == {
+            "eval/version_0": [(6, "validate")],
+            "eval/version_0/validate_step3": [(3, "validate")],
+        }
+        for run, step in (("eval/version_0", 6), ("eval/version_0/validate_step3", 3)):
+            summary = requests.get(
+                f"{base}/data/plugin/deephys/summary",
+                params={"run": run, "layer": "fc", "step": step},
+                timeout=10,
+            )
+            assert summary.status_code == 200 and summary.json()["step"] == step
