@@ -1,4 +1,5 @@
-"""Run trainer.validate with DeephysCallback on 1 or 2 CPU processes (DDP, gloo).
+"""Run trainer.validate, then trainer.test, with DeephysCallback on 1 or 2 CPU
+processes (DDP, gloo).
 
     python tests/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES]
 
@@ -39,6 +40,12 @@ def main() -> None:
             "ood": loader(random_set(7, 2), 3),  # 7 and 9 do not split evenly in two
             "odd": loader(random_set(9, 3), 2),
         },
+        verbose=False,
+    )
+    # trainer.test at the same step: its record goes to run/version_0/test_step0
+    trainer.test(
+        model,
+        dataloaders={"ind": loader(random_set(8, 4), 3), "ood": loader(random_set(5, 5), 2)},
         verbose=False,
     )
 
