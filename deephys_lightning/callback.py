@@ -139,6 +139,9 @@ class DeephysCallback(Callback):
         log_scalars: also log the headline numbers as scalars for TensorBoard's
             Scalars tab (``deephys/...``); the Deephys tab does not need them.
         log_histograms: also log per-neuron novelty and spurious histograms.
+        strict: raise when writing a record fails (a full disk, an unwritable folder,
+            unexpected data) instead of warning and going on training without that
+            record. For CI of your own code.
 
     Raises:
         MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is
@@ -173,6 +176,7 @@ class DeephysCallback(Callback):
         ood_detectors: Sequence[str] | None = detection.DEFAULT_DETECTORS,
         log_scalars: bool = True,
         log_histograms: bool = True,
+        strict: bool = False,
     ) -> None:
         self.layers = _check_layers(layer, layers)
         if class_names is not None:
@@ -222,13 +226,16 @@ class DeephysCallback(Callback):
         self.ind = ind
         self.dataset_names = _check_dataset_names(dataset_names)
         self.stages = _check_stages(stages)
-        for name, flag in (("log_scalars", log_scalars), ("log_histograms", log_histograms)):
+        flags = (("log_scalars", log_scalars), ("log_histograms", log_histograms))
+        for name, flag in (*flags, ("strict", strict)):
             if not isinstance(flag, bool):
                 raise MisconfigurationException(
                     f"DeephysCallback({name}=...) must be True or False, got {flag!r}"
                 )
         self.log_scalars = log_scalars
         self.log_histograms = log_histograms
+        self.strict = strict
+        self._warned_failures: set[str] = set()
         self.every_n_epochs = every_n_epochs
         self.logits_layer = logits_layer
         self.output_selector = output_selector
@@ -403,7 +410,8 @@ class DeephysCallback(Callback):
             return
         named = _named_loaders(dataloaders, self.dataset_names, self._stage)
         self._names = [name for name, _ in named]
-        _ind_first(self._names, self.ind, self._stage)  # a wrong ind= fails before any batch
+        _check_loader_names(self._names, self._stage)
+        ind_idx = _ind_first(self._names, self.ind, self._stage)[0]  # a wrong ind= fails here
         if len(named) == 1 and not self._warned_one_loader:
             self._warned_one_loader = True
             rank_zero_warn(
@@ -423,6 +431,13 @@ class DeephysCallback(Callback):
         self._dataset_sizes = {
             self._names[idx]: plan.num_images for idx, plan in self._plans.items()
         }
+        if self._dataset_sizes[self._names[ind_idx]] == 0:
+            raise MisconfigurationException(
+                f"DeephysCallback: the in-distribution {_LOADER_KIND[self._stage]} dataloader "
+                f"{self._names[ind_idx]!r} is empty; every score compares the other sets "
+                "with it. Give it images, or name another dataloader with ind=."
+            )
+        self._ignored = [0] * len(named)  # images left out for a negative label
         self._buffers = {}
         self._seen = {}
         self._checked_loaders = set()
@@ -560,12 +575,7 @@ class DeephysCallback(Callback):
                 f"{names.source} has {len(names.names)} names, but {where} has label "
                 f"{int(labels.max())}; give one name per class."
             )
-        if len(labels) and int(labels.min()) < 0:
-            raise MisconfigurationException(
-                f"DeephysCallback: {where} has label {int(labels.min())}; labels must be "
-                "class indices >= 0 (set target_key= or unpack_batch= if the batch holds "
-                "something else there)."
-            )
+        labelled = labels >= 0  # -100 and other ignore values: left out, and counted
         if check_only:
             if self.thumbnails:  # inputs that cannot become images fail here, not later
                 to_thumbnails(denormalize_inputs(x[:2], self.denormalize), self.thumbnail_size)
@@ -576,6 +586,8 @@ class DeephysCallback(Callback):
         self._seen[dataloader_idx] = start + batch_size
         positions = plan.positions(start, batch_size)
         keep = plan.keep(positions)
+        self._ignored[dataloader_idx] += int((keep & ~labelled).sum())
+        keep &= labelled
         if not bool(keep.any()):
             return
         thumbs = None
@@ -614,13 +626,29 @@ class DeephysCallback(Callback):
             if rows is not None:
                 gathered[idx] = rows
         self._buffers = {}
-        if not gathered:
-            return
+        ignored = torch.tensor(self._ignored, dtype=torch.int64)
         if trainer.world_size > 1:
             num_classes = int(trainer.strategy.all_gather(torch.tensor(self._num_classes)).max())
+            ignored = trainer.strategy.all_gather(ignored).reshape(-1, len(names)).sum(0)
         else:
             num_classes = self._num_classes
-        self._write_rank_zero(trainer, names, gathered, num_classes)
+        for idx, count in enumerate(ignored.tolist()):
+            if count:
+                rank_zero_warn(
+                    f"DeephysCallback: {count} images of {names[idx]!r} have a negative label "
+                    "(e.g. -100, an ignore_index) and were left out of the record and its "
+                    "scores."
+                )
+        if not gathered:
+            return
+        try:
+            self._write_rank_zero(trainer, names, gathered, num_classes)
+        except MisconfigurationException:
+            raise
+        except Exception as error:  # the callback's own I/O must not end training
+            if self.strict:
+                raise
+            self._warn_write_failure(trainer, error)
 
     @rank_zero_only
     def _write_rank_zero(
@@ -650,9 +678,21 @@ class DeephysCallback(Callback):
             )
         recordings: dict[str, DatasetRecording] = {}
         digests: dict[str, str] = {}
-        for idx in _ind_first(names, self.ind, self._stage):
+        order = _ind_first(names, self.ind, self._stage)
+        if order[0] not in gathered:
+            rank_zero_warn(
+                f"DeephysCallback: the in-distribution set {names[order[0]]!r} recorded no "
+                f"images at step {step}, so nothing is recorded: every score compares the "
+                "other sets with it."
+            )
+            return
+        for idx in order:
             rows = gathered.get(idx)
             if rows is None:
+                rank_zero_warn(
+                    f"DeephysCallback: {names[idx]!r} recorded no images at step {step}; it "
+                    "is left out of this record."
+                )
                 continue
             name = names[idx]
             thumbs = None
@@ -701,6 +741,19 @@ class DeephysCallback(Callback):
         state.add(step, self._stage)
         state.thumbnails.update(digests)
         state.save()
+
+    def _warn_write_failure(self, trainer: pl.Trainer, error: Exception) -> None:
+        """Say once per cause that a record could not be written; training goes on."""
+        cause = f"{type(error).__name__}: {error}"
+        if cause in self._warned_failures:
+            return
+        self._warned_failures.add(cause)
+        rank_zero_warn(
+            f"DeephysCallback: the record at step {self._position[0]} could not be written "
+            f"to {self._destination} ({cause}). Training goes on without it; check that "
+            "the log directory is writable and has free space, or pass "
+            "DeephysCallback(strict=True) to stop on such errors."
+        )
 
     def _scores_logits(self) -> bool:
         """Whether the buffers keep each image's logit detector scores."""
@@ -894,6 +947,27 @@ def _named_loaders(
             f"there are {len(loaders)} {_LOADER_KIND[stage]} dataloaders; give one name each."
         )
     return list(zip(names, loaders, strict=True))
+
+
+def _check_loader_names(names: list[str], stage: str) -> None:
+    """Dataset names must be non-empty and stay distinct in the record and in tags."""
+    kind = _LOADER_KIND[stage]
+    if "" in names:
+        raise MisconfigurationException(
+            f"DeephysCallback: a {kind} dataloader is named '' (an empty dict key); give "
+            f"it a name. Names: {names}"
+        )
+    seen: dict[str, str] = {}
+    for name in names:
+        tag = metadata.scalar_tag("x", dataset=name)  # "/" is escaped in tags
+        if tag in seen or name in seen.values():
+            other = seen.get(tag, name)
+            raise MisconfigurationException(
+                f"DeephysCallback: the {kind} dataloaders {other!r} and {name!r} would be "
+                "recorded under one name (dict keys become strings; '/' is written as "
+                f"'%2F' in tags). Rename one. Names: {names}"
+            )
+        seen[tag] = name
 
 
 def _check_dataset_names(names: Sequence[str] | None) -> list[str] | None:
