@@ -306,10 +306,16 @@ class DeephysPlugin(base_plugin.TBPlugin):
         data = self._step(ctx, experiment_id, run, step)
         thumbs = data.thumbnails(dataset)
         data.check_image(dataset, index, len(thumbs))
+        try:
+            pixels = thumbs[index]
+        except FileNotFoundError:
+            raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
+        except (OSError, ValueError) as error:  # changed underneath: damaged now
+            raise errors.NotFoundError(
+                f"the thumbnails of {dataset!r} are unreadable: {error}"
+            ) from None
         out = io.BytesIO()
-        Image.fromarray(np.asarray(thumbs[index], dtype=np.uint8), mode="RGB").save(
-            out, format="PNG"
-        )
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
         return out.getvalue()
 
     # -- routes (thin) -----------------------------------------------------------------

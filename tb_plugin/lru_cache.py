@@ -28,6 +28,8 @@ def _size_of(value: Any) -> int:
         return 4096  # a mapped file: its pages belong to the OS page cache, not to us
     if isinstance(value, np.ndarray):
         return int(value.nbytes)
+    if hasattr(value, "nbytes"):  # e.g. a ThumbnailFile: what it keeps in memory
+        return int(value.nbytes)
     if isinstance(value, (bytes, bytearray)):
         return len(value)
     return 64

@@ -228,7 +228,8 @@ class StepData:
         return int(self.array(Kind.TOP_INDICES, layer, self.record.ind).shape[0])
 
     def thumbnails(self, dataset: str) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` images of ``dataset``, memory-mapped (as of this step)."""
+        """uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a time
+        (a ``tb_plugin.assets.ThumbnailFile``)."""
         self.check_dataset(dataset)
         return self._reader.thumbnails(self._ctx, self._experiment_id, self.run, dataset, self.step)
 

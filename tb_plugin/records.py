@@ -193,8 +193,8 @@ class DeephysReader:
         )
 
     def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, memory-mapped
-        from their asset file (reading one image reads only its bytes)."""
+        """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
+        ``tb_plugin.assets.ThumbnailFile`` (reading one image reads only its bytes)."""
         reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
         if not self._logdir:
             raise errors.NotFoundError(
@@ -215,6 +215,10 @@ class DeephysReader:
             raise errors.NotFoundError(
                 f"the thumbnails of {dataset!r} are missing: {path} (copy the run directory "
                 "with its plugins/ folder)"
+            ) from None
+        except (OSError, ValueError) as error:  # damaged, or not a file we wrote
+            raise errors.NotFoundError(
+                f"the thumbnails of {dataset!r} are unreadable: {error}"
             ) from None
 
     def _load(self, ctx, experiment_id, run, tag, kind, step) -> np.ndarray:

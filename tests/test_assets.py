@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -55,3 +56,47 @@ def test_write_thumbnails_is_content_addressed(tmp_path):
     np.testing.assert_array_equal(assets.open_thumbnails(str(tmp_path), second), a + 1)
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         assets.write_thumbnails(str(tmp_path), "set", np.zeros((3, 4, 4), np.uint8))
+
+
+def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_path):
+    """Truncated in place (cp over it, rsync --inplace), replaced, deleted: each answers
+    a JSON error with the cause, and the server process (this one) lives on."""
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    from tb_plugin.deephys_plugin import DeephysPlugin
+
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    plugin = DeephysPlugin(base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path)))
+    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider))
+    url = "/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index={}"
+    first = client.get(url.format(11))
+    assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
+    folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-")]
+    path = os.path.join(folder, name)
+    with open(path, "r+b") as handle:  # truncated in place, under the cached reader
+        handle.truncate(os.path.getsize(path) // 2)
+    for index in (0, 11):
+        response = client.get(url.format(index))
+        assert response.status_code == 404, response.data[:200]
+        assert "damaged" in response.json["error"]
+    with open(path + ".new", "wb") as handle:  # an atomic replace with other pixels
+        np.save(handle, np.full((12, 8, 8, 3), 200, np.uint8), allow_pickle=False)
+    os.replace(path + ".new", path)
+    replaced = client.get(url.format(3))
+    assert replaced.status_code == 200
+    from PIL import Image
+
+    assert np.asarray(Image.open(io.BytesIO(replaced.data))).max() == 200  # the new pixels
+    os.remove(path)
+    gone = client.get(url.format(3))
+    assert gone.status_code == 404 and "deleted" in gone.json["error"]
