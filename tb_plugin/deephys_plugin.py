@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 import mimetypes
 import os
@@ -36,6 +37,8 @@ from tb_plugin.metadata import PLUGIN_NAME, Detection
 from tb_plugin.read_model import StepData, TopImages, TopNeurons
 from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
 from tb_plugin.request_args import bool_arg, int_arg, json_route, required_args, step_arg
+
+_logger = logging.getLogger(__name__)
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
@@ -85,7 +88,13 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def runs_impl(self, ctx, experiment_id: str) -> dict[str, Any]:
         runs = []
         for run in self._reader.index(ctx, experiment_id):
-            records = self._reader.records(ctx, experiment_id, run)
+            try:
+                records = self._reader.records(ctx, experiment_id, run)
+            except Exception:  # one unreadable run must not empty the tab for the others
+                _logger.warning(
+                    "Deephys: skipping run %r, its records are unreadable", run, exc_info=True
+                )
+                continue
             if not records:
                 continue
             latest = records[-1]

@@ -249,17 +249,21 @@ class Record:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Record | None:
-        """Parse a record; ``None`` for a newer version or a malformed one."""
+        """Parse a record; ``None`` for a newer version or a malformed one (fields
+        missing or of the wrong type, no layer, dataset or class)."""
         try:
             data = json.loads(raw.decode("utf-8"))
             if int(data.get("version", 0)) > CONTENT_VERSION:
                 return None
+            names = {key: tuple(data[key]) for key in ("layers", "datasets", "class_names")}
+            if not names["layers"] or not names["datasets"] or not names["class_names"]:
+                return None  # a record must name a layer, a dataset and a class
+            if not all(isinstance(n, str) for group in names.values() for n in group):
+                return None
             return cls(
                 step=int(data["step"]),
                 epoch=int(data["epoch"]),
-                layers=tuple(data["layers"]),
-                datasets=tuple(data["datasets"]),
-                class_names=tuple(data["class_names"]),
+                **names,
                 num_images={str(k): int(v) for k, v in data["num_images"].items()},
                 top_k=int(data["top_k"]),
                 relu=bool(data.get("relu", True)),

@@ -335,3 +335,33 @@ def test_stage_and_part_of_a_set_reach_the_tab(tmp_path):
     tested = client.get(f"{PREFIX}/summary?run=tiny/version_0/test_step3&layer=fc").json
     assert tested["stage"] == "test"
     assert {d["name"]: d["num_images"] for d in tested["datasets"]} == {"ind": 12, "ood": 8}
+
+
+def test_a_malformed_record_leaves_the_other_runs_in_the_tab(tmp_path):
+    import json
+    import os
+
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from deephys_lightning.summary import EventFileSink, blob_summary
+    from tb_plugin.metadata import Kind, Record
+
+    good = Record(
+        step=1,
+        epoch=0,
+        layers=("fc",),
+        datasets=("ind",),
+        class_names=("a",),
+        num_images={"ind": 0},
+        top_k=1,
+    )
+    for run, record in (("good", json.loads(good.to_json())), ("bad", None)):
+        if record is None:  # what a damaged or foreign writer could leave: no datasets
+            record = {**json.loads(good.to_json()), "datasets": [], "num_images": {}}
+        os.makedirs(tmp_path / run)
+        sink = EventFileSink(EventFileWriter(str(tmp_path / run)))
+        sink.add_summary(blob_summary(Kind.RECORD, [json.dumps(record).encode()]), 1)
+        sink.close()
+    response = _client_for(tmp_path).get(f"{PREFIX}/runs")
+    assert response.status_code == 200
+    assert [r["run"] for r in response.json["runs"]] == ["good"]
