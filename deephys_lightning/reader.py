@@ -185,8 +185,17 @@ class DeephysLog:
         )
 
     def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest)."""
-        return np.array(self._read(step, lambda data: data.thumbnails(dataset)))
+        """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest).
+
+        Raises:
+            KeyError: none were recorded, or their file is missing or damaged (the
+                message says which file and why).
+        """
+        images = self._read(step, lambda data: data.thumbnails(dataset))
+        try:
+            return np.array(images)
+        except (OSError, ValueError) as error:  # changed or damaged since it was opened
+            raise KeyError(f"the thumbnails of {dataset!r} are unreadable: {error}") from None
 
     def _read(self, step: int | None, read: Callable[[StepData], Any], hint: str = "") -> Any:
         """``read`` of the step's data; a missing array becomes a ``KeyError`` that says

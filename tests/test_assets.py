@@ -100,3 +100,78 @@ def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_pat
     os.remove(path)
     gone = client.get(url.format(3))
     assert gone.status_code == 404 and "deleted" in gone.json["error"]
+
+
+DAMAGED = {
+    "empty": lambda path: open(path, "wb").close(),
+    "zeroed header": lambda path: _overwrite(path, 0, b"\0" * 64),
+    "a directory": lambda path: (os.remove(path), os.mkdir(path)),
+    "a system file": lambda path: (os.remove(path), os.symlink("/etc/hostname", path)),
+    "object dtype": lambda path: _save(path, np.array([None, 1], dtype=object), pickle=True),
+    "wrong shape": lambda path: _save(path, np.zeros((12, 8, 8), np.uint8)),
+    "float pixels": lambda path: _save(path, np.zeros((12, 8, 8, 3), np.float64)),
+    "a header claiming 10^12 images": lambda path: _save_header(path, (10**12, 8, 8, 3)),
+}
+
+
+def _overwrite(path, offset, data):
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(data)
+
+
+def _save(path, array, pickle=False):
+    os.remove(path)
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=pickle)
+
+
+def _save_header(path, shape):
+    os.remove(path)
+    with open(path, "wb") as handle:
+        header = {"descr": "|u1", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(handle, header)
+        handle.write(b"\0" * 100)
+
+
+@pytest.fixture()
+def served(tmp_path):
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    from tb_plugin.deephys_plugin import DeephysPlugin
+
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-")]
+
+    def client():
+        multiplexer = plugin_event_multiplexer.EventMultiplexer()
+        multiplexer.AddRunsFromDirectory(str(tmp_path))
+        multiplexer.Reload()
+        provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+        context = base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path))
+        app = application.TensorBoardWSGI([DeephysPlugin(context)], data_provider=provider)
+        return werkzeug_test.Client(app)
+
+    return t.logger.log_dir, os.path.join(folder, name), client
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_damaged_thumbnail_files_answer_json_with_the_cause(served, damage, tmp_path):
+    from deephys_lightning.export import ExportError, export_step
+
+    run_dir, path, client = served
+    DAMAGED[damage](path)
+    response = client().get("/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index=3")
+    assert response.status_code == 404, response.data[:300]
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert "thumbnails of 'ind'" in response.json["error"]
+    with pytest.raises(KeyError, match="thumbnails of 'ind'"):
+        read_log(run_dir).thumbnails("ind")
+    with pytest.raises(ExportError, match="dataset 'ind'"):
+        export_step(run_dir, tmp_path / "export")
