@@ -277,6 +277,7 @@ class DeephysCallback(Callback):
         self._loaded_position: tuple[int, int] | None = None  # (global_step, epoch)
         self._position: tuple[int, int] = (0, 0)  # where this epoch's record goes
         self._capturing = False  # whether the hooks keep this batch's outputs
+        self._known_class_names: GivenClassNames | None = None  # found at epoch start
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
         self._buffers: dict[int, DatasetBuffer] = {}
@@ -712,7 +713,7 @@ class DeephysCallback(Callback):
                 thumbnails_digest=digests.get(name),
                 positions=rows.positions.numpy(),
             )
-        class_names = self._class_names(trainer, num_classes, recordings)
+        class_names = self._class_names(num_classes, recordings)
         _warn_non_finite(recordings)
         record = Record(
             step=step,
@@ -816,12 +817,12 @@ class DeephysCallback(Callback):
         return None if names is None else GivenClassNames(names, "the datamodule's class names")
 
     def _class_names(
-        self, trainer: pl.Trainer, num_classes: int, recordings: Mapping[str, DatasetRecording]
+        self, num_classes: int, recordings: Mapping[str, DatasetRecording]
     ) -> list[str]:
         max_label = max(
             (int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1
         )
-        given = self._class_names_given(trainer)
+        given = self._known_class_names  # found at the epoch's start
         if given is None:
             return [str(i) for i in range(max(num_classes, max_label + 1))]
         if max_label >= len(given.names):

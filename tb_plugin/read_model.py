@@ -166,6 +166,18 @@ class StepData:
             )
         return self._arrays[key]
 
+    def optional_array(
+        self, kind: Kind, layer: str | None = None, dataset: str | None = None
+    ) -> np.ndarray | None:
+        """:meth:`array`, or None where this step lacks the kind (a log written before
+        it existed, or one that did not record it); a wrong name still raises."""
+        try:
+            return self.array(kind, layer, dataset)
+        except UnknownNameError:
+            raise
+        except errors.NotFoundError:
+            return None
+
     def labels(self, dataset: str) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""
         return self.array(Kind.LABELS, dataset=dataset)
@@ -210,15 +222,13 @@ class StepData:
         of a run resumed by a newer callback) give the first top value: the same
         number for every finite activation.
         """
-        try:
-            return self.array(Kind.MAXIMA, layer, dataset)
-        except UnknownNameError:
-            raise
-        except errors.NotFoundError:
-            values = self.array(Kind.TOP_VALUES, layer, dataset)
-            if values.shape[1] == 0:
-                return np.full(values.shape[0], np.nan, dtype=np.float32)
-            return values[:, 0]
+        maxima = self.optional_array(Kind.MAXIMA, layer, dataset)
+        if maxima is not None:
+            return maxima
+        values = self.array(Kind.TOP_VALUES, layer, dataset)
+        if values.shape[1] == 0:
+            return np.full(values.shape[0], np.nan, dtype=np.float32)
+        return values[:, 0]
 
     def ind_max(self, layer: str) -> np.ndarray:
         """float32 ``[M]``: the InD maxima that normalize every dataset's activations."""
@@ -249,11 +259,8 @@ class StepData:
         """The OOD detection rows of ``ood`` (empty when none were recorded: detectors
         off, or a log written before them)."""
         self.check_ood(ood)
-        try:
-            raw = self.array(Kind.DETECTION, dataset=ood)
-        except UnknownNameError:
-            raise
-        except errors.NotFoundError:
+        raw = self.optional_array(Kind.DETECTION, dataset=ood)
+        if raw is None:
             return []
         try:
             return Detection.list_from_json(raw.tobytes())
@@ -317,16 +324,13 @@ class StepData:
                 )
             kinds = (Kind.CONFUSIONS, Kind.CONFUSION_TOP_NEURONS, Kind.CONFUSION_TOP_MEANS)
             key = (min(label, pred), max(label, pred))
-            try:
-                pairs = self.array(kinds[0], layer, dataset)
-            except UnknownNameError:
-                raise
-            except errors.NotFoundError:
+            pairs = self.optional_array(kinds[0], layer, dataset)
+            if pairs is None:
                 raise errors.NotFoundError(
                     f"step {self.step} was written before confusion sets in either direction "
                     "were recorded; open the directed set (label predicted as pred), or "
                     "record again"
-                ) from None
+                )
         else:
             kinds = (Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS)
             key = (label, pred)
@@ -346,13 +350,7 @@ class StepData:
     def has_either_confusions(self, layer: str, dataset: str) -> bool:
         """Whether this step holds the confusion sets in either direction (logs written
         before them do not)."""
-        try:
-            self.array(Kind.CONFUSIONS, layer, dataset)
-        except UnknownNameError:
-            raise
-        except errors.NotFoundError:
-            return False
-        return True
+        return self.optional_array(Kind.CONFUSIONS, layer, dataset) is not None
 
     def members(
         self, dataset: str, label: int, pred: int | None = None, either: bool = False

@@ -16,23 +16,11 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing import event_accumulator
-from tiny_model import TinyNet, loader, random_set, trainer
+from tiny_model import CountingNet, TinyNet, loader, random_set, trainer
 from torch import nn
 
 from deephys_lightning import DeephysCallback, read_log
 from deephys_lightning.export import ExportError, export_step
-
-
-class CountingNet(TinyNet):
-    """TinyNet that counts its training steps: an error must come before the first."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trained = 0
-
-    def training_step(self, batch, batch_idx):
-        self.trained += 1
-        return super().training_step(batch, batch_idx)
 
 
 class BypassesForward(CountingNet):

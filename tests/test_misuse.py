@@ -10,20 +10,10 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from tiny_model import TinyNet, loader, random_set, trainer
+from tiny_model import CountingNet, TinyNet, loader, random_set, trainer
 from torch.utils.data import TensorDataset
 
 from deephys_lightning import DeephysCallback, read_log
-
-
-class CountingNet(TinyNet):
-    def __init__(self) -> None:
-        super().__init__()
-        self.trained = 0
-
-    def training_step(self, batch, batch_idx):
-        self.trained += 1
-        return super().training_step(batch, batch_idx)
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,18 @@ class TinyNet(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class CountingNet(TinyNet):
+    """TinyNet that counts its training steps: an error must come before the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trained = 0
+
+    def training_step(self, batch, batch_idx):
+        self.trained += 1
+        return super().training_step(batch, batch_idx)
+
+
 def _xy(batch):
     if isinstance(batch, dict):
         return batch["image"], batch["label"]
