@@ -629,8 +629,12 @@ class DeephysCallback(Callback):
         self._buffers = {}
         ignored = torch.tensor(self._ignored, dtype=torch.int64)
         if trainer.world_size > 1:
-            num_classes = int(trainer.strategy.all_gather(torch.tensor(self._num_classes)).max())
-            ignored = trainer.strategy.all_gather(ignored).reshape(-1, len(names)).sum(0)
+            # Collectives get tensors on the root device: NCCL takes CUDA tensors only.
+            device = trainer.strategy.root_device
+            counts = torch.tensor(self._num_classes, device=device)
+            num_classes = int(trainer.strategy.all_gather(counts).max())
+            ignored = trainer.strategy.all_gather(ignored.to(device)).cpu()
+            ignored = ignored.reshape(-1, len(names)).sum(0)
         else:
             num_classes = self._num_classes
         for idx, count in enumerate(ignored.tolist()):
