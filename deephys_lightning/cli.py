@@ -10,10 +10,12 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
@@ -77,14 +79,28 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "scores":
-            return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
-        if args.command == "export":
-            return _export(args)
+        with _warnings_as_lines(f"deephys-lightning {args.command}"):
+            if args.command == "scores":
+                return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
+            if args.command == "export":
+                return _export(args)
     except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
         _silence_stdout()
         return 0
     return 2  # argparse already refused unknown commands
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prefix: str):
+    """Show warnings (a damaged event file...) as one line each on stderr, without
+    the source line Python's default display adds."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _silence_stdout() -> None:

@@ -19,16 +19,18 @@ Example::
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import event_accumulator, plugin_event_multiplexer
+from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
+from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
 from tb_plugin.derived import OODScores
 from tb_plugin.metadata import Detection, Record
 from tb_plugin.read_model import StepData, UnknownNameError
@@ -55,8 +57,10 @@ class DeephysLog:
         log.activations("backbone.fc1", "permuted", step=log.steps[0])
     """
 
-    def __init__(self, reader: DeephysReader, run: str) -> None:
+    def __init__(self, reader: DeephysReader, run: str, damage: tuple[Damage, ...] = ()) -> None:
         self.run = run
+        # Damaged stretches of the run's event files (skipped; every intact record kept).
+        self.damage = damage
         self._reader = reader
         self._ctx = RequestContext()
         self.records: tuple[Record, ...] = tuple(reader.records(self._ctx, _EXPERIMENT, run))
@@ -108,6 +112,13 @@ class DeephysLog:
             raise KeyError(f"no Deephys record at step {step}; steps: {list(self.steps)}")
         # A new one each time: only the reader's bounded cache keeps arrays in memory.
         return StepData(self._reader, self._ctx, _EXPERIMENT, self.run, self._by_step[step])
+
+    def missing(self, step: int | None = None) -> tuple[str, ...]:
+        """The tags the record at ``step`` (default: the latest) lists as written that
+        this log lacks at that step: ``()`` for a complete record (and for records of
+        logs written before records listed their tags). See also :attr:`damage`."""
+        record = self.record(step)
+        return self._reader.missing(self._ctx, _EXPERIMENT, self.run, record, exact=True)
 
     def activations(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float16 ``[N, M]`` activations of ``layer`` on ``dataset`` at ``step``.
@@ -218,16 +229,28 @@ def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
     """
+    return _load(log_dir)[0]
+
+
+def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]]]:
+    """:func:`read_runs`, and the damage found in each run's event files (every run's,
+    also of runs whose damage left no readable record)."""
     log_dir = os.fspath(log_dir)
     if not os.path.isdir(log_dir):
         raise FileNotFoundError(f"{log_dir!r} is not a directory")
     fast_crc.install()  # record checks at C speed: reading is ten times faster
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(size_guidance=_KEEP_EVERYTHING)
+    multiplexer = CheckedEventMultiplexer(size_guidance=_KEEP_EVERYTHING)
     multiplexer.AddRunsFromDirectory(log_dir)
     multiplexer.Reload()
+    for damage in (d for found in multiplexer.damage.values() for d in found):
+        warnings.warn(f"damaged event file: {damage}", stacklevel=3)
     provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
     reader = DeephysReader(provider, logdir=log_dir)
-    return {run: DeephysLog(reader, run) for run in reader.index(RequestContext(), _EXPERIMENT)}
+    logs = {
+        run: DeephysLog(reader, run, tuple(multiplexer.damage.get(run, ())))
+        for run in reader.index(RequestContext(), _EXPERIMENT)
+    }
+    return logs, {run: found for run, found in multiplexer.damage.items() if found}
 
 
 def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
@@ -245,10 +268,15 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
         ValueError: no run holds Deephys data, or several do and ``run`` is not given.
     """
     try:
-        logs = read_runs(log_dir)
+        logs, damage = _load(log_dir)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"read_log: {error}") from None
     runs = sorted(logs)
+    damaged = "".join(
+        f"; run {name!r} has damaged event files ({found[0]})"
+        for name, found in sorted(damage.items())
+        if name not in logs and (run is None or name == run)
+    )
     if run is None and "." in logs:
         run = "."  # a run directory itself (its evaluation runs inside it need run=)
     if run is None:
@@ -257,8 +285,11 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
                 f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
                 f"({runs or 'none: was DeephysCallback in the Trainer?'})"
                 + ("; pass run= (deephys-lightning export: --run) to pick one" if runs else "")
+                + damaged
             )
         run = runs[0]
     elif run not in logs:
-        raise ValueError(f"read_log: no Deephys data in run {run!r}; runs with data: {runs}")
+        raise ValueError(
+            f"read_log: no Deephys data in run {run!r}; runs with data: {runs}{damaged}"
+        )
     return logs[run]

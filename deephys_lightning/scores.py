@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 from deephys_lightning.reader import read_runs
 from tb_plugin.derived import accuracy
@@ -78,6 +79,12 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
             step = record.step
             for layer in record.layers:
                 for ood in record.ood:
+                    try:
+                        summary = log.scores(layer, ood, step).summary()
+                        labels, predictions = log.labels(ood, step), log.predictions(ood, step)
+                    except KeyError as error:  # a damaged log: keep every other row
+                        _skipped(run, step, f"{layer}/{ood}", error)
+                        continue
                     rows.append(
                         ScoreRow(
                             run=run,
@@ -85,12 +92,19 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                             epoch=record.epoch,
                             layer=layer,
                             ood=ood,
-                            accuracy=accuracy(log.labels(ood, step), log.predictions(ood, step)),
+                            accuracy=accuracy(labels, predictions),
                             stage=record.stage,
-                            **log.scores(layer, ood, step).summary(),
+                            **summary,
                         )
                     )
     return rows
+
+
+def _skipped(run: str, step: int, what: str, error: KeyError) -> None:
+    warnings.warn(
+        f"run {run!r}, step {step}, {what}: left out, its data are unreadable: {error.args[0]}",
+        stacklevel=3,
+    )
 
 
 def detection_table(log_dir: str | os.PathLike) -> list[DetectionRow]:
@@ -103,7 +117,12 @@ def detection_table(log_dir: str | os.PathLike) -> list[DetectionRow]:
     for run, log in sorted(read_runs(log_dir).items()):
         for record in log.records:
             for ood in record.ood:
-                for row in log.detection(ood, record.step):
+                try:
+                    found = log.detection(ood, record.step)
+                except KeyError as error:
+                    _skipped(run, record.step, ood, error)
+                    continue
+                for row in found:
                     fields = dataclasses.asdict(row)
                     fields["layer"] = fields["layer"] or ""
                     rows.append(
