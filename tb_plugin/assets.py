@@ -5,8 +5,9 @@ a record (50,000 images of 64 x 64 are 586 MiB). Kept in the event file, TensorB
 would hold them all in memory. So they live, as TensorBoard's own projector keeps
 its sprites, under ``<run>/plugins/deephys/``: one ``.npy`` file per dataset and
 content, written once, that the plugin reads one image at a time with positioned
-reads. Never a memory map: a file truncated underneath a map kills the reading
-process (SIGBUS); a :class:`ThumbnailFile` checks the file on every read instead.
+reads, each checked against its CRC-32C (kept beside it in ``<name>.crc32c.npy``).
+Never a memory map: a file truncated underneath a map kills the reading process
+(SIGBUS); a :class:`ThumbnailFile` checks the file on every read instead.
 The event stream records only a small reference to the file. Names and paths are
 the log format's (``tb_plugin.metadata``); this module only writes and opens files.
 
@@ -20,10 +21,15 @@ Example::
 from __future__ import annotations
 
 import os
+import time
 
+import google_crc32c
 import numpy as np
 
-from tb_plugin.metadata import asset_path, thumbnail_asset_name, thumbnails_digest
+from tb_plugin.metadata import ASSET_ROOT, asset_path, thumbnail_asset_name, thumbnails_digest
+
+TMP_SUFFIX = ".tmp"  # an interrupted write leaves <name>.<pid>.tmp
+CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
 
 
 def write_thumbnails(
@@ -43,31 +49,76 @@ def write_thumbnails(
     path = asset_path(run_dir, relative)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as handle:
-            np.save(handle, thumbnails, allow_pickle=False)
-        os.replace(tmp, path)
+        # The checksums first: a thumbnail file that exists always has them beside it.
+        _save_atomically(checksum_path(path), image_checksums(thumbnails))
+        _save_atomically(path, thumbnails)
     return relative
+
+
+def _save_atomically(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.{os.getpid()}{TMP_SUFFIX}"
+    with open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def checksum_path(path: str) -> str:
+    """Where the per-image checksums of the thumbnail file ``path`` live."""
+    return f"{path[: -len('.npy')]}{CHECKSUM_SUFFIX}"
+
+
+def image_checksums(thumbnails: np.ndarray) -> np.ndarray:
+    """uint32 ``[N]``: the CRC-32C of each image's bytes (checked on every read)."""
+    return np.fromiter(
+        (google_crc32c.value(image.tobytes()) for image in thumbnails),
+        dtype=np.uint32,
+        count=len(thumbnails),
+    )
+
+
+def remove_stale_temporaries(run_dir: str, older_than_s: float = 3600.0) -> list[str]:
+    """Delete the temporary files that interrupted writes left under ``run_dir``'s asset
+    folder (``*<pid>.tmp``, untouched for ``older_than_s``: a write in progress elsewhere
+    is younger); return their paths."""
+    removed = []
+    now = time.time()
+    for folder, _, names in os.walk(os.path.join(run_dir, ASSET_ROOT)):
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                if name.endswith(TMP_SUFFIX) and now - os.stat(path).st_mtime > older_than_s:
+                    os.remove(path)
+                    removed.append(path)
+            except OSError:  # gone already, or not ours to remove
+                continue
+    return removed
 
 
 class ThumbnailFile:
     """The uint8 ``[N, H, W, 3]`` thumbnails of one ``.npy`` asset, read on demand.
 
     Indexing reads one image's bytes with ``os.pread``; ``numpy.asarray`` reads all. Each
-    read checks that the file is still the one whose header was read (same inode, size
-    and modification time), and reads the header again when it was replaced. A file
-    that is missing, truncated, or not uint8 ``[N, H, W, 3]`` raises ``ValueError`` (or
+    read checks that the file and its checksums are still those whose header was read
+    (same inode, size and modification time), and reads them again when they were
+    replaced; each image read is compared with its CRC-32C (files written before the
+    checksums existed are read unchecked). A file that is missing, truncated, not
+    uint8 ``[N, H, W, 3]``, or whose pixels do not match raises ``ValueError`` (or
     ``FileNotFoundError``) with the path and the cause: never a crash.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._identity: tuple[int, int, int] | None = None
+        self._identity: tuple | None = None  # the file's and its checksums' stat
         self._refresh()
 
     def _refresh(self) -> None:
         stat = os.stat(self.path)
-        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        try:
+            sums = os.stat(checksum_path(self.path))
+            sums_identity = (sums.st_ino, sums.st_size, sums.st_mtime_ns)
+        except FileNotFoundError:
+            sums_identity = None
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, sums_identity)
         if identity == self._identity:
             return
         with open(self.path, "rb") as handle:
@@ -92,7 +143,36 @@ class ThumbnailFile:
             )
         self._offset, self.shape = offset, tuple(int(d) for d in shape)
         self._image_bytes = int(np.prod(self.shape[1:], dtype=np.int64))
+        self._checksums = self._read_checksums(self.shape[0])
         self._identity = identity
+
+    def _read_checksums(self, count: int) -> np.ndarray | None:
+        """The per-image checksums beside the file; None for files written before them."""
+        path = checksum_path(self.path)
+        try:
+            checksums = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(f"{path} (the checksums of {self.path}) is damaged: {error}") from None
+        if checksums.dtype != np.uint32 or checksums.shape != (count,):
+            raise ValueError(
+                f"{path} holds {checksums.dtype} {list(checksums.shape)}, not the "
+                f"{count} checksums of {self.path}"
+            )
+        return checksums
+
+    def _check(self, first: int, data: bytes) -> None:
+        """Compare the images from ``first`` on in ``data`` with their checksums."""
+        if self._checksums is None:
+            return
+        for i in range(len(data) // self._image_bytes):
+            image = data[i * self._image_bytes : (i + 1) * self._image_bytes]
+            if google_crc32c.value(image) != int(self._checksums[first + i]):
+                raise ValueError(
+                    f"{self.path} is damaged: image {first + i} does not match its checksum "
+                    "(changed on disk; write the thumbnails again)"
+                )
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -107,11 +187,13 @@ class ThumbnailFile:
         if not 0 <= index < self.shape[0]:
             raise IndexError(f"image {index} of {self.shape[0]} in {self.path}")
         data = self._read(self._offset + index * self._image_bytes, self._image_bytes)
+        self._check(index, data)
         return np.frombuffer(data, dtype=np.uint8).reshape(self.shape[1:])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         self._refresh()
         data = self._read(self._offset, self._image_bytes * self.shape[0])
+        self._check(0, data)
         array = np.frombuffer(data, dtype=np.uint8).reshape(self.shape).copy()
         return array if dtype is None else array.astype(dtype)
 

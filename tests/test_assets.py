@@ -11,6 +11,7 @@ from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
 from tb_plugin import assets, metadata
+from tb_plugin.assets import CHECKSUM_SUFFIX, image_checksums
 
 
 def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
@@ -19,9 +20,14 @@ def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders={"a/b": loader(big, 50)})
     run_dir = t.logger.log_dir
     folder = os.path.join(run_dir, "plugins", "deephys", "thumbnails")
-    (name,) = os.listdir(folder)  # one file: the set did not change between epochs
+    # one file and its checksums: the set did not change between epochs
+    (name,) = [n for n in os.listdir(folder) if not n.endswith(CHECKSUM_SUFFIX)]
     assert name.startswith("a%2Fb-") and name.endswith(".npy")
+    assert sorted(os.listdir(folder)) == sorted([name, name[:-4] + CHECKSUM_SUFFIX])
     thumbs = np.load(os.path.join(folder, name))
+    np.testing.assert_array_equal(
+        np.load(os.path.join(folder, name[:-4] + CHECKSUM_SUFFIX)), image_checksums(thumbs)
+    )
     assert thumbs.shape == (200, 8, 8, 3)
     np.testing.assert_array_equal(read_log(run_dir).thumbnails("a/b"), thumbs)
     events = [f for f in os.listdir(run_dir) if f.startswith("events")]
@@ -58,6 +64,7 @@ def test_write_thumbnails_is_content_addressed(tmp_path):
         assets.write_thumbnails(str(tmp_path), "set", np.zeros((3, 4, 4), np.uint8))
 
 
+@pytest.mark.fault
 def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_path):
     """Truncated in place (cp over it, rsync --inplace), replaced, deleted: each answers
     a JSON error with the cause, and the server process (this one) lives on."""
@@ -81,7 +88,7 @@ def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_pat
     first = client.get(url.format(11))
     assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
     folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
-    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-")]
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
     path = os.path.join(folder, name)
     with open(path, "r+b") as handle:  # truncated in place, under the cached reader
         handle.truncate(os.path.getsize(path) // 2)
@@ -89,9 +96,13 @@ def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_pat
         response = client.get(url.format(index))
         assert response.status_code == 404, response.data[:200]
         assert "damaged" in response.json["error"]
-    with open(path + ".new", "wb") as handle:  # an atomic replace with other pixels
-        np.save(handle, np.full((12, 8, 8, 3), 200, np.uint8), allow_pickle=False)
+    other = np.full((12, 8, 8, 3), 200, np.uint8)
+    with open(path + ".new", "wb") as handle:  # an atomic replace with other pixels...
+        np.save(handle, other, allow_pickle=False)
     os.replace(path + ".new", path)
+    unchecked = client.get(url.format(3))  # ...that its checksums do not vouch for
+    assert unchecked.status_code == 404 and "checksum" in unchecked.json["error"]
+    np.save(path[: -len(".npy")] + CHECKSUM_SUFFIX, image_checksums(other))  # both, as a copy
     replaced = client.get(url.format(3))
     assert replaced.status_code == 200
     from PIL import Image
@@ -111,7 +122,22 @@ DAMAGED = {
     "wrong shape": lambda path: _save(path, np.zeros((12, 8, 8), np.uint8)),
     "float pixels": lambda path: _save(path, np.zeros((12, 8, 8, 3), np.float64)),
     "a header claiming 10^12 images": lambda path: _save_header(path, (10**12, 8, 8, 3)),
+    "a flipped pixel": lambda path: _overwrite(path, _pixel_offset(path, image=3), b"\x7f"),
+    "damaged checksums": lambda path: _overwrite(path[:-4] + CHECKSUM_SUFFIX, 0, b"\0" * 16),
+    "wrong checksums": lambda path: _save(path[:-4] + CHECKSUM_SUFFIX, np.zeros(12, np.uint32)),
 }
+
+
+def _is_image_file(name):
+    return name.endswith(".npy") and not name.endswith(CHECKSUM_SUFFIX)
+
+
+def _pixel_offset(path, image):
+    """The offset of a byte inside image ``image`` of a thumbnail file."""
+    with open(path, "rb") as handle:
+        np.lib.format.read_magic(handle)
+        shape, _, _ = np.lib.format.read_array_header_1_0(handle)
+        return handle.tell() + image * int(np.prod(shape[1:])) + 5
 
 
 def _overwrite(path, offset, data):
@@ -121,7 +147,8 @@ def _overwrite(path, offset, data):
 
 
 def _save(path, array, pickle=False):
-    os.remove(path)
+    if os.path.exists(path):
+        os.remove(path)
     with open(path, "wb") as handle:
         np.save(handle, array, allow_pickle=pickle)
 
@@ -147,7 +174,7 @@ def served(tmp_path):
     val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
     folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
-    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-")]
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
 
     def client():
         multiplexer = plugin_event_multiplexer.EventMultiplexer()
@@ -161,6 +188,7 @@ def served(tmp_path):
     return t.logger.log_dir, os.path.join(folder, name), client
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("damage", list(DAMAGED))
 def test_damaged_thumbnail_files_answer_json_with_the_cause(served, damage, tmp_path):
     from deephys_lightning.export import ExportError, export_step
