@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
-from deephys_lightning import detection, fast_crc
+from deephys_lightning import detection, event_files, fast_crc
 from deephys_lightning.buffers import DatasetBuffer, Rows, SamplingPlan, gather_rows
 from deephys_lightning.capture import (
     Denormalize,
@@ -55,7 +55,7 @@ from deephys_lightning.summary import (
     write_record,
     writes_matrix,
 )
-from tb_plugin import metadata
+from tb_plugin import assets, metadata
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
@@ -789,6 +789,11 @@ class DeephysCallback(Callback):
         state = self._log_states.get(log_dir)
         on_disk = LogState.load(log_dir)
         if state is None:
+            # state.json is a fast path: the steps the events hold count, even with that
+            # file lost or damaged (a light scan of the run's own record events).
+            on_disk.add_found(event_files.recorded_steps(log_dir))
+            for path in assets.remove_stale_temporaries(log_dir):
+                rank_zero_info(f"DeephysCallback: removed {path}, left by an interrupted write")
             state = self._log_states[log_dir] = on_disk
         else:
             state.merge(on_disk)

@@ -66,6 +66,14 @@ class LogState:
             # steps monotonic from what this process knows.
             return cls(log_dir=log_dir)
 
+    def add_found(self, steps: dict[int, str]) -> None:
+        """Count ``steps`` (step -> stage, as ``event_files.recorded_steps`` finds them in
+        the events) as held: the events, not this file, are what a step rewritten would
+        hide. A stage of "" (an older record) counts as "fit"."""
+        for step, stage in steps.items():
+            self.steps.setdefault(step, stage or "fit")
+            self.last_step = max(self.last_step, step)
+
     def merge(self, other: LogState) -> None:
         """Take the later step and every known thumbnail digest of ``other``."""
         self.last_step = max(self.last_step, other.last_step)
