@@ -188,6 +188,7 @@ def write_record(
     missing = [name for name in record.datasets if name not in recordings]
     if missing:
         raise ValueError(f"no recording for datasets {missing}")
+    sink = _TagListingSink(sink)
     step = record.step
     num_classes = len(record.class_names)
     for name in record.datasets:
@@ -245,8 +246,28 @@ def write_record(
     if detectors:
         for ood, rows in detections.items():
             _write_detections(sink, step, ood, rows, scalars)
+    record = dataclasses.replace(record, arrays=tuple(sorted(sink.deephys_tags)))
     sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
     sink.flush()
+
+
+class _TagListingSink:
+    """A sink that passes summaries on and notes the Deephys tags among them (the
+    record lists them, so that a reader can tell a complete record from one whose
+    arrays were lost)."""
+
+    def __init__(self, sink: SummarySink) -> None:
+        self._sink = sink
+        self.deephys_tags: set[str] = set()
+
+    def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
+        for value in summary.value:
+            if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
+                self.deephys_tags.add(value.tag)
+        self._sink.add_summary(summary, step)
+
+    def flush(self) -> None:
+        self._sink.flush()
 
 
 def layer_arrays(

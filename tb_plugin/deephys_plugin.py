@@ -86,16 +86,19 @@ class DeephysPlugin(base_plugin.TBPlugin):
         return StepData.open(self._reader, ctx, experiment_id, run, step)
 
     def runs_impl(self, ctx, experiment_id: str) -> dict[str, Any]:
-        runs = []
+        runs, unavailable = [], []
         for run in self._reader.index(ctx, experiment_id):
             try:
                 records = self._reader.records(ctx, experiment_id, run)
-            except Exception:  # one unreadable run must not empty the tab for the others
+            except Exception as error:  # one unreadable run must not empty the tab
                 _logger.warning(
                     "Deephys: skipping run %r, its records are unreadable", run, exc_info=True
                 )
+                cause = error if isinstance(error, errors.PublicError) else "see TensorBoard's log"
+                unavailable.append({"run": run, "error": f"its records are unreadable: {cause}"})
                 continue
             if not records:
+                unavailable.append({"run": run, "error": "it holds no readable Deephys record"})
                 continue
             latest = records[-1]
             runs.append(
@@ -112,7 +115,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
                     "top_k": latest.top_k,
                 }
             )
-        return {"runs": runs}
+        # Runs with Deephys tags that cannot be shown, each with its cause (the tab says so).
+        return {"runs": runs, "unavailable": unavailable}
 
     def neuron_impl(
         self,
@@ -438,6 +442,8 @@ def _header(data: StepData, layer: str) -> dict[str, Any]:
         "step": data.step,
         "stage": data.record.stage,
         "class_names": list(data.record.class_names),
+        # Arrays the record lists but this step lacks: the tab shows a notice.
+        "missing": list(data.missing),
     }
 
 

@@ -231,6 +231,9 @@ class Record:
     # Each dataset's length (None: unknown), beside num_images: fewer images were
     # recorded than the set has (max_images, limit_val_batches...).
     dataset_sizes: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    # The tags written at this step before the record itself (() in logs written
+    # before): a reader that finds fewer knows the record is incomplete.
+    arrays: tuple[str, ...] = ()
     version: int = CONTENT_VERSION
 
     @property
@@ -273,6 +276,7 @@ class Record:
                     str(k): None if v is None else int(v)
                     for k, v in (data.get("dataset_sizes") or {}).items()
                 },
+                arrays=tuple(str(tag) for tag in data.get("arrays") or ()),
                 version=int(data.get("version", CONTENT_VERSION)),
             )
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):

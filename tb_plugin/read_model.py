@@ -8,7 +8,9 @@ lists the views show, with the one implementation of each number in
 is reported as what it is, with what exists. NumPy only (no torch, no Lightning).
 
 Missing data raise ``tensorboard.errors.NotFoundError`` (a name that was not
-recorded: its subclass :class:`UnknownNameError`); an index out of range raises
+recorded: its subclass :class:`UnknownNameError`; an array that does not fit its
+record, checked by ``tb_plugin.array_checks`` as it is read: :class:`DamagedDataError`);
+an index out of range raises
 ``tensorboard.errors.InvalidArgumentError`` (the routes answer 404 and 400).
 
 Example::
@@ -27,13 +29,17 @@ import dataclasses
 import numpy as np
 from tensorboard import errors
 
-from tb_plugin import derived, metadata
+from tb_plugin import array_checks, derived, metadata
 from tb_plugin.metadata import TOP_NEURONS, Detection, Kind, Record
 from tb_plugin.records import DeephysReader
 
 
 class UnknownNameError(errors.NotFoundError):
     """A layer or dataset that the step did not record (the message lists those it did)."""
+
+
+class DamagedDataError(errors.NotFoundError):
+    """An array that does not fit its record (shape, dtype or indices out of range)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,11 @@ class StepData:
     @property
     def step(self) -> int:
         return self.record.step
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Tags the record lists that this step lacks (``DeephysReader.missing``)."""
+        return self._reader.missing(self._ctx, self._experiment_id, self.run, self.record)
 
     def role(self, dataset: str) -> str:
         """``"ind"`` for the in-distribution set, ``"ood"`` for the others."""
@@ -155,7 +166,7 @@ class StepData:
                 self.check_layer(layer)
             if dataset is not None:
                 self.check_dataset(dataset)
-            self._arrays[key] = self._reader.array(
+            array = self._reader.array(
                 self._ctx,
                 self._experiment_id,
                 self.run,
@@ -164,7 +175,29 @@ class StepData:
                 layer=layer,
                 dataset=dataset,
             )
+            self._check(kind, layer, dataset, array)
+            self._arrays[key] = array
         return self._arrays[key]
+
+    def _check(self, kind: Kind, layer: str | None, dataset: str | None, array) -> None:
+        """Refuse an array that does not fit its record (``tb_plugin.array_checks``):
+        a damaged or foreign log makes that dataset unavailable, never a wrong view."""
+        sizes = {"C": len(self.record.class_names)}
+        if dataset is not None and dataset in self.record.num_images:
+            sizes["N"] = self.record.num_images[dataset]
+        if layer is not None and not (kind is Kind.TOP_INDICES and dataset == self.record.ind):
+            sizes["M"] = self.num_neurons(layer)
+        found = array_checks.problem(kind, array, sizes)
+        if found is None and kind in array_checks.PAIRED_WITH:
+            partner = self.array(array_checks.PAIRED_WITH[kind][0], layer, dataset)
+            found = array_checks.pairing_problem(kind, array, partner)
+        if found is not None:
+            names = (("layer", layer), ("dataset", dataset))
+            where = " ".join(f"{what} {name!r}" for what, name in names if name)
+            raise DamagedDataError(
+                f"the {kind.value} of {where} at step {self.step} of run {self.run!r} are "
+                f"damaged: {found} (the event file was damaged or not written by Deephys)"
+            )
 
     def optional_array(
         self, kind: Kind, layer: str | None = None, dataset: str | None = None

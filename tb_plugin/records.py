@@ -56,6 +56,8 @@ class RunIndex:
     """The Deephys tags of one run, by (kind, layer, dataset)."""
 
     tags: Mapping[TagKey, str]
+    # The latest step of each tag the data provider holds.
+    max_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def tag(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> str | None:
         return self.tags.get((Kind(kind), layer, dataset))
@@ -101,6 +103,7 @@ class DeephysReader:
 
     def _list_index(self, ctx, experiment_id: str) -> dict[str, RunIndex]:
         runs: dict[str, dict[TagKey, str]] = {}
+        max_steps: dict[str, dict[str, int]] = {}
         listings = (
             self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME),
             self._provider.list_blob_sequences(
@@ -113,8 +116,9 @@ class DeephysReader:
                     content = parse_plugin_content(meta.plugin_content)
                     if content is not None:
                         runs.setdefault(run, {})[_tag_key(content)] = tag
+                        max_steps.setdefault(run, {})[tag] = int(meta.max_step)
         return {
-            run: RunIndex(tags)
+            run: RunIndex(tags, max_steps[run])
             for run, tags in sorted(runs.items())
             if (Kind.RECORD, None, None) in tags
         }
@@ -139,7 +143,7 @@ class DeephysReader:
             record = self._cache.get_or_compute(
                 ("record", experiment_id, run, tuple(ref.blob_key for ref in datum.values)),
                 lambda datum=datum: Record.from_json(
-                    b"".join(self._read_blob(ctx, ref) for ref in datum.values)
+                    b"".join(self._read_blob(ctx, run, ref) for ref in datum.values)
                 ),
             )
             if record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
@@ -159,6 +163,32 @@ class DeephysReader:
         raise errors.NotFoundError(
             f"run {run!r} has no Deephys record at step {step}; steps: {[r.step for r in records]}"
         )
+
+    def missing(
+        self, ctx, experiment_id: str, run: str, record: Record, *, exact: bool = False
+    ) -> tuple[str, ...]:
+        """The tags ``record`` lists as written at its step that the data provider holds
+        no data for at that step: the record is incomplete (a damaged or truncated event
+        file, or steps sampled out), and views that need them answer 404 saying so.
+
+        By default a cheap check from the tag listing (no data at or after the step);
+        ``exact`` reads each tag's steps (fine in process, as ``read_log`` does; costly
+        over the Rust data server). Records of older logs list no tags: ``()``.
+        """
+        index = self.run_index(ctx, experiment_id, run)
+        late = [tag for tag in record.arrays if index.max_steps.get(tag, -1) < record.step]
+        if not exact:
+            return tuple(late)
+        kinds = {tag: key[0] for key, tag in index.tags.items()}
+        missing = []
+        for tag in record.arrays:
+            if tag in late:
+                missing.append(tag)
+                continue
+            read = self._blob_data if kinds[tag] in BLOB_KINDS else self._tensor_data
+            if not any(d.step == record.step for d in read(ctx, experiment_id, run, tag)):
+                missing.append(tag)
+        return tuple(missing)
 
     # -- arrays ------------------------------------------------------------------
 
@@ -231,13 +261,14 @@ class DeephysReader:
             raise errors.NotFoundError(
                 f"tag {tag!r} of run {run!r} has no data at step {step} "
                 "(TensorBoard may have sampled it out: start it with "
-                "--samples_per_plugin=deephys=0 to keep every step)"
+                "--samples_per_plugin=deephys=0 to keep every step; or its event file "
+                "is damaged there: deephys-lightning scores LOGDIR says where)"
             )
         if kind in JSON_KINDS:  # a JSON document (a thumbnail reference...): bytes as uint8
-            raw = b"".join(self._read_blob(ctx, v) for v in datum.values)
+            raw = b"".join(self._read_blob(ctx, run, v) for v in datum.values)
             return np.frombuffer(raw, dtype=np.uint8)
         if kind in BLOB_KINDS:
-            return decode_chunks([self._read_blob(ctx, v) for v in datum.values])
+            return decode_chunks([self._read_blob(ctx, run, v) for v in datum.values])
         return np.asarray(datum.numpy)
 
     def _tensor_data(self, ctx, experiment_id, run, tag):
@@ -259,8 +290,20 @@ class DeephysReader:
         )
         return result.get(run, {}).get(tag, [])
 
-    def _read_blob(self, ctx, ref: provider.BlobReference) -> bytes:
-        return self._provider.read_blob(ctx, blob_key=ref.blob_key)
+    def _read_blob(self, ctx, run: str, ref: provider.BlobReference) -> bytes:
+        try:
+            return self._provider.read_blob(ctx, blob_key=ref.blob_key)
+        except errors.InvalidArgumentError as error:
+            # The key came from the provider itself, so this is the server's fault, not
+            # the request's. TensorBoard's Rust data server (--load_fast=true) rejects
+            # its own blob keys when the run name holds a character that JSON escapes
+            # (a double quote, a backslash...): blob_key.rs parses them as borrowed &str.
+            raise errors.NotFoundError(
+                f"run {run!r} cannot be read by this TensorBoard's data server ({error}); "
+                "with --load_fast=true a run whose name contains a double quote or a "
+                "backslash is unreadable: rename its directory, or start TensorBoard with "
+                "--load_fast=false"
+            ) from None
 
 
 def _tag_key(content: PluginContent) -> TagKey:

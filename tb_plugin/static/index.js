@@ -15,6 +15,7 @@ const VIEWS = [
 
 const state = {
   runs: [],
+  unavailable: [], // runs with Deephys data that cannot be shown: {run, error}
   run: null,
   layer: null,
   step: null,
@@ -205,25 +206,30 @@ async function scoresOverTime(info) {
   return over.filter(Boolean);
 }
 
+/** The current view, built from its route's answer, and the arrays that answer's step lacks. */
 async function load() {
   const where = {run: state.run, layer: state.layer, step: state.step};
   const info = runInfo();
   switch (state.view) {
     case 'overview': {
       const summary = await model.getSummary(where);
-      return views.overviewView(summary, await scoresOverTime(info), navigate);
+      const view = views.overviewView(summary, await scoresOverTime(info), navigate);
+      return {view, missing: summary.missing};
     }
     case 'image': {
       const image = state.image || {dataset: info.ind, index: 0};
-      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate, info.datasets);
+      const data = await model.getImage({...where, ...image});
+      return {view: views.imageView(data, state.run, navigate, info.datasets), missing: data.missing};
     }
     case 'category': {
       const category = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
-      return views.categoryView(await model.getCategory({...where, ...category}), state.run, navigate);
+      const data = await model.getCategory({...where, ...category});
+      return {view: views.categoryView(data, state.run, navigate), missing: data.missing};
     }
-    default:
-      return views.neuronView(
-        await model.getNeuron({...where, neuron: state.neuron, k: state.k}), state.run, navigate);
+    default: {
+      const data = await model.getNeuron({...where, neuron: state.neuron, k: state.k});
+      return {view: views.neuronView(data, state.run, navigate), missing: data.missing};
+    }
   }
 }
 
@@ -232,13 +238,26 @@ async function renderPanel() {
   const request = ++state.request;
   target.replaceChildren(views.message('loading', 'Loading…'));
   try {
-    const view = await load();
+    const {view, missing} = await load();
     if (request !== state.request) return; // the user picked something else meanwhile
-    target.replaceChildren(view);
+    target.replaceChildren(...views.incompleteNotice(missing), view);
   } catch (error) {
     if (request !== state.request) return;
     target.replaceChildren(views.message('error', error.message));
   }
+}
+
+/** The empty tab's words, naming the runs that hold Deephys data but cannot be shown. */
+function emptyText() {
+  const causes = state.unavailable.map((u) => `${u.run}: ${u.error}`);
+  return causes.length ? `No Deephys run can be shown. ${causes.join(' ')}` : EMPTY;
+}
+
+/** Bring the notice of runs that cannot be shown up to date (text only: names are user data). */
+function showUnavailable() {
+  const old = root.querySelector('#unavailable-runs');
+  const notice = views.unavailableRuns(state.unavailable);
+  if (old) old.replaceWith(notice);
 }
 
 function renderAll({push = true} = {}) {
@@ -246,6 +265,7 @@ function renderAll({push = true} = {}) {
   const info = runInfo();
   root.replaceChildren(
     controls(),
+    views.unavailableRuns(state.unavailable),
     views.datasetList(info),
     tabs(),
     views.el('div', {attrs: {id: 'neuron-panel'}}),
@@ -344,7 +364,12 @@ let firstRead = null; // the URL's state, read while the runs are fetched the fi
 async function refreshRuns() {
   let runs;
   try {
-    runs = await model.getRuns();
+    const listed = await model.getRuns();
+    runs = listed.runs;
+    if (JSON.stringify(listed.unavailable) !== JSON.stringify(state.unavailable)) {
+      state.unavailable = listed.unavailable;
+      if (phase === 'shown') showUnavailable();
+    }
   } catch (error) {
     // Showing the tab: keep it as it is, the next reload tries again.
     if (phase !== 'shown') showMessage('error', `Could not load runs: ${error.message}`);
@@ -354,7 +379,7 @@ async function refreshRuns() {
     const read = firstRead || url.read();
     firstRead = null;
     state.runs = runs;
-    if (!runs.length) showMessage('empty', EMPTY);
+    if (!runs.length) showMessage('empty', emptyText());
     else show(await read);
     return;
   }
@@ -363,7 +388,7 @@ async function refreshRuns() {
   const steps = JSON.stringify(runInfo().steps);
   state.runs = runs;
   if (!runs.length) {
-    showMessage('empty', EMPTY);
+    showMessage('empty', emptyText());
     return;
   }
   if (!decodeState(before)) selectRun(runs[0]);

@@ -27,10 +27,14 @@ function query(params) {
   return search.toString();
 }
 
+/**
+ * The runs with Deephys data, and those that cannot be shown (each with its cause).
+ * @returns {Promise<{runs: Array<object>, unavailable: Array<{run: string, error: string}>}>}
+ */
 export async function getRuns() {
   // Fetched again on every TensorBoard reload: never from the browser's cache.
   const body = await fetchJSON('./runs', {cache: 'no-store'});
-  return body.runs;
+  return {runs: body.runs, unavailable: body.unavailable || []};
 }
 
 export async function getNeuron({run, layer, step, neuron, k}) {

@@ -26,6 +26,37 @@ export function message(kind, text) {
   return el('div', {className: `message ${kind}`, text, attrs: {role: kind === 'error' ? 'alert' : 'status'}});
 }
 
+/**
+ * A notice of the runs that hold Deephys data but cannot be shown, each with its cause;
+ * an empty placeholder when there are none (so it can be replaced in place).
+ * @param {Array<{run: string, error: string}>} unavailable
+ * @returns {HTMLElement}
+ */
+export function unavailableRuns(unavailable) {
+  if (!unavailable.length) return el('div', {attrs: {id: 'unavailable-runs', hidden: ''}});
+  const notice = el('div', {className: 'message warning', attrs: {id: 'unavailable-runs', role: 'status'}});
+  notice.append(el('span', {text: `${unavailable.length === 1 ? 'A run' : `${unavailable.length} runs`} cannot be shown: `}));
+  const list = el('ul');
+  for (const {run, error} of unavailable) list.append(el('li', {text: `${run}: ${error}`}));
+  notice.append(list);
+  return notice;
+}
+
+/**
+ * A notice that the shown step's record is incomplete: the arrays it lists that the
+ * log lacks (a damaged or truncated event file). Nothing when it is complete.
+ * @param {Array<string>|undefined} missing tag names
+ * @returns {Array<HTMLElement>}
+ */
+export function incompleteNotice(missing) {
+  if (!missing || !missing.length) return [];
+  const shown = missing.slice(0, 5).join(', ') + (missing.length > 5 ? ', …' : '');
+  const text = `This record is incomplete: ${missing.length} of its arrays are missing (${shown}). ` +
+    'An event file of the run is damaged or truncated (deephys-lightning scores LOGDIR says where); ' +
+    'what needs them says so.';
+  return [el('div', {className: 'message warning incomplete', text, attrs: {role: 'status'}})];
+}
+
 function percent(value) {
   return value === null || value === undefined ? 'n/a' : `${(value * 100).toFixed(1)}%`;
 }
