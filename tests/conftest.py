@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fault_tally
 import pytest
 
 from deephys_lightning import read_log
@@ -17,3 +18,26 @@ def demo_log_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_log(demo_log_dir):
     return read_log(demo_log_dir[1])
+
+
+# -- the fault suite's totals (tests marked "fault"; see tests/fault_tally.py) ----------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("fault") is None or report.skipped:
+        return
+    if report.when == "call" or (report.when == "setup" and report.failed):
+        fault_tally.TOTALS["cases"] += 1
+        fault_tally.TOTALS["survived"] += bool(report.passed and report.when == "call")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "fault: a case of the fault suite (tests/fault_tally.py)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if fault_tally.TOTALS["cases"]:
+        terminalreporter.write_line(fault_tally.line())

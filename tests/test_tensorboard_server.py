@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import time
 
 import numpy as np
 import pytest
@@ -71,3 +73,33 @@ def test_bad_parameter_is_json_400(server, run):
     )
     assert response.status_code == 400
     assert "integer" in response.json()["error"]
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_a_run_named_with_a_quote_spoils_only_itself(tmp_path, demo_log_dir, load_fast):
+    # The Rust data server cannot parse its own blob keys for a run whose name JSON
+    # escapes (tensorboard/data/server/blob_key.rs): that run alone is unreadable.
+    shutil.copytree(demo_log_dir[1], tmp_path / "good")
+    shutil.copytree(demo_log_dir[1], tmp_path / 'bad"run')
+    with running_tensorboard(tmp_path, load_fast=load_fast) as base:
+        deadline = time.monotonic() + 60
+        while len(requests.get(f"{base}/data/runs", timeout=10).json()) < 2:
+            assert time.monotonic() < deadline, "tensorboard never loaded both runs"
+            time.sleep(0.5)
+        time.sleep(2.5)  # past the plugin's 2 s listing cache
+        runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=30)
+        assert runs.status_code == 200, runs.text
+        listed = [r["run"] for r in runs.json()["runs"]]
+        assert listed == (["good"] if load_fast else ['bad"run', "good"])
+        for name in ("good", 'bad"run'):
+            response = requests.get(
+                f"{base}/data/plugin/deephys/summary",
+                params={"run": name, "layer": "backbone.fc1"},
+                timeout=30,
+            )
+            if load_fast and name != "good":
+                assert response.status_code == 404, response.text
+                assert "--load_fast=false" in response.json()["error"]
+            else:
+                assert response.status_code == 200, response.text
+                assert response.json()["run"] == name
