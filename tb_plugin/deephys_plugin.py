@@ -105,7 +105,14 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 {
                     "run": run,
                     "steps": [
-                        {"step": r.step, "epoch": r.epoch, "stage": r.stage} for r in records
+                        {
+                            "step": r.step,
+                            "epoch": r.epoch,
+                            "stage": r.stage,
+                            # arrays the record lists that the log lacks: the tab says so
+                            "missing": list(self._reader.missing(ctx, experiment_id, run, r)),
+                        }
+                        for r in records
                     ],
                     "layers": list(latest.layers),
                     "datasets": list(latest.datasets),
@@ -442,8 +449,6 @@ def _header(data: StepData, layer: str) -> dict[str, Any]:
         "step": data.step,
         "stage": data.record.stage,
         "class_names": list(data.record.class_names),
-        # Arrays the record lists but this step lacks: the tab shows a notice.
-        "missing": list(data.missing),
     }
 
 

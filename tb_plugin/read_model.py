@@ -99,11 +99,6 @@ class StepData:
     def step(self) -> int:
         return self.record.step
 
-    @property
-    def missing(self) -> tuple[str, ...]:
-        """Tags the record lists that this step lacks (``DeephysReader.missing``)."""
-        return self._reader.missing(self._ctx, self._experiment_id, self.run, self.record)
-
     def role(self, dataset: str) -> str:
         """``"ind"`` for the in-distribution set, ``"ood"`` for the others."""
         return "ind" if dataset == self.record.ind else "ood"

@@ -206,31 +206,32 @@ async function scoresOverTime(info) {
   return over.filter(Boolean);
 }
 
-/** The current view, built from its route's answer, and the arrays that answer's step lacks. */
 async function load() {
   const where = {run: state.run, layer: state.layer, step: state.step};
   const info = runInfo();
   switch (state.view) {
     case 'overview': {
       const summary = await model.getSummary(where);
-      const view = views.overviewView(summary, await scoresOverTime(info), navigate);
-      return {view, missing: summary.missing};
+      return views.overviewView(summary, await scoresOverTime(info), navigate);
     }
     case 'image': {
       const image = state.image || {dataset: info.ind, index: 0};
-      const data = await model.getImage({...where, ...image});
-      return {view: views.imageView(data, state.run, navigate, info.datasets), missing: data.missing};
+      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate, info.datasets);
     }
     case 'category': {
       const category = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
-      const data = await model.getCategory({...where, ...category});
-      return {view: views.categoryView(data, state.run, navigate), missing: data.missing};
+      return views.categoryView(await model.getCategory({...where, ...category}), state.run, navigate);
     }
-    default: {
-      const data = await model.getNeuron({...where, neuron: state.neuron, k: state.k});
-      return {view: views.neuronView(data, state.run, navigate), missing: data.missing};
-    }
+    default:
+      return views.neuronView(
+        await model.getNeuron({...where, neuron: state.neuron, k: state.k}), state.run, navigate);
   }
+}
+
+/** The arrays the shown step's record lists that the log lacks (the runs route's check). */
+function missingArrays() {
+  const shown = (runInfo()?.steps || []).find((s) => s.step === state.step);
+  return (shown && shown.missing) || [];
 }
 
 async function renderPanel() {
@@ -238,12 +239,12 @@ async function renderPanel() {
   const request = ++state.request;
   target.replaceChildren(views.message('loading', 'Loading…'));
   try {
-    const {view, missing} = await load();
+    const view = await load();
     if (request !== state.request) return; // the user picked something else meanwhile
-    target.replaceChildren(...views.incompleteNotice(missing), view);
+    target.replaceChildren(...views.incompleteNotice(missingArrays()), view);
   } catch (error) {
     if (request !== state.request) return;
-    target.replaceChildren(views.message('error', error.message));
+    target.replaceChildren(...views.incompleteNotice(missingArrays()), views.message('error', error.message));
   }
 }
 
