@@ -289,6 +289,7 @@ class DeephysCallback(Callback):
         self._destination = ""
         # What each log directory written to holds (a reused callback may write to several).
         self._log_states: dict[str, LogState] = {}
+        self._scanned: set[str] = set()  # directories whose events were scanned for steps
         # Event files of our own, by directory: without a TensorBoardLogger, and for
         # evaluations that go to a run of their own.
         self._own_sinks: dict[str, EventFileSink] = {}
@@ -745,7 +746,18 @@ class DeephysCallback(Callback):
         )
         state.add(step, self._stage)
         state.thumbnails.update(digests)
-        state.save()
+        try:
+            state.save()
+        except OSError as error:  # the record is complete: only the fast path is lost
+            if self.strict:
+                raise
+            self._warn_once(
+                f"state: {type(error).__name__}: {error}",
+                f"DeephysCallback: the record at step {step} is written, but "
+                f"{LogState.path(log_dir)} could not be saved ({type(error).__name__}: "
+                f"{error}); nothing is lost: the steps are found in the events next time "
+                "(unchanged thumbnails may be written again). Make the folder writable.",
+            )
 
     def _warn_write_failure(self, trainer: pl.Trainer, error: Exception) -> None:
         """Say once per cause that a record could not be written; training goes on."""
@@ -759,6 +771,12 @@ class DeephysCallback(Callback):
             "the log directory is writable and has free space, or pass "
             "DeephysCallback(strict=True) to stop on such errors."
         )
+
+    def _warn_once(self, cause: str, message: str) -> None:
+        """``message`` as a warning, the first time ``cause`` is met only."""
+        if cause not in self._warned_failures:
+            self._warned_failures.add(cause)
+            rank_zero_warn(message)
 
     def _scores_logits(self) -> bool:
         """Whether the buffers keep each image's logit detector scores."""
@@ -788,12 +806,15 @@ class DeephysCallback(Callback):
     def _log_state(self, log_dir: str) -> LogState:
         state = self._log_states.get(log_dir)
         on_disk = LogState.load(log_dir)
-        if state is None:
-            # state.json is a fast path: the steps the events hold count, even with that
-            # file lost or damaged (a light scan of the run's own record events).
+        if log_dir not in self._scanned:  # once per directory and process
+            # state.json (and a checkpoint's copy) is a fast path: the steps the events
+            # hold count, even with that file lost or damaged (a light scan of the run's
+            # own record events).
             on_disk.add_found(event_files.recorded_steps(log_dir))
             for path in assets.remove_stale_temporaries(log_dir):
                 rank_zero_info(f"DeephysCallback: removed {path}, left by an interrupted write")
+            self._scanned.add(log_dir)
+        if state is None:
             state = self._log_states[log_dir] = on_disk
         else:
             state.merge(on_disk)
