@@ -645,3 +645,45 @@ def test_a_host_page_that_never_answers_does_not_hold_up_the_tab(browser, demo_l
         assert gap < 800, gap
         assert errors == []
         page.close()
+
+
+@pytest.mark.fault
+def test_the_tab_says_which_runs_it_cannot_show_and_which_record_is_incomplete(
+    browser, tmp_path, demo_log_dir
+):
+    """Under the Rust loader a run named with a quote is unreadable: the tab lists it
+    with its cause (as text) and shows the others; a record whose arrays a loader
+    dropped gets a notice naming them."""
+    import shutil
+
+    from event_surgery import rewrite_events
+
+    source = _fit_tiny(tmp_path / "source", max_epochs=2).logger.log_dir
+    logdir = tmp_path / "logs"
+    shutil.copytree(demo_log_dir[1], logdir / 'quote"d')
+    dropped = "deephys.data/fc/ood/top_indices"
+
+    def drop(event):
+        return (
+            None
+            if event.step == 4 and event.summary.value[:1] and event.summary.value[0].tag == dropped
+            else event
+        )
+
+    rewrite_events(source, logdir / "partial", drop)
+    with running_tensorboard(logdir, load_fast=True) as base:
+        _served_runs(base, lambda runs: [r["run"] for r in runs] == ["partial"])
+        time.sleep(2.5)  # past the plugin's listing cache
+        url = f"{base}/#deephys&p.deephys.run=partial&p.deephys.step=4"
+        page, frame, errors = _open_tab(browser, base, url=url, ready=".message.incomplete")
+        notice = frame.locator("#unavailable-runs")
+        assert 'quote"d' in notice.text_content() and "--load_fast=false" in notice.text_content()
+        assert notice.locator("li").count() == 1
+        incomplete = frame.locator(".message.incomplete").text_content()
+        assert "1 of its arrays are missing" in incomplete and dropped in incomplete
+        assert "top_indices" in frame.locator(".message.error").text_content()  # the view says why
+        frame.locator("#step-select").select_option("2")  # the intact step: no notice
+        frame.locator(".neuron-view figure img").first.wait_for(timeout=30_000)
+        assert frame.locator(".message.incomplete").count() == 0
+        assert [e for e in errors if "Failed to load resource" not in e] == []
+        page.close()

@@ -17,11 +17,16 @@ import time
 from pathlib import Path
 
 import fault_tally
+import numpy as np
 import pytest
+from event_surgery import rewrite_events, tamper
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard_process import running_tensorboard
-from tiny_model import TinyNet, loader, random_set, trainer
+from tiny_model import CountingNet, TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
+from deephys_lightning.event_files import RecordScanner
 
 pytestmark = pytest.mark.fault
 
@@ -219,3 +224,273 @@ def _probe_every_route(base, run) -> dict[str, int]:
             assert response.json()["error"]
         statuses[route] = response.status_code
     return statuses
+
+
+# -- arrays that do not fit their record ------------------------------------------------
+
+
+TAMPERED = {
+    "top images beyond the set": ("fc/ood/top_indices", lambda a: a + 1000, "must lie in"),
+    "a negative label": ("ood/labels", lambda a: np.r_[-3, a[1:]].astype(a.dtype), "lie in"),
+    "a label beyond the classes": ("ood/labels", lambda a: a * 0 + 99, "must lie in"),
+    "labels one short": ("ood/labels", lambda a: a[:-1], "the record says N = 8"),
+    "neurons beyond the layer": ("fc/ood/image_top_neurons", lambda a: a + 10**6, "must lie"),
+    "top values of another shape": ("fc/ood/top_values", lambda a: a[:, :1], "shape"),
+    "category means of a class short": ("fc/ood/category_means", lambda a: a[:-1], "axis 0"),
+    "float labels": ("ood/labels", lambda a: a.astype(np.float32) + 0.5, "integer"),
+}
+
+
+READS = {  # read_log's way to each kind
+    "top_indices": lambda log, step: log.top_images("fc", "ood", step),
+    "top_values": lambda log, step: log.top_images("fc", "ood", step),
+    "labels": lambda log, step: log.labels("ood", step),
+    "image_top_neurons": lambda log, step: log.image_top_neurons("fc", "ood", step),
+    "category_means": lambda log, step: log.category_means("fc", "ood", step),
+}
+
+
+@pytest.fixture(scope="module")
+def tampered_logs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tampered")
+    source = _fit(base / "source").logger.log_dir
+    logdir = base / "logs"
+    for index, (tag, alter, _) in enumerate(TAMPERED.values()):
+        rewrite_events(source, logdir / f"case{index}", tamper(f"deephys.data/{tag}", 6, alter))
+    return logdir
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_an_array_that_does_not_fit_its_record_is_refused_for_its_step_only(tampered_logs, case):
+    run = f"case{list(TAMPERED).index(case)}"
+    tag, _, words = TAMPERED[case]
+    log = read_log(tampered_logs, run=run)
+    assert log.steps == (3, 6, 9) and log.missing(6) == ()
+    kind = tag.rsplit("/", 1)[1]
+    with pytest.raises(KeyError, match=f"the {kind} of .*'ood' at step 6 .* damaged: .*{words}"):
+        READS[kind](log, 6)
+    READS[kind](log, 9)  # the other steps are intact
+    np.testing.assert_array_equal(
+        log.labels("ood", 9), read_log(tampered_logs, "case0").labels("ood", 9)
+    )
+    client = _client(tampered_logs)
+    where = {"run": run, "layer": "fc"}
+    refused = []
+    for route, params in (
+        ("summary", {}),
+        ("neuron", {"neuron": 0}),
+        ("image", {"dataset": "ood", "index": 0}),
+        ("category", {"dataset": "ood", "label": 1}),
+    ):
+        damaged = client.get(
+            f"/data/plugin/deephys/{route}", query_string={**where, **params, "step": 6}
+        )
+        fine = client.get(
+            f"/data/plugin/deephys/{route}", query_string={**where, **params, "step": 9}
+        )
+        assert fine.status_code == 200, fine.json
+        if damaged.status_code != 200:  # the route needed the damaged array: it says so
+            assert damaged.status_code == 404 and "damaged" in damaged.json["error"]
+            refused.append(route)
+        fault_tally.TOTALS["5xx"] += damaged.status_code >= 500
+    assert refused  # some view needs every array
+
+
+def _client(logdir):
+    """The plugin inside TensorBoard's own WSGI app over the Python loader, in process."""
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    from tb_plugin.deephys_plugin import DeephysPlugin
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    context = base_plugin.TBContext(data_provider=provider, logdir=str(logdir))
+    app = application.TensorBoardWSGI([DeephysPlugin(context)], data_provider=provider)
+    return werkzeug_test.Client(app)
+
+
+def test_a_record_whose_arrays_a_loader_dropped_says_which(tmp_path):
+    source = _fit(tmp_path / "source").logger.log_dir
+    dropped = {"deephys.data/ood/labels", "deephys.data/fc/ood/top_indices"}
+
+    def drop(event):
+        tags = {v.tag for v in event.summary.value}
+        return None if event.step == 9 and tags & dropped else event
+
+    rewrite_events(source, tmp_path / "logs" / "run", drop)
+    log = read_log(tmp_path / "logs" / "run")
+    assert set(log.missing(9)) == dropped and log.missing(6) == ()
+    client = _client(tmp_path / "logs")
+    (run,) = client.get("/data/plugin/deephys/runs").json["runs"]
+    assert [set(s["missing"]) for s in run["steps"]] == [set(), set(), dropped]
+    image = {"run": "run", "layer": "fc", "dataset": "ind", "index": 0}
+    assert client.get("/data/plugin/deephys/image", query_string=image).status_code == 200
+    neuron = client.get("/data/plugin/deephys/neuron", query_string={"run": "run", "layer": "fc"})
+    assert neuron.status_code == 404 and "sampled it out" in neuron.json["error"]
+
+
+# -- names ----------------------------------------------------------------------------
+
+ODD_NAMES = [
+    "cifar10..2",
+    "imagenet...",
+    'quote"d',
+    "<img src=x onerror=alert(1)>",
+    "名前 1",
+    "x/y",
+    "  spaced  ",
+    "%2e%2e",
+    "back\\slash",
+]
+
+
+def test_any_dataset_name_is_recorded_shown_and_exported(tmp_path):
+    from deephys_lightning.export import export_step
+
+    val = {name: (6, seed) for seed, name in enumerate(ODD_NAMES, start=1)}
+    t = _fit(tmp_path, val=val, max_epochs=1)
+    log = read_log(t.logger.log_dir)
+    assert log.datasets == tuple(ODD_NAMES)
+    client = _client(tmp_path)
+    run = os.path.relpath(t.logger.log_dir, tmp_path)
+    for name in ODD_NAMES:
+        assert log.thumbnails(name).shape == (6, 8, 8, 3)
+        where = {"run": run, "layer": "fc", "dataset": name}
+        for route, params in (
+            ("image", {"index": 5}),
+            ("category", {"label": int(log.labels(name)[0])}),
+            ("thumbnail", {"index": 5}),
+        ):
+            response = client.get(f"/data/plugin/deephys/{route}", query_string={**where, **params})
+            assert response.status_code == 200, (name, route, response.data[:200])
+        if name != ODD_NAMES[0]:
+            over = client.get("/data/plugin/deephys/scores_over_time", query_string=where)
+            assert over.status_code == 200 and over.json["dataset"] == name
+    files = export_step(t.logger.log_dir, tmp_path / "export")
+    assert sorted(files.tests) == sorted(ODD_NAMES)
+    assert all(path.is_file() for path in files.tests.values())
+
+
+# -- the callback's own I/O -------------------------------------------------------------
+
+
+def test_a_full_disk_does_not_end_training(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tiny", version=0)
+    assets_dir = os.path.join(logger.log_dir, "plugins", "deephys")
+    os.makedirs(assets_dir)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", assets_dir],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}): needs root")
+    try:
+        model = CountingNet()
+        t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger, max_epochs=2)
+        val = {"ind": loader(random_set(40, 1)), "ood": loader(random_set(40, 2))}
+        with pytest.warns(UserWarning, match="No space left on device.* Training goes on") as seen:
+            t.fit(model, loader(random_set(12, 0)), val_dataloaders=val)
+        assert model.trained == 6  # both epochs trained
+        assert sum("could not be written" in str(w.message) for w in seen) == 1
+        assert not [n for n in os.listdir(assets_dir) if n.endswith(".tmp")]  # no leftovers
+    finally:
+        subprocess.run(["umount", assets_dir], check=True)
+
+
+@pytest.mark.parametrize("state", ["deleted", "garbage"])
+def test_a_restart_without_its_state_file_never_rewrites_a_step(tmp_path, state):
+    from deephys_lightning.event_files import recorded_steps
+
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1)
+    val = {"ind": loader(random_set(5, 1)), "ood": loader(random_set(5, 2))}
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    first = trainer(
+        tmp_path,
+        [DeephysCallback(layer="fc"), checkpoints],
+        logger=logger,
+        max_epochs=3,
+        enable_checkpointing=True,
+    )
+    first.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    run_dir = first.logger.log_dir
+    state_file = os.path.join(run_dir, "plugins", "deephys", "state.json")
+    if state == "deleted":
+        os.remove(state_file)
+    else:
+        Path(state_file).write_text("{not json")
+    assert recorded_steps(run_dir) == {3: "fit", 6: "fit", 9: "fit"}
+    oldest = sorted((tmp_path / "ckpt").glob("epoch=0*.ckpt"))[0]
+    resumed = trainer(
+        tmp_path,
+        [DeephysCallback(layer="fc"), ModelCheckpoint(dirpath=tmp_path / "ckpt2")],
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        max_epochs=4,
+        enable_checkpointing=True,
+    )
+    with pytest.warns(UserWarning, match="already holds this fit's record at step 9"):
+        resumed.fit(
+            TinyNet(), loader(random_set(12, 0)), val_dataloaders=val, ckpt_path=str(oldest)
+        )
+    assert read_log(run_dir).steps == (3, 6, 9, 12)
+    records = [
+        raw
+        for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+        for raw in RecordScanner(path, [], only_with=RECORD_TAG.encode())
+    ]
+    assert len(records) == 4  # each step's record once: none written again
+
+
+def test_leftovers_of_interrupted_writes_are_removed_by_the_next_run(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tiny", version=0)
+    folder = Path(logger.log_dir, "plugins", "deephys", "thumbnails")
+    folder.mkdir(parents=True)
+    old, young = folder / "ind-abc.npy.4242.tmp", folder / "ind-def.npy.4243.tmp"
+    old.write_bytes(b"half a file")
+    young.write_bytes(b"a write under way elsewhere")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger, max_epochs=1)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders={"ind": loader(random_set(6, 1))})
+    assert not old.exists() and young.exists()
+    assert read_log(logger.log_dir).steps == (3,)
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_a_thumbnail_file_truncated_under_a_real_tensorboard(tmp_path, load_fast):
+    t = _fit(tmp_path, max_epochs=1)
+    folder = Path(t.logger.log_dir, "plugins", "deephys", "thumbnails")
+    (path,) = [p for p in folder.glob("ind-*.npy") if not p.name.endswith(".crc32c.npy")]
+    with running_tensorboard(tmp_path, load_fast=load_fast) as base:
+        run = _wait_for_run(base, "tiny/version_0")["runs"][0]["run"]
+        url = f"{base}/data/plugin/deephys/thumbnail"
+        first = fault_tally.get(url, run=run, dataset="ind", index=11)
+        assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
+        with open(path, "r+b") as handle:  # cp over it, rsync --inplace
+            handle.truncate(path.stat().st_size // 2)
+        for index in (0, 11):
+            response = fault_tally.get(url, run=run, dataset="ind", index=index)
+            assert response is not None, "tensorboard died"
+            assert response.status_code == 404 and "damaged" in response.json()["error"]
+        statuses = _probe_every_route(base, {**run_info(base, run)})
+        assert statuses["summary"] == 200 and statuses["thumbnail"] == 404
+
+
+def run_info(base, run):
+    listing = fault_tally.get(f"{base}/data/plugin/deephys/runs").json()
+    return next(r for r in listing["runs"] if r["run"] == run)
+
+
+def test_a_state_file_that_cannot_be_saved_loses_nothing(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tiny", version=0)
+    Path(logger.log_dir, "plugins", "deephys", "state.json").mkdir(parents=True)  # unwritable
+    with pytest.warns(UserWarning, match="is written, but .*state.json could not be saved") as seen:
+        _fit(tmp_path, logger=logger, max_epochs=2)
+    assert sum("could not be saved" in str(w.message) for w in seen) == 1
+    assert not any("could not be written" in str(w.message) for w in seen)
+    assert read_log(logger.log_dir).steps == (3, 6)

@@ -15,6 +15,8 @@ from torch.utils.data import TensorDataset
 
 from deephys_lightning import DeephysCallback, read_log
 
+pytestmark = pytest.mark.fault  # cases of the fault suite (tests/fault_tally.py)
+
 
 @pytest.mark.parametrize(
     ("keys", "message"),

@@ -114,6 +114,7 @@ def test_static_files_are_served(client):
     assert b"export async function render" in response.data
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     "path",
     [
@@ -337,6 +338,7 @@ def test_stage_and_part_of_a_set_reach_the_tab(tmp_path):
     assert {d["name"]: d["num_images"] for d in tested["datasets"]} == {"ind": 12, "ood": 8}
 
 
+@pytest.mark.fault
 def test_a_malformed_record_leaves_the_other_runs_in_the_tab(tmp_path):
     import json
     import os

@@ -1,0 +1,45 @@
+"""Change a run's events as a damaged log or a lenient loader would hand them on:
+arrays altered, events dropped, with intact framing (so that only the checks on
+read, not the CRCs, can tell)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+from deephys_lightning.event_files import RecordScanner
+
+
+def rewrite_events(run_dir, out_dir, change):
+    """Copy the run ``run_dir`` to ``out_dir``, passing each event of its event file
+    through ``change`` (which returns the event, changed or not, or None to drop it);
+    the framing of the new file is intact, as a loader that accepts bad records or
+    drops them would hand the events on."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    shutil.copytree(run_dir, out_dir)
+    (source,) = glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+    (path,) = glob.glob(os.path.join(out_dir, "events.out.tfevents.*"))
+    events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(source, [])]
+    with open(path, "wb") as handle:
+        writer = RecordWriter(handle)
+        for event in events:
+            changed = change(event)
+            if changed is not None:
+                writer.write(changed.SerializeToString())
+
+
+def tamper(tag, step, alter):
+    """A ``change`` for :func:`rewrite_events`: ``alter`` the array of ``tag`` at ``step``."""
+    from tensorboard.util import tensor_util
+
+    def change(event):
+        value = event.summary.value[0] if event.summary.value else None
+        if value is not None and value.tag == tag and event.step == step:
+            array = alter(tensor_util.make_ndarray(value.tensor))
+            value.tensor.CopyFrom(tensor_util.make_tensor_proto(array))
+        return event
+
+    return change
