@@ -182,10 +182,16 @@ class StepData:
             sizes["N"] = self.record.num_images[dataset]
         if layer is not None and not (kind is Kind.TOP_INDICES and dataset == self.record.ind):
             sizes["M"] = self.num_neurons(layer)
-        found = array_checks.problem(kind, array, sizes)
-        if found is None and kind in array_checks.PAIRED_WITH:
-            partner = self.array(array_checks.PAIRED_WITH[kind][0], layer, dataset)
-            found = array_checks.pairing_problem(kind, array, partner)
+
+        def verdict() -> str | None:
+            found = array_checks.problem(kind, array, sizes)
+            if found is None and kind in array_checks.PAIRED_WITH:
+                partner = self.array(array_checks.PAIRED_WITH[kind][0], layer, dataset)
+                found = array_checks.pairing_problem(kind, array, partner)
+            return found
+
+        key = ("check", self._experiment_id, self.run, self.step, kind, layer, dataset)
+        found = self._reader.remember(key, verdict)  # once per array, not per request
         if found is not None:
             names = (("layer", layer), ("dataset", dataset))
             where = " ".join(f"{what} {name!r}" for what, name in names if name)

@@ -222,6 +222,11 @@ class DeephysReader:
             key, lambda: self._load(ctx, experiment_id, run, tag, kind, step)
         )
 
+    def remember(self, key: tuple, compute):
+        """A small value derived from arrays (such as a check's verdict), kept in the
+        shared cache under ``key`` so that it is computed once, not per request."""
+        return self._cache.get_or_compute(("derived", *key), compute)
+
     def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
         ``tb_plugin.assets.ThumbnailFile`` (reading one image reads only its bytes)."""
