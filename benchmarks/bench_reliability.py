@@ -8,7 +8,8 @@
 - Event files (a synthetic log: InD + 1 OOD set of 10,000 images x 512 neurons, 100
   classes, 2 steps, written by the real writer): loading it with TensorBoard's own
   multiplexer beside the checked one that ``read_log`` uses; the light scan for
-  recorded steps that the callback makes before its first write to a directory.
+  recorded steps that the callback makes before its first write to a directory, on
+  that log and on a long training's log of ``--scalars`` scalar events.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def thumbnails(images: int, px: int) -> None:
         )
 
 
-def event_files() -> None:
+def event_files(scalars: int) -> None:
     from bench_server import write_imagenet_scale_log
     from tensorboard.backend.event_processing import plugin_event_multiplexer
 
@@ -105,6 +106,9 @@ def event_files() -> None:
         tensorboard_s = _seconds(lambda: load(plugin_event_multiplexer.EventMultiplexer))
         checked_s = _seconds(lambda: load(CheckedEventMultiplexer))
         scan_s = _seconds(lambda: recorded_steps(run_dir))
+        long_log = os.path.join(logdir, "long")
+        _write_scalars(long_log, scalars)
+        long_scan_s = _seconds(lambda: recorded_steps(long_log), repeat=1)
         print(f"event files: {size / 2**20:.0f} MiB, 2 steps")
         print(f"  load, TensorBoard's multiplexer   {tensorboard_s:8.3f} s")
         print(
@@ -115,15 +119,30 @@ def event_files() -> None:
             f"  scan for recorded steps           {scan_s:8.3f} s   "
             f"({scan_s / tensorboard_s:.3f}x the load)"
         )
+        print(f"  scan, a log of {scalars} scalar events  {long_scan_s:6.3f} s")
+
+
+def _write_scalars(run_dir: str, count: int) -> None:
+    """A long training's log: ``count`` scalar events (training curves), no record."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    writer = EventFileWriter(run_dir, max_queue_size=10_000)
+    for step in range(count):
+        summary = scalar_pb("train/loss", float(step % 7))
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+    writer.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--px", type=int, default=64)
+    parser.add_argument("--scalars", type=int, default=500_000, help="events of the long log")
     args = parser.parse_args()
     thumbnails(args.images, args.px)
-    event_files()
+    event_files(args.scalars)
 
 
 if __name__ == "__main__":

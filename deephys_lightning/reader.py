@@ -229,7 +229,16 @@ def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
     """
-    return _load(log_dir)[0]
+    logs, damage = _load(log_dir)
+    _warn_damage(damage)
+    return logs
+
+
+def _warn_damage(damage: dict[str, list[Damage]]) -> None:
+    for found in damage.values():
+        for stretch in found:
+            what = "event file ends early" if stretch.at_end else "damaged event file"
+            warnings.warn(f"{what}: {stretch}", stacklevel=3)
 
 
 def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]]]:
@@ -242,8 +251,6 @@ def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, 
     multiplexer = CheckedEventMultiplexer(size_guidance=_KEEP_EVERYTHING)
     multiplexer.AddRunsFromDirectory(log_dir)
     multiplexer.Reload()
-    for damage in (d for found in multiplexer.damage.values() for d in found):
-        warnings.warn(f"damaged event file: {damage}", stacklevel=3)
     provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
     reader = DeephysReader(provider, logdir=log_dir)
     logs = {
@@ -279,16 +286,18 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
     )
     if run is None and "." in logs:
         run = "."  # a run directory itself (its evaluation runs inside it need run=)
-    if run is None:
-        if len(runs) != 1:
-            raise ValueError(
-                f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
-                f"({runs or 'none: was DeephysCallback in the Trainer?'})"
-                + ("; pass run= (deephys-lightning export: --run) to pick one" if runs else "")
-                + damaged
-            )
+    elif run is None and len(runs) == 1:
         run = runs[0]
-    elif run not in logs:
+    # The damage of the run read (of every run, when none can be picked).
+    _warn_damage(damage if run is None else {run: damage.get(run, [])})
+    if run is None:
+        raise ValueError(
+            f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
+            f"({runs or 'none: was DeephysCallback in the Trainer?'})"
+            + ("; pass run= (deephys-lightning export: --run) to pick one" if runs else "")
+            + damaged
+        )
+    if run not in logs:
         raise ValueError(
             f"read_log: no Deephys data in run {run!r}; runs with data: {runs}{damaged}"
         )

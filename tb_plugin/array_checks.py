@@ -30,7 +30,8 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.PREDICTIONS: (("N",), "C"),
     Kind.POSITIONS: (("N",), None),
     Kind.ACTIVATIONS: (("N", "M"), None),
-    Kind.LOGITS: (("N", "C"), None),
+    # the classifier's width may differ from the class names given (export says so)
+    Kind.LOGITS: (("N", "any"), None),
     Kind.TOP_INDICES: (("M", "any"), "N"),
     Kind.TOP_VALUES: (("M", "any"), None),
     Kind.IMAGE_TOP_NEURONS: (("N", "any"), "M"),

@@ -20,6 +20,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 
@@ -57,9 +59,14 @@ def write_thumbnails(
 
 def _save_atomically(path: str, array: np.ndarray) -> None:
     tmp = f"{path}.{os.getpid()}{TMP_SUFFIX}"
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: leave no half file behind
+            os.remove(tmp)
+        raise
 
 
 def checksum_path(path: str) -> str:
@@ -94,6 +101,21 @@ def remove_stale_temporaries(run_dir: str, older_than_s: float = 3600.0) -> list
     return removed
 
 
+@dataclasses.dataclass(frozen=True)
+class _Header:
+    """What one look at a thumbnail file found: replaced whole, never field by field, so
+    that a request reading while another notices a replaced file sees one or the other."""
+
+    identity: tuple  # the file's and its checksums' (inode, size, mtime)
+    offset: int  # where the pixels start
+    shape: tuple[int, int, int, int]
+    checksums: np.ndarray | None  # uint32 [N], or None for files written before them
+
+    @property
+    def image_bytes(self) -> int:
+        return self.shape[1] * self.shape[2] * self.shape[3]
+
+
 class ThumbnailFile:
     """The uint8 ``[N, H, W, 3]`` thumbnails of one ``.npy`` asset, read on demand.
 
@@ -102,16 +124,18 @@ class ThumbnailFile:
     (same inode, size and modification time), and reads them again when they were
     replaced; each image read is compared with its CRC-32C (files written before the
     checksums existed are read unchecked). A file that is missing, truncated, not
-    uint8 ``[N, H, W, 3]``, or whose pixels do not match raises ``ValueError`` (or
-    ``FileNotFoundError``) with the path and the cause: never a crash.
+    uint8 ``[N, H, W, 3]`` with images of at least one pixel, or whose pixels do not
+    match raises ``ValueError`` (or ``FileNotFoundError``) with the path and the cause:
+    never a crash. Safe to share between threads.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._identity: tuple | None = None  # the file's and its checksums' stat
-        self._refresh()
+        self._header: _Header | None = None
+        self._current()
 
-    def _refresh(self) -> None:
+    def _current(self) -> _Header:
+        """The header of the file as it is now (read again when it was replaced)."""
         stat = os.stat(self.path)
         try:
             sums = os.stat(checksum_path(self.path))
@@ -119,8 +143,9 @@ class ThumbnailFile:
         except FileNotFoundError:
             sums_identity = None
         identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, sums_identity)
-        if identity == self._identity:
-            return
+        header = self._header
+        if header is not None and header.identity == identity:
+            return header
         with open(self.path, "rb") as handle:
             try:
                 version = np.lib.format.read_magic(handle)
@@ -131,7 +156,13 @@ class ThumbnailFile:
             except (ValueError, OSError, SyntaxError, TypeError) as error:
                 raise ValueError(f"{self.path} is not a thumbnail file: {error}") from None
             offset = handle.tell()
-        if dtype != np.uint8 or fortran or len(shape) != 4 or shape[-1] != 3:
+        if (
+            dtype != np.uint8
+            or fortran
+            or len(shape) != 4
+            or shape[-1] != 3
+            or min(shape[1:3], default=0) < 1
+        ):
             raise ValueError(
                 f"{self.path} holds {dtype} {list(shape)}, not uint8 [N, H, W, 3] thumbnails"
             )
@@ -141,10 +172,10 @@ class ThumbnailFile:
                 f"{self.path} is damaged: {stat.st_size} bytes where its header says "
                 f"{expected} (truncated or overwritten; write the thumbnails again)"
             )
-        self._offset, self.shape = offset, tuple(int(d) for d in shape)
-        self._image_bytes = int(np.prod(self.shape[1:], dtype=np.int64))
-        self._checksums = self._read_checksums(self.shape[0])
-        self._identity = identity
+        shape = tuple(int(d) for d in shape)
+        header = _Header(identity, offset, shape, self._read_checksums(shape[0]))
+        self._header = header
+        return header
 
     def _read_checksums(self, count: int) -> np.ndarray | None:
         """The per-image checksums beside the file; None for files written before them."""
@@ -162,39 +193,48 @@ class ThumbnailFile:
             )
         return checksums
 
-    def _check(self, first: int, data: bytes) -> None:
+    def _check(self, header: _Header, first: int, data: bytes) -> None:
         """Compare the images from ``first`` on in ``data`` with their checksums."""
-        if self._checksums is None:
+        if header.checksums is None:
             return
-        for i in range(len(data) // self._image_bytes):
-            image = data[i * self._image_bytes : (i + 1) * self._image_bytes]
-            if google_crc32c.value(image) != int(self._checksums[first + i]):
+        size = header.image_bytes
+        for i in range(len(data) // size):
+            if google_crc32c.value(data[i * size : (i + 1) * size]) != int(
+                header.checksums[first + i]
+            ):
                 raise ValueError(
                     f"{self.path} is damaged: image {first + i} does not match its checksum "
                     "(changed on disk; write the thumbnails again)"
                 )
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self._current().shape
 
     def __len__(self) -> int:
         return self.shape[0]
 
     @property
     def nbytes(self) -> int:
-        return 4096  # what a reader keeps in memory: the header, not the pixels
+        """What a reader keeps in memory: the header and the checksums, not the pixels."""
+        header = self._header
+        return 4096 + (0 if header is None or header.checksums is None else header.checksums.nbytes)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        self._refresh()
+        header = self._current()
         index = int(index)
-        if not 0 <= index < self.shape[0]:
-            raise IndexError(f"image {index} of {self.shape[0]} in {self.path}")
-        data = self._read(self._offset + index * self._image_bytes, self._image_bytes)
-        self._check(index, data)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.shape[1:])
+        if not 0 <= index < header.shape[0]:
+            raise IndexError(f"image {index} of {header.shape[0]} in {self.path}")
+        size = header.image_bytes
+        data = self._read(header.offset + index * size, size)
+        self._check(header, index, data)
+        return np.frombuffer(data, dtype=np.uint8).reshape(header.shape[1:])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        self._refresh()
-        data = self._read(self._offset, self._image_bytes * self.shape[0])
-        self._check(0, data)
-        array = np.frombuffer(data, dtype=np.uint8).reshape(self.shape).copy()
+        header = self._current()
+        data = self._read(header.offset, header.image_bytes * header.shape[0])
+        self._check(header, 0, data)
+        array = np.frombuffer(data, dtype=np.uint8).reshape(header.shape).copy()
         return array if dtype is None else array.astype(dtype)
 
     def _read(self, offset: int, size: int) -> bytes:

@@ -88,42 +88,54 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def runs_impl(self, ctx, experiment_id: str) -> dict[str, Any]:
         runs, unavailable = [], []
         for run in self._reader.index(ctx, experiment_id):
-            try:
-                records = self._reader.records(ctx, experiment_id, run)
-            except Exception as error:  # one unreadable run must not empty the tab
+            try:  # one unreadable run must not empty the tab
+                entry = self._run_entry(ctx, experiment_id, run)
+            except Exception as error:
                 _logger.warning(
                     "Deephys: skipping run %r, its records are unreadable", run, exc_info=True
                 )
                 cause = error if isinstance(error, errors.PublicError) else "see TensorBoard's log"
-                unavailable.append({"run": run, "error": f"its records are unreadable: {cause}"})
-                continue
-            if not records:
-                unavailable.append({"run": run, "error": "it holds no readable Deephys record"})
-                continue
-            latest = records[-1]
-            runs.append(
+                entry = {"error": f"its records are unreadable: {cause}"}
+            if "error" in entry:
+                unavailable.append({"run": run, **entry})
+            else:
+                runs.append(entry)
+        for run in self._reader.runs_without_record(ctx, experiment_id):
+            unavailable.append(
                 {
                     "run": run,
-                    "steps": [
-                        {
-                            "step": r.step,
-                            "epoch": r.epoch,
-                            "stage": r.stage,
-                            # arrays the record lists that the log lacks: the tab says so
-                            "missing": list(self._reader.missing(ctx, experiment_id, run, r)),
-                        }
-                        for r in records
-                    ],
-                    "layers": list(latest.layers),
-                    "datasets": list(latest.datasets),
-                    "ind": latest.ind,
-                    "class_names": list(latest.class_names),
-                    "num_images": latest.num_images,
-                    "top_k": latest.top_k,
+                    "error": "it holds Deephys arrays but no record yet: its first record is "
+                    "being written, or its event file ends (or is damaged) before it",
                 }
             )
         # Runs with Deephys tags that cannot be shown, each with its cause (the tab says so).
         return {"runs": runs, "unavailable": unavailable}
+
+    def _run_entry(self, ctx, experiment_id: str, run: str) -> dict[str, Any]:
+        """One run of the runs route, or ``{"error": ...}`` when it has no record to show."""
+        records = self._reader.records(ctx, experiment_id, run)
+        if not records:
+            return {"error": "it holds no readable Deephys record"}
+        latest = records[-1]
+        return {
+            "run": run,
+            "steps": [
+                {
+                    "step": r.step,
+                    "epoch": r.epoch,
+                    "stage": r.stage,
+                    # arrays the record lists that the log lacks: the tab says so
+                    "missing": list(self._reader.missing(ctx, experiment_id, run, r)),
+                }
+                for r in records
+            ],
+            "layers": list(latest.layers),
+            "datasets": list(latest.datasets),
+            "ind": latest.ind,
+            "class_names": list(latest.class_names),
+            "num_images": latest.num_images,
+            "top_k": latest.top_k,
+        }
 
     def neuron_impl(
         self,
@@ -324,13 +336,13 @@ class DeephysPlugin(base_plugin.TBPlugin):
     ) -> bytes:
         """PNG bytes of image ``index`` of ``dataset``."""
         data = self._step(ctx, experiment_id, run, step)
-        thumbs = data.thumbnails(dataset)
-        data.check_image(dataset, index, len(thumbs))
+        thumbs = data.thumbnails(dataset)  # as many as the record's images
+        data.check_image(dataset, index)
         try:
             pixels = thumbs[index]
         except FileNotFoundError:
             raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
-        except (OSError, ValueError) as error:  # changed underneath: damaged now
+        except (OSError, ValueError, IndexError) as error:  # changed underneath: damaged now
             raise errors.NotFoundError(
                 f"the thumbnails of {dataset!r} are unreadable: {error}"
             ) from None

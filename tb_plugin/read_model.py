@@ -275,7 +275,25 @@ class StepData:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a time
         (a ``tb_plugin.assets.ThumbnailFile``)."""
         self.check_dataset(dataset)
-        return self._reader.thumbnails(self._ctx, self._experiment_id, self.run, dataset, self.step)
+        images = self._reader.thumbnails(
+            self._ctx, self._experiment_id, self.run, dataset, self.step
+        )
+        count = self.record.num_images.get(dataset)
+        try:
+            found = len(images)  # the file as it is now
+        except FileNotFoundError:
+            raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
+        except (OSError, ValueError) as error:  # changed on disk since it was opened
+            raise errors.NotFoundError(
+                f"the thumbnails of {dataset!r} are unreadable: {error}"
+            ) from None
+        if count is not None and found != count:  # another step's, or a damaged file's
+            raise DamagedDataError(
+                f"the thumbnails of {dataset!r} found for step {self.step} hold {found} "
+                f"images where the record has {count}: they belong to another recording "
+                "(a lost thumbnail reference, or a set recorded without thumbnails)"
+            )
+        return images
 
     # -- derived numbers ------------------------------------------------------------
 

@@ -80,7 +80,8 @@ class DeephysReader:
         self._logdir = logdir
         self._cache = ByteLRUCache(cache_bytes)
         self._index_lock = threading.Lock()
-        self._index_cache: dict[str, tuple[float, dict[str, RunIndex]]] = {}
+        # experiment -> (when listed, (runs with a record, runs with Deephys tags only))
+        self._index_cache: dict[str, tuple[float, tuple[dict[str, RunIndex], tuple[str, ...]]]] = {}
 
     # -- listing -----------------------------------------------------------------
 
@@ -91,17 +92,25 @@ class DeephysReader:
         arrays: the listing is reused for ``INDEX_TTL_SECONDS`` (TensorBoard itself
         reloads the logdir every few seconds).
         """
+        return self._listing(ctx, experiment_id)[0]
+
+    def runs_without_record(self, ctx, experiment_id: str) -> tuple[str, ...]:
+        """Runs with Deephys tags but no record: a first record still being written, or
+        an event file cut (or damaged) before its first record."""
+        return self._listing(ctx, experiment_id)[1]
+
+    def _listing(self, ctx, experiment_id: str) -> tuple[dict[str, RunIndex], tuple[str, ...]]:
         now = time.monotonic()
         with self._index_lock:
             cached = self._index_cache.get(experiment_id)
             if cached is not None and now - cached[0] < INDEX_TTL_SECONDS:
                 return cached[1]
-        index = self._list_index(ctx, experiment_id)
+        listing = self._list_index(ctx, experiment_id)
         with self._index_lock:
-            self._index_cache[experiment_id] = (now, index)
-        return index
+            self._index_cache[experiment_id] = (now, listing)
+        return listing
 
-    def _list_index(self, ctx, experiment_id: str) -> dict[str, RunIndex]:
+    def _list_index(self, ctx, experiment_id: str) -> tuple[dict[str, RunIndex], tuple[str, ...]]:
         runs: dict[str, dict[TagKey, str]] = {}
         max_steps: dict[str, dict[str, int]] = {}
         listings = (
@@ -117,11 +126,12 @@ class DeephysReader:
                     if content is not None:
                         runs.setdefault(run, {})[_tag_key(content)] = tag
                         max_steps.setdefault(run, {})[tag] = int(meta.max_step)
-        return {
+        recorded = {
             run: RunIndex(tags, max_steps[run])
             for run, tags in sorted(runs.items())
             if (Kind.RECORD, None, None) in tags
         }
+        return recorded, tuple(sorted(set(runs) - set(recorded)))
 
     def run_index(self, ctx, experiment_id: str, run: str) -> RunIndex:
         index = self.index(ctx, experiment_id)
@@ -286,13 +296,22 @@ class DeephysReader:
     def _read_series(read, ctx, experiment_id, run, tag):
         """Every datum the provider kept of one run and tag, via ``read_tensors`` or
         ``read_blob_sequences`` (they share a signature)."""
-        result = read(
-            ctx,
-            experiment_id=experiment_id,
-            plugin_name=PLUGIN_NAME,
-            downsample=_ALL_SAMPLES,
-            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
-        )
+        try:
+            result = read(
+                ctx,
+                experiment_id=experiment_id,
+                plugin_name=PLUGIN_NAME,
+                downsample=_ALL_SAMPLES,
+                run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
+            )
+        except (ValueError, TypeError) as error:
+            # The provider converts every tensor of the tag; one whose shape or dtype
+            # does not fit its bytes (a damaged record the Rust loader served) fails
+            # them all.
+            raise errors.NotFoundError(
+                f"tag {tag!r} of run {run!r} is unreadable: a damaged event record "
+                f"({type(error).__name__}: {error}); deephys-lightning scores LOGDIR says where"
+            ) from None
         return result.get(run, {}).get(tag, [])
 
     def _read_blob(self, ctx, run: str, ref: provider.BlobReference) -> bytes:

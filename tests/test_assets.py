@@ -122,6 +122,7 @@ DAMAGED = {
     "wrong shape": lambda path: _save(path, np.zeros((12, 8, 8), np.uint8)),
     "float pixels": lambda path: _save(path, np.zeros((12, 8, 8, 3), np.float64)),
     "a header claiming 10^12 images": lambda path: _save_header(path, (10**12, 8, 8, 3)),
+    "images of no width": lambda path: _save(path, np.zeros((12, 0, 8, 3), np.uint8)),
     "a flipped pixel": lambda path: _overwrite(path, _pixel_offset(path, image=3), b"\x7f"),
     "damaged checksums": lambda path: _overwrite(path[:-4] + CHECKSUM_SUFFIX, 0, b"\0" * 16),
     "wrong checksums": lambda path: _save(path[:-4] + CHECKSUM_SUFFIX, np.zeros(12, np.uint32)),

@@ -594,6 +594,10 @@ def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, 
     with running_tensorboard(tmp_path, load_fast=load_fast, wait_for_runs=False) as base:
         page, frame, errors = _open_tab(browser, base, ready="main > .message.empty")
         assert "No Deephys data yet" in frame.locator("main").text_content()
+        assert (
+            "partial: it holds Deephys arrays but no record yet"
+            in frame.locator("main").text_content()
+        )
         _click_tensorboard_reload(page)  # still nothing: still the message
         assert frame.locator("main > .message.empty").count() == 1
         _fit_tiny(tmp_path, max_epochs=1)
@@ -603,7 +607,9 @@ def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, 
         frame.locator('.neuron-view[data-neuron="0"]').wait_for(timeout=30_000)
         assert frame.locator("#run-select").input_value() == "tiny/version_0"
         assert _step_options(frame) == [str(runs[0]["steps"][0]["step"])]
-        assert frame.locator("main > .message").count() == 0
+        # the run that holds arrays but no record is named above the views, nothing else
+        assert frame.locator("main > .message").count() == 1
+        assert "partial" in frame.locator("main > .message.warning").text_content()
         assert "p.deephys.run=tiny%2Fversion_0" in page.url
         assert errors == []
         page.close()

@@ -141,7 +141,7 @@ def test_read_log_keeps_every_intact_record_and_says_where_the_damage_is(damaged
         with pytest.warns(UserWarning), pytest.raises(ValueError, match="damaged event files"):
             read_log(logdir, run=run)
         return
-    with pytest.warns(UserWarning, match="damaged event file") as seen:
+    with pytest.warns(UserWarning, match="damaged event file|event file ends early") as seen:
         log = read_log(logdir, run=run)
     assert log.damage and all(d.path == path for d in log.damage)
     assert any(path in str(w.message) for w in seen)
@@ -172,16 +172,20 @@ def test_the_scores_command_reports_damage_and_keeps_the_rest(damaged_logs):
 
 @pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
 def test_tensorboard_serves_damaged_runs_without_5xx_or_crash(damaged_logs, load_fast):
-    logdir, _ = damaged_logs
+    logdir, cases = damaged_logs
     with running_tensorboard(logdir, load_fast=load_fast) as base:
         listing = _wait_for_run(base, "intact")
         runs = {r["run"]: r for r in listing["runs"]}
         assert [s["step"] for s in runs["intact"]["steps"]] == [3, 6, 9]
         for run in runs.values():
             _probe_every_route(base, run)
+        # the run cut before its first record is named, with its cause
+        assert any(u["run"] == cases["cut at 25%"][0] for u in listing["unavailable"])
         for gone in listing["unavailable"]:
-            response = fault_tally.get(f"{base}/data/plugin/deephys/summary", run=gone["run"])
-            assert response is not None and 400 <= response.status_code < 500
+            url = f"{base}/data/plugin/deephys/summary"
+            response = fault_tally.get(url, run=gone["run"], layer="fc")
+            assert response is not None and response.status_code == 404, response.text
+            assert response.json()["error"]
         assert fault_tally.get(f"{base}/data/plugin/deephys/runs") is not None  # alive
 
 
@@ -398,7 +402,8 @@ def test_a_full_disk_does_not_end_training(tmp_path):
             t.fit(model, loader(random_set(12, 0)), val_dataloaders=val)
         assert model.trained == 6  # both epochs trained
         assert sum("could not be written" in str(w.message) for w in seen) == 1
-        assert not [n for n in os.listdir(assets_dir) if n.endswith(".tmp")]  # no leftovers
+        leftovers = [n for _, _, names in os.walk(assets_dir) for n in names if n.endswith(".tmp")]
+        assert leftovers == []  # a failed write removes its temporary file
     finally:
         subprocess.run(["umount", assets_dir], check=True)
 
@@ -494,3 +499,39 @@ def test_a_state_file_that_cannot_be_saved_loses_nothing(tmp_path):
     assert sum("could not be saved" in str(w.message) for w in seen) == 1
     assert not any("could not be written" in str(w.message) for w in seen)
     assert read_log(logger.log_dir).steps == (3, 6)
+
+
+def test_a_tensor_whose_shape_does_not_fit_its_bytes_spoils_only_its_tag(tmp_path):
+    """A damaged shape field (which TensorBoard's Rust loader may serve): the provider
+    cannot convert that tag at any step; its views say so, the rest is served."""
+    source = _fit(tmp_path / "source").logger.log_dir
+
+    def reshape(event):
+        value = event.summary.value[0] if event.summary.value else None
+        if value is not None and value.tag == LABELS_TAG and event.step == 6:
+            value.tensor.tensor_shape.dim[0].size += 1
+        return event
+
+    rewrite_events(source, tmp_path / "logs" / "run", reshape)
+    client = _client(tmp_path / "logs")
+    where = {"run": "run", "layer": "fc", "index": 0}
+    for step in (6, 9):
+        broken = client.get(
+            "/data/plugin/deephys/image", query_string={**where, "dataset": "ood", "step": step}
+        )
+        assert broken.status_code == 404 and "damaged event record" in broken.json["error"]
+        fine = client.get(
+            "/data/plugin/deephys/image", query_string={**where, "dataset": "ind", "step": step}
+        )
+        assert fine.status_code == 200
+    with pytest.raises(KeyError, match="unreadable: a damaged event record"):
+        read_log(tmp_path / "logs" / "run").labels("ood", 6)
+
+
+def test_logits_wider_or_narrower_than_the_class_names_are_not_damage(tmp_path):
+    names = ["a", "b", "c", "d", "e", "f"]  # the head has 3 outputs
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", class_names=names, record_logits=True)])
+    val = {"ind": loader(random_set(6, 1)), "ood": loader(random_set(6, 2))}
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
+    log = read_log(t.logger.log_dir)
+    assert log.class_names == tuple(names) and log.logits("ind").shape == (6, 3)

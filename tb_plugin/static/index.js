@@ -251,7 +251,7 @@ async function renderPanel() {
 /** The empty tab's words, naming the runs that hold Deephys data but cannot be shown. */
 function emptyText() {
   const causes = state.unavailable.map((u) => `${u.run}: ${u.error}`);
-  return causes.length ? `No Deephys run can be shown. ${causes.join(' ')}` : EMPTY;
+  return causes.length ? `${EMPTY} Not shown: ${causes.join('; ')}.` : EMPTY;
 }
 
 /** Bring the notice of runs that cannot be shown up to date (text only: names are user data). */
@@ -387,6 +387,7 @@ async function refreshRuns() {
   if (JSON.stringify(runs) === JSON.stringify(state.runs)) return;
   const before = encodeState();
   const steps = JSON.stringify(runInfo().steps);
+  const missing = JSON.stringify(missingArrays());
   state.runs = runs;
   if (!runs.length) {
     showMessage('empty', emptyText());
@@ -399,7 +400,8 @@ async function refreshRuns() {
     return;
   }
   updateControls();
-  if (JSON.stringify(runInfo().steps) !== steps && state.view === 'overview') await updateScoresOverTime();
+  if (JSON.stringify(missingArrays()) !== missing) renderPanel(); // the notice changed
+  else if (JSON.stringify(runInfo().steps) !== steps && state.view === 'overview') await updateScoresOverTime();
 }
 
 let refreshing = null; // the refresh under way
