@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from plugin_client import plugin_client
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
@@ -68,22 +69,10 @@ def test_write_thumbnails_is_content_addressed(tmp_path):
 def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_path):
     """Truncated in place (cp over it, rsync --inplace), replaced, deleted: each answers
     a JSON error with the cause, and the server process (this one) lives on."""
-    from tensorboard.backend import application
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-
-    from tb_plugin.deephys_plugin import DeephysPlugin
-
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(tmp_path))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
-    plugin = DeephysPlugin(base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path)))
-    client = werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider))
+    client = plugin_client(tmp_path)
     url = "/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index={}"
     first = client.get(url.format(11))
     assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
@@ -164,29 +153,13 @@ def _save_header(path, shape):
 
 @pytest.fixture()
 def served(tmp_path):
-    from tensorboard.backend import application
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-
-    from tb_plugin.deephys_plugin import DeephysPlugin
-
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
     folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
     (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
 
-    def client():
-        multiplexer = plugin_event_multiplexer.EventMultiplexer()
-        multiplexer.AddRunsFromDirectory(str(tmp_path))
-        multiplexer.Reload()
-        provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
-        context = base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path))
-        app = application.TensorBoardWSGI([DeephysPlugin(context)], data_provider=provider)
-        return werkzeug_test.Client(app)
-
-    return t.logger.log_dir, os.path.join(folder, name), client
+    return t.logger.log_dir, os.path.join(folder, name), lambda: plugin_client(tmp_path)
 
 
 @pytest.mark.fault

@@ -22,6 +22,7 @@ import pytest
 from event_surgery import rewrite_events, tamper
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from plugin_client import plugin_client
 from tensorboard_process import running_tensorboard
 from tiny_model import CountingNet, TinyNet, loader, random_set, trainer
 
@@ -277,7 +278,7 @@ def test_an_array_that_does_not_fit_its_record_is_refused_for_its_step_only(tamp
     np.testing.assert_array_equal(
         log.labels("ood", 9), read_log(tampered_logs, "case0").labels("ood", 9)
     )
-    client = _client(tampered_logs)
+    client = plugin_client(tampered_logs)
     where = {"run": run, "layer": "fc"}
     refused = []
     for route, params in (
@@ -300,24 +301,6 @@ def test_an_array_that_does_not_fit_its_record_is_refused_for_its_step_only(tamp
     assert refused  # some view needs every array
 
 
-def _client(logdir):
-    """The plugin inside TensorBoard's own WSGI app over the Python loader, in process."""
-    from tensorboard.backend import application
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from werkzeug import test as werkzeug_test
-
-    from tb_plugin.deephys_plugin import DeephysPlugin
-
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    context = base_plugin.TBContext(data_provider=provider, logdir=str(logdir))
-    app = application.TensorBoardWSGI([DeephysPlugin(context)], data_provider=provider)
-    return werkzeug_test.Client(app)
-
-
 def test_a_record_whose_arrays_a_loader_dropped_says_which(tmp_path):
     source = _fit(tmp_path / "source").logger.log_dir
     dropped = {"deephys.data/ood/labels", "deephys.data/fc/ood/top_indices"}
@@ -329,7 +312,7 @@ def test_a_record_whose_arrays_a_loader_dropped_says_which(tmp_path):
     rewrite_events(source, tmp_path / "logs" / "run", drop)
     log = read_log(tmp_path / "logs" / "run")
     assert set(log.missing(9)) == dropped and log.missing(6) == ()
-    client = _client(tmp_path / "logs")
+    client = plugin_client(tmp_path / "logs")
     (run,) = client.get("/data/plugin/deephys/runs").json["runs"]
     assert [set(s["missing"]) for s in run["steps"]] == [set(), set(), dropped]
     image = {"run": "run", "layer": "fc", "dataset": "ind", "index": 0}
@@ -360,7 +343,7 @@ def test_any_dataset_name_is_recorded_shown_and_exported(tmp_path):
     t = _fit(tmp_path, val=val, max_epochs=1)
     log = read_log(t.logger.log_dir)
     assert log.datasets == tuple(ODD_NAMES)
-    client = _client(tmp_path)
+    client = plugin_client(tmp_path)
     run = os.path.relpath(t.logger.log_dir, tmp_path)
     for name in ODD_NAMES:
         assert log.thumbnails(name).shape == (6, 8, 8, 3)
@@ -513,7 +496,7 @@ def test_a_tensor_whose_shape_does_not_fit_its_bytes_spoils_only_its_tag(tmp_pat
         return event
 
     rewrite_events(source, tmp_path / "logs" / "run", reshape)
-    client = _client(tmp_path / "logs")
+    client = plugin_client(tmp_path / "logs")
     where = {"run": "run", "layer": "fc", "index": 0}
     for step in (6, 9):
         broken = client.get(

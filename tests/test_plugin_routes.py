@@ -7,26 +7,14 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from tensorboard.backend import application
-from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-from tensorboard.plugins import base_plugin
-from werkzeug import test as werkzeug_test
-
-from tb_plugin.deephys_plugin import DeephysPlugin
+from plugin_client import plugin_client
 
 PREFIX = "/data/plugin/deephys"
 
 
 @pytest.fixture(scope="module")
 def client(demo_log_dir):
-    logdir = str(demo_log_dir[0])
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(logdir)
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
-    plugin = DeephysPlugin(base_plugin.TBContext(data_provider=provider, logdir=logdir))
-    app = application.TensorBoardWSGI([plugin], data_provider=provider)
-    return werkzeug_test.Client(app)
+    return plugin_client(demo_log_dir[0])
 
 
 @pytest.fixture(scope="module")
@@ -271,15 +259,6 @@ def test_more_bad_parameters_get_400_json(client, run, query):
     assert response.json["error"]
 
 
-def _client_for(logdir):
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    plugin = DeephysPlugin(base_plugin.TBContext(data_provider=provider, logdir=str(logdir)))
-    return werkzeug_test.Client(application.TensorBoardWSGI([plugin], data_provider=provider))
-
-
 def test_several_runs_layers_and_names_with_html(tmp_path):
     from tiny_model import TinyNet, loader, random_set, trainer
 
@@ -297,7 +276,7 @@ def test_several_runs_layers_and_names_with_html(tmp_path):
             loader(random_set(12, 0)),
             val_dataloaders={"ind": loader(random_set(5, 1)), hostile: loader(random_set(4, 2))},
         )
-    client = _client_for(tmp_path)
+    client = plugin_client(tmp_path)
     runs = {r["run"]: r for r in client.get(f"{PREFIX}/runs").json["runs"]}
     assert sorted(runs) == ["tiny/version_0", "tiny/version_1"]
     assert runs["tiny/version_1"]["layers"] == ["fc", "features.0"]
@@ -325,7 +304,7 @@ def test_stage_and_part_of_a_set_reach_the_tab(tmp_path):
     val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
     t.fit(model, loader(random_set(12, 0)), val_dataloaders=val)
     t.test(model, dataloaders=val)
-    client = _client_for(tmp_path)
+    client = plugin_client(tmp_path)
     runs = {r["run"]: r for r in client.get(f"{PREFIX}/runs").json["runs"]}
     assert [s["stage"] for s in runs["tiny/version_0"]["steps"]] == ["fit"]
     assert [s["stage"] for s in runs["tiny/version_0/test_step3"]["steps"]] == ["test"]
@@ -364,6 +343,6 @@ def test_a_malformed_record_leaves_the_other_runs_in_the_tab(tmp_path):
         sink = EventFileSink(EventFileWriter(str(tmp_path / run)))
         sink.add_summary(blob_summary(Kind.RECORD, [json.dumps(record).encode()]), 1)
         sink.close()
-    response = _client_for(tmp_path).get(f"{PREFIX}/runs")
+    response = plugin_client(tmp_path).get(f"{PREFIX}/runs")
     assert response.status_code == 200
     assert [r["run"] for r in response.json["runs"]] == ["good"]
