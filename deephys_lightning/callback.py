@@ -35,18 +35,22 @@ from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
 from deephys_lightning import detection, event_files, fast_crc
-from deephys_lightning.buffers import DatasetBuffer, Rows, SamplingPlan, gather_rows
+from deephys_lightning import rows as row_columns
 from deephys_lightning.capture import (
     Denormalize,
     OutputSelector,
     Reduction,
     denormalize_inputs,
+    input_fingerprints,
     reduce_activations,
     select_output,
     split_batch,
     to_thumbnails,
 )
+from deephys_lightning.gather import DEFAULT_CHUNK_BYTES, gather_rows
 from deephys_lightning.log_state import LogState
+from deephys_lightning.rows import DEFAULT_MAX_DEVICE_BYTES, RowBuffer, Rows
+from deephys_lightning.sampling import SamplingPlan
 from deephys_lightning.summary import (
     DatasetRecording,
     EventFileSink,
@@ -142,6 +146,18 @@ class DeephysCallback(Callback):
         strict: raise when writing a record fails (a full disk, an unwritable folder,
             unexpected data) instead of warning and going on training without that
             record. For CI of your own code.
+        refresh_thumbnails: keep (gather, compare, write if new) the thumbnails of every
+            recorded epoch. By default they are resized on the device every recorded
+            epoch, but cross to the host only on the first recorded epoch of each
+            dataset in each ``fit``, ``validate`` or ``test`` call, and on an epoch
+            whose images differ from the last one's (each image's input fingerprint, a
+            projection computed on the device, compared at the end of the epoch).
+        max_device_buffer_bytes: the rows of a dataset are kept on the recording
+            device while they take at most this much (default 4 GiB); larger ones go
+            to pinned host memory with non-blocking copies, batch by batch.
+        gather_chunk_bytes: under several processes, rows are gathered column by
+            column in chunks of at most this many bytes per process (default 256 MiB;
+            the collective's result is ``world_size`` times that, on the root device).
 
     Raises:
         MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is
@@ -177,6 +193,9 @@ class DeephysCallback(Callback):
         log_scalars: bool = True,
         log_histograms: bool = True,
         strict: bool = False,
+        refresh_thumbnails: bool = False,
+        max_device_buffer_bytes: int = DEFAULT_MAX_DEVICE_BYTES,
+        gather_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
         self.layers = _check_layers(layer, layers)
         if class_names is not None:
@@ -196,6 +215,8 @@ class DeephysCallback(Callback):
         if max_activation_bytes is not None:
             _check_positive_int("max_activation_bytes", max_activation_bytes, minimum=0)
         _check_positive_int("thumbnail_size", thumbnail_size, minimum=8)
+        _check_positive_int("max_device_buffer_bytes", max_device_buffer_bytes, minimum=0)
+        _check_positive_int("gather_chunk_bytes", gather_chunk_bytes)
         if ind is not None and not isinstance(ind, (str, int)):
             raise MisconfigurationException(
                 f"DeephysCallback(ind=...) must be a dataset name or a dataloader index, "
@@ -227,7 +248,7 @@ class DeephysCallback(Callback):
         self.dataset_names = _check_dataset_names(dataset_names)
         self.stages = _check_stages(stages)
         flags = (("log_scalars", log_scalars), ("log_histograms", log_histograms))
-        for name, flag in (*flags, ("strict", strict)):
+        for name, flag in (*flags, ("strict", strict), ("refresh_thumbnails", refresh_thumbnails)):
             if not isinstance(flag, bool):
                 raise MisconfigurationException(
                     f"DeephysCallback({name}=...) must be True or False, got {flag!r}"
@@ -235,6 +256,9 @@ class DeephysCallback(Callback):
         self.log_scalars = log_scalars
         self.log_histograms = log_histograms
         self.strict = strict
+        self.refresh_thumbnails = refresh_thumbnails
+        self.max_device_buffer_bytes = max_device_buffer_bytes
+        self.gather_chunk_bytes = gather_chunk_bytes
         self._warned_failures: set[str] = set()
         self.every_n_epochs = every_n_epochs
         self.logits_layer = logits_layer
@@ -280,7 +304,11 @@ class DeephysCallback(Callback):
         self._known_class_names: GivenClassNames | None = None  # found at epoch start
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
-        self._buffers: dict[int, DatasetBuffer] = {}
+        self._buffers: dict[int, RowBuffer] = {}
+        # Each dataset's input fingerprints at its last recorded epoch (CPU, dataset
+        # order): its thumbnails are kept again only when they change.
+        self._fingerprints: dict[str, torch.Tensor] = {}
+
         self._plans: dict[int, SamplingPlan] = {}
         self._seen: dict[int, int] = {}
         self._thumb_shapes: dict[int, tuple[int, int]] = {}
@@ -305,6 +333,7 @@ class DeephysCallback(Callback):
         fast_crc.install()  # event framing at C speed, same bytes
         self._loaded_position = None
         self._checked = False
+        self._fingerprints = {}  # each fit / validate / test call keeps its thumbnails
         self._layer_modules = {name: _find_module(pl_module, name, "layer") for name in self.layers}
         self._logits_module = (
             pl_module
@@ -439,7 +468,6 @@ class DeephysCallback(Callback):
                 f"{self._names[ind_idx]!r} is empty; every score compares the other sets "
                 "with it. Give it images, or name another dataloader with ind=."
             )
-        self._ignored = [0] * len(named)  # images left out for a negative label
         self._buffers = {}
         self._seen = {}
         self._checked_loaders = set()
@@ -515,7 +543,8 @@ class DeephysCallback(Callback):
                 acts = reduce_activations(
                     selected, relu=self.relu, reduction=self.reduction, layer=layer
                 )
-                self._pending[layer].append(acts.to("cpu", torch.float16))
+                # Kept on the layer's device, as float16 (read back once, at the end).
+                self._pending[layer].append(acts.to(torch.float16))
 
         return hook
 
@@ -533,7 +562,7 @@ class DeephysCallback(Callback):
                 f"{type(output).__name__}; set logits_layer= to the module that outputs the "
                 "class scores (B, num_classes)."
             )
-        self._pending_logits.append(output.detach().float().cpu())
+        self._pending_logits.append(output.detach().float())
 
     def _keep_batch(self, batch: Any, dataloader_idx: int, check_only: bool = False) -> None:
         """Check one batch's captured outputs, and keep its rows unless ``check_only``."""
@@ -570,6 +599,53 @@ class DeephysCallback(Callback):
                     f"produced {len(a)} rows; the layer must run once per batch, on the "
                     "batch's images."
                 )
+        if check_only:
+            self._check_batch(x, y, where)
+            return
+        # The recorded path: nothing below reads a value back from the device. Which
+        # rows are kept is known on the host (positions); ignored labels and label
+        # ranges are handled at the end of the epoch, on all rows at once.
+        device = logits.device
+        self._num_classes = max(self._num_classes, logits.shape[-1])
+        plan = self._plans.get(dataloader_idx) or SamplingPlan.for_rank(None, 1, 0, None)
+        start = self._seen.get(dataloader_idx, 0)
+        self._seen[dataloader_idx] = start + batch_size
+        positions = plan.positions(start, batch_size)
+        keep = plan.keep(positions)
+        if not bool(keep.any()):  # a host tensor
+            return
+        columns = {
+            row_columns.POSITIONS: positions,
+            row_columns.LABELS: y.detach().to(torch.int64),
+            row_columns.PREDS: logits.argmax(dim=-1),
+            **{row_columns.act_column(layer): a for layer, a in acts.items()},
+        }
+        if self.thumbnails:  # made on the device; kept only when new (see _write)
+            thumbs = to_thumbnails(
+                denormalize_inputs(x, self.denormalize),
+                self.thumbnail_size,
+                self._thumb_shapes.get(dataloader_idx),
+            )
+            self._thumb_shapes.setdefault(dataloader_idx, tuple(thumbs.shape[1:3]))
+            columns[row_columns.THUMBS] = thumbs
+        if self.thumbnails:
+            columns[row_columns.FINGERPRINTS] = input_fingerprints(x)
+        if self._keeps_logits(plan.recorded_images, acts):
+            columns[row_columns.LOGITS] = logits
+        if self._scores_logits():
+            columns[row_columns.LOGIT_SCORES] = detection.logit_scores(logits)
+        rows = Rows({name: _to(column, device) for name, column in columns.items()})
+        if not bool(keep.all()):
+            rows = rows.take(_to(torch.nonzero(keep).reshape(-1), device))
+        buffer = self._buffers.get(dataloader_idx)
+        if buffer is None:
+            buffer = RowBuffer(plan.capacity, self.max_device_buffer_bytes)
+            self._buffers[dataloader_idx] = buffer
+        buffer.append(rows)
+
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+        """The checks a recorded batch cannot make without reading values back: the
+        labels against the class names, and whether the inputs make thumbnails."""
         labels = y.detach().cpu().to(torch.int64)
         names = self._known_class_names
         if names is not None and len(labels) and int(labels.max()) >= len(names.names):
@@ -577,74 +653,49 @@ class DeephysCallback(Callback):
                 f"{names.source} has {len(names.names)} names, but {where} has label "
                 f"{int(labels.max())}; give one name per class."
             )
-        labelled = labels >= 0  # -100 and other ignore values: left out, and counted
-        if check_only:
-            if self.thumbnails:  # inputs that cannot become images fail here, not later
-                to_thumbnails(denormalize_inputs(x[:2], self.denormalize), self.thumbnail_size)
-            return
-        self._num_classes = max(self._num_classes, logits.shape[-1])
-        plan = self._plans.get(dataloader_idx) or SamplingPlan.for_rank(None, 1, 0, None)
-        start = self._seen.get(dataloader_idx, 0)
-        self._seen[dataloader_idx] = start + batch_size
-        positions = plan.positions(start, batch_size)
-        keep = plan.keep(positions)
-        self._ignored[dataloader_idx] += int((keep & ~labelled).sum())
-        keep &= labelled
-        if not bool(keep.any()):
-            return
-        thumbs = None
-        if self.thumbnails:
-            images = denormalize_inputs(x[keep.to(x.device)], self.denormalize)
-            thumbs = to_thumbnails(
-                images, self.thumbnail_size, self._thumb_shapes.get(dataloader_idx)
-            )
-            self._thumb_shapes.setdefault(dataloader_idx, tuple(thumbs.shape[1:3]))
-        buffer = self._buffers.get(dataloader_idx)
-        if buffer is None:
-            buffer = self._buffers[dataloader_idx] = DatasetBuffer(plan.capacity)
-        kept_acts = {layer: a[keep] for layer, a in acts.items()}
-        buffer.append(
-            positions[keep],
-            kept_acts,
-            labels[keep],
-            logits.argmax(dim=-1)[keep],
-            thumbs,
-            logits[keep] if self._keeps_logits(plan.recorded_images, kept_acts) else None,
-            detection.logit_scores(logits[keep]) if self._scores_logits() else None,
-        )
+        if self.thumbnails:  # inputs that cannot become images fail here, not later
+            to_thumbnails(denormalize_inputs(x[:2], self.denormalize), self.thumbnail_size)
 
     def _write(self, trainer: pl.Trainer) -> None:
         names = self._names
-        # Every process takes part in the gathering, in the same dataloader order.
+        strategy = trainer.strategy
+        # Every process takes part in the gathering, in the same dataloader order; the
+        # collectives get tensors on the root device (NCCL takes CUDA tensors only).
         gathered: dict[int, Rows] = {}
+
+        def gather(local: Rows | None) -> Rows | None:
+            return gather_rows(
+                local,
+                strategy.all_gather,
+                strategy.broadcast,
+                trainer.world_size,
+                device=strategy.root_device,
+                chunk_bytes=self.gather_chunk_bytes,
+            )
+
         for idx in range(len(names)):
             buffer = self._buffers.get(idx)
-            rows = gather_rows(
-                buffer.rows() if buffer is not None and len(buffer) else None,
-                trainer.strategy.all_gather,
-                trainer.strategy.broadcast,
-                trainer.world_size,
-            )
+            local = buffer.rows() if buffer is not None and len(buffer) else None
+            local_thumbs = None
+            if local is not None and row_columns.THUMBS in local.columns:
+                local_thumbs = local.select([row_columns.THUMBS])
+                local = local.without(row_columns.THUMBS)
+            rows = gather(local)
+            # The same decision on every process (from the same gathered fingerprints):
+            # the thumbnails travel, and are written, only when they may be new.
+            if self.thumbnails and self._thumbnails_needed(names[idx], rows):
+                thumbs = gather(local_thumbs)
+                if rows is not None and thumbs is not None:
+                    rows = rows.with_column(row_columns.THUMBS, thumbs.thumbs)
             if rows is not None:
-                gathered[idx] = rows
+                gathered[idx] = self._labelled_rows(names[idx], rows)
         self._buffers = {}
-        ignored = torch.tensor(self._ignored, dtype=torch.int64)
         if trainer.world_size > 1:
-            # Collectives get tensors on the root device: NCCL takes CUDA tensors only.
-            device = trainer.strategy.root_device
-            counts = torch.tensor(self._num_classes, device=device)
-            num_classes = int(trainer.strategy.all_gather(counts).max())
-            ignored = trainer.strategy.all_gather(ignored.to(device)).cpu()
-            ignored = ignored.reshape(-1, len(names)).sum(0)
+            counts = torch.tensor(self._num_classes, device=strategy.root_device)
+            num_classes = int(strategy.all_gather(counts).max())
         else:
             num_classes = self._num_classes
-        for idx, count in enumerate(ignored.tolist()):
-            if count:
-                rank_zero_warn(
-                    f"DeephysCallback: {count} images of {names[idx]!r} have a negative label "
-                    "(e.g. -100, an ignore_index) and were left out of the record and its "
-                    "scores."
-                )
+        gathered = {idx: rows for idx, rows in gathered.items() if len(rows)}
         if not gathered:
             return
         try:
@@ -655,6 +706,40 @@ class DeephysCallback(Callback):
             if self.strict:
                 raise
             self._warn_write_failure(trainer, error)
+
+    def _labelled_rows(self, name: str, rows: Rows) -> Rows:
+        """``rows`` without the images whose label is negative (-100 and other ignore
+        values), which are counted in a warning; labels beyond the class names stop
+        the run, as the sanity check does."""
+        labelled = rows.labels >= 0
+        ignored = len(rows) - int(labelled.sum())
+        if ignored:
+            rank_zero_warn(
+                f"DeephysCallback: {ignored} images of {name!r} have a negative label "
+                "(e.g. -100, an ignore_index) and were left out of the record and its "
+                "scores."
+            )
+            rows = rows.take(torch.nonzero(labelled).reshape(-1))
+        given = self._known_class_names
+        if given is not None and len(rows) and int(rows.labels.max()) >= len(given.names):
+            raise MisconfigurationException(
+                f"{given.source} has {len(given.names)} names, but {name!r} has label "
+                f"{int(rows.labels.max())}; give one name per class."
+            )
+        return rows
+
+    def _thumbnails_needed(self, name: str, rows: Rows | None) -> bool:
+        """Whether this epoch's thumbnails of ``name`` are to be kept: on its first
+        recorded epoch (in this fit, validate or test call), when its images differ
+        from the last recorded epoch's (by their input fingerprints), or always with
+        ``refresh_thumbnails``."""
+        fingerprints = None if rows is None else rows.get(row_columns.FINGERPRINTS)
+        before = self._fingerprints.get(name)
+        if fingerprints is not None:
+            self._fingerprints[name] = fingerprints
+        if self.refresh_thumbnails or before is None or fingerprints is None:
+            return True
+        return not _same_fingerprints(before, fingerprints)
 
     @rank_zero_only
     def _write_rank_zero(
@@ -1135,6 +1220,20 @@ def _datamodule_class_names(trainer: pl.Trainer) -> list[str] | None:
     return None
 
 
+def _same_fingerprints(before: torch.Tensor, now: torch.Tensor) -> bool:
+    return before.shape == now.shape and bool(torch.allclose(before, now, rtol=1e-5, atol=1e-5))
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device`` without waiting for it: host tensors bound for a GPU go
+    through pinned memory, with a non-blocking copy."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu" and device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:
     for name, rec in recordings.items():
         for layer, acts in rec.activations.items():
@@ -1146,5 +1245,7 @@ def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:
                 rank_zero_warn(
                     f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "
                     "or infinite (float16 overflows above 65504). They are recorded as they "
-                    "are; scores of the affected neurons are NaN."
+                    "are; scores of the affected neurons are NaN. Record a layer whose "
+                    "outputs stay in float16's range (after a normalization), or scale it "
+                    "with reduction=."
                 )

@@ -2,7 +2,8 @@
 
 - :func:`reduce_activations`: a layer output -> one activation per neuron per image.
 - :func:`split_batch`: a batch -> (inputs, labels).
-- :func:`to_thumbnails`: model inputs -> displayable uint8 RGB images.
+- :func:`to_thumbnails`: model inputs -> displayable uint8 RGB images, on their device.
+- :func:`input_fingerprints`: model inputs -> one number each, to notice changed data.
 
 Example::
 
@@ -189,10 +190,12 @@ def denormalize_inputs(inputs: torch.Tensor, denormalize: Denormalize | None) ->
 def to_thumbnails(
     inputs: torch.Tensor, size: int, shape: tuple[int, int] | None = None
 ) -> torch.Tensor:
-    """uint8 RGB thumbnails ``(B, h, w, 3)`` of image inputs ``(B, C, H, W)``.
+    """uint8 RGB thumbnails ``(B, h, w, 3)`` of image inputs ``(B, C, H, W)``, made on
+    the inputs' device (only the small thumbnails ever cross to the host).
 
-    Inputs in [0, 1] are scaled by 255, integer inputs are taken as 0..255, anything
-    else is min-max scaled per image. One channel is repeated to three; images whose
+    Integer inputs are taken as 0..255; a float image within [0, 1] is scaled by 255,
+    any other float image is min-max scaled on its own (decided per image on the
+    device: no value is read back). One channel is repeated to three; images whose
     longer side exceeds ``size`` are resized down, keeping their aspect ratio, or to
     ``shape`` when given (so that all thumbnails of a dataset share one shape).
     """
@@ -206,23 +209,46 @@ def to_thumbnails(
             "without them, or denormalize= a function that returns images"
         )
     integer = not x.dtype.is_floating_point
-    x = x[:, :3].float().cpu()
+    x = x[:, :3].float()
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    if integer:
-        x = x / 255.0
-    elif x.numel() and (x.min() < 0 or x.max() > 1):
-        lo = x.amin(dim=(1, 2, 3), keepdim=True)
-        hi = x.amax(dim=(1, 2, 3), keepdim=True)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
     height, width = x.shape[-2:]
     if shape is None:
         shape = (height, width)
         if max(height, width) > size:
             scale = size / max(height, width)
             shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if x.shape[0] == 0:
+        return torch.empty((0, *shape, 3), dtype=torch.uint8, device=x.device)
+    if integer:
+        x = x / 255.0
+    else:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        outside = (lo < 0) | (hi > 1)
+        x = torch.where(outside, (x - lo) / (hi - lo).clamp_min(1e-12), x)
     if tuple(shape) != (height, width):
         antialias = shape[0] < height or shape[1] < width
         x = F.interpolate(x, size=shape, mode="bilinear", antialias=antialias, align_corners=False)
     x = (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).contiguous()
+
+
+def input_fingerprints(inputs: torch.Tensor) -> torch.Tensor:
+    """float32 ``[B]``: each input projected on a fixed pseudo-random direction, on the
+    inputs' device. Equal inputs give equal fingerprints, so comparing an epoch's with
+    the last one's tells whether the data (and so the thumbnails) may have changed."""
+    x = inputs.detach().flatten(1).float()
+    return x @ _direction(x.shape[1], x.device)
+
+
+_DIRECTIONS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _direction(length: int, device: torch.device) -> torch.Tensor:
+    key = (length, str(device))
+    if key not in _DIRECTIONS:  # drawn on the device itself: no copy to wait for
+        generator = torch.Generator(device=device).manual_seed(length)
+        direction = torch.rand(length, generator=generator, device=device)
+        _DIRECTIONS[key] = direction + 0.5  # no component near 0
+    return _DIRECTIONS[key]

@@ -36,6 +36,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "fault: a case of the fault suite (tests/fault_tally.py)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped where there is none)")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -252,3 +252,21 @@ def test_state_dict_round_trip():
     callback.load_state_dict({"written": {"/logs/v": {"last_step": 7, "thumbnails": {}}}})
     assert callback.state_dict()["written"]["/logs/v"]["legacy_until"] == 7
     assert callback.state_key != DeephysCallback(layer="other").state_key
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_outputs_are_recorded_as_their_float16_rounding(tmp_path, precision):
+    if precision == "16-mixed" and not torch.cuda.is_available():
+        pytest.skip("16-mixed autocast needs CUDA; bf16-mixed runs on the CPU")
+    model = TinyNet()
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], precision=precision)
+    data = random_set(8, 3)
+    t.validate(model, dataloaders=loader(data))
+    recorded = read_log(t.logger.log_dir).activations("fc", "dataset_0")
+    device = "cuda" if precision == "16-mixed" else "cpu"
+    dtype = torch.float16 if precision == "16-mixed" else torch.bfloat16
+    model = model.to(device)
+    with torch.autocast(device, dtype=dtype):
+        output, _ = module_output(model, model.fc, data.tensors[0].to(device))
+    expected = torch.relu(output.float()).half().cpu().numpy()
+    np.testing.assert_array_equal(recorded, expected)

@@ -47,3 +47,26 @@ def test_thumbnails_scale_gray_and_large_images():
     assert thumbs.min() == 0 and thumbs.max() == 255
     with pytest.raises(ValueError, match="1 or 3"):
         to_thumbnails(torch.zeros(1, 5, 4, 4), 64)
+
+
+def test_thumbnail_scaling_is_decided_per_image_on_the_device():
+    in_range = torch.full((1, 3, 4, 4), 0.5)
+    outside = torch.linspace(-1, 2, 48).reshape(1, 3, 4, 4)
+    thumbs = to_thumbnails(torch.cat([in_range, outside]), 64)
+    assert (thumbs[0] == 128).all()  # 0.5 * 255, not min-max scaled by its neighbour
+    assert thumbs[1].min() == 0 and thumbs[1].max() == 255
+    assert to_thumbnails(torch.zeros(0, 3, 80, 40), 64).shape == (0, 64, 32, 3)
+
+
+def test_input_fingerprints_tell_changed_inputs_apart():
+    from deephys_lightning.capture import input_fingerprints
+
+    x = torch.rand(6, 3, 8, 8)
+    same = input_fingerprints(x.clone())
+    torch.testing.assert_close(input_fingerprints(x), same, rtol=0, atol=0)
+    changed = x.clone()
+    changed[2, 1, 4, 4] += 0.1
+    moved = input_fingerprints(changed) != same
+    assert moved.tolist() == [False, False, True, False, False, False]
+    flipped = input_fingerprints(torch.flip(x, dims=[3]))
+    assert (flipped != same).all()  # the same pixels elsewhere are another image

@@ -1,0 +1,93 @@
+"""Gather every process's rows of a dataset at the end of an epoch, in dataset order.
+
+The collectives are Lightning's (``trainer.strategy.all_gather`` / ``broadcast``):
+DDP, ``ddp_spawn``, FSDP, multi-node alike. Every tensor handed to ``all_gather``
+is on the strategy's ``root_device`` (NCCL takes CUDA tensors only), and large
+columns (activations, thumbnails) go in chunks of rows, so that one collective
+holds at most ``chunk_bytes`` per process on the device (``world_size`` times that
+for its result). The gathered rows come back on the CPU, where rank zero writes them.
+
+Example (one process: no collective runs)::
+
+    >>> import torch
+    >>> from deephys_lightning.rows import POSITIONS, Rows
+    >>> rows = Rows({POSITIONS: torch.tensor([1, 0])})
+    >>> gather_rows(rows, None, None, world_size=1).positions.tolist()
+    [0, 1]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from deephys_lightning.rows import Rows
+
+AllGather = Callable[[torch.Tensor], torch.Tensor]
+Broadcast = Callable[[object, int], object]
+DEFAULT_CHUNK_BYTES = 256 * 1024**2
+
+
+def gather_rows(
+    rows: Rows | None,
+    all_gather: AllGather | None,
+    broadcast: Broadcast | None,
+    world_size: int,
+    device: torch.device | str = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Rows | None:
+    """Every process's rows, on the CPU, in dataset order (call on every process, in step).
+
+    ``all_gather`` maps a tensor of one shape on every process to the stacked
+    ``[world_size, ...]`` tensor and ``broadcast(obj, src)`` sends a Python object
+    from process ``src`` to all, as ``trainer.strategy`` does; ``device`` is where
+    collectives take their tensors (``strategy.root_device``). Row counts may differ,
+    down to none on a process: rows are padded to the largest count, the padding
+    dropped. Returns None when no process has rows.
+    """
+    if world_size == 1:
+        return None if rows is None else rows.to("cpu").sorted()
+    assert all_gather is not None and broadcast is not None
+    count = 0 if rows is None else len(rows)
+    counts = all_gather(torch.tensor([count], dtype=torch.int64, device=device))
+    counts = counts.reshape(-1).cpu()
+    if int(counts.max()) == 0:
+        return None
+    # A process without rows learns the columns from the first one with rows.
+    source = int(torch.nonzero(counts)[0])
+    layout = broadcast(None if rows is None or count == 0 else rows.layout(), source)
+    if rows is None or count == 0:
+        rows = Rows.empty(layout, device=device)
+    width = int(counts.max())
+    gathered = {
+        name: _gather_column(column, counts, width, all_gather, device, chunk_bytes)
+        for name, column in sorted(rows.columns.items())  # the same order on every process
+    }
+    return Rows(gathered).sorted()
+
+
+def _gather_column(
+    column: torch.Tensor,
+    counts: torch.Tensor,
+    width: int,
+    all_gather: AllGather,
+    device: torch.device | str,
+    chunk_bytes: int,
+) -> torch.Tensor:
+    """One column of every process, on the CPU, process by process, padding dropped."""
+    row_bytes = max(1, math.prod(column.shape[1:]) * column.element_size())
+    rows_per_chunk = max(1, chunk_bytes // row_bytes)
+    world_size = len(counts)
+    parts: list[list[torch.Tensor]] = [[] for _ in range(world_size)]
+    for start in range(0, width, rows_per_chunk):
+        stop = min(width, start + rows_per_chunk)
+        chunk = torch.zeros((stop - start, *column.shape[1:]), dtype=column.dtype, device=device)
+        mine = column[start:stop]
+        chunk[: len(mine)] = mine.to(device, non_blocking=True)
+        stacked = all_gather(chunk).cpu()  # [world_size, stop - start, ...]
+        for rank in range(world_size):
+            keep = max(0, min(stop, int(counts[rank])) - start)
+            parts[rank].append(stacked[rank, :keep])
+    return torch.cat([piece for rank_parts in parts for piece in rank_parts])

@@ -1,0 +1,231 @@
+"""One container for everything recorded per image, and the buffer that fills it.
+
+:class:`Rows` holds named columns of one length (an image per row): its position in
+the dataset, its label and prediction, one column per recorded layer, and, where
+recorded, its thumbnail, classifier outputs, logit detector scores and input
+fingerprint. Every operation (select, sort, move, concatenate, gather) applies to
+all columns alike, so adding a per-image field is one name, not nine edits.
+
+:class:`RowBuffer` collects a dataset's rows during an epoch where they are
+produced, on the recording device: storage is allocated once, at the first batch,
+for the rows the dataset announces, and each batch is copied into its slots with
+``non_blocking`` copies, so the per-batch path never waits for the device. Where the
+storage would exceed ``max_device_bytes``, it lives in pinned host memory instead,
+filled with non-blocking device-to-host copies.
+
+Example::
+
+    >>> import torch
+    >>> buffer = RowBuffer(capacity=4)
+    >>> buffer.append(Rows({POSITIONS: torch.tensor([2, 0]), "act:fc": torch.ones(2, 3)}))
+    >>> rows = buffer.rows().sorted()
+    >>> rows.positions.tolist(), rows.acts["fc"].shape
+    ([0, 2], torch.Size([2, 3]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+POSITIONS = "positions"  # int64 [n]: the image's index in its dataset
+LABELS = "labels"  # int64 [n]: ground truth (negative: an ignore value, left out at the end)
+PREDS = "preds"  # int64 [n]: arg-max of the classifier outputs
+THUMBS = "thumbs"  # uint8 [n, h, w, 3]
+LOGITS = "logits"  # float32 [n, C] classifier outputs
+LOGIT_SCORES = "logit_scores"  # float32 [n, 3] the logit OOD detectors' scores
+FINGERPRINTS = "fingerprints"  # float32 [n]: a projection of the input (did the data change?)
+ACT_PREFIX = "act:"  # + layer name: float16 [n, M] activations
+
+DEFAULT_MAX_DEVICE_BYTES = 4 * 1024**3
+
+
+def act_column(layer: str) -> str:
+    """The column name of a layer's activations."""
+    return ACT_PREFIX + layer
+
+
+@dataclasses.dataclass
+class Rows:
+    """Recorded rows of one dataset: named columns of equal length."""
+
+    columns: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        lengths = {name: len(column) for name, column in self.columns.items()}
+        if POSITIONS not in lengths or len(set(lengths.values())) > 1:
+            raise ValueError(f"rows need a positions column and equal lengths, got {lengths}")
+
+    def __len__(self) -> int:
+        return len(self.columns[POSITIONS])
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.columns.get(name)
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.columns[POSITIONS]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.columns[LABELS]
+
+    @property
+    def preds(self) -> torch.Tensor:
+        return self.columns[PREDS]
+
+    @property
+    def thumbs(self) -> torch.Tensor | None:
+        return self.columns.get(THUMBS)
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self.columns.get(LOGITS)
+
+    @property
+    def logit_scores(self) -> torch.Tensor | None:
+        return self.columns.get(LOGIT_SCORES)
+
+    @property
+    def acts(self) -> dict[str, torch.Tensor]:
+        """Layer name -> float16 ``[n, M]`` activations."""
+        return {
+            name[len(ACT_PREFIX) :]: column
+            for name, column in self.columns.items()
+            if name.startswith(ACT_PREFIX)
+        }
+
+    def map(self, transform) -> Rows:
+        """The rows with ``transform`` applied to every column."""
+        return Rows({name: transform(column) for name, column in self.columns.items()})
+
+    def select(self, names: list[str]) -> Rows:
+        """Only the columns ``names`` (positions always)."""
+        keep = {POSITIONS, *names}
+        return Rows({name: c for name, c in self.columns.items() if name in keep})
+
+    def without(self, name: str) -> Rows:
+        return Rows({n: c for n, c in self.columns.items() if n != name})
+
+    def with_column(self, name: str, column: torch.Tensor) -> Rows:
+        return Rows({**self.columns, name: column})
+
+    def take(self, index: torch.Tensor) -> Rows:
+        """The rows at ``index`` (an integer tensor on the columns' device)."""
+        return self.map(lambda column: column.index_select(0, index))
+
+    def head(self, count: int) -> Rows:
+        return self.map(lambda column: column[:count])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Rows:
+        return self.map(lambda column: column.to(device, non_blocking=non_blocking))
+
+    def sorted(self) -> Rows:
+        """The same rows in dataset order."""
+        positions = self.positions
+        if len(positions) < 2 or bool((positions[1:] > positions[:-1]).all()):
+            return self
+        return self.take(torch.argsort(positions))
+
+    def row_bytes(self) -> int:
+        """Bytes one row takes, over all columns."""
+        return sum(
+            column[0].numel() * column.element_size() if len(column) else 0
+            for column in self.columns.values()
+        )
+
+    @staticmethod
+    def cat(chunks: list[Rows]) -> Rows:
+        if not chunks:
+            raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
+        names = chunks[0].columns
+        return Rows({name: torch.cat([c.columns[name] for c in chunks]) for name in names})
+
+    def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Each column's trailing shape and dtype (to make empty rows of the same kind)."""
+        return {name: (tuple(c.shape[1:]), c.dtype) for name, c in self.columns.items()}
+
+    @staticmethod
+    def empty(layout: dict[str, tuple[tuple[int, ...], torch.dtype]], device="cpu") -> Rows:
+        return Rows(
+            {
+                name: torch.empty((0, *shape), dtype=dtype, device=device)
+                for name, (shape, dtype) in layout.items()
+            }
+        )
+
+
+class RowBuffer:
+    """The rows one process records for one dataset during an epoch.
+
+    With a known ``capacity`` the storage is allocated once, at the first batch, on
+    that batch's device (or in pinned host memory when it would take more than
+    ``max_device_bytes``); batches are copied into it without waiting for the
+    device. Without a capacity (a dataset without a length) the batches are kept as
+    they come and joined at the end.
+    """
+
+    def __init__(
+        self, capacity: int | None, max_device_bytes: int = DEFAULT_MAX_DEVICE_BYTES
+    ) -> None:
+        self.capacity = capacity
+        self.max_device_bytes = max_device_bytes
+        self._count = 0
+        self._chunks: list[Rows] = []
+        self._storage: Rows | None = None
+        self._source: torch.device | None = None  # where the batches come from
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the rows are kept (None before the first batch)."""
+        if self._storage is not None:
+            return self._storage.positions.device
+        return self._chunks[0].positions.device if self._chunks else None
+
+    def append(self, batch: Rows) -> None:
+        n = len(batch)
+        if n == 0:
+            return
+        if self.capacity is None:
+            self._chunks.append(batch)
+            self._count += n
+            return
+        if self._storage is None:
+            self._source = batch.positions.device
+            self._storage = self._allocate(batch)
+        if self._count + n > self.capacity:
+            raise RuntimeError(
+                f"DeephysCallback: the dataloader yielded more than the {self.capacity} "
+                "images its dataset length announced"
+            )
+        start, end = self._count, self._count + n
+        for name, column in batch.columns.items():
+            self._storage.columns[name][start:end].copy_(column, non_blocking=True)
+        self._count = end
+
+    def _allocate(self, like: Rows) -> Rows:
+        device = like.positions.device
+        host = device.type != "cpu" and like.row_bytes() * self.capacity > self.max_device_bytes
+        pin = host and torch.cuda.is_available()
+
+        def empty(column: torch.Tensor) -> torch.Tensor:
+            shape = (self.capacity, *column.shape[1:])
+            if host:
+                return torch.empty(shape, dtype=column.dtype, pin_memory=pin)
+            return torch.empty(shape, dtype=column.dtype, device=device)
+
+        return Rows({name: empty(column) for name, column in like.columns.items()})
+
+    def rows(self) -> Rows:
+        """The recorded rows, in the order they arrived, where they are kept."""
+        if self.capacity is None:
+            return Rows.cat(self._chunks)
+        if self._storage is None:
+            raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
+        if self._source is not None and self._source.type == "cuda" and self.device.type == "cpu":
+            torch.cuda.synchronize(self._source)  # the non-blocking copies into host memory
+        return self._storage.head(self._count)
