@@ -92,7 +92,7 @@ class EpochClock(L.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _first_and_later(device: str, images: int, batch: int, precision: str) -> None:
+def _first_and_later(device: str, images: int, batch: int, precision: str, repeats: int) -> None:
     """ResNet-50 validation epochs in one fit: without the callback, and with it on a
     first recorded epoch (thumbnails kept) and a later one (thumbnails made on the
     device, then dropped: the images did not change)."""
@@ -130,19 +130,23 @@ def _first_and_later(device: str, images: int, batch: int, precision: str) -> No
             trainer.fit(model, train, val_dataloaders=loaders)
         return clock.seconds
 
-    bare = fit([])
-    recorded = fit([DeephysCallback(layer="net.avgpool")])
-    base = statistics.mean(bare)
+    bare, first, later = [], [], []
+    for _ in range(repeats):  # interleaved, so drift hits every side alike
+        bare += fit([])
+        epochs = fit([DeephysCallback(layer="net.avgpool")])
+        first.append(epochs[0])
+        later.append(epochs[1])
+    base = statistics.median(bare)
     print(
         f"\nResNet-50, 3 x {images} images, 224 px, batch {batch}, {device}, {precision} "
-        "(one validation epoch):"
+        f"(one validation epoch, median of {repeats} fits):"
     )
-    print(f"  without callback       {base:8.2f} s   (epochs {bare[0]:.2f}, {bare[1]:.2f} s)")
-    for label, seconds in (
-        ("first recorded epoch", recorded[0]),
-        ("later recorded epoch", recorded[1]),
-    ):
-        print(f"  {label:22s} {seconds:8.2f} s   ratio {seconds / base:.2f}x")
+    epochs_bare = ", ".join(f"{t:.1f}" for t in bare)
+    print(f"  without callback       {base:8.2f} s   (epochs {epochs_bare} s)")
+    for label, seconds in (("first recorded epoch", first), ("later recorded epoch", later)):
+        t = statistics.median(seconds)
+        each = ", ".join(f"{x:.1f}" for x in seconds)
+        print(f"  {label:22s} {t:8.2f} s   ratio {t / base:.2f}x   ({each} s)")
 
 
 def _validate(model, loaders, callbacks, logdir) -> float:
@@ -335,9 +339,9 @@ def main() -> None:
     for name in args.models:
         _speed(cases[name](), args.repeats)
     if args.device == "cuda":
-        _first_and_later("cuda", args.images or 10_000, 256, "bf16-mixed")
+        _first_and_later("cuda", args.images or 10_000, 256, "bf16-mixed", args.repeats)
     elif args.device == "cpu":
-        _first_and_later("cpu", args.images or 1024, 64, "32-true")
+        _first_and_later("cpu", args.images or 1024, 64, "32-true", args.repeats)
     if args.memory:
         _memory()
     if args.log_size:

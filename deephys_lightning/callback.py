@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
-from deephys_lightning import detection, event_files, fast_crc
+from deephys_lightning import detection, event_files, fast_crc, options, writing
 from deephys_lightning import rows as row_columns
 from deephys_lightning.capture import (
     Denormalize,
@@ -52,7 +52,6 @@ from deephys_lightning.log_state import LogState
 from deephys_lightning.rows import DEFAULT_MAX_DEVICE_BYTES, RowBuffer, Rows
 from deephys_lightning.sampling import SamplingPlan
 from deephys_lightning.summary import (
-    DatasetRecording,
     EventFileSink,
     FileWriterSink,
     SummarySink,
@@ -63,8 +62,7 @@ from tb_plugin import assets, metadata
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
-# The evaluations that can record: validation in fit, trainer.validate, trainer.test.
-STAGES = ("fit", "validate", "test")
+STAGES = options.STAGES  # the evaluations that can record
 _LOADER_KIND = {"fit": "validation", "validate": "validation", "test": "test"}
 
 
@@ -197,97 +195,40 @@ class DeephysCallback(Callback):
         max_device_buffer_bytes: int = DEFAULT_MAX_DEVICE_BYTES,
         gather_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     ) -> None:
-        self.layers = _check_layers(layer, layers)
-        if class_names is not None:
-            if isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
-                raise MisconfigurationException(
-                    "DeephysCallback(class_names=...) must be a list of strings, got "
-                    f"{class_names!r}"
-                )
-            if len(class_names) == 0:
-                raise MisconfigurationException(
-                    "DeephysCallback(class_names=...) is empty; give one name per class"
-                )
-        _check_positive_int("every_n_epochs", every_n_epochs)
-        _check_positive_int("top_k", top_k)
-        if max_images is not None:
-            _check_positive_int("max_images", max_images)
-        if max_activation_bytes is not None:
-            _check_positive_int("max_activation_bytes", max_activation_bytes, minimum=0)
-        _check_positive_int("thumbnail_size", thumbnail_size, minimum=8)
-        _check_positive_int("max_device_buffer_bytes", max_device_buffer_bytes, minimum=0)
-        _check_positive_int("gather_chunk_bytes", gather_chunk_bytes)
-        if ind is not None and not isinstance(ind, (str, int)):
-            raise MisconfigurationException(
-                f"DeephysCallback(ind=...) must be a dataset name or a dataloader index, "
-                f"got {ind!r}"
-            )
-        if not (callable(reduction) or reduction in ("auto", "none")):
-            raise MisconfigurationException(
-                f"DeephysCallback(reduction=...) must be 'auto', 'none' or a function, "
-                f"got {reduction!r}"
-            )
-        if isinstance(output_selector, Mapping):
-            unknown = sorted(set(output_selector) - set(self.layers))
-            if unknown:
-                raise MisconfigurationException(
-                    f"DeephysCallback(output_selector=...) names layers {unknown} that are not "
-                    f"recorded; recorded layers: {self.layers}"
-                )
-        if (
-            denormalize is not None
-            and not callable(denormalize)
-            and not (isinstance(denormalize, (tuple, list)) and len(denormalize) == 2)
-        ):
-            raise MisconfigurationException(
-                "DeephysCallback(denormalize=...) must be (mean, std) or a function, got "
-                f"{denormalize!r}"
-            )
-        self.class_names = list(class_names) if class_names is not None else None
-        self.ind = ind
-        self.dataset_names = _check_dataset_names(dataset_names)
-        self.stages = _check_stages(stages)
-        flags = (("log_scalars", log_scalars), ("log_histograms", log_histograms))
-        for name, flag in (*flags, ("strict", strict), ("refresh_thumbnails", refresh_thumbnails)):
-            if not isinstance(flag, bool):
-                raise MisconfigurationException(
-                    f"DeephysCallback({name}=...) must be True or False, got {flag!r}"
-                )
-        self.log_scalars = log_scalars
-        self.log_histograms = log_histograms
-        self.strict = strict
-        self.refresh_thumbnails = refresh_thumbnails
-        self.max_device_buffer_bytes = max_device_buffer_bytes
-        self.gather_chunk_bytes = gather_chunk_bytes
-        self._warned_failures: set[str] = set()
-        self.every_n_epochs = every_n_epochs
+        self.layers = options.check_layers(layer, layers)
+        self.class_names = options.check_names("class_names", class_names)
+        self.ind = options.check_ind(ind)
+        self.dataset_names = options.check_names("dataset_names", dataset_names)
+        self.stages = options.check_stages(stages)
+        self.every_n_epochs = options.check_int("every_n_epochs", every_n_epochs)
         self.logits_layer = logits_layer
-        self.output_selector = output_selector
-        self.reduction = reduction
+        self.output_selector = options.check_output_selector(output_selector, self.layers)
+        self.reduction = options.check_reduction(reduction)
         self.relu = relu
-        self.top_k = top_k
-        self.max_images = max_images
-        self.max_activation_bytes = max_activation_bytes
+        self.top_k = options.check_int("top_k", top_k)
+        self.max_images = options.check_int("max_images", max_images, optional=True)
+        self.max_activation_bytes = options.check_int(
+            "max_activation_bytes", max_activation_bytes, minimum=0, optional=True
+        )
+        self.record_logits = options.check_record_logits(record_logits)
         self.thumbnails = thumbnails
-        self.thumbnail_size = thumbnail_size
-        self.denormalize = denormalize
+        self.thumbnail_size = options.check_int("thumbnail_size", thumbnail_size, minimum=8)
+        self.denormalize = options.check_denormalize(denormalize)
         self.input_key = input_key
         self.target_key = target_key
         self.unpack_batch = unpack_batch
         self.record_fast_dev_run = record_fast_dev_run
-        if record_logits not in (None, True, False):
-            raise MisconfigurationException(
-                f"DeephysCallback(record_logits=...) must be True, False or None, got "
-                f"{record_logits!r}"
-            )
-        self.record_logits = record_logits
-        try:
-            self.ood_detectors = detection.check_detectors(ood_detectors)
-        except ValueError as error:
-            raise MisconfigurationException(
-                f"DeephysCallback(ood_detectors=...): {error}"
-            ) from None
+        self.ood_detectors = options.check_detectors(ood_detectors)
+        self.log_scalars = options.check_flag("log_scalars", log_scalars)
+        self.log_histograms = options.check_flag("log_histograms", log_histograms)
+        self.strict = options.check_flag("strict", strict)
+        self.refresh_thumbnails = options.check_flag("refresh_thumbnails", refresh_thumbnails)
+        self.max_device_buffer_bytes = options.check_int(
+            "max_device_buffer_bytes", max_device_buffer_bytes, minimum=0
+        )
+        self.gather_chunk_bytes = options.check_int("gather_chunk_bytes", gather_chunk_bytes)
 
+        self._warned_failures: set[str] = set()
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -760,15 +701,13 @@ class DeephysCallback(Callback):
         if step <= state.last_step:
             # Held, or before the run's last step (TensorBoard's Rust loader drops a
             # run's later steps after an earlier one): a run of its own beside it.
-            log_dir = _evaluation_dir(log_dir, self._stage, step)
+            log_dir = writing.evaluation_dir(log_dir, self._stage, step)
             state = self._log_state(log_dir)
             held = f"a {holder} record at step {step}" if holder else f"steps up to {step}"
             rank_zero_info(
                 f"DeephysCallback: {self._destination} already holds {held}; this "
                 f"{self._stage} record goes to the run {log_dir}"
             )
-        recordings: dict[str, DatasetRecording] = {}
-        digests: dict[str, str] = {}
         order = _ind_first(names, self.ind, self._stage)
         if order[0] not in gathered:
             rank_zero_warn(
@@ -778,33 +717,18 @@ class DeephysCallback(Callback):
             )
             return
         for idx in order:
-            rows = gathered.get(idx)
-            if rows is None:
+            if idx not in gathered:
                 rank_zero_warn(
                     f"DeephysCallback: {names[idx]!r} recorded no images at step {step}; it "
                     "is left out of this record."
                 )
-                continue
-            name = names[idx]
-            thumbs = None
-            if rows.thumbs is not None:
-                digest = metadata.thumbnails_digest(rows.thumbs.numpy())
-                if state.thumbnails.get(name) != digest:
-                    thumbs = rows.thumbs.numpy()
-                    digests[name] = digest
-            acts = {layer: a.numpy() for layer, a in rows.acts.items()}
-            recordings[name] = DatasetRecording(
-                labels=rows.labels.numpy(),
-                predictions=rows.preds.numpy(),
-                activations=acts,
-                logits=self._logits_to_write(rows.logits, acts),
-                logit_scores=None if rows.logit_scores is None else rows.logit_scores.numpy(),
-                thumbnails=thumbs,
-                thumbnails_digest=digests.get(name),
-                positions=rows.positions.numpy(),
-            )
-        class_names = self._class_names(num_classes, recordings)
-        _warn_non_finite(recordings)
+        recordings, digests = writing.dataset_recordings(
+            {names[idx]: gathered[idx] for idx in order if idx in gathered},
+            state.thumbnails,
+            self._logits_to_write,
+        )
+        class_names = writing.class_names_for(num_classes, recordings, self._known_class_names)
+        writing.warn_non_finite(recordings)
         record = Record(
             step=step,
             epoch=epoch,
@@ -817,7 +741,7 @@ class DeephysCallback(Callback):
             stage=self._stage,
             dataset_sizes={name: self._dataset_sizes.get(name) for name in recordings},
         )
-        _warn_partial(record, self.max_images)
+        writing.warn_partial(record, self.max_images)
         sink = self._sink_for(trainer) if log_dir == self._destination else None
         write_record(
             sink or self._event_file_sink(log_dir),
@@ -931,22 +855,6 @@ class DeephysCallback(Callback):
         names = _datamodule_class_names(trainer)
         return None if names is None else GivenClassNames(names, "the datamodule's class names")
 
-    def _class_names(
-        self, num_classes: int, recordings: Mapping[str, DatasetRecording]
-    ) -> list[str]:
-        max_label = max(
-            (int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1
-        )
-        given = self._known_class_names  # found at the epoch's start
-        if given is None:
-            return [str(i) for i in range(max(num_classes, max_label + 1))]
-        if max_label >= len(given.names):
-            raise MisconfigurationException(
-                f"{given.source} has {len(given.names)} names, but the labels go up to "
-                f"{max_label}; give one name per class."
-            )
-        return list(given.names)
-
     def _sink_for(self, trainer: pl.Trainer) -> SummarySink:
         """The TensorBoardLogger's writer (fetched anew: a finished fit closes it), else ours."""
         logger = _tensorboard_logger(trainer)
@@ -969,30 +877,6 @@ class DeephysCallback(Callback):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-
-
-def _check_layers(layer: str | None, layers: Sequence[str] | None) -> list[str]:
-    if (layer is None) == (layers is None):
-        raise MisconfigurationException(
-            "DeephysCallback needs exactly one of layer='dotted.module.name' or "
-            f"layers=[...], got layer={layer!r} and layers={layers!r}"
-        )
-    names = [layer] if layer is not None else list(layers or [])
-    if not names or not all(isinstance(n, str) and n for n in names):
-        raise MisconfigurationException(
-            "DeephysCallback(layer/layers=...) must be dotted module names such as "
-            f"'backbone.fc1', got {layer if layer is not None else layers!r}"
-        )
-    if len(set(names)) != len(names):
-        raise MisconfigurationException(f"DeephysCallback(layers=...) repeats a name: {names}")
-    return names
-
-
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise MisconfigurationException(
-            f"DeephysCallback({name}=...) must be an integer >= {minimum}, got {value!r}"
-        )
 
 
 def _tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -1086,29 +970,6 @@ def _check_loader_names(names: list[str], stage: str) -> None:
         seen[tag] = name
 
 
-def _check_dataset_names(names: Sequence[str] | None) -> list[str] | None:
-    if names is None:
-        return None
-    if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
-        raise MisconfigurationException(
-            f"DeephysCallback(dataset_names=...) must be a list of strings, got {names!r}"
-        )
-    if len(set(names)) != len(names):
-        raise MisconfigurationException(
-            f"DeephysCallback(dataset_names=...) repeats a name: {list(names)}"
-        )
-    return list(names)
-
-
-def _check_stages(stages: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(stages, str) or not stages or not all(s in STAGES for s in stages):
-        raise MisconfigurationException(
-            f"DeephysCallback(stages=...) must be a non-empty list drawn from {list(STAGES)}, "
-            f"got {stages!r} (to record nothing, leave the callback out)"
-        )
-    return tuple(stages)
-
-
 def _stage(trainer: pl.Trainer) -> str:
     """Which evaluation runs: validation in fit (with its sanity check), validate, test."""
     if trainer.state.fn == TrainerFn.TESTING:
@@ -1135,32 +996,6 @@ def _load_checkpoint_header(path: str) -> dict[str, Any]:
         from lightning.fabric.utilities.cloud_io import _load
 
         return _load(path, map_location="cpu")
-
-
-def _evaluation_dir(log_dir: str, stage: str, step: int) -> str:
-    """A new run directory under ``log_dir`` for an evaluation at a step it already has."""
-    base = os.path.join(log_dir, f"{stage}_step{step}")
-    path, n = base, 1
-    while True:
-        try:
-            os.makedirs(path)  # claimed: two jobs never pick the same directory
-            return path
-        except FileExistsError:
-            n += 1
-            path = f"{base}_{n}"
-
-
-def _warn_partial(record: Record, max_images: int | None) -> None:
-    """Say when a set was recorded in part for another reason than ``max_images``."""
-    for name in record.datasets:
-        size = record.dataset_sizes.get(name)
-        count = record.num_images[name]
-        if size is not None and count < min(size, max_images or size):
-            rank_zero_warn(
-                f"DeephysCallback: {count} of the {size} images of {name!r} were recorded "
-                "(limit_val_batches / limit_test_batches, or a dataloader that stops "
-                "early); the scores describe that part. The tab shows 'N of M images'."
-            )
 
 
 def _sampling_plan(loader: Any, trainer: pl.Trainer, max_images: int | None) -> SamplingPlan:
@@ -1232,20 +1067,3 @@ def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if tensor.device.type == "cpu" and device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def _warn_non_finite(recordings: Mapping[str, DatasetRecording]) -> None:
-    for name, rec in recordings.items():
-        for layer, acts in rec.activations.items():
-            rows = torch.from_numpy(acts)
-            bad = sum(  # in blocks: a full boolean mask would be half the matrix again
-                int((~torch.isfinite(rows[i : i + 4096])).sum()) for i in range(0, len(rows), 4096)
-            )
-            if bad:
-                rank_zero_warn(
-                    f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "
-                    "or infinite (float16 overflows above 65504). They are recorded as they "
-                    "are; scores of the affected neurons are NaN. Record a layer whose "
-                    "outputs stay in float16's range (after a normalization), or scale it "
-                    "with reduction=."
-                )

@@ -1,7 +1,7 @@
 """Run trainer.validate, then trainer.test, with DeephysCallback on 1 or 2 CPU
 processes (DDP, gloo).
 
-    python tests/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES]
+    python tests/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES|-] [STRATEGY] [CHUNK_BYTES]
 
 Used by test_distributed.py: Lightning's "ddp" strategy starts the second process
 by running this script again, so it must be a script, not a test function.
@@ -21,15 +21,19 @@ from deephys_lightning import DeephysCallback
 
 def main() -> None:
     logdir, weights, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    max_images = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    max_images = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+    strategy = sys.argv[5] if len(sys.argv) > 5 else "ddp"
+    chunk_bytes = {"gather_chunk_bytes": int(sys.argv[6])} if len(sys.argv) > 6 else {}
     model = TinyNet()
     model.load_state_dict(torch.load(weights))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy if devices > 1 else "auto",
         logger=TensorBoardLogger(logdir, name="run", version=0),
-        callbacks=[DeephysCallback(layers=["fc", "features.0"], max_images=max_images)],
+        callbacks=[
+            DeephysCallback(layers=["fc", "features.0"], max_images=max_images, **chunk_bytes)
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
     )

@@ -1,4 +1,5 @@
-"""DDP with two CPU processes (gloo) logs the same arrays as one process."""
+"""DDP and ddp_spawn with two CPU processes (gloo) log the same arrays as one process,
+also when every column is gathered in chunks of 64 bytes."""
 
 from __future__ import annotations
 
@@ -30,12 +31,17 @@ def _run(logdir, weights, devices, *extra):
     return read_log(Path(logdir) / "run" / "version_0")
 
 
-@pytest.mark.parametrize("max_images", [None, 5])
-def test_two_processes_log_what_one_process_logs(tmp_path, max_images):
+@pytest.mark.parametrize(
+    ("max_images", "strategy", "chunk_bytes"),
+    [(None, "ddp", None), (5, "ddp", None), (None, "ddp_spawn", 64)],
+    ids=["ddp", "ddp-max_images", "ddp_spawn-64-byte-chunks"],
+)
+def test_two_processes_log_what_one_process_logs(tmp_path, max_images, strategy, chunk_bytes):
     weights = tmp_path / "weights.pt"
     torch.manual_seed(0)
     torch.save(TinyNet().state_dict(), weights)
-    extra = () if max_images is None else (max_images,)
+    extra = ("-" if max_images is None else max_images, strategy)
+    extra += () if chunk_bytes is None else (chunk_bytes,)
     single = _run(tmp_path / "single", weights, 1, *extra)
     double = _run(tmp_path / "double", weights, 2, *extra)
     assert double.datasets == single.datasets == ("ind", "ood", "odd")
