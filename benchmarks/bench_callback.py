@@ -130,23 +130,25 @@ def _first_and_later(device: str, images: int, batch: int, precision: str, repea
             trainer.fit(model, train, val_dataloaders=loaders)
         return clock.seconds
 
-    bare, first, later = [], [], []
+    bare_first, bare_later, first, later = [], [], [], []
     for _ in range(repeats):  # interleaved, so drift hits every side alike
-        bare += fit([])
+        epochs = fit([])
+        bare_first.append(epochs[0])
+        bare_later.append(epochs[1])
         epochs = fit([DeephysCallback(layer="net.avgpool")])
         first.append(epochs[0])
         later.append(epochs[1])
-    base = statistics.median(bare)
     print(
         f"\nResNet-50, 3 x {images} images, 224 px, batch {batch}, {device}, {precision} "
-        f"(one validation epoch, median of {repeats} fits):"
+        f"(one validation epoch, median of {repeats} fits; each epoch against the same "
+        "epoch without the callback):"
     )
-    epochs_bare = ", ".join(f"{t:.1f}" for t in bare)
-    print(f"  without callback       {base:8.2f} s   (epochs {epochs_bare} s)")
-    for label, seconds in (("first recorded epoch", first), ("later recorded epoch", later)):
-        t = statistics.median(seconds)
-        each = ", ".join(f"{x:.1f}" for x in seconds)
-        print(f"  {label:22s} {t:8.2f} s   ratio {t / base:.2f}x   ({each} s)")
+    for label, seconds, bare in (
+        ("first recorded epoch", first, bare_first),
+        ("later recorded epoch", later, bare_later),
+    ):
+        t, base = statistics.median(seconds), statistics.median(bare)
+        print(f"  {label:22s} {t:8.2f} s   without {base:8.2f} s   ratio {t / base:.2f}x")
 
 
 def _validate(model, loaders, callbacks, logdir) -> float:

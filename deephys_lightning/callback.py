@@ -49,7 +49,7 @@ from deephys_lightning.capture import (
 )
 from deephys_lightning.gather import DEFAULT_CHUNK_BYTES, gather_rows
 from deephys_lightning.log_state import LogState
-from deephys_lightning.rows import DEFAULT_MAX_DEVICE_BYTES, RowBuffer, Rows
+from deephys_lightning.rows import DEFAULT_MAX_DEVICE_BYTES, DeviceBudget, RowBuffer, Rows
 from deephys_lightning.sampling import SamplingPlan
 from deephys_lightning.summary import (
     EventFileSink,
@@ -150,9 +150,10 @@ class DeephysCallback(Callback):
             dataset in each ``fit``, ``validate`` or ``test`` call, and on an epoch
             whose images differ from the last one's (each image's input fingerprint, a
             projection computed on the device, compared at the end of the epoch).
-        max_device_buffer_bytes: the rows of a dataset are kept on the recording
-            device while they take at most this much (default 4 GiB); larger ones go
-            to pinned host memory with non-blocking copies, batch by batch.
+        max_device_buffer_bytes: the epoch's rows (all datasets together) are kept on
+            the recording device while they take at most this much (default 4 GiB);
+            the columns beyond it, and thumbnails always, go to pinned host memory
+            with non-blocking copies, batch by batch.
         gather_chunk_bytes: under several processes, rows are gathered column by
             column in chunks of at most this many bytes per process (default 256 MiB;
             the collective's result is ``world_size`` times that, on the root device).
@@ -246,9 +247,11 @@ class DeephysCallback(Callback):
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
         self._buffers: dict[int, RowBuffer] = {}
+        self._device_budget = DeviceBudget(max_device_buffer_bytes)
         # Each dataset's input fingerprints at its last recorded epoch (CPU, dataset
         # order): its thumbnails are kept again only when they change.
         self._fingerprints: dict[str, torch.Tensor] = {}
+        self._new_fingerprints: dict[str, torch.Tensor] = {}  # this epoch's, until written
 
         self._plans: dict[int, SamplingPlan] = {}
         self._seen: dict[int, int] = {}
@@ -410,6 +413,7 @@ class DeephysCallback(Callback):
                 "with it. Give it images, or name another dataloader with ind=."
             )
         self._buffers = {}
+        self._device_budget = DeviceBudget(self.max_device_buffer_bytes)  # for all sets
         self._seen = {}
         self._checked_loaders = set()
         self._num_classes = 0
@@ -490,7 +494,10 @@ class DeephysCallback(Callback):
         return hook
 
     def _on_logits_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if not self._capturing:
+        # The first output of the batch: under DDP in fit, Lightning runs validation_step
+        # through the wrapped module's forward, so the LightningModule's hook also sees
+        # validation_step's return value, after the self(x) inside it.
+        if not self._capturing or self._pending_logits:
             return
         if not isinstance(output, torch.Tensor):
             where = (
@@ -580,7 +587,8 @@ class DeephysCallback(Callback):
             rows = rows.take(_to(torch.nonzero(keep).reshape(-1), device))
         buffer = self._buffers.get(dataloader_idx)
         if buffer is None:
-            buffer = RowBuffer(plan.capacity, self.max_device_buffer_bytes)
+            host = frozenset({row_columns.THUMBS})  # made on the device, kept on the host
+            buffer = RowBuffer(plan.capacity, self._device_budget, host_columns=host)
             self._buffers[dataloader_idx] = buffer
         buffer.append(rows)
 
@@ -622,9 +630,11 @@ class DeephysCallback(Callback):
                 local_thumbs = local.select([row_columns.THUMBS])
                 local = local.without(row_columns.THUMBS)
             rows = gather(local)
-            # The same decision on every process (from the same gathered fingerprints):
+            # Rank zero decides and every process follows (the same collectives on all):
             # the thumbnails travel, and are written, only when they may be new.
-            if self.thumbnails and self._thumbnails_needed(names[idx], rows):
+            if self.thumbnails and self._broadcast(
+                trainer, self._thumbnails_needed(trainer, names[idx], rows)
+            ):
                 thumbs = gather(local_thumbs)
                 if rows is not None and thumbs is not None:
                     rows = rows.with_column(row_columns.THUMBS, thumbs.thumbs)
@@ -640,13 +650,17 @@ class DeephysCallback(Callback):
         if not gathered:
             return
         try:
-            self._write_rank_zero(trainer, names, gathered, num_classes)
+            if self._write_rank_zero(trainer, names, gathered, num_classes):
+                # Only thumbnails that reached the log count as made: a failed or
+                # skipped write keeps them due at the next recorded epoch.
+                self._fingerprints.update(self._new_fingerprints)
         except MisconfigurationException:
             raise
         except Exception as error:  # the callback's own I/O must not end training
             if self.strict:
                 raise
             self._warn_write_failure(trainer, error)
+        self._new_fingerprints = {}
 
     def _labelled_rows(self, name: str, rows: Rows) -> Rows:
         """``rows`` without the images whose label is negative (-100 and other ignore
@@ -669,23 +683,37 @@ class DeephysCallback(Callback):
             )
         return rows
 
-    def _thumbnails_needed(self, name: str, rows: Rows | None) -> bool:
-        """Whether this epoch's thumbnails of ``name`` are to be kept: on its first
-        recorded epoch (in this fit, validate or test call), when its images differ
-        from the last recorded epoch's (by their input fingerprints), or always with
+    def _thumbnails_needed(self, trainer: pl.Trainer, name: str, rows: Rows | None) -> bool:
+        """Whether this epoch's thumbnails of ``name`` are to be kept (rank zero's view;
+        :meth:`_broadcast` makes it every process's): on its first recorded epoch that
+        reached the log in this fit, validate or test call, when its images differ
+        from the last written epoch's (by their input fingerprints), when the record
+        goes to a run that lacks them (an evaluation's own run), or always with
         ``refresh_thumbnails``."""
         fingerprints = None if rows is None else rows.get(row_columns.FINGERPRINTS)
-        before = self._fingerprints.get(name)
         if fingerprints is not None:
-            self._fingerprints[name] = fingerprints
+            self._new_fingerprints[name] = fingerprints
+        before = self._fingerprints.get(name)
         if self.refresh_thumbnails or before is None or fingerprints is None:
             return True
+        if trainer.global_rank == 0:
+            state = self._log_state(self._destination)
+            if name not in state.thumbnails or self._position[0] <= state.last_step:
+                return True  # the destination lacks them, or the record goes elsewhere
         return not _same_fingerprints(before, fingerprints)
+
+    @staticmethod
+    def _broadcast(trainer: pl.Trainer, decision: bool) -> bool:
+        """Rank zero's ``decision``, on every process."""
+        if trainer.world_size == 1:
+            return decision
+        return bool(trainer.strategy.broadcast(decision, 0))
 
     @rank_zero_only
     def _write_rank_zero(
         self, trainer: pl.Trainer, names: list[str], gathered: dict[int, Rows], num_classes: int
-    ) -> None:
+    ) -> bool:
+        """Write the epoch's record (rank zero only); True when it reached the log."""
         step, epoch = self._position
         log_dir = self._destination
         state = self._log_state(log_dir)
@@ -697,7 +725,7 @@ class DeephysCallback(Callback):
                 "it is kept and this validation is not recorded again. Log to a new version "
                 "(a new TensorBoardLogger) to record it."
             )
-            return
+            return False
         if step <= state.last_step:
             # Held, or before the run's last step (TensorBoard's Rust loader drops a
             # run's later steps after an earlier one): a run of its own beside it.
@@ -715,7 +743,7 @@ class DeephysCallback(Callback):
                 f"images at step {step}, so nothing is recorded: every score compares the "
                 "other sets with it."
             )
-            return
+            return False
         for idx in order:
             if idx not in gathered:
                 rank_zero_warn(
@@ -767,6 +795,7 @@ class DeephysCallback(Callback):
                 f"{error}); nothing is lost: the steps are found in the events next time "
                 "(unchanged thumbnails may be written again). Make the folder writable.",
             )
+        return True
 
     def _warn_write_failure(self, trainer: pl.Trainer, error: Exception) -> None:
         """Say once per cause that a record could not be written; training goes on."""
@@ -1056,7 +1085,7 @@ def _datamodule_class_names(trainer: pl.Trainer) -> list[str] | None:
 
 
 def _same_fingerprints(before: torch.Tensor, now: torch.Tensor) -> bool:
-    return before.shape == now.shape and bool(torch.allclose(before, now, rtol=1e-5, atol=1e-5))
+    return torch.equal(before, now)  # the same inputs give the same bits
 
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

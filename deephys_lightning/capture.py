@@ -177,8 +177,8 @@ def denormalize_inputs(inputs: torch.Tensor, denormalize: Denormalize | None) ->
     mean, std = denormalize
     x = inputs.detach().float()
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
+    mean_t = _constant(mean, x.device).reshape(shape)
+    std_t = _constant(std, x.device).reshape(shape)
     if x.ndim < 2 or mean_t.numel() not in (1, x.shape[1]) or std_t.numel() != mean_t.numel():
         raise ValueError(
             f"DeephysCallback(denormalize=(mean, std)): {mean_t.numel()} means and "
@@ -243,11 +243,27 @@ def input_fingerprints(inputs: torch.Tensor) -> torch.Tensor:
 
 
 _DIRECTIONS: dict[tuple[int, str], torch.Tensor] = {}
+_CONSTANTS: dict[tuple[tuple[float, ...], str], torch.Tensor] = {}
+_CACHED = 16  # entries per cache: enough for a run's input sizes and devices
+
+
+def _constant(values: Any, device: torch.device) -> torch.Tensor:
+    """float32 ``values`` on ``device``, copied there once (the first batch, in the sanity
+    check), not on every batch: a copy from host memory would wait for the device."""
+    flat = tuple(float(v) for v in torch.as_tensor(values, dtype=torch.float64).reshape(-1))
+    key = (flat, str(device))
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) >= _CACHED:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = torch.tensor(flat, dtype=torch.float32, device=device)
+    return _CONSTANTS[key]
 
 
 def _direction(length: int, device: torch.device) -> torch.Tensor:
     key = (length, str(device))
     if key not in _DIRECTIONS:  # drawn on the device itself: no copy to wait for
+        if len(_DIRECTIONS) >= _CACHED:
+            _DIRECTIONS.clear()
         generator = torch.Generator(device=device).manual_seed(length)
         direction = torch.rand(length, generator=generator, device=device)
         _DIRECTIONS[key] = direction + 0.5  # no component near 0

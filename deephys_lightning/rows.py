@@ -9,9 +9,9 @@ all columns alike, so adding a per-image field is one name, not nine edits.
 :class:`RowBuffer` collects a dataset's rows during an epoch where they are
 produced, on the recording device: storage is allocated once, at the first batch,
 for the rows the dataset announces, and each batch is copied into its slots with
-``non_blocking`` copies, so the per-batch path never waits for the device. Where the
-storage would exceed ``max_device_bytes``, it lives in pinned host memory instead,
-filled with non-blocking device-to-host copies.
+``non_blocking`` copies, so the per-batch path never waits for the device. Columns
+beyond the epoch's :class:`DeviceBudget` (shared by all datasets), and thumbnails
+always, live in pinned host memory instead, filled with non-blocking copies.
 
 Example::
 
@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -100,6 +101,10 @@ class Rows:
         """The rows with ``transform`` applied to every column."""
         return Rows({name: transform(column) for name, column in self.columns.items()})
 
+    def map_named(self, transform) -> Rows:
+        """The rows with ``transform(name, column)`` applied to every column."""
+        return Rows({name: transform(name, column) for name, column in self.columns.items()})
+
     def select(self, names: list[str]) -> Rows:
         """Only the columns ``names`` (positions always)."""
         keep = {POSITIONS, *names}
@@ -156,21 +161,41 @@ class Rows:
         )
 
 
+class DeviceBudget:
+    """How many bytes of an accelerator's memory the epoch's row storage may still take
+    (one budget for all datasets of the epoch)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.left = max_bytes
+
+    def take(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more fit; if so they are counted as taken."""
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
+
+
 class RowBuffer:
     """The rows one process records for one dataset during an epoch.
 
     With a known ``capacity`` the storage is allocated once, at the first batch, on
-    that batch's device (or in pinned host memory when it would take more than
-    ``max_device_bytes``); batches are copied into it without waiting for the
-    device. Without a capacity (a dataset without a length) the batches are kept as
-    they come and joined at the end.
+    that batch's device, column by column while ``budget`` allows (and the device has
+    the memory); other columns, and the ``host_columns`` (thumbnails: the device only
+    makes them), live in pinned host memory, filled with non-blocking copies. Without
+    a capacity (a dataset without a length) the batches are kept as they come, on the
+    device within the budget and on the host beyond it, and joined at the end.
     """
 
     def __init__(
-        self, capacity: int | None, max_device_bytes: int = DEFAULT_MAX_DEVICE_BYTES
+        self,
+        capacity: int | None,
+        budget: DeviceBudget | None = None,
+        host_columns: frozenset[str] = frozenset(),
     ) -> None:
         self.capacity = capacity
-        self.max_device_bytes = max_device_bytes
+        self.budget = budget if budget is not None else DeviceBudget(DEFAULT_MAX_DEVICE_BYTES)
+        self.host_columns = host_columns
         self._count = 0
         self._chunks: list[Rows] = []
         self._storage: Rows | None = None
@@ -181,7 +206,7 @@ class RowBuffer:
 
     @property
     def device(self) -> torch.device | None:
-        """Where the rows are kept (None before the first batch)."""
+        """Where the rows' positions are kept (None before the first batch)."""
         if self._storage is not None:
             return self._storage.positions.device
         return self._chunks[0].positions.device if self._chunks else None
@@ -190,12 +215,20 @@ class RowBuffer:
         n = len(batch)
         if n == 0:
             return
+        if self._source is None:
+            self._source = batch.positions.device
+        cuda = self._source.type == "cuda"
         if self.capacity is None:
-            self._chunks.append(batch)
+            self._chunks.append(
+                batch.map_named(
+                    lambda name, column: (
+                        column if self._on_device(name, column.nbytes) else _to_host(column, cuda)
+                    )
+                )
+            )
             self._count += n
             return
         if self._storage is None:
-            self._source = batch.positions.device
             self._storage = self._allocate(batch)
         if self._count + n > self.capacity:
             raise RuntimeError(
@@ -204,28 +237,56 @@ class RowBuffer:
             )
         start, end = self._count, self._count + n
         for name, column in batch.columns.items():
-            self._storage.columns[name][start:end].copy_(column, non_blocking=True)
+            self._storage.columns[name][start:end].copy_(column, non_blocking=cuda)
         self._count = end
+
+    def _on_device(self, name: str, nbytes: int) -> bool:
+        """Whether a column of ``nbytes`` stays on the (accelerator) device."""
+        if self._source is None or self._source.type == "cpu":
+            return True
+        return name not in self.host_columns and self.budget.take(nbytes)
 
     def _allocate(self, like: Rows) -> Rows:
         device = like.positions.device
-        host = device.type != "cpu" and like.row_bytes() * self.capacity > self.max_device_bytes
-        pin = host and torch.cuda.is_available()
+        pin = device.type == "cuda"
 
-        def empty(column: torch.Tensor) -> torch.Tensor:
+        def empty(name: str, column: torch.Tensor) -> torch.Tensor:
             shape = (self.capacity, *column.shape[1:])
-            if host:
-                return torch.empty(shape, dtype=column.dtype, pin_memory=pin)
-            return torch.empty(shape, dtype=column.dtype, device=device)
+            nbytes = math.prod(shape) * column.element_size()
+            if self._on_device(name, nbytes):
+                try:
+                    return torch.empty(shape, dtype=column.dtype, device=device)
+                except torch.OutOfMemoryError:
+                    self.budget.left = 0  # the device is full: the rest goes to the host
+            return torch.empty(shape, dtype=column.dtype, pin_memory=pin)
 
-        return Rows({name: empty(column) for name, column in like.columns.items()})
+        return like.map_named(empty)
 
     def rows(self) -> Rows:
         """The recorded rows, in the order they arrived, where they are kept."""
+        if self._source is not None and self._source.type == "cuda":
+            torch.cuda.synchronize(self._source)  # the non-blocking copies to the host
         if self.capacity is None:
-            return Rows.cat(self._chunks)
+            if not self._chunks:
+                raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
+            names = self._chunks[0].columns
+            return Rows({name: _cat([c.columns[name] for c in self._chunks]) for name in names})
         if self._storage is None:
             raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
-        if self._source is not None and self._source.type == "cuda" and self.device.type == "cpu":
-            torch.cuda.synchronize(self._source)  # the non-blocking copies into host memory
         return self._storage.head(self._count)
+
+
+def _to_host(column: torch.Tensor, cuda: bool) -> torch.Tensor:
+    """A copy of ``column`` in host memory, made without waiting (pinned, for CUDA)."""
+    if not cuda:
+        return column.to("cpu")
+    host = torch.empty(column.shape, dtype=column.dtype, pin_memory=True)
+    host.copy_(column, non_blocking=True)
+    return host
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Join the parts of one column, on the host when any of them is there."""
+    if any(p.device.type == "cpu" for p in parts):
+        parts = [p.to("cpu") for p in parts]
+    return torch.cat(parts)

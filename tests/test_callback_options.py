@@ -358,3 +358,48 @@ def test_a_shuffled_validation_loader_gets_a_warning(tmp_path):
     shuffled = torch.utils.data.DataLoader(random_set(6, 1), batch_size=3, shuffle=True)
     with pytest.warns(UserWarning, match="shuffles"):
         _fit(tmp_path, DeephysCallback(layer="fc"), shuffled)
+
+
+def test_thumbnails_lost_to_a_failed_write_are_made_again(tmp_path, monkeypatch):
+    from deephys_lightning import callback as callback_module
+
+    real = callback_module.write_record
+    calls = []
+
+    def first_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "write_record", first_fails)
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
+    with pytest.warns(UserWarning, match="could not be written"):
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    log = read_log(t.logger.log_dir)
+    assert log.steps == (6, 9)
+    assert log.thumbnails("dataset_0", 6).shape == (5, 8, 8, 3)  # made again at step 6
+    assert _thumbnail_steps(t.logger.log_dir, "dataset_0") == [6]
+
+
+def test_refresh_thumbnails_keeps_every_epochs_but_writes_only_new_ones(tmp_path, monkeypatch):
+    from deephys_lightning import writing
+
+    kept = []
+    real = writing.dataset_recordings
+
+    def spy(rows_by_name, *args, **kwargs):
+        kept.append(all(rows.thumbs is not None for rows in rows_by_name.values()))
+        return real(rows_by_name, *args, **kwargs)
+
+    monkeypatch.setattr(writing, "dataset_recordings", spy)
+    for refresh, expected in ((False, [True, False, False]), (True, [True, True, True])):
+        kept.clear()
+        t = trainer(
+            tmp_path / str(refresh),
+            [DeephysCallback(layer="fc", refresh_thumbnails=refresh)],
+            max_epochs=3,
+        )
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+        assert kept == expected  # the unchanged set's thumbnails cross to the host once
+        assert _thumbnail_steps(t.logger.log_dir, "dataset_0") == [3]  # written once

@@ -66,3 +66,33 @@ def test_two_processes_log_what_one_process_logs(tmp_path, max_images, strategy,
                 rtol=1e-3,
                 atol=1e-4,
             )
+
+
+def test_two_processes_agree_on_when_thumbnails_travel(tmp_path):
+    """In a fit, the second recorded epoch keeps no thumbnails (unchanged images): every
+    process must take the same collectives; a hang or a mismatch fails here."""
+    script = SCRIPT.with_name("ddp_fit.py")
+    env = dict(os.environ, PYTHONPATH=str(SCRIPT.parent), OMP_NUM_THREADS="1")
+    logs = {}
+    for devices in (1, 2):
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / str(devices)), str(devices)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        logs[devices] = read_log(tmp_path / str(devices) / "run" / "version_0")
+    single, double = logs[1], logs[2]
+    assert len(double.steps) == 2 and len(single.steps) == 2
+    for dataset in ("ind", "ood"):
+        for step in double.steps:
+            np.testing.assert_array_equal(
+                double.thumbnails(dataset, step), single.thumbnails(dataset)
+            )
+            np.testing.assert_array_equal(
+                double.positions(dataset, step), np.arange(len(single.positions(dataset)))
+            )
+    folder = tmp_path / "2" / "run" / "version_0" / "plugins" / "deephys" / "thumbnails"
+    assert len([p for p in folder.iterdir() if not p.name.endswith(".crc32c.npy")]) == 2
