@@ -144,12 +144,12 @@ class DeephysCallback(Callback):
         strict: raise when writing a record fails (a full disk, an unwritable folder,
             unexpected data) instead of warning and going on training without that
             record. For CI of your own code.
-        refresh_thumbnails: keep (gather, compare, write if new) the thumbnails of every
+        refresh_thumbnails: keep (gather, digest, write if new) the thumbnails of every
             recorded epoch. By default they are resized on the device every recorded
-            epoch, but cross to the host only on the first recorded epoch of each
-            dataset in each ``fit``, ``validate`` or ``test`` call, and on an epoch
-            whose images differ from the last one's (each image's input fingerprint, a
-            projection computed on the device, compared at the end of the epoch).
+            epoch, but kept only on the first recorded epoch of each dataset in each
+            ``fit``, ``validate`` or ``test`` call, and on an epoch whose images differ
+            from the last written one's (each image's input fingerprint, a projection
+            computed on the device, compared at the end of the epoch).
         max_device_buffer_bytes: the epoch's rows (all datasets together) are kept on
             the recording device while they take at most this much (default 4 GiB);
             the columns beyond it, and thumbnails always, go to pinned host memory
