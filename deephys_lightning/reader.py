@@ -202,11 +202,7 @@ class DeephysLog:
             KeyError: none were recorded, or their file is missing or damaged (the
                 message says which file and why).
         """
-        images = self._read(step, lambda data: data.thumbnails(dataset))
-        try:
-            return np.array(images)
-        except (OSError, ValueError) as error:  # changed or damaged since it was opened
-            raise KeyError(f"the thumbnails of {dataset!r} are unreadable: {error}") from None
+        return self._read(step, lambda data: data.thumbnail_array(dataset))
 
     def _read(self, step: int | None, read: Callable[[StepData], Any], hint: str = "") -> Any:
         """``read`` of the step's data; a missing array becomes a ``KeyError`` that says

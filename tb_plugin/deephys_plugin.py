@@ -335,17 +335,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         self, ctx, experiment_id: str, run: str, dataset: str, index: int, step: int | None
     ) -> bytes:
         """PNG bytes of image ``index`` of ``dataset``."""
-        data = self._step(ctx, experiment_id, run, step)
-        thumbs = data.thumbnails(dataset)  # as many as the record's images
-        data.check_image(dataset, index)
-        try:
-            pixels = thumbs[index]
-        except FileNotFoundError:
-            raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
-        except (OSError, ValueError, IndexError) as error:  # changed underneath: damaged now
-            raise errors.NotFoundError(
-                f"the thumbnails of {dataset!r} are unreadable: {error}"
-            ) from None
+        pixels = self._step(ctx, experiment_id, run, step).thumbnail(dataset, index)
         out = io.BytesIO()
         Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
         return out.getvalue()

@@ -273,20 +273,14 @@ class StepData:
 
     def thumbnails(self, dataset: str) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a time
-        (a ``tb_plugin.assets.ThumbnailFile``)."""
+        (a ``tb_plugin.assets.ThumbnailFile``); :meth:`thumbnail` and
+        :meth:`thumbnail_array` read them with the errors said in words."""
         self.check_dataset(dataset)
         images = self._reader.thumbnails(
             self._ctx, self._experiment_id, self.run, dataset, self.step
         )
         count = self.record.num_images.get(dataset)
-        try:
-            found = len(images)  # the file as it is now
-        except FileNotFoundError:
-            raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
-        except (OSError, ValueError) as error:  # changed on disk since it was opened
-            raise errors.NotFoundError(
-                f"the thumbnails of {dataset!r} are unreadable: {error}"
-            ) from None
+        found = _read_thumbnails(dataset, len, images)  # the file as it is now
         if count is not None and found != count:  # another step's, or a damaged file's
             raise DamagedDataError(
                 f"the thumbnails of {dataset!r} found for step {self.step} hold {found} "
@@ -294,6 +288,16 @@ class StepData:
                 "(a lost thumbnail reference, or a set recorded without thumbnails)"
             )
         return images
+
+    def thumbnail(self, dataset: str, index: int) -> np.ndarray:
+        """uint8 ``[H, W, 3]``: image ``index`` of ``dataset``, read now."""
+        images = self.thumbnails(dataset)
+        self.check_image(dataset, index)
+        return _read_thumbnails(dataset, lambda file: file[index], images)
+
+    def thumbnail_array(self, dataset: str) -> np.ndarray:
+        """uint8 ``[N, H, W, 3]``: every image of ``dataset``, read now, in memory."""
+        return _read_thumbnails(dataset, np.array, self.thumbnails(dataset))
 
     # -- derived numbers ------------------------------------------------------------
 
@@ -416,3 +420,16 @@ class StepData:
         if either:
             selected |= (labels == pred) & (predictions == label)
         return np.flatnonzero(selected)
+
+
+def _read_thumbnails(dataset: str, read, images):
+    """``read(images)``; a thumbnail file that changed on disk since it was opened (deleted,
+    truncated, replaced by another) becomes a ``NotFoundError`` that says so."""
+    try:
+        return read(images)
+    except FileNotFoundError:
+        raise errors.NotFoundError(f"the thumbnails of {dataset!r} were deleted") from None
+    except (OSError, ValueError, IndexError) as error:
+        raise errors.NotFoundError(
+            f"the thumbnails of {dataset!r} are unreadable: {error}"
+        ) from None
