@@ -70,6 +70,14 @@ class GivenClassNames(NamedTuple):
     names: Sequence[str]
     source: str  # how the user gave them, for messages
 
+    def check(self, labels: torch.Tensor, where: str) -> None:
+        """Every label of ``where`` must have a name (host ``labels``)."""
+        if len(labels) and int(labels.max()) >= len(self.names):
+            raise MisconfigurationException(
+                f"{self.source} has {len(self.names)} names, but {where} has label "
+                f"{int(labels.max())}; give one name per class."
+            )
+
 
 class DeephysCallback(Callback):
     r"""Record the activations of layers on every validation (and test) dataloader for
@@ -595,13 +603,8 @@ class DeephysCallback(Callback):
     def _check_batch(self, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
         """The checks a recorded batch cannot make without reading values back: the
         labels against the class names, and whether the inputs make thumbnails."""
-        labels = y.detach().cpu().to(torch.int64)
-        names = self._known_class_names
-        if names is not None and len(labels) and int(labels.max()) >= len(names.names):
-            raise MisconfigurationException(
-                f"{names.source} has {len(names.names)} names, but {where} has label "
-                f"{int(labels.max())}; give one name per class."
-            )
+        if self._known_class_names is not None:
+            self._known_class_names.check(y.detach().cpu(), where)
         if self.thumbnails:  # inputs that cannot become images fail here, not later
             to_thumbnails(denormalize_inputs(x[:2], self.denormalize), self.thumbnail_size)
 
@@ -622,6 +625,12 @@ class DeephysCallback(Callback):
                 chunk_bytes=self.gather_chunk_bytes,
             )
 
+        # What the destination holds, read once (rank zero decides about thumbnails).
+        held = (
+            self._log_state(self._destination)
+            if self.thumbnails and trainer.global_rank == 0
+            else None
+        )
         for idx in range(len(names)):
             buffer = self._buffers.get(idx)
             local = buffer.rows() if buffer is not None and len(buffer) else None
@@ -633,7 +642,7 @@ class DeephysCallback(Callback):
             # Rank zero decides and every process follows (the same collectives on all):
             # the thumbnails travel, and are written, only when they may be new.
             if self.thumbnails and self._broadcast(
-                trainer, self._thumbnails_needed(trainer, names[idx], rows)
+                trainer, self._thumbnails_needed(names[idx], rows, held)
             ):
                 thumbs = gather(local_thumbs)
                 if rows is not None and thumbs is not None:
@@ -675,31 +684,27 @@ class DeephysCallback(Callback):
                 "scores."
             )
             rows = rows.take(torch.nonzero(labelled).reshape(-1))
-        given = self._known_class_names
-        if given is not None and len(rows) and int(rows.labels.max()) >= len(given.names):
-            raise MisconfigurationException(
-                f"{given.source} has {len(given.names)} names, but {name!r} has label "
-                f"{int(rows.labels.max())}; give one name per class."
-            )
+        if self._known_class_names is not None:
+            self._known_class_names.check(rows.labels, repr(name))
         return rows
 
-    def _thumbnails_needed(self, trainer: pl.Trainer, name: str, rows: Rows | None) -> bool:
+    def _thumbnails_needed(self, name: str, rows: Rows | None, held: LogState | None) -> bool:
         """Whether this epoch's thumbnails of ``name`` are to be kept (rank zero's view;
         :meth:`_broadcast` makes it every process's): on its first recorded epoch that
         reached the log in this fit, validate or test call, when its images differ
         from the last written epoch's (by their input fingerprints), when the record
         goes to a run that lacks them (an evaluation's own run), or always with
-        ``refresh_thumbnails``."""
+        ``refresh_thumbnails``. ``held`` is the destination's state (rank zero's only)."""
         fingerprints = None if rows is None else rows.get(row_columns.FINGERPRINTS)
         if fingerprints is not None:
             self._new_fingerprints[name] = fingerprints
         before = self._fingerprints.get(name)
         if self.refresh_thumbnails or before is None or fingerprints is None:
             return True
-        if trainer.global_rank == 0:
-            state = self._log_state(self._destination)
-            if name not in state.thumbnails or self._position[0] <= state.last_step:
-                return True  # the destination lacks them, or the record goes elsewhere
+        if held is not None and (
+            name not in held.thumbnails or self._position[0] <= held.last_step
+        ):
+            return True  # the destination lacks them, or the record goes elsewhere
         return not _same_fingerprints(before, fingerprints)
 
     @staticmethod

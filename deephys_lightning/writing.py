@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 
 from deephys_lightning.rows import Rows
@@ -64,17 +63,13 @@ def dataset_recordings(
 def class_names_for(
     num_classes: int, recordings: Mapping[str, DatasetRecording], given: Any
 ) -> list[str]:
-    """The given class names (``GivenClassNames``: names and where they came from), else
-    ``"0"``, ``"1"``, ... up to the number of logits or the largest label."""
+    """The given class names (``GivenClassNames``, whose labels were checked when the
+    rows were gathered), else ``"0"``, ``"1"``, ... up to the number of logits or the
+    largest label."""
+    if given is not None:
+        return list(given.names)
     max_label = max((int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1)
-    if given is None:
-        return [str(i) for i in range(max(num_classes, max_label + 1))]
-    if max_label >= len(given.names):
-        raise MisconfigurationException(
-            f"{given.source} has {len(given.names)} names, but the labels go up to "
-            f"{max_label}; give one name per class."
-        )
-    return list(given.names)
+    return [str(i) for i in range(max(num_classes, max_label + 1))]
 
 
 def evaluation_dir(log_dir: str, stage: str, step: int) -> str:
