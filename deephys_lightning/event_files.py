@@ -122,8 +122,8 @@ class RecordScanner:
         header = handle.read(_HEADER)
         if len(header) < _HEADER:
             return self._truncated(offset, size)
-        (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
-        if masked_crc32c(header[:8]) != length_crc or length > _MAX_RECORD:
+        length = _valid_length(header)
+        if length is None:
             found = self._next_record_start(handle, offset + 1, size)
             end = size if found is None else found
             self._note(offset, end - offset, "length CRC mismatch (a damaged record header)")
@@ -134,26 +134,16 @@ class RecordScanner:
         if self._only_with is not None and self._only_with not in handle.read(min(length, 512)):
             return None, end
         handle.seek(offset + _HEADER)
-        data = handle.read(length)
-        (data_crc,) = struct.unpack("<I", handle.read(_FOOTER))
-        if masked_crc32c(data) != data_crc:
+        data = _checked_data(handle, length)
+        if data is None:
             self._note(offset, end - offset, "data CRC mismatch (a damaged record)")
-            return None, end
         return data, end
 
     def _truncated(self, offset: int, size: int) -> tuple[None, None]:
-        # Left unread (not noted as skipped): a writer may still complete it. Noted
-        # once, so that a reader of a finished log learns it ends early.
-        if not any(d.path == self.path and d.offset == offset for d in self._damage):
-            self._damage.append(
-                Damage(
-                    self.path,
-                    offset,
-                    size - offset,
-                    "the file ends inside a record (still being written, or truncated)",
-                    True,
-                )
-            )
+        # Left unread: a writer may still complete it. Noted, so that a reader of a
+        # finished log learns it ends early.
+        cause = "the file ends inside a record (still being written, or truncated)"
+        self._note(offset, size - offset, cause, at_end=True)
         return None, None
 
     def _next_record_start(self, handle, start: int, size: int) -> int | None:
@@ -175,20 +165,32 @@ class RecordScanner:
     def _is_record(handle, offset: int, size: int) -> bool:
         handle.seek(offset)
         header = handle.read(_HEADER)
-        if len(header) < _HEADER:
+        length = _valid_length(header) if len(header) == _HEADER else None
+        if length is None or offset + _HEADER + length + _FOOTER > size:
             return False
-        (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
-        if masked_crc32c(header[:8]) != length_crc or offset + _HEADER + length + _FOOTER > size:
-            return False
-        data = handle.read(length)
-        (data_crc,) = struct.unpack("<I", handle.read(_FOOTER))
-        return masked_crc32c(data) == data_crc
+        return _checked_data(handle, length) is not None
 
-    def _note(self, offset: int, skipped: int, cause: str) -> None:
+    def _note(self, offset: int, skipped: int, cause: str, at_end: bool = False) -> None:
         # Once per place: a reload reads a damaged stretch that has no record after it
-        # again (more may have been written since).
+        # (or an incomplete last record) again, as more may have been written since.
         if not any(d.path == self.path and d.offset == offset for d in self._damage):
-            self._damage.append(Damage(self.path, offset, skipped, cause))
+            self._damage.append(Damage(self.path, offset, skipped, cause, at_end))
+
+
+def _valid_length(header: bytes) -> int | None:
+    """The data length a record's 12-byte header holds, or None when it fails its CRC."""
+    (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
+    if masked_crc32c(header[:8]) != length_crc or length > _MAX_RECORD:
+        return None
+    return length
+
+
+def _checked_data(handle, length: int) -> bytes | None:
+    """The ``length`` data bytes at the handle and the CRC after them: the data, or None
+    when they fail it."""
+    data = handle.read(length)
+    (data_crc,) = struct.unpack("<I", handle.read(_FOOTER))
+    return data if masked_crc32c(data) == data_crc else None
 
 
 class CheckedEventFileLoader(event_file_loader.EventFileLoader):

@@ -142,10 +142,11 @@ class Rows:
 
     @staticmethod
     def cat(chunks: list[Rows]) -> Rows:
+        """The rows of ``chunks`` one after the other; a column is joined on the host when
+        any of its chunks is there."""
         if not chunks:
             raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
-        names = chunks[0].columns
-        return Rows({name: torch.cat([c.columns[name] for c in chunks]) for name in names})
+        return Rows({name: _cat([c.columns[name] for c in chunks]) for name in chunks[0].columns})
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Each column's trailing shape and dtype (to make empty rows of the same kind)."""
@@ -267,10 +268,7 @@ class RowBuffer:
         if self._source is not None and self._source.type == "cuda":
             torch.cuda.synchronize(self._source)  # the non-blocking copies to the host
         if self.capacity is None:
-            if not self._chunks:
-                raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
-            names = self._chunks[0].columns
-            return Rows({name: _cat([c.columns[name] for c in self._chunks]) for name in names})
+            return Rows.cat(self._chunks)
         if self._storage is None:
             raise RuntimeError("DeephysCallback: no rows were recorded for this dataset")
         return self._storage.head(self._count)
