@@ -23,17 +23,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_server
-
-
-def _seconds(action, repeat: int = 3) -> float:
-    """The best of ``repeat`` runs of ``action()``, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        best = min(best, time.perf_counter() - start)
-    return best
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_server, bench_scores
+from bench_scores import timed  # noqa: E402 (found through the path above)
 
 
 def thumbnails(images: int, px: int) -> None:
@@ -43,8 +34,8 @@ def thumbnails(images: int, px: int) -> None:
     thumbs = rng.integers(0, 256, size=(images, px, px, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
         plain = os.path.join(folder, "plain.npy")
-        write_plain = _seconds(lambda: np.save(plain, thumbs, allow_pickle=False))
-        checksums = _seconds(lambda: assets.image_checksums(thumbs))
+        write_plain = timed(lambda: np.save(plain, thumbs, allow_pickle=False), repeat=3)
+        checksums = timed(lambda: assets.image_checksums(thumbs), repeat=3)
         relative = assets.write_thumbnails(folder, "set", thumbs)
         checked = assets.open_thumbnails(folder, relative)
         unchecked = assets.ThumbnailFile(plain)  # no checksums beside it: read unchecked
@@ -103,12 +94,12 @@ def event_files(scalars: int) -> None:
             multiplexer.AddRunsFromDirectory(logdir)
             multiplexer.Reload()
 
-        tensorboard_s = _seconds(lambda: load(plugin_event_multiplexer.EventMultiplexer))
-        checked_s = _seconds(lambda: load(CheckedEventMultiplexer))
-        scan_s = _seconds(lambda: recorded_steps(run_dir))
+        tensorboard_s = timed(lambda: load(plugin_event_multiplexer.EventMultiplexer), repeat=3)
+        checked_s = timed(lambda: load(CheckedEventMultiplexer), repeat=3)
+        scan_s = timed(lambda: recorded_steps(run_dir), repeat=3)
         long_log = os.path.join(logdir, "long")
         _write_scalars(long_log, scalars)
-        long_scan_s = _seconds(lambda: recorded_steps(long_log), repeat=1)
+        long_scan_s = timed(lambda: recorded_steps(long_log))
         print(f"event files: {size / 2**20:.0f} MiB, 2 steps")
         print(f"  load, TensorBoard's multiplexer   {tensorboard_s:8.3f} s")
         print(

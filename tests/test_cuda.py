@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from tiny_model import TinyNet, loader, module_output, random_set
+from tiny_model import TinyNet, loader, module_output, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
 
@@ -36,15 +36,7 @@ class SyncsAllowed(L.Callback):
 
 
 def _cuda_trainer(tmp_path, callbacks, **kwargs):
-    return L.Trainer(
-        accelerator="cuda",
-        devices=1,
-        callbacks=callbacks,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        logger=L.pytorch.loggers.TensorBoardLogger(str(tmp_path), name="cuda"),
-        **kwargs,
-    )
+    return trainer(tmp_path, callbacks, accelerator="cuda", **kwargs)
 
 
 class _OnDevice(torch.utils.data.Dataset):

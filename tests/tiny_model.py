@@ -89,8 +89,8 @@ def trainer(tmp_path, callbacks, **kwargs) -> L.Trainer:
     kwargs.setdefault("logger", TensorBoardLogger(str(tmp_path), name="tiny"))
     kwargs.setdefault("max_epochs", 2)
     kwargs.setdefault("enable_checkpointing", False)
+    kwargs.setdefault("accelerator", "cpu")
     return L.Trainer(
-        accelerator="cpu",
         devices=1,
         callbacks=callbacks,
         enable_progress_bar=False,
