@@ -41,9 +41,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from torchmetrics.functional.classification import (
-    binary_auroc,
     binary_average_precision,
-    binary_specificity_at_sensitivity,
+    binary_roc,
 )
 
 from tb_plugin.metadata import DETECTION_METRICS, Detection
@@ -135,12 +134,15 @@ def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[st
     is_ind = torch.cat(
         [torch.ones(ind.size, dtype=torch.long), torch.zeros(ood.size, dtype=torch.long)]
     )
-    specificity, _ = binary_specificity_at_sensitivity(ranks, is_ind, min_sensitivity=TPR)
+    # One ROC curve gives AUROC (its area, as torchmetrics' binary_auroc takes it) and
+    # the FPR at 95 % TPR (the lowest FPR of the points that reach it, as
+    # binary_specificity_at_sensitivity finds it); the inputs are valid by making.
+    fpr, tpr, _ = binary_roc(ranks, is_ind, validate_args=False)
     return {
-        "auroc": float(binary_auroc(ranks, is_ind)),
-        "aupr_in": float(binary_average_precision(ranks, is_ind)),
-        "aupr_out": float(binary_average_precision(1 - ranks, 1 - is_ind)),
-        "fpr_at_95_tpr": 1.0 - float(specificity),
+        "auroc": float(torch.trapezoid(tpr, fpr)),
+        "aupr_in": float(binary_average_precision(ranks, is_ind, validate_args=False)),
+        "aupr_out": float(binary_average_precision(1 - ranks, 1 - is_ind, validate_args=False)),
+        "fpr_at_95_tpr": float(fpr[tpr >= TPR].min()),
     }
 
 

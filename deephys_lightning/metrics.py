@@ -488,15 +488,19 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0:
         return torch.empty((block.shape[0], 0), dtype=torch.int64)
     key = block
-    if torch.isnan(block).any() or torch.isneginf(block).any():
-        # A float64 key orders every float32 value and puts NaN below even -inf.
-        key = block.double()
-        key = torch.where(torch.isneginf(key), -torch.finfo(torch.float64).max, key)
-        key = torch.where(torch.isnan(key), -torch.inf, key)
+    nan = torch.isnan(block)
+    if nan.any():
+        if torch.isneginf(block).any():
+            # A float64 key orders every float32 value and puts NaN below even -inf.
+            key = block.double()
+            key = torch.where(torch.isneginf(key), -torch.finfo(torch.float64).max, key)
+        key = torch.where(nan, -torch.inf, key)  # without -inf values, NaN alone is -inf
     n = key.shape[1]
     # Take some extra candidates: when the last of them is below the k-th key, every
     # entry tied with the k-th key is among them, and sorting them is exact.
     wide = min(n, k + _TIE_MARGIN)
+    if n <= 2 * wide:  # a row hardly longer than k: one stable sort is exact, and faster
+        return torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
     top_keys, candidates = torch.topk(key, wide, dim=1)
     if wide == n or bool((top_keys[:, wide - 1] < top_keys[:, k - 1]).all()):
         columns = candidates.sort(dim=1).values

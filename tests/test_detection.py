@@ -286,13 +286,26 @@ def test_a_trainer_run_logs_detection_rows_and_scalars(detected):
                 ("mahalanobis", "fc"),
                 ("knn", "fc"),
             }
-            # the logit detectors, recomputed from the logged logits with scipy + sklearn
-            for detector, score in (
-                ("msp", lambda z: softmax(z, axis=1).max(1)),
-                ("max_logit", lambda z: z.max(1)),
-                ("energy", lambda z: logsumexp(z, axis=1)),
+            # the logit detectors, recomputed from the logged logits: the scores with
+            # scipy, the metrics with sklearn on the float32 scores the callback ranks
+            # (scores of a random net are close: float64 would break their near-ties
+            # otherwise, and move AUROC by a few pairs)
+            recorded = {
+                d: detection.logit_scores(torch.from_numpy(logits[d])).numpy()
+                for d in ("ind", ood)
+            }
+            for column, (detector, score) in enumerate(
+                (
+                    ("msp", lambda z: softmax(z, axis=1).max(1)),
+                    ("max_logit", lambda z: z.max(1)),
+                    ("energy", lambda z: logsumexp(z, axis=1)),
+                )
             ):
-                expected = sklearn_metrics(score(logits["ind"]), score(logits[ood]))
+                for d in ("ind", ood):
+                    np.testing.assert_allclose(
+                        recorded[d][:, column], score(logits[d].astype(np.float64)), rtol=1e-5
+                    )
+                expected = sklearn_metrics(recorded["ind"][:, column], recorded[ood][:, column])
                 row = rows[(detector, None)]
                 assert row.ind_images == 40 and row.ood_images == len(logits[ood])
                 for name in DETECTION_METRICS:
