@@ -209,7 +209,7 @@ def to_thumbnails(
             "without them, or denormalize= a function that returns images"
         )
     integer = not x.dtype.is_floating_point
-    x = x[:, :3].float()
+    x = x[:, :3]
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     height, width = x.shape[-2:]
@@ -220,18 +220,26 @@ def to_thumbnails(
             shape = (max(1, round(height * scale)), max(1, round(width * scale)))
     if x.shape[0] == 0:
         return torch.empty((0, *shape, 3), dtype=torch.uint8, device=x.device)
-    if integer:
-        x = x / 255.0
-    else:
-        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    x = x.float()
+    # Each image's pixels become (x - shift) * scale in 0..255: one fused pass after
+    # the resize (fewer pixels), with the range taken from the image as given.
+    scale = shift = None  # integer images are 0..255 already
+    if not integer:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)  # torch.aminmax(dim=) is 10x slower here
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
         outside = (lo < 0) | (hi > 1)
-        x = torch.where(outside, (x - lo) / (hi - lo).clamp_min(1e-12), x)
+        scale = torch.where(outside, 255.0 / (hi - lo).clamp_min(1e-12), 255.0)
+        shift = torch.where(outside, lo, 0.0)
     if tuple(shape) != (height, width):
         antialias = shape[0] < height or shape[1] < width
         x = F.interpolate(x, size=shape, mode="bilinear", antialias=antialias, align_corners=False)
-    x = (x.clamp(0, 1) * 255.0).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous()
+    # Written straight into (B, h, w, 3) order: one pass, not a pass and a transpose.
+    pixels = torch.empty((x.shape[0], *shape, 3), dtype=torch.float32, device=x.device)
+    if scale is None:
+        pixels.permute(0, 3, 1, 2).copy_(x)
+    else:
+        torch.addcmul(-shift * scale, x, scale, out=pixels.permute(0, 3, 1, 2))
+    return pixels.clamp_(0, 255).round_().to(torch.uint8)
 
 
 def input_fingerprints(inputs: torch.Tensor) -> torch.Tensor:

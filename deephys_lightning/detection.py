@@ -40,10 +40,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    binary_average_precision,
-    binary_roc,
-)
+from torchmetrics.functional.classification import binary_roc
 
 from tb_plugin.metadata import DETECTION_METRICS, Detection
 
@@ -134,14 +131,23 @@ def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[st
     is_ind = torch.cat(
         [torch.ones(ind.size, dtype=torch.long), torch.zeros(ood.size, dtype=torch.long)]
     )
-    # One ROC curve gives AUROC (its area, as torchmetrics' binary_auroc takes it) and
-    # the FPR at 95 % TPR (the lowest FPR of the points that reach it, as
-    # binary_specificity_at_sensitivity finds it); the inputs are valid by making.
-    fpr, tpr, _ = binary_roc(ranks, is_ind, validate_args=False)
+    # One ROC curve (torchmetrics') holds all four: its area is the AUROC (as
+    # binary_auroc takes it); its lowest FPR at TPR >= 95 % the FPR (as
+    # binary_specificity_at_sensitivity finds it); and its points, as counts, are the
+    # precision-recall points of both directions, whose step sums are the average
+    # precisions (as binary_average_precision and scikit-learn sum them).
+    fpr, tpr, _ = binary_roc(ranks, is_ind, validate_args=False)  # from (0, 0), per threshold
+    positives, negatives = ind.size, ood.size
+    tps = np.rint(tpr.double().numpy() * positives)  # InD images at or above each threshold
+    fps = np.rint(fpr.double().numpy() * negatives)  # OOD images at or above it
+    aupr_in = np.sum(np.diff(tps) / positives * (tps[1:] / (tps[1:] + fps[1:])))
+    # OOD positive, score negated: the images below each threshold, the last point first
+    ood_below, ind_below = negatives - fps[:-1], positives - tps[:-1]
+    aupr_out = np.sum(np.diff(fps) / negatives * (ood_below / (ood_below + ind_below)))
     return {
         "auroc": float(torch.trapezoid(tpr, fpr)),
-        "aupr_in": float(binary_average_precision(ranks, is_ind, validate_args=False)),
-        "aupr_out": float(binary_average_precision(1 - ranks, 1 - is_ind, validate_args=False)),
+        "aupr_in": float(aupr_in),
+        "aupr_out": float(aupr_out),
         "fpr_at_95_tpr": float(fpr[tpr >= TPR].min()),
     }
 

@@ -85,9 +85,9 @@ class DatasetRecording:
         labels: int [N] ground-truth classes.
         predictions: int [N] predicted classes.
         activations: layer name -> float [N, M] activations (after ReLU and reduction).
-        thumbnails: uint8 [N, H, W, 3], or None when already written for this dataset.
+        thumbnails: uint8 [N, H, W, 3] (or ``assets.Thumbnails``, with their checksums
+            and digest computed already), or None when written already for this dataset.
         positions: int [N] index in the dataset of each image (default 0..N-1).
-        thumbnails_digest: the thumbnails' content digest, when already computed.
         logits: float [N, C] classifier outputs, or None when not recorded.
         logit_scores: float32 [N, 3] the ``msp``, ``max_logit`` and ``energy`` score of
             each image (``detection.logit_scores``); computed from ``logits`` when None.
@@ -96,9 +96,8 @@ class DatasetRecording:
     labels: np.ndarray
     predictions: np.ndarray
     activations: dict[str, np.ndarray]
-    thumbnails: np.ndarray | None = None
+    thumbnails: np.ndarray | assets.Thumbnails | None = None
     positions: np.ndarray | None = None
-    thumbnails_digest: str | None = None
     logits: np.ndarray | None = None
     logit_scores: np.ndarray | None = None
 
@@ -119,9 +118,33 @@ def tensor_summary(
     summary.value.add(
         tag=tag_name(kind, layer=layer, dataset=dataset),
         metadata=create_summary_metadata(kind, layer=layer, dataset=dataset),
-        tensor=tensor_util.make_tensor_proto(np.ascontiguousarray(array)),
+        tensor=tensor_proto(array),
     )
     return summary
+
+
+# The dtypes TensorBoard's make_tensor_proto stores as raw bytes (tensor_content).
+_RAW_DTYPES = {
+    np.dtype(np.int32): types_pb2.DT_INT32,
+    np.dtype(np.int64): types_pb2.DT_INT64,
+    np.dtype(np.float32): types_pb2.DT_FLOAT,
+    np.dtype(np.float64): types_pb2.DT_DOUBLE,
+    np.dtype(np.uint8): types_pb2.DT_UINT8,
+}
+
+
+def tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """``array`` as a TensorProto, byte for byte what ``tensor_util.make_tensor_proto``
+    makes, built directly for the arrays it stores raw (its generic path costs a
+    hundred summaries' worth of time on a small record)."""
+    array = np.ascontiguousarray(array)
+    dtype = _RAW_DTYPES.get(array.dtype)
+    if dtype is None or array.size < 2 or array.nbytes >= 1 << 31:
+        return tensor_util.make_tensor_proto(array)  # its own values fields, or its error
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_content=array.tobytes())
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
 
 
 def blob_summary(
@@ -188,8 +211,8 @@ def write_record(
     missing = [name for name in record.datasets if name not in recordings]
     if missing:
         raise ValueError(f"no recording for datasets {missing}")
-    sink = _TagListingSink(sink)
     step = record.step
+    sink = _RecordSink(sink, step)
     num_classes = len(record.class_names)
     for name in record.datasets:
         _write_dataset(sink, step, name, recordings[name], log_dir, scalars)
@@ -247,26 +270,54 @@ def write_record(
         for ood, rows in detections.items():
             _write_detections(sink, step, ood, rows, scalars)
     record = dataclasses.replace(record, arrays=tuple(sorted(sink.deephys_tags)))
+    sink.send_pending()  # the record goes last and alone: the scan for records reads its head
     sink.add_summary(blob_summary(Kind.RECORD, [record.to_json()]), step)
     sink.flush()
 
 
-class _TagListingSink:
-    """A sink that passes summaries on and notes the Deephys tags among them (the
+class _RecordSink:
+    """A sink for one record's summaries: it notes the Deephys tags among them (the
     record lists them, so that a reader can tell a complete record from one whose
-    arrays were lost)."""
+    arrays were lost) and passes them on merged, several values to an event.
 
-    def __init__(self, sink: SummarySink) -> None:
+    An event per value cost a wait on the event writer's queue per value (two
+    hundred a record for the demo); merged, values go out once ``merge_bytes`` of
+    them are pending, and on ``flush``. A value larger than that goes out alone, so
+    no event nears protobuf's 2 GiB limit by merging.
+    """
+
+    def __init__(self, sink: SummarySink, step: int, merge_bytes: int = 4 << 20) -> None:
         self._sink = sink
+        self._step = step
+        self._merge_bytes = merge_bytes
+        self._pending = summary_pb2.Summary()
+        self._pending_bytes = 0
         self.deephys_tags: set[str] = set()
 
     def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
+        if step != self._step:
+            raise ValueError(f"a record's summaries are all at step {self._step}, not {step}")
         for value in summary.value:
             if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
                 self.deephys_tags.add(value.tag)
-        self._sink.add_summary(summary, step)
+        size = summary.ByteSize()
+        if self._pending_bytes + size > self._merge_bytes:
+            self.send_pending()
+        if size > self._merge_bytes:
+            self._sink.add_summary(summary, step)
+            return
+        self._pending.value.extend(summary.value)
+        self._pending_bytes += size
+
+    def send_pending(self) -> None:
+        """Pass on the values merged so far, as one event."""
+        if self._pending.value:
+            self._sink.add_summary(self._pending, self._step)
+        self._pending = summary_pb2.Summary()
+        self._pending_bytes = 0
 
     def flush(self) -> None:
+        self.send_pending()
         self._sink.flush()
 
 
@@ -338,11 +389,13 @@ def _write_dataset(
     if rec.thumbnails is not None:
         if log_dir is None:
             raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
-        thumbnails = np.asarray(rec.thumbnails, dtype=np.uint8)
+        thumbnails = rec.thumbnails
+        if not isinstance(thumbnails, assets.Thumbnails):
+            thumbnails = assets.Thumbnails.of(thumbnails)
         reference = metadata.ThumbnailReference(
-            file=assets.write_thumbnails(log_dir, name, thumbnails, rec.thumbnails_digest),
-            count=int(thumbnails.shape[0]),
-            shape=tuple(thumbnails.shape[1:]),
+            file=assets.write_thumbnails(log_dir, name, thumbnails),
+            count=int(thumbnails.pixels.shape[0]),
+            shape=tuple(thumbnails.pixels.shape[1:]),
         )
         sink.add_summary(blob_summary(Kind.THUMBNAILS, [reference.to_json()], dataset=name), step)
 

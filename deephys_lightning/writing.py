@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from deephys_lightning.rows import Rows
 from deephys_lightning.summary import DatasetRecording
-from tb_plugin import metadata
+from tb_plugin.assets import Thumbnails
 from tb_plugin.metadata import Record
 
 LogitsToWrite = Callable[[torch.Tensor | None, Mapping[str, np.ndarray]], np.ndarray | None]
@@ -42,10 +42,9 @@ def dataset_recordings(
     for name, rows in rows_by_name.items():
         thumbs = None
         if rows.thumbs is not None:
-            pixels = rows.thumbs.numpy()
-            digest = metadata.thumbnails_digest(pixels)
-            if known_digests.get(name) != digest:
-                thumbs, digests[name] = pixels, digest
+            made = Thumbnails.of(rows.thumbs.numpy())
+            if known_digests.get(name) != made.digest:
+                thumbs, digests[name] = made, made.digest
         acts = {layer: a.numpy() for layer, a in rows.acts.items()}
         recordings[name] = DatasetRecording(
             labels=rows.labels.numpy(),
@@ -54,7 +53,6 @@ def dataset_recordings(
             logits=None if logits is None else logits(rows.logits, acts),
             logit_scores=None if rows.logit_scores is None else rows.logit_scores.numpy(),
             thumbnails=thumbs,
-            thumbnails_digest=digests.get(name),
             positions=rows.positions.numpy(),
         )
     return recordings, digests

@@ -34,26 +34,40 @@ TMP_SUFFIX = ".tmp"  # an interrupted write leaves <name>.<pid>.tmp
 CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
 
 
-def write_thumbnails(
-    run_dir: str, dataset: str, thumbnails: np.ndarray, digest: str | None = None
-) -> str:
-    """Write ``thumbnails`` (uint8 [N, H, W, 3]) under ``run_dir``; return its asset name.
+@dataclasses.dataclass(frozen=True)
+class Thumbnails:
+    """A dataset's thumbnails with their per-image CRC-32Cs and content digest,
+    computed once (:meth:`of`) for deciding whether to write them and for writing."""
 
-    The name holds the dataset and a digest of the content (``digest``, when the
-    caller computed :func:`~tb_plugin.metadata.thumbnails_digest` already), so a
-    changed set gets a new file and an unchanged one is never rewritten. Writes are
-    atomic.
+    pixels: np.ndarray  # uint8 [N, H, W, 3]
+    checksums: np.ndarray  # uint32 [N]
+    digest: str
+
+    @classmethod
+    def of(cls, thumbnails: np.ndarray) -> Thumbnails:
+        pixels = np.ascontiguousarray(thumbnails, dtype=np.uint8)
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"thumbnails must be uint8 [N, H, W, 3], got shape {pixels.shape}")
+        checksums = image_checksums(pixels)
+        return cls(pixels, checksums, thumbnails_digest(pixels.shape, checksums))
+
+
+def write_thumbnails(run_dir: str, dataset: str, thumbnails: np.ndarray | Thumbnails) -> str:
+    """Write ``thumbnails`` (uint8 [N, H, W, 3], or :class:`Thumbnails` made already)
+    under ``run_dir``; return its asset name.
+
+    The name holds the dataset and the content digest, so a changed set gets a new
+    file and an unchanged one is never rewritten. Writes are atomic.
     """
-    thumbnails = np.ascontiguousarray(thumbnails, dtype=np.uint8)
-    if thumbnails.ndim != 4 or thumbnails.shape[-1] != 3:
-        raise ValueError(f"thumbnails must be uint8 [N, H, W, 3], got shape {thumbnails.shape}")
-    relative = thumbnail_asset_name(dataset, digest or thumbnails_digest(thumbnails))
+    if not isinstance(thumbnails, Thumbnails):
+        thumbnails = Thumbnails.of(thumbnails)
+    relative = thumbnail_asset_name(dataset, thumbnails.digest)
     path = asset_path(run_dir, relative)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # The checksums first: a thumbnail file that exists always has them beside it.
-        _save_atomically(checksum_path(path), image_checksums(thumbnails))
-        _save_atomically(path, thumbnails)
+        _save_atomically(checksum_path(path), thumbnails.checksums)
+        _save_atomically(path, thumbnails.pixels)
     return relative
 
 

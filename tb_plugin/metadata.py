@@ -378,11 +378,14 @@ STATE_FILE = "state.json"
 _ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.npy")
 
 
-def thumbnails_digest(thumbnails: np.ndarray) -> str:
-    """A content digest of a thumbnail array (shape included): part of its file name."""
+def thumbnails_digest(shape: tuple[int, ...], checksums: np.ndarray) -> str:
+    """The content digest of a thumbnail array (part of its file name): a hash of its
+    ``shape`` and of the CRC-32C of each image (``assets.image_checksums``, which are
+    written beside it anyway), so the pixels are read once, not twice. It tells
+    whether a dataset's thumbnails changed, not who made them."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(thumbnails.shape).encode())
-    digest.update(np.ascontiguousarray(thumbnails).data)
+    digest.update(str(tuple(int(n) for n in shape)).encode())
+    digest.update(np.ascontiguousarray(checksums, dtype="<u4").data)
     return digest.hexdigest()
 
 

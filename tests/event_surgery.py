@@ -13,7 +13,8 @@ from deephys_lightning.event_files import RecordScanner
 
 def rewrite_events(run_dir, out_dir, change):
     """Copy the run ``run_dir`` to ``out_dir``, passing each event of its event file
-    through ``change`` (which returns the event, changed or not, or None to drop it);
+    through ``change`` (which returns the event, changed or not, or None to drop it;
+    an event may hold several values);
     the framing of the new file is intact, as a loader that accepts bad records or
     drops them would hand the events on."""
     from tensorboard.compat.proto import event_pb2
@@ -36,10 +37,27 @@ def tamper(tag, step, alter):
     from tensorboard.util import tensor_util
 
     def change(event):
-        value = event.summary.value[0] if event.summary.value else None
-        if value is not None and value.tag == tag and event.step == step:
-            array = alter(tensor_util.make_ndarray(value.tensor))
-            value.tensor.CopyFrom(tensor_util.make_tensor_proto(array))
+        for value in event.summary.value if event.step == step else ():
+            if value.tag == tag:
+                array = alter(tensor_util.make_ndarray(value.tensor))
+                value.tensor.CopyFrom(tensor_util.make_tensor_proto(array))
+        return event
+
+    return change
+
+
+def drop_value(tag, step):
+    """A ``change`` for :func:`rewrite_events`: drop the value of ``tag`` at ``step``
+    (and its event, when nothing else is left in it)."""
+
+    def change(event):
+        if event.step != step or not any(value.tag == tag for value in event.summary.value):
+            return event
+        kept = [value for value in event.summary.value if value.tag != tag]
+        if not kept:
+            return None
+        del event.summary.value[:]
+        event.summary.value.extend(kept)
         return event
 
     return change

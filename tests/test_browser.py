@@ -662,19 +662,14 @@ def test_the_tab_says_which_runs_it_cannot_show_and_which_record_is_incomplete(
     dropped gets a notice naming them."""
     import shutil
 
-    from event_surgery import rewrite_events
+    from event_surgery import drop_value, rewrite_events
 
     source = _fit_tiny(tmp_path / "source", max_epochs=2).logger.log_dir
     logdir = tmp_path / "logs"
     shutil.copytree(demo_log_dir[1], logdir / 'quote"d')
     dropped = "deephys.data/fc/ood/top_indices"
 
-    def drop(event):
-        return (
-            None
-            if event.step == 4 and event.summary.value[:1] and event.summary.value[0].tag == dropped
-            else event
-        )
+    drop = drop_value(dropped, 4)
 
     rewrite_events(source, logdir / "partial", drop)
     with running_tensorboard(logdir, load_fast=True) as base:

@@ -291,8 +291,7 @@ def test_a_trainer_run_logs_detection_rows_and_scalars(detected):
             # (scores of a random net are close: float64 would break their near-ties
             # otherwise, and move AUROC by a few pairs)
             recorded = {
-                d: detection.logit_scores(torch.from_numpy(logits[d])).numpy()
-                for d in ("ind", ood)
+                d: detection.logit_scores(torch.from_numpy(logits[d])).numpy() for d in ("ind", ood)
             }
             for column, (detector, score) in enumerate(
                 (

@@ -19,7 +19,7 @@ from pathlib import Path
 import fault_tally
 import numpy as np
 import pytest
-from event_surgery import rewrite_events, tamper
+from event_surgery import drop_value, rewrite_events, tamper
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from plugin_client import plugin_client
@@ -47,8 +47,9 @@ def _events(run_dir) -> str:
     return path
 
 
-def _framing(path) -> list[tuple[int, int, int, str]]:
-    """(offset, end, step, tag) of every record of an intact event file."""
+def _framing(path) -> list[tuple[int, int, int, tuple[str, ...]]]:
+    """(offset, end, step, tags) of every record of an intact event file (an event
+    holds several values: the writer merges a record's small ones)."""
     from tensorboard.compat.proto import event_pb2
 
     data = Path(path).read_bytes()
@@ -56,20 +57,24 @@ def _framing(path) -> list[tuple[int, int, int, str]]:
     while offset < len(data):
         (length,) = struct.unpack("<Q", data[offset : offset + 8])
         event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
-        tag = event.summary.value[0].tag if event.summary.value else ""
-        records.append((offset, offset + 16 + length, event.step, tag))
+        tags = tuple(value.tag for value in event.summary.value)
+        records.append((offset, offset + 16 + length, event.step, tags))
         offset += 16 + length
     return records
 
 
 def _find(records, step, tag):
-    return next(r for r in records if r[2] == step and r[3] == tag)
+    return next(r for r in records if r[2] == step and tag in r[3])
 
 
 # -- damaged event files ------------------------------------------------------------
 
 RECORD_TAG = "deephys.data/record"
 LABELS_TAG = "deephys.data/ood/labels"
+
+
+def _first_record(records) -> int:
+    return min(r[0] for r in records if RECORD_TAG in r[3])
 
 
 def _cut(fraction):
@@ -101,6 +106,11 @@ EVENT_DAMAGE = {
     "cut at 50%": _cut(0.5),
     "cut at 90%": _cut(0.9),
     "cut 7 bytes short": lambda data, records: (data[:-7], len(data) - 7, 7),
+    "cut inside the first record": lambda data, records: (
+        data[: _first_record(records) + 20],
+        _first_record(records) + 20,
+        len(data) - _first_record(records) - 20,
+    ),
     "flipped length of step 6's labels": _flip(lambda r: _find(r, 6, LABELS_TAG)[0] + 2),
     "flipped data of step 6's labels": _flip(lambda r: _find(r, 6, LABELS_TAG)[0] + 40),
     "flipped data of step 6's record": _flip(lambda r: _find(r, 6, RECORD_TAG)[0] + 60),
@@ -136,7 +146,7 @@ def damaged_logs(tmp_path_factory):
 def test_read_log_keeps_every_intact_record_and_says_where_the_damage_is(damaged_logs, case):
     logdir, cases = damaged_logs
     run, first, hit = cases[case]
-    lost_records = {r[2] for r in hit if r[3] == RECORD_TAG}
+    lost_records = {r[2] for r in hit if RECORD_TAG in r[3]}
     path = _events(logdir / run)
     if lost_records == {3, 6, 9}:  # nothing left to read: the error says why
         with pytest.warns(UserWarning), pytest.raises(ValueError, match="damaged event files"):
@@ -149,7 +159,7 @@ def test_read_log_keeps_every_intact_record_and_says_where_the_damage_is(damaged
     assert min(d.offset for d in log.damage) <= first
     assert set(log.steps) == {3, 6, 9} - lost_records
     for step in log.steps:  # a record whose arrays were lost says which
-        lost = {r[3] for r in hit if r[2] == step and r[3].startswith("deephys.data/")}
+        lost = {t for r in hit if r[2] == step for t in r[3] if t.startswith("deephys.data/")}
         assert set(log.missing(step)) == lost - {RECORD_TAG}
         if not lost:
             assert log.labels("ood", step).shape == (8,)
@@ -180,8 +190,10 @@ def test_tensorboard_serves_damaged_runs_without_5xx_or_crash(damaged_logs, load
         assert [s["step"] for s in runs["intact"]["steps"]] == [3, 6, 9]
         for run in runs.values():
             _probe_every_route(base, run)
-        # the run cut before its first record is named, with its cause
-        assert any(u["run"] == cases["cut at 25%"][0] for u in listing["unavailable"])
+        # the run cut inside its first record is named, with its cause
+        assert any(
+            u["run"] == cases["cut inside the first record"][0] for u in listing["unavailable"]
+        )
         for gone in listing["unavailable"]:
             url = f"{base}/data/plugin/deephys/summary"
             response = fault_tally.get(url, run=gone["run"], layer="fc")
@@ -306,8 +318,9 @@ def test_a_record_whose_arrays_a_loader_dropped_says_which(tmp_path):
     dropped = {"deephys.data/ood/labels", "deephys.data/fc/ood/top_indices"}
 
     def drop(event):
-        tags = {v.tag for v in event.summary.value}
-        return None if event.step == 9 and tags & dropped else event
+        for tag in dropped:
+            event = event and drop_value(tag, 9)(event)
+        return event
 
     rewrite_events(source, tmp_path / "logs" / "run", drop)
     log = read_log(tmp_path / "logs" / "run")
@@ -490,9 +503,9 @@ def test_a_tensor_whose_shape_does_not_fit_its_bytes_spoils_only_its_tag(tmp_pat
     source = _fit(tmp_path / "source").logger.log_dir
 
     def reshape(event):
-        value = event.summary.value[0] if event.summary.value else None
-        if value is not None and value.tag == LABELS_TAG and event.step == 6:
-            value.tensor.tensor_shape.dim[0].size += 1
+        for value in event.summary.value:
+            if value.tag == LABELS_TAG and event.step == 6:
+                value.tensor.tensor_shape.dim[0].size += 1
         return event
 
     rewrite_events(source, tmp_path / "logs" / "run", reshape)

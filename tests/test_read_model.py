@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.errors import NotFoundError
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tiny_model import TinyNet, loader, random_set, trainer
@@ -124,9 +125,16 @@ def test_steps_without_stored_maxima_still_read(tmp_path):
 
     class DropMaxima(EventFileSink):
         def add_summary(self, summary, step):
-            content = metadata.parse_plugin_content(summary.value[0].metadata.plugin_data.content)
-            if content is None or content.kind is not Kind.MAXIMA:
-                super().add_summary(summary, step)
+            kept = [
+                value
+                for value in summary.value
+                if getattr(
+                    metadata.parse_plugin_content(value.metadata.plugin_data.content), "kind", None
+                )
+                is not Kind.MAXIMA
+            ]
+            if kept:
+                super().add_summary(summary_pb2.Summary(value=kept), step)
 
     rng = np.random.default_rng(0)
     recordings = {}
@@ -173,19 +181,23 @@ class OldWriterSink(EventFileSink):
     }
 
     def add_summary(self, summary, step):
-        value = summary.value[0]
+        kept = [value for value in summary.value if self._kept(value)]
+        if kept:
+            super().add_summary(summary_pb2.Summary(value=kept), step)
+
+    def _kept(self, value) -> bool:
         if value.tag.startswith("deephys/") and (
             "/dead_neurons" in value.tag or "novelty_raw" in value.tag or "/msp/" in value.tag
         ):
-            return
+            return False
         content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
         if content is not None and content.kind in self.NEW_KINDS:
-            return
+            return False
         if content is not None and content.kind is Kind.RECORD:
             raw = json.loads(value.tensor.string_val[0])
             del raw["set_means"]
             value.tensor.string_val[0] = json.dumps(raw).encode()
-        super().add_summary(summary, step)
+        return True
 
 
 def test_logs_of_the_previous_release_still_open(tmp_path):

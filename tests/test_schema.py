@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from deephys_lightning.summary import array_blob_summary, blob_summary, tensor_summary
+from deephys_lightning.summary import (
+    DatasetRecording,
+    array_blob_summary,
+    blob_summary,
+    tensor_proto,
+    tensor_summary,
+    write_record,
+)
 from tb_plugin import metadata
 from tb_plugin.metadata import Kind, Record, ThumbnailReference
 
@@ -100,3 +107,68 @@ def test_the_resume_state_lives_beside_the_thumbnails(tmp_path):
     assert metadata.state_path(run) == str(tmp_path / "plugins" / "deephys" / "state.json")
     name = metadata.thumbnail_asset_name("d", "0" * 32)
     assert metadata.asset_path(run, name).startswith(str(tmp_path / "plugins" / "deephys"))
+
+
+class ListSink:
+    """A sink that keeps the summaries it is handed, as events would hold them."""
+
+    def __init__(self) -> None:
+        self.events: list[summary_pb2.Summary] = []
+
+    def add_summary(self, summary, step) -> None:
+        self.events.append(summary)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_record_goes_out_in_few_events_and_alone_last():
+    """Small values share events (a wait on the writer's queue each, otherwise); an
+    array larger than the bound goes alone; the record is the last event, alone, so
+    that the scan for records finds it in an event's first bytes."""
+    rng = np.random.default_rng(0)
+    n, m = 3000, 2048
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, 4, n),
+            predictions=rng.integers(0, 4, n),
+            activations={"fc": rng.random((n, m)).astype(np.float16)},  # 12 MiB
+        )
+        for name in ("ind", "ood")
+    }
+    record = Record(
+        step=2,
+        epoch=0,
+        layers=("fc",),
+        datasets=("ind", "ood"),
+        class_names=("a", "b", "c", "d"),
+        num_images={"ind": n, "ood": n},
+        top_k=4,
+    )
+    sink = ListSink()
+    write_record(sink, record, recordings)
+    values = [value for event in sink.events for value in event.value]
+    assert len(sink.events) < len(values) / 5
+    last = sink.events[-1]
+    assert [value.tag for value in last.value] == ["deephys.data/record"]
+    written = Record.from_json(last.value[0].tensor.string_val[0])
+    assert set(written.arrays) == {v.tag for v in values if v.tag.startswith("deephys.data/")} - {
+        "deephys.data/record"
+    }
+    for event in sink.events:
+        assert len(event.value) == 1 or event.ByteSize() <= 4 << 20
+    matrices = [e for e in sink.events if e.value[0].tag.endswith("/activations")]
+    assert len(matrices) == 2 and all(len(e.value) == 1 for e in matrices)
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.int32, np.int64, np.float16, np.float32, np.float64, np.uint8, np.bool_]
+)
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (2,), (3, 0), (4, 5), (2, 1, 3)])
+def test_tensor_protos_are_the_bytes_tensorboard_makes(dtype, shape):
+    from tensorboard.util import tensor_util
+
+    array = (np.arange(int(np.prod(shape))) % 3).astype(dtype).reshape(shape)
+    expected = tensor_util.make_tensor_proto(np.ascontiguousarray(array)).SerializeToString()
+    assert tensor_proto(array).SerializeToString() == expected
+    assert tensor_proto(np.asfortranarray(array)).SerializeToString() == expected
