@@ -58,7 +58,7 @@ from deephys_lightning.summary import (
     write_record,
     writes_matrix,
 )
-from tb_plugin import assets, metadata
+from tb_plugin import assets, metadata, storage
 from tb_plugin.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
@@ -273,6 +273,9 @@ class DeephysCallback(Callback):
         # Event files of our own, by directory: without a TensorBoardLogger, and for
         # evaluations that go to a run of their own.
         self._own_sinks: dict[str, EventFileSink] = {}
+        # Without a logger that has a directory: the version directory claimed for this
+        # callback's records (kept across its fit, validate and test calls).
+        self._own_log_dir: str | None = None
 
     @property
     def state_key(self) -> str:
@@ -293,11 +296,17 @@ class DeephysCallback(Callback):
             else _find_module(pl_module, self.logits_layer, "logits_layer")
         )
         if trainer.loggers and _tensorboard_logger(trainer) is None:
+            where = _logger_dir(trainer)
             rank_zero_warn(
                 "DeephysCallback writes TensorBoard events, and this Trainer has no "
-                "TensorBoardLogger: they go to an event file in "
-                f"{trainer.default_root_dir!r}. Add a TensorBoardLogger to keep them beside "
-                "your training curves."
+                "TensorBoardLogger: they go to an event file of their own in "
+                + (
+                    f"the logger's directory {where!r}"
+                    if where
+                    else f"a new lightning_logs/version_N under {trainer.default_root_dir!r}"
+                )
+                + " (tensorboard --logdir on its parent shows it). Add a TensorBoardLogger "
+                "to keep them beside your training curves."
             )
 
     @override
@@ -404,7 +413,7 @@ class DeephysCallback(Callback):
                 "e.g. {'mnist': ind_loader, 'rotated': ood_loader}."
             )
         self._known_class_names = self._class_names_given(trainer)
-        self._destination = _log_dir(trainer)
+        self._destination = self._log_dir(trainer)
         if self._mode == "record":
             self._position = self._position_of(trainer)
         self._plans = {
@@ -896,13 +905,26 @@ class DeephysCallback(Callback):
             get_file_writer = getattr(logger.experiment, "_get_file_writer", None)
             if get_file_writer is not None:  # torch.utils.tensorboard reopens on demand
                 return FileWriterSink(get_file_writer())
-        return self._event_file_sink(_log_dir(trainer))
+        return self._event_file_sink(self._log_dir(trainer))
+
+    def _log_dir(self, trainer: pl.Trainer) -> str:
+        """Where records go: the logger's run directory (the TensorBoardLogger's, else
+        the first logger's ``log_dir``), else a new ``lightning_logs/version_N`` under
+        ``default_root_dir``, claimed once by rank zero (other ranks write nothing)."""
+        found = _logger_dir(trainer)
+        if found is not None:
+            return found
+        if self._own_log_dir is None and trainer.global_rank == 0:
+            root = storage.join(storage.normalize(trainer.default_root_dir), "lightning_logs")
+            self._own_log_dir = writing.new_version_dir(root)
+        return self._own_log_dir or ""
 
     def _event_file_sink(self, log_dir: str) -> EventFileSink:
         if log_dir not in self._own_sinks:
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            os.makedirs(log_dir, exist_ok=True)
+            if not storage.is_url(log_dir):
+                os.makedirs(log_dir, exist_ok=True)
             writer = EventFileWriter(log_dir, filename_suffix=".deephys")
             self._own_sinks[log_dir] = EventFileSink(writer)
         return self._own_sinks[log_dir]
@@ -917,10 +939,20 @@ def _tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def _log_dir(trainer: pl.Trainer) -> str:
-    """Where records go: the TensorBoardLogger's run directory, else the root dir."""
+def _logger_dir(trainer: pl.Trainer) -> str | None:
+    """The run directory of the TensorBoardLogger, else of the first logger that has one
+    (``CSVLogger.log_dir``); None without such a logger."""
     logger = _tensorboard_logger(trainer)
-    return os.path.abspath(logger.log_dir if logger is not None else trainer.default_root_dir)
+    if logger is not None:
+        return storage.normalize(logger.log_dir)
+    for logger in trainer.loggers:
+        try:
+            log_dir = getattr(logger, "log_dir", None)
+        except Exception:  # a logger whose directory is not known yet
+            log_dir = None
+        if isinstance(log_dir, str | os.PathLike) and os.fspath(log_dir):
+            return storage.normalize(log_dir)
+    return None
 
 
 def _find_module(pl_module: torch.nn.Module, name: str, param: str) -> torch.nn.Module:

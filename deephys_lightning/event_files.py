@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ from tensorboard.backend.event_processing import (
 from tensorboard.compat.proto import event_pb2
 
 from deephys_lightning.fast_crc import masked_crc32c
+from tb_plugin import storage
 from tb_plugin.metadata import Kind, Record, tag_name
 
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
@@ -94,14 +94,16 @@ class RecordScanner:
         self._only_with = only_with
         self._offset = 0
         self._handle = None
+        self._size = 0
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self._handle is None:
-            self._handle = open(self.path, "rb")  # noqa: SIM115 (kept open across records)
-        size = os.fstat(self._handle.fileno()).st_size
+        if self._handle is None:  # kept open across records; its size seen at opening
+            self._handle = storage.open_read(self.path)
+            self._size = storage.size(self.path)
+        size = self._size
         while True:
             record, next_offset = self._read_at(self._handle, self._offset, size)
             if record is not None:
@@ -257,12 +259,12 @@ def recorded_steps(run_dir: str) -> dict[int, str]:
     marker = tag_name(Kind.RECORD).encode()
     steps: dict[int, str] = {}
     try:
-        names = sorted(os.listdir(run_dir))
+        names = sorted(storage.listdir(run_dir))
     except OSError:
         return steps
     for name in names:
-        path = os.path.join(run_dir, name)
-        if not io_wrapper.IsSummaryEventsFile(path) or not os.path.isfile(path):
+        path = storage.join(run_dir, name)
+        if not io_wrapper.IsSummaryEventsFile(path) or storage.isdir(path):
             continue
         try:
             for raw in RecordScanner(path, [], only_with=marker):

@@ -29,11 +29,12 @@ import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from deephys_lightning import cbor
+from tb_plugin import storage
 
 # The app's limits, as the deephys package checks them.
 MAX_NAME_LENGTH = 40  # model and dataset names
@@ -561,7 +562,8 @@ def _classification_layer_name(layers: Sequence[str]) -> str:
 def _model_name(log_dir: str | os.PathLike, run: str, model_name: str | None) -> str:
     if model_name is not None:
         return model_name
-    path = Path(os.path.abspath(os.path.join(log_dir, run)))
+    run_dir = os.fspath(log_dir) if run in ("", ".") else storage.join(log_dir, run)
+    path = PurePosixPath(storage.normalize(run_dir).replace(os.sep, "/"))
     name = path.name
     if name.startswith("version_"):  # a TensorBoardLogger version: name it as TensorBoard does
         with_parent = f"{path.parent.name}/{name}"

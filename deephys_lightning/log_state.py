@@ -19,12 +19,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 
-from tb_plugin import metadata
+from tb_plugin import metadata, storage
 
 
 @dataclasses.dataclass
@@ -57,8 +55,7 @@ class LogState:
     def load(cls, log_dir: str) -> LogState:
         """The saved state of ``log_dir``; an empty one when there is none yet."""
         try:
-            with open(cls.path(log_dir), encoding="utf-8") as handle:
-                raw = json.load(handle)
+            raw = json.loads(storage.read_bytes(cls.path(log_dir)).decode("utf-8"))
             return cls.from_dict(log_dir, raw)
         except FileNotFoundError:
             return cls(log_dir=log_dir)
@@ -85,18 +82,10 @@ class LogState:
             self.thumbnails.setdefault(name, digest)
 
     def save(self) -> None:
-        """Write atomically (a crash never leaves half a file)."""
-        path = self.path(self.log_dir)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):  # a full disk: leave no half file behind
-                os.remove(tmp)
-            raise
+        """Write atomically (a crash never leaves half a file; an object store gets one
+        whole object)."""
+        data = json.dumps(self.to_dict(), indent=1).encode("utf-8")
+        storage.write_bytes(self.path(self.log_dir), data)
 
     def to_dict(self) -> dict:
         return {

@@ -31,6 +31,7 @@ from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
+from tb_plugin import storage
 from tb_plugin.derived import OODScores
 from tb_plugin.metadata import Detection, Record
 from tb_plugin.read_model import StepData, UnknownNameError
@@ -241,7 +242,9 @@ def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, 
     """:func:`read_runs`, and the damage found in each run's event files (every run's,
     also of runs whose damage left no readable record)."""
     log_dir = os.fspath(log_dir)
-    if not os.path.isdir(log_dir):
+    if storage.is_url(log_dir):
+        log_dir = storage.normalize(log_dir)  # TensorBoard's readers list it as a folder
+    if not storage.isdir(log_dir):
         raise FileNotFoundError(f"{log_dir!r} is not a directory")
     fast_crc.install()  # record checks at C speed: reading is ten times faster
     multiplexer = CheckedEventMultiplexer(size_guidance=_KEEP_EVERYTHING)

@@ -14,8 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from deephys_lightning.rows import Rows
 from deephys_lightning.summary import DatasetRecording
+from tb_plugin import storage
 from tb_plugin.assets import Thumbnails
 from tb_plugin.metadata import Record
 
@@ -71,16 +74,39 @@ def class_names_for(
 
 
 def evaluation_dir(log_dir: str, stage: str, step: int) -> str:
-    """A new run directory under ``log_dir`` for an evaluation at a step it already has."""
-    base = os.path.join(log_dir, f"{stage}_step{step}")
-    path, n = base, 1
-    while True:
+    """A new run directory under ``log_dir`` for an evaluation at a step it already has:
+    ``<stage>_step<step>``, or with ``_2``, ``_3``, ... when that is taken."""
+    base = storage.join(log_dir, f"{stage}_step{step}")
+    return claim_new_dir(itertools.chain([base], (f"{base}_{n}" for n in itertools.count(2))))
+
+
+def new_version_dir(root: str) -> str:
+    """A new ``version_N`` under ``root`` (N one more than the highest there), as
+    Lightning's loggers number theirs: where records go without a logger directory."""
+    try:
+        names = storage.listdir(root)
+    except FileNotFoundError:
+        names = []
+    taken = [int(n[len("version_") :]) for n in names if re.fullmatch(r"version_\d+", n)]
+    first = max(taken, default=-1) + 1
+    return claim_new_dir(storage.join(root, f"version_{n}") for n in itertools.count(first))
+
+
+def claim_new_dir(candidates: Iterable[str]) -> str:
+    """The first of ``candidates`` no one uses. A local folder is claimed by making it
+    (two jobs never pick the same one); on an object store, where folders are only
+    prefixes, the first name without objects is taken."""
+    for path in candidates:
+        if storage.is_url(path):
+            if not storage.exists(path):
+                return path
+            continue
         try:
-            os.makedirs(path)  # claimed: two jobs never pick the same directory
+            os.makedirs(path)
             return path
         except FileExistsError:
-            n += 1
-            path = f"{base}_{n}"
+            continue
+    raise AssertionError("unreachable: the candidates are endless")
 
 
 def warn_partial(record: Record, max_images: int | None) -> None:

@@ -20,17 +20,19 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import io
 import os
 import time
+from typing import IO
 
 import google_crc32c
 import numpy as np
 
+from tb_plugin import storage
 from tb_plugin.metadata import ASSET_ROOT, asset_path, thumbnail_asset_name, thumbnails_digest
+from tb_plugin.storage import TMP_SUFFIX
 
-TMP_SUFFIX = ".tmp"  # an interrupted write leaves <name>.<pid>.tmp
 CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
 
 
@@ -63,24 +65,25 @@ def write_thumbnails(run_dir: str, dataset: str, thumbnails: np.ndarray | Thumbn
         thumbnails = Thumbnails.of(thumbnails)
     relative = thumbnail_asset_name(dataset, thumbnails.digest)
     path = asset_path(run_dir, relative)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not storage.exists(path):
         # The checksums first: a thumbnail file that exists always has them beside it.
-        _save_atomically(checksum_path(path), thumbnails.checksums)
-        _save_atomically(path, thumbnails.pixels)
+        save_array(checksum_path(path), thumbnails.checksums)
+        save_array(path, thumbnails.pixels)
     return relative
 
 
-def _save_atomically(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.{os.getpid()}{TMP_SUFFIX}"
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk: leave no half file behind
-            os.remove(tmp)
-        raise
+def save_array(path: str, array: np.ndarray) -> None:
+    """``array`` as a ``.npy`` file at ``path`` (local or a URL), complete or absent."""
+
+    def write(handle: IO[bytes]) -> None:
+        np.save(handle, array, allow_pickle=False)
+
+    if not storage.is_url(path):
+        storage.write_with(path, write)  # streamed to a temporary file, then renamed
+        return
+    buffer = io.BytesIO()
+    write(buffer)
+    storage.write_bytes(path, buffer.getbuffer())
 
 
 def checksum_path(path: str) -> str:
@@ -103,7 +106,9 @@ def remove_stale_temporaries(run_dir: str, older_than_s: float = 3600.0) -> list
     is younger); return their paths."""
     removed = []
     now = time.time()
-    for folder, _, names in os.walk(os.path.join(run_dir, ASSET_ROOT)):
+    if storage.is_url(run_dir):  # object stores get whole objects: nothing is left over
+        return removed
+    for folder, _, names in os.walk(storage.join(run_dir, *ASSET_ROOT.split("/"))):
         for name in names:
             path = os.path.join(folder, name)
             try:
@@ -120,7 +125,7 @@ class _Header:
     """What one look at a thumbnail file found: replaced whole, never field by field, so
     that a request reading while another notices a replaced file sees one or the other."""
 
-    identity: tuple  # the file's and its checksums' (inode, size, mtime)
+    identity: tuple  # the file's and its checksums' storage.identity
     offset: int  # where the pixels start
     shape: tuple[int, int, int, int]
     checksums: np.ndarray | None  # uint32 [N], or None for files written before them
@@ -133,9 +138,11 @@ class _Header:
 class ThumbnailFile:
     """The uint8 ``[N, H, W, 3]`` thumbnails of one ``.npy`` asset, read on demand.
 
-    Indexing reads one image's bytes with ``os.pread``; ``numpy.asarray`` reads all. Each
-    read checks that the file and its checksums are still those whose header was read
-    (same inode, size and modification time), and reads them again when they were
+    Indexing reads one image's bytes with one ranged read (``os.pread`` locally, a
+    ranged GET on object stores: ``tb_plugin.storage``); ``numpy.asarray`` reads all.
+    Each read checks that the file and its checksums are still those whose header was
+    read (same inode, size and modification time; size and ETag on object stores),
+    and reads them again when they were
     replaced; each image read is compared with its CRC-32C (files written before the
     checksums existed are read unchecked). A file that is missing, truncated, not
     uint8 ``[N, H, W, 3]`` with images of at least one pixel, or whose pixels do not
@@ -150,17 +157,16 @@ class ThumbnailFile:
 
     def _current(self) -> _Header:
         """The header of the file as it is now (read again when it was replaced)."""
-        stat = os.stat(self.path)
+        file_identity = storage.identity(self.path)
         try:
-            sums = os.stat(checksum_path(self.path))
-            sums_identity = (sums.st_ino, sums.st_size, sums.st_mtime_ns)
+            sums_identity = storage.identity(checksum_path(self.path))
         except FileNotFoundError:
             sums_identity = None
-        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns, sums_identity)
+        identity = (*file_identity, sums_identity)
         header = self._header
         if header is not None and header.identity == identity:
             return header
-        with open(self.path, "rb") as handle:
+        with storage.open_read(self.path) as handle:
             try:
                 version = np.lib.format.read_magic(handle)
                 if version == (1, 0):
@@ -181,9 +187,9 @@ class ThumbnailFile:
                 f"{self.path} holds {dtype} {list(shape)}, not uint8 [N, H, W, 3] thumbnails"
             )
         expected = offset + int(np.prod(shape, dtype=np.int64))
-        if stat.st_size != expected:
+        if file_identity[1] != expected:
             raise ValueError(
-                f"{self.path} is damaged: {stat.st_size} bytes where its header says "
+                f"{self.path} is damaged: {file_identity[1]} bytes where its header says "
                 f"{expected} (truncated or overwritten; write the thumbnails again)"
             )
         shape = tuple(int(d) for d in shape)
@@ -195,7 +201,7 @@ class ThumbnailFile:
         """The per-image checksums beside the file; None for files written before them."""
         path = checksum_path(self.path)
         try:
-            checksums = np.load(path, allow_pickle=False)
+            checksums = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as error:
@@ -252,11 +258,7 @@ class ThumbnailFile:
         return array if dtype is None else array.astype(dtype)
 
     def _read(self, offset: int, size: int) -> bytes:
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
+        data = storage.read_range(self.path, offset, size)
         if len(data) != size:  # shrunk between the check and the read
             raise ValueError(f"{self.path} is damaged: it ended {size - len(data)} bytes early")
         return data

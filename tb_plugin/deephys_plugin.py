@@ -53,8 +53,12 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def __init__(
         self, context: base_plugin.TBContext, cache_bytes: int = DEFAULT_CACHE_BYTES
     ) -> None:
+        flags = getattr(context, "flags", None)
         self._reader = DeephysReader(
-            context.data_provider, logdir=context.logdir, cache_bytes=cache_bytes
+            context.data_provider,
+            logdir=context.logdir,
+            cache_bytes=cache_bytes,
+            logdir_spec=getattr(flags, "logdir_spec", None),
         )
 
     def get_plugin_apps(self) -> dict[str, Callable]:

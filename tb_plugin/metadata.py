@@ -28,13 +28,14 @@ import enum
 import hashlib
 import io
 import json
-import os
 import re
 from collections.abc import Sequence
 from urllib.parse import quote
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
+
+from tb_plugin import storage
 
 PLUGIN_NAME = "deephys"
 # Bump when the meaning of a kind changes; readers skip contents newer than this.
@@ -372,7 +373,7 @@ def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
 
 # Where a run's plugin files live (TensorBoard's place for plugin assets), relative
 # to the run directory: thumbnails and the callback's resume state.
-ASSET_ROOT = os.path.join("plugins", PLUGIN_NAME)
+ASSET_ROOT = f"plugins/{PLUGIN_NAME}"  # below a run directory (a URL path on object stores)
 THUMBNAIL_DIR = "thumbnails"
 STATE_FILE = "state.json"
 _ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.npy")
@@ -405,12 +406,12 @@ def asset_path(run_dir: str, relative: str) -> str:
     plain file names (an event file is data: it must not steer file access)."""
     if not isinstance(relative, str) or not _ASSET_NAME.fullmatch(relative) or ".." in relative:
         raise ValueError(f"not a Deephys asset name: {relative!r}")
-    return os.path.join(run_dir, ASSET_ROOT, *relative.split("/"))
+    return storage.join(run_dir, *ASSET_ROOT.split("/"), *relative.split("/"))
 
 
 def state_path(run_dir: str) -> str:
     """The callback's resume state of a run: last step written, thumbnail digests."""
-    return os.path.join(run_dir, ASSET_ROOT, STATE_FILE)
+    return storage.join(run_dir, *ASSET_ROOT.split("/"), STATE_FILE)
 
 
 @dataclasses.dataclass(frozen=True)

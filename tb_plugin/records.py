@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
 
-from tb_plugin import assets
+from tb_plugin import assets, storage
 from tb_plugin.lru_cache import ByteLRUCache
 from tb_plugin.metadata import (
     BLOB_KINDS,
@@ -42,6 +41,7 @@ from tb_plugin.metadata import (
     decode_chunks,
     parse_plugin_content,
 )
+from tb_plugin.run_dirs import RunDirectories
 
 # Ask the provider for every datum it kept (it has sampled already on load).
 _ALL_SAMPLES = 1_000_000
@@ -75,9 +75,10 @@ class DeephysReader:
         data_provider: provider.DataProvider,
         logdir: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        logdir_spec: str | None = None,
     ) -> None:
         self._provider = data_provider
-        self._logdir = logdir
+        self._run_dirs = RunDirectories(logdir, logdir_spec)
         self._cache = ByteLRUCache(cache_bytes)
         self._index_lock = threading.Lock()
         # experiment -> (when listed, (runs with a record, runs with Deephys tags only))
@@ -241,12 +242,12 @@ class DeephysReader:
         """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
         ``tb_plugin.assets.ThumbnailFile`` (reading one image reads only its bytes)."""
         reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
-        if not self._logdir:
+        try:
+            run_dir = self._run_dirs.path(run)
+        except LookupError as error:
             raise errors.NotFoundError(
-                "thumbnails are files beside the events; this TensorBoard has no single "
-                "--logdir to find them in"
-            )
-        run_dir = os.path.join(self._logdir, run)
+                f"the thumbnails of {dataset!r} are files beside the events, and {error}"
+            ) from None
         try:
             relative = ThumbnailReference.from_json(reference.tobytes()).file
         except ValueError as error:
@@ -261,9 +262,11 @@ class DeephysReader:
                 f"the thumbnails of {dataset!r} are missing: {path} (copy the run directory "
                 "with its plugins/ folder)"
             ) from None
-        except (OSError, ValueError) as error:  # damaged, or not a file we wrote
+        except storage.MissingBackendError as error:
+            raise errors.NotFoundError(f"the thumbnails of {dataset!r}: {error}") from None
+        except (OSError, ValueError) as error:  # damaged, unreachable, or not ours
             raise errors.NotFoundError(
-                f"the thumbnails of {dataset!r} are unreadable: {error}"
+                f"the thumbnails of {dataset!r} are unreadable: {type(error).__name__}: {error}"
             ) from None
 
     def _load(self, ctx, experiment_id, run, tag, kind, step) -> np.ndarray:

@@ -21,14 +21,15 @@ def running_tensorboard(
     """Yield the base URL of a tensorboard serving ``logdir`` once Deephys data is loaded.
 
     With ``wait_for_runs=False`` it is enough that the plugin is enabled (some Deephys
-    tag is loaded), even while no run has a record yet.
+    tag is loaded), even while no run has a record yet. A ``logdir`` of the form
+    ``("--logdir_spec", "a:DIR1,b:DIR2")`` is passed as that flag instead.
     """
+    flag = list(logdir) if isinstance(logdir, tuple) else ["--logdir", str(logdir)]
     command = [
         sys.executable,
         "-m",
         "tensorboard.main",
-        "--logdir",
-        str(logdir),
+        *flag,
         "--host",
         "127.0.0.1",
         "--port",

@@ -10,7 +10,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from tiny_model import NUM_CLASSES, DictSet, TinyNet, loader, module_output, random_set, trainer
 
-from deephys_lightning import DeephysCallback, read_log
+from deephys_lightning import DeephysCallback, read_log, read_runs
 
 CLASSES = ["cat", "dog", "<b>bird</b>"]
 
@@ -167,12 +167,31 @@ def test_a_reused_callback_writes_thumbnails_into_each_new_log(tmp_path):
     assert len(state) == 2 and all(list(s["thumbnails"]) == ["dataset_0"] for s in state.values())
 
 
-def test_without_tensorboard_logger_writes_to_default_root_dir(tmp_path):
-    t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=False, max_epochs=1)
-    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
-    log = read_log(tmp_path)
-    assert log.run == "."
-    assert log.activations("fc", "dataset_0", log.steps[-1]).shape == (5, 5)
+def test_without_a_logger_each_run_gets_a_version_directory(tmp_path):
+    """logger=False: records go to a new lightning_logs/version_N under default_root_dir
+    (never the bare root), so the next run is recorded too, beside the first."""
+    for version in (0, 1):
+        t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=False, max_epochs=1)
+        t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+        log = read_log(tmp_path / "lightning_logs" / f"version_{version}")
+        assert log.activations("fc", "dataset_0", log.steps[-1]).shape == (5, 5)
+    assert sorted(os.listdir(tmp_path / "lightning_logs")) == ["version_0", "version_1"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("events.out")]
+
+
+def test_with_only_a_csv_logger_records_go_to_its_version_directory(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    for version in (0, 1):
+        csv = CSVLogger(tmp_path / "csv")
+        t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=csv, max_epochs=1)
+        with pytest.warns(UserWarning, match="has no TensorBoardLogger"):
+            t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=loader(random_set(5, 1)))
+        assert csv.log_dir.endswith(f"version_{version}")
+        assert read_log(csv.log_dir).steps
+    # tensorboard --logdir on the logger's root shows both runs
+    runs = read_runs(tmp_path / "csv")
+    assert sorted(runs) == ["lightning_logs/version_0", "lightning_logs/version_1"]
 
 
 def test_sanity_check_and_fast_dev_run_record_nothing(tmp_path):

@@ -1,0 +1,225 @@
+"""Where the files beside the events live: a local folder or any fsspec URL.
+
+Everything the project keeps beside TensorBoard's event files (thumbnails, their
+checksums, the resume state) is written and read through this module, and so are the
+event files that ``read_log``, ``scores`` and ``export`` read. Local paths use the
+operating system directly; any other path is an fsspec URL (``s3://``, ``gs://``,
+``memory://``, ...) handled by the fsspec backend installed for its protocol
+(``s3fs``, ``gcsfs``; ``pip install 'deephys-lightning[s3]'``).
+
+Writes are complete or absent: a temporary name and a rename on local disks, one
+object per write on object stores (an object appears whole or not at all).
+
+Example::
+
+    notes = storage.join("s3://bucket/exp/version_0", "notes", "a.txt")
+    storage.write_bytes(notes, b"seen")
+    storage.read_bytes(notes)                 # b"seen"
+    storage.read_range(notes, 1, 2)           # b"ee"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from collections.abc import Callable
+from typing import IO, Any
+
+TMP_SUFFIX = ".tmp"  # an interrupted local write leaves <name>.<pid>.tmp
+
+# The package that serves each common protocol, for the error that says what to install.
+_BACKENDS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+}
+
+
+class MissingBackendError(ImportError):
+    """No fsspec backend is installed for a URL's protocol (the message says which)."""
+
+
+class StorageError(OSError):
+    """A store failed in a way its backend does not report as an ``OSError`` (an
+    endpoint that cannot be reached, refused credentials): said as one, with the URL."""
+
+
+def _remote(path: str, operation: Callable[[Any, str], Any]) -> Any:
+    """``operation(fs, path_within_fs)`` on the URL ``path``'s filesystem, its
+    failures raised as ``OSError`` (``FileNotFoundError`` kept as it is)."""
+    fs, inner = filesystem(path)
+    try:
+        return operation(fs, inner)
+    except OSError:
+        raise
+    except Exception as error:  # botocore's and others' own exception types
+        raise StorageError(f"{path}: {type(error).__name__}: {error}") from error
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a URL with a protocol other than ``file://``."""
+    text = os.fspath(path)
+    return "://" in text and not text.startswith("file://")
+
+
+def protocol(path: str | os.PathLike) -> str:
+    """The URL's protocol (``"s3"``), or ``"file"`` for a local path."""
+    text = os.fspath(path)
+    return text.split("://", 1)[0] if is_url(text) else "file"
+
+
+def local_path(path: str | os.PathLike) -> str:
+    """A local path as the operating system takes it (``file://`` stripped)."""
+    text = os.fspath(path)
+    return text[len("file://") :] if text.startswith("file://") else text
+
+
+def normalize(path: str | os.PathLike) -> str:
+    """An absolute local path, or the URL without trailing slashes: never a local
+    folder named after a URL (``os.path.abspath("s3://b")`` is ``$PWD/s3:/b``)."""
+    text = os.fspath(path)
+    if is_url(text):
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}"
+    return os.path.abspath(local_path(text))
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """``base`` joined with ``parts`` (``/`` for URLs, the OS separator for paths)."""
+    text = os.fspath(base)
+    if is_url(text):
+        return posixpath.join(text, *parts)
+    return os.path.join(local_path(text), *parts)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path) if is_url(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """The fsspec filesystem of the URL ``path`` and the path within it.
+
+    Raises :class:`MissingBackendError` (saying what to install) when no backend
+    serves the protocol.
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(path)
+    except (ImportError, ValueError) as error:
+        scheme = protocol(path)
+        package = _BACKENDS.get(scheme)
+        if package is None:
+            install = f"install the fsspec backend for {scheme}://"
+        else:
+            extra = {"s3fs": "s3", "gcsfs": "gcs"}.get(package)
+            install = f"pip install {package}" + (
+                f" (or: pip install 'deephys-lightning[{extra}]')" if extra else ""
+            )
+        raise MissingBackendError(
+            f"cannot open {path}: no fsspec backend for {scheme}:// is installed ({error}); "
+            f"{install}"
+        ) from None
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.exists(local_path(path))
+    return _remote(path, lambda fs, inner: fs.exists(inner))
+
+
+def isdir(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isdir(local_path(path))
+    return _remote(path, lambda fs, inner: fs.isdir(inner))
+
+
+def listdir(path: str) -> list[str]:
+    """The names in the folder ``path`` (raises FileNotFoundError when there is none)."""
+    if not is_url(path):
+        return os.listdir(local_path(path))
+    entries = _remote(path, lambda fs, inner: fs.ls(inner, detail=False, refresh=True))
+    return sorted({posixpath.basename(e.rstrip("/")) for e in entries} - {""})
+
+
+def identity(path: str) -> tuple:
+    """What tells a file from its replacement: (inode, size, mtime) locally; size and
+    ETag or modification time on object stores. Raises FileNotFoundError."""
+    if not is_url(path):
+        stat = os.stat(local_path(path))
+        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    info = _remote(path, lambda fs, inner: fs.info(inner))
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return (None, int(info.get("size") or 0), str(tag))
+
+
+def size(path: str) -> int:
+    return identity(path)[1]
+
+
+def open_read(path: str) -> IO[bytes]:
+    """A binary file object for reading (seekable; remote ones read ahead in blocks)."""
+    if not is_url(path):
+        return open(local_path(path), "rb")  # noqa: SIM115 - the caller closes it
+    return _remote(path, lambda fs, inner: fs.open(inner, "rb"))
+
+
+def read_bytes(path: str) -> bytes:
+    if not is_url(path):
+        with open(local_path(path), "rb") as handle:
+            return handle.read()
+    return _remote(path, lambda fs, inner: fs.cat_file(inner))
+
+
+def read_range(path: str, offset: int, length: int) -> bytes:
+    """``length`` bytes from ``offset`` (fewer where the file ends): one ranged read."""
+    if length <= 0:
+        return b""
+    if not is_url(path):
+        fd = os.open(local_path(path), os.O_RDONLY)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+    return _remote(path, lambda fs, inner: fs.cat_file(inner, start=offset, end=offset + length))
+
+
+def write_bytes(path: str, data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` completely or not at all (folders are made)."""
+    if is_url(path):
+        _remote(path, lambda fs, inner: fs.pipe_file(inner, bytes(data)))  # whole or absent
+        return
+    write_with(path, lambda handle: handle.write(data))
+
+
+def write_with(path: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Let ``write`` fill the local file ``path`` through a temporary file that is
+    renamed when it is complete (and removed when it is not)."""
+    if is_url(path):
+        raise ValueError(f"write_with streams to local files only, not {path}")
+    path = local_path(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: leave no half file behind
+            os.remove(tmp)
+        raise
+
+
+def remove(path: str) -> None:
+    if not is_url(path):
+        os.remove(local_path(path))
+        return
+    _remote(path, lambda fs, inner: fs.rm_file(inner))
