@@ -688,3 +688,50 @@ def test_the_tab_says_which_runs_it_cannot_show_and_which_record_is_incomplete(
         assert frame.locator(".message.incomplete").count() == 0
         assert [e for e in errors if "Failed to load resource" not in e] == []
         page.close()
+
+
+def test_thumbnails_from_s3_show_and_unreadable_ones_are_said_in_words(browser, tmp_path):
+    """A --logdir_spec with a run on a real S3 API server (its thumbnails load in the
+    browser) and a local run whose thumbnail files were lost (the tab says why where
+    the images would be, as text, instead of broken images)."""
+    import shutil
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from s3_server import new_bucket, running_s3_server
+
+    with running_s3_server():
+        bucket = new_bucket()
+        logger = TensorBoardLogger(f"s3://{bucket}/exp", name="tiny", version=0)
+        t = trainer(tmp_path, [DeephysCallback(layer="fc")], logger=logger, max_epochs=1)
+        t.fit(
+            TinyNet(),
+            loader(random_set(8, 0)),
+            val_dataloaders={"ind": loader(random_set(6, 1)), "ood": loader(random_set(6, 2))},
+        )
+        local = tmp_path / "local"
+        _fit_tiny(local, max_epochs=1)
+        shutil.rmtree(local / "tiny" / "version_0" / "plugins")
+        spec = f"cloud:s3://{bucket}/exp,gone:{local}"
+        with running_tensorboard(("--logdir_spec", spec), load_fast=False) as base:
+            _served_runs(base, lambda runs: len(runs) == 2)
+            url = f"{base}/#deephys&p.deephys.run=cloud/tiny/version_0"
+            page, frame, errors = _open_tab(browser, base, url=url)
+            deadline = time.monotonic() + 30
+            while _loaded_images(frame) == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _loaded_images(frame) > 0
+            assert frame.locator(".thumbnail-error").count() == 0
+            page.close()
+            url = f"{base}/#deephys&p.deephys.run=gone/tiny/version_0"
+            page, frame, errors = _open_tab(browser, base, url=url, ready=".thumbnails-unavailable")
+            notices = frame.locator(".thumbnails-unavailable")
+            notices.nth(1).wait_for(timeout=30_000)  # one per dataset: ind and ood
+            texts = sorted(notices.all_inner_texts())
+            assert texts[0].startswith("The images of ind cannot be shown: ")
+            assert "the thumbnails of 'ind' are missing" in texts[0]
+            note = frame.locator(".thumbnail-error").first
+            assert note.inner_text() == "No image"
+            assert "the thumbnails of" in note.get_attribute("title")
+            assert frame.locator(".neuron-view img").count() == 0  # no broken images left
+            page.screenshot(path=str(ARTIFACTS / "thumbnails-unreadable.png"))
+            page.close()

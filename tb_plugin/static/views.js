@@ -72,9 +72,73 @@ export function activate(node, action) {
   });
 }
 
+/** @type {Map<string, Promise<string>>} why a dataset's thumbnails failed, asked once */
+const thumbnailFailures = new Map();
+
+/** @type {WeakMap<Element, Set<string>>} the failures a view has a notice of */
+const failureNotices = new WeakMap();
+
+/**
+ * Whether ``view`` has its notice of the failure ``key`` already (it has from now on).
+ * @param {Element} view
+ * @param {string} key
+ * @returns {boolean}
+ */
+function noticed(view, key) {
+  const keys = failureNotices.get(view) || new Set();
+  failureNotices.set(view, keys);
+  const seen = keys.has(key);
+  keys.add(key);
+  return seen;
+}
+
+/**
+ * Why a thumbnail request failed, in the server's words (its 4xx JSON ``error``).
+ * @param {string} url
+ * @returns {Promise<string>}
+ */
+function thumbnailFailure(url) {
+  return fetch(url).then(async (response) => {
+    if (response.ok) return 'the image could not be shown';
+    try {
+      return (await response.json()).error || `HTTP ${response.status}`;
+    } catch {
+      return `HTTP ${response.status}`;
+    }
+  }, (error) => `the server could not be reached (${error})`);
+}
+
+/**
+ * A thumbnail ``<img>`` that, when its image cannot be loaded (missing or damaged
+ * files, an unreachable store, no fsspec backend), is replaced by "No image" (the
+ * reason on hover), and its view gets one notice per dataset with the reason, as text.
+ * @param {{run: string, dataset: string, index: number, step?: number, lazy?: boolean}} where
+ * @returns {HTMLImageElement}
+ */
+export function thumbnailImage({run, dataset, index, step, lazy = true}) {
+  const src = thumbnailUrl({run, dataset, index, step});
+  const attrs = {src, alt: `${dataset} image ${index}`};
+  if (lazy) attrs.loading = 'lazy';
+  const img = /** @type {HTMLImageElement} */ (el('img', {attrs}));
+  img.addEventListener('error', () => {
+    const key = JSON.stringify([run, dataset, step]);
+    if (!thumbnailFailures.has(key)) thumbnailFailures.set(key, thumbnailFailure(src));
+    thumbnailFailures.get(key).then((reason) => {
+      const view = img.closest('section') || img.parentElement;
+      img.replaceWith(el('div', {className: 'thumbnail-error', text: 'No image', attrs: {title: reason}}));
+      if (view && !noticed(view, key)) {
+        const notice = message('warning', `The images of ${dataset} cannot be shown: ${reason}`);
+        notice.classList.add('thumbnails-unavailable');
+        view.prepend(notice);
+      }
+    });
+  }, {once: true});
+  return img;
+}
+
 function thumb({run, dataset, index, step, caption, title, on}) {
   const figure = el('figure', {className: 'image clickable', attrs: {tabindex: 0, title: title || 'open the image view', 'data-index': index}}, [
-    el('img', {attrs: {src: thumbnailUrl({run, dataset, index, step}), alt: `${dataset} image ${index}`, loading: 'lazy'}}),
+    thumbnailImage({run, dataset, index, step}),
     el('figcaption', {}, caption.map((text) => el('span', {text}))),
   ]);
   activate(figure, () => on.image && on.image(dataset, index));
@@ -144,13 +208,7 @@ export function neuronView(data, run, on = {}) {
       const correct = image.label === image.prediction;
       const labelName = data.class_names[image.label] ?? String(image.label);
       const predName = data.class_names[image.prediction] ?? String(image.prediction);
-      const img = el('img', {
-        attrs: {
-          src: thumbnailUrl({run, dataset: dataset.name, index: image.index, step: data.step}),
-          alt: `${dataset.name} image ${image.index}`,
-          loading: 'lazy',
-        },
-      });
+      const img = thumbnailImage({run, dataset: dataset.name, index: image.index, step: data.step});
       const figure = el('figure', {
         className: `image clickable ${correct ? 'right' : 'wrong'}`,
         attrs: {'data-index': image.index, tabindex: 0, title: 'open the image view'},
@@ -534,7 +592,7 @@ export function imageView(data, run, on = {}, datasets = [data.dataset]) {
   root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${data.role === 'ind' ? 'InD' : 'OOD'}) — step ${data.step}`}));
   const correct = data.label === data.prediction;
   root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
-    el('img', {attrs: {src: thumbnailUrl({run, dataset: data.dataset, index: data.index, step: data.step}), alt: `${data.dataset} image ${data.index}`}}),
+    thumbnailImage({run, dataset: data.dataset, index: data.index, step: data.step, lazy: false}),
     el('div', {className: 'facts'}, [
       el('div', {text: `label: ${className(names, data.label)}`}),
       el('div', {text: `prediction: ${className(names, data.prediction)} (${correct ? 'right' : 'wrong'})`}),
