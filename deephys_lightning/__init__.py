@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from deephys_lightning.callback import DeephysCallback
 
 __all__ = ["DeephysCallback", "DeephysLog", "read_log", "read_runs"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -26,7 +26,7 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
-from deephys_lightning import detection, metrics
+from deephys_lightning import detection, metrics, thumbnail_encoding
 from tb_plugin import assets, derived, metadata
 from tb_plugin.metadata import (
     SCORE_KINDS,
@@ -393,7 +393,7 @@ def _write_dataset(
         if not isinstance(thumbnails, assets.Thumbnails):
             thumbnails = assets.Thumbnails.of(thumbnails)
         reference = metadata.ThumbnailReference(
-            file=assets.write_thumbnails(log_dir, name, thumbnails),
+            file=assets.write_thumbnail_pack(log_dir, name, thumbnails, thumbnail_encoding.encode),
             count=int(thumbnails.pixels.shape[0]),
             shape=tuple(thumbnails.pixels.shape[1:]),
         )

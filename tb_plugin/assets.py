@@ -24,13 +24,21 @@ import dataclasses
 import io
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import IO
 
 import google_crc32c
 import numpy as np
 
-from tb_plugin import storage
-from tb_plugin.metadata import ASSET_ROOT, asset_path, thumbnail_asset_name, thumbnails_digest
+from tb_plugin import storage, thumbnail_pack
+from tb_plugin.metadata import (
+    ASSET_ROOT,
+    NPY_SUFFIX,
+    PACK_SUFFIX,
+    asset_path,
+    thumbnail_asset_name,
+    thumbnails_digest,
+)
 from tb_plugin.storage import TMP_SUFFIX
 
 CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
@@ -54,16 +62,40 @@ class Thumbnails:
         return cls(pixels, checksums, thumbnails_digest(pixels.shape, checksums))
 
 
+def write_thumbnail_pack(
+    run_dir: str,
+    dataset: str,
+    thumbnails: Thumbnails,
+    encode: Callable[[np.ndarray], tuple[str, Sequence[bytes]]],
+) -> str:
+    """Write ``thumbnails`` encoded, as one ``tb_plugin.thumbnail_pack`` file under
+    ``run_dir``; return its asset name. ``encode(pixels)`` gives the image format
+    ("png" or "jpeg") and each image's bytes; it is called only when the file is new
+    (content-addressed like :func:`write_thumbnails`). One write, complete or absent."""
+    relative = thumbnail_asset_name(dataset, thumbnails.digest, PACK_SUFFIX)
+    path = asset_path(run_dir, relative)
+    if not storage.exists(path):
+        image_format, encoded = encode(thumbnails.pixels)
+        if len(encoded) != len(thumbnails.pixels):
+            raise ValueError(
+                f"{len(encoded)} encoded images for {len(thumbnails.pixels)} thumbnails"
+            )
+        data = thumbnail_pack.pack(encoded, thumbnails.pixels.shape[1:], image_format)
+        storage.write_bytes(path, data)
+    return relative
+
+
 def write_thumbnails(run_dir: str, dataset: str, thumbnails: np.ndarray | Thumbnails) -> str:
     """Write ``thumbnails`` (uint8 [N, H, W, 3], or :class:`Thumbnails` made already)
-    under ``run_dir``; return its asset name.
+    as raw pixels (the ``.npy`` format of logs before 0.2, kept for reading them and
+    for tests) under ``run_dir``; return its asset name.
 
     The name holds the dataset and the content digest, so a changed set gets a new
     file and an unchanged one is never rewritten. Writes are atomic.
     """
     if not isinstance(thumbnails, Thumbnails):
         thumbnails = Thumbnails.of(thumbnails)
-    relative = thumbnail_asset_name(dataset, thumbnails.digest)
+    relative = thumbnail_asset_name(dataset, thumbnails.digest, NPY_SUFFIX)
     path = asset_path(run_dir, relative)
     if not storage.exists(path):
         # The checksums first: a thumbnail file that exists always has them beside it.
@@ -264,6 +296,11 @@ class ThumbnailFile:
         return data
 
 
-def open_thumbnails(run_dir: str, relative: str) -> ThumbnailFile:
-    """The thumbnails of an asset, read an image at a time (see :class:`ThumbnailFile`)."""
-    return ThumbnailFile(asset_path(run_dir, relative))
+def open_thumbnails(run_dir: str, relative: str) -> ThumbnailFile | thumbnail_pack.ThumbnailPack:
+    """The thumbnails of an asset, read an image at a time: a
+    ``thumbnail_pack.ThumbnailPack`` for encoded ones, a :class:`ThumbnailFile` for
+    the raw pixels of earlier logs."""
+    path = asset_path(run_dir, relative)
+    if relative.endswith(PACK_SUFFIX):
+        return thumbnail_pack.ThumbnailPack(path)
+    return ThumbnailFile(path)

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import mimetypes
@@ -25,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from tensorboard import errors
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
@@ -337,12 +335,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
 
     def thumbnail_impl(
         self, ctx, experiment_id: str, run: str, dataset: str, index: int, step: int | None
-    ) -> bytes:
-        """PNG bytes of image ``index`` of ``dataset``."""
-        pixels = self._step(ctx, experiment_id, run, step).thumbnail(dataset, index)
-        out = io.BytesIO()
-        Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
-        return out.getvalue()
+    ) -> tuple[bytes, str]:
+        """Image ``index`` of ``dataset`` as stored (PNG or JPEG), and its media type."""
+        return self._step(ctx, experiment_id, run, step).thumbnail_encoded(dataset, index)
 
     # -- routes (thin) -----------------------------------------------------------------
 
@@ -409,14 +404,14 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def _serve_thumbnail(
         self, request: wrappers.Request, ctx, experiment_id: str
     ) -> wrappers.Response:
-        png = self.thumbnail_impl(
+        image, media_type = self.thumbnail_impl(
             ctx,
             experiment_id,
             **required_args(request, "run", "dataset"),
             index=int_arg(request, "index", default=0),
             step=step_arg(request),
         )
-        response = http_util.Respond(request, png, "image/png")
+        response = http_util.Respond(request, image, media_type)
         response.headers["Cache-Control"] = _IMMUTABLE_CACHE
         return response
 

@@ -376,7 +376,9 @@ def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
 ASSET_ROOT = f"plugins/{PLUGIN_NAME}"  # below a run directory (a URL path on object stores)
 THUMBNAIL_DIR = "thumbnails"
 STATE_FILE = "state.json"
-_ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.npy")
+PACK_SUFFIX = ".thumbs"  # encoded images with an index (tb_plugin.thumbnail_pack)
+NPY_SUFFIX = ".npy"  # raw uint8 [N, H, W, 3] pixels, as logs of earlier versions hold them
+_ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.(npy|thumbs)")
 
 
 def thumbnails_digest(shape: tuple[int, ...], checksums: np.ndarray) -> str:
@@ -390,15 +392,18 @@ def thumbnails_digest(shape: tuple[int, ...], checksums: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def thumbnail_asset_name(dataset: str, digest: str) -> str:
+def thumbnail_asset_name(dataset: str, digest: str, suffix: str = PACK_SUFFIX) -> str:
     """The asset name (relative to ``ASSET_ROOT``) of a dataset's thumbnails.
 
     It holds the dataset (percent-escaped, dots too, so that no name holds "..")
     and the content digest, so a changed set gets a new file and an unchanged one
-    is never rewritten.
+    is never rewritten. ``suffix``: ``PACK_SUFFIX`` (encoded images, written since
+    0.2) or ``NPY_SUFFIX`` (raw pixels, as earlier versions wrote them).
     """
+    if suffix not in (PACK_SUFFIX, NPY_SUFFIX):
+        raise ValueError(f"thumbnail files end in {PACK_SUFFIX} or {NPY_SUFFIX}, not {suffix!r}")
     escaped = quote(dataset, safe="").replace(".", "%2E")[:200]
-    return f"{THUMBNAIL_DIR}/{escaped}-{digest}.npy"
+    return f"{THUMBNAIL_DIR}/{escaped}-{digest}{suffix}"
 
 
 def asset_path(run_dir: str, relative: str) -> str:

@@ -25,13 +25,16 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
+from PIL import Image
 from tensorboard import errors
 
 from tb_plugin import array_checks, derived, metadata
 from tb_plugin.metadata import TOP_NEURONS, Detection, Kind, Record
 from tb_plugin.records import DeephysReader
+from tb_plugin.thumbnail_pack import ThumbnailPack
 
 
 class UnknownNameError(errors.NotFoundError):
@@ -294,6 +297,20 @@ class StepData:
         images = self.thumbnails(dataset)
         self.check_image(dataset, index)
         return _read_thumbnails(dataset, lambda file: file[index], images)
+
+    def thumbnail_encoded(self, dataset: str, index: int) -> tuple[bytes, str]:
+        """Image ``index`` of ``dataset`` as an image file and its media type: the bytes
+        stored (PNG or JPEG), or for the raw pixels of earlier logs, a PNG made now."""
+        images = self.thumbnails(dataset)
+        self.check_image(dataset, index)
+        if isinstance(images, ThumbnailPack):
+            return _read_thumbnails(dataset, lambda pack: pack.encoded(index), images), (
+                images.media_type
+            )
+        pixels = _read_thumbnails(dataset, lambda file: file[index], images)
+        out = io.BytesIO()
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="RGB").save(out, format="PNG")
+        return out.getvalue(), "image/png"
 
     def thumbnail_array(self, dataset: str) -> np.ndarray:
         """uint8 ``[N, H, W, 3]``: every image of ``dataset``, read now, in memory."""

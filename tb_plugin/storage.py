@@ -96,14 +96,6 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return os.path.join(local_path(text), *parts)
 
 
-def dirname(path: str) -> str:
-    return posixpath.dirname(path) if is_url(path) else os.path.dirname(path)
-
-
-def basename(path: str) -> str:
-    return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
-
-
 def filesystem(path: str) -> tuple[Any, str]:
     """The fsspec filesystem of the URL ``path`` and the path within it.
 
@@ -216,10 +208,3 @@ def write_with(path: str, write: Callable[[IO[bytes]], object]) -> None:
         with contextlib.suppress(OSError):  # a full disk: leave no half file behind
             os.remove(tmp)
         raise
-
-
-def remove(path: str) -> None:
-    if not is_url(path):
-        os.remove(local_path(path))
-        return
-    _remote(path, lambda fs, inner: fs.rm_file(inner))

@@ -61,3 +61,31 @@ def drop_value(tag, step):
         return event
 
     return change
+
+
+def with_legacy_thumbnails(run_dir, out_dir):
+    """Copy the run ``run_dir`` to ``out_dir`` with its thumbnails as logs before 0.2
+    held them: raw ``.npy`` pixels (and their checksums), referenced from the events."""
+    import json
+
+    import numpy as np
+
+    from tb_plugin import assets, metadata
+
+    def change(event):
+        for value in event.summary.value:
+            content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+            if content is None or content.kind is not metadata.Kind.THUMBNAILS:
+                continue
+            reference = metadata.ThumbnailReference.from_json(value.tensor.string_val[0])
+            pixels = np.asarray(assets.open_thumbnails(str(run_dir), reference.file))
+            legacy = assets.write_thumbnails(str(out_dir), content.dataset, pixels)
+            raw = json.loads(reference.to_json())
+            value.tensor.string_val[0] = json.dumps({**raw, "file": legacy}).encode()
+        return event
+
+    rewrite_events(run_dir, out_dir, change)
+    folder = os.path.join(out_dir, *metadata.ASSET_ROOT.split("/"), metadata.THUMBNAIL_DIR)
+    for name in os.listdir(folder):
+        if name.endswith(metadata.PACK_SUFFIX):
+            os.remove(os.path.join(folder, name))

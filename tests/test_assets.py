@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,10 @@ from plugin_client import plugin_client
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
-from tb_plugin import assets, metadata
+from deephys_lightning.capture import to_thumbnails
+from tb_plugin import assets, metadata, thumbnail_pack
 from tb_plugin.assets import CHECKSUM_SUFFIX, image_checksums
+from tb_plugin.thumbnail_pack import ThumbnailPack
 
 
 def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
@@ -21,19 +24,36 @@ def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders={"a/b": loader(big, 50)})
     run_dir = t.logger.log_dir
     folder = os.path.join(run_dir, "plugins", "deephys", "thumbnails")
-    # one file and its checksums: the set did not change between epochs
-    (name,) = [n for n in os.listdir(folder) if not n.endswith(CHECKSUM_SUFFIX)]
-    assert name.startswith("a%2Fb-") and name.endswith(".npy")
-    assert sorted(os.listdir(folder)) == sorted([name, name[:-4] + CHECKSUM_SUFFIX])
-    thumbs = np.load(os.path.join(folder, name))
-    np.testing.assert_array_equal(
-        np.load(os.path.join(folder, name[:-4] + CHECKSUM_SUFFIX)), image_checksums(thumbs)
-    )
-    assert thumbs.shape == (200, 8, 8, 3)
-    np.testing.assert_array_equal(read_log(run_dir).thumbnails("a/b"), thumbs)
+    # one file: the set did not change between epochs
+    (name,) = os.listdir(folder)
+    assert name.startswith("a%2Fb-") and name.endswith(".thumbs")
+    pack = ThumbnailPack(os.path.join(folder, name))
+    assert pack.shape == (200, 8, 8, 3)
+    expected = to_thumbnails(big.tensors[0], 64).numpy()
+    thumbs = read_log(run_dir).thumbnails("a/b")
+    assert pack.media_type == "image/png"  # noise: JPEG would not keep it readable
+    np.testing.assert_array_equal(thumbs, expected)
     events = [f for f in os.listdir(run_dir) if f.startswith("events")]
     event_bytes = sum(os.path.getsize(os.path.join(run_dir, f)) for f in events)
-    assert event_bytes < thumbs.nbytes * 2  # the events carry only a reference
+    assert event_bytes < expected.nbytes * 2  # the events carry only a reference
+
+
+def test_drawn_and_noisy_images_are_kept_lossless_and_photographs_as_jpeg():
+    from sklearn.datasets import load_sample_images
+
+    from deephys_lightning import thumbnail_encoding
+
+    drawn = np.zeros((40, 28, 28, 3), np.uint8)
+    drawn[:, 8:20, 10:14] = [220, 40, 40]  # flat colours, sharp edges
+    image_format, encoded = thumbnail_encoding.encode(drawn)
+    assert image_format == "png" and len(encoded) == 40
+    photo = load_sample_images().images[0]
+    crops = np.stack([photo[y : y + 64, x : x + 64] for y in range(0, 320, 40) for x in (0, 300)])
+    image_format, encoded = thumbnail_encoding.encode(crops)
+    assert image_format == "jpeg"
+    assert sum(map(len, encoded)) < crops.nbytes / 4
+    noise = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    assert thumbnail_encoding.encode(noise)[0] == "png"  # JPEG's loss would be too large
 
 
 @pytest.mark.parametrize(
@@ -61,6 +81,7 @@ def test_write_thumbnails_is_content_addressed(tmp_path):
     second = assets.write_thumbnails(str(tmp_path), "set", a + 1)
     assert second != first
     np.testing.assert_array_equal(assets.open_thumbnails(str(tmp_path), second), a + 1)
+    assert first.endswith(".npy")  # the raw format of logs before 0.2, still written on request
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
         assets.write_thumbnails(str(tmp_path), "set", np.zeros((3, 4, 4), np.uint8))
 
@@ -69,14 +90,12 @@ def test_write_thumbnails_is_content_addressed(tmp_path):
 def test_a_thumbnail_file_changed_while_served_is_an_error_never_a_crash(tmp_path):
     """Truncated in place (cp over it, rsync --inplace), replaced, deleted: each answers
     a JSON error with the cause, and the server process (this one) lives on."""
-    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
-    val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
-    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
-    client = plugin_client(tmp_path)
-    url = "/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index={}"
+    run_dir = _legacy_run(tmp_path)
+    client = plugin_client(tmp_path / "logs")
+    url = "/data/plugin/deephys/thumbnail?run=legacy&dataset=ind&index={}"
     first = client.get(url.format(11))
     assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
-    folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
+    folder = os.path.join(run_dir, "plugins", "deephys", "thumbnails")
     (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
     path = os.path.join(folder, name)
     with open(path, "r+b") as handle:  # truncated in place, under the cached reader
@@ -151,15 +170,29 @@ def _save_header(path, shape):
         handle.write(b"\0" * 100)
 
 
-@pytest.fixture()
-def served(tmp_path):
+def _fit_run(tmp_path):
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     val = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(8, 2))}
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val)
-    folder = os.path.join(t.logger.log_dir, "plugins", "deephys", "thumbnails")
-    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
+    return t.logger.log_dir
 
-    return t.logger.log_dir, os.path.join(folder, name), lambda: plugin_client(tmp_path)
+
+def _legacy_run(tmp_path):
+    """A run as logs before 0.2 held it (raw .npy thumbnails), at tmp_path/logs/legacy."""
+    from event_surgery import with_legacy_thumbnails
+
+    source = _fit_run(tmp_path / "source")
+    with_legacy_thumbnails(source, tmp_path / "logs" / "legacy")
+    return str(tmp_path / "logs" / "legacy")
+
+
+@pytest.fixture()
+def served(tmp_path):
+    """A run with the thumbnails of logs before 0.2 (raw .npy), and the file of 'ind'."""
+    run_dir = _legacy_run(tmp_path)
+    folder = os.path.join(run_dir, "plugins", "deephys", "thumbnails")
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-") and _is_image_file(n)]
+    return run_dir, os.path.join(folder, name), lambda: plugin_client(tmp_path / "logs")
 
 
 @pytest.mark.fault
@@ -169,6 +202,81 @@ def test_damaged_thumbnail_files_answer_json_with_the_cause(served, damage, tmp_
 
     run_dir, path, client = served
     DAMAGED[damage](path)
+    response = client().get("/data/plugin/deephys/thumbnail?run=legacy&dataset=ind&index=3")
+    assert response.status_code == 404, response.data[:300]
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert "thumbnails of 'ind'" in response.json["error"]
+    with pytest.raises(KeyError, match="thumbnails of 'ind'"):
+        read_log(run_dir).thumbnails("ind")
+    with pytest.raises(ExportError, match="dataset 'ind'"):
+        export_step(run_dir, tmp_path / "export")
+
+
+def _pack_head(path):
+    """(header length, count, where the data starts) of a thumbnail pack."""
+    import json
+    import struct
+
+    data = Path(path).read_bytes()
+    (length,) = struct.unpack("<I", data[8:12])
+    count = json.loads(data[12 : 12 + length])["count"]
+    return length, count, 12 + length + 12 * count + 8
+
+
+def _rewrite_header(path, **fields):
+    import json
+    import struct
+
+    data = Path(path).read_bytes()
+    length, _, _ = _pack_head(path)
+    header = {**json.loads(data[12 : 12 + length]), **fields}
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as handle:
+        handle.write(data[:8] + struct.pack("<I", len(raw)) + raw + data[12 + length :])
+
+
+DAMAGED_PACKS = {
+    "empty": lambda path: open(path, "wb").close(),
+    "zeroed magic": lambda path: _overwrite(path, 0, b"\0" * 8),
+    "a directory": lambda path: (os.remove(path), os.mkdir(path)),
+    "a system file": lambda path: (os.remove(path), os.symlink("/etc/hostname", path)),
+    "a header that is not JSON": lambda path: _overwrite(path, 12, b"{{{{"),
+    "a header of 4 GiB": lambda path: _overwrite(path, 8, b"\xff\xff\xff\xff"),
+    "a header claiming 10^12 images": lambda path: _rewrite_header(path, count=10**12),
+    "images of no width": lambda path: _rewrite_header(path, shape=[8, 0, 3]),
+    "an unknown format": lambda path: _rewrite_header(path, format="gif"),
+    "cut short": lambda path: os.truncate(path, os.path.getsize(path) - 3),
+    "offsets out of order": lambda path: _overwrite(
+        path, _pack_head(path)[0] + 12 + 8 * 3, b"\0" * 8
+    ),
+    "a flipped byte in image 3": lambda path: _overwrite(
+        path, _pack_head(path)[2] + _image_start(path, 3) + 2, b"\x7f"
+    ),
+}
+
+
+def _image_start(path, index):
+    length, count, _ = _pack_head(path)
+    offsets = np.frombuffer(Path(path).read_bytes()[12 + length :][: 8 * (count + 1)], "<u8")
+    return int(offsets[index])
+
+
+@pytest.fixture()
+def served_pack(tmp_path):
+    """A run as this version writes it, and the thumbnail pack of 'ind'."""
+    run_dir = _fit_run(tmp_path)
+    folder = os.path.join(run_dir, "plugins", "deephys", "thumbnails")
+    (name,) = [n for n in os.listdir(folder) if n.startswith("ind-")]
+    return run_dir, os.path.join(folder, name), lambda: plugin_client(tmp_path)
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("damage", list(DAMAGED_PACKS))
+def test_damaged_thumbnail_packs_answer_json_with_the_cause(served_pack, damage, tmp_path):
+    from deephys_lightning.export import ExportError, export_step
+
+    run_dir, path, client = served_pack
+    DAMAGED_PACKS[damage](path)
     response = client().get("/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index=3")
     assert response.status_code == 404, response.data[:300]
     assert response.headers["Content-Type"].startswith("application/json")
@@ -177,3 +285,35 @@ def test_damaged_thumbnail_files_answer_json_with_the_cause(served, damage, tmp_
         read_log(run_dir).thumbnails("ind")
     with pytest.raises(ExportError, match="dataset 'ind'"):
         export_step(run_dir, tmp_path / "export")
+
+
+@pytest.mark.fault
+def test_a_thumbnail_pack_changed_while_served_is_an_error_never_a_crash(served_pack):
+    """Served as stored (one ranged read, long-lived cache headers); truncated in place,
+    replaced by another pack, deleted: each is noticed on the next request."""
+    run_dir, path, client = served_pack
+    client = client()
+    url = "/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index={}"
+    pack = ThumbnailPack(path)
+    first = client.get(url.format(11))
+    assert first.status_code == 200 and first.headers["Content-Type"] == pack.media_type
+    assert first.data == pack.encoded(11)  # the stored bytes, as they are
+    assert "max-age" in first.headers["Cache-Control"]
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) - 10)
+    damaged = client.get(url.format(0))
+    assert damaged.status_code == 404 and "damaged" in damaged.json["error"]
+    other = np.full((12, 8, 8, 3), 200, np.uint8)
+    with open(path + ".new", "wb") as handle:
+        from deephys_lightning import thumbnail_encoding
+
+        handle.write(thumbnail_pack.pack(thumbnail_encoding.encode(other)[1], (8, 8, 3), "png"))
+    os.replace(path + ".new", path)
+    replaced = client.get(url.format(3))
+    assert replaced.status_code == 200
+    from PIL import Image
+
+    assert np.asarray(Image.open(io.BytesIO(replaced.data))).min() == 200  # the new pixels
+    os.remove(path)
+    gone = client.get(url.format(3))
+    assert gone.status_code == 404 and "deleted" in gone.json["error"]

@@ -466,12 +466,13 @@ def test_leftovers_of_interrupted_writes_are_removed_by_the_next_run(tmp_path):
 def test_a_thumbnail_file_truncated_under_a_real_tensorboard(tmp_path, load_fast):
     t = _fit(tmp_path, max_epochs=1)
     folder = Path(t.logger.log_dir, "plugins", "deephys", "thumbnails")
-    (path,) = [p for p in folder.glob("ind-*.npy") if not p.name.endswith(".crc32c.npy")]
+    (path,) = folder.glob("ind-*.thumbs")
     with running_tensorboard(tmp_path, load_fast=load_fast) as base:
         run = _wait_for_run(base, "tiny/version_0")["runs"][0]["run"]
         url = f"{base}/data/plugin/deephys/thumbnail"
         first = fault_tally.get(url, run=run, dataset="ind", index=11)
-        assert first.status_code == 200 and first.headers["Content-Type"] == "image/png"
+        assert first.status_code == 200
+        assert first.headers["Content-Type"] in ("image/png", "image/jpeg")
         with open(path, "r+b") as handle:  # cp over it, rsync --inplace
             handle.truncate(path.stat().st_size // 2)
         for index in (0, 11):

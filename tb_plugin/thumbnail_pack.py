@@ -1,0 +1,227 @@
+"""Thumbnails stored encoded, one file per dataset and content, made for random access.
+
+A thumbnail request is one ranged read whose bytes are served as they are. The file
+(``thumbnails/<dataset>-<digest>.thumbs`` under the run's asset folder) holds::
+
+    8 bytes   b"DPHYTHM1"
+    4 bytes   little-endian uint32: the length L of the JSON header
+    L bytes   {"count": N, "shape": [H, W, 3], "format": "png" | "jpeg"}
+    8(N+1)    little-endian uint64 offsets of each image in the data (the first is 0)
+    4N        little-endian uint32 CRC-32C of each encoded image
+    ...       the N encoded images, back to back
+
+Opening reads the head (16 bytes per image: 800 KB for 50,000); each image is then
+one ranged read, checked against its CRC-32C. The writer (``DeephysCallback``) picks
+the format per dataset: PNG (lossless) where it is about as small as JPEG (drawn or
+synthetic images), else JPEG at quality 90 (photographs: about 1/7 of the raw
+pixels at 64 px); ``docs/data_format.md`` has the measurements.
+
+Example::
+
+    data = pack([png_a, png_b], shape=(64, 64, 3), image_format="png")
+    storage.write_bytes(path, data)
+    images = ThumbnailPack(path)
+    images.encoded(1)     # png_b, as stored
+    images[1]             # uint8 [64, 64, 3], decoded
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+import time
+from collections.abc import Sequence
+
+import google_crc32c
+import numpy as np
+
+from tb_plugin import storage
+
+MAGIC = b"DPHYTHM1"
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
+_REMOTE_RECHECK_S = 5.0  # how long an object store's file is trusted between looks
+_MAX_HEADER = 1 << 16
+
+
+def pack(encoded: Sequence[bytes], shape: Sequence[int], image_format: str) -> bytes:
+    """The file holding ``encoded`` images of ``shape`` ``[H, W, 3]`` in ``image_format``."""
+    if image_format not in MEDIA_TYPES:
+        raise ValueError(f"image_format must be one of {sorted(MEDIA_TYPES)}, not {image_format!r}")
+    header = json.dumps(
+        {"count": len(encoded), "shape": [int(n) for n in shape], "format": image_format}
+    ).encode("utf-8")
+    sizes = np.fromiter((len(e) for e in encoded), dtype=np.uint64, count=len(encoded))
+    offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(sizes, dtype=np.uint64)])
+    crcs = np.fromiter(
+        (google_crc32c.value(bytes(e)) for e in encoded), dtype=np.uint32, count=len(encoded)
+    )
+    return b"".join(
+        [
+            MAGIC,
+            struct.pack("<I", len(header)),
+            header,
+            offsets.astype("<u8").tobytes(),
+            crcs.astype("<u4").tobytes(),
+            *map(bytes, encoded),
+        ]
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """What one look at a pack found (replaced whole when the file is replaced)."""
+
+    identity: tuple
+    seen_at: float
+    shape: tuple[int, int, int, int]
+    image_format: str
+    data_start: int
+    offsets: np.ndarray  # uint64 [N + 1]
+    crcs: np.ndarray  # uint32 [N]
+
+
+class ThumbnailPack:
+    """The encoded thumbnails of one ``.thumbs`` asset, read an image at a time.
+
+    :meth:`encoded` gives an image's stored bytes (checked against its CRC-32C),
+    indexing gives it decoded (uint8 ``[H, W, 3]``), ``numpy.asarray`` all of them.
+    A file that is missing raises ``FileNotFoundError``; one that is truncated,
+    replaced by something else or damaged raises ``ValueError`` naming the file and the
+    cause. Reads notice a replaced file (its identity is looked at again, on object
+    stores at most every few seconds). Safe to share between threads.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._head: _Head | None = None
+        self._current()
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self._current().shape
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self._current().image_format]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """What a reader keeps in memory: the index, not the images."""
+        head = self._head
+        return 4096 + (0 if head is None else head.offsets.nbytes + head.crcs.nbytes)
+
+    def encoded(self, index: int) -> bytes:
+        """Image ``index`` as stored (PNG or JPEG bytes), read now."""
+        head = self._current()
+        index = int(index)
+        if not 0 <= index < head.shape[0]:
+            raise IndexError(f"image {index} of {head.shape[0]} in {self.path}")
+        start, end = int(head.offsets[index]), int(head.offsets[index + 1])
+        data = storage.read_range(self.path, head.data_start + start, end - start)
+        if len(data) != end - start:
+            raise ValueError(
+                f"{self.path} is damaged: it ended {end - start - len(data)} bytes early"
+            )
+        if google_crc32c.value(data) != int(head.crcs[index]):
+            raise ValueError(
+                f"{self.path} is damaged: image {index} does not match its checksum "
+                "(changed in storage; write the thumbnails again)"
+            )
+        return data
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._decode(self.encoded(index), index)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        head = self._current()
+        data = storage.read_range(self.path, head.data_start, int(head.offsets[-1]))
+        images = np.empty(head.shape, dtype=np.uint8)
+        for i in range(head.shape[0]):
+            start, end = int(head.offsets[i]), int(head.offsets[i + 1])
+            chunk = data[start:end]
+            if len(chunk) != end - start or google_crc32c.value(chunk) != int(head.crcs[i]):
+                raise ValueError(
+                    f"{self.path} is damaged: image {i} does not match its checksum "
+                    "(changed in storage; write the thumbnails again)"
+                )
+            images[i] = self._decode(chunk, i)
+        return images if dtype is None else images.astype(dtype)
+
+    def _decode(self, data: bytes, index: int) -> np.ndarray:
+        from PIL import Image
+
+        expected = self._current().shape[1:]
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as error:
+            raise ValueError(f"{self.path}: image {index} cannot be decoded: {error}") from None
+        if pixels.shape != expected:
+            raise ValueError(
+                f"{self.path}: image {index} is {list(pixels.shape)}, not the file's "
+                f"{list(expected)}"
+            )
+        return pixels
+
+    def _current(self) -> _Head:
+        """The head of the file as it is now (read again when it was replaced)."""
+        head = self._head
+        remote = storage.is_url(self.path)
+        if head is not None and remote and time.monotonic() - head.seen_at < _REMOTE_RECHECK_S:
+            return head
+        identity = storage.identity(self.path)
+        if head is not None and head.identity == identity:
+            return head
+        head = self._read_head(identity)
+        self._head = head
+        return head
+
+    def _read_head(self, identity: tuple) -> _Head:
+        size = identity[1]
+        first = storage.read_range(self.path, 0, 12)
+        if len(first) < 12 or first[:8] != MAGIC:
+            raise ValueError(f"{self.path} is not a Deephys thumbnail file")
+        (header_length,) = struct.unpack("<I", first[8:12])
+        if header_length > _MAX_HEADER:
+            raise ValueError(f"{self.path} is damaged: a header of {header_length} bytes")
+        try:
+            header = json.loads(storage.read_range(self.path, 12, header_length).decode("utf-8"))
+            count, (height, width, channels) = int(header["count"]), header["shape"]
+            image_format = header["format"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"{self.path} is damaged: its header is unreadable ({error})"
+            ) from None
+        if (
+            image_format not in MEDIA_TYPES
+            or channels != 3
+            or min(height, width) < 1
+            or count < 0
+            or 12 + header_length + 12 * count + 8 > size
+        ):
+            raise ValueError(
+                f"{self.path} holds {count} {image_format} images of {[height, width, channels]} "
+                f"in {size} bytes: not a thumbnail file this version reads, or damaged"
+            )
+        index_start = 12 + header_length
+        raw = storage.read_range(self.path, index_start, 8 * (count + 1) + 4 * count)
+        offsets = np.frombuffer(raw[: 8 * (count + 1)], dtype="<u8").astype(np.uint64)
+        crcs = np.frombuffer(raw[8 * (count + 1) :], dtype="<u4").astype(np.uint32)
+        data_start = index_start + len(raw)
+        if (
+            len(crcs) != count
+            or offsets[0] != 0
+            or np.any(np.diff(offsets.astype(np.int64)) <= 0)
+            or data_start + int(offsets[-1]) != size
+        ):
+            raise ValueError(
+                f"{self.path} is damaged: its index does not fit its {size} bytes "
+                "(truncated or overwritten; write the thumbnails again)"
+            )
+        shape = (count, int(height), int(width), 3)
+        return _Head(identity, time.monotonic(), shape, image_format, data_start, offsets, crcs)
