@@ -84,13 +84,14 @@ def write_figures(label: str, pixels: np.ndarray) -> None:
         new_bytes, old_bytes = folder_bytes(new), folder_bytes(old)
         pack = thumbnail_pack.ThumbnailPack(os.path.join(new, "plugins", "deephys", relative))
         decoded = np.asarray(pack)
+        media_type = pack.media_type
     error = np.abs(decoded.astype(np.int16) - pixels).mean()
     mse = np.mean((decoded.astype(np.float64) - pixels) ** 2)
     psnr = float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
     n, h, w, _ = pixels.shape
     print(f"\n{label}: {n} images of {h} x {w} px ({pixels.nbytes / 2**20:.1f} MiB raw)")
     print(
-        f"  encoded pack ({pack.media_type:10s})  {new_bytes / 2**20:8.1f} MiB  "
+        f"  encoded pack ({media_type:10s})  {new_bytes / 2**20:8.1f} MiB  "
         f"{new_bytes / old_bytes:5.2f}x the raw file   write {new_s:6.2f} s   "
         f"mean abs error {error:.2f}, PSNR {psnr:.1f} dB"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from plugin_client import plugin_client
 from tiny_model import TinyNet, loader, random_set, trainer
 
@@ -52,8 +53,13 @@ def test_drawn_and_noisy_images_are_kept_lossless_and_photographs_as_jpeg():
     image_format, encoded = thumbnail_encoding.encode(crops)
     assert image_format == "jpeg"
     assert sum(map(len, encoded)) < crops.nbytes / 4
-    noise = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    assert thumbnail_encoding.encode(noise)[0] == "png"  # JPEG's loss would be too large
+    noise = np.random.default_rng(0).integers(0, 256, (20, 31, 17, 3), dtype=np.uint8)
+    image_format, encoded = thumbnail_encoding.encode(noise)
+    assert image_format == "png"  # JPEG's loss would be too large
+    for data, pixels in zip(encoded, noise, strict=True):  # PNGs any decoder reads exactly
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(image), pixels)
 
 
 @pytest.mark.parametrize(
