@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -96,6 +97,20 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return os.path.join(local_path(text), *parts)
 
 
+# One filesystem per protocol for the whole process. fsspec caches its instances per
+# thread, and TensorBoard serves each request on a new thread: a new S3 client (and
+# connection pool) per thumbnail request cost ten times the ranged read itself.
+_FILESYSTEMS: dict[str, Any] = {}
+_FILESYSTEMS_LOCK = threading.Lock()
+
+
+def forget_filesystems() -> None:
+    """Drop the filesystems made so far (after their configuration, such as
+    ``AWS_ENDPOINT_URL``, changed)."""
+    with _FILESYSTEMS_LOCK:
+        _FILESYSTEMS.clear()
+
+
 def filesystem(path: str) -> tuple[Any, str]:
     """The fsspec filesystem of the URL ``path`` and the path within it.
 
@@ -104,10 +119,17 @@ def filesystem(path: str) -> tuple[Any, str]:
     """
     import fsspec
 
+    scheme = protocol(path)
     try:
-        return fsspec.core.url_to_fs(path)
+        if "::" in path:  # a chained URL (simplecache::s3://...): fsspec's own parsing
+            return fsspec.core.url_to_fs(path)
+        fs = _FILESYSTEMS.get(scheme)
+        if fs is None:
+            with _FILESYSTEMS_LOCK:
+                fs = _FILESYSTEMS.get(scheme) or fsspec.filesystem(scheme)
+                _FILESYSTEMS[scheme] = fs
+        return fs, fs._strip_protocol(path)
     except (ImportError, ValueError) as error:
-        scheme = protocol(path)
         package = _BACKENDS.get(scheme)
         if package is None:
             install = f"install the fsspec backend for {scheme}://"

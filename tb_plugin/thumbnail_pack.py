@@ -176,6 +176,8 @@ class ThumbnailPack:
             return head
         identity = storage.identity(self.path)
         if head is not None and head.identity == identity:
+            head = dataclasses.replace(head, seen_at=time.monotonic())
+            self._head = head
             return head
         head = self._read_head(identity)
         self._head = head

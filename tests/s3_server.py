@@ -92,5 +92,8 @@ def _forget_cached_filesystems() -> None:
     """fsspec caches filesystem instances (with their endpoint): start afresh."""
     import fsspec
 
+    from tb_plugin import storage
+
+    storage.forget_filesystems()
     with contextlib.suppress(Exception):
         fsspec.filesystem("s3").clear_instance_cache()
