@@ -803,7 +803,7 @@ class DeephysCallback(Callback):
             if self.strict:
                 raise
             self._warn_once(
-                f"state: {type(error).__name__}: {error}",
+                f"state: {_cause(error)}",
                 f"DeephysCallback: the record at step {step} is written, but "
                 f"{LogState.path(log_dir)} could not be saved ({type(error).__name__}: "
                 f"{error}); nothing is lost: the steps are found in the events next time "
@@ -814,9 +814,9 @@ class DeephysCallback(Callback):
     def _warn_write_failure(self, trainer: pl.Trainer, error: Exception) -> None:
         """Say once per cause that a record could not be written; training goes on."""
         cause = f"{type(error).__name__}: {error}"
-        if cause in self._warned_failures:
+        if _cause(error) in self._warned_failures:
             return
-        self._warned_failures.add(cause)
+        self._warned_failures.add(_cause(error))
         rank_zero_warn(
             f"DeephysCallback: the record at step {self._position[0]} could not be written "
             f"to {self._destination} ({cause}). Training goes on without it; check that "
@@ -937,6 +937,14 @@ class DeephysCallback(Callback):
 
 def _tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
     return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def _cause(error: Exception) -> str:
+    """What tells one failure from another: its type and, for OS errors, the error
+    (not the file: each write's temporary file has a name of its own)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    return f"{type(error).__name__}: {error}"
 
 
 def _logger_dir(trainer: pl.Trainer) -> str | None:

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -102,7 +103,7 @@ class RecordScanner:
     def __next__(self) -> bytes:
         if self._handle is None:  # kept open across records; its size seen at opening
             self._handle = storage.open_read(self.path)
-            self._size = storage.size(self.path)
+            self._size = _handle_size(self._handle)
         size = self._size
         while True:
             record, next_offset = self._read_at(self._handle, self._offset, size)
@@ -187,11 +188,21 @@ def _valid_length(header: bytes) -> int | None:
     return length
 
 
+def _handle_size(handle) -> int:
+    """The size of the file behind ``handle`` as opened (a remote file's, fixed at
+    opening; a local one's, now): what the scanner reads up to this time."""
+    size = getattr(handle, "size", None)  # fsspec's files
+    return int(size) if size is not None else os.fstat(handle.fileno()).st_size
+
+
 def _checked_data(handle, length: int) -> bytes | None:
     """The ``length`` data bytes at the handle and the CRC after them: the data, or None
-    when they fail it."""
+    when they fail it (or the file ends before them)."""
     data = handle.read(length)
-    (data_crc,) = struct.unpack("<I", handle.read(_FOOTER))
+    footer = handle.read(_FOOTER)
+    if len(data) != length or len(footer) != _FOOTER:
+        return None
+    (data_crc,) = struct.unpack("<I", footer)
     return data if masked_crc32c(data) == data_crc else None
 
 

@@ -240,7 +240,8 @@ class DeephysReader:
 
     def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
-        ``tb_plugin.assets.ThumbnailFile`` (reading one image reads only its bytes)."""
+        ``tb_plugin.thumbnail_pack.ThumbnailPack`` (or, for the raw files of logs before
+        0.2, a ``tb_plugin.assets.ThumbnailFile``): reading one image reads its bytes."""
         reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
         try:
             run_dir = self._run_dirs.path(run)

@@ -7,8 +7,10 @@ operating system directly; any other path is an fsspec URL (``s3://``, ``gs://``
 ``memory://``, ...) handled by the fsspec backend installed for its protocol
 (``s3fs``, ``gcsfs``; ``pip install 'deephys-lightning[s3]'``).
 
-Writes are complete or absent: a temporary name and a rename on local disks, one
-object per write on object stores (an object appears whole or not at all).
+Writes are complete or absent on local disks and shared file systems (a temporary
+name and a rename) and on object stores (S3, GCS, Azure: one object per write, which
+appears whole or not at all); protocols that write in place (ftp, sftp, webdav)
+write in place.
 
 Example::
 
@@ -21,13 +23,15 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import posixpath
 import threading
+import uuid
 from collections.abc import Callable
 from typing import IO, Any
 
-TMP_SUFFIX = ".tmp"  # an interrupted local write leaves <name>.<pid>.tmp
+TMP_SUFFIX = ".tmp"  # an interrupted local write leaves <name>.<pid>-<random>.tmp
 
 # The package that serves each common protocol, for the error that says what to install.
 _BACKENDS = {
@@ -97,10 +101,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return os.path.join(local_path(text), *parts)
 
 
-# One filesystem per protocol for the whole process. fsspec caches its instances per
-# thread, and TensorBoard serves each request on a new thread: a new S3 client (and
-# connection pool) per thumbnail request cost ten times the ranged read itself.
-_FILESYSTEMS: dict[str, Any] = {}
+# One filesystem per protocol for the whole process, for the backends that run on
+# their own event loop (s3fs, gcsfs, adlfs, http, memory: safe to share between
+# threads). fsspec caches its instances per thread, and TensorBoard serves each request
+# on a new thread: a new S3 client per thumbnail request cost ten times its read.
+_FILESYSTEMS: dict[tuple[int, str], Any] = {}
 _FILESYSTEMS_LOCK = threading.Lock()
 
 
@@ -123,25 +128,38 @@ def filesystem(path: str) -> tuple[Any, str]:
     try:
         if "::" in path:  # a chained URL (simplecache::s3://...): fsspec's own parsing
             return fsspec.core.url_to_fs(path)
-        fs = _FILESYSTEMS.get(scheme)
+        key = (os.getpid(), scheme)  # a forked process makes its own
+        fs = _FILESYSTEMS.get(key)
         if fs is None:
-            with _FILESYSTEMS_LOCK:
-                fs = _FILESYSTEMS.get(scheme) or fsspec.filesystem(scheme)
-                _FILESYSTEMS[scheme] = fs
+            fs = fsspec.filesystem(scheme)
+            if getattr(fs, "async_impl", False):  # its own event loop: safe across threads
+                with _FILESYSTEMS_LOCK:
+                    fs = _FILESYSTEMS.setdefault(key, fs)
         return fs, fs._strip_protocol(path)
-    except (ImportError, ValueError) as error:
+    except ImportError as error:
         package = _BACKENDS.get(scheme)
-        if package is None:
-            install = f"install the fsspec backend for {scheme}://"
-        else:
-            extra = {"s3fs": "s3", "gcsfs": "gcs"}.get(package)
-            install = f"pip install {package}" + (
-                f" (or: pip install 'deephys-lightning[{extra}]')" if extra else ""
-            )
-        raise MissingBackendError(
-            f"cannot open {path}: no fsspec backend for {scheme}:// is installed ({error}); "
-            f"{install}"
-        ) from None
+        if package and importlib.util.find_spec(package) is not None:  # there, but broken
+            raise MissingBackendError(
+                f"cannot open {path}: the fsspec backend for {scheme}:// failed to import "
+                f"({type(error).__name__}: {error}); reinstall it with compatible versions"
+            ) from None
+        raise _missing_backend(path, scheme, error) from None
+    except ValueError as error:  # fsspec: "Protocol not known"
+        raise _missing_backend(path, scheme, error) from None
+
+
+def _missing_backend(path: str, scheme: str, error: Exception) -> MissingBackendError:
+    package = _BACKENDS.get(scheme)
+    if package is None:
+        install = f"install the fsspec backend for {scheme}://"
+    else:
+        extra = {"s3fs": "s3", "gcsfs": "gcs"}.get(package)
+        install = f"pip install {package}" + (
+            f" (or: pip install 'deephys-lightning[{extra}]')" if extra else ""
+        )
+    return MissingBackendError(
+        f"cannot open {path}: no fsspec backend for {scheme}:// is installed ({error}); {install}"
+    )
 
 
 def exists(path: str) -> bool:
@@ -170,7 +188,7 @@ def identity(path: str) -> tuple:
     if not is_url(path):
         stat = os.stat(local_path(path))
         return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    info = _remote(path, lambda fs, inner: fs.info(inner))
+    info = _remote(path, lambda fs, inner: fs.info(inner, refresh=True))  # not a listing's
     tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
     return (None, int(info.get("size") or 0), str(tag))
 
@@ -221,7 +239,8 @@ def write_with(path: str, write: Callable[[IO[bytes]], object]) -> None:
         raise ValueError(f"write_with streams to local files only, not {path}")
     path = local_path(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}{TMP_SUFFIX}"
+    # pid and a random part: two hosts (a shared file system) or threads never collide
+    tmp = f"{path}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}"
     try:
         with open(tmp, "wb") as handle:
             write(handle)

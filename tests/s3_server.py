@@ -32,9 +32,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_PROCESSES: dict[str, subprocess.Popen] = {}
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def running_s3_server(timeout: float = 60.0):
-    """Yield the endpoint URL of a fresh moto S3 server; the environment points at it."""
+    """Yield the endpoint URL of a fresh moto S3 server; the environment points at it.
+    ``running_s3_server.stop(endpoint)`` stops it early (a store gone away)."""
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -55,6 +68,7 @@ def running_s3_server(timeout: float = 60.0):
                 time.sleep(0.1)
         os.environ.update(_ENVIRONMENT, AWS_ENDPOINT_URL=endpoint)
         _forget_cached_filesystems()
+        _PROCESSES[endpoint] = process
         yield endpoint
     finally:
         for key, value in saved.items():
@@ -63,12 +77,11 @@ def running_s3_server(timeout: float = 60.0):
             else:
                 os.environ[key] = value
         _forget_cached_filesystems()
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _PROCESSES.pop(endpoint, None)
+        _stop(process)
+
+
+running_s3_server.stop = lambda endpoint: _stop(_PROCESSES[endpoint])
 
 
 def new_bucket() -> str:

@@ -251,6 +251,9 @@ DAMAGED_PACKS = {
     "a header claiming 10^12 images": lambda path: _rewrite_header(path, count=10**12),
     "images of no width": lambda path: _rewrite_header(path, shape=[8, 0, 3]),
     "an unknown format": lambda path: _rewrite_header(path, format="gif"),
+    "a format that is a list": lambda path: _rewrite_header(path, format=["png"]),
+    "a count of Infinity": lambda path: _rewrite_header(path, count=float("inf")),
+    "images of 10^9 px": lambda path: _rewrite_header(path, shape=[10**9, 10**9, 3]),
     "cut short": lambda path: os.truncate(path, os.path.getsize(path) - 3),
     "offsets out of order": lambda path: _overwrite(
         path, _pack_head(path)[0] + 12 + 8 * 3, b"\0" * 8

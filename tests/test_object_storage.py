@@ -256,3 +256,52 @@ def test_logdir_spec_serves_both_runs_thumbnails(tmp_path, s3_run):
         shutil.rmtree(local / "tiny" / "version_0" / "plugins")
         gone = _thumbnail(base, "mine/tiny/version_0", "ood", 1)
         assert gone.status_code == 404 and "missing" in gone.json()["error"]
+
+
+def test_an_unreachable_store_is_a_404_in_words(s3_server, tmp_path):
+    """The S3 server gone after TensorBoard loaded the events: thumbnails answer 404
+    JSON naming the store and the cause, other routes keep answering."""
+    from plugin_client import plugin_client
+
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=_val_loaders())
+    with running_s3_server() as endpoint:
+        bucket = new_bucket()
+        storage.filesystem("s3://x")[0].put(
+            str(tmp_path / "tiny" / "version_0"), f"{bucket}/logs/run", recursive=True
+        )
+        client = plugin_client(f"s3://{bucket}/logs")
+        running_s3_server.stop(endpoint)
+        where = {"run": "run", "dataset": "ind", "index": 0}
+        response = client.get("/data/plugin/deephys/thumbnail", query_string=where)
+        assert response.status_code == 404, response.data[:300]
+        error = response.json["error"]
+        assert "thumbnails of 'ind' are unreadable" in error and f"s3://{bucket}" in error
+        summary = client.get(
+            "/data/plugin/deephys/summary", query_string={"run": "run", "layer": "fc"}
+        )
+        assert summary.status_code == 200
+
+
+def test_a_logdir_whose_backend_is_missing_says_what_to_install(tmp_path):
+    """TensorBoard's data read, but the thumbnails' store has no fsspec backend here."""
+    from tensorboard.backend import application
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from werkzeug import test as werkzeug_test
+
+    from tb_plugin.deephys_plugin import DeephysPlugin
+
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=_val_loaders())
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(tmp_path))
+    context = base_plugin.TBContext(data_provider=provider, logdir="nosuch://bucket/logs")
+    app = application.TensorBoardWSGI([DeephysPlugin(context)], data_provider=provider)
+    client = werkzeug_test.Client(app)
+    where = {"run": "tiny/version_0", "dataset": "ood", "index": 1}
+    response = client.get("/data/plugin/deephys/thumbnail", query_string=where)
+    assert response.status_code == 404
+    assert "no fsspec backend for nosuch://" in response.json["error"]
