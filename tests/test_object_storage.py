@@ -258,6 +258,7 @@ def test_logdir_spec_serves_both_runs_thumbnails(tmp_path, s3_run):
         assert gone.status_code == 404 and "missing" in gone.json()["error"]
 
 
+@pytest.mark.fault
 def test_an_unreachable_store_is_a_404_in_words(s3_server, tmp_path):
     """The S3 server gone after TensorBoard loaded the events: thumbnails answer 404
     JSON naming the store and the cause, other routes keep answering."""
@@ -283,6 +284,7 @@ def test_an_unreachable_store_is_a_404_in_words(s3_server, tmp_path):
         assert summary.status_code == 200
 
 
+@pytest.mark.fault
 def test_a_logdir_whose_backend_is_missing_says_what_to_install(tmp_path):
     """TensorBoard's data read, but the thumbnails' store has no fsspec backend here."""
     from tensorboard.backend import application
