@@ -16,6 +16,7 @@ import time
 import uuid
 
 import requests
+from tensorboard_process import stop
 
 _ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -33,15 +34,6 @@ def _free_port() -> int:
 
 
 _PROCESSES: dict[str, subprocess.Popen] = {}
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager
@@ -78,10 +70,10 @@ def running_s3_server(timeout: float = 60.0):
                 os.environ[key] = value
         _forget_cached_filesystems()
         _PROCESSES.pop(endpoint, None)
-        _stop(process)
+        stop(process)
 
 
-running_s3_server.stop = lambda endpoint: _stop(_PROCESSES[endpoint])
+running_s3_server.stop = lambda endpoint: stop(_PROCESSES[endpoint])
 
 
 def new_bucket() -> str:

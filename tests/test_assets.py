@@ -204,18 +204,24 @@ def served(tmp_path):
 @pytest.mark.fault
 @pytest.mark.parametrize("damage", list(DAMAGED))
 def test_damaged_thumbnail_files_answer_json_with_the_cause(served, damage, tmp_path):
-    from deephys_lightning.export import ExportError, export_step
-
     run_dir, path, client = served
     DAMAGED[damage](path)
-    response = client().get("/data/plugin/deephys/thumbnail?run=legacy&dataset=ind&index=3")
+    _refused_everywhere(run_dir, client(), "legacy", tmp_path / "export")
+
+
+def _refused_everywhere(run_dir, client, run, export_dir):
+    """The thumbnails of 'ind' are a 404 JSON in words, a KeyError in read_log and an
+    ExportError in export."""
+    from deephys_lightning.export import ExportError, export_step
+
+    response = client.get(f"/data/plugin/deephys/thumbnail?run={run}&dataset=ind&index=3")
     assert response.status_code == 404, response.data[:300]
     assert response.headers["Content-Type"].startswith("application/json")
     assert "thumbnails of 'ind'" in response.json["error"]
     with pytest.raises(KeyError, match="thumbnails of 'ind'"):
         read_log(run_dir).thumbnails("ind")
     with pytest.raises(ExportError, match="dataset 'ind'"):
-        export_step(run_dir, tmp_path / "export")
+        export_step(run_dir, export_dir)
 
 
 def _pack_head(path):
@@ -282,18 +288,9 @@ def served_pack(tmp_path):
 @pytest.mark.fault
 @pytest.mark.parametrize("damage", list(DAMAGED_PACKS))
 def test_damaged_thumbnail_packs_answer_json_with_the_cause(served_pack, damage, tmp_path):
-    from deephys_lightning.export import ExportError, export_step
-
     run_dir, path, client = served_pack
     DAMAGED_PACKS[damage](path)
-    response = client().get("/data/plugin/deephys/thumbnail?run=tiny/version_0&dataset=ind&index=3")
-    assert response.status_code == 404, response.data[:300]
-    assert response.headers["Content-Type"].startswith("application/json")
-    assert "thumbnails of 'ind'" in response.json["error"]
-    with pytest.raises(KeyError, match="thumbnails of 'ind'"):
-        read_log(run_dir).thumbnails("ind")
-    with pytest.raises(ExportError, match="dataset 'ind'"):
-        export_step(run_dir, tmp_path / "export")
+    _refused_everywhere(run_dir, client(), "tiny/version_0", tmp_path / "export")
 
 
 @pytest.mark.fault
