@@ -813,15 +813,12 @@ class DeephysCallback(Callback):
 
     def _warn_write_failure(self, trainer: pl.Trainer, error: Exception) -> None:
         """Say once per cause that a record could not be written; training goes on."""
-        cause = f"{type(error).__name__}: {error}"
-        if _cause(error) in self._warned_failures:
-            return
-        self._warned_failures.add(_cause(error))
-        rank_zero_warn(
+        self._warn_once(
+            _cause(error),
             f"DeephysCallback: the record at step {self._position[0]} could not be written "
-            f"to {self._destination} ({cause}). Training goes on without it; check that "
-            "the log directory is writable and has free space, or pass "
-            "DeephysCallback(strict=True) to stop on such errors."
+            f"to {self._destination} ({type(error).__name__}: {error}). Training goes on "
+            "without it; check that the log directory is writable and has free space, or "
+            "pass DeephysCallback(strict=True) to stop on such errors.",
         )
 
     def _warn_once(self, cause: str, message: str) -> None:

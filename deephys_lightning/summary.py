@@ -389,9 +389,7 @@ def _write_dataset(
     if rec.thumbnails is not None:
         if log_dir is None:
             raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
-        thumbnails = rec.thumbnails
-        if not isinstance(thumbnails, assets.Thumbnails):
-            thumbnails = assets.Thumbnails.of(thumbnails)
+        thumbnails = assets.Thumbnails.of(rec.thumbnails)
         reference = metadata.ThumbnailReference(
             file=assets.write_thumbnail_pack(log_dir, name, thumbnails, thumbnail_encoding.encode),
             count=int(thumbnails.pixels.shape[0]),

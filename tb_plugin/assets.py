@@ -54,7 +54,10 @@ class Thumbnails:
     digest: str
 
     @classmethod
-    def of(cls, thumbnails: np.ndarray) -> Thumbnails:
+    def of(cls, thumbnails: np.ndarray | Thumbnails) -> Thumbnails:
+        """``thumbnails`` with their checksums and digest (as given, when made already)."""
+        if isinstance(thumbnails, Thumbnails):
+            return thumbnails
         pixels = np.ascontiguousarray(thumbnails, dtype=np.uint8)
         if pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"thumbnails must be uint8 [N, H, W, 3], got shape {pixels.shape}")
@@ -93,8 +96,7 @@ def write_thumbnails(run_dir: str, dataset: str, thumbnails: np.ndarray | Thumbn
     The name holds the dataset and the content digest, so a changed set gets a new
     file and an unchanged one is never rewritten. Writes are atomic.
     """
-    if not isinstance(thumbnails, Thumbnails):
-        thumbnails = Thumbnails.of(thumbnails)
+    thumbnails = Thumbnails.of(thumbnails)
     relative = thumbnail_asset_name(dataset, thumbnails.digest, NPY_SUFFIX)
     path = asset_path(run_dir, relative)
     if not storage.exists(path):

@@ -276,7 +276,7 @@ class StepData:
 
     def thumbnails(self, dataset: str) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a time
-        (a ``tb_plugin.assets.ThumbnailFile``); :meth:`thumbnail` and
+        (``DeephysReader.thumbnails``); :meth:`thumbnail_encoded` and
         :meth:`thumbnail_array` read them with the errors said in words."""
         self.check_dataset(dataset)
         images = self._reader.thumbnails(
@@ -291,12 +291,6 @@ class StepData:
                 "(a lost thumbnail reference, or a set recorded without thumbnails)"
             )
         return images
-
-    def thumbnail(self, dataset: str, index: int) -> np.ndarray:
-        """uint8 ``[H, W, 3]``: image ``index`` of ``dataset``, read now."""
-        images = self.thumbnails(dataset)
-        self.check_image(dataset, index)
-        return _read_thumbnails(dataset, lambda file: file[index], images)
 
     def thumbnail_encoded(self, dataset: str, index: int) -> tuple[bytes, str]:
         """Image ``index`` of ``dataset`` as an image file and its media type: the bytes

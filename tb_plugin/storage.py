@@ -193,10 +193,6 @@ def identity(path: str) -> tuple:
     return (None, int(info.get("size") or 0), str(tag))
 
 
-def size(path: str) -> int:
-    return identity(path)[1]
-
-
 def open_read(path: str) -> IO[bytes]:
     """A binary file object for reading (seekable; remote ones read ahead in blocks)."""
     if not is_url(path):

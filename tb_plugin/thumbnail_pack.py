@@ -118,7 +118,13 @@ class ThumbnailPack:
 
     def encoded(self, index: int) -> bytes:
         """Image ``index`` as stored (PNG or JPEG bytes), read now."""
+        return self._encoded(self._current(), index)
+
+    def __getitem__(self, index: int) -> np.ndarray:
         head = self._current()
+        return self._decode(self._encoded(head, index), index, head.shape[1:])
+
+    def _encoded(self, head: _Head, index: int) -> bytes:
         index = int(index)
         if not 0 <= index < head.shape[0]:
             raise IndexError(f"image {index} of {head.shape[0]} in {self.path}")
@@ -128,6 +134,19 @@ class ThumbnailPack:
             raise ValueError(
                 f"{self.path} is damaged: it ended {end - start - len(data)} bytes early"
             )
+        return self._checked(head, index, data)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        head = self._current()
+        data = storage.read_range(self.path, head.data_start, int(head.offsets[-1]))
+        images = np.empty(head.shape, dtype=np.uint8)
+        for i in range(head.shape[0]):
+            chunk = data[int(head.offsets[i]) : int(head.offsets[i + 1])]
+            images[i] = self._decode(self._checked(head, i, chunk), i, head.shape[1:])
+        return images if dtype is None else images.astype(dtype)
+
+    def _checked(self, head: _Head, index: int, data: bytes) -> bytes:
+        """``data``, when they are image ``index``'s bytes whole (by its CRC-32C)."""
         if google_crc32c.value(data) != int(head.crcs[index]):
             raise ValueError(
                 f"{self.path} is damaged: image {index} does not match its checksum "
@@ -135,28 +154,10 @@ class ThumbnailPack:
             )
         return data
 
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._decode(self.encoded(index), index)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        head = self._current()
-        data = storage.read_range(self.path, head.data_start, int(head.offsets[-1]))
-        images = np.empty(head.shape, dtype=np.uint8)
-        for i in range(head.shape[0]):
-            start, end = int(head.offsets[i]), int(head.offsets[i + 1])
-            chunk = data[start:end]
-            if len(chunk) != end - start or google_crc32c.value(chunk) != int(head.crcs[i]):
-                raise ValueError(
-                    f"{self.path} is damaged: image {i} does not match its checksum "
-                    "(changed in storage; write the thumbnails again)"
-                )
-            images[i] = self._decode(chunk, i)
-        return images if dtype is None else images.astype(dtype)
-
-    def _decode(self, data: bytes, index: int) -> np.ndarray:
+    def _decode(self, data: bytes, index: int, expected: tuple[int, ...]) -> np.ndarray:
+        """Image ``index`` decoded, when it is ``expected`` ``(H, W, 3)``."""
         from PIL import Image
 
-        expected = self._current().shape[1:]
         try:
             with Image.open(io.BytesIO(data)) as image:
                 if image.size != (expected[1], expected[0]):  # before decoding any pixel
