@@ -271,24 +271,30 @@ def _log_size() -> None:
 
     from deephys_lightning import fast_crc
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tb_plugin.metadata import TOP_PREDICTIONS, Record
 
     fast_crc.install()
     n, m, c = 50_000, 2048, 1000
     rng = np.random.default_rng(0)
     names = ("imagenet", "v2", "sketch", "style")
-    recordings = {
-        name: DatasetRecording(
+
+    def recording() -> DatasetRecording:
+        # each image's top 5 classes and probabilities, as the callback always writes them
+        top_classes = rng.integers(0, c, (n, TOP_PREDICTIONS), dtype=np.int32)
+        top_probabilities = -np.sort(-rng.random((n, TOP_PREDICTIONS), dtype=np.float32))
+        return DatasetRecording(
             labels=rng.integers(0, c, n),
-            predictions=rng.integers(0, c, n),
+            predictions=top_classes[:, 0],
             activations={
                 "fc": np.maximum(rng.standard_normal((n, m), dtype=np.float32), 0).astype(
                     np.float16
                 )
             },
+            top_classes=top_classes,
+            top_probabilities=top_probabilities,
         )
-        for name in names
-    }
+
+    recordings = {name: recording() for name in names}
     record = Record(
         step=1,
         epoch=0,

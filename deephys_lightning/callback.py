@@ -46,6 +46,7 @@ from deephys_lightning.capture import (
     select_output,
     split_batch,
     to_thumbnails,
+    top_predictions,
 )
 from deephys_lightning.gather import DEFAULT_CHUNK_BYTES, gather_rows
 from deephys_lightning.log_state import LogState
@@ -132,6 +133,7 @@ class DeephysCallback(Callback):
         record_logits: also write each image's classifier outputs (float32 ``[N, C]``),
             which :func:`deephys_lightning.export.export_step` needs for the original
             Deephys app. ``None`` (default): while the full activation matrix is written.
+            Each image's top 5 classes and their probabilities are written either way.
         thumbnails: store an image per recorded image (needs image inputs).
         thumbnail_size: longest side, in pixels, of the stored thumbnails.
         denormalize: ``(mean, std)`` per channel, or a function, that turns model
@@ -579,10 +581,13 @@ class DeephysCallback(Callback):
         keep = plan.keep(positions)
         if not bool(keep.any()):  # a host tensor
             return
+        top_classes, top_probabilities = top_predictions(logits, metadata.TOP_PREDICTIONS)
         columns = {
             row_columns.POSITIONS: positions,
             row_columns.LABELS: y.detach().to(torch.int64),
             row_columns.PREDS: logits.argmax(dim=-1),
+            row_columns.TOP_CLASSES: top_classes,  # softmax in float32, on the device
+            row_columns.TOP_PROBABILITIES: top_probabilities,
             **{row_columns.act_column(layer): a for layer, a in acts.items()},
         }
         if self.thumbnails:  # made on the device; kept only when new (see _write)

@@ -4,6 +4,7 @@
 - :func:`split_batch`: a batch -> (inputs, labels).
 - :func:`to_thumbnails`: model inputs -> displayable uint8 RGB images, on their device.
 - :func:`input_fingerprints`: model inputs -> one number each, to notice changed data.
+- :func:`top_predictions`: classifier outputs -> each image's most probable classes.
 
 Example::
 
@@ -14,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -248,6 +250,41 @@ def input_fingerprints(inputs: torch.Tensor) -> torch.Tensor:
     the last one's tells whether the data (and so the thumbnails) may have changed."""
     x = inputs.detach().flatten(1).float()
     return x @ _direction(x.shape[1], x.device)
+
+
+def top_predictions(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``min(k, C)`` most probable classes, int32 ``[B, k]``, most probable
+    first, and their softmax probabilities, float32 ``[B, k]``, from the classifier
+    outputs ``[B, C]`` (16-bit ones upcast first), on their device, with no host
+    synchronisation.
+
+    Classes are ranked by logit, which orders them as their probabilities do and
+    also where two probabilities round to one float32; equal logits by class, the
+    lower first (``torch.topk`` leaves ties unspecified). So the first class is the
+    arg-max, the prediction. NaN ranks above every number.
+
+    Example::
+
+        >>> classes, probabilities = top_predictions(torch.tensor([[0.0, 2.0, 2.0]]), k=2)
+        >>> classes.tolist(), [round(p, 3) for p in probabilities[0].tolist()]
+        ([[1, 2]], [0.468, 0.468])
+    """
+    logits = logits.detach().float()
+    logits = logits.flatten(1) if logits.ndim > 1 else logits[:, None]
+    num_classes = logits.shape[1]
+    # One top-k over unique int64 keys (on a CPU core, 5 ms for 256 x 1,000 logits:
+    # five times torch.topk on the floats, a third of a stable sort): the high 32 bits
+    # are the logit's bits made to order as the values do (negative floats' magnitude
+    # bits flipped; -0.0 made +0.0; NaN as +inf), the low 32 bits the class, reversed
+    # (the lower class wins).
+    ranked = torch.nan_to_num(logits, nan=math.inf, posinf=math.inf, neginf=-math.inf) + 0.0
+    bits = ranked.view(torch.int32)
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    reversed_class = torch.arange(num_classes - 1, -1, -1, device=logits.device)
+    keys = torch.topk((order << 32) | reversed_class, min(k, num_classes), dim=1).values
+    classes = (num_classes - 1) - (keys & 0xFFFFFFFF)
+    probabilities = torch.gather(torch.softmax(logits, dim=1), 1, classes)
+    return classes.to(torch.int32), probabilities
 
 
 _DIRECTIONS: dict[tuple[int, str], torch.Tensor] = {}

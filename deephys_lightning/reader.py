@@ -33,7 +33,7 @@ from deephys_lightning import fast_crc
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
 from tb_plugin import storage
 from tb_plugin.derived import OODScores
-from tb_plugin.metadata import Detection, Record
+from tb_plugin.metadata import Detection, Kind, Record
 from tb_plugin.read_model import StepData, UnknownNameError
 from tb_plugin.records import DeephysReader
 
@@ -179,6 +179,26 @@ class DeephysLog:
     def predictions(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]`` predicted class of each image."""
         return self._read(step, lambda data: data.predictions(dataset))
+
+    def top_predictions(
+        self, dataset: str, step: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's most probable classes, int32 ``[N, k]`` (most probable first,
+        so the first is the prediction; equal logits: the lower class first), and their
+        softmax probabilities, float32 ``[N, k]``; ``k = min(5, number of classes)``.
+
+        Raises:
+            KeyError: the step was written before they were recorded.
+        """
+        return self._read(
+            step,
+            lambda data: (
+                data.array(Kind.TOP_CLASSES, dataset=dataset),
+                data.array(Kind.TOP_PROBABILITIES, dataset=dataset),
+            ),
+            "Logs written before the callback recorded each image's top predictions "
+            "lack them; record again to have them.",
+        )
 
     def logits(self, dataset: str, step: int | None = None) -> np.ndarray:
         """float32 ``[N, C]`` classifier outputs of each image.

@@ -1,10 +1,11 @@
 """One container for everything recorded per image, and the buffer that fills it.
 
 :class:`Rows` holds named columns of one length (an image per row): its position in
-the dataset, its label and prediction, one column per recorded layer, and, where
-recorded, its thumbnail, classifier outputs, logit detector scores and input
-fingerprint. Every operation (select, sort, move, concatenate, gather) applies to
-all columns alike, so adding a per-image field is one name, not nine edits.
+the dataset, its label and prediction, its most probable classes with their
+probabilities, one column per recorded layer, and, where recorded, its thumbnail,
+classifier outputs, logit detector scores and input fingerprint. Every operation
+(select, sort, move, concatenate, gather) applies to all columns alike, so adding a
+per-image field is one name, not nine edits.
 
 :class:`RowBuffer` collects a dataset's rows during an epoch where they are
 produced, on the recording device: storage is allocated once, at the first batch,
@@ -37,6 +38,8 @@ THUMBS = "thumbs"  # uint8 [n, h, w, 3]
 LOGITS = "logits"  # float32 [n, C] classifier outputs
 LOGIT_SCORES = "logit_scores"  # float32 [n, 3] the logit OOD detectors' scores
 FINGERPRINTS = "fingerprints"  # float32 [n]: a projection of the input (did the data change?)
+TOP_CLASSES = "top_classes"  # int32 [n, k]: the k most probable classes, most probable first
+TOP_PROBABILITIES = "top_probabilities"  # float32 [n, k]: their softmax probabilities
 ACT_PREFIX = "act:"  # + layer name: float16 [n, M] activations
 
 DEFAULT_MAX_DEVICE_BYTES = 4 * 1024**3
@@ -87,6 +90,14 @@ class Rows:
     @property
     def logit_scores(self) -> torch.Tensor | None:
         return self.columns.get(LOGIT_SCORES)
+
+    @property
+    def top_classes(self) -> torch.Tensor | None:
+        return self.columns.get(TOP_CLASSES)
+
+    @property
+    def top_probabilities(self) -> torch.Tensor | None:
+        return self.columns.get(TOP_PROBABILITIES)
 
     @property
     def acts(self) -> dict[str, torch.Tensor]:

@@ -26,10 +26,11 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
-from deephys_lightning import detection, metrics, thumbnail_encoding
+from deephys_lightning import capture, detection, metrics, thumbnail_encoding
 from tb_plugin import assets, derived, metadata
 from tb_plugin.metadata import (
     SCORE_KINDS,
+    TOP_PREDICTIONS,
     Detection,
     Kind,
     Record,
@@ -91,6 +92,10 @@ class DatasetRecording:
         logits: float [N, C] classifier outputs, or None when not recorded.
         logit_scores: float32 [N, 3] the ``msp``, ``max_logit`` and ``energy`` score of
             each image (``detection.logit_scores``); computed from ``logits`` when None.
+        top_classes: int [N, k] each image's most probable classes, most probable first
+            (``capture.top_predictions``, k = ``min(metadata.TOP_PREDICTIONS, C)``),
+            with ``top_probabilities``, float [N, k], their softmax probabilities;
+            computed from ``logits`` when None (and not written without either).
     """
 
     labels: np.ndarray
@@ -100,6 +105,28 @@ class DatasetRecording:
     positions: np.ndarray | None = None
     logits: np.ndarray | None = None
     logit_scores: np.ndarray | None = None
+    top_classes: np.ndarray | None = None
+    top_probabilities: np.ndarray | None = None
+
+    def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
+        None without them and without logits."""
+        given = (self.top_classes, self.top_probabilities)
+        if given[0] is None and given[1] is None:
+            if self.logits is None:
+                return None
+            logits = torch.from_numpy(np.asarray(self.logits))
+            given = tuple(t.numpy() for t in capture.top_predictions(logits, TOP_PREDICTIONS))
+        if any(array is None for array in given):
+            raise ValueError("top_classes and top_probabilities go together; got only one")
+        classes = np.asarray(given[0], dtype=np.int32)
+        probabilities = np.asarray(given[1], dtype=np.float32)
+        if classes.ndim != 2 or classes.shape != probabilities.shape:
+            raise ValueError(
+                f"top_classes {list(classes.shape)} and top_probabilities "
+                f"{list(probabilities.shape)} must both be [N, k]"
+            )
+        return classes, probabilities
 
     def detector_scores(self) -> np.ndarray | None:
         """The logit detectors' scores ``[N, 3]``, or None without logits."""
@@ -195,15 +222,17 @@ def write_record(
 ) -> None:
     """Write one recorded validation epoch at ``record.step``.
 
-    For each dataset: labels, predictions, positions, the accuracy scalar, the
-    classifier outputs (when given) and thumbnails (when given), written as an asset
-    file under ``log_dir`` (the run directory the sink writes to) with a reference in
-    the events. For each layer and dataset: the view data of :func:`layer_arrays`
-    (the float16 activation matrix only while it is at most ``max_activation_bytes``;
-    None: always). For each layer and OOD set: per-neuron novelty, spurious score
-    and activation ratio, their headline scalars and histograms. For each OOD set:
-    the metrics of the OOD ``detectors`` (``detection.DETECTORS``; the logit ones need
-    every dataset's logits or logit scores), as a ``detection`` blob and scalars.
+    For each dataset: labels, predictions, positions, the accuracy scalar, each
+    image's top classes and their probabilities (when given, or computed from the
+    logits), the classifier outputs (when given) and thumbnails (when given), written
+    as an asset file under ``log_dir`` (the run directory the sink writes to) with a
+    reference in the events. For each layer and dataset: the view data of
+    :func:`layer_arrays` (the float16 activation matrix only while it is at most
+    ``max_activation_bytes``; None: always). For each layer and OOD set: per-neuron
+    novelty, spurious score and activation ratio, their headline scalars and
+    histograms. For each OOD set: the metrics of the OOD ``detectors``
+    (``detection.DETECTORS``; the logit ones need every dataset's logits or logit
+    scores), as a ``detection`` blob and scalars.
     ``scalars`` / ``histograms`` False leave out what TensorBoard's own tabs show (the
     Deephys tab reads none of it). The record itself is written last, so a reader that
     sees it sees the rest too.
@@ -381,6 +410,9 @@ def _write_dataset(
     }
     if rec.logits is not None:
         arrays[Kind.LOGITS] = np.asarray(rec.logits, dtype=np.float32)
+    top = rec.top_predictions()
+    if top is not None:
+        arrays[Kind.TOP_CLASSES], arrays[Kind.TOP_PROBABILITIES] = top
     for kind, array in arrays.items():
         sink.add_summary(value_summary(kind, array, dataset=name), step)
     if scalars and len(labels):

@@ -55,6 +55,10 @@ def dataset_recordings(
             activations=acts,
             logits=None if logits is None else logits(rows.logits, acts),
             logit_scores=None if rows.logit_scores is None else rows.logit_scores.numpy(),
+            top_classes=None if rows.top_classes is None else rows.top_classes.numpy(),
+            top_probabilities=(
+                None if rows.top_probabilities is None else rows.top_probabilities.numpy()
+            ),
             thumbnails=thumbs,
             positions=rows.positions.numpy(),
         )

@@ -32,6 +32,8 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.ACTIVATIONS: (("N", "M"), None),
     # the classifier's width may differ from the class names given (export says so)
     Kind.LOGITS: (("N", "any"), None),
+    Kind.TOP_CLASSES: (("N", "any"), "C"),
+    Kind.TOP_PROBABILITIES: (("N", "any"), None),
     Kind.TOP_INDICES: (("M", "any"), "N"),
     Kind.TOP_VALUES: (("M", "any"), None),
     Kind.IMAGE_TOP_NEURONS: (("N", "any"), "M"),
@@ -53,6 +55,7 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
 PAIRED_WITH: dict[Kind, tuple[Kind, bool]] = {
     Kind.TOP_VALUES: (Kind.TOP_INDICES, True),
     Kind.IMAGE_TOP_VALUES: (Kind.IMAGE_TOP_NEURONS, True),
+    Kind.TOP_PROBABILITIES: (Kind.TOP_CLASSES, True),
     Kind.PAIR_TOP_NEURONS: (Kind.PAIRS, False),
     Kind.PAIR_TOP_MEANS: (Kind.PAIR_TOP_NEURONS, True),
     Kind.CONFUSION_TOP_NEURONS: (Kind.CONFUSIONS, False),

@@ -45,6 +45,9 @@ MAX_CHUNK_BYTES = 8 * 1024 * 1024
 # How many top neurons are kept per image and per confusion pair (and shown per
 # category): the second dimension of IMAGE_TOP_* and PAIR_TOP_*.
 TOP_NEURONS = 16
+# How many most probable classes are kept per image: the second dimension of
+# TOP_CLASSES and TOP_PROBABILITIES is min(TOP_PREDICTIONS, number of classifier outputs).
+TOP_PREDICTIONS = 5
 
 
 class Kind(str, enum.Enum):
@@ -74,6 +77,8 @@ class Kind(str, enum.Enum):
     SPURIOUS = "spurious"  # float32 [M] spurious score of an OOD set, NaN = undefined (tensor)
     ACTIVATION_RATIO = "activation_ratio"  # float32 [M] OOD max / InD max (tensor)
     LOGITS = "logits"  # float32 [N, C] classifier outputs per image (.npy blob chunks)
+    TOP_CLASSES = "top_classes"  # int32 [N, k] most probable classes, most probable first (tensor)
+    TOP_PROBABILITIES = "top_probabilities"  # float32 [N, k] their softmax probabilities (tensor)
     DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
 
 

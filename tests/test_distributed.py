@@ -59,6 +59,12 @@ def test_two_processes_log_what_one_process_logs(tmp_path, max_images, strategy,
         np.testing.assert_allclose(
             double.logits(dataset, step), single.logits(dataset, step), rtol=1e-5, atol=1e-6
         )
+        classes, probabilities = double.top_predictions(dataset, step)
+        assert classes.shape == (expected, 3)  # k = min(5, 3 classes)
+        np.testing.assert_array_equal(classes, single.top_predictions(dataset, step)[0])
+        np.testing.assert_allclose(
+            probabilities, single.top_predictions(dataset, step)[1], rtol=1e-5, atol=1e-6
+        )
         for layer in ("fc", "features.0"):
             np.testing.assert_allclose(
                 double.activations(layer, dataset, step).astype(np.float32),
