@@ -20,7 +20,7 @@ import math
 import mimetypes
 import os
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,16 +31,40 @@ from werkzeug import wrappers
 
 from tb_plugin import derived
 from tb_plugin.derived import NEURON_SCORES
-from tb_plugin.metadata import PLUGIN_NAME, Detection
-from tb_plugin.read_model import StepData, TopImages, TopNeurons
+from tb_plugin.metadata import PLUGIN_NAME, Detection, Record, scalar_tag
+from tb_plugin.read_model import (
+    Mistakes,
+    StepData,
+    TopCategories,
+    TopImages,
+    TopNeurons,
+    TopPredictions,
+)
 from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
-from tb_plugin.request_args import bool_arg, int_arg, json_route, required_args, step_arg
+from tb_plugin.request_args import (
+    bool_arg,
+    index_arg,
+    int_arg,
+    json_route,
+    required_args,
+    step_arg,
+)
 
 _logger = logging.getLogger(__name__)
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
 _IMMUTABLE_CACHE = "private, max-age=86400"
+_MISTAKES_SHOWN = 24  # false positives / negatives a category answer lists of each
+_TOP_CATEGORIES = 5
+# How many values per tag of a plugin's blob sequences (the Deephys records are blob
+# sequences) TensorBoard keeps unless --samples_per_plugin names the plugin: 10 with
+# the Python loader (--load_fast=false: data_ingester.DEFAULT_SIZE_GUIDANCE[tensors],
+# the reservoir of every plugin it does not list) and 10 with the Rust data server
+# (--load_fast=true: run.rs, DataClass::BlobSequence => 10). Both keep 1000 scalars
+# per tag, so the accuracy scalars written at every recorded step say what was dropped.
+DEFAULT_BLOB_SAMPLES = 10
+KEEP_EVERY_RECORD_FLAG = f"--samples_per_plugin={PLUGIN_NAME}=0"
 
 
 class DeephysPlugin(base_plugin.TBPlugin):
@@ -52,6 +76,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         self, context: base_plugin.TBContext, cache_bytes: int = DEFAULT_CACHE_BYTES
     ) -> None:
         flags = getattr(context, "flags", None)
+        self._blob_samples = _blob_sample_limit(flags)
         self._reader = DeephysReader(
             context.data_provider,
             logdir=context.logdir,
@@ -89,9 +114,11 @@ class DeephysPlugin(base_plugin.TBPlugin):
 
     def runs_impl(self, ctx, experiment_id: str) -> dict[str, Any]:
         runs, unavailable = [], []
+        records: dict[str, list[Record]] = {}
         for run in self._reader.index(ctx, experiment_id):
             try:  # one unreadable run must not empty the tab
-                entry = self._run_entry(ctx, experiment_id, run)
+                records[run] = self._reader.records(ctx, experiment_id, run)
+                entry = self._run_entry(ctx, experiment_id, run, records[run])
             except Exception as error:
                 _logger.warning(
                     "Deephys: skipping run %r, its records are unreadable", run, exc_info=True
@@ -102,6 +129,15 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 unavailable.append({"run": run, **entry})
             else:
                 runs.append(entry)
+        limit = self._blob_samples
+        at_limit = {
+            entry["run"]: records[entry["run"]]
+            for entry in runs
+            if limit is not None and len(records[entry["run"]]) >= limit
+        }
+        recorded = self._recorded_steps(ctx, experiment_id, at_limit) if at_limit else {}
+        for entry in runs:
+            entry["sampling"] = self._sampling(records[entry["run"]], recorded.get(entry["run"]))
         for run in self._reader.runs_without_record(ctx, experiment_id):
             unavailable.append(
                 {
@@ -113,9 +149,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
         # Runs with Deephys tags that cannot be shown, each with its cause (the tab says so).
         return {"runs": runs, "unavailable": unavailable}
 
-    def _run_entry(self, ctx, experiment_id: str, run: str) -> dict[str, Any]:
+    def _run_entry(
+        self, ctx, experiment_id: str, run: str, records: list[Record]
+    ) -> dict[str, Any]:
         """One run of the runs route, or ``{"error": ...}`` when it has no record to show."""
-        records = self._reader.records(ctx, experiment_id, run)
         if not records:
             return {"error": "it holds no readable Deephys record"}
         latest = records[-1]
@@ -139,6 +176,45 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "top_k": latest.top_k,
         }
 
+    def _recorded_steps(
+        self, ctx, experiment_id: str, records: Mapping[str, list[Record]]
+    ) -> dict[str, frozenset[int]]:
+        """Per run, the steps of its accuracy scalars (``deephys/<dataset>/accuracy``,
+        written at every recorded step unless ``log_scalars=False``); empty for a run
+        without them. A provider that fails this read leaves every run to the fallback."""
+        tags = {
+            run: {scalar_tag("accuracy", dataset=d) for r in kept for d in r.datasets}
+            for run, kept in records.items()
+        }
+        try:
+            return self._reader.scalar_steps(ctx, experiment_id, tags)
+        except Exception:  # the scalars only refine a notice: never fail the runs route
+            _logger.warning("Deephys: cannot read the accuracy scalars", exc_info=True)
+            return {}
+
+    def _sampling(
+        self, records: list[Record], scalar_steps: frozenset[int] | None
+    ) -> dict[str, Any] | None:
+        """Whether TensorBoard dropped records of a run by sampling: None if not, else how
+        many it kept, how many steps were recorded (None: unknown) and the flag that
+        keeps them all.
+
+        The sampler drops values only once a tag holds as many as its limit, so fewer
+        records than that (or no limit) are all there were. At the limit, the accuracy
+        scalars count the recorded steps when they cover every kept record; without
+        them (``log_scalars=False``, or scalars sampled themselves) the count is unknown.
+        """
+        if self._blob_samples is None or len(records) < self._blob_samples:
+            return None
+        kept = {r.step for r in records}
+        # Scalars after the latest record kept belong to a record still being written:
+        # the sampler always keeps the latest value of a tag.
+        scalars = {step for step in scalar_steps or () if step <= max(kept)}
+        recorded = len(scalars) if kept <= scalars else None
+        if recorded == len(kept):
+            return None
+        return {"kept": len(records), "recorded": recorded, "flag": KEEP_EVERY_RECORD_FLAG}
+
     def neuron_impl(
         self,
         ctx,
@@ -149,17 +225,23 @@ class DeephysPlugin(base_plugin.TBPlugin):
         step: int | None = None,
         k: int | None = None,
     ) -> dict[str, Any]:
-        """Top images of one neuron in every dataset, normalised by the InD maximum."""
+        """Top images of one neuron in every dataset, normalised by the InD maximum; per
+        dataset also its maximum, whether it fires there and its top categories."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         data.check_neuron(layer, neuron)
         k = data.record.top_k if k is None else min(k, data.record.top_k)
         datasets = []
         for dataset in data.record.datasets:
+            maximum = data.maxima(layer, dataset)[neuron]
+            categories = data.top_categories(layer, dataset, neuron, _TOP_CATEGORIES)
             entry = {
                 "name": dataset,
                 "role": data.role(dataset),
                 **dict.fromkeys(NEURON_SCORES),
+                "max": _finite(maximum),
+                "fires": derived.fires(maximum),
+                "top_categories": None if categories is None else _category_list(categories),
                 "images": _image_list(data.top_images(layer, dataset, neuron, k)),
             }
             if dataset != data.record.ind:
@@ -252,6 +334,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "position": int(data.positions(dataset)[index]),
             "label": int(data.labels(dataset)[index]),
             "prediction": int(data.predictions(dataset)[index]),
+            "top_predictions": _prediction_list(data.top_predictions(dataset, index)),
             "top_neurons": top_neurons,
         }
 
@@ -282,6 +365,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         else:
             top = data.pair_top_neurons(layer, dataset, label, pred, either)
         members = data.members(dataset, label, pred, either)
+        data.check_page(page, page_size, len(members))
         labels, preds = data.labels(dataset), data.predictions(dataset)
         start = page * page_size
         return {
@@ -300,6 +384,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 {"index": int(i), "label": int(labels[i]), "prediction": int(preds[i])}
                 for i in members[start : start + page_size]
             ],
+            **(_mistakes(data.mistakes(dataset, label), labels, preds) if pred is None else {}),
         }
 
     def scores_over_time_impl(
@@ -360,7 +445,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             ctx,
             experiment_id,
             **required_args(request, "run", "layer"),
-            neuron=int_arg(request, "neuron", default=0),
+            neuron=index_arg(request, "neuron", default=0),
             step=step_arg(request),
             k=int_arg(request, "k", minimum=1, maximum=_MAX_K),
         )
@@ -371,7 +456,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             ctx,
             experiment_id,
             **required_args(request, "run", "layer", "dataset"),
-            index=int_arg(request, "index", default=0),
+            index=index_arg(request, "index", default=0),
             step=step_arg(request),
             n=int_arg(request, "n", default=10, minimum=1, maximum=100),
             k=int_arg(request, "k", default=6, minimum=1, maximum=_MAX_K),
@@ -383,10 +468,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
             ctx,
             experiment_id,
             **required_args(request, "run", "layer", "dataset"),
-            label=int_arg(request, "label", default=0),
-            pred=int_arg(request, "pred"),
+            label=index_arg(request, "label", default=0),
+            pred=index_arg(request, "pred"),
             step=step_arg(request),
-            page=int_arg(request, "page", default=0),
+            page=index_arg(request, "page", default=0),
             page_size=int_arg(request, "page_size", default=50, minimum=1, maximum=500),
             either=bool_arg(request, "either"),
         )
@@ -397,7 +482,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             ctx,
             experiment_id,
             **required_args(request, "run", "layer", "dataset"),
-            neuron=int_arg(request, "neuron"),
+            neuron=index_arg(request, "neuron"),
         )
 
     @json_route
@@ -408,7 +493,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             ctx,
             experiment_id,
             **required_args(request, "run", "dataset"),
-            index=int_arg(request, "index", default=0),
+            index=index_arg(request, "index", default=0),
             step=step_arg(request),
         )
         response = http_util.Respond(request, image, media_type)
@@ -442,6 +527,16 @@ class DeephysPlugin(base_plugin.TBPlugin):
         return http_util.Respond(request, content, mimetype)
 
 
+def _blob_sample_limit(flags) -> int | None:
+    """How many records per tag this TensorBoard keeps: ``--samples_per_plugin``'s value
+    for the plugin, else TensorBoard's default; None: all (``deephys=0``)."""
+    hints = getattr(flags, "samples_per_plugin", None)
+    limit = hints.get(PLUGIN_NAME) if isinstance(hints, Mapping) else None
+    if limit is None:
+        return DEFAULT_BLOB_SAMPLES
+    return None if int(limit) <= 0 else int(limit)
+
+
 def _header(data: StepData, layer: str) -> dict[str, Any]:
     """The fields every per-step answer starts with."""
     return {
@@ -473,11 +568,56 @@ def _image_list(top: TopImages) -> list[dict[str, Any]]:
     ]
 
 
+def _prediction_list(top: TopPredictions | None) -> list[dict[str, Any]] | None:
+    if top is None:
+        return None
+    return [
+        {"label": int(label), "probability": _finite(probability)}
+        for label, probability in zip(top.classes.tolist(), top.probabilities.tolist(), strict=True)
+    ]
+
+
+def _mistakes(found: Mistakes, labels: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
+    """A category's false positives and false negatives for the category route: the
+    count of each and the first ``_MISTAKES_SHOWN``, most confident first."""
+    confidence = found.confidence
+    order = "index" if confidence is None else "confidence"
+
+    def listed(members: np.ndarray) -> dict[str, Any]:
+        return {
+            "count": len(members),
+            "sorted_by": order,
+            "images": [
+                {
+                    "index": int(i),
+                    "label": int(labels[i]),
+                    "prediction": int(preds[i]),
+                    "confidence": None if confidence is None else _finite(confidence[i]),
+                }
+                for i in members[:_MISTAKES_SHOWN]
+            ],
+        }
+
+    return {
+        "false_positives": listed(found.false_positives),
+        "false_negatives": listed(found.false_negatives),
+    }
+
+
 def _detection_row(row: Detection) -> dict[str, Any]:
     return {
         name: _finite(value) if isinstance(value, float) else value
         for name, value in dataclasses.asdict(row).items()
     }
+
+
+def _category_list(top: TopCategories) -> list[dict[str, Any]]:
+    return [
+        {"label": int(label), "mean": _finite(mean), "normalized": _finite(normalized)}
+        for label, mean, normalized in zip(
+            top.labels.tolist(), top.means.tolist(), top.normalized.tolist(), strict=True
+        )
+    ]
 
 
 def _neuron_list(top: TopNeurons, value_name: str) -> list[dict[str, Any]]:

@@ -124,6 +124,18 @@ def dead_neurons(ind_max: np.ndarray) -> np.ndarray:
     return np.isnan(alive_divisor(ind_max))
 
 
+def fires(maximum: float) -> bool | None:
+    """Whether a neuron whose highest activation on a set is ``maximum`` fires on it
+    (``maximum > 0``); None when unknown (NaN: it saw NaN). On the InD set, a neuron
+    that does not fire is dead (:func:`dead_neurons`).
+
+    >>> fires(0.5), fires(0.0), fires(float("nan"))
+    (True, False, None)
+    """
+    maximum = float(maximum)
+    return None if np.isnan(maximum) else maximum > 0
+
+
 @dataclasses.dataclass(frozen=True)
 class OODScores:
     """Per-neuron scores of one OOD set (float32 ``[M]`` each), from what a log stores.

@@ -66,6 +66,34 @@ class TopNeurons:
     normalized: bool = True  # False: the raw means of a log written before (set_means)
 
 
+@dataclasses.dataclass(frozen=True)
+class TopCategories:
+    """The classes with the highest mean activation of one neuron on one dataset,
+    highest first (``[n]`` each)."""
+
+    labels: np.ndarray
+    means: np.ndarray  # raw mean activation over the images of the class
+    normalized: np.ndarray  # means / the neuron's InD maximum (NaN: dead on InD)
+
+
+@dataclasses.dataclass(frozen=True)
+class TopPredictions:
+    """One image's most probable classes and their probabilities."""
+
+    classes: np.ndarray
+    probabilities: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Mistakes:
+    """A category's misclassified images (indices, most confident first) and every
+    image's confidence (None where the log lacks it)."""
+
+    false_positives: np.ndarray
+    false_negatives: np.ndarray
+    confidence: np.ndarray | None
+
+
 class StepData:
     """The Deephys data of ``run`` at the recorded step of ``record``.
 
@@ -131,12 +159,17 @@ class StepData:
                 f"{list(self.record.ood)}"
             )
 
+    # Every index a route takes (neuron, image, class, page) is checked here, below 0
+    # and past the end alike, in one wording: what it got, how many there are, and the
+    # valid range, e.g. "neuron -1 is out of range: layer 'fc1' has 50 neurons (0–49)".
+
     def check_neuron(self, layer: str, neuron: int, count: int | None = None) -> None:
         """``neuron`` must be one of the ``count`` (default: recorded) neurons of ``layer``."""
         count = self.num_neurons(layer) if count is None else count
         if not 0 <= neuron < count:
             raise errors.InvalidArgumentError(
-                f"neuron {neuron} is out of range: layer {layer!r} has {count} neurons"
+                f"neuron {neuron} is out of range: layer {layer!r} has "
+                f"{_counted(count, 'neuron')} ({_span(count)})"
             )
 
     def check_image(self, dataset: str, index: int, count: int | None = None) -> None:
@@ -144,14 +177,32 @@ class StepData:
         count = len(self.labels(dataset)) if count is None else count
         if not 0 <= index < count:
             raise errors.InvalidArgumentError(
-                f"image index {index} is out of range: {dataset!r} has {count} images"
+                f"image index {index} is out of range: {dataset!r} has "
+                f"{_counted(count, 'image')} ({_span(count)})"
             )
 
     def check_class(self, name: str, value: int) -> None:
+        """``value`` (the parameter ``name``: a label or a prediction) must be a class."""
         count = len(self.record.class_names)
         if not 0 <= value < count:
             raise errors.InvalidArgumentError(
-                f"{name} {value} is out of range: there are {count} classes"
+                f"{name} {value} is out of range: there {'is' if count == 1 else 'are'} "
+                f"{_counted(count, 'class', 'classes')} ({_span(count)})"
+            )
+
+    @staticmethod
+    def check_page(page: int, page_size: int, count: int) -> None:
+        """``page`` must be one of the pages of ``page_size`` that ``count`` images fill;
+        a set without images has one page, 0, that is empty."""
+        pages = -(-count // page_size)
+        if not 0 <= page < max(pages, 1):
+            if not pages:
+                raise errors.InvalidArgumentError(
+                    f"page {page} is out of range: the set has no images (page 0 only, empty)"
+                )
+            raise errors.InvalidArgumentError(
+                f"page {page} is out of range: {_counted(pages, 'page')} of "
+                f"{_counted(page_size, 'image')} ({_span(pages)})"
             )
 
     # -- stored arrays --------------------------------------------------------------
@@ -362,6 +413,26 @@ class StepData:
             predictions=self.predictions(dataset)[indices],
         )
 
+    def top_categories(
+        self, layer: str, dataset: str, neuron: int, n: int = 5
+    ) -> TopCategories | None:
+        """The ``n`` classes on which ``neuron`` is most active on average in ``dataset``
+        (from the stored category means; classes without images, NaN there, are left
+        out), highest first, ties to the lower label. None where this step lacks the
+        category means."""
+        self.check_neuron(layer, neuron)
+        means = self.optional_array(Kind.CATEGORY_MEANS, layer, dataset)
+        if means is None:
+            return None
+        column = np.asarray(means[:, neuron], dtype=np.float32)
+        order = derived.descending_order(column)
+        labels = order[np.isfinite(column[order])][:n]
+        return TopCategories(
+            labels=labels,
+            means=column[labels],
+            normalized=derived.normalize(column[labels], self.ind_max(layer)[neuron]),
+        )
+
     def image_top_neurons(self, layer: str, dataset: str, index: int, n: int) -> TopNeurons:
         """Image ``index``'s ``n`` top neurons by normalized activation."""
         self.check_image(dataset, index)
@@ -431,6 +502,54 @@ class StepData:
         if either:
             selected |= (labels == pred) & (predictions == label)
         return np.flatnonzero(selected)
+
+    def confidences(self, dataset: str) -> np.ndarray | None:
+        """The probability the model gave its prediction, per image (the top
+        probability written with the top predictions), or None where the log lacks
+        it (written before they were recorded)."""
+        top = self.optional_array(Kind.TOP_PROBABILITIES, dataset=dataset)
+        return None if top is None or top.shape[-1] == 0 else np.asarray(top[:, 0], np.float32)
+
+    def top_predictions(self, dataset: str, index: int) -> TopPredictions | None:
+        """Image ``index``'s most probable classes, most probable first, or None where
+        the log lacks them."""
+        self.check_image(dataset, index)
+        classes = self.optional_array(Kind.TOP_CLASSES, dataset=dataset)
+        probabilities = self.optional_array(Kind.TOP_PROBABILITIES, dataset=dataset)
+        if classes is None or probabilities is None:
+            return None
+        return TopPredictions(classes[index], probabilities[index])
+
+    def mistakes(self, dataset: str, label: int) -> Mistakes:
+        """Category ``label``'s false positives (predicted ``label``, labelled
+        otherwise) and false negatives (labelled ``label``, predicted otherwise), each
+        most confident prediction first (ties and logs without confidences: in
+        dataset order)."""
+        labels, predictions = self.labels(dataset), self.predictions(dataset)
+        confidence = self.confidences(dataset)
+
+        def ordered(selected: np.ndarray) -> np.ndarray:
+            members = np.flatnonzero(selected)
+            if confidence is None:
+                return members
+            return members[np.argsort(-confidence[members], kind="stable")]
+
+        return Mistakes(
+            false_positives=ordered((predictions == label) & (labels != label)),
+            false_negatives=ordered((labels == label) & (predictions != label)),
+            confidence=confidence,
+        )
+
+
+def _counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``"50 neurons"``, ``"1 neuron"``."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _span(count: int) -> str:
+    """The valid indices of ``count`` items in words: ``"0–49"`` (an en dash), ``"0"``,
+    ``"none"``."""
+    return "none" if count <= 0 else "0" if count == 1 else f"0\u2013{count - 1}"
 
 
 def _read_thumbnails(dataset: str, read, images):

@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 from tensorboard import errors
 from tensorboard.data import provider
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from tb_plugin import assets, storage
 from tb_plugin.lru_cache import ByteLRUCache
@@ -83,6 +84,8 @@ class DeephysReader:
         self._index_lock = threading.Lock()
         # experiment -> (when listed, (runs with a record, runs with Deephys tags only))
         self._index_cache: dict[str, tuple[float, tuple[dict[str, RunIndex], tuple[str, ...]]]] = {}
+        # experiment -> (when read, which tags of which runs, their steps by run)
+        self._scalar_cache: dict[str, tuple[float, tuple, dict[str, frozenset[int]]]] = {}
 
     # -- listing -----------------------------------------------------------------
 
@@ -133,6 +136,39 @@ class DeephysReader:
             if (Kind.RECORD, None, None) in tags
         }
         return recorded, tuple(sorted(set(runs) - set(recorded)))
+
+    def scalar_steps(
+        self, ctx, experiment_id: str, tags: Mapping[str, Collection[str]]
+    ) -> dict[str, frozenset[int]]:
+        """For each run of ``tags`` (``{run: scalar tags}``), the steps at which it holds
+        any of its tags, as TensorBoard's Scalars tab has them (it keeps 1000 scalars per
+        tag by default, where it keeps 10 Deephys records): one read for all runs,
+        reused for ``INDEX_TTL_SECONDS`` like the listing."""
+        key = tuple(sorted((run, tuple(sorted(names))) for run, names in tags.items()))
+        now = time.monotonic()
+        with self._index_lock:
+            cached = self._scalar_cache.get(experiment_id)
+            if cached is not None and cached[1] == key and now - cached[0] < INDEX_TTL_SECONDS:
+                return cached[2]
+        steps: dict[str, set[int]] = {run: set() for run in tags}
+        wanted = sorted({name for names in tags.values() for name in names})
+        if wanted:
+            # One read over runs x tags; a tag a run lacks is simply absent.
+            series = self._provider.read_scalars(
+                ctx,
+                experiment_id=experiment_id,
+                plugin_name=scalar_metadata.PLUGIN_NAME,
+                downsample=_ALL_SAMPLES,
+                run_tag_filter=provider.RunTagFilter(runs=sorted(tags), tags=wanted),
+            )
+            for run, by_tag in series.items():
+                for tag, data in by_tag.items():
+                    if run in steps and tag in tags[run]:
+                        steps[run].update(int(datum.step) for datum in data)
+        result = {run: frozenset(found) for run, found in steps.items()}
+        with self._index_lock:
+            self._scalar_cache[experiment_id] = (now, key, result)
+        return result
 
     def run_index(self, ctx, experiment_id: str, run: str) -> RunIndex:
         index = self.index(ctx, experiment_id)
@@ -187,12 +223,14 @@ class DeephysReader:
         over the Rust data server). Records of older logs list no tags: ``()``.
         """
         index = self.run_index(ctx, experiment_id, run)
-        late = [tag for tag in record.arrays if index.max_steps.get(tag, -1) < record.step]
+        # Tags of kinds this reader does not know (a newer callback's) are not its to miss.
+        known = [tag for tag in record.arrays if tag.rsplit("/", 1)[-1] in _KIND_NAMES]
+        late = [tag for tag in known if index.max_steps.get(tag, -1) < record.step]
         if not exact:
             return tuple(late)
         kinds = {tag: key[0] for key, tag in index.tags.items()}
         missing = []
-        for tag in record.arrays:
+        for tag in known:
             if tag in late:
                 missing.append(tag)
                 continue
@@ -332,6 +370,9 @@ class DeephysReader:
                 "backslash is unreadable: rename its directory, or start TensorBoard with "
                 "--load_fast=false"
             ) from None
+
+
+_KIND_NAMES = frozenset(kind.value for kind in Kind)
 
 
 def _tag_key(content: PluginContent) -> TagKey:

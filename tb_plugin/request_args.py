@@ -70,10 +70,11 @@ def int_arg(
     name: str,
     *,
     default: int | None = None,
-    minimum: int = 0,
+    minimum: int | None = 0,
     maximum: int | None = MAX_INDEX,
 ) -> int | None:
-    """An integer parameter in ``[minimum, maximum]``; ``default`` when absent or empty."""
+    """An integer parameter in ``[minimum, maximum]`` (None: unbounded on that side);
+    ``default`` when absent or empty."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
@@ -83,10 +84,23 @@ def int_arg(
         raise errors.InvalidArgumentError(
             f"query parameter {name!r} must be an integer, got {raw[:40]!r}"
         ) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if maximum is None:
+            bound = f">= {minimum}"
+        elif minimum is None:
+            bound = f"<= {maximum}"
+        else:
+            bound = f"in [{minimum}, {maximum}]"
         raise errors.InvalidArgumentError(f"query parameter {name!r} must be {bound}, got {value}")
     return value
+
+
+def index_arg(request: wrappers.Request, name: str, *, default: int | None = None) -> int | None:
+    """An index parameter (a neuron, an image, a class, a page): any integer, ``default``
+    when absent. Its range depends on the data, so the read model checks it
+    (``StepData.check_*``), in one wording for both ends: ``neuron -1 is out of range:
+    layer 'fc1' has 50 neurons (0–49)``."""
+    return int_arg(request, name, default=default, minimum=None, maximum=None)
 
 
 def bool_arg(request: wrappers.Request, name: str, *, default: bool = False) -> bool:

@@ -170,7 +170,8 @@ def test_steps_without_stored_maxima_still_read(tmp_path):
 
 class OldWriterSink(EventFileSink):
     """Writes what a callback of the previous release wrote: no maxima, no confusion
-    sets in either direction, no detection rows, a record without ``set_means``."""
+    sets in either direction, no detection rows, no top predictions, a record without
+    ``set_means``."""
 
     NEW_KINDS = {
         Kind.MAXIMA,
@@ -178,6 +179,8 @@ class OldWriterSink(EventFileSink):
         Kind.CONFUSION_TOP_NEURONS,
         Kind.CONFUSION_TOP_MEANS,
         Kind.DETECTION,
+        Kind.TOP_CLASSES,
+        Kind.TOP_PROBABILITIES,
     }
 
     def add_summary(self, summary, step):
@@ -257,6 +260,13 @@ def test_logs_of_the_previous_release_still_open(tmp_path):
         data.pair_top_neurons(LAYER, "ood", *other, either=True)
     assert data.category_top_neurons(LAYER, "ood", 0).normalized is True
     assert data.has_either_confusions(LAYER, "ood") is False
+    # no top predictions: none made up, and mistakes come in dataset order
+    assert data.top_predictions("ood", 0) is None
+    mistakes = data.mistakes("ood", 1)
+    assert mistakes.confidence is None
+    labels, predictions = recordings["ood"].labels, recordings["ood"].predictions
+    expected = np.flatnonzero((predictions == 1) & (labels != 1))
+    np.testing.assert_array_equal(mistakes.false_positives, expected)
 
 
 # -- the ranking rule: one definition, the fast torch kernels agree with it --------------
@@ -337,3 +347,44 @@ def test_writer_and_readers_share_one_log_format():
                     if literal in text:
                         spelled.append((os.path.relpath(path, root), literal))
     assert spelled == []
+
+
+class NewerWriterSink(EventFileSink):
+    """Writes what a newer callback might: its record lists a tag of a kind this
+    reader does not know (whose values an older reader cannot parse)."""
+
+    def add_summary(self, summary, step):
+        for value in summary.value:
+            content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+            if content is not None and content.kind is Kind.RECORD:
+                raw = json.loads(value.tensor.string_val[0])
+                raw["arrays"].append("deephys.data/ind/a_later_kind")
+                value.tensor.string_val[0] = json.dumps(raw).encode()
+        super().add_summary(summary, step)
+
+
+def test_a_record_listing_kinds_of_a_newer_callback_is_not_incomplete(tmp_path):
+    rng = np.random.default_rng(5)
+    record = Record(
+        step=2,
+        epoch=0,
+        layers=(LAYER,),
+        datasets=("ind", "ood"),
+        class_names=("a", "b"),
+        num_images={"ind": 8, "ood": 8},
+        top_k=2,
+    )
+    recordings = {
+        name: DatasetRecording(
+            labels=rng.integers(0, 2, 8),
+            predictions=rng.integers(0, 2, 8),
+            activations={LAYER: rng.uniform(0, 1, (8, 3)).astype(np.float16)},
+        )
+        for name in ("ind", "ood")
+    }
+    sink = NewerWriterSink(EventFileWriter(str(tmp_path)))
+    write_record(sink, record, recordings, log_dir=str(tmp_path))
+    sink.close()
+    log = read_log(tmp_path)
+    assert "deephys.data/ind/a_later_kind" in log.record(2).arrays
+    assert log.missing(2) == ()
