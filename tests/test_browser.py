@@ -2,79 +2,32 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from browser_tab import ARTIFACTS, loaded_images, open_tab, running_browser, skip_without_chromium
 from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HOSTILE = '<img src=x onerror="window.__xss=1">'
 
-if not os.path.exists(CHROMIUM):
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run must install Debian's chromium")
-    pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+skip_without_chromium()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
-        )
+    with running_browser() as browser:
         yield browser
-        browser.close()
-
-
-def _open_tab(browser, base, *, url=None, ready=".neuron-view figure img"):
-    """A page in a new browser context on ``url`` (default: the tab), once ``ready`` shows."""
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    errors: list[str] = []
-    page.on(
-        "console",
-        lambda msg: (
-            errors.append(f"{msg.location.get('url')}: {msg.text}")
-            if msg.type == "error" and "/data/plugin/deephys" in (msg.location.get("url") or "")
-            else None
-        ),
-    )
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: errors.append(f"dialog: {dialog.message}"))
-    page.goto(url or f"{base}/#deephys", wait_until="domcontentloaded")
-    frame = page.frame_locator("iframe")
-    frame.locator(ready).first.wait_for(timeout=60_000)
-    return page, frame, errors
-
-
-def _loaded_images(frame) -> int:
-    return frame.locator(".neuron-view").evaluate(
-        "el => [...el.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
-    )
 
 
 @pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
 def test_tab_shows_a_neurons_top_images(browser, demo_log_dir, demo_log, load_fast):
     with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         datasets = frame.locator("ul.datasets li .name").all_text_contents()
         assert datasets == list(demo_log.datasets)
         columns = frame.locator(".neuron-view .column")
@@ -95,7 +48,7 @@ def test_tab_shows_a_neurons_top_images(browser, demo_log_dir, demo_log, load_fa
             ".querySelectorAll('.neuron-view img')].every(i => i.complete && i.naturalWidth > 0)",
             timeout=30_000,
         )
-        assert _loaded_images(frame) == 4 * 12
+        assert loaded_images(frame) == 4 * 12
         # pick another neuron by number
         frame.locator("#neuron-input").fill("7")
         frame.locator("#neuron-input").dispatch_event("change")
@@ -131,8 +84,12 @@ def test_names_from_user_data_are_shown_as_text(browser, tmp_path):
             hostile_dataset: loader(random_set(6, 2)),
         },
     )
+    firing = _neuron_firing_on_every_set(tmp_path, "fc")
     with running_tensorboard(tmp_path, load_fast=False) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base, ready=".neuron-view")
+        frame.locator("#neuron-input").fill(str(firing))
+        frame.locator("#neuron-input").dispatch_event("change")
+        frame.locator(f'.neuron-view[data-neuron="{firing}"] figure img').first.wait_for()
         assert hostile_dataset in frame.locator("ul.datasets").text_content()
         assert frame.locator("ul.datasets b").count() == 0
         figures = frame.locator(".column figure")
@@ -160,6 +117,19 @@ def test_names_from_user_data_are_shown_as_text(browser, tmp_path):
         page.close()
 
 
+def _neuron_firing_on_every_set(logdir, layer) -> int:
+    """The first neuron of ``layer`` whose highest activation is above 0 on every set
+    (a neuron that never fires on a set shows no top images there)."""
+    from deephys_lightning import read_log
+
+    log = read_log(logdir)
+    step = log.steps[-1]
+    maxima = np.stack(
+        [log.activations(layer, name, step).astype(np.float32).max(axis=0) for name in log.datasets]
+    )
+    return int(np.flatnonzero((maxima > 0).all(axis=0))[0])
+
+
 def _labels_and_predictions(logdir, dataset):
     from deephys_lightning import read_log
 
@@ -172,7 +142,7 @@ def test_views_click_through(browser, demo_log_dir, demo_log):
     step = demo_log.steps[-1]
     names = demo_log.class_names
     with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         frame.locator("#view-overview").click()
         frame.locator(".overview-view .card").first.wait_for()
         assert frame.locator(".overview-view .card").count() == 4
@@ -228,7 +198,7 @@ def test_overview_detection_table_and_confusion_in_both_directions(browser, demo
     step = demo_log.steps[-1]
     names = demo_log.class_names
     with running_tensorboard(demo_log_dir[0], load_fast=True) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         frame.locator("#view-overview").click()
         card = frame.locator('.card[data-dataset="permuted"]')
         card.wait_for()
@@ -271,7 +241,7 @@ def test_overview_detection_table_and_confusion_in_both_directions(browser, demo
 
 def test_back_button_keyboard_and_dark_mode(browser, demo_log_dir, demo_log):
     with running_tensorboard(demo_log_dir[0], load_fast=False) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         frame.locator("#view-overview").click()
         frame.locator(".overview-view").wait_for()
         row = frame.locator(".neuron-table tr[data-neuron]").nth(2)
@@ -315,7 +285,7 @@ def test_tensorboard_url_is_a_bookmark_of_the_view(browser, demo_log_dir, demo_l
     names = demo_log.class_names
     first = demo_log.steps[0]  # not the default (latest) step, so the URL must carry it
     with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         frame.locator("#step-select").select_option(str(first))
         frame.locator(f'.neuron-view h2:has-text("step {first} ")').wait_for()
         frame.locator("#view-image").click()
@@ -342,7 +312,7 @@ def test_tensorboard_url_is_a_bookmark_of_the_view(browser, demo_log_dir, demo_l
         assert page.url == url
 
         # the copied URL, in a fresh browser context, opens the same view and numbers
-        shared, shared_frame, shared_errors = _open_tab(
+        shared, shared_frame, shared_errors = open_tab(
             browser, base, url=url, ready='.image-view[data-dataset="drifted"][data-index="7"]'
         )
         assert _image_view_facts(shared_frame) == (facts, neurons)
@@ -400,7 +370,7 @@ def test_overview_plots_the_mean_scores_across_steps(browser, demo_log_dir, demo
     ind = demo_log.record(demo_log.steps[-1]).ind
     oods = [name for name in demo_log.datasets if name != ind]
     with running_tensorboard(demo_log_dir[0], load_fast=load_fast) as base:
-        page, frame, errors = _open_tab(browser, base)
+        page, frame, errors = open_tab(browser, base)
         frame.locator("#view-overview").click()
         frame.locator(".over-time .score-plot").first.wait_for()
         assert frame.locator(".over-time .legend .name").all_text_contents() == oods
@@ -521,7 +491,7 @@ def test_new_steps_appear_on_tensorboard_reload(browser, tmp_path, load_fast):
     checkpoint = tmp_path / "epoch1.ckpt"
     first.save_checkpoint(checkpoint)
     with running_tensorboard(tmp_path, load_fast=load_fast) as base:
-        page, frame, errors = _open_tab(browser, base, ready=".neuron-view")
+        page, frame, errors = open_tab(browser, base, ready=".neuron-view")
         assert frame.locator("#run-select").input_value() == "tiny/version_0"
         (old_step,) = _step_options(frame)
         # a view that is not the default one: another neuron's number, then the overview
@@ -592,7 +562,7 @@ def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, 
     sink.add_summary(tensor_summary(Kind.LABELS, np.zeros(6, np.int32), dataset="ind"), step=1)
     sink.close()
     with running_tensorboard(tmp_path, load_fast=load_fast, wait_for_runs=False) as base:
-        page, frame, errors = _open_tab(browser, base, ready="main > .message.empty")
+        page, frame, errors = open_tab(browser, base, ready="main > .message.empty")
         assert "No Deephys data yet" in frame.locator("main").text_content()
         assert (
             "partial: it holds Deephys arrays but no record yet"
@@ -676,7 +646,7 @@ def test_the_tab_says_which_runs_it_cannot_show_and_which_record_is_incomplete(
         _served_runs(base, lambda runs: [r["run"] for r in runs] == ["partial"])
         time.sleep(2.5)  # past the plugin's listing cache
         url = f"{base}/#deephys&p.deephys.run=partial&p.deephys.step=4"
-        page, frame, errors = _open_tab(browser, base, url=url, ready=".message.incomplete")
+        page, frame, errors = open_tab(browser, base, url=url, ready=".message.incomplete")
         notice = frame.locator("#unavailable-runs")
         assert 'quote"d' in notice.text_content() and "--load_fast=false" in notice.text_content()
         assert notice.locator("li").count() == 1
@@ -684,7 +654,7 @@ def test_the_tab_says_which_runs_it_cannot_show_and_which_record_is_incomplete(
         assert "1 of its arrays are missing" in incomplete and dropped in incomplete
         assert "top_indices" in frame.locator(".message.error").text_content()  # the view says why
         frame.locator("#step-select").select_option("2")  # the intact step: no notice
-        frame.locator(".neuron-view figure img").first.wait_for(timeout=30_000)
+        frame.locator(".neuron-view .column").first.wait_for(timeout=30_000)
         assert frame.locator(".message.incomplete").count() == 0
         assert [e for e in errors if "Failed to load resource" not in e] == []
         page.close()
@@ -714,16 +684,19 @@ def test_thumbnails_from_s3_show_and_unreadable_ones_are_said_in_words(browser, 
         spec = f"cloud:s3://{bucket}/exp,gone:{local}"
         with running_tensorboard(("--logdir_spec", spec), load_fast=False) as base:
             _served_runs(base, lambda runs: len(runs) == 2)
-            url = f"{base}/#deephys&p.deephys.run=cloud/tiny/version_0"
-            page, frame, errors = _open_tab(browser, base, url=url)
+            # the image view of an OOD image: it shows images of both sets whatever
+            # the neurons of this random net fire on
+            view = "&p.deephys.view=image&p.deephys.image=0@ood"
+            url = f"{base}/#deephys&p.deephys.run=cloud/tiny/version_0{view}"
+            page, frame, errors = open_tab(browser, base, url=url, ready=".image-view img")
             deadline = time.monotonic() + 30
-            while _loaded_images(frame) == 0 and time.monotonic() < deadline:
+            while loaded_images(frame, ".image-view") == 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            assert _loaded_images(frame) > 0
+            assert loaded_images(frame, ".image-view") > 0
             assert frame.locator(".thumbnail-error").count() == 0
             page.close()
-            url = f"{base}/#deephys&p.deephys.run=gone/tiny/version_0"
-            page, frame, errors = _open_tab(browser, base, url=url, ready=".thumbnails-unavailable")
+            url = f"{base}/#deephys&p.deephys.run=gone/tiny/version_0{view}"
+            page, frame, errors = open_tab(browser, base, url=url, ready=".thumbnails-unavailable")
             notices = frame.locator(".thumbnails-unavailable")
             notices.nth(1).wait_for(timeout=30_000)  # one per dataset: ind and ood
             texts = sorted(notices.all_inner_texts())
@@ -732,6 +705,6 @@ def test_thumbnails_from_s3_show_and_unreadable_ones_are_said_in_words(browser, 
             note = frame.locator(".thumbnail-error").first
             assert note.inner_text() == "No image"
             assert "the thumbnails of" in note.get_attribute("title")
-            assert frame.locator(".neuron-view img").count() == 0  # no broken images left
+            assert frame.locator(".image-view img").count() == 0  # no broken images left
             page.screenshot(path=str(ARTIFACTS / "thumbnails-unreadable.png"))
             page.close()

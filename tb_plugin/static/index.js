@@ -1,17 +1,13 @@
 // Entry point of the Deephys tab: TensorBoard imports this module in the
 // plugin iframe and calls render().
 
+import * as dom from './dom.js';
 import {hostWindow, listen} from './host_ipc.js';
 import * as model from './model.js';
+import {scoresOverTime} from './plots.js';
 import {UrlState} from './url_state.js';
-import * as views from './views.js';
-
-const VIEWS = [
-  ['overview', 'Overview'],
-  ['neuron', 'Neuron'],
-  ['image', 'Image'],
-  ['category', 'Category'],
-];
+import {loadScoresOverTime} from './view_overview.js';
+import {DEFAULT_VIEW, VIEWS, viewNamed} from './views.js';
 
 const state = {
   runs: [],
@@ -19,7 +15,7 @@ const state = {
   run: null,
   layer: null,
   step: null,
-  view: 'neuron',
+  view: DEFAULT_VIEW,
   neuron: 0,
   k: 12,
   image: null, // {dataset, index}
@@ -77,15 +73,11 @@ let root = null;
 // bookmarked and the browser's back and forward buttons move between views.
 const url = new UrlState();
 
-/** The state as the URL's string values. */
+/** The state as the URL's string values: the controls', then each view's own. */
 function encodeState() {
   const data = {view: state.view, run: state.run, layer: state.layer, step: String(state.step),
     neuron: String(state.neuron), k: String(state.k)};
-  if (state.image) data.image = `${state.image.index}@${state.image.dataset}`;
-  if (state.category) {
-    const c = state.category;
-    data.category = `${c.label}:${c.pred ?? ''}:${c.page}${c.either ? ':either' : ''}@${c.dataset}`;
-  }
+  for (const view of VIEWS) Object.assign(data, view.encode(state));
   return data;
 }
 
@@ -95,25 +87,29 @@ function wholeNumber(text, fallback) {
   return Number.isFinite(value) && value >= 0 ? value : fallback;
 }
 
-/** Set the state from the URL's values; false (state unchanged) for an unknown run. */
+// An integer from URL text or a field, negative ones too (the server answers one that
+// is out of range in words, as it does for one too large), else the fallback.
+function integer(text, fallback) {
+  const value = Math.trunc(Number(text));
+  return text !== '' && Number.isFinite(value) ? value : fallback;
+}
+
+/**
+ * Set the state from the URL's values (a URL that names a view but no run opens the
+ * first run); false (state unchanged) for an unknown run, or values without ours.
+ */
 function decodeState(data) {
-  const run = state.runs.find((r) => r.run === data.run);
+  if (data.run === undefined && data.view === undefined) return false;
+  const run = state.runs.find((r) => r.run === (data.run ?? state.runs[0]?.run));
   if (!run) return false;
   state.run = run.run;
   state.layer = run.layers.includes(data.layer) ? data.layer : run.layers[0];
   const step = Number(data.step);
   state.step = run.steps.some((s) => s.step === step) ? step : run.steps[run.steps.length - 1].step;
-  state.view = VIEWS.some(([name]) => name === data.view) ? data.view : 'neuron';
-  state.neuron = wholeNumber(data.neuron, 0);
+  state.view = viewNamed(data.view).name;
+  state.neuron = integer(data.neuron ?? '', 0);
   state.k = Math.min(run.top_k, Math.max(1, wholeNumber(data.k, 12)));
-  const image = (data.image || '').match(/^(\d+)@(.*)$/s);
-  state.image = image ? {index: Number(image[1]), dataset: image[2]} : null;
-  const category = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?@(.*)$/s);
-  state.category = category
-    ? {label: Number(category[1]), pred: category[2] === '' ? null : Number(category[2]),
-      page: Number(category[3]), dataset: category[5],
-      either: Boolean(category[4]) && category[2] !== '' && category[2] !== category[1]}
-    : null;
+  for (const view of VIEWS) Object.assign(state, view.decode(data));
   return true;
 }
 
@@ -138,20 +134,23 @@ const stepOptions = (info) => info.steps.map((s) => ({value: s.step,
 
 function controls() {
   const info = runInfo();
-  const bar = views.el('div', {className: 'controls'});
-  const runSel = views.labeledSelect('Run', 'run-select', runOptions(), state.run);
-  const layerSel = views.labeledSelect('Layer', 'layer-select', layerOptions(info), state.layer);
-  const stepSel = views.labeledSelect('Step', 'step-select', stepOptions(info), state.step);
-  const neuronInput = views.el('input', {attrs: {id: 'neuron-input', type: 'number', min: 0, value: state.neuron}});
-  const kInput = views.el('input', {attrs: {id: 'k-input', type: 'number', min: 1, max: info.top_k, value: state.k}});
-  const prev = views.el('button', {text: '◀', attrs: {id: 'neuron-prev', 'aria-label': 'previous neuron'}});
-  const next = views.el('button', {text: '▶', attrs: {id: 'neuron-next', 'aria-label': 'next neuron'}});
+  const bar = dom.el('div', {className: 'controls'});
+  const runSel = dom.labeledSelect('Run', 'run-select', runOptions(), state.run);
+  const layerSel = dom.labeledSelect('Layer', 'layer-select', layerOptions(info), state.layer);
+  const stepSel = dom.labeledSelect('Step', 'step-select', stepOptions(info), state.step);
+  const neuronInput = dom.el('input', {attrs: {id: 'neuron-input', type: 'number', min: 0, value: state.neuron}});
+  const kInput = dom.el('input', {attrs: {id: 'k-input', type: 'number', min: 1, max: info.top_k, value: state.k,
+    title: `1 to ${info.top_k}: the callback kept the top ${info.top_k} images of each neuron (DeephysCallback(top_k=...))`}});
+  const kNote = dom.el('span', {className: 'control-note', attrs: {id: 'k-note', role: 'status', 'aria-live': 'polite'}});
+  const prev = dom.el('button', {text: '◀', attrs: {id: 'neuron-prev', 'aria-label': 'previous neuron'}});
+  const next = dom.el('button', {text: '▶', attrs: {id: 'neuron-next', 'aria-label': 'next neuron'}});
   bar.append(
     runSel.wrapper,
     layerSel.wrapper,
     stepSel.wrapper,
-    views.el('label', {text: 'Neuron', attrs: {for: 'neuron-input'}}, [prev, neuronInput, next]),
-    views.el('label', {text: 'Top k', attrs: {for: 'k-input'}}, [kInput]),
+    dom.el('label', {text: 'Neuron', attrs: {for: 'neuron-input'}}, [prev, neuronInput, next]),
+    dom.el('label', {text: 'Top k', attrs: {for: 'k-input'}}, [kInput]),
+    kNote,
   );
   runSel.select.addEventListener('change', () => {
     selectRun(state.runs.find((r) => r.run === runSel.select.value));
@@ -167,23 +166,42 @@ function controls() {
     remember();
     renderPanel();
   });
-  const setNeuron = (value) => navigate.neuron(wholeNumber(value, 0));
-  neuronInput.addEventListener('change', () => setNeuron(Number(neuronInput.value)));
-  prev.addEventListener('click', () => setNeuron(state.neuron - 1));
-  next.addEventListener('click', () => setNeuron(state.neuron + 1));
+  neuronInput.addEventListener('change', () => navigate.neuron(integer(neuronInput.value, state.neuron)));
+  prev.addEventListener('click', () => navigate.neuron(Math.max(0, state.neuron - 1)));
+  next.addEventListener('click', () => navigate.neuron(state.neuron + 1));
   kInput.addEventListener('change', () => {
-    state.k = Math.min(runInfo().top_k, Math.max(1, wholeNumber(kInput.value, 1)));
+    const top = runInfo().top_k;
+    const asked = integer(kInput.value, state.k);
+    state.k = Math.min(top, Math.max(1, asked));
     kInput.value = state.k;
+    kNote.textContent = asked === state.k ? ''
+      : `Top k is ${state.k}: it goes from 1 to ${top}, the top images the callback kept of each neuron.`;
     remember({push: false});
-    if (state.view === 'neuron') renderPanel();
+    if (state.view === 'neuron' || state.view === 'image') renderPanel();
   });
   return bar;
 }
 
+/** The run's datasets: InD or OOD, name, and how many images were recorded. */
+function datasetList(info) {
+  const list = dom.el('ul', {className: 'datasets', attrs: {'aria-label': 'datasets'}});
+  for (const name of info.datasets) {
+    const role = name === info.ind ? 'InD' : 'OOD';
+    list.appendChild(
+      dom.el('li', {className: `dataset ${role.toLowerCase()}`, attrs: {'data-dataset': name}}, [
+        dom.el('span', {className: 'role', text: role}),
+        dom.el('span', {className: 'name', text: name}),
+        dom.el('span', {className: 'count', text: `${info.num_images[name]} images`}),
+      ]),
+    );
+  }
+  return list;
+}
+
 function tabs() {
-  const bar = views.el('nav', {className: 'views', attrs: {'aria-label': 'views'}});
-  for (const [name, title] of VIEWS) {
-    const button = views.el('button', {
+  const bar = dom.el('nav', {className: 'views', attrs: {'aria-label': 'views'}});
+  for (const {name, title} of VIEWS) {
+    const button = dom.el('button', {
       className: name === state.view ? 'selected' : '',
       text: title,
       attrs: {id: `view-${name}`, 'aria-pressed': name === state.view},
@@ -197,35 +215,12 @@ function tabs() {
   return bar;
 }
 
-/** The mean scores of every OOD set of the run at every step, for the overview. */
-async function scoresOverTime(info) {
-  const over = await Promise.all(
-    info.datasets.filter((d) => d !== info.ind).map((dataset) =>
-      model.getScoresOverTime({run: state.run, layer: state.layer, dataset}).catch(() => null)),
-  );
-  return over.filter(Boolean);
-}
-
+/** The shown view, loaded and drawn. */
 async function load() {
-  const where = {run: state.run, layer: state.layer, step: state.step};
-  const info = runInfo();
-  switch (state.view) {
-    case 'overview': {
-      const summary = await model.getSummary(where);
-      return views.overviewView(summary, await scoresOverTime(info), navigate);
-    }
-    case 'image': {
-      const image = state.image || {dataset: info.ind, index: 0};
-      return views.imageView(await model.getImage({...where, ...image}), state.run, navigate, info.datasets);
-    }
-    case 'category': {
-      const category = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
-      return views.categoryView(await model.getCategory({...where, ...category}), state.run, navigate);
-    }
-    default:
-      return views.neuronView(
-        await model.getNeuron({...where, neuron: state.neuron, k: state.k}), state.run, navigate);
-  }
+  const view = viewNamed(state.view);
+  const context = {info: runInfo(), state, run: state.run, navigate,
+    where: {run: state.run, layer: state.layer, step: state.step}};
+  return view.render(await view.load(context), context);
 }
 
 /** The arrays the shown step's record lists that the log lacks (the runs route's check). */
@@ -237,14 +232,14 @@ function missingArrays() {
 async function renderPanel() {
   const target = root.querySelector('#neuron-panel');
   const request = ++state.request;
-  target.replaceChildren(views.message('loading', 'Loading…'));
+  target.replaceChildren(dom.message('loading', 'Loading…'));
   try {
     const view = await load();
     if (request !== state.request) return; // the user picked something else meanwhile
-    target.replaceChildren(...views.incompleteNotice(missingArrays()), view);
+    target.replaceChildren(...dom.incompleteNotice(missingArrays()), view);
   } catch (error) {
     if (request !== state.request) return;
-    target.replaceChildren(...views.incompleteNotice(missingArrays()), views.message('error', error.message));
+    target.replaceChildren(...dom.incompleteNotice(missingArrays()), dom.message('error', error.message));
   }
 }
 
@@ -257,7 +252,7 @@ function emptyText() {
 /** Bring the notice of runs that cannot be shown up to date (text only: names are user data). */
 function showUnavailable() {
   const old = root.querySelector('#unavailable-runs');
-  const notice = views.unavailableRuns(state.unavailable);
+  const notice = dom.unavailableRuns(state.unavailable);
   if (old) old.replaceWith(notice);
 }
 
@@ -266,10 +261,11 @@ function renderAll({push = true} = {}) {
   const info = runInfo();
   root.replaceChildren(
     controls(),
-    views.unavailableRuns(state.unavailable),
-    views.datasetList(info),
+    dom.unavailableRuns(state.unavailable),
+    dom.samplingNotice(info.sampling),
+    datasetList(info),
     tabs(),
-    views.el('div', {attrs: {id: 'neuron-panel'}}),
+    dom.el('div', {attrs: {id: 'neuron-panel'}}),
   );
   renderPanel();
 }
@@ -280,7 +276,7 @@ function showMessage(kind, text) {
   state.request++; // a panel still loading has nowhere to go
   const shown = root.children.length === 1 ? root.firstElementChild : null;
   if (shown && shown.classList.contains(kind) && shown.textContent === text) return;
-  root.replaceChildren(views.message(kind, text));
+  root.replaceChildren(dom.message(kind, text));
 }
 
 let listening = false; // back/forward and the keyboard, listened to from the first show
@@ -315,7 +311,7 @@ function show(data) {
 function setOptions(select, options, selected) {
   const same = select.options.length === options.length &&
     options.every(({value, text}, i) => select.options[i].value === String(value) && select.options[i].text === text);
-  if (!same) select.replaceChildren(...options.map(({value, text}) => views.el('option', {text, attrs: {value}})));
+  if (!same) select.replaceChildren(...options.map(({value, text}) => dom.el('option', {text, attrs: {value}})));
   select.value = String(selected);
 }
 
@@ -329,8 +325,9 @@ function updateControls() {
   setOptions(root.querySelector('#layer-select'), layerOptions(info), state.layer);
   setOptions(root.querySelector('#step-select'), stepOptions(info), state.step);
   root.querySelector('#k-input').setAttribute('max', String(info.top_k));
+  root.querySelector('#sampling-notice').replaceWith(dom.samplingNotice(info.sampling));
   const datasets = root.querySelector('ul.datasets');
-  const fresh = views.datasetList(info);
+  const fresh = datasetList(info);
   if (!datasets.isEqualNode(fresh)) datasets.replaceWith(fresh);
 }
 
@@ -339,10 +336,10 @@ async function updateScoresOverTime() {
   const view = root.querySelector('#neuron-panel > .overview-view');
   if (!view) return; // another view, or the overview still loading (it fetches them itself)
   const request = state.request;
-  const over = await scoresOverTime(runInfo());
+  const over = await loadScoresOverTime({run: state.run, layer: state.layer}, runInfo());
   if (request !== state.request || !view.isConnected) return;
   const old = view.querySelector('.over-time');
-  const box = over.length ? views.scoresOverTime(over) : null;
+  const box = over.length ? scoresOverTime(over) : null;
   if (box && old?.querySelector('details.over-time-numbers')?.open) {
     box.querySelector('details.over-time-numbers').open = true;
   }
@@ -431,9 +428,9 @@ export async function render() {
   stylesheet.rel = 'stylesheet';
   stylesheet.href = './static/style.css';
   document.head.appendChild(stylesheet);
-  root = views.el('main', {attrs: {id: 'deephys'}});
+  root = dom.el('main', {attrs: {id: 'deephys'}});
   document.body.appendChild(root);
-  root.appendChild(views.message('loading', 'Loading Deephys runs…'));
+  root.appendChild(dom.message('loading', 'Loading Deephys runs…'));
   followDarkMode();
   firstRead = url.read(); // TensorBoard answers while the runs are fetched
   // TensorBoard broadcasts this after each reload of its data (the reload button,

@@ -49,13 +49,17 @@ export async function getSummary({run, layer, step}) {
   return fetchJSON(`./summary?${query({run, layer, step})}`);
 }
 
-export async function getImage({run, layer, step, dataset, index}) {
-  return fetchJSON(`./image?${query({run, layer, step, dataset, index, n: 8, k: 6})}`);
+// The routes' own defaults hold for what the tab does not ask (how many top neurons
+// an image lists, how many images a category page holds): docs/http_api.md gives
+// them, and the answers say what they used (e.g. the category's page_size).
+
+export async function getImage({run, layer, step, dataset, index, k}) {
+  return fetchJSON(`./image?${query({run, layer, step, dataset, index, k})}`);
 }
 
 export async function getCategory({run, layer, step, dataset, label, pred, either, page}) {
   return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred,
-    either: either ? 1 : null, page, page_size: 48})}`);
+    either: either ? 1 : null, page})}`);
 }
 
 export async function getScoresOverTime({run, layer, dataset}) {

@@ -1,0 +1,137 @@
+// The image view: one image, its label and the model's top predictions, and its most
+// active neurons, each with its top images (as many as Top k) in InD and in the
+// image's own set.
+
+import {activate, className, el, imageLegend, message, percent} from './dom.js';
+import * as model from './model.js';
+import {imageTile, thumbnailImage} from './thumbnails.js';
+
+/** @type {import('./views.js').View} */
+export const image = {
+  name: 'image',
+  title: 'Image',
+  encode: (state) => (state.image ? {image: `${state.image.index}@${state.image.dataset}`} : {}),
+  decode(data) {
+    const match = (data.image || '').match(/^(\d+)@(.*)$/s);
+    return {image: match ? {index: Number(match[1]), dataset: match[2]} : null};
+  },
+  load({where, state, info}) {
+    const shown = state.image || {dataset: info.ind, index: 0};
+    return model.getImage({...where, ...shown, k: state.k});
+  },
+  render: (data, {run, navigate, info}) => render(data, run, navigate, info.datasets),
+};
+
+/**
+ * Pick any image by dataset and index.
+ * @param {{dataset: string, index: number}} data
+ * @param {Array<string>} datasets
+ * @param {{image?: Function}} on
+ * @returns {HTMLElement}
+ */
+function imagePicker(data, datasets, on) {
+  const select = /** @type {HTMLSelectElement} */ (el('select', {attrs: {id: 'image-dataset'}}));
+  for (const name of datasets) {
+    const option = /** @type {HTMLOptionElement} */ (el('option', {text: name, attrs: {value: name}}));
+    if (name === data.dataset) option.selected = true;
+    select.appendChild(option);
+  }
+  const index = /** @type {HTMLInputElement} */ (el('input', {attrs: {id: 'image-index', type: 'number', min: 0, value: data.index}}));
+  const go = el('button', {text: 'open', attrs: {id: 'image-open'}});
+  // Any whole number goes to the server, which answers one that is out of range in words.
+  const open = () => on.image && on.image(select.value, Math.floor(Number(index.value)) || 0);
+  go.addEventListener('click', open);
+  index.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') open();
+  });
+  return el('div', {className: 'picker'}, [
+    el('label', {text: 'Dataset', attrs: {for: 'image-dataset'}}, [select]),
+    el('label', {text: 'Image', attrs: {for: 'image-index'}}, [index]),
+    go,
+  ]);
+}
+
+/**
+ * A class name that opens its category view in `dataset`.
+ * @returns {HTMLElement}
+ */
+function categoryLink(names, label, dataset, on, pred = null) {
+  const link = el('span', {className: 'category-link clickable', text: className(names, label),
+    attrs: {tabindex: 0, title: pred === null ? 'open this category' : 'open this confusion set', 'data-label': label}});
+  activate(link, () => on.category && on.category(dataset, label, pred));
+  return link;
+}
+
+/**
+ * The model's top predictions for the image with their probabilities (softmax of
+ * its outputs), or why they are not shown.
+ * @param {Array<{label: number, probability: number}>|null|undefined} top
+ * @returns {HTMLElement}
+ */
+function topPredictions(top, names, data, on) {
+  if (!top) {
+    return message('empty', 'Top predictions: not in this log (it was written before they were recorded).');
+  }
+  const list = el('ol', {className: 'top-predictions', attrs: {'aria-label': 'top predictions'}});
+  for (const {label, probability} of top) {
+    const bar = el('div', {className: 'bar'});
+    bar.style.setProperty('--fill', String(Math.max(0, Math.min(1, probability))));
+    list.appendChild(el('li', {className: label === data.label ? 'is-label' : '', attrs: {'data-label': label}}, [
+      categoryLink(names, label, data.dataset, on), bar, el('span', {className: 'value', text: percent(probability)}),
+    ]));
+  }
+  return el('div', {className: 'predictions'}, [el('div', {className: 'facts-title', text: 'top predictions (probability)'}), list]);
+}
+
+function render(data, run, on, datasets) {
+  const names = data.class_names;
+  const root = el('section', {className: 'image-view', attrs: {'data-dataset': data.dataset, 'data-index': data.index}});
+  root.appendChild(imagePicker(data, datasets, on));
+  root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${data.role === 'ind' ? 'InD' : 'OOD'}) — step ${data.step}`}));
+  const correct = data.label === data.prediction;
+  const prediction = el('div', {}, [el('span', {text: 'prediction: '}), categoryLink(names, data.prediction, data.dataset, on),
+    el('span', {text: ` (${correct ? 'right' : 'wrong'}`})]);
+  if (!correct) {
+    prediction.append(el('span', {text: ': '}), (() => {
+      const pair = el('span', {className: 'category-link clickable', text: 'images with this confusion',
+        attrs: {tabindex: 0, 'data-pred': data.prediction}});
+      activate(pair, () => on.category && on.category(data.dataset, data.label, data.prediction));
+      return pair;
+    })());
+  }
+  prediction.append(el('span', {text: ')'}));
+  root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
+    thumbnailImage({run, dataset: data.dataset, index: data.index, step: data.step, lazy: false}),
+    el('div', {className: 'facts'}, [
+      el('div', {}, [el('span', {text: 'label: '}), categoryLink(names, data.label, data.dataset, on)]),
+      prediction,
+      el('div', {text: `index in the dataset: ${data.position}`}),
+    ]),
+    topPredictions(data.top_predictions, names, data, on),
+  ]));
+  root.appendChild(imageLegend());
+  const list = el('div', {className: 'top-neurons'});
+  for (const top of data.top_neurons) {
+    const value = top.normalized;
+    const bar = el('div', {className: 'bar'});
+    bar.style.setProperty('--fill', String(Math.max(0, Math.min(1, value || 0))));
+    const header = el('header', {className: 'clickable', attrs: {tabindex: 0, title: 'open the neuron view', 'data-neuron': top.neuron}}, [
+      el('span', {className: 'name', text: `neuron ${top.neuron}`}),
+      bar,
+      el('span', {className: 'value', text: percent(value), attrs: {title: 'activation on this image, as a share of the neuron\'s InD maximum'}}),
+    ]);
+    activate(header, () => on.neuron && on.neuron(top.neuron));
+    const rows = el('div', {className: 'sources'});
+    for (const [source, images] of Object.entries(top.top_images)) {
+      const grid = el('div', {className: 'grid'});
+      for (const shown of images) {
+        grid.appendChild(imageTile({run, dataset: source, step: data.step, names, image: shown, on,
+          value: {text: percent(shown.normalized)}}));
+      }
+      rows.appendChild(el('div', {className: 'source', attrs: {'data-dataset': source}}, [el('div', {className: 'name', text: source}), grid]));
+    }
+    list.appendChild(el('div', {className: 'top-neuron'}, [header, rows]));
+  }
+  root.appendChild(list);
+  return root;
+}

@@ -1,0 +1,258 @@
+// The overview: per dataset its accuracy and confusion matrix; per OOD set its
+// scores' headline numbers and densities and the OOD detection table; the mean
+// scores across steps; and the table of every neuron's scores.
+
+import {activate, className, el, formatRaw, message, percent} from './dom.js';
+import * as model from './model.js';
+import {densityPlot, scoresOverTime} from './plots.js';
+
+/** The mean scores of every OOD set of the run at every step. */
+export async function loadScoresOverTime({run, layer}, info) {
+  const over = await Promise.all(
+    info.datasets.filter((d) => d !== info.ind).map((dataset) =>
+      model.getScoresOverTime({run, layer, dataset}).catch(() => null)),
+  );
+  return over.filter(Boolean);
+}
+
+/** @type {import('./views.js').View} */
+export const overview = {
+  name: 'overview',
+  title: 'Overview',
+  encode: () => ({}),
+  decode: () => ({}),
+  async load({where, info}) {
+    const [summary, over] = await Promise.all([model.getSummary(where), loadScoresOverTime(where, info)]);
+    return {summary, over};
+  },
+  render: ({summary, over}, {navigate}) => render(summary, over, navigate),
+};
+
+function render(data, over, on) {
+  const root = el('section', {className: 'overview-view'});
+  const stage = data.stage === 'test' || data.stage === 'validate' ? `, ${data.stage}` : '';
+  root.appendChild(el('h2', {text: `Overview — layer ${data.layer}, step ${data.step} (epoch ${data.epoch}${stage})`}));
+  const cards = el('div', {className: 'cards'});
+  for (const dataset of data.datasets) {
+    const card = el('div', {className: `card ${dataset.role}`, attrs: {'data-dataset': dataset.name}}, [
+      el('header', {}, [
+        el('span', {className: `role ${dataset.role}`, text: dataset.role === 'ind' ? 'InD' : 'OOD'}),
+        el('span', {className: 'name', text: dataset.name}),
+        el('span', {className: 'accuracy', text: `accuracy ${percent(dataset.accuracy)}`}),
+        el('span', {className: 'count', text: imageCount(dataset)}),
+      ]),
+    ]);
+    if (dataset.summary) {
+      const s = dataset.summary;
+      card.appendChild(el('div', {className: 'scores', text:
+        `novelty ${formatRaw(s.novelty_mean)} (${percent(s.novelty_positive_fraction)} > 0; ` +
+        `raw ${formatRaw(s.novelty_raw_mean)}) · ` +
+        `spurious ${formatRaw(s.spurious_mean)} (${s.spurious_undefined} undefined) · ` +
+        `activation ratio ${percent(s.activation_ratio_mean)}` +
+        (s.dead_neurons ? ` · ${s.dead_neurons} dead neurons left out` : ''),
+        attrs: {title: 'means over the live neurons; novelty in units of each neuron\'s InD maximum'}}));
+      card.appendChild(el('div', {className: 'densities'}, [
+        densityPlot('novelty > 0 (units of the InD max)', dataset.densities.novelty),
+        densityPlot('spurious score', dataset.densities.spurious),
+      ]));
+      if (dataset.detection && dataset.detection.length) card.appendChild(detectionTable(dataset.detection));
+    }
+    card.appendChild(confusionTable(dataset, data.class_names, on));
+    cards.appendChild(card);
+  }
+  root.appendChild(cards);
+  if (over && over.length) root.appendChild(scoresOverTime(over));
+  root.appendChild(neuronTable(data, on));
+  return root;
+}
+
+/** "N images", or "N of M images" when only part of the set was recorded. */
+function imageCount(dataset) {
+  const size = dataset.dataset_size;
+  return size !== null && size !== undefined && size > dataset.num_images
+    ? `${dataset.num_images} of ${size} images` : `${dataset.num_images} images`;
+}
+
+const DETECTION_COLUMNS = [
+  ['auroc', 'AUROC'], ['aupr_in', 'AUPR-In'], ['aupr_out', 'AUPR-Out'], ['fpr_at_95_tpr', 'FPR@95%TPR'],
+];
+
+/** One OOD set's detection rows: how well each detector tells InD from it. */
+function detectionTable(rows) {
+  const table = el('table', {className: 'table detection'});
+  table.appendChild(el('tr', {}, [el('th', {text: 'detector'}), ...DETECTION_COLUMNS.map(([, t]) => el('th', {text: t}))]));
+  for (const row of rows) {
+    const name = row.layer === null ? row.detector : `${row.detector} (${row.layer})`;
+    const sampled = row.detector === 'knn' ? `, on ${row.ind_images} InD and ${row.ood_images} OOD images` : '';
+    table.appendChild(el('tr', {attrs: {'data-detector': row.detector, title: `higher score = more in-distribution${sampled}`}}, [
+      el('td', {text: name}),
+      ...DETECTION_COLUMNS.map(([key]) => el('td', {text: row[key] === null ? 'n/a' : row[key].toFixed(3)})),
+    ]));
+  }
+  return el('details', {className: 'detection', attrs: {open: ''}}, [
+    el('summary', {text: 'OOD detection (InD positive)'}),
+    table,
+  ]);
+}
+
+function confusionTable(dataset, names, on) {
+  const n = dataset.confusion.length;
+  const wrapper = el('details', {className: 'confusion', attrs: n <= 12 ? {open: ''} : {}}, [
+    el('summary', {text: `confusion matrix (rows: label, columns: prediction)`}),
+  ]);
+  if (n > 60) {
+    wrapper.appendChild(message('empty', `${n} classes: too many to draw here; open any of them with the Category view's class picker`));
+    return wrapper;
+  }
+  const table = el('table', {className: 'matrix'});
+  const head = el('tr', {}, [el('th', {text: ''})]);
+  for (let b = 0; b < n; b++) head.appendChild(el('th', {text: className(names, b)}));
+  table.appendChild(head);
+  const max = Math.max(1, ...dataset.confusion.flat());
+  for (let a = 0; a < n; a++) {
+    const row = el('tr', {}, [el('th', {text: className(names, a)})]);
+    for (let b = 0; b < n; b++) {
+      const count = dataset.confusion[a][b];
+      const cell = el('td', {
+        className: `cell ${a === b ? 'diagonal' : ''} ${count ? 'clickable' : ''}`,
+        text: count || '',
+        attrs: {'data-label': a, 'data-pred': b, tabindex: count ? 0 : -1,
+          title: `${className(names, a)} → ${className(names, b)}: ${count}`},
+      });
+      cell.style.setProperty('--weight', String(count / max));
+      if (count) activate(cell, () => on.category && on.category(dataset.name, a, b));
+      row.appendChild(cell);
+    }
+    table.appendChild(row);
+  }
+  wrapper.appendChild(table);
+  return wrapper;
+}
+
+const TABLE_PAGE = 100; // rows of the neuron table per page
+
+export const FILTER_HELP = 'Filter: >0.5 or <=0.1 (on the sorted column), a neuron number such as 12, ' +
+  'a range such as 10-20, or "dead". Empty: every neuron.';
+
+/**
+ * The neuron table's filter as a test of a neuron, or an error in words.
+ * @param {string} text what the user typed
+ * @param {(i: number) => number|null} value the sorted column's value of neuron i
+ * @param {Set<number>} dead
+ * @returns {{keep: ((i: number) => boolean)|null, error: string|null}}
+ */
+export function parseFilter(text, value, dead) {
+  const input = text.trim();
+  if (!input) return {keep: null, error: null};
+  const bound = input.match(/^(<=|>=|<|>)\s*(-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?)%?$/i);
+  if (bound) {
+    const limit = Number(bound[2]) / (input.endsWith('%') ? 100 : 1);
+    const test = {'<': (v) => v < limit, '<=': (v) => v <= limit, '>': (v) => v > limit, '>=': (v) => v >= limit}[bound[1]];
+    return {keep: (i) => {
+      const v = value(i);
+      return v !== null && test(v);
+    }, error: null};
+  }
+  if (/^\d+$/.test(input)) return {keep: (i) => i === Number(input), error: null};
+  const range = input.match(/^(\d+)\s*[-–]\s*(\d+)$/);
+  if (range) {
+    const [low, high] = [Number(range[1]), Number(range[2])].sort((a, b) => a - b);
+    return {keep: (i) => i >= low && i <= high, error: null};
+  }
+  if (input.toLowerCase() === 'dead') return {keep: (i) => dead.has(i), error: null};
+  return {keep: null, error: `"${input}" is not understood. ${FILTER_HELP}`};
+}
+
+/** Every neuron's scores on every OOD set: sortable, filtered, in pages. */
+function neuronTable(data, on) {
+  const oods = data.datasets.filter((d) => d.role === 'ood');
+  const dead = new Set(data.dead || []);
+  const columns = [{key: 'neuron', title: 'neuron', value: (i) => i}];
+  for (const d of oods) {
+    for (const [key, title, unit] of [['novelty', 'novelty', 'units of the InD max'], ['spurious', 'spurious', '0–1'],
+      ['activation_ratio', 'act. ratio', 'OOD max / InD max']]) {
+      columns.push({key: `${d.name}:${key}`, title: `${d.name} ${title}`, unit, value: (i) => d.scores[key][i]});
+    }
+  }
+  const box = el('div', {className: 'neuron-table'}, [el('h3', {text: 'Neurons'})]);
+  const filter = el('input', {attrs: {id: 'neuron-filter', type: 'search', placeholder: 'filter, e.g. >0.5 or 10-20',
+    'aria-describedby': 'neuron-filter-help'}});
+  const help = el('div', {className: 'filter-help', text: FILTER_HELP, attrs: {id: 'neuron-filter-help'}});
+  const feedback = el('div', {className: 'filter-feedback', attrs: {role: 'status', 'aria-live': 'polite'}});
+  const count = el('div', {className: 'table-count', attrs: {role: 'status'}});
+  const table = el('table', {className: 'table sortable'});
+  const pager = el('div', {className: 'pager table-pager'});
+  box.append(filter, help, feedback, count, table, pager);
+  let sortKey = columns.length > 1 ? columns[1].key : 'neuron';
+  let descending = true;
+  let page = 0;
+  const draw = () => {
+    const column = columns.find((c) => c.key === sortKey);
+    let rows = Array.from({length: data.num_neurons}, (_, i) => i);
+    const {keep, error} = parseFilter(filter.value, column.value, dead);
+    feedback.textContent = error || '';
+    filter.setAttribute('aria-invalid', error ? 'true' : 'false');
+    if (keep) rows = rows.filter(keep);
+    rows.sort((a, b) => {
+      const va = column.value(a);
+      const vb = column.value(b);
+      if (va === null && vb === null) return a - b;
+      if (va === null) return 1;
+      if (vb === null) return -1;
+      return descending ? vb - va || a - b : va - vb || a - b;
+    });
+    const pages = Math.max(1, Math.ceil(rows.length / TABLE_PAGE));
+    page = Math.min(page, pages - 1);
+    const start = page * TABLE_PAGE;
+    const shown = rows.slice(start, start + TABLE_PAGE);
+    const of = keep ? `${rows.length} of ${data.num_neurons} neurons match` : `${data.num_neurons} neurons`;
+    count.textContent = rows.length
+      ? `${of}; rows ${start + 1}–${start + shown.length} shown, sorted by ${column.title}${descending ? ' (highest first)' : ' (lowest first)'}`
+      : `${of}`;
+    const head = el('tr', {}, columns.map((c) => {
+      const th = el('th', {className: 'clickable', text: c.title + (c.key === sortKey ? (descending ? ' ▼' : ' ▲') : ''),
+        attrs: {tabindex: 0, 'data-key': c.key, title: c.unit ? `${c.title} (${c.unit})` : c.title,
+          'aria-sort': c.key === sortKey ? (descending ? 'descending' : 'ascending') : 'none'}});
+      activate(th, () => {
+        descending = c.key === sortKey ? !descending : true;
+        sortKey = c.key;
+        page = 0;
+        draw();
+      });
+      return th;
+    }));
+    const body = shown.map((i) => {
+      const tr = el('tr', {className: 'clickable', attrs: {tabindex: 0, 'data-neuron': i}}, columns.map((c) => {
+        const v = c.value(i);
+        if (c.key === 'neuron') return el('td', {text: dead.has(i) ? `${v} (dead)` : v});
+        if (dead.has(i) && v === null) return el('td', {className: 'dead', text: 'dead'});
+        return el('td', {text: c.key.endsWith('activation_ratio') ? percent(v) : formatRaw(v)});
+      }));
+      activate(tr, () => on.neuron && on.neuron(i));
+      return tr;
+    });
+    table.replaceChildren(head, ...body);
+    pager.replaceChildren();
+    if (pages > 1) {
+      const prev = el('button', {text: 'previous', attrs: {'data-page': 'prev'}});
+      const next = el('button', {text: 'next', attrs: {'data-page': 'next'}});
+      prev.disabled = page === 0;
+      next.disabled = page >= pages - 1;
+      prev.addEventListener('click', () => {
+        page -= 1;
+        draw();
+      });
+      next.addEventListener('click', () => {
+        page += 1;
+        draw();
+      });
+      pager.append(prev, el('span', {text: `page ${page + 1} of ${pages}`}), next);
+    }
+  };
+  filter.addEventListener('input', () => {
+    page = 0;
+    draw();
+  });
+  draw();
+  return box;
+}
