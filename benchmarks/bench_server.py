@@ -6,8 +6,10 @@ Writes, through the real writer, InD + 3 OOD sets of 50,000 images x 2,048 neuro
 with 1,000 classes at 2 steps (thumbnails of 64 px as asset files, no full
 activation matrix: the callback's defaults), then for each loader starts
 ``tensorboard --port 0`` on it and prints: the time until the log is loaded, the
-time to the tab's first data after that (runs, then a neuron), p50/p95 of neuron,
-image and category requests after warm-up, and the peak RSS of the server (with
+time to the tab's first data after that (runs, then a neuron), p50/p95 of runs,
+neuron, image, category and thumbnail requests after warm-up (the neuron answer
+with its top categories and whether it fires, the image's top predictions, the
+category's false positives and negatives: all the tab asks), and the peak RSS of the server (with
 the Rust data server process, when used). The same figures for the demo's log.
 Targets: first data <= 3 s, p95 <= 150 ms, peak RSS <= 2.5 GB.
 """
@@ -153,6 +155,9 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
                 label = rng.randrange(num_classes)
                 return f"category?run={run}&layer={layer}&dataset={d}&label={label}"
 
+            def runs():
+                return "runs"
+
             def thumbnail():
                 d = rng.choice(datasets)
                 return f"thumbnail?run={run}&dataset={d}&index={rng.randrange(num_images[d])}"
@@ -162,6 +167,7 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
             print(f"  first data (runs + neuron)        {first * 1000:8.1f} ms")
             print(f"  summary route (first call)        {summary_s * 1000:8.1f} ms")
             for name, make in (
+                ("runs", runs),
                 ("neuron", neuron),
                 ("image", image),
                 ("category", category),
