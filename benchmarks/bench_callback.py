@@ -269,9 +269,10 @@ def _log_size() -> None:
     import numpy as np
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning import fast_crc
+    from deephys_lightning import fast_crc, metrics
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import TOP_PREDICTIONS, Record
+    from tb_plugin import metadata
+    from tb_plugin.metadata import TOP_PREDICTIONS, Kind, Record
 
     fast_crc.install()
     n, m, c = 50_000, 2048, 1000
@@ -304,18 +305,61 @@ def _log_size() -> None:
         num_images={name: n for name in names},
         top_k=32,
     )
-    with tempfile.TemporaryDirectory() as logdir:
-        sink = EventFileSink(EventFileWriter(logdir))
-        start = time.perf_counter()
-        write_record(sink, record, recordings, max_activation_bytes=32 * 2**20)
-        sink.close()
-        seconds = time.perf_counter() - start
-        size = sum(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
+    # The neuron view's distributions: their bytes and the time of their two kernels.
+    distribution_kinds = {
+        Kind.BOTTOM_INDICES,
+        Kind.BOTTOM_VALUES,
+        Kind.HISTOGRAM_RANGE,
+        Kind.ACTIVATION_COUNTS,
+        Kind.FIRE_FRACTION,
+        Kind.INTERVAL_INDICES,
+        Kind.INTERVAL_VALUES,
+    }
+    tally = {"bytes": 0, "seconds": 0.0}
+
+    class TallySink(EventFileSink):
+        def add_summary(self, summary, step):
+            for value in summary.value:
+                content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+                if content is not None and content.kind in distribution_kinds:
+                    tally["bytes"] += value.ByteSize()
+            super().add_summary(summary, step)
+
+    def timed(kernel):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return kernel(*args, **kwargs)
+            finally:
+                tally["seconds"] += time.perf_counter() - start
+
+        return run
+
+    kernels = {name: getattr(metrics, name) for name in ("histogram_range", "neuron_distributions")}
+    for name, kernel in kernels.items():
+        setattr(metrics, name, timed(kernel))
+    try:
+        with tempfile.TemporaryDirectory() as logdir:
+            sink = TallySink(EventFileWriter(logdir))
+            start = time.perf_counter()
+            write_record(sink, record, recordings, max_activation_bytes=32 * 2**20)
+            sink.close()
+            seconds = time.perf_counter() - start
+            size = sum(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
+    finally:
+        for name, kernel in kernels.items():
+            setattr(metrics, name, kernel)
     thumbs = n * 64 * 64 * 3
     print("\nlog size of one recorded epoch, 4 sets x 50,000 images x 2,048 neurons, 1,000 classes")
     print(
         f"  view data and scores (default: no full matrix) {size / 2**20:7.1f} MiB in all, "
         f"{size / len(names) / 2**20:.1f} MiB per dataset, written in {seconds:.1f} s"
+    )
+    rest = size - tally["bytes"]
+    print(
+        f"  of which the neuron view's distributions (histograms, fire fractions, bottom "
+        f"{record.top_k}, interval examples) {tally['bytes'] / 2**20:.1f} MiB = "
+        f"+{100 * tally['bytes'] / rest:.1f}% of the rest, computed in {tally['seconds']:.1f} s"
     )
     print(f"  (+ the full float16 matrix if enabled: {n * m * 2 / 2**20:7.1f} MiB per dataset)")
     print(f"  (+ thumbnails once per dataset at 64 px: {thumbs / 2**20:7.1f} MiB per dataset)")

@@ -34,7 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch.utils.data import DistributedSampler, RandomSampler
 from typing_extensions import override
 
-from deephys_lightning import detection, event_files, fast_crc, options, writing
+from deephys_lightning import detection, event_files, fast_crc, options, spatial_maps, writing
 from deephys_lightning import rows as row_columns
 from deephys_lightning.capture import (
     Denormalize,
@@ -125,6 +125,13 @@ class DeephysCallback(Callback):
             must be ``(B, M)``), or a function from the output to ``(B, M)``.
         relu: clip negative activations to 0 before reducing.
         top_k: how many top images per neuron are precomputed for the views.
+        spatial_maps: also keep, for each neuron's top images, where in the image it
+            fires: its map over the spatial dims ``(B, C, H, W)`` or tokens
+            ``(B, T, C)`` of a layer recorded with ``reduction="auto"``, after the
+            ReLU, average-pooled to at most 7 x 7 cells (49 tokens), float16. A
+            running top-k on the device (``M x top_k`` maps per layer and dataset),
+            no second pass. Layers with flat outputs, and any layer with
+            ``reduction="none"`` or a function, have none.
         max_images: record at most this many images per dataset: an evenly spread,
             deterministic subset (the same images every epoch).
         max_activation_bytes: the full float16 activation matrix of a layer and dataset
@@ -188,6 +195,7 @@ class DeephysCallback(Callback):
         reduction: Reduction = "auto",
         relu: bool = True,
         top_k: int = 32,
+        spatial_maps: bool = True,
         max_images: int | None = None,
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
         record_logits: bool | None = None,
@@ -217,6 +225,7 @@ class DeephysCallback(Callback):
         self.reduction = options.check_reduction(reduction)
         self.relu = relu
         self.top_k = options.check_int("top_k", top_k)
+        self.spatial_maps = options.check_flag("spatial_maps", spatial_maps)
         self.max_images = options.check_int("max_images", max_images, optional=True)
         self.max_activation_bytes = options.check_int(
             "max_activation_bytes", max_activation_bytes, minimum=0, optional=True
@@ -256,7 +265,11 @@ class DeephysCallback(Callback):
         self._known_class_names: GivenClassNames | None = None  # found at epoch start
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
+        self._pending_maps: dict[str, list[torch.Tensor]] = {}
+        self._loader_idx = 0  # the dataloader of the batch being captured
         self._buffers: dict[int, RowBuffer] = {}
+        # Per (dataloader, layer) with maps: each neuron's top images so far, on the device.
+        self._top_maps: dict[tuple[int, str], spatial_maps.RunningTopMaps] = {}
         self._device_budget = DeviceBudget(max_device_buffer_bytes)
         # Each dataset's input fingerprints at its last recorded epoch (CPU, dataset
         # order): its thumbnails are kept again only when they change.
@@ -325,6 +338,7 @@ class DeephysCallback(Callback):
         self._remove_hooks()
         self._mode = None
         self._buffers = {}
+        self._top_maps = {}
 
     @override
     def on_load_checkpoint(
@@ -432,6 +446,7 @@ class DeephysCallback(Callback):
                 "with it. Give it images, or name another dataloader with ind=."
             )
         self._buffers = {}
+        self._top_maps = {}
         self._device_budget = DeviceBudget(self.max_device_buffer_bytes)  # for all sets
         self._seen = {}
         self._checked_loaders = set()
@@ -445,6 +460,8 @@ class DeephysCallback(Callback):
     def _batch_start(self, dataloader_idx: int) -> None:
         self._pending = {name: [] for name in self.layers}
         self._pending_logits = []
+        self._pending_maps = {name: [] for name in self.layers}
+        self._loader_idx = dataloader_idx
         # In check mode only each loader's first batch is captured (and checked).
         self._capturing = self._mode == "record" or (
             self._mode == "check" and dataloader_idx not in self._checked_loaders
@@ -457,6 +474,7 @@ class DeephysCallback(Callback):
         self._capturing = False
         self._pending = {name: [] for name in self.layers}
         self._pending_logits = []
+        self._pending_maps = {name: [] for name in self.layers}
 
     def _epoch_end(self, trainer: pl.Trainer) -> None:
         if self._mode is None:
@@ -504,13 +522,31 @@ class DeephysCallback(Callback):
         def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             if self._capturing:
                 selected = select_output(output, self._selector(layer), layer=layer)
+                relu = self.relu
+                if self._keeps_maps(selected):  # rectified once, for both
+                    selected = selected.detach().float()
+                    # A copy of our own: the model may change its output in place later.
+                    selected = torch.relu(selected) if relu else selected.clone()
+                    relu = False
+                    state = self._top_maps.get((self._loader_idx, layer))
+                    shape = None if state is None else state.map_shape  # the dataset's
+                    self._pending_maps[layer].append(spatial_maps.pooled_maps(selected, shape))
                 acts = reduce_activations(
-                    selected, relu=self.relu, reduction=self.reduction, layer=layer
+                    selected, relu=relu, reduction=self.reduction, layer=layer
                 )
                 # Kept on the layer's device, as float16 (read back once, at the end).
                 self._pending[layer].append(acts.to(torch.float16))
 
         return hook
+
+    def _keeps_maps(self, output: Any) -> bool:
+        """Whether a layer output's maps are kept (``spatial_maps``)."""
+        return (
+            self.spatial_maps
+            and self.reduction == "auto"
+            and isinstance(output, torch.Tensor)
+            and spatial_maps.has_maps(output)
+        )
 
     def _on_logits_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         # The first output of the batch: under DDP in fit, Lightning runs validation_step
@@ -605,14 +641,37 @@ class DeephysCallback(Callback):
         if self._scores_logits():
             columns[row_columns.LOGIT_SCORES] = detection.logit_scores(logits)
         rows = Rows({name: _to(column, device) for name, column in columns.items()})
+        kept = None
         if not bool(keep.all()):
-            rows = rows.take(_to(torch.nonzero(keep).reshape(-1), device))
+            kept = _to(torch.nonzero(keep).reshape(-1), device)
+            rows = rows.take(kept)
         buffer = self._buffers.get(dataloader_idx)
         if buffer is None:
             host = frozenset({row_columns.THUMBS})  # made on the device, kept on the host
             buffer = RowBuffer(plan.capacity, self._device_budget, host_columns=host)
             self._buffers[dataloader_idx] = buffer
         buffer.append(rows)
+        self._keep_maps(dataloader_idx, rows, kept)
+
+    def _keep_maps(self, dataloader_idx: int, rows: Rows, kept: torch.Tensor | None) -> None:
+        """Merge the kept rows' maps into each layer's running top-k, on the device."""
+        for layer, pending in self._pending_maps.items():
+            if not pending:
+                continue
+            maps = pending[0] if len(pending) == 1 else torch.cat(pending)  # no copy of one
+            maps = _to(maps, rows.positions.device)
+            if kept is not None:
+                maps = maps.index_select(0, kept)
+            state = self._top_maps.get((dataloader_idx, layer))
+            if state is None:
+                state = spatial_maps.RunningTopMaps.empty(
+                    maps.shape[1],
+                    min(self.top_k, metadata.MAPPED_IMAGES),
+                    tuple(maps.shape[2:]),
+                    maps.device,
+                )
+                self._top_maps[(dataloader_idx, layer)] = state
+            state.update(rows.acts[layer], rows.positions, rows.labels >= 0, maps)
 
     def _check_batch(self, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
         """The checks a recorded batch cannot make without reading values back: the
@@ -628,6 +687,7 @@ class DeephysCallback(Callback):
         # Every process takes part in the gathering, in the same dataloader order; the
         # collectives get tensors on the root device (NCCL takes CUDA tensors only).
         gathered: dict[int, Rows] = {}
+        maps: dict[int, dict[str, spatial_maps.TopMaps]] = {}  # by dataloader and layer
 
         def gather(local: Rows | None) -> Rows | None:
             return gather_rows(
@@ -663,7 +723,20 @@ class DeephysCallback(Callback):
                     rows = rows.with_column(row_columns.THUMBS, thumbs.thumbs)
             if rows is not None:
                 gathered[idx] = self._labelled_rows(names[idx], rows)
+            found = {
+                layer: spatial_maps.gather_top_maps(
+                    self._top_maps.get((idx, layer)),
+                    strategy.all_gather,
+                    strategy.broadcast,
+                    trainer.world_size,
+                    device=strategy.root_device,
+                    chunk_bytes=self.gather_chunk_bytes,
+                )
+                for layer in self.layers
+            }
+            maps[idx] = {layer: top for layer, top in found.items() if top is not None}
         self._buffers = {}
+        self._top_maps = {}
         if trainer.world_size > 1:
             counts = torch.tensor(self._num_classes, device=strategy.root_device)
             num_classes = int(strategy.all_gather(counts).max())
@@ -673,7 +746,7 @@ class DeephysCallback(Callback):
         if not gathered:
             return
         try:
-            if self._write_rank_zero(trainer, names, gathered, num_classes):
+            if self._write_rank_zero(trainer, names, gathered, num_classes, maps):
                 # Only thumbnails that reached the log count as made: a failed or
                 # skipped write keeps them due at the next recorded epoch.
                 self._fingerprints.update(self._new_fingerprints)
@@ -730,7 +803,12 @@ class DeephysCallback(Callback):
 
     @rank_zero_only
     def _write_rank_zero(
-        self, trainer: pl.Trainer, names: list[str], gathered: dict[int, Rows], num_classes: int
+        self,
+        trainer: pl.Trainer,
+        names: list[str],
+        gathered: dict[int, Rows],
+        num_classes: int,
+        maps: Mapping[int, Mapping[str, spatial_maps.TopMaps]],
     ) -> bool:
         """Write the epoch's record (rank zero only); True when it reached the log."""
         step, epoch = self._position
@@ -773,6 +851,7 @@ class DeephysCallback(Callback):
             {names[idx]: gathered[idx] for idx in order if idx in gathered},
             state.thumbnails,
             self._logits_to_write,
+            {names[idx]: found for idx, found in maps.items()},
         )
         class_names = writing.class_names_for(num_classes, recordings, self._known_class_names)
         writing.warn_non_finite(recordings)

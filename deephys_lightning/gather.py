@@ -68,6 +68,22 @@ def gather_rows(
     return Rows(gathered).sorted()
 
 
+def gather_stacked(
+    tensor: torch.Tensor,
+    all_gather: AllGather,
+    world_size: int,
+    device: torch.device | str = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> torch.Tensor:
+    """``[world_size, *tensor.shape]`` on the CPU: a tensor of the same shape on every
+    process (call on every process, in step), gathered in chunks of its first dim of
+    at most ``chunk_bytes`` per process, on ``device``."""
+    rows = len(tensor)
+    counts = torch.full((world_size,), rows, dtype=torch.int64)
+    gathered = _gather_column(tensor, counts, rows, all_gather, device, chunk_bytes)
+    return gathered.reshape(world_size, *tensor.shape)
+
+
 def _gather_column(
     column: torch.Tensor,
     counts: torch.Tensor,

@@ -27,6 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,16 +39,20 @@ from tb_plugin import derived
 from tb_plugin.derived import OODScores
 
 __all__ = [
+    "NeuronDistributions",
     "OODScores",
     "activation_ratio",
     "as_numpy",
+    "bottom_k",
     "category_means",
     "confusion_matrix",
     "confusion_sets_top_neurons",
     "confusion_top_neurons",
     "dataset_statistics",
+    "histogram_range",
     "max_per_neuron",
     "mean_activation",
+    "neuron_distributions",
     "normalized_activations",
     "novelty",
     "ood_scores",
@@ -570,3 +577,311 @@ def ood_scores(ind_means: Any, ind_max: Any, ood_means: Any, ood_max: Any) -> OO
         activation_ratio=ratio_of_maxima(ind_max, ood_max),
         ind_max=ind_max,
     )
+
+
+# -- distributions and examples below the top (the neuron view) ---------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NeuronDistributions:
+    """What the neuron view shows of one layer on one dataset beyond the top images.
+
+    ``counts`` int32 ``[M, B]``: each neuron's histogram over its shared range (finite
+    activations only); ``fire_fraction`` float32 ``[M]``: the fraction of images above
+    0 (NaN without images); ``bottom_indices`` / ``bottom_values`` ``[M, k]``: the
+    lowest activations (:func:`bottom_k`); ``interval_indices`` int32 ``[M, bands,
+    n]`` (-1: no image) and ``interval_values`` float32 (NaN: no image): up to ``n``
+    images per activation band, highest band first (:func:`neuron_distributions`).
+    """
+
+    counts: np.ndarray
+    fire_fraction: np.ndarray
+    bottom_indices: np.ndarray
+    bottom_values: np.ndarray
+    interval_indices: np.ndarray
+    interval_values: np.ndarray
+
+
+def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
+    """The range each neuron's activation histograms share over ``datasets``.
+
+    Args:
+        datasets: the ``[N_d, M]`` activations of every dataset of a record.
+
+    Returns:
+        float32 ``[M, 2]``: ``low = min(0, lowest finite activation)`` and ``high`` the
+        highest finite activation over all of them, so ``[0, max]`` after ReLU;
+        ``high = low + 1`` where that leaves no width (a neuron that is always 0, or
+        constant, or never finite).
+    """
+    low = high = None
+    for activations in datasets:
+        lows, highs = _finite_range(_matrix(activations, "activations"))
+        low = lows if low is None else torch.minimum(low, lows)
+        high = highs if high is None else torch.maximum(high, highs)
+    if low is None:
+        raise ValueError("histogram_range needs the activations of at least one dataset")
+    low = torch.clamp(low, max=0.0)
+    high = torch.where(high > low, high, low + 1)
+    return torch.stack([low, high], dim=1).numpy().astype(np.float32)
+
+
+def _finite_range(acts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``[M]`` each neuron's lowest and highest finite activation (inf and -inf
+    where none is finite)."""
+    n, m = acts.shape
+    if n == 0:
+        return torch.full((m,), torch.inf), torch.full((m,), -torch.inf)
+    rows = _as_torch(acts)
+    low, high = rows.amin(dim=0).float(), rows.amax(dim=0).float()
+    # Only the columns with a NaN or an infinity need a second look, without them.
+    odd = torch.nonzero(~(torch.isfinite(low) & torch.isfinite(high)))[:, 0]
+    for start in range(0, len(odd), _COLUMN_BLOCK):
+        columns = odd[start : start + _COLUMN_BLOCK]
+        block = rows[:, columns].float()
+        finite = torch.isfinite(block)
+        low[columns] = torch.where(finite, block, torch.inf).amin(dim=0)
+        high[columns] = torch.where(finite, block, -torch.inf).amax(dim=0)
+    return low, high
+
+
+def bottom_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron, the ``k`` images with the lowest activation.
+
+    The rule of :func:`top_k` on the negated activations: ``(indices [M, k], values
+    [M, k])``, lowest first, ties to the lower image index, NaN last; fewer when
+    N < k. Computed on float16 values (other input is rounded to float16 first, as
+    the log stores it), by one stable sort per neuron.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    acts = _float16_matrix(activations)
+    n, m = acts.shape
+    k = min(k, n)
+    indices = np.empty((m, k), dtype=np.int64)
+    values = np.empty((m, k), dtype=np.float32)
+
+    def fill(start: int, block: _SortedColumns) -> None:
+        indices[start : start + block.rows] = block.order[:, :k]
+        values[start : start + block.rows] = block.values(block.order[:, :k])
+
+    _each_sorted_column_block(acts, fill)
+    return indices, values
+
+
+def neuron_distributions(
+    activations: Any,
+    value_range: Any,
+    maxima: Any,
+    *,
+    k: int,
+    bins: int,
+    bands: int,
+    per_band: int,
+) -> NeuronDistributions:
+    """Each neuron's histogram, firing fraction, bottom images and interval examples on
+    one dataset, from one stable sort per neuron.
+
+    Args:
+        activations: ``[N, M]``, float16 as stored (other input is rounded to it).
+        value_range: float32 ``[M, 2]`` the histograms' shared range
+            (:func:`histogram_range`); the bins are ``tb_plugin.derived.histogram_edges``.
+        maxima: float32 ``[M]`` each neuron's maximum on this dataset (stored as
+            ``maxima``); its bands are ``tb_plugin.derived.interval_edges``, ``bands``
+            of equal width over ``(0, max]``, none where the maximum is not positive
+            and finite.
+        k: bottom images per neuron (:func:`bottom_k`).
+        bins: histogram bins.
+        bands: activation bands.
+        per_band: images per band: of the band's ``c`` images, ordered by activation
+            as :func:`top_k` orders them (highest first, ties to the lower index), the
+            ones at positions ``(2 s + 1) c // (2 n)`` for ``s < n = min(per_band, c)``
+            (the middles of ``n`` equal runs; all of them when ``c <= per_band``).
+    """
+    if k < 1 or bins < 1 or bands < 1 or per_band < 1:
+        raise ValueError(
+            f"k, bins, bands and per_band must be >= 1, got {k}, {bins}, {bands}, {per_band}"
+        )
+    acts = _float16_matrix(activations)
+    n, m = acts.shape
+    value_range = as_numpy(value_range).astype(np.float32)
+    maxima = as_numpy(maxima).astype(np.float32)
+    if value_range.shape != (m, 2) or maxima.shape != (m,):
+        raise ValueError(
+            f"value_range must have shape ({m}, 2) and maxima ({m},), got "
+            f"{value_range.shape} and {maxima.shape}"
+        )
+    k = min(k, n)
+    out = NeuronDistributions(
+        counts=np.zeros((m, bins), dtype=np.int32),
+        fire_fraction=np.full(m, np.nan, dtype=np.float32),
+        bottom_indices=np.empty((m, k), dtype=np.int32),
+        bottom_values=np.empty((m, k), dtype=np.float32),
+        interval_indices=np.full((m, bands, per_band), -1, dtype=np.int32),
+        interval_values=np.full((m, bands, per_band), np.nan, dtype=np.float32),
+    )
+
+    def fill(start: int, block: _SortedColumns) -> None:
+        rows = slice(start, start + block.rows)
+        edges = derived.histogram_edges(value_range[rows], bins)
+        below = block.count_below(_keys_at_least(edges))  # x < edge, NaN never
+        below[:, -1] = block.count_at_most(_keys_at_most(edges[:, -1]))[:, 0]  # x <= high
+        out.counts[rows] = np.diff(below, axis=1)
+        positive = block.finite_or_inf - block.count_at_most(_ZERO_KEY)[:, 0]
+        out.fire_fraction[rows] = positive / n
+        out.bottom_indices[rows] = block.order[:, :k]
+        out.bottom_values[rows] = block.values(block.order[:, :k])
+        indices, values = _interval_examples(block, maxima[rows], bands, per_band)
+        out.interval_indices[rows], out.interval_values[rows] = indices, values
+
+    _each_sorted_column_block(acts, fill)
+    return out
+
+
+def _interval_examples(
+    block: _SortedColumns, maxima: np.ndarray, bands: int, per_band: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[B, bands, per_band]`` image indices (-1: none) and activations (NaN: none)."""
+    edges = derived.interval_edges(maxima, bands)  # [B, bands + 1], NaN: no bands
+    alive = np.isfinite(edges[:, :1])
+    # above[:, j]: images above edges[:, j], the first of them in descending order
+    above = block.finite_or_inf[:, None] - block.count_at_most(_keys_at_most(edges))
+    above = np.where(alive, above, 0)
+    high_first = above[:, ::-1]  # above the upper edge of each band, highest band first
+    start, count = high_first[:, :-1], high_first[:, 1:] - high_first[:, :-1]
+    shown = np.minimum(count, per_band)[..., None]
+    slot = np.arange(per_band)
+    rank = start[..., None] + (2 * slot + 1) * count[..., None] // (2 * np.maximum(shown, 1))
+    filled = slot < shown
+    rank = np.where(filled, rank, 0)  # its rank among the finite, highest first
+    picked = block.order_descending(rank.reshape(block.rows, -1)).reshape(rank.shape)
+    values = block.values(picked.reshape(block.rows, -1)).reshape(rank.shape)
+    return np.where(filled, picked, -1), np.where(filled, values, np.nan)
+
+
+# Float16 values as uint16 keys in the same order (see _order_keys): +0's key.
+_ZERO_KEY = 0x8000
+_NAN_KEY = 0xFFFF
+_KEYS = 1 << 16
+
+
+def _float16_matrix(activations: Any) -> np.ndarray:
+    acts = _matrix(activations, "activations")
+    return acts if acts.dtype == np.float16 else acts.astype(np.float16)
+
+
+def _order_keys(values: np.ndarray) -> np.ndarray:
+    """uint16 keys of float16 ``values`` that sort as the values do: -0 as +0, every NaN
+    above +inf (last, as in :func:`top_k`), so a stable sort of the keys orders the
+    values lowest first, ties to the lower index, NaN last."""
+    bits = np.ascontiguousarray(values, dtype=np.float16).view(np.uint16)
+    keys = np.where(bits >= 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
+    keys[bits == 0x8000] = _ZERO_KEY
+    keys[(bits & 0x7FFF) > 0x7C00] = _NAN_KEY
+    return keys
+
+
+def _keys_at_least(edges: np.ndarray) -> np.ndarray:
+    """The keys of the lowest float16 ``>= edges`` (float64): for a float16 ``x``,
+    ``x >= edge`` exactly when its key is at least this one. NaN edges give NaN's key."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = edges.astype(np.float16)
+        near = np.where(near.astype(np.float64) < edges, np.nextafter(near, np.inf), near)
+    return _order_keys(near)
+
+
+def _keys_at_most(edges: np.ndarray) -> np.ndarray:
+    """The keys of the highest float16 ``<= edges``: ``x <= edge`` exactly when the key
+    of ``x`` is at most this one (and ``x`` is not NaN)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = edges.astype(np.float16)
+        near = np.where(near.astype(np.float64) > edges, np.nextafter(near, -np.inf), near)
+    return _order_keys(near)
+
+
+class _SortedColumns:
+    """A block of neurons (columns ``start`` onwards of ``acts``) as rows of order keys
+    (``[B, N]``, see :func:`_order_keys`), each row's images in the stable ascending
+    order of their keys, with counts by key through one search over all rows (each
+    row's sorted keys offset by its row number times 2**16)."""
+
+    def __init__(self, acts: np.ndarray, start: int, keys: np.ndarray) -> None:
+        self.rows, self.n = keys.shape
+        self._acts = acts
+        self._columns = np.arange(start, start + self.rows)[:, None]
+        self.order = np.argsort(keys, axis=1, kind="stable")  # a radix sort for uint16
+        self._offsets = np.arange(self.rows, dtype=np.int64)[:, None]
+        self._sorted_keys = np.take_along_axis(keys, self.order, axis=1)
+        self._flat = (self._sorted_keys + self._offsets * _KEYS).ravel()
+        # values that are not NaN, finite or infinite: the first of them in the order
+        self.finite_or_inf = self.count_below(np.full((self.rows, 1), _NAN_KEY))[:, 0]
+
+    def _search(self, keys: np.ndarray, side: str) -> np.ndarray:
+        keys = np.asarray(keys, dtype=np.int64).reshape(self.rows, -1)
+        found = np.searchsorted(self._flat, keys + self._offsets * _KEYS, side=side)
+        return found - self._offsets * self.n
+
+    def count_below(self, keys: np.ndarray) -> np.ndarray:
+        """``[B, q]``: per row, how many keys are below each of its ``q`` keys."""
+        return self._search(keys, "left")
+
+    def count_at_most(self, keys) -> np.ndarray:
+        """``[B, q]``: per row, how many keys are at most each of its keys (a scalar key
+        is the same for every row)."""
+        return self._search(np.broadcast_to(keys, (self.rows,) + np.shape(keys)[1:]), "right")
+
+    def order_descending(self, rank: np.ndarray) -> np.ndarray:
+        """``[B, q]`` image indices at the given ranks of each row's non-NaN values in
+        :func:`top_k`'s order (highest first, ties to the lower index)."""
+        finite = self.finite_or_inf[:, None]
+        position = np.clip(finite - 1 - rank, 0, self.n - 1)  # the value's ascending place
+        keys = np.take_along_axis(self._sorted_keys, position, axis=1)
+        first = self.count_below(keys)  # the value's tied images, ascending by index
+        last = self.count_at_most(keys) - 1
+        ascending = first + rank - (finite - 1 - last)
+        return np.take_along_axis(self.order, np.clip(ascending, 0, self.n - 1), axis=1)
+
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        """``[B, q]`` float32 activations of the images ``indices`` of each row."""
+        return self._acts[indices, self._columns].astype(np.float32)
+
+
+# A sorted block holds 20 bytes per value (uint16 keys and sorted keys, int64 order and
+# searchable keys): 64 MiB for 64 neurons of 50,000 images. Blocks are sorted on
+# several threads while together they fit in _SORT_BYTES.
+_SORT_BYTES_PER_VALUE = 20
+_SORT_BYTES = 128 << 20
+# Rows of a column block made into keys and transposed at a time (a tile that stays in
+# the cache: twice as fast as transposing the block at once).
+_TILE_ROWS = 1024
+
+
+def _each_sorted_column_block(
+    acts: np.ndarray, work: Callable[[int, _SortedColumns], None]
+) -> None:
+    """``work(first neuron, _SortedColumns)`` for each block of ``_COLUMN_BLOCK`` neurons,
+    on as many threads as torch uses while their blocks fit in ``_SORT_BYTES`` (NumPy's
+    sorts and searches release the GIL; each block writes its own rows of the results,
+    so the threads change no result)."""
+    n, m = acts.shape
+    if n == 0:
+        return
+
+    def run(start: int) -> None:
+        stop = min(start + _COLUMN_BLOCK, m)
+        keys = np.empty((stop - start, n), dtype=np.uint16)
+        for row in range(0, n, _TILE_ROWS):
+            tile = acts[row : row + _TILE_ROWS, start:stop]
+            keys[:, row : row + _TILE_ROWS] = _order_keys(tile).T
+        work(start, _SortedColumns(acts, start, keys))
+
+    starts = range(0, m, _COLUMN_BLOCK)
+    fit = _SORT_BYTES // (_SORT_BYTES_PER_VALUE * _COLUMN_BLOCK * n)
+    workers = max(1, min(torch.get_num_threads(), len(starts), fit))
+    if workers == 1:
+        for start in starts:
+            run(start)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        for done in [pool.submit(run, start) for start in starts]:
+            done.result()  # raises a block's error, if any

@@ -152,6 +152,29 @@ class DeephysLog:
         """Per neuron, the top image indices ``[M, k]`` and their activations ``[M, k]``."""
         return self._read(step, lambda data: data.top_image_arrays(layer, dataset))
 
+    def top_maps(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
+        """float16 ``[M, k, h, w]``: where each neuron fires on each of its top images
+        (``top_maps[j, i]`` belongs to image ``top_images(...)[0][j, i]``): its map over
+        the layer's spatial dims (``h, w <= 7``) or tokens (``h = 1``, ``w <= 49``).
+
+        Raises:
+            KeyError: the step has no maps for ``layer`` (a flat layer,
+                ``DeephysCallback(spatial_maps=False)``, or a log written before them).
+        """
+
+        def read(data: StepData) -> np.ndarray:
+            maps = data.top_maps(layer, dataset)
+            if maps is None:
+                raise NotFoundError(f"step {data.step} has no maps of layer {layer!r}")
+            return maps
+
+        return self._read(
+            step,
+            read,
+            "Maps are kept for layers whose outputs have spatial or token dims, recorded "
+            "with reduction='auto' and spatial_maps=True, in logs written since they exist.",
+        )
+
     def category_means(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float32 ``[C, M]`` mean activation per category (NaN rows: no images)."""
         return self._read(step, lambda data: data.category_means(layer, dataset))

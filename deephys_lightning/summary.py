@@ -26,7 +26,7 @@ from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
-from deephys_lightning import capture, detection, metrics, thumbnail_encoding
+from deephys_lightning import capture, detection, metrics, spatial_maps, thumbnail_encoding
 from tb_plugin import assets, derived, metadata
 from tb_plugin.metadata import (
     SCORE_KINDS,
@@ -96,6 +96,8 @@ class DatasetRecording:
             (``capture.top_predictions``, k = ``min(metadata.TOP_PREDICTIONS, C)``),
             with ``top_probabilities``, float [N, k], their softmax probabilities;
             computed from ``logits`` when None (and not written without either).
+        top_maps: layer name -> the maps of its top images (``spatial_maps.TopMaps``),
+            for the layers that have them; written as ``top_maps``.
     """
 
     labels: np.ndarray
@@ -107,6 +109,7 @@ class DatasetRecording:
     logit_scores: np.ndarray | None = None
     top_classes: np.ndarray | None = None
     top_probabilities: np.ndarray | None = None
+    top_maps: dict[str, spatial_maps.TopMaps] = dataclasses.field(default_factory=dict)
 
     def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
@@ -228,7 +231,8 @@ def write_record(
     as an asset file under ``log_dir`` (the run directory the sink writes to) with a
     reference in the events. For each layer and dataset: the view data of
     :func:`layer_arrays` (the float16 activation matrix only while it is at most
-    ``max_activation_bytes``; None: always). For each layer and OOD set: per-neuron
+    ``max_activation_bytes``; None: always), and the maps of its top images where the
+    recording has them (``top_maps``). For each layer and OOD set: per-neuron
     novelty, spurious score and activation ratio, their headline scalars and
     histograms. For each OOD set: the metrics of the OOD ``detectors``
     (``detection.DETECTORS``; the logit ones need every dataset's logits or logit
@@ -268,6 +272,8 @@ def write_record(
             for name in record.datasets
         }
         ind_means, ind_max = statistics[record.ind]
+        # One histogram range per neuron for every dataset, written with the InD set's.
+        value_range = metrics.histogram_range(list(acts.values()))
         for name in record.datasets:
             arrays = layer_arrays(
                 acts[name],
@@ -277,9 +283,13 @@ def write_record(
                 num_classes=num_classes,
                 top_k=record.top_k,
                 full=writes_matrix(acts[name].nbytes, max_activation_bytes),
+                value_range=value_range,
             )
+            if name == record.ind:
+                arrays[Kind.HISTOGRAM_RANGE] = value_range
             for kind, array in arrays.items():
                 sink.add_summary(value_summary(kind, array, layer=layer, dataset=name), step)
+            _write_top_maps(sink, step, layer, name, recordings[name], arrays[Kind.TOP_INDICES])
         for ood in record.ood:
             ood_means, ood_max = statistics[ood]
             scores = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
@@ -359,13 +369,16 @@ def layer_arrays(
     num_classes: int,
     top_k: int,
     full: bool,
+    value_range: np.ndarray | None = None,
 ) -> dict[Kind, np.ndarray]:
     """The view data of one layer on one dataset, by kind, in the stored dtypes.
 
     ``statistics`` are the dataset's category means and per-neuron maxima
     (``metrics.dataset_statistics``), ``ind_max`` the InD maxima that normalize it.
-    ``full`` adds the activation matrix itself. Pure: computing is kept apart from
-    writing.
+    ``full`` adds the activation matrix itself. ``value_range`` (float32 ``[M, 2]``,
+    ``metrics.histogram_range`` of every dataset of the record; None: of this one)
+    is the range of the activation histograms, written once per layer by the caller.
+    Pure: computing is kept apart from writing.
     """
     means, maxima = statistics
     arrays: dict[Kind, np.ndarray] = {}
@@ -374,6 +387,23 @@ def layer_arrays(
     indices, values = metrics.top_k(acts, top_k)
     arrays[Kind.TOP_INDICES] = indices.astype(np.int32)
     arrays[Kind.TOP_VALUES] = values.astype(np.float32)
+    if value_range is None:
+        value_range = metrics.histogram_range([acts])
+    found = metrics.neuron_distributions(
+        acts,
+        value_range,
+        maxima,
+        k=top_k,
+        bins=metadata.HISTOGRAM_BINS,
+        bands=metadata.INTERVAL_BANDS,
+        per_band=metadata.INTERVAL_IMAGES,
+    )
+    arrays[Kind.BOTTOM_INDICES] = found.bottom_indices
+    arrays[Kind.BOTTOM_VALUES] = found.bottom_values
+    arrays[Kind.ACTIVATION_COUNTS] = found.counts
+    arrays[Kind.FIRE_FRACTION] = found.fire_fraction
+    arrays[Kind.INTERVAL_INDICES] = found.interval_indices
+    arrays[Kind.INTERVAL_VALUES] = found.interval_values
     neurons, normalized = metrics.top_neurons(acts, ind_max, metadata.TOP_NEURONS)
     arrays[Kind.IMAGE_TOP_NEURONS] = neurons.astype(np.int32)
     arrays[Kind.IMAGE_TOP_VALUES] = normalized.astype(np.float32)
@@ -428,6 +458,24 @@ def _write_dataset(
             shape=tuple(thumbnails.pixels.shape[1:]),
         )
         sink.add_summary(blob_summary(Kind.THUMBNAILS, [reference.to_json()], dataset=name), step)
+
+
+def _write_top_maps(
+    sink: SummarySink,
+    step: int,
+    layer: str,
+    name: str,
+    rec: DatasetRecording,
+    top_indices: np.ndarray,
+) -> None:
+    """The maps of a layer's top images on one dataset, where they were kept; they must
+    belong to exactly the images of ``top_indices`` (else ``ValueError``)."""
+    found = rec.top_maps.get(layer)
+    if found is None:
+        return
+    positions = np.arange(len(rec.labels)) if rec.positions is None else rec.positions
+    maps = spatial_maps.top_image_maps(found, positions, top_indices, layer=layer, dataset=name)
+    sink.add_summary(value_summary(Kind.TOP_MAPS, maps, layer=layer, dataset=name), step)
 
 
 def _write_scores(

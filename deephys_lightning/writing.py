@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from deephys_lightning.rows import Rows
+from deephys_lightning.spatial_maps import TopMaps
 from deephys_lightning.summary import DatasetRecording
 from tb_plugin import storage
 from tb_plugin.assets import Thumbnails
@@ -37,9 +38,11 @@ def dataset_recordings(
     rows_by_name: Mapping[str, Rows],
     known_digests: Mapping[str, str],
     logits: LogitsToWrite | None,
+    top_maps: Mapping[str, Mapping[str, TopMaps]] | None = None,
 ) -> tuple[dict[str, DatasetRecording], dict[str, str]]:
     """Each dataset's recording, in the order given, and the thumbnail digests that are
-    new (their thumbnails are written; a digest the run holds already is not)."""
+    new (their thumbnails are written; a digest the run holds already is not).
+    ``top_maps``: by dataset, the layers' maps of their top images (``spatial_maps``)."""
     recordings: dict[str, DatasetRecording] = {}
     digests: dict[str, str] = {}
     for name, rows in rows_by_name.items():
@@ -61,6 +64,7 @@ def dataset_recordings(
             ),
             thumbnails=thumbs,
             positions=rows.positions.numpy(),
+            top_maps=dict((top_maps or {}).get(name, {})),
         )
     return recordings, digests
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tb_plugin.metadata import Kind
+from tb_plugin.metadata import MAPPED_IMAGES, Kind
 
 # Per kind: the sizes of its axes, and the size its values index (None: not indices).
 _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
@@ -40,6 +40,13 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.IMAGE_TOP_VALUES: (("N", "any"), None),
     Kind.CATEGORY_MEANS: (("C", "M"), None),
     Kind.MAXIMA: (("M",), None),
+    Kind.BOTTOM_INDICES: (("M", "any"), "N"),
+    Kind.BOTTOM_VALUES: (("M", "any"), None),
+    Kind.HISTOGRAM_RANGE: (("M", "2"), None),
+    Kind.ACTIVATION_COUNTS: (("M", "any"), None),
+    Kind.FIRE_FRACTION: (("M",), None),
+    Kind.INTERVAL_INDICES: (("M", "any", "any"), "N"),
+    Kind.INTERVAL_VALUES: (("M", "any", "any"), None),
     Kind.PAIRS: (("any", "2"), "C"),
     Kind.PAIR_TOP_NEURONS: (("any", "any"), "M"),
     Kind.PAIR_TOP_MEANS: (("any", "any"), None),
@@ -49,17 +56,25 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.NOVELTY_RAW: (("M",), None),
     Kind.SPURIOUS: (("M",), None),
     Kind.ACTIVATION_RATIO: (("M",), None),
+    Kind.TOP_MAPS: (("M", "any", "any", "any"), None),
 }
+# Kinds that hold measurements, never indices: floats only.
+_FLOAT_KINDS = frozenset({Kind.TOP_MAPS})
+# Index kinds where -1 marks an empty slot.
+_EMPTY_SLOTS = frozenset({Kind.INTERVAL_INDICES})
 # Kinds whose rows pair up with another kind's: (partner, whether the whole shape
 # must match; else the number of rows).
 PAIRED_WITH: dict[Kind, tuple[Kind, bool]] = {
     Kind.TOP_VALUES: (Kind.TOP_INDICES, True),
+    Kind.BOTTOM_VALUES: (Kind.BOTTOM_INDICES, True),
+    Kind.INTERVAL_VALUES: (Kind.INTERVAL_INDICES, True),
     Kind.IMAGE_TOP_VALUES: (Kind.IMAGE_TOP_NEURONS, True),
     Kind.TOP_PROBABILITIES: (Kind.TOP_CLASSES, True),
     Kind.PAIR_TOP_NEURONS: (Kind.PAIRS, False),
     Kind.PAIR_TOP_MEANS: (Kind.PAIR_TOP_NEURONS, True),
     Kind.CONFUSION_TOP_NEURONS: (Kind.CONFUSIONS, False),
     Kind.CONFUSION_TOP_MEANS: (Kind.CONFUSION_TOP_NEURONS, True),
+    Kind.TOP_MAPS: (Kind.TOP_INDICES, False),  # and one map per first top image (below)
 }
 
 
@@ -70,6 +85,14 @@ def pairing_problem(kind: Kind, array: np.ndarray, partner: np.ndarray) -> str |
         return f"has shape {list(array.shape)} where its {other.value} have {list(partner.shape)}"
     if not whole and array.shape[:1] != partner.shape[:1]:
         return f"has {array.shape[0]} rows where its {other.value} have {partner.shape[0]}"
+    if kind is Kind.TOP_MAPS:
+        # a map for each of a neuron's first min(k, MAPPED_IMAGES) top images
+        expected = (*partner.shape[:1], min(partner.shape[1], MAPPED_IMAGES))
+        if array.shape[:2] != expected:
+            return (
+                f"has shape {list(array.shape)} where its {other.value} "
+                f"{list(partner.shape)} need maps {list(expected)} first"
+            )
     return None
 
 
@@ -84,6 +107,8 @@ def problem(kind: Kind, array: np.ndarray, sizes: dict[str, int]) -> str | None:
     axes, bound = _LAYOUT[kind]
     if array.dtype.kind not in "iuf" or array.ndim != len(axes):
         return f"holds {array.dtype} of shape {list(array.shape)}, not {len(axes)}-d numbers"
+    if kind in _FLOAT_KINDS and array.dtype.kind != "f":
+        return f"holds {array.dtype}, not floats"
     for axis, (name, length) in enumerate(zip(axes, array.shape, strict=True)):
         expected = 2 if name == "2" else sizes.get(name)
         if expected is not None and length != expected:
@@ -94,9 +119,14 @@ def problem(kind: Kind, array: np.ndarray, sizes: dict[str, int]) -> str | None:
         if array.size:
             low, high = int(array.min()), int(array.max())
             limit = sizes.get(bound)
-            if low < 0 or (limit is not None and high >= limit):
-                found = low if low < 0 else high
-                return f"values must lie in [0, {limit}); found {found}"
+            lowest = -1 if kind in _EMPTY_SLOTS else 0
+            if low < lowest or (limit is not None and high >= limit):
+                found = low if low < lowest else high
+                return f"values must lie in [{lowest}, {limit}); found {found}"
     elif kind is Kind.POSITIONS and array.size and int(array.min()) < 0:
         return f"dataset positions must be >= 0; found {int(array.min())}"
+    elif kind is Kind.ACTIVATION_COUNTS and array.dtype.kind not in "iu":
+        return f"holds {array.dtype}, not integer counts"
+    elif kind is Kind.ACTIVATION_COUNTS and array.size and int(array.min()) < 0:
+        return f"counts must be >= 0; found {int(array.min())}"
     return None

@@ -226,7 +226,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
         k: int | None = None,
     ) -> dict[str, Any]:
         """Top images of one neuron in every dataset, normalised by the InD maximum; per
-        dataset also its maximum, whether it fires there and its top categories."""
+        dataset also its maximum, whether it fires there, its top categories, its
+        activation histogram, its lowest images and examples of each activation band."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         data.check_neuron(layer, neuron)
@@ -242,7 +243,11 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "max": _finite(maximum),
                 "fires": derived.fires(maximum),
                 "top_categories": None if categories is None else _category_list(categories),
-                "images": _image_list(data.top_images(layer, dataset, neuron, k)),
+                "images": _image_list(
+                    data.top_images(layer, dataset, neuron, k),
+                    _neuron_maps(data, layer, dataset, neuron, k),
+                ),
+                **_beyond_the_top(data, layer, dataset, neuron, k),
             }
             if dataset != data.record.ind:
                 per_neuron = data.scores(layer, dataset).per_neuron()
@@ -320,7 +325,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "neuron": neuron,
                 "normalized": _finite(value),
                 "top_images": {
-                    source: _image_list(data.top_images(layer, source, neuron, k))
+                    source: _image_list(
+                        data.top_images(layer, source, neuron, k),
+                        _neuron_maps(data, layer, source, neuron, k),
+                    )
                     for source in sources
                 },
             }
@@ -548,8 +556,11 @@ def _header(data: StepData, layer: str) -> dict[str, Any]:
     }
 
 
-def _image_list(top: TopImages) -> list[dict[str, Any]]:
-    return [
+def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """The entries of top images; with ``maps`` (``[k', h, w]``, for the first ``k'``
+    images: maps are kept for a neuron's first ``MAPPED_IMAGES`` top images), each of
+    those with ``"map": {"shape": [h, w], "values": [h * w raw activations]}``."""
+    entries = [
         {
             "index": int(index),
             "activation": _finite(activation),
@@ -566,6 +577,20 @@ def _image_list(top: TopImages) -> list[dict[str, Any]]:
             strict=True,
         )
     ]
+    if maps is not None:
+        shape = list(maps.shape[1:])
+        for entry, cells in zip(entries, maps.reshape(len(maps), -1), strict=False):
+            entry["map"] = {"shape": shape, "values": _finite_list(cells)}
+    return entries
+
+
+def _neuron_maps(
+    data: StepData, layer: str, dataset: str, neuron: int, k: int | None
+) -> np.ndarray | None:
+    """float16 ``[k, h, w]``: where ``neuron`` fires on its first ``k`` top images in
+    ``dataset``, or None where the step has no maps for them."""
+    maps = data.top_maps(layer, dataset)
+    return None if maps is None else maps[neuron, :k]
 
 
 def _prediction_list(top: TopPredictions | None) -> list[dict[str, Any]] | None:
@@ -618,6 +643,31 @@ def _category_list(top: TopCategories) -> list[dict[str, Any]]:
             top.labels.tolist(), top.means.tolist(), top.normalized.tolist(), strict=True
         )
     ]
+
+
+def _beyond_the_top(
+    data: StepData, layer: str, dataset: str, neuron: int, k: int | None
+) -> dict[str, Any]:
+    """A neuron route's dataset fields beyond its top images: the fraction of images it
+    fires on, its histogram, its ``k`` lowest images and its interval examples; each
+    None where the step lacks it (a log written before them)."""
+    fractions = data.fire_fraction(layer, dataset)
+    histogram = data.activation_histogram(layer, dataset, neuron)
+    bottom = data.bottom_images(layer, dataset, neuron, k)
+    intervals = data.intervals(layer, dataset, neuron)
+    return {
+        "fire_fraction": None if fractions is None else _finite(fractions[neuron]),
+        "distribution": None
+        if histogram is None
+        else {"edges": _finite_list(histogram.edges), "counts": histogram.counts.tolist()},
+        "bottom_images": None if bottom is None else _image_list(bottom),
+        "intervals": None
+        if intervals is None
+        else [
+            {"low": _finite(i.low), "high": _finite(i.high), "images": _image_list(i.images)}
+            for i in intervals
+        ],
+    }
 
 
 def _neuron_list(top: TopNeurons, value_name: str) -> list[dict[str, Any]]:

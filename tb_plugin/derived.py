@@ -136,6 +136,34 @@ def fires(maximum: float) -> bool | None:
     return None if np.isnan(maximum) else maximum > 0
 
 
+def histogram_edges(value_range: np.ndarray, bins: int) -> np.ndarray:
+    """float64 ``[..., bins + 1]``: the bin edges of the activation histograms over
+    ``value_range`` (``[..., 2]``, low and high: a layer's stored ``histogram_range``),
+    as ``np.histogram(values, bins, range=(low, high))`` draws them. Bin ``i`` holds
+    ``edges[i] <= x < edges[i + 1]``, the last one also ``x == high``.
+
+    >>> histogram_edges(np.array([0.0, 2.0]), 4).tolist()
+    [0.0, 0.5, 1.0, 1.5, 2.0]
+    """
+    value_range = np.asarray(value_range, dtype=np.float64)
+    return np.linspace(value_range[..., 0], value_range[..., 1], bins + 1, axis=-1)
+
+
+def interval_edges(maximum: np.ndarray, bands: int) -> np.ndarray:
+    """float64 ``[..., bands + 1]``: the edges of the activation bands of the interval
+    examples, ``maximum * j / bands`` for ``j = 0..bands`` from a dataset's stored
+    ``maxima``; band ``j`` (lowest first) holds ``edges[j] < x <= edges[j + 1]``. NaN
+    where the maximum is not a positive finite number: no bands.
+
+    >>> interval_edges(np.array([5.0, 0.0]), 5)[0].tolist()
+    [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    """
+    maximum = np.asarray(maximum, dtype=np.float64)
+    alive = np.isfinite(maximum) & (maximum > 0)
+    scale = np.where(alive, maximum, np.nan)[..., None]
+    return scale * np.arange(bands + 1) / bands
+
+
 @dataclasses.dataclass(frozen=True)
 class OODScores:
     """Per-neuron scores of one OOD set (float32 ``[M]`` each), from what a log stores.

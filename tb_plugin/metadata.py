@@ -45,9 +45,20 @@ MAX_CHUNK_BYTES = 8 * 1024 * 1024
 # How many top neurons are kept per image and per confusion pair (and shown per
 # category): the second dimension of IMAGE_TOP_* and PAIR_TOP_*.
 TOP_NEURONS = 16
+# Images per neuron with a map of where it fires (TOP_MAPS): its first top images, as
+# many as the views show by default and then some; more would cost more log than all
+# the other view data together at ImageNet scale (docs/scaling.md).
+MAPPED_IMAGES = 16
 # How many most probable classes are kept per image: the second dimension of
 # TOP_CLASSES and TOP_PROBABILITIES is min(TOP_PREDICTIONS, number of classifier outputs).
 TOP_PREDICTIONS = 5
+# Each neuron's activation histogram has this many bins (ACTIVATION_COUNTS's second
+# dimension); its interval examples are INTERVAL_IMAGES images in each of INTERVAL_BANDS
+# bands of equal width (INTERVAL_INDICES [M, INTERVAL_BANDS, INTERVAL_IMAGES]). Readers
+# take the sizes from the stored shapes.
+HISTOGRAM_BINS = 32
+INTERVAL_BANDS = 5
+INTERVAL_IMAGES = 4
 
 
 class Kind(str, enum.Enum):
@@ -65,6 +76,14 @@ class Kind(str, enum.Enum):
     IMAGE_TOP_VALUES = "image_top_values"  # float32 [N, n] their normalized activations (tensor)
     CATEGORY_MEANS = "category_means"  # float32 [C, M] mean activation per category (tensor)
     MAXIMA = "maxima"  # float32 [M] highest activation per neuron, NaN if any is NaN (tensor)
+    # The neuron view's distributions and examples below the top (HISTOGRAM_BINS etc.).
+    BOTTOM_INDICES = "bottom_indices"  # int32 [M, k] image indices, lowest activation first
+    BOTTOM_VALUES = "bottom_values"  # float32 [M, k] raw activations of those images (tensor)
+    HISTOGRAM_RANGE = "histogram_range"  # float32 [M, 2] shared [low, high]; InD only (tensor)
+    ACTIVATION_COUNTS = "activation_counts"  # int32 [M, B] histogram over that range (tensor)
+    FIRE_FRACTION = "fire_fraction"  # float32 [M] fraction of images above 0 (tensor)
+    INTERVAL_INDICES = "interval_indices"  # int32 [M, bands, n] images per band, -1: none
+    INTERVAL_VALUES = "interval_values"  # float32 [M, bands, n] their activations, NaN: none
     PAIRS = "pairs"  # int32 [P, 2] (true, predicted) pairs that occur (tensor)
     PAIR_TOP_NEURONS = "pair_top_neurons"  # int32 [P, n] most active neurons per pair (tensor)
     PAIR_TOP_MEANS = "pair_top_means"  # float32 [P, n] their mean activations (tensor)
@@ -80,11 +99,14 @@ class Kind(str, enum.Enum):
     TOP_CLASSES = "top_classes"  # int32 [N, k] most probable classes, most probable first (tensor)
     TOP_PROBABILITIES = "top_probabilities"  # float32 [N, k] their softmax probabilities (tensor)
     DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
+    # Where each neuron fires on its top images: its map over the layer's spatial dims
+    # (h, w <= 7) or tokens (h = 1, w <= 49), after the ReLU, for layers that have them.
+    TOP_MAPS = "top_maps"  # float16 [M, k, h, w] one per top_indices entry (.npy blob chunks)
 
 
 # Kinds stored as blob sequences (everything else is a tensor).
 BLOB_KINDS = frozenset(
-    {Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS, Kind.DETECTION}
+    {Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS, Kind.DETECTION, Kind.TOP_MAPS}
 )
 # Blob kinds holding one JSON document (the others hold .npy chunks).
 JSON_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.DETECTION})
@@ -98,6 +120,13 @@ LAYER_KINDS = frozenset(
         Kind.IMAGE_TOP_VALUES,
         Kind.CATEGORY_MEANS,
         Kind.MAXIMA,
+        Kind.BOTTOM_INDICES,
+        Kind.BOTTOM_VALUES,
+        Kind.HISTOGRAM_RANGE,
+        Kind.ACTIVATION_COUNTS,
+        Kind.FIRE_FRACTION,
+        Kind.INTERVAL_INDICES,
+        Kind.INTERVAL_VALUES,
         Kind.PAIRS,
         Kind.PAIR_TOP_NEURONS,
         Kind.PAIR_TOP_MEANS,
@@ -107,6 +136,7 @@ LAYER_KINDS = frozenset(
         Kind.NOVELTY_RAW,
         Kind.SPURIOUS,
         Kind.ACTIVATION_RATIO,
+        Kind.TOP_MAPS,
     }
 )
 # Per-neuron scores stored per layer for each OOD set, and the field of

@@ -77,6 +77,25 @@ class TopCategories:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActivationHistogram:
+    """One neuron's activations on one dataset, counted in bins over the range every
+    dataset of the record shares for it (finite activations only)."""
+
+    edges: np.ndarray  # float64 [B + 1]; bin i: edges[i] <= x < edges[i + 1], the last closed
+    counts: np.ndarray  # int32 [B]
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """One activation band of a neuron on one dataset, ``low < activation <= high``,
+    and up to a few of its images, highest activation first."""
+
+    low: float
+    high: float
+    images: TopImages
+
+
+@dataclasses.dataclass(frozen=True)
 class TopPredictions:
     """One image's most probable classes and their probabilities."""
 
@@ -404,7 +423,12 @@ class StepData:
         """The ``k`` (default: all recorded) top images of ``neuron`` in ``dataset``."""
         self.check_neuron(layer, neuron)
         indices, values = self.top_image_arrays(layer, dataset)
-        indices, values = indices[neuron, :k], values[neuron, :k]
+        return self._images(layer, dataset, neuron, indices[neuron, :k], values[neuron, :k])
+
+    def _images(
+        self, layer: str, dataset: str, neuron: int, indices: np.ndarray, values: np.ndarray
+    ) -> TopImages:
+        """Images ``indices`` of ``dataset`` with ``values``, their activations of ``neuron``."""
         return TopImages(
             indices=indices,
             activations=values,
@@ -412,6 +436,69 @@ class StepData:
             labels=self.labels(dataset)[indices],
             predictions=self.predictions(dataset)[indices],
         )
+
+    def bottom_images(
+        self, layer: str, dataset: str, neuron: int, k: int | None = None
+    ) -> TopImages | None:
+        """The ``k`` (default: all recorded) images of ``dataset`` on which ``neuron`` is
+        least active, lowest first, ties to the lower index; None where this step lacks
+        them (a log written before they were recorded)."""
+        self.check_neuron(layer, neuron)
+        indices = self.optional_array(Kind.BOTTOM_INDICES, layer, dataset)
+        values = self.optional_array(Kind.BOTTOM_VALUES, layer, dataset)
+        if indices is None or values is None:
+            return None
+        return self._images(layer, dataset, neuron, indices[neuron, :k], values[neuron, :k])
+
+    def fire_fraction(self, layer: str, dataset: str) -> np.ndarray | None:
+        """float32 ``[M]``: the fraction of the images of ``dataset`` on which each neuron
+        is above 0 (NaN: the set has no images), or None where this step lacks it."""
+        return self.optional_array(Kind.FIRE_FRACTION, layer, dataset)
+
+    def activation_histogram(
+        self, layer: str, dataset: str, neuron: int
+    ) -> ActivationHistogram | None:
+        """``neuron``'s histogram on ``dataset``, over the range of the layer's stored
+        ``histogram_range`` (one per neuron for every dataset: the InD set's), or None
+        where this step lacks them."""
+        self.check_neuron(layer, neuron)
+        counts = self.optional_array(Kind.ACTIVATION_COUNTS, layer, dataset)
+        value_range = self.optional_array(Kind.HISTOGRAM_RANGE, layer, self.record.ind)
+        if counts is None or value_range is None:
+            return None
+        edges = derived.histogram_edges(value_range[neuron], counts.shape[1])
+        return ActivationHistogram(edges=edges, counts=counts[neuron])
+
+    def intervals(self, layer: str, dataset: str, neuron: int) -> list[Interval] | None:
+        """``neuron``'s activation bands on ``dataset``, highest first: equal widths over
+        ``(0, max]`` (``derived.interval_edges`` of the stored ``maxima``), each with its
+        stored examples. ``[]`` where the maximum is not a positive finite number (no
+        bands); None where this step lacks the examples."""
+        self.check_neuron(layer, neuron)
+        indices = self.optional_array(Kind.INTERVAL_INDICES, layer, dataset)
+        values = self.optional_array(Kind.INTERVAL_VALUES, layer, dataset)
+        if indices is None or values is None:
+            return None
+        bands = indices.shape[1]
+        edges = derived.interval_edges(self.maxima(layer, dataset)[neuron], bands)
+        if not np.isfinite(edges).all():
+            return []
+        found = []
+        for band in range(bands):  # highest first
+            shown = indices[neuron, band] >= 0
+            images = self._images(
+                layer, dataset, neuron, indices[neuron, band][shown], values[neuron, band][shown]
+            )
+            low, high = edges[bands - 1 - band], edges[bands - band]
+            found.append(Interval(low=float(low), high=float(high), images=images))
+        return found
+
+    def top_maps(self, layer: str, dataset: str) -> np.ndarray | None:
+        """float16 ``[M, k, h, w]``: where each neuron fires on each of its top images
+        (``top_maps[j, i]`` belongs to image ``top_indices[j, i]``), or None where this
+        step has no maps for the layer (a flat layer, ``spatial_maps=False``, a log
+        written before them)."""
+        return self.optional_array(Kind.TOP_MAPS, layer, dataset)
 
     def top_categories(
         self, layer: str, dataset: str, neuron: int, n: int = 5

@@ -85,3 +85,26 @@ def test_sixteen_bit_mixed_precision_records_the_float16_rounding(tmp_path):
     with torch.autocast("cuda", dtype=torch.float16):
         output, _ = module_output(model.cuda(), model.fc, data.tensors[0].cuda())
     np.testing.assert_array_equal(recorded, torch.relu(output.float()).half().cpu().numpy())
+
+
+def test_recorded_maps_never_synchronise(tmp_path):
+    """A conv layer's running top-k of maps is merged on the device batch by batch, also
+    where max_images leaves rows of a batch out, without waiting for it."""
+    data = random_set(16, 1)
+    deephys = DeephysCallback(layers=["features", "fc"], max_images=12, top_k=4)
+    val = {"ind": loader(_OnDevice(data)), "ood": loader(_OnDevice(random_set(12, 2)))}
+    t = _cuda_trainer(tmp_path, [SyncsAreErrors(), deephys, SyncsAllowed()], num_sanity_val_steps=0)
+    model = TinyNet()
+    try:
+        t.validate(model, dataloaders=val)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    log = read_log(t.logger.log_dir)
+    positions = log.positions("ind")
+    indices, _ = log.top_images("features", "ind")
+    output, _ = module_output(model.cuda(), model.features, data.tensors[0][positions].cuda())
+    expected = torch.relu(output.double()).cpu().numpy()[indices, np.arange(4)[:, None]]
+    maps = log.top_maps("features", "ind")
+    assert maps.shape == (4, 4, 6, 6)
+    # cuDNN may pick other kernels (TF32) for another batch size: a loose bound
+    np.testing.assert_allclose(maps.astype(np.float64), expected, rtol=1e-2, atol=1e-3)

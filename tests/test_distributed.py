@@ -1,5 +1,6 @@
-"""DDP and ddp_spawn with two CPU processes (gloo) log the same arrays as one process,
-also when every column is gathered in chunks of 64 bytes."""
+"""DDP and ddp_spawn with two CPU processes (gloo) log the same arrays as one process
+(the maps of the top images too), also when every column is gathered in chunks of 64
+bytes."""
 
 from __future__ import annotations
 
@@ -72,6 +73,17 @@ def test_two_processes_log_what_one_process_logs(tmp_path, max_images, strategy,
                 rtol=1e-3,
                 atol=1e-4,
             )
+        # each process's running top-k of the maps, merged: the single process's
+        top_images = double.top_images("features.0", dataset, step)[0]
+        np.testing.assert_array_equal(top_images, single.top_images("features.0", dataset, step)[0])
+        maps = double.top_maps("features.0", dataset, step)
+        assert maps.shape == (4, min(expected, 32), 6, 6) and maps.dtype == np.float16
+        np.testing.assert_allclose(
+            maps.astype(np.float32),
+            single.top_maps("features.0", dataset, step).astype(np.float32),
+            rtol=1e-3,
+            atol=1e-4,
+        )
 
 
 def test_two_processes_agree_on_when_thumbnails_travel(tmp_path):
