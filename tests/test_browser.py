@@ -39,16 +39,17 @@ def test_tab_shows_a_neurons_top_images(browser, demo_log_dir, demo_log, load_fa
             expected = sorted(range(len(acts)), key=lambda j: (-acts[j], j))[:12]
             shown = (
                 columns.nth(i)
-                .locator("figure")
+                .locator(":scope > .grid figure")
                 .evaluate_all("figs => figs.map(f => Number(f.dataset.index))")
             )
             assert shown == expected
         page.wait_for_function(
             "() => [...document.querySelector('iframe').contentDocument"
-            ".querySelectorAll('.neuron-view img')].every(i => i.complete && i.naturalWidth > 0)",
+            ".querySelectorAll('.neuron-view .column > .grid img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)",
             timeout=30_000,
         )
-        assert loaded_images(frame) == 4 * 12
+        assert loaded_images(frame, ".neuron-view .columns") >= 4 * 12
         # pick another neuron by number
         frame.locator("#neuron-input").fill("7")
         frame.locator("#neuron-input").dispatch_event("change")
@@ -92,7 +93,7 @@ def test_names_from_user_data_are_shown_as_text(browser, tmp_path):
         frame.locator(f'.neuron-view[data-neuron="{firing}"] figure img').first.wait_for()
         assert hostile_dataset in frame.locator("ul.datasets").text_content()
         assert frame.locator("ul.datasets b").count() == 0
-        figures = frame.locator(".column figure")
+        figures = frame.locator(".column > .grid figure")
         labels = figures.evaluate_all(
             "figs => figs.map(f => f.querySelector('.label').textContent)"
         )

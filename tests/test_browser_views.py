@@ -73,9 +73,9 @@ def test_neuron_view_says_where_a_neuron_never_fires_and_lists_its_top_categorie
         column = view.locator(f'.column[data-dataset="{name}"]')
         if maxima[name][silent] <= 0:
             assert "Never fires on this set" in column.text_content()
-            assert column.locator("figure").count() == 0
+            assert column.locator(":scope > .grid figure").count() == 0
         else:
-            assert column.locator("figure").count() == 12
+            assert column.locator(":scope > .grid figure").count() == 12
     # a live neuron: its top categories on each set, as the class means say
     live = int(np.argmax(maxima[log.datasets[0]]))
     _go(frame, "#neuron-input", live)
@@ -315,4 +315,107 @@ def test_a_notice_says_when_tensorboard_dropped_recorded_steps(browser, tmp_path
         assert frame.locator("#step-select option").count() == 12
         runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()["runs"]
         assert runs[0]["sampling"] is None
+        page.close()
+
+
+def test_neuron_view_shows_the_distribution_bands_and_bottom_images(browser, demo_tab, demo_log):
+    log, step = demo_log, demo_log.steps[-1]
+    acts = {d: log.activations(LAYER, d, step).astype(np.float32) for d in log.datasets}
+    neuron = int(np.argmax(acts[log.datasets[0]].max(axis=0)))  # the busiest on InD
+    page, frame, errors = open_tab(browser, demo_tab, ready=".neuron-view")
+    _go(frame, "#neuron-input", neuron)
+    view = frame.locator(f'.neuron-view[data-neuron="{neuron}"]')
+    view.wait_for()
+    body = requests.get(
+        f"{demo_tab}/data/plugin/deephys/neuron",
+        params={"run": _run(demo_tab), "layer": LAYER, "neuron": neuron, "k": 12},
+        timeout=30,
+    ).json()
+    for entry in body["datasets"]:
+        name, column = entry["name"], view.locator(f'.column[data-dataset="{entry["name"]}"]')
+        values = acts[name][:, neuron]
+        fires = f"fires on {(values > 0).mean() * 100:.1f}% of its images"
+        assert column.locator(".fires").text_content() == fires
+        # the histogram: share of the set's images per bin, on the bins every set shares
+        edges = np.asarray(entry["distribution"]["edges"])
+        assert edges[0] == 0 and edges[-1] == pytest.approx(
+            max(a[:, neuron].max() for a in acts.values())
+        )
+        expected = np.histogram(values, bins=edges)[0] / len(values)
+        drawn = column.locator("svg.histogram rect.bar").evaluate_all(
+            "rs => rs.map(r => Number(r.dataset.share))"
+        )
+        np.testing.assert_allclose(drawn, expected, atol=1.5 / len(values))
+        outlined = column.locator("svg.histogram path.ind-outline").count()
+        assert outlined == (0 if name == log.datasets[0] else 1)
+        # the bottom 12, lowest first (ties by index), as read_log's activations say
+        column.locator("details.bottom summary").click()
+        bottom = column.locator("details.bottom figure").evaluate_all(
+            "fs => fs.map(f => Number(f.dataset.index))"
+        )
+        assert bottom == sorted(range(len(values)), key=lambda i: (values[i], i))[:12]
+        # five bands over (0, max], highest first; each image's activation in its band
+        column.locator("details.intervals-box summary").click()
+        bands = column.locator(".interval")
+        assert bands.count() == 5
+        top = values.max()
+        for b, band in enumerate(bands.all()):
+            low, high = (
+                float(band.get_attribute("data-low")),
+                float(band.get_attribute("data-high")),
+            )
+            assert high == pytest.approx(top * (5 - b) / 5, rel=1e-3)
+            assert low == pytest.approx(top * (4 - b) / 5, rel=1e-3, abs=1e-6)
+            for index in band.locator("figure").evaluate_all(
+                "fs => fs.map(f => Number(f.dataset.index))"
+            ):
+                assert low - 1e-3 <= values[index] <= high + 1e-3
+    assert errors == []
+    page.close()
+
+
+def _run(base) -> str:
+    return requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()["runs"][0]["run"]
+
+
+def test_maps_show_where_a_neuron_fires_over_its_top_images(browser, tmp_path):
+    torch.manual_seed(0)
+    t = trainer(tmp_path, [DeephysCallback(layers=["features", "fc"])], max_epochs=1)
+    data = {"ind": loader(random_set(12, 1)), "ood": loader(random_set(12, 2))}
+    t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=data)
+    with running_tensorboard(tmp_path, load_fast=False) as base:
+        run = _run(base)
+        url = f"{base}/#deephys&p.deephys.run={run}&p.deephys.layer=features&p.deephys.maps=1"
+        page, frame, errors = open_tab(browser, base, url=url, ready=".neuron-view figure svg.map")
+        assert frame.locator("main#deephys.show-maps").count() == 1
+        assert frame.locator("#maps-input").is_checked()
+        body = requests.get(
+            f"{base}/data/plugin/deephys/neuron",
+            params={"run": run, "layer": "features", "neuron": 0},
+            timeout=30,
+        ).json()
+        maps = [image["map"] for d in body["datasets"] for image in d["images"]]
+        scale = max(v for m in maps for v in m["values"] if v is not None)
+        for entry in body["datasets"]:
+            figures = frame.locator(f'.column[data-dataset="{entry["name"]}"] > .grid figure')
+            assert figures.count() == len(entry["images"])
+            for figure, image in zip(figures.all(), entry["images"], strict=True):
+                overlay = figure.locator("svg.map")
+                assert overlay.is_visible()
+                h, w = image["map"]["shape"]
+                assert overlay.get_attribute("data-shape") == f"{h}x{w}"
+                opacities = overlay.locator("rect").evaluate_all(
+                    "rs => rs.map(r => Number(r.getAttribute('fill-opacity')))"
+                )
+                expected = [0.75 * max(0.0, min(1.0, v / scale)) for v in image["map"]["values"]]
+                np.testing.assert_allclose(opacities, expected, atol=1e-3)
+        frame.locator("#maps-input").uncheck()  # off: the thumbnails as they are
+        assert frame.locator("main#deephys.show-maps").count() == 0
+        assert frame.locator(".neuron-view figure svg.map").first.is_hidden()
+        frame.locator("#maps-input").check()
+        frame.locator("#layer-select").select_option("fc")  # a flat layer has none: said
+        note = frame.locator(".neuron-view .message.empty", has_text="has no maps")
+        note.wait_for()
+        assert "Layer fc has no maps of where its neurons fire" in note.text_content()
+        assert errors == []
         page.close()

@@ -348,9 +348,7 @@ def test_image_route_gives_the_top_predictions_as_softmax_of_the_logits(gated):
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         for index in (0, len(logits) - 1):
-            body = client.get(
-                f"{PREFIX}/image?{RUN}&layer=fc&dataset={dataset}&index={index}"
-            ).json
+            body = client.get(f"{PREFIX}/image?{RUN}&layer=fc&dataset={dataset}&index={index}").json
             top = body["top_predictions"]
             expected = sorted(range(CLASSES), key=lambda c: (-logits[index, c], c))[:5]
             assert [t["label"] for t in top] == expected
@@ -388,7 +386,5 @@ def test_category_route_lists_false_positives_and_negatives_most_confident_first
                     assert image["label"] == labels[image["index"]]
                     assert image["prediction"] == predictions[image["index"]]
                     assert image["confidence"] == pytest.approx(confidence[image["index"]], 1e-5)
-        pair = client.get(
-            f"{PREFIX}/category?{RUN}&layer=fc&dataset={dataset}&label=0&pred=1"
-        ).json
+        pair = client.get(f"{PREFIX}/category?{RUN}&layer=fc&dataset={dataset}&label=0&pred=1").json
         assert "false_positives" not in pair  # a confusion set has no mistakes of its own

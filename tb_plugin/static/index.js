@@ -18,6 +18,7 @@ const state = {
   view: DEFAULT_VIEW,
   neuron: 0,
   k: 12,
+  maps: false, // draw where neurons fire over the top images (layers with maps)
   image: null, // {dataset, index}
   category: null, // {dataset, label, pred, either, page}
   request: 0,
@@ -77,6 +78,7 @@ const url = new UrlState();
 function encodeState() {
   const data = {view: state.view, run: state.run, layer: state.layer, step: String(state.step),
     neuron: String(state.neuron), k: String(state.k)};
+  if (state.maps) data.maps = '1';
   for (const view of VIEWS) Object.assign(data, view.encode(state));
   return data;
 }
@@ -109,6 +111,7 @@ function decodeState(data) {
   state.view = viewNamed(data.view).name;
   state.neuron = integer(data.neuron ?? '', 0);
   state.k = Math.min(run.top_k, Math.max(1, wholeNumber(data.k, 12)));
+  state.maps = data.maps === '1';
   for (const view of VIEWS) Object.assign(state, view.decode(data));
   return true;
 }
@@ -142,6 +145,8 @@ function controls() {
   const kInput = dom.el('input', {attrs: {id: 'k-input', type: 'number', min: 1, max: info.top_k, value: state.k,
     title: `1 to ${info.top_k}: the callback kept the top ${info.top_k} images of each neuron (DeephysCallback(top_k=...))`}});
   const kNote = dom.el('span', {className: 'control-note', attrs: {id: 'k-note', role: 'status', 'aria-live': 'polite'}});
+  const mapsInput = dom.el('input', {attrs: {id: 'maps-input', type: 'checkbox'}});
+  mapsInput.checked = state.maps;
   const prev = dom.el('button', {text: '◀', attrs: {id: 'neuron-prev', 'aria-label': 'previous neuron'}});
   const next = dom.el('button', {text: '▶', attrs: {id: 'neuron-next', 'aria-label': 'next neuron'}});
   bar.append(
@@ -151,7 +156,15 @@ function controls() {
     dom.el('label', {text: 'Neuron', attrs: {for: 'neuron-input'}}, [prev, neuronInput, next]),
     dom.el('label', {text: 'Top k', attrs: {for: 'k-input'}}, [kInput]),
     kNote,
+    dom.el('label', {text: 'Where neurons fire', attrs: {for: 'maps-input',
+      title: 'over the top images, the neuron\'s activation at each spatial or token position (layers with maps)'}}, [mapsInput]),
   );
+  mapsInput.addEventListener('change', () => {
+    state.maps = mapsInput.checked;
+    root.classList.toggle('show-maps', state.maps);
+    remember({push: false});
+    renderPanel(); // the view says when its layer has no maps
+  });
   runSel.select.addEventListener('change', () => {
     selectRun(state.runs.find((r) => r.run === runSel.select.value));
     renderAll();
@@ -259,6 +272,7 @@ function showUnavailable() {
 function renderAll({push = true} = {}) {
   if (push) remember();
   const info = runInfo();
+  root.classList.toggle('show-maps', state.maps);
   root.replaceChildren(
     controls(),
     dom.unavailableRuns(state.unavailable),

@@ -184,3 +184,68 @@ function linePlot({key, title, format, tick}, over) {
     plot,
   ]);
 }
+
+/**
+ * A neuron's activations on one set as a histogram (share of the set's images per
+ * bin) on the bins shared by every set, with the InD set's histogram drawn over it
+ * as an outline, so that the two compare on one axis.
+ * @param {{edges: Array<number>, counts: Array<number>}} distribution this set's
+ * @param {{edges: Array<number>, counts: Array<number>}|null} ind the InD set's (null: this is InD)
+ * @param {string} name this set's name
+ * @returns {HTMLElement}
+ */
+export function activationHistogram(distribution, ind, name) {
+  const width = 220;
+  const height = 110;
+  const margin = {left: 36, right: 6, top: 6, bottom: 28};
+  const box = el('figure', {className: 'activation-histogram', attrs: {'data-dataset': name}});
+  const shares = (d) => {
+    const total = d.counts.reduce((a, b) => a + b, 0);
+    return d.counts.map((c) => (total ? c / total : 0));
+  };
+  const mine = shares(distribution);
+  const theirs = ind ? shares(ind) : null;
+  const edges = distribution.edges;
+  const [x0, x1] = [edges[0], edges[edges.length - 1]];
+  const yTicks = niceTicks([0, Math.max(...mine, ...(theirs || []))], 2);
+  const top = yTicks[yTicks.length - 1] || 1;
+  const x = (v) => margin.left + (x1 > x0 ? (v - x0) / (x1 - x0) : 0) * (width - margin.left - margin.right);
+  const y = (v) => height - margin.bottom - (v / top) * (height - margin.top - margin.bottom);
+  const plot = svg('svg', {class: 'histogram', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img',
+    'aria-label': `activations on ${name}${ind ? ', InD outlined' : ''}: share of images per bin`});
+  mine.forEach((share, i) => {
+    const bar = svg('rect', {class: 'bar', x: x(edges[i]), y: y(share), width: Math.max(x(edges[i + 1]) - x(edges[i]) - 0.5, 0.5),
+      height: y(0) - y(share), 'data-share': share});
+    const tip = svg('title');
+    tip.textContent = `${formatRaw(edges[i])}–${formatRaw(edges[i + 1])}: ${percent(share)} of ${name}` +
+      (theirs ? `, ${percent(theirs[i])} of InD` : '');
+    bar.appendChild(tip);
+    plot.appendChild(bar);
+  });
+  if (theirs) {
+    let d = `M${x(edges[0])},${y(0)}`;
+    theirs.forEach((share, i) => {
+      d += `V${y(share)}H${x(edges[i + 1])}`;
+    });
+    plot.appendChild(svg('path', {class: 'ind-outline', d: `${d}V${y(0)}`}));
+  }
+  const bottom = y(0);
+  plot.appendChild(svg('path', {class: 'axis-line', d: `M${margin.left},${margin.top}V${bottom}H${width - margin.right}`}));
+  for (const value of [x0, x1]) {
+    plot.appendChild(svgText(formatRaw(value), {class: 'tick x', x: x(value), y: bottom + 12,
+      'text-anchor': value === x0 ? 'start' : 'end'}));
+  }
+  for (const value of yTicks) {
+    plot.append(svg('path', {class: 'grid-line', d: `M${margin.left},${y(value)}H${width - margin.right}`}),
+      svgText(`${+(value * 100).toPrecision(3)}%`, {class: 'tick y', x: margin.left - 3, y: y(value) + 4, 'text-anchor': 'end'}));
+  }
+  plot.appendChild(svgText('activation (raw)', {class: 'axis-title', x: width - margin.right, y: height - 2, 'text-anchor': 'end'}));
+  box.appendChild(plot);
+  if (ind) {
+    box.appendChild(el('figcaption', {className: 'histogram-legend'}, [
+      el('span', {className: 'swatch this', attrs: {'aria-hidden': 'true'}}), el('span', {text: name}),
+      el('span', {className: 'swatch ind', attrs: {'aria-hidden': 'true'}}), el('span', {text: 'InD'}),
+    ]));
+  }
+  return box;
+}

@@ -2,7 +2,7 @@
 // "label → prediction" caption, and what a tile shows when its image cannot be
 // loaded.
 
-import {activate, className, el, message} from './dom.js';
+import {activate, className, el, message, svg} from './dom.js';
 import {thumbnailUrl} from './model.js';
 
 /** @type {Map<string, Promise<string>>} why a dataset's thumbnails failed, asked once */
@@ -70,23 +70,60 @@ export function thumbnailImage({run, dataset, index, step, lazy = true}) {
 }
 
 /**
- * One image as a tile: its thumbnail with a green (right) or red (wrong) border,
- * an optional value line, and "label → prediction"; a click opens the image view.
+ * Where a neuron fires on an image: its map over the layer's spatial (or token)
+ * positions as a grid of cells over the thumbnail, each as opaque as its activation
+ * is a share of `scale`. Shown while the tab's "where neurons fire" is on.
+ * @param {{shape: Array<number>, values: Array<number|null>}} map row-major raw activations
+ * @param {number} scale the activation drawn fully opaque (the largest of the maps shown together)
+ * @returns {SVGElement}
+ */
+export function mapOverlay(map, scale) {
+  const [h, w] = map.shape.length === 2 ? map.shape : [1, map.shape[0]];
+  const overlay = svg('svg', {class: 'map', viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: 'none',
+    'aria-hidden': 'true', 'data-shape': `${h}x${w}`});
+  map.values.forEach((value, i) => {
+    const share = scale > 0 && value !== null ? Math.max(0, Math.min(1, value / scale)) : 0;
+    overlay.appendChild(svg('rect', {x: i % w, y: Math.floor(i / w), width: 1, height: 1,
+      'fill-opacity': (0.75 * share).toFixed(3)}));
+  });
+  return overlay;
+}
+
+/**
+ * The largest activation in the maps of `images` (those that have one), 0 if none.
+ * @param {Array<{map?: {values: Array<number|null>}}>} images
+ * @returns {number}
+ */
+export function mapScale(images) {
+  let top = 0;
+  for (const image of images) {
+    for (const value of image.map?.values || []) if (value !== null && value > top) top = value;
+  }
+  return top;
+}
+
+/**
+ * One image as a tile: its thumbnail with a green (right) or red (wrong) border
+ * (and, when the image has a map, where the neuron fires over it), an optional
+ * value line, and "label → prediction"; a click opens the image view.
  * @param {{run: string, dataset: string, step: number, names: Array<string>,
- *   image: {index: number, label: number, prediction: number},
- *   value?: {text: string, title?: string}, on?: {image?: Function}}} tile
+ *   image: {index: number, label: number, prediction: number, map?: object},
+ *   value?: {text: string, title?: string}, on?: {image?: Function}, scale?: number}} tile
  * @returns {HTMLElement}
  */
-export function imageTile({run, dataset, step, names, image, value, on = {}}) {
+export function imageTile({run, dataset, step, names, image, value, on = {}, scale = 0}) {
   const correct = image.label === image.prediction;
   const caption = [];
   if (value) caption.push(el('span', {className: 'value', text: value.text, attrs: value.title ? {title: value.title} : {}}));
-  caption.push(el('span', {className: 'label',
-    text: `${className(names, image.label)} → ${className(names, image.prediction)}`}));
+  const labels = `${className(names, image.label)} → ${className(names, image.prediction)}`;
+  caption.push(el('span', {className: 'label', text: labels, attrs: {title: labels}}));
   const figure = el('figure', {
     className: `image clickable ${correct ? 'right' : 'wrong'}`,
     attrs: {'data-index': image.index, tabindex: 0, title: 'open the image view'},
-  }, [thumbnailImage({run, dataset, index: image.index, step}), el('figcaption', {}, caption)]);
+  }, [el('div', {className: 'thumb'}, [
+    thumbnailImage({run, dataset, index: image.index, step}),
+    ...(image.map ? [mapOverlay(image.map, scale)] : []),
+  ]), el('figcaption', {}, caption)]);
   activate(figure, () => on.image && on.image(dataset, image.index));
   return figure;
 }

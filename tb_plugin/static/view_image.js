@@ -4,7 +4,7 @@
 
 import {activate, className, el, imageLegend, message, percent} from './dom.js';
 import * as model from './model.js';
-import {imageTile, thumbnailImage} from './thumbnails.js';
+import {imageTile, mapScale, thumbnailImage} from './thumbnails.js';
 
 /** @type {import('./views.js').View} */
 export const image = {
@@ -122,10 +122,11 @@ function render(data, run, on, datasets) {
     ]);
     activate(header, () => on.neuron && on.neuron(top.neuron));
     const rows = el('div', {className: 'sources'});
+    const scale = mapScale(Object.values(top.top_images).flat()); // one scale per neuron
     for (const [source, images] of Object.entries(top.top_images)) {
       const grid = el('div', {className: 'grid'});
       for (const shown of images) {
-        grid.appendChild(imageTile({run, dataset: source, step: data.step, names, image: shown, on,
+        grid.appendChild(imageTile({run, dataset: source, step: data.step, names, image: shown, on, scale,
           value: {text: percent(shown.normalized)}}));
       }
       rows.appendChild(el('div', {className: 'source', attrs: {'data-dataset': source}}, [el('div', {className: 'name', text: source}), grid]));

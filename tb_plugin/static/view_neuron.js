@@ -3,7 +3,8 @@
 
 import {activate, className, el, formatRaw, imageLegend, message, percent} from './dom.js';
 import * as model from './model.js';
-import {imageTile} from './thumbnails.js';
+import {activationHistogram} from './plots.js';
+import {imageTile, mapScale} from './thumbnails.js';
 
 /** @type {import('./views.js').View} */
 export const neuron = {
@@ -12,7 +13,7 @@ export const neuron = {
   encode: () => ({}), // the neuron and Top k are the controls' (every view keeps them)
   decode: () => ({}),
   load: ({where, state}) => model.getNeuron({...where, neuron: state.neuron, k: state.k}),
-  render: (data, {run, navigate}) => render(data, run, navigate),
+  render: (data, {run, navigate, state}) => render(data, run, navigate, state.maps),
 };
 
 /**
@@ -39,7 +40,50 @@ function topCategories(categories, dataset, names, on) {
   return el('details', {className: 'categories'}, [el('summary', {text: 'top categories'}), list]);
 }
 
-function render(data, run, on) {
+/**
+ * A few images as tiles, each with its normalized activation (raw where the neuron is
+ * dead on InD).
+ * @returns {HTMLElement}
+ */
+function tiles(images, dataset, data, run, on, scale) {
+  const grid = el('div', {className: 'grid'});
+  for (const image of images) {
+    grid.appendChild(imageTile({run, dataset, step: data.step, names: data.class_names, image, on, scale,
+      value: {
+        text: image.normalized === null ? `raw ${formatRaw(image.activation)}` : percent(image.normalized),
+        title: `activation ${formatRaw(image.activation)} (raw); the percentage is of the neuron's InD maximum`,
+      }}));
+  }
+  return grid;
+}
+
+/**
+ * The images at lower activations: the bottom k, and a few from each activation
+ * band (as sparse-autoencoder feature dashboards show), each folded away.
+ * @returns {Array<HTMLElement>}
+ */
+function beyondTheTop(dataset, data, run, on, scale) {
+  const parts = [];
+  if (dataset.intervals && dataset.intervals.length) {
+    const bands = el('div', {className: 'intervals'});
+    for (const band of dataset.intervals) {
+      bands.appendChild(el('div', {className: 'interval', attrs: {'data-low': band.low, 'data-high': band.high}}, [
+        el('h4', {text: `${formatRaw(band.low)} – ${formatRaw(band.high)} (raw): ${band.images.length ? '' : 'no image'}`}),
+        tiles(band.images, dataset.name, data, run, on, scale),
+      ]));
+    }
+    parts.push(el('details', {className: 'intervals-box'}, [el('summary', {text: 'examples by activation band'}), bands]));
+  }
+  if (dataset.bottom_images && dataset.bottom_images.length) {
+    parts.push(el('details', {className: 'bottom'}, [
+      el('summary', {text: `bottom ${dataset.bottom_images.length} (lowest first)`}),
+      tiles(dataset.bottom_images, dataset.name, data, run, on, scale),
+    ]));
+  }
+  return parts;
+}
+
+function render(data, run, on, showMaps = false) {
   const root = el('section', {className: 'neuron-view', attrs: {'data-neuron': data.neuron}});
   root.appendChild(
     el('h2', {text: `Neuron ${data.neuron} of ${data.num_neurons} — layer ${data.layer}, step ${data.step} (epoch ${data.epoch})`}),
@@ -51,6 +95,13 @@ function render(data, run, on) {
     );
   }
   root.appendChild(imageLegend());
+  // one scale for every map shown: the cells compare across sets
+  const scale = mapScale(data.datasets.flatMap((d) => [...d.images, ...(d.bottom_images || []),
+    ...(d.intervals || []).flatMap((band) => band.images)]));
+  if (showMaps && !data.datasets.some((d) => d.images.some((image) => image.map))) {
+    root.appendChild(message('empty', `Layer ${data.layer} has no maps of where its neurons fire: its output has ` +
+      'no spatial or token positions (or the log was written before maps were recorded).'));
+  }
   const columns = el('div', {className: 'columns'});
   for (const dataset of data.datasets) {
     const header = el('header', {}, [
@@ -78,24 +129,27 @@ function render(data, run, on) {
         }),
       );
     }
+    if (dataset.fire_fraction !== undefined && dataset.fire_fraction !== null) {
+      header.appendChild(el('span', {className: 'fires', text: `fires on ${percent(dataset.fire_fraction)} of its images`,
+        attrs: {title: 'the share of the set\'s recorded images where the activation is above 0'}}));
+    }
     const body = [header];
+    if (dataset.distribution) {
+      const ind = data.datasets.find((d) => d.role === 'ind');
+      body.push(activationHistogram(dataset.distribution, dataset.role === 'ood' ? ind?.distribution || null : null,
+        dataset.name));
+    }
     if (dataset.fires === false) {
       body.push(message('empty', `Never fires on this set: its highest activation is ${formatRaw(dataset.max)} ` +
         '(at most 0), so no image stands out.'));
     } else {
-      const grid = el('div', {className: 'grid'});
-      for (const image of dataset.images) {
-        grid.appendChild(imageTile({run, dataset: dataset.name, step: data.step, names: data.class_names, image, on,
-          value: {
-            text: image.normalized === null ? `raw ${formatRaw(image.activation)}` : percent(image.normalized),
-            title: `activation ${formatRaw(image.activation)} (raw); the percentage is of the neuron's InD maximum`,
-          }}));
-      }
+      const grid = tiles(dataset.images, dataset.name, data, run, on, scale);
       if (!dataset.images.length) grid.appendChild(message('empty', 'no images'));
       body.push(grid);
       if (dataset.top_categories && dataset.top_categories.length) {
         body.push(topCategories(dataset.top_categories, dataset.name, data.class_names, on));
       }
+      body.push(...beyondTheTop(dataset, data, run, on, scale));
     }
     columns.appendChild(el('div', {className: 'column', attrs: {'data-dataset': dataset.name}}, body));
   }
