@@ -342,7 +342,7 @@ def test_neuron_view_shows_the_distribution_bands_and_bottom_images(browser, dem
             max(a[:, neuron].max() for a in acts.values())
         )
         expected = np.histogram(values, bins=edges)[0] / len(values)
-        drawn = column.locator("svg.histogram rect.bar").evaluate_all(
+        drawn = column.locator("svg.histogram rect.bin").evaluate_all(
             "rs => rs.map(r => Number(r.dataset.share))"
         )
         np.testing.assert_allclose(drawn, expected, atol=1.5 / len(values))

@@ -214,7 +214,7 @@ export function activationHistogram(distribution, ind, name) {
   const plot = svg('svg', {class: 'histogram', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img',
     'aria-label': `activations on ${name}${ind ? ', InD outlined' : ''}: share of images per bin`});
   mine.forEach((share, i) => {
-    const bar = svg('rect', {class: 'bar', x: x(edges[i]), y: y(share), width: Math.max(x(edges[i + 1]) - x(edges[i]) - 0.5, 0.5),
+    const bar = svg('rect', {class: 'bin', x: x(edges[i]), y: y(share), width: Math.max(x(edges[i + 1]) - x(edges[i]) - 0.5, 0.5),
       height: y(0) - y(share), 'data-share': share});
     const tip = svg('title');
     tip.textContent = `${formatRaw(edges[i])}–${formatRaw(edges[i + 1])}: ${percent(share)} of ${name}` +
