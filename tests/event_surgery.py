@@ -89,3 +89,39 @@ def with_legacy_thumbnails(run_dir, out_dir):
     for name in os.listdir(folder):
         if name.endswith(metadata.PACK_SUFFIX):
             os.remove(os.path.join(folder, name))
+
+
+def sink_without(kinds):
+    """A summary sink class that writes what a callback from before ``kinds`` existed
+    wrote: no values of those kinds, and a record that does not list their tags.
+
+    Example::
+
+        sink = sink_without({Kind.TOP_CLASSES})(EventFileWriter(run_dir))
+    """
+    import json
+
+    from tensorboard.compat.proto import summary_pb2
+
+    from deephys_lightning.summary import EventFileSink
+    from tb_plugin import metadata
+
+    left_out = frozenset(kinds)
+    suffixes = tuple(f"/{kind.value}" for kind in left_out)
+
+    class SinkWithout(EventFileSink):
+        def add_summary(self, summary, step):
+            kept = []
+            for value in summary.value:
+                content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+                if content is not None and content.kind in left_out:
+                    continue
+                if content is not None and content.kind is metadata.Kind.RECORD:
+                    raw = json.loads(value.tensor.string_val[0])
+                    raw["arrays"] = [t for t in raw["arrays"] if not t.endswith(suffixes)]
+                    value.tensor.string_val[0] = json.dumps(raw).encode()
+                kept.append(value)
+            if kept:
+                super().add_summary(summary_pb2.Summary(value=kept), step)
+
+    return SinkWithout

@@ -5,15 +5,13 @@ and served by the neuron route; every number against a slow reference."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-from event_surgery import rewrite_events, tamper
+from event_surgery import rewrite_events, sink_without, tamper
 from plugin_client import plugin_client
-from tensorboard.compat.proto import summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tiny_model import TinyNet, loader, random_set, trainer
 
@@ -372,24 +370,7 @@ def test_a_real_run_serves_the_reference_numbers(fitted, version, layer):
 # -- old and damaged logs ------------------------------------------------------------
 
 
-class OlderLogSink(EventFileSink):
-    """Writes what a callback before these kinds wrote, with a record that does not
-    list them."""
-
-    def add_summary(self, summary, step):
-        kept = []
-        for value in summary.value:
-            content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
-            if content is not None and content.kind in NEW_KINDS:
-                continue
-            if content is not None and content.kind is Kind.RECORD:
-                raw = json.loads(value.tensor.string_val[0])
-                suffixes = tuple(f"/{kind.value}" for kind in NEW_KINDS)
-                raw["arrays"] = [tag for tag in raw["arrays"] if not tag.endswith(suffixes)]
-                value.tensor.string_val[0] = json.dumps(raw).encode()
-            kept.append(value)
-        if kept:
-            super().add_summary(summary_pb2.Summary(value=kept), step)
+OlderLogSink = sink_without(NEW_KINDS)
 
 
 def _small_record(tmp_path, sink_type) -> None:

@@ -3,13 +3,10 @@ probabilities, written per dataset at every recorded step, also without the logi
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from event_surgery import rewrite_events, tamper
-from tensorboard.compat.proto import summary_pb2
+from event_surgery import rewrite_events, sink_without, tamper
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tiny_model import TinyNet, loader, module_output, random_set, trainer
 from torch import nn
@@ -182,24 +179,7 @@ def test_the_writer_computes_them_from_logits_and_writes_them_as_dataset_tensors
         write_record(sink, _record(), half, log_dir=str(tmp_path / "none"))
 
 
-class OlderLogSink(EventFileSink):
-    """Writes what a callback before the top predictions wrote: no top_classes, no
-    top_probabilities, and a record that does not list them."""
-
-    def add_summary(self, summary, step):
-        kept = []
-        for value in summary.value:
-            content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
-            if content is not None and content.kind in NEW_KINDS:
-                continue
-            if content is not None and content.kind is Kind.RECORD:
-                raw = json.loads(value.tensor.string_val[0])
-                raw["arrays"] = [tag for tag in raw["arrays"] if not tag.endswith("/top_classes")]
-                raw["arrays"] = [t for t in raw["arrays"] if not t.endswith("/top_probabilities")]
-                value.tensor.string_val[0] = json.dumps(raw).encode()
-            kept.append(value)
-        if kept:
-            super().add_summary(summary_pb2.Summary(value=kept), step)
+OlderLogSink = sink_without(NEW_KINDS)
 
 
 def test_logs_written_before_the_top_predictions_still_open(tmp_path):
