@@ -37,14 +37,29 @@ export async function getRuns() {
   return {runs: body.runs, unavailable: body.unavailable || []};
 }
 
+/**
+ * One neuron of a layer at a step: its top images per dataset and what the neuron route gives.
+ * @param {{run: string, layer: string, step: number, neuron: number, k: number}} where
+ * @returns {Promise<object>}
+ */
 export async function getNeuron({run, layer, step, neuron, k}) {
   return fetchJSON(`./neuron?${query({run, layer, step, neuron, k})}`);
 }
 
+/**
+ * The URL of one thumbnail (PNG or JPEG as stored).
+ * @param {{run: string, dataset: string, index: number, step?: number}} where
+ * @returns {string}
+ */
 export function thumbnailUrl({run, dataset, index, step}) {
   return `./thumbnail?${query({run, dataset, index, step})}`;
 }
 
+/**
+ * The overview of a layer at a step: per dataset accuracy, confusion, scores, detection.
+ * @param {{run: string, layer: string, step: number}} where
+ * @returns {Promise<object>}
+ */
 export async function getSummary({run, layer, step}) {
   return fetchJSON(`./summary?${query({run, layer, step})}`);
 }
@@ -53,15 +68,31 @@ export async function getSummary({run, layer, step}) {
 // an image lists, how many images a category page holds): docs/http_api.md gives
 // them, and the answers say what they used (e.g. the category's page_size).
 
+/**
+ * One image: label, prediction, top predictions, top neurons with their top `k` images.
+ * @param {{run: string, layer: string, step: number, dataset: string, index: number, k?: number}} where
+ * @returns {Promise<object>}
+ */
 export async function getImage({run, layer, step, dataset, index, k}) {
   return fetchJSON(`./image?${query({run, layer, step, dataset, index, k})}`);
 }
 
+/**
+ * A category or confusion set: its neurons, a page of its images, its mistakes.
+ * @param {{run: string, layer: string, step: number, dataset: string, label: number,
+ *   pred: number|null, either?: boolean, page: number}} where
+ * @returns {Promise<object>}
+ */
 export async function getCategory({run, layer, step, dataset, label, pred, either, page}) {
   return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred,
     either: either ? 1 : null, page})}`);
 }
 
+/**
+ * The mean scores of one OOD set at every recorded step.
+ * @param {{run: string, layer: string, dataset: string}} where
+ * @returns {Promise<object>}
+ */
 export async function getScoresOverTime({run, layer, dataset}) {
   return fetchJSON(`./scores_over_time?${query({run, layer, dataset})}`);
 }
