@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from typing import Protocol
 
 import numpy as np
@@ -468,13 +469,18 @@ def _write_top_maps(
     rec: DatasetRecording,
     top_indices: np.ndarray,
 ) -> None:
-    """The maps of a layer's top images on one dataset, where they were kept; they must
-    belong to exactly the images of ``top_indices`` (else ``ValueError``)."""
+    """The maps of a layer's top images on one dataset, where they were kept. Maps that
+    belong to other images than ``top_indices`` are left out with a warning that says
+    so; the rest of the record is written."""
     found = rec.top_maps.get(layer)
     if found is None:
         return
     positions = np.arange(len(rec.labels)) if rec.positions is None else rec.positions
-    maps = spatial_maps.top_image_maps(found, positions, top_indices, layer=layer, dataset=name)
+    try:
+        maps = spatial_maps.top_image_maps(found, positions, top_indices, layer=layer, dataset=name)
+    except ValueError as error:
+        warnings.warn(str(error), stacklevel=2)
+        return
     sink.add_summary(value_summary(Kind.TOP_MAPS, maps, layer=layer, dataset=name), step)
 
 

@@ -213,8 +213,11 @@ def test_the_routes_give_each_top_image_its_map(tmp_path):
 def test_maps_that_belong_to_other_images_are_refused_naming_the_layer(tmp_path, monkeypatch):
     wrong = sm.ranking_keys
     monkeypatch.setattr(sm, "ranking_keys", lambda acts, *rest: wrong(-acts, *rest))
-    with pytest.raises(ValueError, match="layer 'features' on 'ind' belong to other images"):
-        _record(tmp_path, TinyNet(), {"ind": image_set(8, 12)}, layer="features", top_k=3)
+    with pytest.warns(UserWarning, match="layer 'features' on 'ind' belong to other images"):
+        log = _record(tmp_path, TinyNet(), {"ind": image_set(8, 12)}, layer="features", top_k=3)
+    assert log.top_images("features", "ind")[0].shape == (4, 3)  # the record is written...
+    with pytest.raises(KeyError, match="no maps"):
+        log.top_maps("features", "ind")  # ...without the maps
 
 
 # -- the running top-k, without a Trainer -------------------------------------------------

@@ -61,7 +61,8 @@ const navigate = {
     renderAll();
   },
   page(page) {
-    state.category = {...state.category, page};
+    const shown = state.category || {dataset: runInfo().ind, label: 0, pred: null, either: false};
+    state.category = {...shown, page};
     remember();
     renderPanel();
   },

@@ -12,7 +12,7 @@ export const image = {
   title: 'Image',
   encode: (state) => (state.image ? {image: `${state.image.index}@${state.image.dataset}`} : {}),
   decode(data) {
-    const match = (data.image || '').match(/^(\d+)@(.*)$/s);
+    const match = (data.image || '').match(/^(-?\d+)@(.*)$/s); // negative: answered in words
     return {image: match ? {index: Number(match[1]), dataset: match[2]} : null};
   },
   load({where, state, info}) {
