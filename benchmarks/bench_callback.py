@@ -272,7 +272,7 @@ def _log_size() -> None:
     from deephys_lightning import fast_crc, metrics
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
     from tb_plugin import metadata
-    from tb_plugin.metadata import TOP_PREDICTIONS, Kind, Record
+    from tb_plugin.metadata import TOP_PREDICTIONS, Record
 
     fast_crc.install()
     n, m, c = 50_000, 2048, 1000
@@ -306,22 +306,13 @@ def _log_size() -> None:
         top_k=32,
     )
     # The neuron view's distributions: their bytes and the time of their two kernels.
-    distribution_kinds = {
-        Kind.BOTTOM_INDICES,
-        Kind.BOTTOM_VALUES,
-        Kind.HISTOGRAM_RANGE,
-        Kind.ACTIVATION_COUNTS,
-        Kind.FIRE_FRACTION,
-        Kind.INTERVAL_INDICES,
-        Kind.INTERVAL_VALUES,
-    }
     tally = {"bytes": 0, "seconds": 0.0}
 
     class TallySink(EventFileSink):
         def add_summary(self, summary, step):
             for value in summary.value:
                 content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
-                if content is not None and content.kind in distribution_kinds:
+                if content is not None and content.kind in metadata.DISTRIBUTION_KINDS:
                     tally["bytes"] += value.ByteSize()
             super().add_summary(summary, step)
 

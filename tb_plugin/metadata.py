@@ -110,6 +110,19 @@ BLOB_KINDS = frozenset(
 )
 # Blob kinds holding one JSON document (the others hold .npy chunks).
 JSON_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.DETECTION})
+# The neuron view's distributions, per layer and dataset: bottom k, histogram (its
+# range once per layer), fire fraction, interval examples.
+DISTRIBUTION_KINDS = frozenset(
+    {
+        Kind.BOTTOM_INDICES,
+        Kind.BOTTOM_VALUES,
+        Kind.HISTOGRAM_RANGE,
+        Kind.ACTIVATION_COUNTS,
+        Kind.FIRE_FRACTION,
+        Kind.INTERVAL_INDICES,
+        Kind.INTERVAL_VALUES,
+    }
+)
 # Kinds written per layer (everything else but RECORD is per dataset only).
 LAYER_KINDS = frozenset(
     {
@@ -120,13 +133,7 @@ LAYER_KINDS = frozenset(
         Kind.IMAGE_TOP_VALUES,
         Kind.CATEGORY_MEANS,
         Kind.MAXIMA,
-        Kind.BOTTOM_INDICES,
-        Kind.BOTTOM_VALUES,
-        Kind.HISTOGRAM_RANGE,
-        Kind.ACTIVATION_COUNTS,
-        Kind.FIRE_FRACTION,
-        Kind.INTERVAL_INDICES,
-        Kind.INTERVAL_VALUES,
+        *DISTRIBUTION_KINDS,
         Kind.PAIRS,
         Kind.PAIR_TOP_NEURONS,
         Kind.PAIR_TOP_MEANS,

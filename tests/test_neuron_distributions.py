@@ -22,15 +22,7 @@ from tb_plugin.metadata import Kind, Record
 
 PREFIX = "/data/plugin/deephys"
 BINS, BANDS, PER_BAND = metadata.HISTOGRAM_BINS, metadata.INTERVAL_BANDS, metadata.INTERVAL_IMAGES
-NEW_KINDS = {
-    Kind.BOTTOM_INDICES,
-    Kind.BOTTOM_VALUES,
-    Kind.HISTOGRAM_RANGE,
-    Kind.ACTIVATION_COUNTS,
-    Kind.FIRE_FRACTION,
-    Kind.INTERVAL_INDICES,
-    Kind.INTERVAL_VALUES,
-}
+NEW_KINDS = metadata.DISTRIBUTION_KINDS
 FIELDS = ("fire_fraction", "distribution", "bottom_images", "intervals")
 
 

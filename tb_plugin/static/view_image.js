@@ -52,12 +52,19 @@ function imagePicker(data, datasets, on) {
 }
 
 /**
- * A class name that opens its category view in `dataset`.
+ * A link to category `label` of `dataset` (with `pred`, to the confusion set of
+ * `label` predicted as `pred`), showing the class name or `text`.
+ * @param {Array<string>} names
+ * @param {number} label
+ * @param {string} dataset
+ * @param {{category?: Function}} on
+ * @param {{pred?: number|null, text?: string}} [options]
  * @returns {HTMLElement}
  */
-function categoryLink(names, label, dataset, on, pred = null) {
-  const link = el('span', {className: 'category-link clickable', text: className(names, label),
-    attrs: {tabindex: 0, title: pred === null ? 'open this category' : 'open this confusion set', 'data-label': label}});
+function categoryLink(names, label, dataset, on, {pred = null, text} = {}) {
+  const attrs = {tabindex: 0, title: pred === null ? 'open this category' : 'open this confusion set', 'data-label': label};
+  if (pred !== null) attrs['data-pred'] = pred;
+  const link = el('span', {className: 'category-link clickable', text: text ?? className(names, label), attrs});
   activate(link, () => on.category && on.category(dataset, label, pred));
   return link;
 }
@@ -92,12 +99,8 @@ function render(data, run, on, datasets) {
   const prediction = el('div', {}, [el('span', {text: 'prediction: '}), categoryLink(names, data.prediction, data.dataset, on),
     el('span', {text: ` (${correct ? 'right' : 'wrong'}`})]);
   if (!correct) {
-    prediction.append(el('span', {text: ': '}), (() => {
-      const pair = el('span', {className: 'category-link clickable', text: 'images with this confusion',
-        attrs: {tabindex: 0, 'data-pred': data.prediction}});
-      activate(pair, () => on.category && on.category(data.dataset, data.label, data.prediction));
-      return pair;
-    })());
+    prediction.append(el('span', {text: ': '}), categoryLink(names, data.label, data.dataset, on,
+      {pred: data.prediction, text: 'images with this confusion'}));
   }
   prediction.append(el('span', {text: ')'}));
   root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
