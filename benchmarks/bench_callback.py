@@ -271,8 +271,8 @@ def _log_size() -> None:
 
     from deephys_lightning import fast_crc, metrics
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin import metadata
-    from tb_plugin.metadata import TOP_PREDICTIONS, Record
+    from tensorboard_plugin_deephys.log import metadata
+    from tensorboard_plugin_deephys.log.metadata import TOP_PREDICTIONS, Record
 
     fast_crc.install()
     n, m, c = 50_000, 2048, 1000

@@ -81,7 +81,7 @@ def from_log(out: Path, data: dict, repeats: int) -> None:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tensorboard_plugin_deephys.log.metadata import Record
 
     run = out / "log"
     sink = EventFileSink(EventFileWriter(str(run)))

@@ -39,7 +39,7 @@ def measure(images: int, neurons: int, classes: int, requests: int) -> dict[str,
     from werkzeug import test as werkzeug_test
 
     from deephys_lightning.scores import score_table
-    from tb_plugin.deephys_plugin import DeephysPlugin
+    from tensorboard_plugin_deephys.deephys_plugin import DeephysPlugin
 
     figures = {}
     with tempfile.TemporaryDirectory() as logdir:

@@ -28,7 +28,7 @@ from bench_scores import timed  # noqa: E402 (found through the path above)
 
 
 def thumbnails(images: int, px: int) -> None:
-    from tb_plugin import assets
+    from tensorboard_plugin_deephys.log import assets
 
     rng = np.random.default_rng(0)
     thumbs = rng.integers(0, 256, size=(images, px, px, 3), dtype=np.uint8)

@@ -68,7 +68,7 @@ def measure(images: int, neurons: int, classes: int) -> dict[str, float]:
 
     from deephys_lightning import metrics
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tensorboard_plugin_deephys.log.metadata import Record
 
     torch.set_num_threads(os.cpu_count() or 1)
     data = synthetic(images, neurons, classes)

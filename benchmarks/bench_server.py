@@ -51,7 +51,7 @@ def write_imagenet_scale_log(
 
     from deephys_lightning import fast_crc
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tensorboard_plugin_deephys.log.metadata import Record
 
     fast_crc.install()
     run_dir = os.path.join(logdir, run)

@@ -72,7 +72,7 @@ def folder_bytes(folder: str) -> int:
 
 def write_figures(label: str, pixels: np.ndarray) -> None:
     from deephys_lightning import thumbnail_encoding
-    from tb_plugin import assets, thumbnail_pack
+    from tensorboard_plugin_deephys.log import assets, thumbnail_pack
 
     with tempfile.TemporaryDirectory() as new, tempfile.TemporaryDirectory() as old:
         start = time.perf_counter()
@@ -108,7 +108,7 @@ def write_log(folder: str, pixels: np.ndarray) -> str:
 
     from deephys_lightning import fast_crc
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tensorboard_plugin_deephys.log.metadata import Record
 
     fast_crc.install()
     rng = np.random.default_rng(1)

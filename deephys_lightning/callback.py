@@ -59,8 +59,8 @@ from deephys_lightning.summary import (
     write_record,
     writes_matrix,
 )
-from tb_plugin import assets, metadata, storage
-from tb_plugin.metadata import Record
+from tensorboard_plugin_deephys.log import assets, metadata, storage
+from tensorboard_plugin_deephys.log.metadata import Record
 
 DEFAULT_MAX_ACTIVATION_BYTES = 32 * 1024 * 1024
 STAGES = options.STAGES  # the evaluations that can record

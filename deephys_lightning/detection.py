@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
-from tb_plugin.metadata import DETECTION_METRICS, Detection
+from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS, Detection
 
 __all__ = [
     "DEFAULT_DETECTORS",
@@ -110,7 +110,7 @@ def logit_scores(logits: torch.Tensor) -> torch.Tensor:
 
 def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR of telling InD from OOD by a score
-    that is higher for InD (keys :data:`tb_plugin.metadata.DETECTION_METRICS`).
+    that is higher for InD (keys :data:`tensorboard_plugin_deephys.log.metadata.DETECTION_METRICS`).
 
     InD is the positive class: AUPR-In is the average precision of InD, AUPR-Out that
     of OOD under the negated score, and the FPR the fraction of OOD images scored at

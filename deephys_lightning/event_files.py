@@ -47,8 +47,8 @@ from tensorboard.backend.event_processing import (
 from tensorboard.compat.proto import event_pb2
 
 from deephys_lightning.fast_crc import masked_crc32c
-from tb_plugin import storage
-from tb_plugin.metadata import Kind, Record, tag_name
+from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.metadata import Kind, Record, tag_name
 
 _HEADER = 12  # uint64 length + uint32 masked CRC of the length
 _FOOTER = 4  # uint32 masked CRC of the data

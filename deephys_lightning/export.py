@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from deephys_lightning import cbor
-from tb_plugin import storage
+from tensorboard_plugin_deephys.log import storage
 
 # The app's limits, as the deephys package checks them.
 MAX_NAME_LENGTH = 40  # model and dataset names

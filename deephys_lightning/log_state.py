@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from tb_plugin import metadata, storage
+from tensorboard_plugin_deephys.log import metadata, storage
 
 
 @dataclasses.dataclass

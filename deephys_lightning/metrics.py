@@ -5,7 +5,7 @@ CPU kernels do the heavy lifting). No Lightning or TensorBoard import, so these
 work on any activations. This module holds the kernels over whole activation
 matrices that the writer runs; the small derived numbers that readers need too
 (normalization, the ranking rule, confusion matrix, score summary) have their one
-implementation in ``tb_plugin.derived``, which needs NumPy only.
+implementation in ``tensorboard_plugin_deephys.log.derived``, which needs NumPy only.
 The definitions are those of the Deephys paper, made exact in ``docs/concepts.md``.
 
 Example::
@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tb_plugin import derived
-from tb_plugin.derived import OODScores
+from tensorboard_plugin_deephys.log import derived
+from tensorboard_plugin_deephys.log.derived import OODScores
 
 __all__ = [
     "NeuronDistributions",
@@ -295,7 +295,7 @@ def mean_activation(activations: Any, selection: Any) -> np.ndarray:
 def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndarray:
     """Counts of (true class, predicted class): int64 [C, C], rows are true classes.
 
-    Torch tensors are accepted; see :func:`tb_plugin.derived.confusion_matrix`.
+    Torch tensors are accepted; see :func:`tensorboard_plugin_deephys.log.derived.confusion_matrix`.
     """
     return derived.confusion_matrix(as_numpy(labels), as_numpy(predictions), num_classes)
 
@@ -685,9 +685,11 @@ def neuron_distributions(
     Args:
         activations: ``[N, M]``, float16 as stored (other input is rounded to it).
         value_range: float32 ``[M, 2]`` the histograms' shared range
-            (:func:`histogram_range`); the bins are ``tb_plugin.derived.histogram_edges``.
+            (:func:`histogram_range`); the bins are
+            ``tensorboard_plugin_deephys.log.derived.histogram_edges``.
         maxima: float32 ``[M]`` each neuron's maximum on this dataset (stored as
-            ``maxima``); its bands are ``tb_plugin.derived.interval_edges``, ``bands``
+            ``maxima``); its bands are ``tensorboard_plugin_deephys.log.derived.interval_edges``,
+            ``bands``
             of equal width over ``(0, max]``, none where the maximum is not positive
             and finite.
         k: bottom images per neuron (:func:`bottom_k`).

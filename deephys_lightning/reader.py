@@ -2,7 +2,7 @@
 
 Loads event files with TensorBoard's own event multiplexer (keeping every step)
 and reads them through the same read model as the TensorBoard plugin
-(``tb_plugin.read_model``), so what you get here is what the Deephys tab shows.
+(``tensorboard_plugin_deephys.log.read_model``), so what you get here is what the Deephys tab shows.
 Needs NumPy and TensorBoard only: ``from deephys_lightning import read_log`` does
 not import torch or Lightning.
 
@@ -31,11 +31,11 @@ from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
-from tb_plugin import storage
-from tb_plugin.derived import OODScores
-from tb_plugin.metadata import Detection, Kind, Record
-from tb_plugin.read_model import StepData, UnknownNameError
-from tb_plugin.records import DeephysReader
+from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.derived import OODScores
+from tensorboard_plugin_deephys.log.metadata import Detection, Kind, Record
+from tensorboard_plugin_deephys.log.read_model import StepData, UnknownNameError
+from tensorboard_plugin_deephys.log.records import DeephysReader
 
 _EXPERIMENT = ""
 _KEEP_EVERYTHING = {

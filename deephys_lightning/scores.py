@@ -19,8 +19,8 @@ import os
 import warnings
 
 from deephys_lightning.reader import read_runs
-from tb_plugin.derived import accuracy
-from tb_plugin.metadata import DETECTION_METRICS
+from tensorboard_plugin_deephys.log.derived import accuracy
+from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS
 
 
 @dataclasses.dataclass(frozen=True)

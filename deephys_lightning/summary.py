@@ -2,7 +2,7 @@
 
 Needs only NumPy and TensorBoard's protobufs (no Lightning): the callback gathers
 arrays, this module turns them into ``Summary`` protos following the schema in
-``tb_plugin.metadata`` (the log format), and an event sink appends them to an
+``tensorboard_plugin_deephys.log.metadata`` (the log format), and an event sink appends them to an
 event file.
 
 Example::
@@ -28,8 +28,8 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 from tensorboard.util import tensor_util
 
 from deephys_lightning import capture, detection, metrics, spatial_maps, thumbnail_encoding
-from tb_plugin import assets, derived, metadata
-from tb_plugin.metadata import (
+from tensorboard_plugin_deephys.log import assets, derived, metadata
+from tensorboard_plugin_deephys.log.metadata import (
     SCORE_KINDS,
     TOP_PREDICTIONS,
     Detection,

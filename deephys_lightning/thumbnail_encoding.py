@@ -1,4 +1,5 @@
-"""Thumbnails encoded for the log (``tb_plugin.thumbnail_pack``): PNG where lossless
+"""Thumbnails encoded for the log (``tensorboard_plugin_deephys.log.thumbnail_pack``): PNG where
+lossless
 costs little, else JPEG.
 
 PNG keeps drawn and synthetic images (flat colours, sharp edges) exact and is about

@@ -27,9 +27,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from deephys_lightning.rows import Rows
 from deephys_lightning.spatial_maps import TopMaps
 from deephys_lightning.summary import DatasetRecording
-from tb_plugin import storage
-from tb_plugin.assets import Thumbnails
-from tb_plugin.metadata import Record
+from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.assets import Thumbnails
+from tensorboard_plugin_deephys.log.metadata import Record
 
 LogitsToWrite = Callable[[torch.Tensor | None, Mapping[str, np.ndarray]], np.ndarray | None]
 

@@ -70,7 +70,7 @@ def with_legacy_thumbnails(run_dir, out_dir):
 
     import numpy as np
 
-    from tb_plugin import assets, metadata
+    from tensorboard_plugin_deephys.log import assets, metadata
 
     def change(event):
         for value in event.summary.value:
@@ -104,7 +104,7 @@ def sink_without(kinds):
     from tensorboard.compat.proto import summary_pb2
 
     from deephys_lightning.summary import EventFileSink
-    from tb_plugin import metadata
+    from tensorboard_plugin_deephys.log import metadata
 
     left_out = frozenset(kinds)
     suffixes = tuple(f"/{kind.value}" for kind in left_out)

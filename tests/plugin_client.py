@@ -8,7 +8,7 @@ from tensorboard.backend.event_processing import data_provider, plugin_event_mul
 from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
-from tb_plugin.deephys_plugin import DeephysPlugin
+from tensorboard_plugin_deephys.deephys_plugin import DeephysPlugin
 
 
 def plugin_client(logdir) -> werkzeug_test.Client:

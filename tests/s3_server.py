@@ -97,7 +97,7 @@ def _forget_cached_filesystems() -> None:
     """fsspec caches filesystem instances (with their endpoint): start afresh."""
     import fsspec
 
-    from tb_plugin import storage
+    from tensorboard_plugin_deephys.log import storage
 
     storage.forget_filesystems()
     with contextlib.suppress(Exception):

@@ -14,9 +14,9 @@ from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
 from deephys_lightning.capture import to_thumbnails
-from tb_plugin import assets, metadata, thumbnail_pack
-from tb_plugin.assets import CHECKSUM_SUFFIX, image_checksums
-from tb_plugin.thumbnail_pack import ThumbnailPack
+from tensorboard_plugin_deephys.log import assets, metadata, thumbnail_pack
+from tensorboard_plugin_deephys.log.assets import CHECKSUM_SUFFIX, image_checksums
+from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
 
 def test_thumbnails_are_asset_files_not_event_payload(tmp_path):

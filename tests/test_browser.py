@@ -556,7 +556,7 @@ def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, 
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning.summary import EventFileSink, tensor_summary
-    from tb_plugin.metadata import Kind
+    from tensorboard_plugin_deephys.log.metadata import Kind
 
     # what a first validation has written before its record: Deephys tags, no run yet
     sink = EventFileSink(EventFileWriter(str(tmp_path / "partial")))

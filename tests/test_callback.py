@@ -105,7 +105,7 @@ def test_thumbnails_are_written_once_per_dataset(tmp_path):
     t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
     log = read_log(t.logger.log_dir)
     assert len(log.steps) == 3
-    from tb_plugin.metadata import Kind, tag_name
+    from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
 
     accumulator_tags = _tag_steps(t.logger.log_dir)
     assert accumulator_tags[tag_name(Kind.THUMBNAILS, dataset="dataset_0")] == [log.steps[0]]

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from deephys_lightning import DeephysCallback, metrics, read_log
-from tb_plugin.metadata import Kind, tag_name
+from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
 
 
 def _fit(tmp_path, callback, val, *, epochs=1, model=None, **kwargs):

@@ -16,7 +16,7 @@ from tiny_model import NUM_CLASSES, TinyNet, loader, random_set, trainer
 from deephys_lightning import DeephysCallback, detection, read_log
 from deephys_lightning.cli import main
 from deephys_lightning.scores import detection_table
-from tb_plugin.metadata import DETECTION_METRICS, Detection
+from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS, Detection
 
 
 def sklearn_metrics(ind: np.ndarray, ood: np.ndarray) -> dict[str, float]:
@@ -139,7 +139,7 @@ def test_an_empty_dataset_with_logits_still_writes(tmp_path):
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-    from tb_plugin.metadata import Record
+    from tensorboard_plugin_deephys.log.metadata import Record
 
     rng = np.random.default_rng(0)
     recordings = {

@@ -304,7 +304,7 @@ def test_log_state_keeps_each_step_with_its_stage_and_reads_older_files(tmp_path
     import json
 
     from deephys_lightning.log_state import LogState
-    from tb_plugin import metadata
+    from tensorboard_plugin_deephys.log import metadata
 
     state = LogState.load(str(tmp_path))
     assert state.holder(3) is None

@@ -17,8 +17,8 @@ from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, metrics, read_log
 from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-from tb_plugin import array_checks, metadata
-from tb_plugin.metadata import Kind, Record
+from tensorboard_plugin_deephys.log import array_checks, metadata
+from tensorboard_plugin_deephys.log.metadata import Kind, Record
 
 PREFIX = "/data/plugin/deephys"
 BINS, BANDS, PER_BAND = metadata.HISTOGRAM_BINS, metadata.INTERVAL_BANDS, metadata.INTERVAL_IMAGES

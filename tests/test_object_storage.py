@@ -20,8 +20,8 @@ from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
-from tb_plugin import storage
-from tb_plugin.run_dirs import RunDirectories, parse_logdir_spec
+from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.run_dirs import RunDirectories, parse_logdir_spec
 
 SETS = {"ind": (6, 1), "ood": (5, 2)}
 
@@ -292,7 +292,7 @@ def test_a_logdir_whose_backend_is_missing_says_what_to_install(tmp_path):
     from tensorboard.plugins import base_plugin
     from werkzeug import test as werkzeug_test
 
-    from tb_plugin.deephys_plugin import DeephysPlugin
+    from tensorboard_plugin_deephys.deephys_plugin import DeephysPlugin
 
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=_val_loaders())

@@ -23,8 +23,8 @@ from tiny_model import TinyNet, loader, random_set, trainer
 from deephys_lightning import DeephysCallback, metrics, read_log
 from deephys_lightning.scores import ScoreRow, score_table
 from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-from tb_plugin import derived, metadata
-from tb_plugin.metadata import Kind, Record
+from tensorboard_plugin_deephys.log import derived, metadata
+from tensorboard_plugin_deephys.log.metadata import Kind, Record
 
 LAYER = "fc"
 
@@ -330,15 +330,16 @@ def test_normalization_and_confusion_have_one_implementation():
 
 
 def test_writer_and_readers_share_one_log_format():
-    """No module but tb_plugin.metadata spells out the format's names and paths."""
+    """No module but tensorboard_plugin_deephys.log.metadata spells out the format's names and
+    paths."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spelled = []
-    for package in ("deephys_lightning", "tb_plugin"):
+    for package in ("deephys_lightning", "tensorboard_plugin_deephys"):
         for folder, _, files in os.walk(os.path.join(root, package)):
             for name in files:
                 path = os.path.join(folder, name)
                 if not name.endswith(".py") or path.endswith(
-                    os.path.join("tb_plugin", "metadata.py")
+                    os.path.join("tensorboard_plugin_deephys", "log", "metadata.py")
                 ):
                     continue
                 with open(path, encoding="utf-8") as handle:

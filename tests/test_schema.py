@@ -16,8 +16,8 @@ from deephys_lightning.summary import (
     tensor_summary,
     write_record,
 )
-from tb_plugin import metadata
-from tb_plugin.metadata import Kind, Record, ThumbnailReference
+from tensorboard_plugin_deephys.log import metadata
+from tensorboard_plugin_deephys.log.metadata import Kind, Record, ThumbnailReference
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.uint8, np.int32])

@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 
 from deephys_lightning import DeephysCallback, metrics, read_log
 from deephys_lightning import spatial_maps as sm
-from tb_plugin import array_checks
-from tb_plugin.metadata import MAPPED_IMAGES, Kind, tag_name
+from tensorboard_plugin_deephys.log import array_checks
+from tensorboard_plugin_deephys.log.metadata import MAPPED_IMAGES, Kind, tag_name
 
 PREFIX = "/data/plugin/deephys"
 RUN = "tiny/version_0"

@@ -14,8 +14,8 @@ from torch import nn
 from deephys_lightning import DeephysCallback, read_log
 from deephys_lightning.capture import top_predictions
 from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
-from tb_plugin import metadata
-from tb_plugin.metadata import Kind, Record
+from tensorboard_plugin_deephys.log import metadata
+from tensorboard_plugin_deephys.log.metadata import Kind, Record
 
 NEW_KINDS = {Kind.TOP_CLASSES, Kind.TOP_PROBABILITIES}
 

@@ -24,7 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "== installing deephys-lightning[test] into $venv"
 "$venv/bin/python" -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-"$venv/bin/python" -c "import deephys_lightning, tb_plugin.deephys_plugin, playwright" 
+"$venv/bin/python" -c "import deephys_lightning, tensorboard_plugin_deephys.deephys_plugin, playwright" 
 
 echo "== ruff"
 "$venv/bin/ruff" check .

@@ -4,12 +4,14 @@ Every reader goes through :class:`StepData`: the plugin's routes and
 ``deephys_lightning.read_log``. It answers "the array of this kind for this layer
 and dataset", the record's metadata, the per-set scores and the small derived
 lists the views show, with the one implementation of each number in
-``tb_plugin.derived``. Names are checked first, so a wrong layer, dataset or index
+``tensorboard_plugin_deephys.log.derived``. Names are checked first, so a wrong layer, dataset or
+index
 is reported as what it is, with what exists. NumPy only (no torch, no Lightning).
 
 Missing data raise ``tensorboard.errors.NotFoundError`` (a name that was not
 recorded: its subclass :class:`UnknownNameError`; an array that does not fit its
-record, checked by ``tb_plugin.array_checks`` as it is read: :class:`DamagedDataError`);
+record, checked by ``tensorboard_plugin_deephys.log.array_checks`` as it is read:
+:class:`DamagedDataError`);
 an index out of range raises
 ``tensorboard.errors.InvalidArgumentError`` (the routes answer 404 and 400).
 
@@ -31,10 +33,10 @@ import numpy as np
 from PIL import Image
 from tensorboard import errors
 
-from tb_plugin import array_checks, derived, metadata
-from tb_plugin.metadata import TOP_NEURONS, Detection, Kind, Record
-from tb_plugin.records import DeephysReader
-from tb_plugin.thumbnail_pack import ThumbnailPack
+from tensorboard_plugin_deephys.log import array_checks, derived, metadata
+from tensorboard_plugin_deephys.log.metadata import TOP_NEURONS, Detection, Kind, Record
+from tensorboard_plugin_deephys.log.records import DeephysReader
+from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
 
 class UnknownNameError(errors.NotFoundError):
@@ -248,7 +250,8 @@ class StepData:
         return self._arrays[key]
 
     def _check(self, kind: Kind, layer: str | None, dataset: str | None, array) -> None:
-        """Refuse an array that does not fit its record (``tb_plugin.array_checks``):
+        """Refuse an array that does not fit its record
+        (``tensorboard_plugin_deephys.log.array_checks``):
         a damaged or foreign log makes that dataset unavailable, never a wrong view."""
         sizes = {"C": len(self.record.class_names)}
         if dataset is not None and dataset in self.record.num_images:

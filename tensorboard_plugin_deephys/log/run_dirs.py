@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 
-from tb_plugin import storage
+from tensorboard_plugin_deephys.log import storage
 
 _URI = re.compile("[a-zA-Z][0-9a-zA-Z.]*://.*")  # as TensorBoard tells a URL from a path
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import google_crc32c
 import numpy as np
 
-from tb_plugin import storage
+from tensorboard_plugin_deephys.log import storage
 
 MAGIC = b"DPHYTHM1"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}

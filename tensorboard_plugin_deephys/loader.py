@@ -1,7 +1,7 @@
 """The entry point TensorBoard loads: defines the plugin's flags, then builds it.
 
 Registered in ``pyproject.toml`` as ``tensorboard_plugins: deephys =
-tb_plugin.loader:DeephysLoader``. Light on purpose: the web plugin is imported only
+tensorboard_plugin_deephys.loader:DeephysLoader``. Light on purpose: the web plugin is imported only
 when TensorBoard asks for it.
 
 Example::
@@ -37,7 +37,7 @@ class DeephysLoader(base_plugin.TBLoader):
             )
 
     def load(self, context: base_plugin.TBContext):
-        from tb_plugin.deephys_plugin import DeephysPlugin
+        from tensorboard_plugin_deephys.deephys_plugin import DeephysPlugin
 
         cache_mb = getattr(context.flags, "deephys_cache_mb", DEFAULT_CACHE_MB)
         return DeephysPlugin(context, cache_bytes=cache_mb * 1024 * 1024)

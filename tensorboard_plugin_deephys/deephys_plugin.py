@@ -1,10 +1,10 @@
 """The Deephys TensorBoard plugin: JSON routes and the static frontend.
 
 TensorBoard loads it through the ``tensorboard_plugins`` entry point (see
-``tb_plugin.loader``). Routes live under ``/data/plugin/deephys/`` and are
+``tensorboard_plugin_deephys.loader``). Routes live under ``/data/plugin/deephys/`` and are
 documented in ``docs/http_api.md``. Each route is a thin wrapper over an
 ``*_impl`` method that returns plain data from the read model
-(``tb_plugin.read_model.StepData``), so the logic is testable without HTTP.
+(``tensorboard_plugin_deephys.log.read_model.StepData``), so the logic is testable without HTTP.
 
 Example::
 
@@ -29,10 +29,10 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_plugin import derived
-from tb_plugin.derived import NEURON_SCORES
-from tb_plugin.metadata import PLUGIN_NAME, Detection, Record, scalar_tag
-from tb_plugin.read_model import (
+from tensorboard_plugin_deephys.log import derived
+from tensorboard_plugin_deephys.log.derived import NEURON_SCORES
+from tensorboard_plugin_deephys.log.metadata import PLUGIN_NAME, Detection, Record, scalar_tag
+from tensorboard_plugin_deephys.log.read_model import (
     Mistakes,
     StepData,
     TopCategories,
@@ -40,8 +40,8 @@ from tb_plugin.read_model import (
     TopNeurons,
     TopPredictions,
 )
-from tb_plugin.records import DEFAULT_CACHE_BYTES, DeephysReader
-from tb_plugin.request_args import (
+from tensorboard_plugin_deephys.log.records import DEFAULT_CACHE_BYTES, DeephysReader
+from tensorboard_plugin_deephys.request_args import (
     bool_arg,
     index_arg,
     int_arg,

@@ -3,8 +3,9 @@
 Plugin name, content version, kinds and tags; the record; how arrays become blob
 chunks; the asset files beside the events (thumbnails, their reference in the
 events) and the callback's resume state. Both sides import this module: the writer
-(``deephys_lightning.summary``, the callback) and the readers (``tb_plugin.records``
-and ``tb_plugin.read_model``, used by the TensorBoard plugin and by
+(``deephys_lightning.summary``, the callback) and the readers
+(``tensorboard_plugin_deephys.log.records``
+and ``tensorboard_plugin_deephys.log.read_model``, used by the TensorBoard plugin and by
 ``deephys_lightning.read_log``). It needs only NumPy and the protobufs TensorBoard
 ships. ``docs/data_format.md`` is its contract.
 
@@ -15,7 +16,7 @@ versions newer than they know.
 
 Example::
 
-    >>> from tb_plugin import metadata
+    >>> from tensorboard_plugin_deephys.log import metadata
     >>> md = metadata.create_summary_metadata(metadata.Kind.LABELS, dataset="mnist")
     >>> metadata.parse_plugin_content(md.plugin_data.content).dataset
     'mnist'
@@ -35,7 +36,7 @@ from urllib.parse import quote
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
-from tb_plugin import storage
+from tensorboard_plugin_deephys.log import storage
 
 PLUGIN_NAME = "deephys"
 # Bump when the meaning of a kind changes; readers skip contents newer than this.
@@ -147,7 +148,8 @@ LAYER_KINDS = frozenset(
     }
 )
 # Per-neuron scores stored per layer for each OOD set, and the field of
-# ``tb_plugin.derived.OODScores`` each holds (the normalized novelty is derived from
+# ``tensorboard_plugin_deephys.log.derived.OODScores`` each holds (the normalized novelty is
+# derived from
 # the raw one and the InD maxima; the headline scalars are the keys of ``summary()``).
 SCORE_KINDS = {
     Kind.NOVELTY_RAW: "novelty_raw",
@@ -418,7 +420,9 @@ def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
 ASSET_ROOT = f"plugins/{PLUGIN_NAME}"  # below a run directory (a URL path on object stores)
 THUMBNAIL_DIR = "thumbnails"
 STATE_FILE = "state.json"
-PACK_SUFFIX = ".thumbs"  # encoded images with an index (tb_plugin.thumbnail_pack)
+PACK_SUFFIX = (
+    ".thumbs"  # encoded images with an index (tensorboard_plugin_deephys.log.thumbnail_pack)
+)
 NPY_SUFFIX = ".npy"  # raw uint8 [N, H, W, 3] pixels, as logs of earlier versions hold them
 _ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.(npy|thumbs)")
 

@@ -9,7 +9,8 @@ reads, each checked against its CRC-32C (kept beside it in ``<name>.crc32c.npy``
 Never a memory map: a file truncated underneath a map kills the reading process
 (SIGBUS); a :class:`ThumbnailFile` checks the file on every read instead.
 The event stream records only a small reference to the file. Names and paths are
-the log format's (``tb_plugin.metadata``); this module only writes and opens files.
+the log format's (``tensorboard_plugin_deephys.log.metadata``); this module only writes and opens
+files.
 
 Example::
 
@@ -30,8 +31,8 @@ from typing import IO
 import google_crc32c
 import numpy as np
 
-from tb_plugin import storage, thumbnail_pack
-from tb_plugin.metadata import (
+from tensorboard_plugin_deephys.log import storage, thumbnail_pack
+from tensorboard_plugin_deephys.log.metadata import (
     ASSET_ROOT,
     NPY_SUFFIX,
     PACK_SUFFIX,
@@ -39,7 +40,7 @@ from tb_plugin.metadata import (
     thumbnail_asset_name,
     thumbnails_digest,
 )
-from tb_plugin.storage import TMP_SUFFIX
+from tensorboard_plugin_deephys.log.storage import TMP_SUFFIX
 
 CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
 
@@ -71,7 +72,8 @@ def write_thumbnail_pack(
     thumbnails: Thumbnails,
     encode: Callable[[np.ndarray], tuple[str, Sequence[bytes]]],
 ) -> str:
-    """Write ``thumbnails`` encoded, as one ``tb_plugin.thumbnail_pack`` file under
+    """Write ``thumbnails`` encoded, as one ``tensorboard_plugin_deephys.log.thumbnail_pack`` file
+    under
     ``run_dir``; return its asset name. ``encode(pixels)`` gives the image format
     ("png" or "jpeg") and each image's bytes; it is called only when the file is new
     (content-addressed like :func:`write_thumbnails`). One write, complete or absent."""
@@ -173,7 +175,8 @@ class ThumbnailFile:
     """The uint8 ``[N, H, W, 3]`` thumbnails of one ``.npy`` asset, read on demand.
 
     Indexing reads one image's bytes with one ranged read (``os.pread`` locally, a
-    ranged GET on object stores: ``tb_plugin.storage``); ``numpy.asarray`` reads all.
+    ranged GET on object stores: ``tensorboard_plugin_deephys.log.storage``); ``numpy.asarray``
+    reads all.
     Each read checks that the file and its checksums are still those whose header was
     read (same inode, size and modification time; size and ETag on object stores),
     and reads them again when they were

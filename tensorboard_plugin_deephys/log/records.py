@@ -4,7 +4,8 @@ The storage side of reading: which runs and tags hold Deephys data, their record
 and one array at one step, decoded and kept in a bounded cache. It works on any
 ``tensorboard.data.provider.DataProvider``: the Python multiplexer
 (``--load_fast=false``) and the Rust data server (``--load_fast=true``). Views and
-``read_log`` do not call it directly: they read through ``tb_plugin.read_model``,
+``read_log`` do not call it directly: they read through
+``tensorboard_plugin_deephys.log.read_model``,
 which sits on top of it.
 
 Example::
@@ -28,9 +29,9 @@ from tensorboard import errors
 from tensorboard.data import provider
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
-from tb_plugin import assets, storage
-from tb_plugin.lru_cache import ByteLRUCache
-from tb_plugin.metadata import (
+from tensorboard_plugin_deephys.log import assets, storage
+from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
+from tensorboard_plugin_deephys.log.metadata import (
     BLOB_KINDS,
     JSON_KINDS,
     PLUGIN_NAME,
@@ -42,7 +43,7 @@ from tb_plugin.metadata import (
     decode_chunks,
     parse_plugin_content,
 )
-from tb_plugin.run_dirs import RunDirectories
+from tensorboard_plugin_deephys.log.run_dirs import RunDirectories
 
 # Ask the provider for every datum it kept (it has sampled already on load).
 _ALL_SAMPLES = 1_000_000
@@ -278,8 +279,10 @@ class DeephysReader:
 
     def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
-        ``tb_plugin.thumbnail_pack.ThumbnailPack`` (or, for the raw files of logs before
-        0.2, a ``tb_plugin.assets.ThumbnailFile``): reading one image reads its bytes."""
+        ``tensorboard_plugin_deephys.log.thumbnail_pack.ThumbnailPack`` (or, for the raw files of
+        logs before
+        0.2, a ``tensorboard_plugin_deephys.log.assets.ThumbnailFile``): reading one image reads
+        its bytes."""
         reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
         try:
             run_dir = self._run_dirs.path(run)
