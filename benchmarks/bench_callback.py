@@ -270,7 +270,7 @@ def _log_size() -> None:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning import fast_crc, metrics
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log import metadata
     from tensorboard_plugin_deephys.log.metadata import TOP_PREDICTIONS, Record
 

@@ -80,7 +80,7 @@ def from_log(out: Path, data: dict, repeats: int) -> None:
     """export_step on a log written through the real writer (float16 matrix, thumbnails)."""
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
     run = out / "log"

@@ -9,7 +9,7 @@ Synthetic data, the same in every process: an InD and one OOD set of ``--images`
 logits per image. Each tree runs in its own process. Printed:
 
 - ``scores``: ``metrics.ood_scores`` + ``summary()`` of the OOD set (both trees);
-- ``write one epoch``: ``summary.write_record`` of both sets, thumbnails and the
+- ``write one epoch``: ``writing.write_record`` of both sets, thumbnails and the
   activation matrix off as at this scale by default, with this tree's default OOD
   detectors (the baseline has none), and the ratio this tree / baseline;
 - this tree only, the cost of each detector: ``logit_scores`` over every batch of
@@ -67,7 +67,7 @@ def measure(images: int, neurons: int, classes: int) -> dict[str, float]:
     import torch
 
     from deephys_lightning import metrics
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -50,7 +50,7 @@ def write_imagenet_scale_log(
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning import fast_crc
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
     fast_crc.install()

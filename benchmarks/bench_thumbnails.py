@@ -53,8 +53,8 @@ def photographs(count: int, px: int, seed: int = 0) -> np.ndarray:
 def digits(count: int) -> np.ndarray:
     import torch
 
-    from deephys_lightning.capture import to_thumbnails
     from deephys_lightning.demo.data import make_colored_digits
+    from deephys_lightning.recording.capture import to_thumbnails
 
     data = make_colored_digits(count // 10, count // 10, seed=0)
     dataset = next(iter(data.val.values()))
@@ -71,7 +71,7 @@ def folder_bytes(folder: str) -> int:
 
 
 def write_figures(label: str, pixels: np.ndarray) -> None:
-    from deephys_lightning import thumbnail_encoding
+    from deephys_lightning.writing import thumbnail_encoding
     from tensorboard_plugin_deephys.log import assets, thumbnail_pack
 
     with tempfile.TemporaryDirectory() as new, tempfile.TemporaryDirectory() as old:
@@ -107,7 +107,7 @@ def write_log(folder: str, pixels: np.ndarray) -> str:
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     from deephys_lightning import fast_crc
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
     fast_crc.install()

@@ -12,8 +12,8 @@ from deephys_lightning.event_files import RecordScanner
 
 
 def rewrite_events(run_dir, out_dir, change):
-    """Copy the run ``run_dir`` to ``out_dir``, passing each event of its event file
-    through ``change`` (which returns the event, changed or not, or None to drop it;
+    """Copy the run ``run_dir`` to ``out_dir``, passing each event of its event files
+    (the logger's and the callback's own) through ``change`` (which returns the event, changed or not, or None to drop it;
     an event may hold several values);
     the framing of the new file is intact, as a loader that accepts bad records or
     drops them would hand the events on."""
@@ -21,15 +21,15 @@ def rewrite_events(run_dir, out_dir, change):
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     shutil.copytree(run_dir, out_dir)
-    (source,) = glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
-    (path,) = glob.glob(os.path.join(out_dir, "events.out.tfevents.*"))
-    events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(source, [])]
-    with open(path, "wb") as handle:
-        writer = RecordWriter(handle)
-        for event in events:
-            changed = change(event)
-            if changed is not None:
-                writer.write(changed.SerializeToString())
+    for source in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+        path = os.path.join(out_dir, os.path.basename(source))
+        events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(source, [])]
+        with open(path, "wb") as handle:
+            writer = RecordWriter(handle)
+            for event in events:
+                changed = change(event)
+                if changed is not None:
+                    writer.write(changed.SerializeToString())
 
 
 def tamper(tag, step, alter):
@@ -103,7 +103,7 @@ def sink_without(kinds):
 
     from tensorboard.compat.proto import summary_pb2
 
-    from deephys_lightning.summary import EventFileSink
+    from deephys_lightning.writing import EventFileSink
     from tensorboard_plugin_deephys.log import metadata
 
     left_out = frozenset(kinds)

@@ -13,7 +13,7 @@ from plugin_client import plugin_client
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
-from deephys_lightning.capture import to_thumbnails
+from deephys_lightning.recording.capture import to_thumbnails
 from tensorboard_plugin_deephys.log import assets, metadata, thumbnail_pack
 from tensorboard_plugin_deephys.log.assets import CHECKSUM_SUFFIX, image_checksums
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
@@ -42,7 +42,7 @@ def test_thumbnails_are_asset_files_not_event_payload(tmp_path):
 def test_drawn_and_noisy_images_are_kept_lossless_and_photographs_as_jpeg():
     from sklearn.datasets import load_sample_images
 
-    from deephys_lightning import thumbnail_encoding
+    from deephys_lightning.writing import thumbnail_encoding
 
     drawn = np.zeros((40, 28, 28, 3), np.uint8)
     drawn[:, 8:20, 10:14] = [220, 40, 40]  # flat colours, sharp edges
@@ -311,7 +311,7 @@ def test_a_thumbnail_pack_changed_while_served_is_an_error_never_a_crash(served_
     assert damaged.status_code == 404 and "damaged" in damaged.json["error"]
     other = np.full((12, 8, 8, 3), 200, np.uint8)
     with open(path + ".new", "wb") as handle:
-        from deephys_lightning import thumbnail_encoding
+        from deephys_lightning.writing import thumbnail_encoding
 
         handle.write(thumbnail_pack.pack(thumbnail_encoding.encode(other)[1], (8, 8, 3), "png"))
     os.replace(path + ".new", path)

@@ -555,7 +555,7 @@ def test_new_steps_appear_on_tensorboard_reload(browser, tmp_path, load_fast):
 def test_empty_tab_shows_data_arriving_on_tensorboard_reload(browser, tmp_path, load_fast):
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning.summary import EventFileSink, tensor_summary
+    from deephys_lightning.writing.summaries import EventFileSink, tensor_summary
     from tensorboard_plugin_deephys.log.metadata import Kind
 
     # what a first validation has written before its record: Deephys tags, no run yet

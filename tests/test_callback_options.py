@@ -361,9 +361,9 @@ def test_a_shuffled_validation_loader_gets_a_warning(tmp_path):
 
 
 def test_thumbnails_lost_to_a_failed_write_are_made_again(tmp_path, monkeypatch):
-    from deephys_lightning import callback as callback_module
+    from deephys_lightning.writing import record_writer
 
-    real = callback_module.write_record
+    real = record_writer.write_view
     calls = []
 
     def first_fails(*args, **kwargs):
@@ -372,7 +372,7 @@ def test_thumbnails_lost_to_a_failed_write_are_made_again(tmp_path, monkeypatch)
             raise OSError("No space left on device")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(callback_module, "write_record", first_fails)
+    monkeypatch.setattr(record_writer, "write_view", first_fails)
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
     with pytest.warns(UserWarning, match="could not be written"):
         t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
@@ -383,16 +383,16 @@ def test_thumbnails_lost_to_a_failed_write_are_made_again(tmp_path, monkeypatch)
 
 
 def test_refresh_thumbnails_keeps_every_epochs_but_writes_only_new_ones(tmp_path, monkeypatch):
-    from deephys_lightning import writing
+    from deephys_lightning.writing import record_writer
 
     kept = []
-    real = writing.dataset_recordings
+    real = record_writer.recordings_from_rows
 
     def spy(rows_by_name, *args, **kwargs):
         kept.append(all(rows.thumbs is not None for rows in rows_by_name.values()))
         return real(rows_by_name, *args, **kwargs)
 
-    monkeypatch.setattr(writing, "dataset_recordings", spy)
+    monkeypatch.setattr(record_writer, "recordings_from_rows", spy)
     for refresh, expected in ((False, [True, False, False]), (True, [True, True, True])):
         kept.clear()
         t = trainer(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deephys_lightning.capture import reduce_activations, split_batch, to_thumbnails
+from deephys_lightning.recording.capture import reduce_activations, split_batch, to_thumbnails
 
 
 def test_reduce_applies_relu_then_averages_non_neuron_dims():
@@ -59,7 +59,7 @@ def test_thumbnail_scaling_is_decided_per_image_on_the_device():
 
 
 def test_input_fingerprints_tell_changed_inputs_apart():
-    from deephys_lightning.capture import input_fingerprints
+    from deephys_lightning.recording.capture import input_fingerprints
 
     x = torch.rand(6, 3, 8, 8)
     same = input_fingerprints(x.clone())

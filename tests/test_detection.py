@@ -138,7 +138,7 @@ def test_a_wide_layer_warns_that_mahalanobis_is_in_sample():
 def test_an_empty_dataset_with_logits_still_writes(tmp_path):
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+    from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
     rng = np.random.default_rng(0)

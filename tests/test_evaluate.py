@@ -303,7 +303,7 @@ def test_validate_after_fit_on_the_same_trainer_keeps_both(tmp_path):
 def test_log_state_keeps_each_step_with_its_stage_and_reads_older_files(tmp_path):
     import json
 
-    from deephys_lightning.log_state import LogState
+    from deephys_lightning.writing.log_state import LogState
     from tensorboard_plugin_deephys.log import metadata
 
     state = LogState.load(str(tmp_path))

@@ -43,7 +43,8 @@ def _fit(tmp_path, val=VAL, **kwargs):
 
 
 def _events(run_dir) -> str:
-    (path,) = glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))
+    """The callback's own event file of ``run_dir`` (the logger keeps one of its own)."""
+    (path,) = glob.glob(os.path.join(run_dir, "events.out.tfevents.*.deephys"))
     return path
 
 

@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from deephys_lightning.gather import gather_rows
-from deephys_lightning.rows import LABELS, POSITIONS, THUMBS, RowBuffer, Rows, act_column
+from deephys_lightning.recording.gather import gather_rows
+from deephys_lightning.recording.rows import LABELS, POSITIONS, THUMBS, RowBuffer, Rows, act_column
 
 
 class FakeGroup:

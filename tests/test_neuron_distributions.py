@@ -16,7 +16,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, metrics, read_log
-from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
 from tensorboard_plugin_deephys.log import array_checks, metadata
 from tensorboard_plugin_deephys.log.metadata import Kind, Record
 

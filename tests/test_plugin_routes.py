@@ -324,7 +324,7 @@ def test_a_malformed_record_leaves_the_other_runs_in_the_tab(tmp_path):
 
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning.summary import EventFileSink, blob_summary
+    from deephys_lightning.writing.summaries import EventFileSink, blob_summary
     from tensorboard_plugin_deephys.log.metadata import Kind, Record
 
     good = Record(

@@ -22,7 +22,7 @@ from tiny_model import TinyNet, loader, random_set, trainer
 
 from deephys_lightning import DeephysCallback, metrics, read_log
 from deephys_lightning.scores import ScoreRow, score_table
-from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
 from tensorboard_plugin_deephys.log import derived, metadata
 from tensorboard_plugin_deephys.log.metadata import Kind, Record
 

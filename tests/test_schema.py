@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from tensorboard.compat.proto import summary_pb2
 
-from deephys_lightning.summary import (
-    DatasetRecording,
+from deephys_lightning.writing import DatasetRecording, write_record
+from deephys_lightning.writing.summaries import (
     array_blob_summary,
     blob_summary,
     tensor_proto,
     tensor_summary,
-    write_record,
 )
 from tensorboard_plugin_deephys.log import metadata
 from tensorboard_plugin_deephys.log.metadata import Kind, Record, ThumbnailReference

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from deephys_lightning import DeephysCallback, metrics, read_log
-from deephys_lightning import spatial_maps as sm
+from deephys_lightning.recording import spatial_maps as sm
+from deephys_lightning.recording.gather import gather_top_maps
 from tensorboard_plugin_deephys.log import array_checks
 from tensorboard_plugin_deephys.log.metadata import MAPPED_IMAGES, Kind, tag_name
 
@@ -277,7 +278,7 @@ def test_processes_merge_to_the_top_k_of_one_process(images, world_size, chunk_b
 
     def run(rank: int) -> None:
         all_gather, broadcast = group.rank_ops(rank)
-        results[rank] = sm.gather_top_maps(
+        results[rank] = gather_top_maps(
             states[rank], all_gather, broadcast, world_size, device="cpu", chunk_bytes=chunk_bytes
         )
 

@@ -12,8 +12,8 @@ from tiny_model import TinyNet, loader, module_output, random_set, trainer
 from torch import nn
 
 from deephys_lightning import DeephysCallback, read_log
-from deephys_lightning.capture import top_predictions
-from deephys_lightning.summary import DatasetRecording, EventFileSink, write_record
+from deephys_lightning.recording.capture import top_predictions
+from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
 from tensorboard_plugin_deephys.log import metadata
 from tensorboard_plugin_deephys.log.metadata import Kind, Record
 

@@ -12,7 +12,7 @@ already smaller stays as it is), float16. Torch only, no Lightning.
   as ``deephys_lightning.metrics.top_k`` orders the written top images.
 - :class:`RunningTopMaps`: one dataset and layer's top-k keys and maps, merged batch
   by batch on the device with no host synchronisation.
-- :func:`gather_top_maps`: every process's running top-k, merged to the global one.
+- ``recording.gather.gather_top_maps`` merges every process's running top-k.
 - :func:`top_image_maps`: at write time, the maps of the written top images, checked
   against ``top_indices``.
 
@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from deephys_lightning.gather import gather_stacked
 
 MAX_SIDE = 7  # a map is pooled to at most MAX_SIDE x MAX_SIDE cells
 MAX_TOKENS = MAX_SIDE * MAX_SIDE  # tokens to at most this many positions
@@ -188,40 +185,6 @@ class TopMaps:
 
     positions: np.ndarray
     maps: np.ndarray
-
-
-def gather_top_maps(
-    local: RunningTopMaps | None,
-    all_gather: Callable[[torch.Tensor], torch.Tensor] | None,
-    broadcast: Callable[[object, int], object] | None,
-    world_size: int,
-    device: torch.device | str = "cpu",
-    chunk_bytes: int = 256 * 1024**2,
-) -> TopMaps | None:
-    """The top-k of every process merged (call on every process, in step), on the
-    host; None when no process has one. The collectives take tensors on ``device``
-    (``strategy.root_device``), in chunks of at most ``chunk_bytes`` per process."""
-    if world_size == 1:
-        return None if local is None else local.to_host()
-    assert all_gather is not None and broadcast is not None
-    has = torch.tensor([local is not None], dtype=torch.int64, device=device)
-    present = all_gather(has).reshape(-1).cpu()
-    if int(present.max()) == 0:
-        return None
-    source = int(torch.nonzero(present)[0])
-    layout = broadcast(None if local is None else local.layout(), source)
-    if local is None:
-        neurons, k, shape = layout
-        local = RunningTopMaps.empty(neurons, k, shape, device)
-    keys = gather_stacked(local.keys, all_gather, world_size, device, chunk_bytes)
-    maps = gather_stacked(local.maps, all_gather, world_size, device, chunk_bytes)
-    neurons, k = local.keys.shape
-    keys = keys.permute(1, 0, 2).reshape(neurons, world_size * k)  # [M, W k]: rank by rank
-    top, chosen = torch.topk(keys, k, dim=1)
-    # maps [W, M, k, S]: entry (j, c) is rank c // k's map c % k of neuron j
-    rows = (chosen // k) * (neurons * k) + torch.arange(neurons).unsqueeze(1) * k + chosen % k
-    picked = maps.reshape(-1, maps.shape[-1]).index_select(0, rows.reshape(-1))
-    return RunningTopMaps(top, picked.reshape(neurons, k, -1), local.map_shape).to_host()
 
 
 def top_image_maps(

@@ -1,4 +1,9 @@
-"""Gather every process's rows of a dataset at the end of an epoch, in dataset order.
+"""Every collective of a recorded epoch, in one place: rows, top maps, decisions.
+
+At the end of a recorded epoch every process's rows of a dataset are gathered in
+dataset order (:func:`gather_rows`), and so are the running top maps
+(:func:`gather_top_maps`); rank zero's decisions and the largest class count travel
+through :class:`Collectives` too, so that no other module calls a collective.
 
 The collectives are Lightning's (``trainer.strategy.all_gather`` / ``broadcast``):
 DDP, ``ddp_spawn``, FSDP, multi-node alike. Every tensor handed to ``all_gather``
@@ -10,7 +15,7 @@ for its result). The gathered rows come back on the CPU, where rank zero writes 
 Example (one process: no collective runs)::
 
     >>> import torch
-    >>> from deephys_lightning.rows import POSITIONS, Rows
+    >>> from deephys_lightning.recording.rows import POSITIONS, Rows
     >>> rows = Rows({POSITIONS: torch.tensor([1, 0])})
     >>> gather_rows(rows, None, None, world_size=1).positions.tolist()
     [0, 1]
@@ -18,12 +23,15 @@ Example (one process: no collective runs)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from deephys_lightning.rows import Rows
+from deephys_lightning.recording.rows import Rows
+from deephys_lightning.recording.spatial_maps import RunningTopMaps, TopMaps
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 Broadcast = Callable[[object, int], object]
@@ -107,3 +115,89 @@ def _gather_column(
             keep = max(0, min(stop, int(counts[rank])) - start)
             parts[rank].append(stacked[rank, :keep])
     return torch.cat([piece for rank_parts in parts for piece in rank_parts])
+
+
+def gather_top_maps(
+    local: RunningTopMaps | None,
+    all_gather: AllGather | None,
+    broadcast: Broadcast | None,
+    world_size: int,
+    device: torch.device | str = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> TopMaps | None:
+    """The top-k of every process merged (call on every process, in step), on the
+    host; None when no process has one. The collectives take tensors on ``device``
+    (``strategy.root_device``), in chunks of at most ``chunk_bytes`` per process."""
+    if world_size == 1:
+        return None if local is None else local.to_host()
+    assert all_gather is not None and broadcast is not None
+    has = torch.tensor([local is not None], dtype=torch.int64, device=device)
+    present = all_gather(has).reshape(-1).cpu()
+    if int(present.max()) == 0:
+        return None
+    source = int(torch.nonzero(present)[0])
+    layout = broadcast(None if local is None else local.layout(), source)
+    if local is None:
+        neurons, k, shape = layout
+        local = RunningTopMaps.empty(neurons, k, shape, device)
+    keys = gather_stacked(local.keys, all_gather, world_size, device, chunk_bytes)
+    maps = gather_stacked(local.maps, all_gather, world_size, device, chunk_bytes)
+    neurons, k = local.keys.shape
+    keys = keys.permute(1, 0, 2).reshape(neurons, world_size * k)  # [M, W k]: rank by rank
+    top, chosen = torch.topk(keys, k, dim=1)
+    # maps [W, M, k, S]: entry (j, c) is rank c // k's map c % k of neuron j
+    rows = (chosen // k) * (neurons * k) + torch.arange(neurons).unsqueeze(1) * k + chosen % k
+    picked = maps.reshape(-1, maps.shape[-1]).index_select(0, rows.reshape(-1))
+    return RunningTopMaps(top, picked.reshape(neurons, k, -1), local.map_shape).to_host()
+
+
+@dataclasses.dataclass(frozen=True)
+class Collectives:
+    """The collectives of one recorded epoch, as ``trainer.strategy`` runs them, on its
+    ``root_device`` in chunks of at most ``chunk_bytes`` per process. Every process
+    calls each method, in the same order.
+
+    Example (one process: nothing is sent)::
+
+        >>> Collectives(None, None, world_size=1).decision(True)
+        True
+    """
+
+    all_gather: AllGather | None
+    broadcast: Broadcast | None
+    world_size: int
+    device: torch.device | str = "cpu"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    @classmethod
+    def of(cls, strategy: Any, world_size: int, chunk_bytes: int) -> Collectives:
+        """The collectives of a Lightning ``strategy``."""
+        return cls(
+            strategy.all_gather, strategy.broadcast, world_size, strategy.root_device, chunk_bytes
+        )
+
+    def rows(self, local: Rows | None) -> Rows | None:
+        """Every process's rows, on the CPU, in dataset order (:func:`gather_rows`)."""
+        return gather_rows(
+            local, self.all_gather, self.broadcast, self.world_size, self.device, self.chunk_bytes
+        )
+
+    def top_maps(self, local: RunningTopMaps | None) -> TopMaps | None:
+        """Every process's running top maps merged (:func:`gather_top_maps`)."""
+        return gather_top_maps(
+            local, self.all_gather, self.broadcast, self.world_size, self.device, self.chunk_bytes
+        )
+
+    def decision(self, decision: bool) -> bool:
+        """Rank zero's ``decision``, on every process."""
+        if self.world_size == 1:
+            return decision
+        assert self.broadcast is not None
+        return bool(self.broadcast(decision, 0))
+
+    def largest(self, value: int) -> int:
+        """The largest of every process's ``value``."""
+        if self.world_size == 1:
+            return value
+        assert self.all_gather is not None
+        return int(self.all_gather(torch.tensor(value, device=self.device)).max())

@@ -138,6 +138,25 @@ def split_batch(
             f"DeephysCallback needs labels: got a batch of type {type(batch).__name__}; "
             "expected a tuple (inputs, labels) or a dict with input and label keys."
         )
+    return checked_inputs(x, y)
+
+
+def batch_inputs(
+    batch: Any,
+    input_key: str | int | None = None,
+    target_key: str | int | None = None,
+    unpack_batch: Callable[[Any], tuple[Any, Any]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and integer labels of a batch: ``unpack_batch(batch)`` when given,
+    else :func:`split_batch`; either way checked by :func:`checked_inputs`."""
+    if unpack_batch is None:
+        return split_batch(batch, input_key, target_key)
+    x, y = unpack_batch(batch)
+    return checked_inputs(x, y)
+
+
+def checked_inputs(x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` must be a tensor and ``y`` a 1-D integer tensor (or what becomes one)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"DeephysCallback: batch inputs must be a tensor, got {type(x).__name__}")
     y = torch.as_tensor(y)

@@ -1,0 +1,342 @@
+"""Rank zero's writer of records: destinations, log state, event sinks, failures.
+
+A :class:`RecordWriter` decides where an epoch's record goes (the logger's run
+directory, a new ``version_N``, or a run of its own for an evaluation at a step the
+run holds), what that directory holds already (``LogState``), which thumbnails are
+written (``ThumbnailPolicy``), and what a failure does (a warning once per cause,
+training goes on; ``strict`` raises). It computes the record's view data
+(``view_data``), then writes it (``events.write_view``) through an event file of its
+own: TensorBoard's public ``EventFileWriter``, never the logger's writer, so that a
+failed write is the callback's to report and the logger's file is left alone.
+
+Example::
+
+    writer = RecordWriter(WriteSettings(layers=("fc1",)))
+    writer.setup(trainer)
+    writer.begin(trainer, plan)                  # at the epoch's start
+    ...                                          # recording; writer.thumbnails_due(...)
+    writer.write(trainer, plan, epoch_rows)      # rank zero writes, others return
+    writer.close()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from deephys_lightning import event_files, fast_crc
+from deephys_lightning.recording import rows as columns
+from deephys_lightning.recording.plan import EpochPlan
+from deephys_lightning.recording.recorder import EpochRows
+from deephys_lightning.recording.rows import Rows
+from deephys_lightning.writing import destinations
+from deephys_lightning.writing.events import write_view
+from deephys_lightning.writing.log_state import LogState
+from deephys_lightning.writing.summaries import EventFileSink
+from deephys_lightning.writing.thumbnail_policy import ThumbnailPolicy
+from deephys_lightning.writing.view_data import (
+    RecordView,
+    class_names_for,
+    record_view,
+    recordings_from_rows,
+)
+from tensorboard_plugin_deephys.log import assets, storage
+from tensorboard_plugin_deephys.log.metadata import Record
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteSettings:
+    """What a record holds and how failures are met (the callback's options)."""
+
+    layers: Sequence[str]
+    top_k: int = 32
+    relu: bool = True
+    thumbnails: bool = True
+    refresh_thumbnails: bool = False
+    max_images: int | None = None
+    max_activation_bytes: int | None = None
+    detectors: tuple[str, ...] = ()
+    scalars: bool = True
+    histograms: bool = True
+    strict: bool = False
+
+
+class RecordWriter:
+    """Writes recorded epochs (see the module docstring)."""
+
+    def __init__(self, settings: WriteSettings) -> None:
+        self.settings = settings
+        self.thumbnail_policy = ThumbnailPolicy(settings.refresh_thumbnails)
+        # What each log directory written to holds (a reused callback may write to several).
+        self.log_states: dict[str, LogState] = {}
+        self._scanned: set[str] = set()  # directories whose events were scanned for steps
+        self._sinks: dict[str, EventFileSink] = {}  # our event files, by directory
+        # Without a logger that has a directory: the version directory claimed for this
+        # callback's records (kept across its fit, validate and test calls).
+        self._own_log_dir: str | None = None
+        self._warned: set[str] = set()
+        self._destination = ""  # this epoch's log directory
+        self._held: LogState | None = None  # what it holds (rank zero, with thumbnails)
+
+    # -- the callback's calls ----------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer) -> None:
+        """A ``fit``, ``validate`` or ``test`` call begins."""
+        self.thumbnail_policy.new_call()
+        if trainer.loggers and destinations.tensorboard_logger(trainer) is None:
+            where = destinations.logger_dir(trainer)
+            rank_zero_warn(
+                "DeephysCallback writes TensorBoard events, and this Trainer has no "
+                "TensorBoardLogger: they go to an event file of their own in "
+                + (
+                    f"the logger's directory {where!r}"
+                    if where
+                    else f"a new lightning_logs/version_N under {trainer.default_root_dir!r}"
+                )
+                + " (tensorboard --logdir on its parent shows it). Add a TensorBoardLogger "
+                "to keep them beside your training curves."
+            )
+
+    def begin(self, trainer: pl.Trainer, plan: EpochPlan) -> None:
+        """An epoch of ``plan`` starts: find its destination (and, on rank zero, read
+        what it holds once, for the thumbnail decisions)."""
+        self._destination = self._log_dir(trainer)
+        self._held = None
+        if plan.mode == "record" and self.settings.thumbnails and trainer.global_rank == 0:
+            self._held = self.log_state(self._destination)
+
+    def thumbnails_due(self, plan: EpochPlan, name: str, rows: Rows | None) -> bool:
+        """Whether the thumbnails of ``name`` travel this epoch (rank zero's view)."""
+        fingerprints = None if rows is None else rows.get(columns.FINGERPRINTS)
+        return self.thumbnail_policy.due(name, fingerprints, self._held, plan.position[0])
+
+    def write(self, trainer: pl.Trainer, plan: EpochPlan, epoch: EpochRows) -> None:
+        """Write the epoch's record on rank zero; a failure warns once per cause (or
+        raises with ``strict``), and training goes on."""
+        if not epoch.rows:
+            return
+        try:
+            if trainer.global_rank == 0 and self._write(plan, epoch):
+                # Only thumbnails that reached the log count as made: a failed or
+                # skipped write keeps them due at the next recorded epoch.
+                self.thumbnail_policy.written()
+        except MisconfigurationException:
+            raise
+        except Exception as error:  # the callback's own I/O must not end training
+            if self.settings.strict:
+                raise
+            self._warn_once(
+                _cause(error),
+                f"DeephysCallback: the record at step {plan.position[0]} could not be "
+                f"written to {self._destination} ({type(error).__name__}: {error}). "
+                "Training goes on without it; check that the log directory is writable and "
+                "has free space, or pass DeephysCallback(strict=True) to stop on such errors.",
+            )
+        finally:
+            self.thumbnail_policy.discard()
+
+    def close(self) -> None:
+        """Close the event files of our own (a later record opens new ones)."""
+        for sink in self._sinks.values():
+            sink.close()
+        self._sinks = {}
+
+    def log_state(self, log_dir: str) -> LogState:
+        """What ``log_dir`` holds: this process's knowledge merged with the saved state
+        and, once per directory and process, the steps its events hold."""
+        state = self.log_states.get(log_dir)
+        on_disk = LogState.load(log_dir)
+        if log_dir not in self._scanned:
+            # state.json (and a checkpoint's copy) is a fast path: the steps the events
+            # hold count, even with that file lost or damaged (a light scan of the run's
+            # own record events).
+            on_disk.add_found(event_files.recorded_steps(log_dir))
+            for path in assets.remove_stale_temporaries(log_dir):
+                rank_zero_info(f"DeephysCallback: removed {path}, left by an interrupted write")
+            self._scanned.add(log_dir)
+        if state is None:
+            state = self.log_states[log_dir] = on_disk
+        else:
+            state.merge(on_disk)
+        return state
+
+    # -- rank zero's record ----------------------------------------------------------------
+
+    def _write(self, plan: EpochPlan, epoch: EpochRows) -> bool:
+        """Write the epoch's record; True when it reached the log."""
+        settings = self.settings
+        step, epoch_number = plan.position
+        log_dir = self._destination
+        state = self.log_state(log_dir)
+        holder = state.holder(step)
+        if holder == "fit" and plan.stage == "fit":  # a resumed fit validating again
+            rank_zero_warn(
+                f"DeephysCallback: {log_dir} already holds this fit's record at step {step} "
+                "(a fit resumed from an earlier checkpoint into the same logger version?); "
+                "it is kept and this validation is not recorded again. Log to a new version "
+                "(a new TensorBoardLogger) to record it."
+            )
+            return False
+        if step <= state.last_step:
+            # Held, or before the run's last step (TensorBoard's Rust loader drops a
+            # run's later steps after an earlier one): a run of its own beside it.
+            log_dir = destinations.evaluation_dir(log_dir, plan.stage, step)
+            state = self.log_state(log_dir)
+            held = f"a {holder} record at step {step}" if holder else f"steps up to {step}"
+            rank_zero_info(
+                f"DeephysCallback: {self._destination} already holds {held}; this "
+                f"{plan.stage} record goes to the run {log_dir}"
+            )
+        names, order = plan.names, plan.order
+        if order[0] not in epoch.rows:
+            rank_zero_warn(
+                f"DeephysCallback: the in-distribution set {names[order[0]]!r} recorded no "
+                f"images at step {step}, so nothing is recorded: every score compares the "
+                "other sets with it."
+            )
+            return False
+        for idx in order:
+            if idx not in epoch.rows:
+                rank_zero_warn(
+                    f"DeephysCallback: {names[idx]!r} recorded no images at step {step}; it "
+                    "is left out of this record."
+                )
+        rows_by_name = {names[idx]: epoch.rows[idx] for idx in order if idx in epoch.rows}
+        thumbnails = {
+            name: self.thumbnail_policy.to_write(name, rows.thumbs, state)
+            for name, rows in rows_by_name.items()
+        }
+        recordings = recordings_from_rows(
+            rows_by_name,
+            {names[idx]: found for idx, found in epoch.maps.items()},
+            plan.keeps_logits,
+            thumbnails,
+        )
+        if plan.class_names is not None:  # its labels were checked when gathered
+            class_names = list(plan.class_names.names)
+        else:
+            class_names = class_names_for(epoch.num_classes, recordings)
+        record = Record(
+            step=step,
+            epoch=epoch_number,
+            layers=tuple(settings.layers),
+            datasets=tuple(recordings),
+            class_names=tuple(class_names),
+            num_images={name: len(rec.labels) for name, rec in recordings.items()},
+            top_k=settings.top_k,
+            relu=settings.relu,
+            stage=plan.stage,
+            dataset_sizes={name: plan.dataset_sizes.get(name) for name in recordings},
+        )
+        view = record_view(
+            record,
+            recordings,
+            max_activation_bytes=settings.max_activation_bytes,
+            detectors=settings.detectors,
+        )
+        self._warn_about(view)
+        write_view(
+            self._sink(log_dir),
+            view,
+            log_dir=log_dir,
+            scalars=settings.scalars,
+            histograms=settings.histograms,
+        )
+        state.add(step, plan.stage)
+        state.thumbnails.update({name: t.digest for name, t in view.thumbnails.items()})
+        try:
+            state.save()
+        except OSError as error:  # the record is complete: only the fast path is lost
+            if settings.strict:
+                raise
+            self._warn_once(
+                f"state: {_cause(error)}",
+                f"DeephysCallback: the record at step {step} is written, but "
+                f"{LogState.path(log_dir)} could not be saved ({type(error).__name__}: "
+                f"{error}); nothing is lost: the steps are found in the events next time "
+                "(unchanged thumbnails may be written again). Make the folder writable.",
+            )
+        return True
+
+    def _warn_about(self, view: RecordView) -> None:
+        """Say what is odd about a record's data: activations that are not finite, maps
+        left out, a set recorded in part for another reason than ``max_images``."""
+        for (name, layer), bad in view.non_finite.items():
+            if bad:
+                rank_zero_warn(
+                    f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "
+                    "or infinite (float16 overflows above 65504). They are recorded as they "
+                    "are; scores of the affected neurons are NaN. Record a layer whose "
+                    "outputs stay in float16's range (after a normalization), or scale it "
+                    "with reduction=."
+                )
+        for note in view.notes:
+            rank_zero_warn(note)
+        record, max_images = view.record, self.settings.max_images
+        for name in record.datasets:
+            size = record.dataset_sizes.get(name)
+            count = record.num_images[name]
+            if size is not None and count < min(size, max_images or size):
+                rank_zero_warn(
+                    f"DeephysCallback: {count} of the {size} images of {name!r} were recorded "
+                    "(limit_val_batches / limit_test_batches, or a dataloader that stops "
+                    "early); the scores describe that part. The tab shows 'N of M images'."
+                )
+
+    # -- destinations and event files ------------------------------------------------------
+
+    def _log_dir(self, trainer: pl.Trainer) -> str:
+        """Where records go: the logger's run directory (the TensorBoardLogger's, else
+        the first logger's ``log_dir``), else a new ``lightning_logs/version_N`` under
+        ``default_root_dir``, claimed once by rank zero (other ranks write nothing)."""
+        found = destinations.logger_dir(trainer)
+        if found is not None:
+            return found
+        if self._own_log_dir is None and trainer.global_rank == 0:
+            root = storage.join(storage.normalize(trainer.default_root_dir), "lightning_logs")
+            self._own_log_dir = destinations.new_version_dir(root)
+        return self._own_log_dir or ""
+
+    def _sink(self, log_dir: str) -> EventFileSink:
+        """The event file of our own in ``log_dir`` (opened on first use)."""
+        if log_dir not in self._sinks:
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            # Event framing at C speed, the same bytes (fast_crc checks both agree).
+            fast_crc.install()
+            if not storage.is_url(log_dir):
+                os.makedirs(log_dir, exist_ok=True)
+            writer = EventFileWriter(log_dir, filename_suffix=".deephys")
+            self._sinks[log_dir] = EventFileSink(writer)
+        return self._sinks[log_dir]
+
+    def _warn_once(self, cause: str, message: str) -> None:
+        """``message`` as a warning, the first time ``cause`` is met only."""
+        if cause not in self._warned:
+            self._warned.add(cause)
+            rank_zero_warn(message)
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What each directory written to holds, for a checkpoint."""
+        return {"written": {d: s.to_dict() for d, s in self.log_states.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.log_states = {
+            d: LogState.from_dict(d, raw) for d, raw in state_dict.get("written", {}).items()
+        }
+
+
+def _cause(error: Exception) -> str:
+    """What tells one failure from another: its type and, for OS errors, the error
+    (not the file: each write's temporary file has a name of its own)."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{type(error).__name__}: {error.strerror}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,369 @@
+"""Everything a record holds, computed from the gathered rows: pure, nothing written.
+
+:func:`recordings_from_rows` turns each dataset's gathered rows into a
+:class:`DatasetRecording` (arrays on the host); :func:`record_view` computes, from the
+recordings, every array, score, scalar and detection of one record as a
+:class:`RecordView`, which ``writing.events.write_view`` then writes. Computing never
+writes, and writing never computes (except encoding thumbnails and protobufs).
+
+Example::
+
+    recordings = {"mnist": DatasetRecording(labels, preds, {"fc1": acts})}
+    view = record_view(record, recordings, max_activation_bytes=None, detectors=())
+    view.layers[("fc1", "mnist")][Kind.TOP_INDICES]   # int32 [M, k]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from deephys_lightning import detection, metrics
+from deephys_lightning.recording import capture, spatial_maps
+from deephys_lightning.recording.plan import writes_matrix
+from deephys_lightning.recording.rows import Rows
+from tensorboard_plugin_deephys.log import derived, metadata
+from tensorboard_plugin_deephys.log.assets import Thumbnails
+from tensorboard_plugin_deephys.log.metadata import TOP_PREDICTIONS, Detection, Kind, Record
+
+
+@dataclasses.dataclass
+class DatasetRecording:
+    """What one dataset contributes to a record.
+
+    Args:
+        labels: int [N] ground-truth classes.
+        predictions: int [N] predicted classes.
+        activations: layer name -> float [N, M] activations (after ReLU and reduction).
+        thumbnails: uint8 [N, H, W, 3] (or ``assets.Thumbnails``, with their checksums
+            and digest computed already), or None when written already for this dataset.
+        positions: int [N] index in the dataset of each image (default 0..N-1).
+        logits: float [N, C] classifier outputs, or None when not recorded.
+        logit_scores: float32 [N, 3] the ``msp``, ``max_logit`` and ``energy`` score of
+            each image (``detection.logit_scores``); computed from ``logits`` when None.
+        top_classes: int [N, k] each image's most probable classes, most probable first
+            (``capture.top_predictions``, k = ``min(metadata.TOP_PREDICTIONS, C)``),
+            with ``top_probabilities``, float [N, k], their softmax probabilities;
+            computed from ``logits`` when None (and not written without either).
+        top_maps: layer name -> the maps of its top images (``spatial_maps.TopMaps``),
+            for the layers that have them; written as ``top_maps``.
+    """
+
+    labels: np.ndarray
+    predictions: np.ndarray
+    activations: dict[str, np.ndarray]
+    thumbnails: np.ndarray | Thumbnails | None = None
+    positions: np.ndarray | None = None
+    logits: np.ndarray | None = None
+    logit_scores: np.ndarray | None = None
+    top_classes: np.ndarray | None = None
+    top_probabilities: np.ndarray | None = None
+    top_maps: dict[str, spatial_maps.TopMaps] = dataclasses.field(default_factory=dict)
+
+    def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
+        None without them and without logits."""
+        given = (self.top_classes, self.top_probabilities)
+        if given[0] is None and given[1] is None:
+            if self.logits is None:
+                return None
+            logits = torch.from_numpy(np.asarray(self.logits))
+            given = tuple(t.numpy() for t in capture.top_predictions(logits, TOP_PREDICTIONS))
+        if any(array is None for array in given):
+            raise ValueError("top_classes and top_probabilities go together; got only one")
+        classes = np.asarray(given[0], dtype=np.int32)
+        probabilities = np.asarray(given[1], dtype=np.float32)
+        if classes.ndim != 2 or classes.shape != probabilities.shape:
+            raise ValueError(
+                f"top_classes {list(classes.shape)} and top_probabilities "
+                f"{list(probabilities.shape)} must both be [N, k]"
+            )
+        return classes, probabilities
+
+    def detector_scores(self) -> np.ndarray | None:
+        """The logit detectors' scores ``[N, 3]``, or None without logits."""
+        if self.logit_scores is not None:
+            return np.asarray(self.logit_scores, dtype=np.float32)
+        if self.logits is None:
+            return None
+        return detection.logit_scores(torch.from_numpy(np.asarray(self.logits))).numpy()
+
+
+@dataclasses.dataclass
+class RecordView:
+    """One record, computed and ready to write (``writing.events.write_view``).
+
+    ``datasets``: each dataset's per-image arrays by kind (labels, predictions,
+    positions, logits, top predictions); ``accuracy`` each dataset's (of one with
+    images); ``thumbnails`` those to write; ``layers``: by (layer, dataset), the view
+    data by kind (:func:`layer_arrays`, with the InD set's ``histogram_range`` and the
+    ``top_maps`` where kept); ``scores``: by (layer, OOD set); ``detections``: by OOD
+    set (empty without detectors); ``non_finite``: by (dataset, layer), the count of NaN or infinite
+    activations; ``notes``: what could not be written, in words (a warning each).
+    """
+
+    record: Record
+    datasets: dict[str, dict[Kind, np.ndarray]]
+    accuracy: dict[str, float]
+    thumbnails: dict[str, Thumbnails]
+    layers: dict[tuple[str, str], dict[Kind, np.ndarray]]
+    scores: dict[tuple[str, str], derived.OODScores]
+    detections: dict[str, list[Detection]]
+    non_finite: dict[tuple[str, str], int]
+    notes: list[str]
+
+
+LogitsRule = Callable[[int, list[int]], bool]
+
+
+def recordings_from_rows(
+    rows_by_name: Mapping[str, Rows],
+    top_maps: Mapping[str, Mapping[str, spatial_maps.TopMaps]],
+    keeps_logits: LogitsRule,
+    thumbnails: Mapping[str, Thumbnails | None],
+) -> dict[str, DatasetRecording]:
+    """Each dataset's recording from its gathered rows (on the CPU), in the order given.
+
+    ``keeps_logits(num_images, layer_widths)`` is the plan's rule for the classifier
+    outputs (``EpochPlan.keeps_logits``); ``thumbnails`` those to write, by dataset.
+    """
+    recordings: dict[str, DatasetRecording] = {}
+    for name, rows in rows_by_name.items():
+        acts = {layer: a.numpy() for layer, a in rows.acts.items()}
+        widths = [a.shape[-1] for a in acts.values()]
+        logits = rows.logits
+        if logits is not None and not keeps_logits(len(rows), widths):
+            logits = None
+        recordings[name] = DatasetRecording(
+            labels=rows.labels.numpy(),
+            predictions=rows.preds.numpy(),
+            activations=acts,
+            logits=_numpy(logits),
+            logit_scores=_numpy(rows.logit_scores),
+            top_classes=_numpy(rows.top_classes),
+            top_probabilities=_numpy(rows.top_probabilities),
+            thumbnails=thumbnails.get(name),
+            positions=rows.positions.numpy(),
+            top_maps=dict(top_maps.get(name, {})),
+        )
+    return recordings
+
+
+def class_names_for(num_classes: int, recordings: Mapping[str, DatasetRecording]) -> list[str]:
+    """``"0"``, ``"1"``, ... up to the number of logits or the largest label: the
+    class names of a record whose names were not given."""
+    max_label = max((int(r.labels.max()) for r in recordings.values() if len(r.labels)), default=-1)
+    return [str(i) for i in range(max(num_classes, max_label + 1))]
+
+
+def record_view(
+    record: Record,
+    recordings: Mapping[str, DatasetRecording],
+    *,
+    max_activation_bytes: int | None = None,
+    detectors: tuple[str, ...] = (),
+) -> RecordView:
+    """Everything ``record`` holds, computed from ``recordings`` (pure).
+
+    For each dataset: labels, predictions, positions, its accuracy, each image's top
+    classes and their probabilities (when given, or computed from the logits), the
+    classifier outputs (when given) and thumbnails (when given). For each layer and
+    dataset: the view data of :func:`layer_arrays` (the float16 activation matrix only
+    while ``writes_matrix`` says so), and the maps of its top images where the
+    recording has them. For each layer and OOD set: per-neuron novelty, spurious score
+    and activation ratio. For each OOD set: the metrics of the OOD ``detectors``
+    (``detection.DETECTORS``; the logit ones need every dataset's logits or logit
+    scores).
+    """
+    missing = [name for name in record.datasets if name not in recordings]
+    if missing:
+        raise ValueError(f"no recording for datasets {missing}")
+    detections: dict[str, list[Detection]] = {ood: [] for ood in record.ood} if detectors else {}
+    view = RecordView(record, {}, {}, {}, {}, {}, detections, {}, [])
+    for name in record.datasets:
+        rec = recordings[name]
+        view.datasets[name] = dataset_arrays(rec)
+        labels = view.datasets[name][Kind.LABELS]
+        if len(labels):
+            view.accuracy[name] = derived.accuracy(labels, view.datasets[name][Kind.PREDICTIONS])
+        if rec.thumbnails is not None:
+            view.thumbnails[name] = Thumbnails.of(rec.thumbnails)
+    if any(d in detection.LOGIT_DETECTORS for d in detectors):
+        logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
+        without = [name for name, scores in logit_scores.items() if scores is None]
+        if without:
+            raise ValueError(
+                f"the logit detectors in {list(detectors)} need logits or logit_scores for "
+                f"every dataset; {without} have neither"
+            )
+        found = detection.logit_detections(logit_scores, ind=record.ind, detectors=detectors)
+        for ood, rows in found.items():
+            view.detections[ood] += rows
+    for layer in record.layers:
+        _layer_view(view, layer, recordings, max_activation_bytes, detectors)
+    return view
+
+
+def dataset_arrays(rec: DatasetRecording) -> dict[Kind, np.ndarray]:
+    """A dataset's per-image arrays by kind, in the stored dtypes."""
+    labels = np.asarray(rec.labels, dtype=np.int32)
+    positions = np.arange(len(labels)) if rec.positions is None else rec.positions
+    arrays = {
+        Kind.LABELS: labels,
+        Kind.PREDICTIONS: np.asarray(rec.predictions, dtype=np.int32),
+        Kind.POSITIONS: np.asarray(positions, dtype=np.int32),
+    }
+    if rec.logits is not None:
+        arrays[Kind.LOGITS] = np.asarray(rec.logits, dtype=np.float32)
+    top = rec.top_predictions()
+    if top is not None:
+        arrays[Kind.TOP_CLASSES], arrays[Kind.TOP_PROBABILITIES] = top
+    return arrays
+
+
+def _layer_view(
+    view: RecordView,
+    layer: str,
+    recordings: Mapping[str, DatasetRecording],
+    max_activation_bytes: int | None,
+    detectors: tuple[str, ...],
+) -> None:
+    """One layer's part of ``view``: view data, maps, scores and feature detections."""
+    record = view.record
+    num_classes = len(record.class_names)
+    # One source of truth: everything is computed on the stored float16 values.
+    acts = {
+        name: np.asarray(recordings[name].activations[layer], dtype=np.float16)
+        for name in record.datasets
+    }
+    statistics = {
+        name: metrics.dataset_statistics(acts[name], recordings[name].labels, num_classes)
+        for name in record.datasets
+    }
+    ind_means, ind_max = statistics[record.ind]
+    # One histogram range per neuron for every dataset, written with the InD set's.
+    value_range = metrics.histogram_range(list(acts.values()))
+    for name in record.datasets:
+        rows, width = acts[name].shape if acts[name].ndim == 2 else (len(acts[name]), 0)
+        arrays = layer_arrays(
+            acts[name],
+            recordings[name],
+            statistics[name],
+            ind_max,
+            num_classes=num_classes,
+            top_k=record.top_k,
+            full=writes_matrix(rows, width, max_activation_bytes),
+            value_range=value_range,
+        )
+        if name == record.ind:
+            arrays[Kind.HISTOGRAM_RANGE] = value_range
+        maps = _top_maps(view, layer, name, recordings[name], arrays[Kind.TOP_INDICES])
+        if maps is not None:
+            arrays[Kind.TOP_MAPS] = maps
+        view.layers[(layer, name)] = arrays
+        view.non_finite[(name, layer)] = non_finite_count(acts[name])
+    for ood in record.ood:
+        ood_means, ood_max = statistics[ood]
+        view.scores[(layer, ood)] = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
+    if any(d in detection.FEATURE_DETECTORS for d in detectors):
+        found = detection.feature_detections(
+            layer,
+            acts,
+            ind=record.ind,
+            ind_labels=recordings[record.ind].labels,
+            num_classes=num_classes,
+            detectors=detectors,
+        )
+        for ood, rows in found.items():
+            view.detections[ood] += rows
+
+
+def _top_maps(
+    view: RecordView, layer: str, name: str, rec: DatasetRecording, top_indices: np.ndarray
+) -> np.ndarray | None:
+    """The maps of a layer's top images on one dataset, where they were kept. Maps that
+    belong to other images than ``top_indices`` are left out, with a note that says so."""
+    found = rec.top_maps.get(layer)
+    if found is None:
+        return None
+    positions = np.arange(len(rec.labels)) if rec.positions is None else rec.positions
+    try:
+        return spatial_maps.top_image_maps(found, positions, top_indices, layer=layer, dataset=name)
+    except ValueError as error:
+        view.notes.append(str(error))
+        return None
+
+
+def layer_arrays(
+    acts: np.ndarray,
+    recording: DatasetRecording,
+    statistics: tuple[np.ndarray, np.ndarray],
+    ind_max: np.ndarray,
+    *,
+    num_classes: int,
+    top_k: int,
+    full: bool,
+    value_range: np.ndarray | None = None,
+) -> dict[Kind, np.ndarray]:
+    """The view data of one layer on one dataset, by kind, in the stored dtypes.
+
+    ``statistics`` are the dataset's category means and per-neuron maxima
+    (``metrics.dataset_statistics``), ``ind_max`` the InD maxima that normalize it.
+    ``full`` adds the activation matrix itself. ``value_range`` (float32 ``[M, 2]``,
+    ``metrics.histogram_range`` of every dataset of the record; None: of this one)
+    is the range of the activation histograms, written once per layer by the caller.
+    """
+    means, maxima = statistics
+    arrays: dict[Kind, np.ndarray] = {}
+    if full:
+        arrays[Kind.ACTIVATIONS] = acts
+    indices, values = metrics.top_k(acts, top_k)
+    arrays[Kind.TOP_INDICES] = indices.astype(np.int32)
+    arrays[Kind.TOP_VALUES] = values.astype(np.float32)
+    if value_range is None:
+        value_range = metrics.histogram_range([acts])
+    found = metrics.neuron_distributions(
+        acts,
+        value_range,
+        maxima,
+        k=top_k,
+        bins=metadata.HISTOGRAM_BINS,
+        bands=metadata.INTERVAL_BANDS,
+        per_band=metadata.INTERVAL_IMAGES,
+    )
+    arrays[Kind.BOTTOM_INDICES] = found.bottom_indices
+    arrays[Kind.BOTTOM_VALUES] = found.bottom_values
+    arrays[Kind.ACTIVATION_COUNTS] = found.counts
+    arrays[Kind.FIRE_FRACTION] = found.fire_fraction
+    arrays[Kind.INTERVAL_INDICES] = found.interval_indices
+    arrays[Kind.INTERVAL_VALUES] = found.interval_values
+    neurons, normalized = metrics.top_neurons(acts, ind_max, metadata.TOP_NEURONS)
+    arrays[Kind.IMAGE_TOP_NEURONS] = neurons.astype(np.int32)
+    arrays[Kind.IMAGE_TOP_VALUES] = normalized.astype(np.float32)
+    arrays[Kind.CATEGORY_MEANS] = means.astype(np.float32)
+    arrays[Kind.MAXIMA] = maxima.astype(np.float32)
+    directed, either = metrics.confusion_sets_top_neurons(
+        acts, recording.labels, recording.predictions, num_classes, metadata.TOP_NEURONS, ind_max
+    )
+    for kinds, (pairs, pair_neurons, pair_means) in (
+        ((Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS), directed),
+        ((Kind.CONFUSIONS, Kind.CONFUSION_TOP_NEURONS, Kind.CONFUSION_TOP_MEANS), either),
+    ):
+        arrays[kinds[0]] = pairs.astype(np.int32)
+        arrays[kinds[1]] = pair_neurons.astype(np.int32)
+        arrays[kinds[2]] = pair_means.astype(np.float32)
+    return arrays
+
+
+def non_finite_count(acts: np.ndarray) -> int:
+    """How many of ``acts`` are NaN or infinite (counted in blocks: a full boolean mask
+    would be half the matrix again)."""
+    rows = torch.from_numpy(np.ascontiguousarray(acts))
+    return sum(int((~torch.isfinite(rows[i : i + 4096])).sum()) for i in range(0, len(rows), 4096))
+
+
+def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.numpy()
