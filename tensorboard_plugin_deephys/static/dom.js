@@ -118,6 +118,15 @@ export function className(names, index) {
 }
 
 /**
+ * A dataset's role as the tab writes it: "InD" (the in-distribution set) or "OOD".
+ * @param {string} role 'ind' or 'ood', as the routes give it
+ * @returns {string}
+ */
+export function roleLabel(role) {
+  return role === 'ind' ? 'InD' : 'OOD';
+}
+
+/**
  * A notice of the runs that hold Deephys data but cannot be shown, each with its cause;
  * an empty placeholder when there are none (so it can be replaced in place).
  * @param {Array<{run: string, error: string}>} unavailable

@@ -16,55 +16,11 @@
 // Where the top-level page cannot be reached (another origin, or the module opened
 // outside TensorBoard), the state lives in the iframe's own hash instead: back and
 // forward still work, bookmarks do not.
+//
+// The hash formats themselves (parsing and writing them) are state.js's.
 
 import {hostWindow, request} from './host_ipc.js';
-
-const PLUGIN = new URLSearchParams(window.location.search).get('name') || 'deephys';
-const PREFIX = `p.${PLUGIN}.`;
-
-function decode(text) {
-  try {
-    return decodeURIComponent(text);
-  } catch (_) {
-    return null; // malformed escape: not ours
-  }
-}
-
-/**
- * The plugin's keys of a TensorBoard hash, parsed as tf_storage's componentToDict
- * does: `&`-separated, a part without `=` is the dashboard, others `key=value`.
- */
-export function pluginData(hash) {
-  const data = {};
-  for (const part of hash.replace(/^#/, '').split('&')) {
-    const pair = part.split('=');
-    if (pair.length !== 2) continue;
-    const key = decode(pair[0]);
-    const value = decode(pair[1]);
-    if (key !== null && value !== null && key.startsWith(PREFIX)) data[key.slice(PREFIX.length)] = value;
-  }
-  return data;
-}
-
-/** The state kept in the iframe's own hash (`#view=neuron&run=...`). */
-function frameData(hash) {
-  return Object.fromEntries(new URLSearchParams(hash.replace(/^#/, '')));
-}
-
-/** `hash` with the plugin's keys replaced by `data` (other parts kept verbatim). */
-export function withPluginData(hash, data) {
-  const parts = hash.replace(/^#/, '').split('&').filter((part) => {
-    if (part === '') return false;
-    const pair = part.split('=');
-    const key = pair.length === 2 ? decode(pair[0]) : null;
-    return !(key && key.startsWith(PREFIX));
-  });
-  if (!parts.length || parts[0].includes('=')) parts.unshift(PLUGIN); // the dashboard comes first
-  for (const [key, value] of Object.entries(data)) {
-    parts.push(`${encodeURIComponent(PREFIX + key)}=${encodeURIComponent(value)}`);
-  }
-  return `#${parts.join('&')}`;
-}
+import {frameData, frameHash, pluginData, withPluginData} from './state.js';
 
 /**
  * The view state as a URL keeps it.
@@ -74,10 +30,17 @@ export function withPluginData(hash, data) {
  * the state of the history entry the user went back or forward to.
  */
 export class UrlState {
+  /** Reach TensorBoard's page where it can be reached, and learn the plugin's name. */
   constructor() {
     this.host = hostWindow();
+    /** @type {string} the plugin's name, as TensorBoard gave it to the iframe */
+    this.plugin = new URLSearchParams(window.location.search).get('name') || 'deephys';
   }
 
+  /**
+   * The state the page was opened with.
+   * @returns {Promise<Object<string, string>>}
+   */
   async read() {
     if (!this.host) return frameData(window.location.hash);
     // The plugin lib's getURLPluginData(), over the one channel to TensorBoard
@@ -88,13 +51,18 @@ export class UrlState {
     // TensorBoard 2.16 and later answer {} until the first hashchange: its
     // HashDeepLinker reads the hash before turning on hash mode (TensorBoard PR
     // #6401 swapped the order that PR #3811 had fixed), so read the hash itself.
-    return pluginData(this.host.location.hash);
+    return pluginData(this.host.location.hash, this.plugin);
   }
 
+  /**
+   * Record `data` as the state: a new history entry with `push`, else in place.
+   * @param {Object<string, string>} data
+   * @param {{push?: boolean}} [options]
+   */
   write(data, {push = false} = {}) {
     const target = this.host || window;
     const url = new URL(target.location.href);
-    const hash = this.host ? withPluginData(url.hash, data) : `#${new URLSearchParams(data)}`;
+    const hash = this.host ? withPluginData(url.hash, data, this.plugin) : frameHash(data);
     if (hash === url.hash) return;
     url.hash = hash;
     // Keep TensorBoard's history state (its routing namespace) on the new entry.
@@ -103,13 +71,17 @@ export class UrlState {
     else target.history.replaceState(state, '', url.href);
   }
 
+  /**
+   * Call back with the state of each history entry the user goes back or forward to.
+   * @param {(data: Object<string, string>) => void} callback
+   */
   onPop(callback) {
     const target = this.host || window;
     // The hash itself, not getURLPluginData(): popstate comes before the hashchange
     // on which TensorBoard refreshes the data that call answers with.
     target.addEventListener('popstate', () => {
       const hash = target.location.hash;
-      callback(this.host ? pluginData(hash) : frameData(hash));
+      callback(this.host ? pluginData(hash, this.plugin) : frameData(hash));
     });
   }
 }

@@ -1,6 +1,7 @@
 // The views of the Deephys tab, registered once: each view module declares its
 // name, its tab title, its part of the URL state, its loader and its renderer;
-// index.js knows views only through this list.
+// the tab knows views only through this list (the default view and the lookup by
+// name are state.js's: DEFAULT_VIEW, viewNamed).
 
 import {category} from './view_category.js';
 import {image} from './view_image.js';
@@ -10,8 +11,19 @@ import {overview} from './view_overview.js';
 /**
  * What a view needs from the tab: the shown run's entry, the state, the route
  * parameters every view shares, and the navigation between views.
- * @typedef {{info: object, state: object, where: {run: string, layer: string, step: number},
- *   run: string, navigate: object}} ViewContext
+ * @typedef {{info: import('./state.js').RunInfo, state: import('./state.js').TabState,
+ *   where: {run: string, layer: string, step: number}, run: string, navigate: Navigate}} ViewContext
+ */
+
+/**
+ * The click-through between views (index.js's `navigate`); the views also take it as
+ * `on`, whose members they check before calling.
+ * @typedef {object} Navigate
+ * @property {(neuron: number) => void} neuron open the neuron view on `neuron`
+ * @property {(dataset: string, index: number) => void} image open the image view on one image
+ * @property {(dataset: string, label: number, pred: number|null, either?: boolean) => void} category
+ *   open the category view on a category (`pred` null) or a confusion set
+ * @property {(page: number) => void} page show another page of the category view
  */
 
 /**
@@ -19,7 +31,7 @@ import {overview} from './view_overview.js';
  * @typedef {object} View
  * @property {string} name its key in the URL (`view=`) and its tab button's id (`view-NAME`)
  * @property {string} title its tab button's text
- * @property {(state: object) => Object<string, string>} encode its own URL keys from the state
+ * @property {(state: import('./state.js').TabState) => Object<string, string>} encode its own URL keys from the state
  * @property {(data: Object<string, string>) => object} decode the state it owns, from the URL's values
  * @property {(context: ViewContext) => Promise<any>} load fetch what it shows
  * @property {(data: any, context: ViewContext) => HTMLElement} render draw it
@@ -27,14 +39,3 @@ import {overview} from './view_overview.js';
 
 /** @type {Array<View>} in the order of the tab's buttons */
 export const VIEWS = [overview, neuron, image, category];
-
-export const DEFAULT_VIEW = 'neuron';
-
-/**
- * The view named `name`, or the default view.
- * @param {string} name
- * @returns {View}
- */
-export function viewNamed(name) {
-  return VIEWS.find((v) => v.name === name) || VIEWS.find((v) => v.name === DEFAULT_VIEW);
-}
