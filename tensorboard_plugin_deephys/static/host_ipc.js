@@ -16,7 +16,10 @@
 
 const TIMEOUT_MS = 300;
 
-/** TensorBoard's window when this iframe may read and write it, else null. */
+/**
+ * TensorBoard's window when this iframe may read and write it, else null.
+ * @returns {Window|null}
+ */
 export function hostWindow() {
   try {
     if (window.parent === window) return null;
@@ -27,16 +30,34 @@ export function hostWindow() {
   }
 }
 
-let channel = null; // {port, nextId, waits, listeners}
-// Whether the host ever spoke, and whether a request to it went unanswered: a host
-// that is reachable but deaf (not TensorBoard) is not waited for twice.
-let heard = false;
-let unanswered = false;
+/**
+ * The open channel to the host, one per page.
+ * @typedef {{port: MessagePort, nextId: number, waits: Map<number, (payload: unknown) => void>,
+ *   listeners: Map<string, Array<(payload: unknown) => void>>}} Channel
+ */
 
+/**
+ * This module's own state: the channel (null until first used), whether the host ever
+ * spoke, and whether a request to it went unanswered (a host that is reachable but
+ * deaf, not TensorBoard, is not waited for twice).
+ * @type {{channel: Channel|null, heard: boolean, unanswered: boolean}}
+ */
+const link = {channel: null, heard: false, unanswered: false};
+
+/**
+ * Post `message` to the host as the plugin lib does: a JSON string with every field.
+ * @param {MessagePort} port
+ * @param {{type: string, id: number, payload?: unknown, isReply: boolean}} message
+ */
 function send(port, message) {
   port.postMessage(JSON.stringify({payload: null, error: null, ...message}));
 }
 
+/**
+ * Take a message from the host: a reply to one of our requests, or a broadcast
+ * (answered at once, then handed to its listeners).
+ * @param {MessageEvent} event
+ */
 function onMessage(event) {
   let message = null;
   try {
@@ -45,7 +66,8 @@ function onMessage(event) {
     return;
   }
   if (!message || typeof message !== 'object') return;
-  heard = true;
+  link.heard = true;
+  const channel = link.channel;
   if (message.isReply) {
     const wait = channel.waits.get(message.id);
     if (!wait) return;
@@ -65,49 +87,59 @@ function onMessage(event) {
   }
 }
 
-/** The channel to the host, opened on first use; null without a reachable host. */
+/**
+ * The channel to the host, opened on first use; null without a reachable host.
+ * @returns {Channel|null}
+ */
 function connect() {
-  if (channel) return channel;
+  if (link.channel) return link.channel;
   const host = hostWindow();
   if (!host) return null;
   const {port1, port2} = new MessageChannel();
-  channel = {port: port1, nextId: 0, waits: new Map(), listeners: new Map()};
+  link.channel = {port: port1, nextId: 0, waits: new Map(), listeners: new Map()};
   port1.addEventListener('message', onMessage);
   port1.start();
   host.postMessage('experimental.bootstrap', '*', [port2]);
-  return channel;
+  return link.channel;
 }
 
 /**
  * Ask the host: resolves to its answer's payload, or null when there is no host,
  * the answer is an error, or none comes within `timeoutMs`.
+ * @param {string} type e.g. 'experimental.GetURLPluginData'
+ * @param {unknown} [payload]
+ * @param {{timeoutMs?: number}} [options]
+ * @returns {Promise<any>}
  */
 export function request(type, payload = null, {timeoutMs = TIMEOUT_MS} = {}) {
-  const link = connect();
-  if (!link || (unanswered && !heard)) return Promise.resolve(null);
+  const channel = connect();
+  if (!channel || (link.unanswered && !link.heard)) return Promise.resolve(null);
   return new Promise((resolve) => {
-    const id = link.nextId++;
+    const id = channel.nextId++;
     const timer = setTimeout(() => {
-      link.waits.delete(id);
-      unanswered = true;
+      channel.waits.delete(id);
+      link.unanswered = true;
       resolve(null);
     }, timeoutMs);
-    link.waits.set(id, (answer) => {
+    channel.waits.set(id, (answer) => {
       clearTimeout(timer);
       resolve(answer);
     });
-    send(link.port, {type, id, payload, isReply: false});
+    send(channel.port, {type, id, payload, isReply: false});
   });
 }
 
 /**
  * Call `callback(payload)` on each host broadcast of `type`. Returns whether there
  * is a host to listen to (outside TensorBoard nothing is ever broadcast).
+ * @param {string} type e.g. 'experimental.DataReloaded'
+ * @param {(payload: unknown) => void} callback
+ * @returns {boolean}
  */
 export function listen(type, callback) {
-  const link = connect();
-  if (!link) return false;
-  if (!link.listeners.has(type)) link.listeners.set(type, []);
-  link.listeners.get(type).push(callback);
+  const channel = connect();
+  if (!channel) return false;
+  if (!channel.listeners.has(type)) channel.listeners.set(type, []);
+  channel.listeners.get(type).push(callback);
   return true;
 }

@@ -2,8 +2,16 @@
 // URLs are relative: the plugin iframe's <base> is ".../data/plugin/deephys/",
 // so this works under any TensorBoard --path_prefix.
 
+/** A route's answer that is not OK, with the server's words as its message. */
 export class ApiError extends Error {}
 
+/**
+ * The JSON body of `url`; an ApiError with the route's `error` (or the HTTP status)
+ * when the answer is not OK.
+ * @param {string} url
+ * @param {RequestInit} [options]
+ * @returns {Promise<any>}
+ */
 async function fetchJSON(url, options = {}) {
   const response = await fetch(url, options);
   let body = null;
@@ -19,6 +27,11 @@ async function fetchJSON(url, options = {}) {
   return body;
 }
 
+/**
+ * `params` as a query string, leaving out those that are null, undefined or empty.
+ * @param {Object<string, unknown>} params
+ * @returns {string}
+ */
 function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {

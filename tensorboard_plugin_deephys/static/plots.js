@@ -65,7 +65,17 @@ const SCORES_OVER_TIME = [
 ];
 const SERIES_COLORS = 6; // style.css's --series-0 … --series-5, reused in turn
 
-/** The overview's mean scores across steps (also redrawn alone when steps arrive). */
+/**
+ * One OOD set's mean scores at every recorded step (the scores_over_time route's answer).
+ * @typedef {{dataset: string, points: Array<{step: number, epoch: number, novelty: number|null,
+ *   spurious: number|null, activation_ratio: number|null}>}} ScoreSeries
+ */
+
+/**
+ * The overview's mean scores across steps (also redrawn alone when steps arrive).
+ * @param {Array<ScoreSeries>} over one series per OOD set
+ * @returns {HTMLElement}
+ */
 export function scoresOverTime(over) {
   const box = el('div', {className: 'over-time'}, [el('h3', {text: 'Mean scores across steps'})]);
   const legend = el('ul', {className: 'legend', attrs: {'aria-label': 'OOD sets'}});
@@ -84,6 +94,11 @@ export function scoresOverTime(over) {
   return box;
 }
 
+/**
+ * The mean scores across steps as a table: one row per OOD set and step.
+ * @param {Array<ScoreSeries>} over
+ * @returns {HTMLElement}
+ */
 function scoresOverTimeTable(over) {
   const table = el('table', {className: 'table'});
   table.appendChild(el('tr', {}, ['OOD set', 'step', 'epoch', 'novelty', 'spurious', 'activation ratio']
@@ -100,7 +115,12 @@ function scoresOverTimeTable(over) {
   return table;
 }
 
-/** Round tick values (steps of 1, 2 or 5 times a power of ten) spanning ``values``. */
+/**
+ * Round tick values (steps of 1, 2 or 5 times a power of ten) spanning `values`.
+ * @param {Array<number>} values
+ * @param {number} [count] about how many steps between the ticks
+ * @returns {Array<number>}
+ */
 export function niceTicks(values, count = 4) {
   let low = values.length ? Math.min(...values) : 0;
   let high = values.length ? Math.max(...values) : 1;
@@ -117,13 +137,25 @@ export function niceTicks(values, count = 4) {
   return Array.from({length: last - first + 1}, (_, i) => (first + i) * step);
 }
 
-/** At most ``count`` items of ``items``, evenly spread, first and last included. */
+/**
+ * At most `count` items of `items`, evenly spread, first and last included.
+ * @template T
+ * @param {Array<T>} items
+ * @param {number} count
+ * @returns {Array<T>}
+ */
 function spread(items, count) {
   if (items.length <= count) return items;
   return Array.from({length: count}, (_, i) => items[Math.round((i * (items.length - 1)) / (count - 1))]);
 }
 
-/** One score against step, one line (and a dot per recorded step) per OOD set. */
+/**
+ * One score against step, one line (and a dot per recorded step) per OOD set.
+ * @param {{key: string, title: string, format: (v: number) => string, tick: (v: number) => string}} score
+ *   one of SCORES_OVER_TIME
+ * @param {Array<ScoreSeries>} over
+ * @returns {HTMLElement}
+ */
 function linePlot({key, title, format, tick}, over) {
   const width = 300;
   const height = 170;

@@ -11,10 +11,21 @@ import {imageTile} from './thumbnails.js';
 export const category = {
   name: 'category',
   title: 'Category',
+  /**
+   * The shown category as `LABEL:PRED:PAGE[:either]@DATASET` (PRED empty for a category).
+   * @param {import('./state.js').TabState} state
+   * @returns {Object<string, string>}
+   */
   encode(state) {
     const c = state.category;
     return c ? {category: `${c.label}:${c.pred ?? ''}:${c.page}${c.either ? ':either' : ''}@${c.dataset}`} : {};
   },
+  /**
+   * The category that the URL's `category` names, or null.
+   * @param {Object<string, string>} data
+   * @returns {{category: {label: number, pred: number|null, page: number, dataset: string,
+   *   either: boolean}|null}}
+   */
   decode(data) {
     const match = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?@(.*)$/s);
     return {category: match
@@ -23,10 +34,21 @@ export const category = {
         either: Boolean(match[4]) && match[2] !== '' && match[2] !== match[1]}
       : null};
   },
+  /**
+   * The shown category (class 0 of the InD set when none is chosen).
+   * @param {import('./views.js').ViewContext} context
+   * @returns {Promise<object>}
+   */
   load({where, state, info}) {
     const shown = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
     return model.getCategory({...where, ...shown});
   },
+  /**
+   * Draw the view.
+   * @param {object} data the category route's answer
+   * @param {import('./views.js').ViewContext} context
+   * @returns {HTMLElement}
+   */
   render: (data, {run, navigate, info}) => render(data, run, navigate, info.datasets),
 };
 
@@ -50,6 +72,10 @@ export function classFromText(text, names) {
 /**
  * Pick a dataset and a class (and optionally the class it is predicted as) by name,
  * with type-ahead over the run's class names.
+ * @param {{dataset: string, label: number, pred: number|null, class_names: Array<string>}} data
+ *   the shown category
+ * @param {Array<string>} datasets the run's datasets
+ * @param {Partial<import('./views.js').Navigate>} on
  * @returns {HTMLElement}
  */
 function categoryPicker(data, datasets, on) {
@@ -98,6 +124,10 @@ function categoryPicker(data, datasets, on) {
  * The false positives or false negatives of a category, most confident first.
  * @param {string} title
  * @param {{count: number, sorted_by: string, images: Array<object>}|undefined} errors
+ * @param {{dataset: string, step: number, class_names: Array<string>}} data the category route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {string} kind 'false-positives' or 'false-negatives'
  * @returns {HTMLElement|null}
  */
 function mistakes(title, errors, data, run, on, kind) {
@@ -117,6 +147,15 @@ function mistakes(title, errors, data, run, on, kind) {
   ]);
 }
 
+/**
+ * The category view: its picker, its title, the confusion set's direction, its most
+ * active neurons, a page of its images (with a pager), its false positives and negatives.
+ * @param {object} data the category route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {Array<string>} datasets the run's datasets
+ * @returns {HTMLElement}
+ */
 function render(data, run, on, datasets) {
   const names = data.class_names;
   const pair = data.pred !== null && data.pred !== undefined;
@@ -129,7 +168,9 @@ function render(data, run, on, datasets) {
   root.appendChild(el('h2', {text: `${what} in ${data.dataset} — ${data.num_images} images, step ${data.step}`}));
   if (pair && data.label !== data.pred && (data.either_available || data.either)) {
     const toggle = el('div', {className: 'direction', attrs: {role: 'group', 'aria-label': 'confusion set'}});
-    for (const [either, text] of [[false, `${a} → ${b} only`], [true, 'both directions (the paper\'s confusion set)']]) {
+    /** @type {Array<[boolean, string]>} */
+    const directions = [[false, `${a} → ${b} only`], [true, 'both directions (the paper\'s confusion set)']];
+    for (const [either, text] of directions) {
       const button = /** @type {HTMLButtonElement} */ (el('button', {text, attrs: {'data-either': either, 'aria-pressed': either === data.either}}));
       button.disabled = either === data.either;
       button.addEventListener('click', () => on.category && on.category(data.dataset, data.label, data.pred, either));

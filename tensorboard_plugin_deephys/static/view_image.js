@@ -2,7 +2,7 @@
 // active neurons, each with its top images (as many as Top k) in InD and in the
 // image's own set.
 
-import {activate, className, el, imageLegend, message, percent} from './dom.js';
+import {activate, className, el, imageLegend, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {imageTile, mapScale, thumbnailImage} from './thumbnails.js';
 
@@ -10,15 +10,36 @@ import {imageTile, mapScale, thumbnailImage} from './thumbnails.js';
 export const image = {
   name: 'image',
   title: 'Image',
+  /**
+   * The shown image as `INDEX@DATASET`.
+   * @param {import('./state.js').TabState} state
+   * @returns {Object<string, string>}
+   */
   encode: (state) => (state.image ? {image: `${state.image.index}@${state.image.dataset}`} : {}),
+  /**
+   * The image that the URL's `image` names, or null.
+   * @param {Object<string, string>} data
+   * @returns {{image: {index: number, dataset: string}|null}}
+   */
   decode(data) {
     const match = (data.image || '').match(/^(-?\d+)@(.*)$/s); // negative: answered in words
     return {image: match ? {index: Number(match[1]), dataset: match[2]} : null};
   },
+  /**
+   * The shown image (image 0 of the InD set when none is chosen), with Top k images per neuron.
+   * @param {import('./views.js').ViewContext} context
+   * @returns {Promise<object>}
+   */
   load({where, state, info}) {
     const shown = state.image || {dataset: info.ind, index: 0};
     return model.getImage({...where, ...shown, k: state.k});
   },
+  /**
+   * Draw the view.
+   * @param {object} data the image route's answer
+   * @param {import('./views.js').ViewContext} context
+   * @returns {HTMLElement}
+   */
   render: (data, {run, navigate, info}) => render(data, run, navigate, info.datasets),
 };
 
@@ -26,7 +47,7 @@ export const image = {
  * Pick any image by dataset and index.
  * @param {{dataset: string, index: number}} data
  * @param {Array<string>} datasets
- * @param {{image?: Function}} on
+ * @param {Partial<import('./views.js').Navigate>} on
  * @returns {HTMLElement}
  */
 function imagePicker(data, datasets, on) {
@@ -57,7 +78,7 @@ function imagePicker(data, datasets, on) {
  * @param {Array<string>} names
  * @param {number} label
  * @param {string} dataset
- * @param {{category?: Function}} on
+ * @param {Partial<import('./views.js').Navigate>} on
  * @param {{pred?: number|null, text?: string}} [options]
  * @returns {HTMLElement}
  */
@@ -73,6 +94,9 @@ function categoryLink(names, label, dataset, on, {pred = null, text} = {}) {
  * The model's top predictions for the image with their probabilities (softmax of
  * its outputs), or why they are not shown.
  * @param {Array<{label: number, probability: number}>|null|undefined} top
+ * @param {Array<string>} names the class names
+ * @param {{label: number, dataset: string}} data the image route's answer
+ * @param {Partial<import('./views.js').Navigate>} on
  * @returns {HTMLElement}
  */
 function topPredictions(top, names, data, on) {
@@ -90,11 +114,20 @@ function topPredictions(top, names, data, on) {
   return el('div', {className: 'predictions'}, [el('div', {className: 'facts-title', text: 'top predictions (probability)'}), list]);
 }
 
+/**
+ * The image view: its picker, the image with its label and prediction, its top
+ * predictions, and its most active neurons with their top images.
+ * @param {object} data the image route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {Array<string>} datasets the run's datasets
+ * @returns {HTMLElement}
+ */
 function render(data, run, on, datasets) {
   const names = data.class_names;
   const root = el('section', {className: 'image-view', attrs: {'data-dataset': data.dataset, 'data-index': data.index}});
   root.appendChild(imagePicker(data, datasets, on));
-  root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${data.role === 'ind' ? 'InD' : 'OOD'}) — step ${data.step}`}));
+  root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${roleLabel(data.role)}) — step ${data.step}`}));
   const correct = data.label === data.prediction;
   const prediction = el('div', {}, [el('span', {text: 'prediction: '}), categoryLink(names, data.prediction, data.dataset, on),
     el('span', {text: ` (${correct ? 'right' : 'wrong'}`})]);

@@ -1,7 +1,7 @@
 // The neuron view: one neuron's top images in every dataset side by side, with its
 // scores on each OOD set, its top categories, and where it never fires.
 
-import {activate, className, el, formatRaw, imageLegend, message, percent} from './dom.js';
+import {activate, className, el, formatRaw, imageLegend, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {activationHistogram} from './plots.js';
 import {imageTile, mapScale} from './thumbnails.js';
@@ -10,9 +10,28 @@ import {imageTile, mapScale} from './thumbnails.js';
 export const neuron = {
   name: 'neuron',
   title: 'Neuron',
-  encode: () => ({}), // the neuron and Top k are the controls' (every view keeps them)
+  /**
+   * Nothing of its own: the neuron and Top k are the controls' (every view keeps them).
+   * @returns {Object<string, string>}
+   */
+  encode: () => ({}),
+  /**
+   * Nothing of its own.
+   * @returns {object}
+   */
   decode: () => ({}),
+  /**
+   * The shown neuron with Top k images per dataset.
+   * @param {import('./views.js').ViewContext} context
+   * @returns {Promise<object>}
+   */
   load: ({where, state}) => model.getNeuron({...where, neuron: state.neuron, k: state.k}),
+  /**
+   * Draw the view.
+   * @param {object} data the neuron route's answer
+   * @param {import('./views.js').ViewContext} context
+   * @returns {HTMLElement}
+   */
   render: (data, {run, navigate, state}) => render(data, run, navigate, state.maps),
 };
 
@@ -22,7 +41,7 @@ export const neuron = {
  * @param {Array<{label: number, mean: number, normalized: number|null}>} categories
  * @param {string} dataset
  * @param {Array<string>} names
- * @param {{category?: Function}} on
+ * @param {Partial<import('./views.js').Navigate>} on
  * @returns {HTMLElement}
  */
 function topCategories(categories, dataset, names, on) {
@@ -43,6 +62,13 @@ function topCategories(categories, dataset, names, on) {
 /**
  * A few images as tiles, each with its normalized activation (raw where the neuron is
  * dead on InD).
+ * @param {Array<{index: number, label: number, prediction: number, activation: number,
+ *   normalized: number|null, map?: object}>} images
+ * @param {string} dataset the images' dataset
+ * @param {{step: number, class_names: Array<string>}} data the neuron route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {number} scale the activation a map draws fully opaque (thumbnails.js's mapScale)
  * @returns {HTMLElement}
  */
 function tiles(images, dataset, data, run, on, scale) {
@@ -60,6 +86,12 @@ function tiles(images, dataset, data, run, on, scale) {
 /**
  * The images at lower activations: the bottom k, and a few from each activation
  * band (as sparse-autoencoder feature dashboards show), each folded away.
+ * @param {{name: string, intervals?: Array<{low: number, high: number, images: Array<object>}>,
+ *   bottom_images?: Array<object>}} dataset one dataset of the neuron route's answer
+ * @param {{step: number, class_names: Array<string>}} data the neuron route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {number} scale the activation a map draws fully opaque
  * @returns {Array<HTMLElement>}
  */
 function beyondTheTop(dataset, data, run, on, scale) {
@@ -83,6 +115,15 @@ function beyondTheTop(dataset, data, run, on, scale) {
   return parts;
 }
 
+/**
+ * The neuron view: one column per dataset with its scores, its distribution, its
+ * top images and categories, and the images beyond the top.
+ * @param {object} data the neuron route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {boolean} [showMaps] whether "where neurons fire" is on (to say when the layer has no maps)
+ * @returns {HTMLElement}
+ */
 function render(data, run, on, showMaps = false) {
   const root = el('section', {className: 'neuron-view', attrs: {'data-neuron': data.neuron}});
   root.appendChild(
@@ -105,7 +146,7 @@ function render(data, run, on, showMaps = false) {
   const columns = el('div', {className: 'columns'});
   for (const dataset of data.datasets) {
     const header = el('header', {}, [
-      el('span', {className: `role ${dataset.role}`, text: dataset.role === 'ind' ? 'InD' : 'OOD'}),
+      el('span', {className: `role ${dataset.role}`, text: roleLabel(dataset.role)}),
       el('span', {className: 'name', text: dataset.name}),
     ]);
     if (dataset.max !== undefined) {

@@ -2,11 +2,16 @@
 // scores' headline numbers and densities and the OOD detection table; the mean
 // scores across steps; and the table of every neuron's scores.
 
-import {activate, className, el, formatRaw, message, percent} from './dom.js';
+import {activate, className, el, formatRaw, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {densityPlot, scoresOverTime} from './plots.js';
 
-/** The mean scores of every OOD set of the run at every step. */
+/**
+ * The mean scores of every OOD set of the run at every step (those that fail left out).
+ * @param {{run: string, layer: string}} where
+ * @param {import('./state.js').RunInfo} info the run's entry
+ * @returns {Promise<Array<import('./plots.js').ScoreSeries>>}
+ */
 export async function loadScoresOverTime({run, layer}, info) {
   const over = await Promise.all(
     info.datasets.filter((d) => d !== info.ind).map((dataset) =>
@@ -19,15 +24,41 @@ export async function loadScoresOverTime({run, layer}, info) {
 export const overview = {
   name: 'overview',
   title: 'Overview',
+  /**
+   * Nothing of its own.
+   * @returns {Object<string, string>}
+   */
   encode: () => ({}),
+  /**
+   * Nothing of its own.
+   * @returns {object}
+   */
   decode: () => ({}),
+  /**
+   * The summary of the shown step and the mean scores across steps.
+   * @param {import('./views.js').ViewContext} context
+   * @returns {Promise<{summary: object, over: Array<import('./plots.js').ScoreSeries>}>}
+   */
   async load({where, info}) {
     const [summary, over] = await Promise.all([model.getSummary(where), loadScoresOverTime(where, info)]);
     return {summary, over};
   },
+  /**
+   * Draw the view.
+   * @param {{summary: object, over: Array<import('./plots.js').ScoreSeries>}} data what load gave
+   * @param {import('./views.js').ViewContext} context
+   * @returns {HTMLElement}
+   */
   render: ({summary, over}, {navigate}) => render(summary, over, navigate),
 };
 
+/**
+ * The overview: a card per dataset, the mean scores across steps, the neuron table.
+ * @param {object} data the summary route's answer
+ * @param {Array<import('./plots.js').ScoreSeries>} over
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
 function render(data, over, on) {
   const root = el('section', {className: 'overview-view'});
   const stage = data.stage === 'test' || data.stage === 'validate' ? `, ${data.stage}` : '';
@@ -36,7 +67,7 @@ function render(data, over, on) {
   for (const dataset of data.datasets) {
     const card = el('div', {className: `card ${dataset.role}`, attrs: {'data-dataset': dataset.name}}, [
       el('header', {}, [
-        el('span', {className: `role ${dataset.role}`, text: dataset.role === 'ind' ? 'InD' : 'OOD'}),
+        el('span', {className: `role ${dataset.role}`, text: roleLabel(dataset.role)}),
         el('span', {className: 'name', text: dataset.name}),
         el('span', {className: 'accuracy', text: `accuracy ${percent(dataset.accuracy)}`}),
         el('span', {className: 'count', text: imageCount(dataset)}),
@@ -66,7 +97,11 @@ function render(data, over, on) {
   return root;
 }
 
-/** "N images", or "N of M images" when only part of the set was recorded. */
+/**
+ * "N images", or "N of M images" when only part of the set was recorded.
+ * @param {{num_images: number, dataset_size?: number|null}} dataset
+ * @returns {string}
+ */
 function imageCount(dataset) {
   const size = dataset.dataset_size;
   return size !== null && size !== undefined && size > dataset.num_images
@@ -77,7 +112,12 @@ const DETECTION_COLUMNS = [
   ['auroc', 'AUROC'], ['aupr_in', 'AUPR-In'], ['aupr_out', 'AUPR-Out'], ['fpr_at_95_tpr', 'FPR@95%TPR'],
 ];
 
-/** One OOD set's detection rows: how well each detector tells InD from it. */
+/**
+ * One OOD set's detection rows: how well each detector tells InD from it.
+ * @param {Array<{detector: string, layer: string|null, ind_images?: number, ood_images?: number,
+ *   auroc: number|null, aupr_in: number|null, aupr_out: number|null, fpr_at_95_tpr: number|null}>} rows
+ * @returns {HTMLElement}
+ */
 function detectionTable(rows) {
   const table = el('table', {className: 'table detection'});
   table.appendChild(el('tr', {}, [el('th', {text: 'detector'}), ...DETECTION_COLUMNS.map(([, t]) => el('th', {text: t}))]));
@@ -95,6 +135,14 @@ function detectionTable(rows) {
   ]);
 }
 
+/**
+ * A dataset's confusion matrix (folded away beyond 12 classes, not drawn beyond 60),
+ * each non-empty cell opening its confusion set.
+ * @param {{name: string, confusion: Array<Array<number>>}} dataset
+ * @param {Array<string>} names the class names
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
 function confusionTable(dataset, names, on) {
   const n = dataset.confusion.length;
   const wrapper = el('details', {className: 'confusion', attrs: n <= 12 ? {open: ''} : {}}, [
@@ -163,7 +211,13 @@ export function parseFilter(text, value, dead) {
   return {keep: null, error: `"${input}" is not understood. ${FILTER_HELP}`};
 }
 
-/** Every neuron's scores on every OOD set: sortable, filtered, in pages. */
+/**
+ * Every neuron's scores on every OOD set: sortable, filtered, in pages.
+ * @param {{num_neurons: number, dead?: Array<number>, datasets: Array<{name: string, role: string,
+ *   scores?: Object<string, Array<number|null>>}>}} data the summary route's answer
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
 function neuronTable(data, on) {
   const oods = data.datasets.filter((d) => d.role === 'ood');
   const dead = new Set(data.dead || []);
@@ -175,8 +229,8 @@ function neuronTable(data, on) {
     }
   }
   const box = el('div', {className: 'neuron-table'}, [el('h3', {text: 'Neurons'})]);
-  const filter = el('input', {attrs: {id: 'neuron-filter', type: 'search', placeholder: 'filter, e.g. >0.5 or 10-20',
-    'aria-describedby': 'neuron-filter-help'}});
+  const filter = /** @type {HTMLInputElement} */ (el('input', {attrs: {id: 'neuron-filter', type: 'search', placeholder: 'filter, e.g. >0.5 or 10-20',
+    'aria-describedby': 'neuron-filter-help'}}));
   const help = el('div', {className: 'filter-help', text: FILTER_HELP, attrs: {id: 'neuron-filter-help'}});
   const feedback = el('div', {className: 'filter-feedback', attrs: {role: 'status', 'aria-live': 'polite'}});
   const count = el('div', {className: 'table-count', attrs: {role: 'status'}});
@@ -234,8 +288,8 @@ function neuronTable(data, on) {
     table.replaceChildren(head, ...body);
     pager.replaceChildren();
     if (pages > 1) {
-      const prev = el('button', {text: 'previous', attrs: {'data-page': 'prev'}});
-      const next = el('button', {text: 'next', attrs: {'data-page': 'next'}});
+      const prev = /** @type {HTMLButtonElement} */ (el('button', {text: 'previous', attrs: {'data-page': 'prev'}}));
+      const next = /** @type {HTMLButtonElement} */ (el('button', {text: 'next', attrs: {'data-page': 'next'}}));
       prev.disabled = page === 0;
       next.disabled = page >= pages - 1;
       prev.addEventListener('click', () => {
