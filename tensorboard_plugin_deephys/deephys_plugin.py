@@ -34,6 +34,7 @@ from tensorboard_plugin_deephys.log.derived import NEURON_SCORES
 from tensorboard_plugin_deephys.log.metadata import PLUGIN_NAME, Detection, Record, scalar_tag
 from tensorboard_plugin_deephys.log.read_model import (
     Mistakes,
+    Neuron,
     StepData,
     TopCategories,
     TopImages,
@@ -229,13 +230,12 @@ class DeephysPlugin(base_plugin.TBPlugin):
         dataset also its maximum, whether it fires there, its top categories, its
         activation histogram, its lowest images and examples of each activation band."""
         data = self._step(ctx, experiment_id, run, step)
-        data.check_layer(layer)
-        data.check_neuron(layer, neuron)
+        picked = data.neuron(layer, neuron)  # checked once: below, its rows are read as they are
         k = data.record.top_k if k is None else min(k, data.record.top_k)
         datasets = []
         for dataset in data.record.datasets:
             maximum = data.maxima(layer, dataset)[neuron]
-            categories = data.top_categories(layer, dataset, neuron, _TOP_CATEGORIES)
+            categories = picked.top_categories(dataset, _TOP_CATEGORIES)
             entry = {
                 "name": dataset,
                 "role": data.role(dataset),
@@ -243,11 +243,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "max": _finite(maximum),
                 "fires": derived.fires(maximum),
                 "top_categories": None if categories is None else _category_list(categories),
-                "images": _image_list(
-                    data.top_images(layer, dataset, neuron, k),
-                    _neuron_maps(data, layer, dataset, neuron, k),
-                ),
-                **_beyond_the_top(data, layer, dataset, neuron, k),
+                "images": _image_list(picked.top_images(dataset, k), picked.top_maps(dataset, k)),
+                **_beyond_the_top(picked, dataset, k),
             }
             if dataset != data.record.ind:
                 per_neuron = data.scores(layer, dataset).per_neuron()
@@ -322,17 +319,18 @@ class DeephysPlugin(base_plugin.TBPlugin):
         sources = [data.record.ind] + ([dataset] if dataset != data.record.ind else [])
         top_neurons = [
             {
-                "neuron": neuron,
+                "neuron": picked.index,
                 "normalized": _finite(value),
                 "top_images": {
-                    source: _image_list(
-                        data.top_images(layer, source, neuron, k),
-                        _neuron_maps(data, layer, source, neuron, k),
-                    )
+                    source: _image_list(picked.top_images(source, k), picked.top_maps(source, k))
                     for source in sources
                 },
             }
-            for neuron, value in zip(top.neurons.tolist(), top.values.tolist(), strict=True)
+            for picked, value in zip(
+                (data.neuron(layer, neuron) for neuron in top.neurons.tolist()),
+                top.values.tolist(),
+                strict=True,
+            )
         ]
         return {
             **_header(data, layer),
@@ -560,7 +558,7 @@ def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str
     """The entries of top images; with ``maps`` (``[k', h, w]``, for the first ``k'``
     images: maps are kept for a neuron's first ``MAPPED_IMAGES`` top images), each of
     those with ``"map": {"shape": [h, w], "values": [h * w raw activations]}``."""
-    entries = [
+    entries: list[dict[str, Any]] = [
         {
             "index": int(index),
             "activation": _finite(activation),
@@ -582,15 +580,6 @@ def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str
         for entry, cells in zip(entries, maps.reshape(len(maps), -1), strict=False):
             entry["map"] = {"shape": shape, "values": _finite_list(cells)}
     return entries
-
-
-def _neuron_maps(
-    data: StepData, layer: str, dataset: str, neuron: int, k: int | None
-) -> np.ndarray | None:
-    """float16 ``[k, h, w]``: where ``neuron`` fires on its first ``k`` top images in
-    ``dataset``, or None where the step has no maps for them."""
-    maps = data.top_maps(layer, dataset)
-    return None if maps is None else maps[neuron, :k]
 
 
 def _prediction_list(top: TopPredictions | None) -> list[dict[str, Any]] | None:
@@ -645,18 +634,16 @@ def _category_list(top: TopCategories) -> list[dict[str, Any]]:
     ]
 
 
-def _beyond_the_top(
-    data: StepData, layer: str, dataset: str, neuron: int, k: int | None
-) -> dict[str, Any]:
+def _beyond_the_top(neuron: Neuron, dataset: str, k: int | None) -> dict[str, Any]:
     """A neuron route's dataset fields beyond its top images: the fraction of images it
     fires on, its histogram, its ``k`` lowest images and its interval examples; each
     None where the step lacks it (a log written before them)."""
-    fractions = data.fire_fraction(layer, dataset)
-    histogram = data.activation_histogram(layer, dataset, neuron)
-    bottom = data.bottom_images(layer, dataset, neuron, k)
-    intervals = data.intervals(layer, dataset, neuron)
+    fractions = neuron.data.fire_fraction(neuron.layer, dataset)
+    histogram = neuron.activation_histogram(dataset)
+    bottom = neuron.bottom_images(dataset, k)
+    intervals = neuron.intervals(dataset)
     return {
-        "fire_fraction": None if fractions is None else _finite(fractions[neuron]),
+        "fire_fraction": None if fractions is None else _finite(fractions[neuron.index]),
         "distribution": None
         if histogram is None
         else {"edges": _finite_list(histogram.edges), "counts": histogram.counts.tolist()},

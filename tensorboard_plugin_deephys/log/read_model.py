@@ -4,15 +4,15 @@ Every reader goes through :class:`StepData`: the plugin's routes and
 ``deephys_lightning.read_log``. It answers "the array of this kind for this layer
 and dataset", the record's metadata, the per-set scores and the small derived
 lists the views show, with the one implementation of each number in
-``tensorboard_plugin_deephys.log.derived``. Names are checked first, so a wrong layer, dataset or
-index
-is reported as what it is, with what exists. NumPy only (no torch, no Lightning).
+``tensorboard_plugin_deephys.log.derived``; :class:`Neuron` answers for one neuron.
+Names are checked first, so a wrong layer, dataset or index is reported as what it
+is, with what exists. NumPy, Pillow and TensorBoard's errors (no torch, no
+Lightning).
 
 Missing data raise ``tensorboard.errors.NotFoundError`` (a name that was not
 recorded: its subclass :class:`UnknownNameError`; an array that does not fit its
 record, checked by ``tensorboard_plugin_deephys.log.array_checks`` as it is read:
-:class:`DamagedDataError`);
-an index out of range raises
+:class:`DamagedDataError`); an index out of range raises
 ``tensorboard.errors.InvalidArgumentError`` (the routes answer 404 and 400).
 
 Example::
@@ -21,19 +21,23 @@ Example::
     data = StepData.open(reader, ctx, experiment_id, "version_0")    # latest step
     data.record.datasets                                  # InD first
     data.scores("backbone.fc1", "permuted").summary()     # headline numbers
-    data.top_images("backbone.fc1", "permuted", neuron=3, k=8).normalized
+    neuron = data.neuron("backbone.fc1", 3)               # the index checked once
+    neuron.top_images("permuted", k=8).normalized
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
 from tensorboard import errors
 
 from tensorboard_plugin_deephys.log import array_checks, derived, metadata
+from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.metadata import TOP_NEURONS, Detection, Kind, Record
 from tensorboard_plugin_deephys.log.records import DeephysReader
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
@@ -193,6 +197,14 @@ class StepData:
                 f"{_counted(count, 'neuron')} ({_span(count)})"
             )
 
+    def neuron(self, layer: str, neuron: int) -> Neuron:
+        """Neuron ``neuron`` of ``layer``, checked here once (:meth:`check_layer`,
+        :meth:`check_neuron`): what it answers reads its rows of this step's arrays
+        without checking the index again."""
+        self.check_layer(layer)
+        self.check_neuron(layer, neuron)
+        return Neuron(self, layer, neuron)
+
     def check_image(self, dataset: str, index: int, count: int | None = None) -> None:
         """``index`` must be one of the ``count`` (default: recorded) images of ``dataset``."""
         count = len(self.labels(dataset)) if count is None else count
@@ -229,7 +241,8 @@ class StepData:
     # -- stored arrays --------------------------------------------------------------
 
     def array(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> np.ndarray:
-        """The stored array of ``kind`` (for ``layer`` and ``dataset`` as it needs)."""
+        """The stored array of ``kind`` (for ``layer`` and ``dataset`` as it needs); the
+        JSON kinds are documents, not arrays (``DeephysReader.document``)."""
         key = (kind, layer, dataset)
         if key not in self._arrays:
             if layer is not None:
@@ -347,9 +360,9 @@ class StepData:
     def num_neurons(self, layer: str) -> int:
         return int(self.array(Kind.TOP_INDICES, layer, self.record.ind).shape[0])
 
-    def thumbnails(self, dataset: str) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a time
-        (``DeephysReader.thumbnails``); :meth:`thumbnail_encoded` and
+    def thumbnails(self, dataset: str) -> ThumbnailPack | ThumbnailFile:
+        """The uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a
+        time (``DeephysReader.thumbnails``); :meth:`thumbnail_encoded` and
         :meth:`thumbnail_array` read them with the errors said in words."""
         self.check_dataset(dataset)
         images = self._reader.thumbnails(
@@ -399,11 +412,19 @@ class StepData:
         """The OOD detection rows of ``ood`` (empty when none were recorded: detectors
         off, or a log written before them)."""
         self.check_ood(ood)
-        raw = self.optional_array(Kind.DETECTION, dataset=ood)
-        if raw is None:
+        try:
+            raw = self._reader.document(
+                self._ctx,
+                self._experiment_id,
+                self.run,
+                Kind.DETECTION,
+                step=self.step,
+                dataset=ood,
+            )
+        except errors.NotFoundError:  # the names are checked: the step lacks the rows
             return []
         try:
-            return Detection.list_from_json(raw.tobytes())
+            return Detection.list_from_json(raw)
         except ValueError as error:
             raise errors.NotFoundError(f"the detection rows of {ood!r}: {error}") from None
 
@@ -422,36 +443,18 @@ class StepData:
                 f"{error}"
             ) from None
 
+    # Per-neuron answers, each for one call: a request that reads several of one neuron
+    # takes :meth:`neuron` once and asks it.
+
     def top_images(self, layer: str, dataset: str, neuron: int, k: int | None = None) -> TopImages:
         """The ``k`` (default: all recorded) top images of ``neuron`` in ``dataset``."""
-        self.check_neuron(layer, neuron)
-        indices, values = self.top_image_arrays(layer, dataset)
-        return self._images(layer, dataset, neuron, indices[neuron, :k], values[neuron, :k])
-
-    def _images(
-        self, layer: str, dataset: str, neuron: int, indices: np.ndarray, values: np.ndarray
-    ) -> TopImages:
-        """Images ``indices`` of ``dataset`` with ``values``, their activations of ``neuron``."""
-        return TopImages(
-            indices=indices,
-            activations=values,
-            normalized=derived.normalize(values, self.ind_max(layer)[neuron]),
-            labels=self.labels(dataset)[indices],
-            predictions=self.predictions(dataset)[indices],
-        )
+        return self.neuron(layer, neuron).top_images(dataset, k)
 
     def bottom_images(
         self, layer: str, dataset: str, neuron: int, k: int | None = None
     ) -> TopImages | None:
-        """The ``k`` (default: all recorded) images of ``dataset`` on which ``neuron`` is
-        least active, lowest first, ties to the lower index; None where this step lacks
-        them (a log written before they were recorded)."""
-        self.check_neuron(layer, neuron)
-        indices = self.optional_array(Kind.BOTTOM_INDICES, layer, dataset)
-        values = self.optional_array(Kind.BOTTOM_VALUES, layer, dataset)
-        if indices is None or values is None:
-            return None
-        return self._images(layer, dataset, neuron, indices[neuron, :k], values[neuron, :k])
+        """:meth:`Neuron.bottom_images` of ``neuron``."""
+        return self.neuron(layer, neuron).bottom_images(dataset, k)
 
     def fire_fraction(self, layer: str, dataset: str) -> np.ndarray | None:
         """float32 ``[M]``: the fraction of the images of ``dataset`` on which each neuron
@@ -461,40 +464,12 @@ class StepData:
     def activation_histogram(
         self, layer: str, dataset: str, neuron: int
     ) -> ActivationHistogram | None:
-        """``neuron``'s histogram on ``dataset``, over the range of the layer's stored
-        ``histogram_range`` (one per neuron for every dataset: the InD set's), or None
-        where this step lacks them."""
-        self.check_neuron(layer, neuron)
-        counts = self.optional_array(Kind.ACTIVATION_COUNTS, layer, dataset)
-        value_range = self.optional_array(Kind.HISTOGRAM_RANGE, layer, self.record.ind)
-        if counts is None or value_range is None:
-            return None
-        edges = derived.histogram_edges(value_range[neuron], counts.shape[1])
-        return ActivationHistogram(edges=edges, counts=counts[neuron])
+        """:meth:`Neuron.activation_histogram` of ``neuron``."""
+        return self.neuron(layer, neuron).activation_histogram(dataset)
 
     def intervals(self, layer: str, dataset: str, neuron: int) -> list[Interval] | None:
-        """``neuron``'s activation bands on ``dataset``, highest first: equal widths over
-        ``(0, max]`` (``derived.interval_edges`` of the stored ``maxima``), each with its
-        stored examples. ``[]`` where the maximum is not a positive finite number (no
-        bands); None where this step lacks the examples."""
-        self.check_neuron(layer, neuron)
-        indices = self.optional_array(Kind.INTERVAL_INDICES, layer, dataset)
-        values = self.optional_array(Kind.INTERVAL_VALUES, layer, dataset)
-        if indices is None or values is None:
-            return None
-        bands = indices.shape[1]
-        edges = derived.interval_edges(self.maxima(layer, dataset)[neuron], bands)
-        if not np.isfinite(edges).all():
-            return []
-        found = []
-        for band in range(bands):  # highest first
-            shown = indices[neuron, band] >= 0
-            images = self._images(
-                layer, dataset, neuron, indices[neuron, band][shown], values[neuron, band][shown]
-            )
-            low, high = edges[bands - 1 - band], edges[bands - band]
-            found.append(Interval(low=float(low), high=float(high), images=images))
-        return found
+        """:meth:`Neuron.intervals` of ``neuron``."""
+        return self.neuron(layer, neuron).intervals(dataset)
 
     def top_maps(self, layer: str, dataset: str) -> np.ndarray | None:
         """float16 ``[M, k, h, w]``: where each neuron fires on each of its top images
@@ -506,22 +481,8 @@ class StepData:
     def top_categories(
         self, layer: str, dataset: str, neuron: int, n: int = 5
     ) -> TopCategories | None:
-        """The ``n`` classes on which ``neuron`` is most active on average in ``dataset``
-        (from the stored category means; classes without images, NaN there, are left
-        out), highest first, ties to the lower label. None where this step lacks the
-        category means."""
-        self.check_neuron(layer, neuron)
-        means = self.optional_array(Kind.CATEGORY_MEANS, layer, dataset)
-        if means is None:
-            return None
-        column = np.asarray(means[:, neuron], dtype=np.float32)
-        order = derived.descending_order(column)
-        labels = order[np.isfinite(column[order])][:n]
-        return TopCategories(
-            labels=labels,
-            means=column[labels],
-            normalized=derived.normalize(column[labels], self.ind_max(layer)[neuron]),
-        )
+        """:meth:`Neuron.top_categories` of ``neuron``."""
+        return self.neuron(layer, neuron).top_categories(dataset, n)
 
     def image_top_neurons(self, layer: str, dataset: str, index: int, n: int) -> TopNeurons:
         """Image ``index``'s ``n`` top neurons by normalized activation."""
@@ -631,6 +592,110 @@ class StepData:
         )
 
 
+class Neuron:
+    """One neuron of one layer at one step, its index checked once, by
+    :meth:`StepData.neuron` (make it there, not directly).
+
+    Its answers index the step's per-neuron arrays (``[M, ...]`` rows, the category
+    means' ``[C, M]`` columns) with ``index`` unchecked, and so may a caller: each of
+    those arrays was checked, as it was read, to have an entry for each of the layer's
+    neurons (``tensorboard_plugin_deephys.log.array_checks``). A neuron answer reads a
+    dozen of them for every dataset; the index is checked once, not for each.
+    """
+
+    def __init__(self, data: StepData, layer: str, index: int) -> None:
+        self.data = data
+        self.layer = layer
+        self.index = index
+
+    def top_images(self, dataset: str, k: int | None = None) -> TopImages:
+        """Its ``k`` (default: all recorded) top images in ``dataset``."""
+        indices, values = self.data.top_image_arrays(self.layer, dataset)
+        return self._images(dataset, indices[self.index, :k], values[self.index, :k])
+
+    def top_maps(self, dataset: str, k: int | None = None) -> np.ndarray | None:
+        """float16 ``[k', h, w]``: where it fires on its first ``k`` top images in
+        ``dataset`` (maps are kept for its first ``MAPPED_IMAGES`` only), or None where
+        the step has no maps for them (:meth:`StepData.top_maps`)."""
+        maps = self.data.top_maps(self.layer, dataset)
+        return None if maps is None else maps[self.index, :k]
+
+    def bottom_images(self, dataset: str, k: int | None = None) -> TopImages | None:
+        """The ``k`` (default: all recorded) images of ``dataset`` on which it is least
+        active, lowest first, ties to the lower index; None where the step lacks them
+        (a log written before they were recorded)."""
+        indices = self.data.optional_array(Kind.BOTTOM_INDICES, self.layer, dataset)
+        values = self.data.optional_array(Kind.BOTTOM_VALUES, self.layer, dataset)
+        if indices is None or values is None:
+            return None
+        return self._images(dataset, indices[self.index, :k], values[self.index, :k])
+
+    def activation_histogram(self, dataset: str) -> ActivationHistogram | None:
+        """Its histogram on ``dataset``, over the range of the layer's stored
+        ``histogram_range`` (one per neuron for every dataset: the InD set's), or None
+        where the step lacks them."""
+        data = self.data
+        counts = data.optional_array(Kind.ACTIVATION_COUNTS, self.layer, dataset)
+        value_range = data.optional_array(Kind.HISTOGRAM_RANGE, self.layer, data.record.ind)
+        if counts is None or value_range is None:
+            return None
+        edges = derived.histogram_edges(value_range[self.index], counts.shape[1])
+        return ActivationHistogram(edges=edges, counts=counts[self.index])
+
+    def intervals(self, dataset: str) -> list[Interval] | None:
+        """Its activation bands on ``dataset``, highest first: equal widths over
+        ``(0, max]`` (``derived.interval_edges`` of the stored ``maxima``), each with its
+        stored examples. ``[]`` where the maximum is not a positive finite number (no
+        bands); None where the step lacks the examples."""
+        indices = self.data.optional_array(Kind.INTERVAL_INDICES, self.layer, dataset)
+        values = self.data.optional_array(Kind.INTERVAL_VALUES, self.layer, dataset)
+        if indices is None or values is None:
+            return None
+        bands = indices.shape[1]
+        edges = derived.interval_edges(self.data.maxima(self.layer, dataset)[self.index], bands)
+        if not np.isfinite(edges).all():
+            return []
+        found = []
+        for band in range(bands):  # highest first
+            row, band_values = indices[self.index, band], values[self.index, band]
+            shown = row >= 0
+            images = self._images(dataset, row[shown], band_values[shown])
+            low, high = edges[bands - 1 - band], edges[bands - band]
+            found.append(Interval(low=float(low), high=float(high), images=images))
+        return found
+
+    def top_categories(self, dataset: str, n: int = 5) -> TopCategories | None:
+        """The ``n`` classes on which it is most active on average in ``dataset`` (from
+        the stored category means; classes without images, NaN there, are left out),
+        highest first, ties to the lower label. None where the step lacks the category
+        means."""
+        means = self.data.optional_array(Kind.CATEGORY_MEANS, self.layer, dataset)
+        if means is None:
+            return None
+        column = np.asarray(means[:, self.index], dtype=np.float32)
+        order = derived.descending_order(column)
+        labels = order[np.isfinite(column[order])][:n]
+        return TopCategories(
+            labels=labels,
+            means=column[labels],
+            normalized=derived.normalize(column[labels], self._ind_max()),
+        )
+
+    def _ind_max(self) -> np.ndarray:
+        """Its InD maximum, as stored (:meth:`StepData.ind_max`)."""
+        return self.data.ind_max(self.layer)[self.index]
+
+    def _images(self, dataset: str, indices: np.ndarray, values: np.ndarray) -> TopImages:
+        """Images ``indices`` of ``dataset`` with ``values``, their activations of it."""
+        return TopImages(
+            indices=indices,
+            activations=values,
+            normalized=derived.normalize(values, self._ind_max()),
+            labels=self.data.labels(dataset)[indices],
+            predictions=self.data.predictions(dataset)[indices],
+        )
+
+
 def _counted(count: int, noun: str, plural: str | None = None) -> str:
     """``"50 neurons"``, ``"1 neuron"``."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
@@ -642,7 +707,11 @@ def _span(count: int) -> str:
     return "none" if count <= 0 else "0" if count == 1 else f"0\u2013{count - 1}"
 
 
-def _read_thumbnails(dataset: str, read, images):
+_Images = TypeVar("_Images")
+_Read = TypeVar("_Read")
+
+
+def _read_thumbnails(dataset: str, read: Callable[[_Images], _Read], images: _Images) -> _Read:
     """``read(images)``; a thumbnail file that changed on disk since it was opened (deleted,
     truncated, replaced by another) becomes a ``NotFoundError`` that says so."""
     try:

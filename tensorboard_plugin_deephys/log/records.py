@@ -1,12 +1,11 @@
 """Read Deephys data through a TensorBoard data provider.
 
 The storage side of reading: which runs and tags hold Deephys data, their records,
-and one array at one step, decoded and kept in a bounded cache. It works on any
-``tensorboard.data.provider.DataProvider``: the Python multiplexer
+and one array (or JSON document) at one step, decoded and kept in a bounded cache.
+It works on any ``tensorboard.data.provider.DataProvider``: the Python multiplexer
 (``--load_fast=false``) and the Rust data server (``--load_fast=true``). Views and
-``read_log`` do not call it directly: they read through
-``tensorboard_plugin_deephys.log.read_model``,
-which sits on top of it.
+``read_log`` list runs and records here, and read a step's arrays through
+``tensorboard_plugin_deephys.log.read_model``, which sits on top of it.
 
 Example::
 
@@ -20,9 +19,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from tensorboard import errors
@@ -30,6 +30,7 @@ from tensorboard.data import provider
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from tensorboard_plugin_deephys.log import assets, storage
+from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
 from tensorboard_plugin_deephys.log.metadata import (
     BLOB_KINDS,
@@ -44,6 +45,7 @@ from tensorboard_plugin_deephys.log.metadata import (
     parse_plugin_content,
 )
 from tensorboard_plugin_deephys.log.run_dirs import RunDirectories
+from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
 # Ask the provider for every datum it kept (it has sampled already on load).
 _ALL_SAMPLES = 1_000_000
@@ -190,13 +192,14 @@ class DeephysReader:
         for datum in self._blob_data(ctx, experiment_id, run, tag):
             record = self._cache.get_or_compute(
                 ("record", experiment_id, run, tuple(ref.blob_key for ref in datum.values)),
-                lambda datum=datum: Record.from_json(
-                    b"".join(self._read_blob(ctx, run, ref) for ref in datum.values)
-                ),
+                functools.partial(self._parse_record, ctx, run, datum.values),
             )
             if record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
                 latest[record.step] = (datum.wall_time, record)
         return [latest[step][1] for step in sorted(latest)]
+
+    def _parse_record(self, ctx, run: str, refs: Sequence[provider.BlobReference]) -> Record | None:
+        return Record.from_json(b"".join(self._read_blob(ctx, run, ref) for ref in refs))
 
     def record(self, ctx, experiment_id: str, run: str, step: int | None = None) -> Record:
         """The record at ``step``, or the latest one when ``step`` is None."""
@@ -253,12 +256,52 @@ class DeephysReader:
         layer: str | None = None,
         dataset: str | None = None,
     ) -> np.ndarray:
-        """One array at ``step``.
+        """One array at ``step`` (the JSON kinds are documents: :meth:`document`)."""
+        kind = Kind(kind)
+        if kind in JSON_KINDS:
+            raise ValueError(
+                f"{kind.value} is a JSON document, not an array: read it with document()"
+            )
+        tag = self._tag(ctx, experiment_id, run, kind, layer, dataset)
+        key = (experiment_id, run, tag, step)
+        return self._cache.get_or_compute(
+            key, lambda: self._load_array(ctx, experiment_id, run, tag, kind, step)
+        )
+
+    def document(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        kind: Kind,
+        *,
+        step: int,
+        layer: str | None = None,
+        dataset: str | None = None,
+    ) -> bytes:
+        """The JSON document (``metadata.JSON_KINDS``: a thumbnail reference, detection
+        rows) of ``kind`` at ``step``, as the bytes written.
 
         Thumbnails are written once per dataset, so for them the latest write at or
         before ``step`` is returned (or the first one, for older steps).
         """
         kind = Kind(kind)
+        if kind not in JSON_KINDS:
+            raise ValueError(f"{kind.value} is an array, not a JSON document: read it with array()")
+        tag = self._tag(ctx, experiment_id, run, kind, layer, dataset)
+        key = ("document", experiment_id, run, tag, step)
+        return self._cache.get_or_compute(
+            key,
+            lambda: b"".join(
+                self._read_blob(ctx, run, ref)
+                for ref in self._datum(ctx, experiment_id, run, tag, kind, step).values
+            ),
+        )
+
+    def _tag(
+        self, ctx, experiment_id: str, run: str, kind: Kind, layer: str | None, dataset: str | None
+    ) -> str:
+        """The tag of ``kind`` for ``layer`` and ``dataset`` in ``run``."""
         tag = self.run_index(ctx, experiment_id, run).tag(kind, layer, dataset)
         if tag is None:
             where = " and ".join(
@@ -267,23 +310,23 @@ class DeephysReader:
                 if name
             )
             raise errors.NotFoundError(f"run {run!r} has no {kind.value} for {where}")
-        key = (experiment_id, run, tag, step)
-        return self._cache.get_or_compute(
-            key, lambda: self._load(ctx, experiment_id, run, tag, kind, step)
-        )
+        return tag
 
     def remember(self, key: tuple, compute):
         """A small value derived from arrays (such as a check's verdict), kept in the
         shared cache under ``key`` so that it is computed once, not per request."""
         return self._cache.get_or_compute(("derived", *key), compute)
 
-    def thumbnails(self, ctx, experiment_id: str, run: str, dataset: str, step: int) -> np.ndarray:
-        """uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``, as a
-        ``tensorboard_plugin_deephys.log.thumbnail_pack.ThumbnailPack`` (or, for the raw files of
-        logs before
-        0.2, a ``tensorboard_plugin_deephys.log.assets.ThumbnailFile``): reading one image reads
-        its bytes."""
-        reference = self.array(ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset)
+    def thumbnails(
+        self, ctx, experiment_id: str, run: str, dataset: str, step: int
+    ) -> ThumbnailPack | ThumbnailFile:
+        """The uint8 ``[N, H, W, 3]`` thumbnails of ``dataset`` as of ``step``: a
+        ``ThumbnailPack`` (``tensorboard_plugin_deephys.log.thumbnail_pack``), or for the
+        raw ``.npy`` files of logs before 0.2 a ``ThumbnailFile``
+        (``tensorboard_plugin_deephys.log.assets``). Reading one image reads its bytes."""
+        reference = self.document(
+            ctx, experiment_id, run, Kind.THUMBNAILS, step=step, dataset=dataset
+        )
         try:
             run_dir = self._run_dirs.path(run)
         except LookupError as error:
@@ -291,7 +334,7 @@ class DeephysReader:
                 f"the thumbnails of {dataset!r} are files beside the events, and {error}"
             ) from None
         try:
-            relative = ThumbnailReference.from_json(reference.tobytes()).file
+            relative = ThumbnailReference.from_json(reference).file
         except ValueError as error:
             raise errors.NotFoundError(str(error)) from None
         path = asset_path(run_dir, relative)
@@ -311,7 +354,8 @@ class DeephysReader:
                 f"the thumbnails of {dataset!r} are unreadable: {type(error).__name__}: {error}"
             ) from None
 
-    def _load(self, ctx, experiment_id, run, tag, kind, step) -> np.ndarray:
+    def _datum(self, ctx, experiment_id: str, run: str, tag: str, kind: Kind, step: int):
+        """The datum of ``tag`` at ``step`` (for thumbnails: the latest at or before it)."""
         if kind in BLOB_KINDS:
             data = self._blob_data(ctx, experiment_id, run, tag)
         else:
@@ -324,10 +368,13 @@ class DeephysReader:
                 "--samples_per_plugin=deephys=0 to keep every step; or its event file "
                 "is damaged there: deephys-lightning scores LOGDIR says where)"
             )
-        if kind in JSON_KINDS:  # a JSON document (a thumbnail reference...): bytes as uint8
-            raw = b"".join(self._read_blob(ctx, run, v) for v in datum.values)
-            return np.frombuffer(raw, dtype=np.uint8)
-        if kind in BLOB_KINDS:
+        return datum
+
+    def _load_array(
+        self, ctx, experiment_id: str, run: str, tag: str, kind: Kind, step: int
+    ) -> np.ndarray:
+        datum = self._datum(ctx, experiment_id, run, tag, kind, step)
+        if kind in BLOB_KINDS:  # .npy chunks
             return decode_chunks([self._read_blob(ctx, run, v) for v in datum.values])
         return np.asarray(datum.numpy)
 
