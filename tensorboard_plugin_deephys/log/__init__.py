@@ -10,7 +10,8 @@ Modules, from the bottom up:
   fsspec URL): complete-or-absent writes, ranged reads;
 - ``metadata``: the schema (tag names, kinds, dtypes, the record document);
 - ``derived``: numbers derived from recorded arrays (scores, accuracy), one place each;
-- ``thumbnail_pack`` and ``assets``: the ``.thumbs`` packs beside the events;
+- ``thumbnail_pack`` and ``assets``: the ``.thumbs`` packs beside the events (and the
+  raw ``.npy`` thumbnails of logs before 0.2, still read);
 - ``array_checks``: what a well-formed array of each kind looks like;
 - ``run_dirs``, ``lru_cache``, ``records``: finding runs, a byte-bounded cache, and
   reading records through a TensorBoard data provider;

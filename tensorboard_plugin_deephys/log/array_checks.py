@@ -5,13 +5,12 @@ Rust loader) served although its checksum failed. Every array a view indexes wit
 another's values (top images index the labels, image top neurons index the
 neurons...) is checked here when it is read: its dtype kind, its shape against the
 record's sizes, and the range of its indices. A failed check names the kind, the
-dataset and what is wrong; ``tensorboard_plugin_deephys.log.read_model`` turns it into a 404 for
-that
-dataset and step only.
+dataset and what is wrong; ``tensorboard_plugin_deephys.log.read_model`` turns it into
+a 404 for that dataset and step only.
 
-The sizes are named as in ``tensorboard_plugin_deephys.log.metadata.Kind``'s comments: ``N`` images
-of the
-dataset, ``M`` neurons of the layer, ``C`` classes, ``any`` a free size (k, n, P).
+The sizes are named as in ``tensorboard_plugin_deephys.log.metadata.Kind``'s comments:
+``N`` images of the dataset, ``M`` neurons of the layer, ``C`` classes, ``any`` a free
+size (k, n, P).
 
 Example::
 

@@ -1,22 +1,28 @@
 """Plugin assets: bulk bytes kept beside the events, read lazily.
 
 Thumbnails are the one thing no view reads whole, and they are the largest part of
-a record (50,000 images of 64 x 64 are 586 MiB). Kept in the event file, TensorBoard
-would hold them all in memory. So they live, as TensorBoard's own projector keeps
-its sprites, under ``<run>/plugins/deephys/``: one ``.npy`` file per dataset and
-content, written once, that the plugin reads one image at a time with positioned
-reads, each checked against its CRC-32C (kept beside it in ``<name>.crc32c.npy``).
-Never a memory map: a file truncated underneath a map kills the reading process
-(SIGBUS); a :class:`ThumbnailFile` checks the file on every read instead.
-The event stream records only a small reference to the file. Names and paths are
-the log format's (``tensorboard_plugin_deephys.log.metadata``); this module only writes and opens
+a record (50,000 images of 64 x 64 are 586 MiB raw). Kept in the event file,
+TensorBoard would hold them all in memory. So they live, as TensorBoard's own
+projector keeps its sprites, under ``<run>/plugins/deephys/``: one ``.thumbs`` pack
+per dataset and content (``tensorboard_plugin_deephys.log.thumbnail_pack``: the
+images encoded as PNG or JPEG, with an index), written once by
+:func:`write_thumbnail_pack`, that the plugin reads one image at a time with ranged
+reads, each checked against its CRC-32C. The event stream records only a small
+reference to the file. Names and paths are the log format's
+(``tensorboard_plugin_deephys.log.metadata``); this module only writes and opens
 files.
+
+Logs written before 0.2 hold raw pixels instead: one ``.npy`` file per dataset and
+content, with the CRC-32C of each image in ``<name>.crc32c.npy`` beside it. They are
+still read (:class:`ThumbnailFile`, positioned reads, never a memory map: a file
+truncated underneath a map kills the reading process with SIGBUS), and
+:func:`write_thumbnails` still writes them (the tests and benchmarks make such logs).
 
 Example::
 
-    relative = write_thumbnails("logs/run", "ood", thumbs)   # uint8 [N, H, W, 3]
-    images = open_thumbnails("logs/run", relative)             # a ThumbnailFile
-    images[7]                                                   # one image, read now
+    relative = write_thumbnail_pack("logs/run", "ood", Thumbnails.of(thumbs), encode)
+    images = open_thumbnails("logs/run", relative)     # a ThumbnailPack
+    images[7]                                           # one image, read and decoded now
 """
 
 from __future__ import annotations
@@ -72,11 +78,12 @@ def write_thumbnail_pack(
     thumbnails: Thumbnails,
     encode: Callable[[np.ndarray], tuple[str, Sequence[bytes]]],
 ) -> str:
-    """Write ``thumbnails`` encoded, as one ``tensorboard_plugin_deephys.log.thumbnail_pack`` file
-    under
-    ``run_dir``; return its asset name. ``encode(pixels)`` gives the image format
-    ("png" or "jpeg") and each image's bytes; it is called only when the file is new
-    (content-addressed like :func:`write_thumbnails`). One write, complete or absent."""
+    """Write ``thumbnails`` encoded, as one ``.thumbs`` pack
+    (``tensorboard_plugin_deephys.log.thumbnail_pack``) under ``run_dir``; return its
+    asset name. ``encode(pixels)`` gives the image format ("png" or "jpeg") and each
+    image's bytes; it is called only when the file is new (the name holds the dataset
+    and the content digest, as for :func:`write_thumbnails`). One write, complete or
+    absent."""
     relative = thumbnail_asset_name(dataset, thumbnails.digest, PACK_SUFFIX)
     path = asset_path(run_dir, relative)
     if not storage.exists(path):
@@ -140,7 +147,7 @@ def remove_stale_temporaries(run_dir: str, older_than_s: float = 3600.0) -> list
     """Delete the temporary files that interrupted writes left under ``run_dir``'s asset
     folder (``*<pid>.tmp``, untouched for ``older_than_s``: a write in progress elsewhere
     is younger); return their paths."""
-    removed = []
+    removed: list[str] = []
     now = time.time()
     if storage.is_url(run_dir):  # object stores get whole objects: nothing is left over
         return removed
@@ -175,12 +182,11 @@ class ThumbnailFile:
     """The uint8 ``[N, H, W, 3]`` thumbnails of one ``.npy`` asset, read on demand.
 
     Indexing reads one image's bytes with one ranged read (``os.pread`` locally, a
-    ranged GET on object stores: ``tensorboard_plugin_deephys.log.storage``); ``numpy.asarray``
-    reads all.
-    Each read checks that the file and its checksums are still those whose header was
-    read (same inode, size and modification time; size and ETag on object stores),
-    and reads them again when they were
-    replaced; each image read is compared with its CRC-32C (files written before the
+    ranged GET on object stores: ``tensorboard_plugin_deephys.log.storage``);
+    ``numpy.asarray`` reads all. Each read checks that the file and its checksums are
+    still those whose header was read (same inode, size and modification time; size
+    and ETag on object stores), and reads them again when they were replaced; each
+    image read is compared with its CRC-32C (files written before the
     checksums existed are read unchecked). A file that is missing, truncated, not
     uint8 ``[N, H, W, 3]`` with images of at least one pixel, or whose pixels do not
     match raises ``ValueError`` (or ``FileNotFoundError``) with the path and the cause:
@@ -229,8 +235,10 @@ class ThumbnailFile:
                 f"{self.path} is damaged: {file_identity[1]} bytes where its header says "
                 f"{expected} (truncated or overwritten; write the thumbnails again)"
             )
-        shape = tuple(int(d) for d in shape)
-        header = _Header(identity, offset, shape, self._read_checksums(shape[0]))
+        count, height, width, channels = (int(d) for d in shape)  # four: checked above
+        header = _Header(
+            identity, offset, (count, height, width, channels), self._read_checksums(count)
+        )
         self._header = header
         return header
 

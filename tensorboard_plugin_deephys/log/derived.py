@@ -1,10 +1,10 @@
 """Numbers derived from recorded arrays: one implementation of each, NumPy only.
 
-The writer (``deephys_lightning.summary`` and the heavy kernels of
-``deephys_lightning.metrics``), the read model (``tensorboard_plugin_deephys.log.read_model``,
-behind
-``read_log`` and every route of the plugin) and the ``scores`` command call these
-functions, so a number means the same wherever it is shown. No torch, no Lightning:
+The writer (``deephys_lightning.writing`` and the heavy kernels of
+``deephys_lightning.metrics``), the read model
+(``tensorboard_plugin_deephys.log.read_model``, behind ``read_log`` and every route of
+the plugin) and the ``scores`` command call these functions, so a number means the
+same wherever it is shown. No torch, no Lightning:
 the TensorBoard plugin imports this module.
 
 Example::

@@ -3,9 +3,9 @@
 Plugin name, content version, kinds and tags; the record; how arrays become blob
 chunks; the asset files beside the events (thumbnails, their reference in the
 events) and the callback's resume state. Both sides import this module: the writer
-(``deephys_lightning.summary``, the callback) and the readers
-(``tensorboard_plugin_deephys.log.records``
-and ``tensorboard_plugin_deephys.log.read_model``, used by the TensorBoard plugin and by
+(``deephys_lightning.writing``, the callback) and the readers
+(``tensorboard_plugin_deephys.log.records`` and
+``tensorboard_plugin_deephys.log.read_model``, used by the TensorBoard plugin and by
 ``deephys_lightning.read_log``). It needs only NumPy and the protobufs TensorBoard
 ships. ``docs/data_format.md`` is its contract.
 
@@ -148,9 +148,9 @@ LAYER_KINDS = frozenset(
     }
 )
 # Per-neuron scores stored per layer for each OOD set, and the field of
-# ``tensorboard_plugin_deephys.log.derived.OODScores`` each holds (the normalized novelty is
-# derived from
-# the raw one and the InD maxima; the headline scalars are the keys of ``summary()``).
+# ``tensorboard_plugin_deephys.log.derived.OODScores`` each holds (the normalized novelty
+# is derived from the raw one and the InD maxima; the headline scalars are the keys of
+# ``summary()``).
 SCORE_KINDS = {
     Kind.NOVELTY_RAW: "novelty_raw",
     Kind.SPURIOUS: "spurious",
@@ -420,18 +420,18 @@ def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
 ASSET_ROOT = f"plugins/{PLUGIN_NAME}"  # below a run directory (a URL path on object stores)
 THUMBNAIL_DIR = "thumbnails"
 STATE_FILE = "state.json"
-PACK_SUFFIX = (
-    ".thumbs"  # encoded images with an index (tensorboard_plugin_deephys.log.thumbnail_pack)
-)
+# encoded images with an index (tensorboard_plugin_deephys.log.thumbnail_pack)
+PACK_SUFFIX = ".thumbs"
 NPY_SUFFIX = ".npy"  # raw uint8 [N, H, W, 3] pixels, as logs of earlier versions hold them
 _ASSET_NAME = re.compile(r"thumbnails/[A-Za-z0-9_.~%-]{1,300}\.(npy|thumbs)")
 
 
 def thumbnails_digest(shape: tuple[int, ...], checksums: np.ndarray) -> str:
     """The content digest of a thumbnail array (part of its file name): a hash of its
-    ``shape`` and of the CRC-32C of each image (``assets.image_checksums``, which are
-    written beside it anyway), so the pixels are read once, not twice. It tells
-    whether a dataset's thumbnails changed, not who made them."""
+    ``shape`` and of the CRC-32C of each image's pixels (``assets.image_checksums``,
+    computed once with it; the raw ``.npy`` files of logs before 0.2 keep them beside
+    the pixels), so the pixels are hashed once, not twice. It tells whether a
+    dataset's thumbnails changed, not who made them."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(str(tuple(int(n) for n in shape)).encode())
     digest.update(np.ascontiguousarray(checksums, dtype="<u4").data)
@@ -470,7 +470,8 @@ class ThumbnailReference:
     """What a ``thumbnails`` blob holds: the asset file of a dataset's images.
 
     ``file`` is an asset name (see :func:`thumbnail_asset_name`); ``count`` and
-    ``shape`` (``[H, W, 3]``) describe the uint8 ``[count, H, W, 3]`` array in it.
+    ``shape`` (``[H, W, 3]``) describe its images, uint8 ``[count, H, W, 3]`` once
+    read (decoded, for a ``.thumbs`` pack).
     """
 
     file: str

@@ -13,8 +13,9 @@ A thumbnail request is one ranged read whose bytes are served as they are. The f
 Opening reads the head (12 bytes per image: 600 KB for 50,000); each image is then
 one ranged read, checked against its CRC-32C. The writer (``DeephysCallback``) picks
 the format per dataset: PNG (lossless) where it is about as small as JPEG (drawn or
-synthetic images), else JPEG at quality 90 (photographs: about 1/7 of the raw
-pixels at 64 px); ``docs/data_format.md`` has the measurements.
+synthetic images) or where JPEG would blur the images (noise-like ones), else JPEG
+at quality 90 (photographs: about 1/7 of the raw pixels at 64 px);
+``docs/data_format.md`` has the measurements.
 
 Example::
 
