@@ -35,6 +35,7 @@ import os
 import struct
 import threading
 from collections.abc import Iterator
+from typing import IO
 
 from google.protobuf import message
 from tensorboard.backend.event_processing import (
@@ -94,27 +95,27 @@ class RecordScanner:
         # skipped unread, so a scan for a few small records stays light.
         self._only_with = only_with
         self._offset = 0
-        self._handle = None
+        self._handle: IO[bytes] | None = None
         self._size = 0
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self._handle is None:  # kept open across records; its size seen at opening
-            self._handle = storage.open_read(self.path)
-            self._size = _handle_size(self._handle)
+        handle = self._handle
+        if handle is None:  # kept open across records; its size seen at opening
+            handle = self._handle = storage.open_read(self.path)
+            self._size = _handle_size(handle)
         size = self._size
         while True:
-            record, next_offset = self._read_at(self._handle, self._offset, size)
-            if record is not None:
-                self._offset = next_offset
-                return record
+            record, next_offset = self._read_at(handle, self._offset, size)
             if next_offset is None:  # the end, or a record not complete yet
-                self._handle.close()
+                handle.close()
                 self._handle = None
                 raise StopIteration
             self._offset = next_offset
+            if record is not None:
+                return record
 
     def _read_at(self, handle, offset: int, size: int) -> tuple[bytes | None, int | None]:
         """(record, offset after it), (None, offset to go on from) after damage or a

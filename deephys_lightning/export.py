@@ -181,8 +181,8 @@ def write_test(
             for start in range(0, len(images), _BLOCK_IMAGES):
                 stop = min(start + _BLOCK_IMAGES, len(images))
                 filled = layout.fill(block[: stop - start], images[start:stop], vectors, start)
-                flat, size = memoryview(filled).cast("B"), layout.size
-                pieces = []
+                flat, size = filled.data.cast("B"), layout.size
+                pieces: list[bytes | memoryview] = []
                 for j, label in enumerate(labels[start:stop].tolist()):
                     head = image_head + cbor.uint(start + j) + per_class[label]
                     pieces += (head, flat[j * size : (j + 1) * size])

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -142,6 +142,10 @@ def dataset_statistics(
     return means.float().numpy(), maxima.numpy()
 
 
+# A kind of confusion sets: (pairs [P, 2], neurons [P, n], means [P, n]).
+ConfusionSets = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def confusion_top_neurons(
     activations: Any,
     labels: Any,
@@ -168,7 +172,7 @@ def confusion_sets_top_neurons(
     num_classes: int,
     n: int,
     ind_max: Any | None = None,
-) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+) -> tuple[ConfusionSets, ConfusionSets]:
     """The ``n`` most active neurons of every confusion set that has images, in one pass.
 
     Two kinds of sets: *directed*, the images of label ``a`` predicted as ``b`` (``a == b``
@@ -614,12 +618,13 @@ def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
         ``high = low + 1`` where that leaves no width (a neuron that is always 0, or
         constant, or never finite).
     """
-    low = high = None
+    low: torch.Tensor | None = None
+    high: torch.Tensor | None = None
     for activations in datasets:
         lows, highs = _finite_range(_matrix(activations, "activations"))
         low = lows if low is None else torch.minimum(low, lows)
         high = highs if high is None else torch.maximum(high, highs)
-    if low is None:
+    if low is None or high is None:
         raise ValueError("histogram_range needs the activations of at least one dataset")
     low = torch.clamp(low, max=0.0)
     high = torch.where(high > low, high, low + 1)
@@ -688,10 +693,9 @@ def neuron_distributions(
             (:func:`histogram_range`); the bins are
             ``tensorboard_plugin_deephys.log.derived.histogram_edges``.
         maxima: float32 ``[M]`` each neuron's maximum on this dataset (stored as
-            ``maxima``); its bands are ``tensorboard_plugin_deephys.log.derived.interval_edges``,
-            ``bands``
-            of equal width over ``(0, max]``, none where the maximum is not positive
-            and finite.
+            ``maxima``); its bands are
+            ``tensorboard_plugin_deephys.log.derived.interval_edges``, ``bands`` of equal
+            width over ``(0, max]``, none where the maximum is not positive and finite.
         k: bottom images per neuron (:func:`bottom_k`).
         bins: histogram bins.
         bands: activation bands.
@@ -818,7 +822,7 @@ class _SortedColumns:
         # values that are not NaN, finite or infinite: the first of them in the order
         self.finite_or_inf = self.count_below(np.full((self.rows, 1), _NAN_KEY))[:, 0]
 
-    def _search(self, keys: np.ndarray, side: str) -> np.ndarray:
+    def _search(self, keys: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
         keys = np.asarray(keys, dtype=np.int64).reshape(self.rows, -1)
         found = np.searchsorted(self._flat, keys + self._offsets * _KEYS, side=side)
         return found - self._offsets * self.n

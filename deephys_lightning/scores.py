@@ -85,6 +85,9 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                     except KeyError as error:  # a damaged log: keep every other row
                         _skipped(run, step, f"{layer}/{ood}", error)
                         continue
+                    # the counts among the headline numbers, as ScoreRow types them
+                    spurious_undefined = int(summary.pop("spurious_undefined"))
+                    dead_neurons = int(summary.pop("dead_neurons"))
                     rows.append(
                         ScoreRow(
                             run=run,
@@ -94,6 +97,8 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                             ood=ood,
                             accuracy=accuracy(labels, predictions),
                             stage=record.stage,
+                            spurious_undefined=spurious_undefined,
+                            dead_neurons=dead_neurons,
                             **summary,
                         )
                     )

@@ -9,17 +9,21 @@ Example::
     @json_route
     def _serve_neuron(self, request, ctx, experiment_id):
         return self.neuron_impl(ctx, experiment_id, **required_args(request, "run", "layer"),
-                                neuron=int_arg(request, "neuron", default=0))
+                                neuron=index_arg(request, "neuron", default=0))
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, overload
 
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from werkzeug import wrappers
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 # The largest index a route accepts (image, neuron, class, page: int32 arrays).
 MAX_INDEX = 2**31 - 1
@@ -32,22 +36,27 @@ def json_route(handler: Callable) -> Callable:
     instead of tracebacks."""
 
     @functools.wraps(handler)
-    @wrappers.Request.application
-    def route(self, request: wrappers.Request) -> wrappers.Response:
-        try:
-            result = handler(
-                self,
-                request,
-                plugin_util.context(request.environ),
-                plugin_util.experiment_id(request.environ),
-            )
-        except errors.PublicError as error:
-            return http_util.Respond(
-                request, {"error": str(error)}, "application/json", code=error.http_code
-            )
-        if isinstance(result, wrappers.Response):
-            return result
-        return http_util.Respond(request, result, "application/json")
+    def route(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # A WSGI method; Request.application (typed for a function of the request, not
+        # a method) makes the request and turns werkzeug's HTTP errors into answers.
+        @wrappers.Request.application
+        def respond(request: wrappers.Request) -> wrappers.Response:
+            try:
+                result = handler(
+                    self,
+                    request,
+                    plugin_util.context(request.environ),
+                    plugin_util.experiment_id(request.environ),
+                )
+            except errors.PublicError as error:
+                return http_util.Respond(
+                    request, {"error": str(error)}, "application/json", code=error.http_code
+                )
+            if isinstance(result, wrappers.Response):
+                return result
+            return http_util.Respond(request, result, "application/json")
+
+        return respond(environ, start_response)
 
     return route
 
@@ -63,6 +72,28 @@ def required_arg(request: wrappers.Request, name: str) -> str:
 def required_args(request: wrappers.Request, *names: str) -> dict[str, str]:
     """Several required parameters by name, e.g. ``**required_args(request, "run", "layer")``."""
     return {name: required_arg(request, name) for name in names}
+
+
+@overload
+def int_arg(
+    request: wrappers.Request,
+    name: str,
+    *,
+    default: int,
+    minimum: int | None = 0,
+    maximum: int | None = MAX_INDEX,
+) -> int: ...
+
+
+@overload
+def int_arg(
+    request: wrappers.Request,
+    name: str,
+    *,
+    default: None = None,
+    minimum: int | None = 0,
+    maximum: int | None = MAX_INDEX,
+) -> int | None: ...
 
 
 def int_arg(
@@ -93,6 +124,14 @@ def int_arg(
             bound = f"in [{minimum}, {maximum}]"
         raise errors.InvalidArgumentError(f"query parameter {name!r} must be {bound}, got {value}")
     return value
+
+
+@overload
+def index_arg(request: wrappers.Request, name: str, *, default: int) -> int: ...
+
+
+@overload
+def index_arg(request: wrappers.Request, name: str, *, default: None = None) -> int | None: ...
 
 
 def index_arg(request: wrappers.Request, name: str, *, default: int | None = None) -> int | None:
