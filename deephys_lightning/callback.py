@@ -378,7 +378,7 @@ class DeephysCallback(Callback):
             stage,
             self.stages,
             sanity_checking=trainer.sanity_checking,
-            fast_dev_run=trainer.fast_dev_run,
+            fast_dev_run=getattr(trainer, "fast_dev_run", False),
             record_fast_dev_run=self.record_fast_dev_run,
             epoch=trainer.current_epoch,
             every_n_epochs=self.every_n_epochs,

@@ -13,10 +13,10 @@ from deephys_lightning.event_files import RecordScanner
 
 def rewrite_events(run_dir, out_dir, change):
     """Copy the run ``run_dir`` to ``out_dir``, passing each event of its event files
-    (the logger's and the callback's own) through ``change`` (which returns the event, changed or not, or None to drop it;
-    an event may hold several values);
-    the framing of the new file is intact, as a loader that accepts bad records or
-    drops them would hand the events on."""
+    (the logger's and the callback's own) through ``change`` (which returns the event,
+    changed or not, or None to drop it; an event may hold several values); the framing
+    of the new files is intact, as a loader that accepts bad records or drops them
+    would hand the events on."""
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 

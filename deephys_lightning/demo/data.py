@@ -184,7 +184,7 @@ def generate_digits(
     theta[:, 0, 0], theta[:, 0, 1] = cos, -sin + shear
     theta[:, 1, 0], theta[:, 1, 1] = sin, cos
     theta[:, 0, 2], theta[:, 1, 2] = shift[0] / 20, shift[1] / 20
-    grid = F.affine_grid(theta, (n, 1, 40, 40), align_corners=False)
+    grid = F.affine_grid(theta, [n, 1, 40, 40], align_corners=False)
     warped = F.grid_sample(glyphs, grid, align_corners=False, padding_mode="zeros")
     # Crop the 40 px canvas to the central 34 px and resample to 28 px, like MNIST's
     # 20 px digit in a 28 px frame.

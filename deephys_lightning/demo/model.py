@@ -61,4 +61,4 @@ class DigitClassifier(L.LightningModule):
         self.log("val/acc", (logits.argmax(-1) == y).float().mean(), add_dataloader_idx=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=self.hparams["lr"])

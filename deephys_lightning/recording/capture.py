@@ -237,14 +237,15 @@ def to_thumbnails(
     if shape is None:
         shape = (height, width)
         if max(height, width) > size:
-            scale = size / max(height, width)
-            shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+            ratio = size / max(height, width)
+            shape = (max(1, round(height * ratio)), max(1, round(width * ratio)))
     if x.shape[0] == 0:
         return torch.empty((0, *shape, 3), dtype=torch.uint8, device=x.device)
     x = x.float()
     # Each image's pixels become (x - shift) * scale in 0..255: one fused pass after
     # the resize (fewer pixels), with the range taken from the image as given.
-    scale = shift = None  # integer images are 0..255 already
+    scale: torch.Tensor | None = None  # integer images are 0..255 already
+    shift: torch.Tensor | None = None
     if not integer:
         lo = x.amin(dim=(1, 2, 3), keepdim=True)  # torch.aminmax(dim=) is 10x slower here
         hi = x.amax(dim=(1, 2, 3), keepdim=True)
@@ -256,7 +257,7 @@ def to_thumbnails(
         x = F.interpolate(x, size=shape, mode="bilinear", antialias=antialias, align_corners=False)
     # Written straight into (B, h, w, 3) order: one pass, not a pass and a transpose.
     pixels = torch.empty((x.shape[0], *shape, 3), dtype=torch.float32, device=x.device)
-    if scale is None:
+    if scale is None or shift is None:
         pixels.permute(0, 3, 1, 2).copy_(x)
     else:
         torch.addcmul(-shift * scale, x, scale, out=pixels.permute(0, 3, 1, 2))

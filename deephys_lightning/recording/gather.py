@@ -34,7 +34,7 @@ from deephys_lightning.recording.rows import Rows
 from deephys_lightning.recording.spatial_maps import RunningTopMaps, TopMaps
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
-Broadcast = Callable[[object, int], object]
+Broadcast = Callable[[Any, int], Any]
 DEFAULT_CHUNK_BYTES = 256 * 1024**2
 
 

@@ -133,6 +133,7 @@ class EpochPlan:
                 f"{names[order[0]]!r} is empty; every score compares the other sets "
                 "with it. Give it images, or name another dataloader with ind=."
             )
+        given: GivenClassNames | None
         if class_names is not None:
             given = GivenClassNames(class_names, "DeephysCallback(class_names=...)")
         else:
@@ -303,7 +304,7 @@ def record_position(
         position = loaded_position
         if position is None and trainer.ckpt_path:
             try:
-                position = checkpoint_position(load_checkpoint_header(trainer.ckpt_path))
+                position = checkpoint_position(load_checkpoint_header(str(trainer.ckpt_path)))
             except Exception as error:  # any reader error: record at the trainer's step
                 rank_zero_warn(
                     f"DeephysCallback: could not read the step of checkpoint "

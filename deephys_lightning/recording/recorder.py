@@ -148,7 +148,7 @@ class EpochRecorder:
         self._new_batch()
         self._loader_idx = dataloader_idx
         hooked = self.plan is not None and bool(self._handles)  # between start and stop
-        mode = self.plan.mode if hooked else None
+        mode = self.plan.mode if self.plan is not None and hooked else None
         self._capturing = mode == "record" or (
             mode == "check" and dataloader_idx not in self._checked_loaders
         )
@@ -183,8 +183,9 @@ class EpochRecorder:
             rows = collectives.rows(local)
             if self.settings.thumbnails and collectives.decision(thumbnails_due(name, rows)):
                 thumbs = collectives.rows(local_thumbs)
-                if rows is not None and thumbs is not None:
-                    rows = rows.with_column(columns.THUMBS, thumbs.thumbs)
+                pixels = None if thumbs is None else thumbs.thumbs
+                if rows is not None and pixels is not None:
+                    rows = rows.with_column(columns.THUMBS, pixels)
             if rows is not None:
                 gathered[idx] = self._labelled_rows(name, rows)
             found = {
@@ -292,7 +293,7 @@ class EpochRecorder:
                 settings.thumbnail_size,
                 self._thumb_shapes.get(dataloader_idx),
             )
-            self._thumb_shapes.setdefault(dataloader_idx, tuple(thumbs.shape[1:3]))
+            self._thumb_shapes.setdefault(dataloader_idx, (thumbs.shape[1], thumbs.shape[2]))
             row[columns.THUMBS] = thumbs
             row[columns.FINGERPRINTS] = input_fingerprints(x)
         widths = [a.shape[-1] for a in acts.values()]
@@ -359,7 +360,7 @@ class EpochRecorder:
                 state = spatial_maps.RunningTopMaps.empty(
                     maps.shape[1],
                     min(self.settings.top_k, MAPPED_IMAGES),
-                    tuple(maps.shape[2:]),
+                    (maps.shape[2], maps.shape[3]),
                     maps.device,
                 )
                 self._top_maps[(dataloader_idx, layer)] = state

@@ -70,17 +70,19 @@ def pooled_maps(rectified: torch.Tensor, shape: tuple[int, int] | None = None) -
     :func:`map_shape`) on the output's device; tokens give ``h = 1``. In the output's
     dtype (a view of it where no pooling is needed): :class:`RunningTopMaps` turns
     only the maps it keeps into float16, not a whole batch's."""
-    shape = map_shape(rectified) if shape is None else tuple(shape)
+    if shape is None:
+        shape = map_shape(rectified)
+    height, width = shape
     if rectified.ndim == 4:
         maps = rectified
-        if tuple(maps.shape[2:]) != shape:
-            maps = F.adaptive_avg_pool2d(maps, shape)
+        if tuple(maps.shape[2:]) != (height, width):
+            maps = F.adaptive_avg_pool2d(maps, (height, width))
     else:
         tokens = rectified.transpose(1, 2)  # (B, C, T)
-        if shape[0] != 1:
+        if height != 1:
             raise ValueError(f"token maps are pooled to (1, t), not {shape}")
-        if tokens.shape[2] != shape[1]:
-            tokens = F.adaptive_avg_pool1d(tokens, shape[1])
+        if tokens.shape[2] != width:
+            tokens = F.adaptive_avg_pool1d(tokens, width)
         maps = tokens.unsqueeze(2)
     return maps
 
@@ -128,7 +130,8 @@ class RunningTopMaps:
         keys = torch.full((neurons, k), _EMPTY << 32, dtype=torch.int64, device=device)
         cells = math.prod(map_shape)
         maps = torch.zeros((neurons, k, cells), dtype=torch.float16, device=device)
-        return cls(keys, maps, tuple(map_shape))
+        height, width = map_shape
+        return cls(keys, maps, (height, width))
 
     @property
     def k(self) -> int:

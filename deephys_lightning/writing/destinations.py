@@ -30,9 +30,9 @@ def logger_dir(trainer: pl.Trainer) -> str | None:
     logger = tensorboard_logger(trainer)
     if logger is not None:
         return storage.normalize(logger.log_dir)
-    for logger in trainer.loggers:
+    for other in trainer.loggers:
         try:
-            log_dir = getattr(logger, "log_dir", None)
+            log_dir = getattr(other, "log_dir", None)
         except Exception:  # a logger whose directory is not known yet
             log_dir = None
         if isinstance(log_dir, str | os.PathLike) and os.fspath(log_dir):

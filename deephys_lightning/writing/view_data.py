@@ -66,16 +66,17 @@ class DatasetRecording:
     def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
         None without them and without logits."""
-        given = (self.top_classes, self.top_probabilities)
-        if given[0] is None and given[1] is None:
+        classes, probabilities = self.top_classes, self.top_probabilities
+        if classes is None and probabilities is None:
             if self.logits is None:
                 return None
             logits = torch.from_numpy(np.asarray(self.logits))
-            given = tuple(t.numpy() for t in capture.top_predictions(logits, TOP_PREDICTIONS))
-        if any(array is None for array in given):
+            top = capture.top_predictions(logits, TOP_PREDICTIONS)
+            classes, probabilities = top[0].numpy(), top[1].numpy()
+        if classes is None or probabilities is None:
             raise ValueError("top_classes and top_probabilities go together; got only one")
-        classes = np.asarray(given[0], dtype=np.int32)
-        probabilities = np.asarray(given[1], dtype=np.float32)
+        classes = np.asarray(classes, dtype=np.int32)
+        probabilities = np.asarray(probabilities, dtype=np.float32)
         if classes.ndim != 2 or classes.shape != probabilities.shape:
             raise ValueError(
                 f"top_classes {list(classes.shape)} and top_probabilities "
@@ -192,8 +193,9 @@ def record_view(
         if rec.thumbnails is not None:
             view.thumbnails[name] = Thumbnails.of(rec.thumbnails)
     if any(d in detection.LOGIT_DETECTORS for d in detectors):
-        logit_scores = {name: recordings[name].detector_scores() for name in record.datasets}
-        without = [name for name, scores in logit_scores.items() if scores is None]
+        found_scores = {name: recordings[name].detector_scores() for name in record.datasets}
+        logit_scores = {name: s for name, s in found_scores.items() if s is not None}
+        without = [name for name in record.datasets if name not in logit_scores]
         if without:
             raise ValueError(
                 f"the logit detectors in {list(detectors)} need logits or logit_scores for "

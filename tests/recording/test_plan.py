@@ -17,7 +17,9 @@ from deephys_lightning.recording.sampling import SamplingPlan
 
 def _plan(max_bytes, record_logits=None) -> EpochPlan:
     sampling = {0: SamplingPlan.for_rank(10, 1, 0, None)}
-    return EpochPlan("fit", "record", ["ind"], [0], sampling, None, (3, 0), max_bytes, record_logits)
+    return EpochPlan(
+        "fit", "record", ["ind"], [0], sampling, None, (3, 0), max_bytes, record_logits
+    )
 
 
 def test_one_rule_for_the_full_matrix_and_the_logits():
