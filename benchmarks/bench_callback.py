@@ -45,13 +45,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from deephys_lightning import DeephysCallback
+from deephys_lightning.writing.record_writer import RecordWriter
+
+
+class NoWrite(RecordWriter):
+    """A record writer that writes nothing."""
+
+    def write(self, trainer, plan, epoch) -> None:
+        self.thumbnail_policy.discard()
 
 
 class CaptureOnly(DeephysCallback):
     """The callback with its write step replaced by nothing: what capture alone costs."""
 
-    def _write_rank_zero(self, *args, **kwargs) -> None:
-        return None
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._writer = NoWrite(self._write_settings())
 
 
 class Classifier(L.LightningModule):

@@ -289,6 +289,7 @@ class DeephysCallback(Callback):
     ) -> None:
         self._recorder.discard()
         self._plan = None
+        self._writer.abandon()
 
     @override
     def on_load_checkpoint(
@@ -413,7 +414,8 @@ class DeephysCallback(Callback):
         self._recorder.start(plan, self._layer_modules, self._logits_module)
 
     def _epoch_end(self, trainer: pl.Trainer) -> None:
-        """Unhook; when recording, gather every process's rows and write the record."""
+        """Unhook; when recording, gather every process's rows and hand the record to
+        the writer thread (training goes on while it is written)."""
         plan, self._plan = self._plan, None
         if plan is None:
             return
@@ -422,6 +424,7 @@ class DeephysCallback(Callback):
         if plan.mode != "record":
             self._recorder.discard()
             return
+        self._writer.prepare(trainer, plan)  # the previous record, collected
         collectives = Collectives.of(trainer.strategy, trainer.world_size, self.gather_chunk_bytes)
         epoch = self._recorder.finish(
             collectives, lambda name, rows: self._writer.thumbnails_due(plan, name, rows)

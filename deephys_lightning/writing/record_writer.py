@@ -1,5 +1,11 @@
 """Rank zero's writer of records: destinations, log state, event sinks, failures.
 
+Training never waits for a record: :meth:`RecordWriter.write` hands the gathered
+epoch to a writer thread (``background.Background``, one record in flight) and
+returns; the next recorded epoch, ``teardown`` and ``on_exception`` collect it
+(:meth:`RecordWriter.wait`), so ``fit``, ``validate`` and ``test`` return with
+every record on disk. Failures are reported by the hook that collects them.
+
 A :class:`RecordWriter` decides where an epoch's record goes (the logger's run
 directory, a new ``version_N``, or a run of its own for an evaluation at a step the
 run holds), what that directory holds already (``LogState``), which thumbnails are
@@ -14,15 +20,18 @@ Example::
     writer = RecordWriter(WriteSettings(layers=("fc1",)))
     writer.setup(trainer)
     writer.begin(trainer, plan)                  # at the epoch's start
-    ...                                          # recording; writer.thumbnails_due(...)
-    writer.write(trainer, plan, epoch_rows)      # rank zero writes, others return
-    writer.close()
+    writer.prepare(trainer, plan)                # its end: the record in flight is collected
+    ...                                          # gathering; writer.thumbnails_due(...)
+    writer.write(trainer, plan, epoch_rows)      # rank zero hands it over, all return
+    writer.close()                               # teardown: waits for it
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +45,7 @@ from deephys_lightning.recording.plan import EpochPlan
 from deephys_lightning.recording.recorder import EpochRows
 from deephys_lightning.recording.rows import Rows
 from deephys_lightning.writing import destinations
+from deephys_lightning.writing.background import Background
 from deephys_lightning.writing.events import write_view
 from deephys_lightning.writing.log_state import LogState
 from deephys_lightning.writing.summaries import EventFileSink
@@ -83,6 +93,21 @@ class RecordWriter:
         self._warned: set[str] = set()
         self._destination = ""  # this epoch's log directory
         self._held: LogState | None = None  # what it holds (rank zero, with thumbnails)
+        self._background = Background()
+        self._in_flight: tuple[int, str] = (0, "")  # (step, directory) of the record
+        self._lock = threading.Lock()  # the log states, shared with the writer thread
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the lock and the writer thread (``ddp_spawn`` pickles callbacks):
+        a new process starts with its own."""
+        state = self.__dict__.copy()
+        del state["_lock"], state["_background"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._background = Background()
 
     # -- the callback's calls ----------------------------------------------------------
 
@@ -104,11 +129,15 @@ class RecordWriter:
             )
 
     def begin(self, trainer: pl.Trainer, plan: EpochPlan) -> None:
-        """An epoch of ``plan`` starts: find its destination (and, on rank zero, read
-        what it holds once, for the thumbnail decisions)."""
+        """An epoch of ``plan`` starts: find its destination."""
         self._destination = self._log_dir(trainer)
+
+    def prepare(self, trainer: pl.Trainer, plan: EpochPlan) -> None:
+        """A recorded epoch ends: collect the record in flight, then (rank zero) read
+        what the destination holds, once, for the thumbnail decisions."""
+        self.wait()
         self._held = None
-        if plan.mode == "record" and self.settings.thumbnails and trainer.global_rank == 0:
+        if self.settings.thumbnails and trainer.global_rank == 0:
             self._held = self.log_state(self._destination)
 
     def thumbnails_due(self, plan: EpochPlan, name: str, rows: Rows | None) -> bool:
@@ -117,40 +146,62 @@ class RecordWriter:
         return self.thumbnail_policy.due(name, fingerprints, self._held, plan.position[0])
 
     def write(self, trainer: pl.Trainer, plan: EpochPlan, epoch: EpochRows) -> None:
-        """Write the epoch's record on rank zero; a failure warns once per cause (or
-        raises with ``strict``), and training goes on."""
-        if not epoch.rows:
-            return
-        try:
-            if trainer.global_rank == 0 and self._write(plan, epoch):
-                # Only thumbnails that reached the log count as made: a failed or
-                # skipped write keeps them due at the next recorded epoch.
-                self.thumbnail_policy.written()
-        except MisconfigurationException:
-            raise
-        except Exception as error:  # the callback's own I/O must not end training
-            if self.settings.strict:
-                raise
-            self._warn_once(
-                _cause(error),
-                f"DeephysCallback: the record at step {plan.position[0]} could not be "
-                f"written to {self._destination} ({type(error).__name__}: {error}). "
-                "Training goes on without it; check that the log directory is writable and "
-                "has free space, or pass DeephysCallback(strict=True) to stop on such errors.",
-            )
-        finally:
+        """Hand the epoch's record to the writer thread (rank zero) and return."""
+        if not epoch.rows or trainer.global_rank != 0:
             self.thumbnail_policy.discard()
+            return
+        self._in_flight = (plan.position[0], self._destination)
+        self._background.submit(lambda: self._write(plan, epoch))
+
+    def wait(self) -> None:
+        """Collect the record in flight, if any: a failure warns once per cause (or
+        raises with ``strict``, and for a misconfiguration), and training goes on.
+        Only thumbnails that reached the log count as made: a failed or skipped write
+        keeps them due at the next recorded epoch."""
+        outcome = self._background.wait()
+        if outcome is None:
+            return
+        if outcome.error is None and outcome.value:
+            self.thumbnail_policy.written()
+            return
+        self.thumbnail_policy.discard()
+        error = outcome.error
+        if error is None:
+            return
+        if isinstance(error, MisconfigurationException) or self.settings.strict:
+            raise error
+        if not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt and the like
+        step, destination = self._in_flight
+        self._warn_once(
+            _cause(error),
+            f"DeephysCallback: the record at step {step} could not be written to "
+            f"{destination} ({type(error).__name__}: {error}). Training goes on without it; "
+            "check that the log directory is writable and has free space, or pass "
+            "DeephysCallback(strict=True) to stop on such errors.",
+        )
 
     def close(self) -> None:
-        """Close the event files of our own (a later record opens new ones)."""
-        for sink in self._sinks.values():
-            sink.close()
-        self._sinks = {}
+        """Wait for the record in flight, then close the event files of our own (a
+        later record opens new ones)."""
+        try:
+            self.wait()
+        finally:
+            for sink in self._sinks.values():
+                sink.close()
+            self._sinks = {}
+
+    def abandon(self) -> None:
+        """After an exception: wait for the record in flight and report its failure
+        as a warning only (the run has failed already)."""
+        try:
+            self.wait()
+        except Exception as error:
+            rank_zero_warn(f"DeephysCallback: the last record was not written ({error})")
 
     def log_state(self, log_dir: str) -> LogState:
         """What ``log_dir`` holds: this process's knowledge merged with the saved state
         and, once per directory and process, the steps its events hold."""
-        state = self.log_states.get(log_dir)
         on_disk = LogState.load(log_dir)
         if log_dir not in self._scanned:
             # state.json (and a checkpoint's copy) is a fast path: the steps the events
@@ -160,19 +211,22 @@ class RecordWriter:
             for path in assets.remove_stale_temporaries(log_dir):
                 rank_zero_info(f"DeephysCallback: removed {path}, left by an interrupted write")
             self._scanned.add(log_dir)
-        if state is None:
-            state = self.log_states[log_dir] = on_disk
-        else:
-            state.merge(on_disk)
+        with self._lock:
+            state = self.log_states.get(log_dir)
+            if state is None:
+                state = self.log_states[log_dir] = on_disk
+            else:
+                state.merge(on_disk)
         return state
 
     # -- rank zero's record ----------------------------------------------------------------
 
     def _write(self, plan: EpochPlan, epoch: EpochRows) -> bool:
-        """Write the epoch's record; True when it reached the log."""
+        """Write the epoch's record (on the writer thread); True when it reached the log."""
         settings = self.settings
+        started = time.perf_counter()
         step, epoch_number = plan.position
-        log_dir = self._destination
+        log_dir = self._in_flight[1]
         state = self.log_state(log_dir)
         holder = state.holder(step)
         if holder == "fit" and plan.stage == "fit":  # a resumed fit validating again
@@ -190,7 +244,7 @@ class RecordWriter:
             state = self.log_state(log_dir)
             held = f"a {holder} record at step {step}" if holder else f"steps up to {step}"
             rank_zero_info(
-                f"DeephysCallback: {self._destination} already holds {held}; this "
+                f"DeephysCallback: {self._in_flight[1]} already holds {held}; this "
                 f"{plan.stage} record goes to the run {log_dir}"
             )
         names, order = plan.names, plan.order
@@ -248,8 +302,15 @@ class RecordWriter:
             scalars=settings.scalars,
             histograms=settings.histograms,
         )
-        state.add(step, plan.stage)
-        state.thumbnails.update({name: t.digest for name, t in view.thumbnails.items()})
+        with self._lock:
+            state.add(step, plan.stage)
+            state.thumbnails.update({name: t.digest for name, t in view.thumbnails.items()})
+        images = sum(record.num_images.values())
+        rank_zero_info(
+            f"DeephysCallback: step {step} written to {log_dir} in "
+            f"{time.perf_counter() - started:.1f} s ({len(record.datasets)} sets, "
+            f"{images:,} images)"
+        )
         try:
             state.save()
         except OSError as error:  # the record is complete: only the fast path is lost
@@ -325,13 +386,17 @@ class RecordWriter:
     # -- resume ------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """What each directory written to holds, for a checkpoint."""
-        return {"written": {d: s.to_dict() for d, s in self.log_states.items()}}
+        """What each directory written to holds, for a checkpoint. A record still in
+        flight is not in it: its step is found in the events on resume."""
+        with self._lock:
+            return {"written": {d: s.to_dict() for d, s in self.log_states.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.log_states = {
-            d: LogState.from_dict(d, raw) for d, raw in state_dict.get("written", {}).items()
-        }
+        self.wait()
+        with self._lock:
+            self.log_states = {
+                d: LogState.from_dict(d, raw) for d, raw in state_dict.get("written", {}).items()
+            }
 
 
 def _cause(error: Exception) -> str:

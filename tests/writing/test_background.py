@@ -1,0 +1,169 @@
+"""Records written in the background: training goes on, fit returns with every record
+on disk, failures reach the next hook, a killed writer leaves a run that resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from lightning.pytorch.loggers import TensorBoardLogger
+from tiny_model import TinyNet, loader, random_set, trainer
+
+from deephys_lightning import DeephysCallback, read_log
+from deephys_lightning.writing import record_writer
+from deephys_lightning.writing.background import Background
+
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(TESTS)
+
+
+def test_one_job_at_a_time_and_its_error_handed_back():
+    background = Background()
+    started, release = threading.Event(), threading.Event()
+
+    def job():
+        started.set()
+        release.wait(10)
+        raise OSError("No space left on device")
+
+    background.submit(job)
+    assert started.wait(10) and background.busy
+    with pytest.raises(RuntimeError, match="in flight"):
+        background.submit(lambda: None)
+    release.set()
+    outcome = background.wait()
+    assert isinstance(outcome.error, OSError) and outcome.value is None
+    assert background.wait() is None and not background.busy
+
+
+class Gate(TinyNet):
+    """The first training step after the first record: waits until that record's
+    writing has begun, then says it ran (``stepped``)."""
+
+    writing = threading.Event()
+    stepped = threading.Event()
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1 and not self.stepped.is_set():
+            self.writing.wait(timeout=30)
+            self.stepped.set()
+        return super().training_step(batch, batch_idx)
+
+
+def test_training_goes_on_while_a_record_is_written(tmp_path, monkeypatch):
+    """The first record's writer waits for a training step of the next epoch: it comes
+    only if training goes on while the record is written (else a 30 s time-out)."""
+    computing, writing = record_writer.record_view, record_writer.write_view
+    waited = []
+
+    def begins(*args, **kwargs):
+        Gate.writing.set()
+        return computing(*args, **kwargs)
+
+    def after_a_training_step(*args, **kwargs):
+        if not waited:
+            waited.append(Gate.stepped.wait(timeout=30))
+        return writing(*args, **kwargs)
+
+    monkeypatch.setattr(record_writer, "record_view", begins)
+    monkeypatch.setattr(record_writer, "write_view", after_a_training_step)
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=2)
+    t.fit(Gate(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    assert waited == [True]  # the first record was written while the next epoch trained
+    assert read_log(t.logger.log_dir).steps == (3, 6)  # and fit returned with both
+
+
+def test_read_log_right_after_fit_sees_the_last_record(tmp_path, monkeypatch):
+    real = record_writer.write_view
+
+    def slow(*args, **kwargs):
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(record_writer, "write_view", slow)
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    assert read_log(t.logger.log_dir).steps == (3, 6, 9)
+    t.validate(TinyNet(), dataloaders=loader(random_set(5, 1)))
+    assert read_log(os.path.join(t.logger.log_dir, "validate_step9")).steps == (9,)
+
+
+def test_a_failure_in_the_background_is_reported_by_the_next_hook(tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(record_writer, "write_view", fails)
+    t = trainer(tmp_path, [DeephysCallback(layer="fc", strict=True)], max_epochs=3)
+    model = TinyNet()
+    with pytest.raises(OSError, match="No space left"):
+        t.fit(model, loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    assert t.current_epoch == 1  # raised when the second recorded epoch collected it
+
+
+KILLED_FIT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from tiny_model import TinyNet, loader, random_set, trainer
+    from deephys_lightning import DeephysCallback
+    from deephys_lightning.writing import record_writer
+
+    real, marker = record_writer.write_view, {marker!r}
+
+    def stalls_at_step_6(sink, view, **kwargs):
+        if view.record.step == 6:
+            open(marker, "w").close()
+            time.sleep(600)  # killed here, in the middle of the write
+        return real(sink, view, **kwargs)
+
+    record_writer.write_view = stalls_at_step_6
+    checkpoints = ModelCheckpoint({checkpoints!r}, save_top_k=-1, every_n_epochs=1)
+    t = trainer({root!r}, [DeephysCallback(layer="fc"), checkpoints], max_epochs=3,
+                enable_checkpointing=True)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    """
+)
+
+
+def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
+    marker, checkpoints = str(tmp_path / "writing"), str(tmp_path / "checkpoints")
+    script = KILLED_FIT.format(
+        tests=TESTS, marker=marker, checkpoints=checkpoints, root=str(tmp_path)
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 240
+        while not os.path.exists(marker) and process.poll() is None:
+            assert time.monotonic() < deadline, "the write at step 6 never started"
+            time.sleep(0.1)
+        assert process.poll() is None, "the fit ended before the write at step 6"
+        while not any("epoch=1" in name for name in _listed(checkpoints)):
+            assert time.monotonic() < deadline, "training did not go on during the write"
+            time.sleep(0.1)  # training goes on meanwhile: the checkpoint of epoch 1
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    run_dir = str(tmp_path / "tiny" / "version_0")
+    assert read_log(run_dir).steps == (3,)  # the record in flight is lost, no more
+    (last,) = [n for n in _listed(checkpoints) if "epoch=1" in n]  # after step 6's hand-over
+    same_run = TensorBoardLogger(str(tmp_path), name="tiny", version=0)
+    resumed = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=4, logger=same_run)
+    resumed.fit(
+        TinyNet(),
+        loader(random_set(12, 0)),
+        val_dataloaders=loader(random_set(5, 1)),
+        ckpt_path=os.path.join(checkpoints, last),
+    )
+    assert read_log(run_dir).steps == (3, 9, 12)  # no duplicate, none out of order
+
+
+def _listed(folder: str) -> list[str]:
+    return os.listdir(folder) if os.path.isdir(folder) else []
