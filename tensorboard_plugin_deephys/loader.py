@@ -35,6 +35,14 @@ class DeephysLoader(base_plugin.TBLoader):
             raise base_plugin.FlagsError(
                 f"--deephys_cache_mb must be >= 0, got {flags.deephys_cache_mb}"
             )
+        # DeephysCallback writes an event file of its own beside the logger's. Without
+        # --reload_multifile, TensorBoard's Python loader (--load_fast=false, and every
+        # s3:// logdir) follows only the newest file of a run, and a live run's training
+        # curves would stop updating once the callback's file appears. Left unset, it is
+        # turned on here; an explicit --reload_multifile=false is kept. The Rust loader
+        # reads every file of a run anyway.
+        if getattr(flags, "reload_multifile", False) is None:
+            flags.reload_multifile = True
 
     def load(self, context: base_plugin.TBContext):
         from tensorboard_plugin_deephys.deephys_plugin import DeephysPlugin

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import fault_tally
+import fault_tally  # tests/support is on the path (pyproject.toml: pythonpath)
 import pytest
 
 from deephys_lightning import read_log

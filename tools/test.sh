@@ -24,11 +24,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "== installing deephys-lightning[test] into $venv"
 "$venv/bin/python" -m pip install -q -e '.[test]' 2>&1 | grep -v "is ignored: it is neither" || true
-"$venv/bin/python" -c "import deephys_lightning, tensorboard_plugin_deephys.deephys_plugin, playwright" 
+"$venv/bin/python" -c "import deephys_lightning, tensorboard_plugin_deephys.deephys_plugin, playwright"
 
 echo "== ruff"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+
+echo "== mypy"
+"$venv/bin/mypy" deephys_lightning tensorboard_plugin_deephys
 
 echo "== pytest"
 set +e

@@ -19,8 +19,8 @@ from deephys_lightning import DeephysCallback, read_log
 from deephys_lightning.writing import record_writer
 from deephys_lightning.writing.background import Background
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT = os.path.dirname(TESTS)
+SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")
+ROOT = os.path.dirname(os.path.dirname(SUPPORT))
 
 
 def test_one_job_at_a_time_and_its_error_handed_back():
@@ -109,7 +109,7 @@ def test_a_failure_in_the_background_is_reported_by_the_next_hook(tmp_path, monk
 KILLED_FIT = textwrap.dedent(
     """
     import os, sys, time
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {support!r})
     from lightning.pytorch.callbacks import ModelCheckpoint
     from tiny_model import TinyNet, loader, random_set, trainer
     from deephys_lightning import DeephysCallback
@@ -135,7 +135,7 @@ KILLED_FIT = textwrap.dedent(
 def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
     marker, checkpoints = str(tmp_path / "writing"), str(tmp_path / "checkpoints")
     script = KILLED_FIT.format(
-        tests=TESTS, marker=marker, checkpoints=checkpoints, root=str(tmp_path)
+        support=SUPPORT, marker=marker, checkpoints=checkpoints, root=str(tmp_path)
     )
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     try:

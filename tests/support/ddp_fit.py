@@ -1,7 +1,7 @@
 """Fit TinyNet for two epochs with DeephysCallback on 1 or 2 CPU processes (DDP,
 gloo): the second recorded epoch takes the path where the thumbnails are not kept.
 
-    python tests/ddp_fit.py LOGDIR DEVICES
+    python tests/support/ddp_fit.py LOGDIR DEVICES
 
 Used by test_distributed.py (Lightning's "ddp" strategy runs this script again for
 the second process, so it must be a script).

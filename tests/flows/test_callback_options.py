@@ -7,15 +7,14 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from event_steps import thumbnail_steps
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from tensorboard.backend.event_processing import event_accumulator
 from tiny_model import TinyNet, loader, module_output, random_set, trainer
 from torch import nn
 from torch.utils.data import Dataset
 
 from deephys_lightning import DeephysCallback, metrics, read_log
-from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
 
 
 def _fit(tmp_path, callback, val, *, epochs=1, model=None, **kwargs):
@@ -143,48 +142,6 @@ def test_denormalize_and_thumbnail_size(tmp_path):
     assert log.thumbnails("dataset_0").shape == (3, 8, 20, 3)
 
 
-class _Mutable(Dataset):
-    def __init__(self, base):
-        self.x, self.y = base.tensors[0].clone(), base.tensors[1]
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-
-class _Change(L.Callback):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.current_epoch == 0 and not trainer.sanity_checking:
-            self.dataset.x = 1 - self.dataset.x  # new images from epoch 1 on
-
-
-def _thumbnail_steps(run_dir, dataset):
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    return [e.step for e in acc.Tensors(tag_name(Kind.THUMBNAILS, dataset=dataset))]
-
-
-def test_thumbnails_are_written_again_only_when_images_change(tmp_path):
-    changing = _Mutable(random_set(5, 1))
-    deephys = DeephysCallback(layer="fc")
-    t = trainer(tmp_path, [deephys, _Change(changing)], max_epochs=3)
-    t.fit(
-        TinyNet(),
-        loader(random_set(12, 0)),
-        val_dataloaders={"same": loader(random_set(4, 2)), "changing": loader(changing)},
-    )
-    log = read_log(t.logger.log_dir)
-    assert _thumbnail_steps(t.logger.log_dir, "same") == [3]
-    assert _thumbnail_steps(t.logger.log_dir, "changing") == [3, 6]
-    expected = ((1 - random_set(5, 1).tensors[0]).permute(0, 2, 3, 1) * 255).round()
-    np.testing.assert_array_equal(log.thumbnails("changing", 9), expected.to(torch.uint8).numpy())
-
-
 class _DataModule(L.LightningDataModule):
     class_names = ("zero", "one", "two")
 
@@ -257,7 +214,7 @@ def test_resuming_from_an_older_checkpoint_never_rewrites_a_step(tmp_path):
         )
     log = read_log(resumed.logger.log_dir)
     assert log.steps == (3, 6, 9, 12)  # 6 and 9 were not written again; 12 is new
-    assert _thumbnail_steps(resumed.logger.log_dir, "dataset_0") == [3]
+    assert thumbnail_steps(resumed.logger.log_dir, "dataset_0") == [3]
 
 
 def test_a_non_tensorboard_logger_gets_a_warning_and_a_fallback(tmp_path):
@@ -358,48 +315,3 @@ def test_a_shuffled_validation_loader_gets_a_warning(tmp_path):
     shuffled = torch.utils.data.DataLoader(random_set(6, 1), batch_size=3, shuffle=True)
     with pytest.warns(UserWarning, match="shuffles"):
         _fit(tmp_path, DeephysCallback(layer="fc"), shuffled)
-
-
-def test_thumbnails_lost_to_a_failed_write_are_made_again(tmp_path, monkeypatch):
-    from deephys_lightning.writing import record_writer
-
-    real = record_writer.write_view
-    calls = []
-
-    def first_fails(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError("No space left on device")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(record_writer, "write_view", first_fails)
-    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
-    with pytest.warns(UserWarning, match="could not be written"):
-        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
-    log = read_log(t.logger.log_dir)
-    assert log.steps == (6, 9)
-    assert log.thumbnails("dataset_0", 6).shape == (5, 8, 8, 3)  # made again at step 6
-    assert _thumbnail_steps(t.logger.log_dir, "dataset_0") == [6]
-
-
-def test_refresh_thumbnails_keeps_every_epochs_but_writes_only_new_ones(tmp_path, monkeypatch):
-    from deephys_lightning.writing import record_writer
-
-    kept = []
-    real = record_writer.recordings_from_rows
-
-    def spy(rows_by_name, *args, **kwargs):
-        kept.append(all(rows.thumbs is not None for rows in rows_by_name.values()))
-        return real(rows_by_name, *args, **kwargs)
-
-    monkeypatch.setattr(record_writer, "recordings_from_rows", spy)
-    for refresh, expected in ((False, [True, False, False]), (True, [True, True, True])):
-        kept.clear()
-        t = trainer(
-            tmp_path / str(refresh),
-            [DeephysCallback(layer="fc", refresh_thumbnails=refresh)],
-            max_epochs=3,
-        )
-        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
-        assert kept == expected  # the unchanged set's thumbnails cross to the host once
-        assert _thumbnail_steps(t.logger.log_dir, "dataset_0") == [3]  # written once

@@ -10,7 +10,7 @@ import pytest
 
 from deephys_lightning.scores import ScoreRow
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "colored_mnist.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "colored_mnist.py"
 
 
 def _load_example():

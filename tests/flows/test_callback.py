@@ -100,28 +100,6 @@ def test_every_n_epochs_records_only_those_epochs(tmp_path):
     assert log.steps == (6, 12)
 
 
-def test_thumbnails_are_written_once_per_dataset(tmp_path):
-    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=3)
-    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
-    log = read_log(t.logger.log_dir)
-    assert len(log.steps) == 3
-    from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
-
-    accumulator_tags = _tag_steps(t.logger.log_dir)
-    assert accumulator_tags[tag_name(Kind.THUMBNAILS, dataset="dataset_0")] == [log.steps[0]]
-    assert accumulator_tags[tag_name(Kind.LABELS, dataset="dataset_0")] == list(log.steps)
-    # thumbnails of a later step resolve to the one write
-    assert log.thumbnails("dataset_0", log.steps[-1]).shape == (5, 8, 8, 3)
-
-
-def _tag_steps(run_dir) -> dict[str, list[int]]:
-    from tensorboard.backend.event_processing import event_accumulator
-
-    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
-    acc.Reload()
-    return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
-
-
 def test_dict_batches(tmp_path):
     t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=1)
     base = random_set(6, 1)
@@ -154,17 +132,6 @@ def test_a_step_is_recorded_once_per_log(tmp_path):
     np.testing.assert_array_equal(log.activations("fc", "dataset_0", 3), before)
     evaluation = read_log(os.path.join(t.logger.log_dir, "validate_step3"))
     assert evaluation.steps == (3,) and evaluation.record().stage == "validate"
-
-
-def test_a_reused_callback_writes_thumbnails_into_each_new_log(tmp_path):
-    callback = DeephysCallback(layer="fc")
-    for version in range(2):  # the logger closed by the first fit is not reused
-        t = trainer(tmp_path, [callback], max_epochs=1)
-        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
-        log = read_log(tmp_path / "tiny" / f"version_{version}")
-        assert log.thumbnails("dataset_0").shape == (5, 8, 8, 3)
-    state = callback.state_dict()["written"]
-    assert len(state) == 2 and all(list(s["thumbnails"]) == ["dataset_0"] for s in state.values())
 
 
 def test_without_a_logger_each_run_gets_a_version_directory(tmp_path):

@@ -21,7 +21,7 @@ from torchvision.datasets.imagenette import Imagenette
 
 from deephys_lightning import read_log
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "imagenet.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "imagenet.py"
 _spec = importlib.util.spec_from_file_location("example_imagenet", EXAMPLE)
 imagenet = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = imagenet

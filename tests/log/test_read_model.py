@@ -332,7 +332,7 @@ def test_normalization_and_confusion_have_one_implementation():
 def test_writer_and_readers_share_one_log_format():
     """No module but tensorboard_plugin_deephys.log.metadata spells out the format's names and
     paths."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     spelled = []
     for package in ("deephys_lightning", "tensorboard_plugin_deephys"):
         for folder, _, files in os.walk(os.path.join(root, package)):

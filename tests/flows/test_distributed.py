@@ -16,7 +16,7 @@ from tiny_model import TinyNet
 
 from deephys_lightning import read_log
 
-SCRIPT = Path(__file__).with_name("ddp_validate.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "support" / "ddp_validate.py"
 
 
 def _run(logdir, weights, devices, *extra):

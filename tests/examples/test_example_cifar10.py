@@ -18,7 +18,7 @@ import pytest
 
 from deephys_lightning import read_log
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cifar10.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cifar10.py"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

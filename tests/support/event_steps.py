@@ -1,0 +1,19 @@
+"""The steps at which a run's events hold a tag (read with TensorBoard's accumulator)."""
+
+from __future__ import annotations
+
+from tensorboard.backend.event_processing import event_accumulator
+
+from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
+
+
+def tag_steps(run_dir) -> dict[str, list[int]]:
+    """Every tensor tag of ``run_dir`` and the steps that hold it."""
+    acc = event_accumulator.EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [e.step for e in acc.Tensors(tag)] for tag in acc.Tags()["tensors"]}
+
+
+def thumbnail_steps(run_dir, dataset: str) -> list[int]:
+    """The steps at which thumbnails of ``dataset`` were written."""
+    return tag_steps(run_dir).get(tag_name(Kind.THUMBNAILS, dataset=dataset), [])
