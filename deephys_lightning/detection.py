@@ -3,7 +3,10 @@ tell the InD set from each OOD set.
 
 Every detector gives each image a score, **higher meaning more in-distribution**:
 
-- ``msp``: the maximum softmax probability of the logits (Hendrycks & Gimpel, 2017);
+- ``msp``: the maximum softmax probability ``p`` of the logits (Hendrycks & Gimpel,
+  2017), ranked by its log-odds ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j -
+  l_top)``: the same order as ``p``, without the rounding that makes every confident
+  image's probability exactly 1.0 in floating point (and ties them);
 - ``max_logit``: the largest logit (Hendrycks et al., 2022);
 - ``energy``: ``logsumexp`` of the logits, the negative free energy at temperature 1
   (Liu et al., 2020);
@@ -26,8 +29,10 @@ Example::
 
     >>> import torch
     >>> scores = logit_scores(torch.tensor([[4.0, 0.0], [0.1, 0.0]]))   # [B, 3]
-    >>> [round(v, 3) for v in scores[:, 0].tolist()]                     # msp
-    [0.982, 0.525]
+    >>> scores[:, 0].tolist()                     # msp's log-odds: p = 0.982, 0.525
+    [4.0, 0.10000000149011612]
+    >>> logit_scores(torch.tensor([[40.0, 0.0], [30.0, 0.0]]))[:, 0].tolist()  # p ~ 1.0
+    [40.0, 30.0]
     >>> metrics = detection_metrics(np.array([3.0, 2.0]), np.array([1.0, 2.5]))
     >>> metrics["auroc"], metrics["fpr_at_95_tpr"]
     (0.75, 0.5)
@@ -97,15 +102,24 @@ def check_detectors(detectors: Sequence[str] | None) -> tuple[str, ...]:
 
 def logit_scores(logits: torch.Tensor) -> torch.Tensor:
     """float32 ``[B, 3]``: the ``msp``, ``max_logit`` and ``energy`` score of each row
-    of ``logits`` ``[B, C]``, on the logits' device (no host synchronisation)."""
+    of ``logits`` ``[B, C]``, on the logits' device (no host synchronisation).
+
+    The ``msp`` column is the log-odds of the maximum softmax probability ``p``,
+    ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j - l_top)``: it ranks images exactly
+    as ``p`` does, where ``p`` itself rounds to 1.0 for every confident image (beyond
+    a margin of about 17 in float32, 37 in float64) and ties them. ``sigmoid`` of it
+    is ``p``.
+    """
     logits = logits.detach().float()
     logits = logits.flatten(1) if logits.ndim > 1 else logits[:, None]
     if logits.shape[1] == 0:
         return torch.full((logits.shape[0], 3), float("nan"), device=logits.device)
     energy = torch.logsumexp(logits, dim=1)
-    max_logit = logits.amax(dim=1)
-    msp = torch.exp(max_logit - energy)  # softmax of the largest logit
-    return torch.stack([msp, max_logit, energy], dim=1)
+    max_logit, top = logits.max(dim=1)
+    others = logits - max_logit[:, None]
+    others.scatter_(1, top[:, None], float("-inf"))  # the rest (a tie for the top stays)
+    msp_log_odds = -torch.logsumexp(others, dim=1)  # +inf for a single class
+    return torch.stack([msp_log_odds, max_logit, energy], dim=1)
 
 
 def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from pytorch_ood.metrics import OODMetrics
-from scipy.special import logsumexp, softmax
+from scipy.special import log_softmax, logsumexp, softmax
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from tensorboard.backend.event_processing import event_accumulator
 from tiny_model import NUM_CLASSES, TinyNet, loader, random_set, trainer
@@ -168,13 +168,52 @@ def test_an_empty_dataset_with_logits_still_writes(tmp_path):
     assert len(rows) == 3 and all(np.isnan(r.auroc) and r.ood_images == 0 for r in rows)
 
 
+def msp_log_odds(logits: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of the maximum softmax probability p, by scipy in float64."""
+    log_p = log_softmax(logits.astype(np.float64), axis=1).max(1)
+    return log_p - np.log(-np.expm1(log_p))
+
+
 def test_logit_scores_match_scipy():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 5, (64, 10)).astype(np.float32)
     scores = detection.logit_scores(torch.from_numpy(logits)).numpy()
-    np.testing.assert_allclose(scores[:, 0], softmax(logits, axis=1).max(1), rtol=1e-5)
+    np.testing.assert_allclose(scores[:, 0], msp_log_odds(logits), rtol=1e-5, atol=1e-5)
+    probability = 1 / (1 + np.exp(-scores[:, 0].astype(np.float64)))  # sigmoid: p again
+    np.testing.assert_allclose(probability, softmax(logits, axis=1).max(1), rtol=1e-5)
     np.testing.assert_allclose(scores[:, 1], logits.max(1), rtol=1e-6)
     np.testing.assert_allclose(scores[:, 2], logsumexp(logits, axis=1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_saturated_logits_give_the_exact_metrics_of_every_logit_detector(seed):
+    """Confident logits (margins 17 to 30): float32's exp(max - logsumexp) rounds their
+    MSP to 1.0 and ties them; the metrics equal scikit-learn's on the exact scores."""
+    rng = np.random.default_rng(seed)
+    ind = rng.normal(0, 1, (400, 10))
+    ind[np.arange(400), rng.integers(0, 10, 400)] += rng.uniform(17, 30, 400)
+    ood = rng.normal(0, 1, (300, 10))
+    ood[np.arange(300), rng.integers(0, 10, 300)] += rng.uniform(10, 28, 300)
+    ind, ood = ind.astype(np.float32), ood.astype(np.float32)
+    exact = {  # float64: p = 1 - 1e-13 is not 1.0 there
+        "msp": lambda z: softmax(z.astype(np.float64), axis=1).max(1),
+        "max_logit": lambda z: z.astype(np.float64).max(1),
+        "energy": lambda z: logsumexp(z.astype(np.float64), axis=1),
+    }
+    saturated = np.exp(ind.max(1) - logsumexp(ind, axis=1).astype(np.float32))
+    assert (saturated == 1.0).mean() > 0.5  # the old float32 MSP tied most InD images
+    scores = {
+        name: detection.logit_scores(torch.from_numpy(z)).numpy()
+        for name, z in (("ind", ind), ("ood", ood))
+    }
+    rows = detection.logit_detections(scores, ind="ind", detectors=detection.LOGIT_DETECTORS)
+    for row in rows["ood"]:
+        reference = sklearn_metrics(exact[row.detector](ind), exact[row.detector](ood))
+        for name in DETECTION_METRICS:
+            assert getattr(row, name) == pytest.approx(reference[name], abs=1e-6), (
+                row.detector,
+                name,
+            )
 
 
 def slow_mahalanobis(ind, labels, num_classes, x):
@@ -295,14 +334,17 @@ def test_a_trainer_run_logs_detection_rows_and_scalars(detected):
             }
             for column, (detector, score) in enumerate(
                 (
-                    ("msp", lambda z: softmax(z, axis=1).max(1)),
+                    ("msp", msp_log_odds),
                     ("max_logit", lambda z: z.max(1)),
                     ("energy", lambda z: logsumexp(z, axis=1)),
                 )
             ):
                 for d in ("ind", ood):
                     np.testing.assert_allclose(
-                        recorded[d][:, column], score(logits[d].astype(np.float64)), rtol=1e-5
+                        recorded[d][:, column],
+                        score(logits[d].astype(np.float64)),
+                        rtol=1e-5,
+                        atol=1e-5,
                     )
                 expected = sklearn_metrics(recorded["ind"][:, column], recorded[ood][:, column])
                 row = rows[(detector, None)]

@@ -308,7 +308,7 @@ class RecordWriter:
         images = sum(record.num_images.values())
         rank_zero_info(
             f"DeephysCallback: step {step} written to {log_dir} in "
-            f"{time.perf_counter() - started:.1f} s ({len(record.datasets)} sets, "
+            f"{time.perf_counter() - started:.2f} s ({len(record.datasets)} sets, "
             f"{images:,} images)"
         )
         try:

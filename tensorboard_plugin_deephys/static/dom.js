@@ -99,6 +99,23 @@ export function percent(value) {
 }
 
 /**
+ * A probability as a percentage with one decimal, or with as many more (up to 6) as
+ * it takes not to read 100.0% or 0.0% when it is neither: 0.99997 is "99.997%".
+ * @param {number|null|undefined} value
+ * @returns {string}
+ */
+export function probabilityPercent(value) {
+  if (value === null || value === undefined) return 'n/a';
+  const shown = Number(value) * 100;
+  let digits = 1;
+  const rounded = () => Number(shown.toFixed(digits));
+  while (digits < 6 && ((shown < 100 && rounded() >= 100) || (shown > 0 && rounded() <= 0))) {
+    digits += 1;
+  }
+  return `${shown.toFixed(digits)}%`;
+}
+
+/**
  * A number with 3 significant digits, or "n/a".
  * @param {number|null|undefined} value
  * @returns {string}

@@ -3,7 +3,7 @@
 // and for a category its false positives and false negatives by the model's
 // confidence.
 
-import {activate, className, el, formatRaw, imageLegend, message, percent} from './dom.js';
+import {activate, className, el, formatRaw, imageLegend, message, percent, probabilityPercent} from './dom.js';
 import * as model from './model.js';
 import {imageTile} from './thumbnails.js';
 
@@ -136,7 +136,7 @@ function mistakes(title, errors, data, run, on, kind) {
   for (const image of errors.images) {
     grid.appendChild(imageTile({run, dataset: data.dataset, step: data.step, names: data.class_names, image, on,
       value: image.confidence === null || image.confidence === undefined ? undefined
-        : {text: `${percent(image.confidence)} sure`, title: 'the probability the model gave its prediction'}}));
+        : {text: `${probabilityPercent(image.confidence)} sure`, title: 'the probability the model gave its prediction'}}));
   }
   if (!errors.images.length) grid.appendChild(message('empty', 'none'));
   const order = errors.sorted_by === 'confidence' ? 'most confident first'

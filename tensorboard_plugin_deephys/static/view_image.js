@@ -2,7 +2,7 @@
 // active neurons, each with its top images (as many as Top k) in InD and in the
 // image's own set.
 
-import {activate, className, el, imageLegend, message, percent, roleLabel} from './dom.js';
+import {activate, className, el, imageLegend, message, percent, probabilityPercent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {imageTile, mapScale, thumbnailImage} from './thumbnails.js';
 
@@ -108,7 +108,7 @@ function topPredictions(top, names, data, on) {
     const bar = el('div', {className: 'bar'});
     bar.style.setProperty('--fill', String(Math.max(0, Math.min(1, probability))));
     list.appendChild(el('li', {className: label === data.label ? 'is-label' : '', attrs: {'data-label': label}}, [
-      categoryLink(names, label, data.dataset, on), bar, el('span', {className: 'value', text: percent(probability)}),
+      categoryLink(names, label, data.dataset, on), bar, el('span', {className: 'value', text: probabilityPercent(probability)}),
     ]));
   }
   return el('div', {className: 'predictions'}, [el('div', {className: 'facts-title', text: 'top predictions (probability)'}), list]);

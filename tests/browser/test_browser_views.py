@@ -23,6 +23,17 @@ skip_without_chromium()
 LAYER = "backbone.fc1"  # the demo's recorded layer
 
 
+def probability_percent(p: float) -> str:
+    """The tab's probability: one decimal, more (up to 6) where one would read 100.0 %
+    or 0.0 % of a probability that is neither."""
+    shown = float(p) * 100
+    for digits in range(1, 7):
+        text = f"{shown:.{digits}f}"
+        if not ((shown < 100 and float(text) >= 100) or (shown > 0 and float(text) <= 0)):
+            break
+    return f"{text}%"
+
+
 @pytest.fixture(scope="module")
 def browser():
     with running_browser() as browser:
@@ -127,7 +138,7 @@ def test_image_view_shows_top_predictions_follows_top_k_and_links_categories(
         == classes[index].tolist()
     )
     shown = items.locator(".value").all_text_contents()
-    assert shown == [f"{p * 100:.1f}%" for p in probabilities[index]]
+    assert shown == [probability_percent(p) for p in probabilities[index]]
     # per-neuron strips follow Top k (3 here), in InD and in the image's own set
     for grid in frame.locator(".top-neuron .source .grid").all():
         assert grid.locator("figure").count() == 3
@@ -182,7 +193,7 @@ def test_category_picker_opens_any_class_by_name_and_lists_mistakes_by_confidenc
         assert np.allclose(confidence[shown], confidence[expected], atol=1e-6)
         if len(members):
             sure = box.locator(".value").first.text_content()
-            assert sure == f"{confidence[expected[0]] * 100:.1f}% sure"
+            assert sure == f"{probability_percent(confidence[expected[0]])} sure"
     # a name that is no class: said in words, nothing opened
     frame.locator("#category-label").fill("no such class")
     frame.locator("#category-open").click()

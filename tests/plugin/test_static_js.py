@@ -2,7 +2,8 @@
 
 They test the frontend's pure modules (tensorboard_plugin_deephys/static/state.js:
 the tab's state, its URL form, the number parser, the Top k clamp) without a browser;
-the browser tests (tests/test_browser*.py) test the tab as a whole.
+the browser tests (tests/browser/) test the tab as a whole; tests/js/percent.test.mjs
+checks dom.js's formatters.
 """
 
 from __future__ import annotations
