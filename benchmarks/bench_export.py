@@ -4,13 +4,15 @@
                                       [--size 32] [--repeats 3] [--from-log]
 
 The same random data go to both: activations (ReLU of a normal) of one layer, the
-logits, float pixels in [0, 1] and labels. The package's ``dataset_activity`` +
-``save`` runs once (it takes seconds); :func:`write_test` runs ``--repeats`` times
-(best kept), from the same float pixels and from uint8 pixels (what ``export_step``
-hands it: the recorded thumbnails). Also printed: the time to write the same number
-of bytes with one ``write`` (the floor), and that both files are byte-identical.
+logits, float pixels in [0, 1] and labels. After one warm-up run of each, the
+package's ``dataset_activity`` + ``save`` and :func:`write_test` (from the same float
+pixels, and from uint8 pixels: what ``export_step`` hands it, the recorded
+thumbnails) run ``--repeats`` times, interleaved; medians are compared. Also
+printed: the time to write the same number of bytes with one ``write`` (the
+floor), and that both files are byte-identical.
 Target: >= 50x the package. ``--from-log`` also times ``export_step`` on a log of
-that size written through the real summary writer (reading the log included).
+that size written through the real writer (reading the log and decoding the
+thumbnails included; median of ``--repeats``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import io
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +32,13 @@ from deephys_lightning.export import DeephysModel, export_step, write_model, wri
 
 
 def best_of(repeats: int, function) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(function) for _ in range(repeats))
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
 
 
 def package_export(out: Path, data: dict) -> float:
@@ -108,7 +112,10 @@ def from_log(out: Path, data: dict, repeats: int) -> None:
     )
     write_record(sink, record, recordings, log_dir=str(run), max_activation_bytes=None)
     sink.close()
-    seconds = best_of(repeats, lambda: export_step(run, out / "exported"))
+    export_step(run, out / "exported")  # warm-up
+    seconds = statistics.median(
+        timed(lambda: export_step(run, out / "exported")) for _ in range(repeats)
+    )
     size = sum(f.stat().st_size for f in (out / "exported").iterdir()) / 2**20
     print(f"export_step from a log, 2 datasets ({size:.0f} MiB), reading included: {seconds:.2f} s")
 
@@ -126,10 +133,18 @@ def main() -> None:
     pixels = (data["images"] * 255).astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        package = package_export(out, data)
+        runs: dict[str, list[float]] = {"package": [], "float": [], "uint8": []}
+        for repeat in range(args.repeats + 1):  # the first: a warm-up, not counted
+            times = {
+                "package": package_export(out, data),
+                "float": timed(lambda: ours(out, data, data["images"], "float")),
+                "uint8": timed(lambda: ours(out, data, pixels, "uint8")),
+            }
+            for name, seconds in times.items():
+                if repeat:
+                    runs[name].append(seconds)
+        package, floats, uint8 = (statistics.median(runs[n]) for n in ("package", "float", "uint8"))
         size = (out / "package.test").stat().st_size
-        floats = best_of(args.repeats, lambda: ours(out, data, data["images"], "float"))
-        uint8 = best_of(args.repeats, lambda: ours(out, data, pixels, "uint8"))
         blob = os.urandom(size)
         floor = best_of(args.repeats, lambda: (out / "floor.bin").write_bytes(blob))
         same = (
@@ -143,7 +158,7 @@ def main() -> None:
             f"{args.images} images x {args.neurons} neurons + {args.classes} logits, "
             f"{args.size} px: .test file {size / 1e6:.1f} MB; byte-identical files: {same}"
         )
-        print(f"deephys package (dataset_activity + save): {package:.3f} s")
+        print(f"deephys package (dataset_activity + save): {package:.3f} s (median, warm)")
         print(f"write_test, float pixels:               {floats:7.3f} s {package / floats:5.1f}x")
         print(f"write_test, uint8 pixels (export_step): {uint8:7.3f} s {package / uint8:5.1f}x")
         print(f"one write of the same bytes (floor):    {floor:7.3f} s")

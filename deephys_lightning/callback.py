@@ -67,8 +67,11 @@ class DeephysCallback(Callback):
     the last dim of the output of ``logits_layer`` (by default the LightningModule's
     own ``forward``, so ``validation_step`` must call ``self(x)``); the label comes from
     the batch. At the end of the epoch the rows of all processes are gathered in
-    dataset order and rank zero writes them, with the scores and view data, into the
-    TensorBoardLogger's event file (or an event file in ``trainer.default_root_dir``).
+    dataset order and rank zero hands them to a writer thread, which computes the
+    scores and view data and writes them, while training goes on, into an event file
+    of the callback's own in the logger's run directory (or in a new
+    ``lightning_logs/version_N`` under ``trainer.default_root_dir``); ``fit``,
+    ``validate`` and ``test`` return once every record is written.
 
     Args:
         layer: dotted name of the module to record, as in ``model.named_modules()``.
@@ -424,8 +427,8 @@ class DeephysCallback(Callback):
         if plan.mode != "record":
             self._recorder.discard()
             return
-        self._writer.prepare(trainer, plan)  # the previous record, collected
         collectives = Collectives.of(trainer.strategy, trainer.world_size, self.gather_chunk_bytes)
+        self._writer.prepare(trainer, plan, collectives)  # the previous record, collected
         epoch = self._recorder.finish(
             collectives, lambda name, rows: self._writer.thumbnails_due(plan, name, rows)
         )

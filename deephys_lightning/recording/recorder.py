@@ -101,6 +101,8 @@ class EpochRecorder:
         self._pending: dict[str, list[torch.Tensor]] = {}
         self._pending_maps: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
+        # Each dataloader's thumbnail size, from its first batch on (kept across epochs).
+        self._thumb_shapes: dict[int, tuple[int, int]] = {}
         self._clear_epoch()
 
     def _clear_epoch(self) -> None:
@@ -110,7 +112,6 @@ class EpochRecorder:
         self._budget = DeviceBudget(self.settings.max_device_buffer_bytes)  # for all sets
         self._seen: dict[int, int] = {}
         self._checked_loaders: set[int] = set()
-        self._thumb_shapes: dict[int, tuple[int, int]] = {}
         self._num_classes = 0
 
     # -- the epoch ---------------------------------------------------------------------

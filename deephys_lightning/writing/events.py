@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
@@ -70,14 +71,16 @@ def write_view(
     log_dir: str | None = None,
     scalars: bool = True,
     histograms: bool = True,
+    cancelled: Callable[[], bool] | None = None,
 ) -> None:
     """Write ``view`` at its record's step into ``sink``, thumbnails as assets under
     ``log_dir`` (the run directory the sink writes to). ``scalars`` / ``histograms``
     False leave out what TensorBoard's own tabs show (the Deephys tab reads none of
-    it). The record itself is written last and alone."""
+    it). The record itself is written last and alone. ``cancelled()`` true stops the
+    writing at the next summary (``RecordCancelled``), before the record."""
     record = view.record
     step = record.step
-    merged = RecordSink(sink, step)
+    merged = RecordSink(sink, step, cancelled=cancelled)
     for name in record.datasets:
         for kind, array in view.datasets[name].items():
             merged.add_summary(value_summary(kind, array, dataset=name), step)

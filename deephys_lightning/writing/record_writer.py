@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import threading
@@ -41,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from deephys_lightning import event_files, fast_crc
 from deephys_lightning.recording import rows as columns
+from deephys_lightning.recording.gather import Collectives
 from deephys_lightning.recording.plan import EpochPlan
 from deephys_lightning.recording.recorder import EpochRows
 from deephys_lightning.recording.rows import Rows
@@ -48,7 +50,7 @@ from deephys_lightning.writing import destinations
 from deephys_lightning.writing.background import Background
 from deephys_lightning.writing.events import write_view
 from deephys_lightning.writing.log_state import LogState
-from deephys_lightning.writing.summaries import EventFileSink
+from deephys_lightning.writing.summaries import EventFileSink, RecordCancelled
 from deephys_lightning.writing.thumbnail_policy import ThumbnailPolicy
 from deephys_lightning.writing.view_data import (
     RecordView,
@@ -94,6 +96,7 @@ class RecordWriter:
         self._destination = ""  # this epoch's log directory
         self._held: LogState | None = None  # what it holds (rank zero, with thumbnails)
         self._background = Background()
+        self._cancel = threading.Event()  # set: the record in flight stops (an exception)
         self._in_flight: tuple[int, str] = (0, "")  # (step, directory) of the record
         self._lock = threading.Lock()  # the log states, shared with the writer thread
 
@@ -101,13 +104,15 @@ class RecordWriter:
         """Without the lock and the writer thread (``ddp_spawn`` pickles callbacks):
         a new process starts with its own."""
         state = self.__dict__.copy()
-        del state["_lock"], state["_background"]
+        del state["_lock"], state["_background"], state["_cancel"]
+        state["_sinks"] = {}  # open event files stay with their process
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
         self._background = Background()
+        self._cancel = threading.Event()
 
     # -- the callback's calls ----------------------------------------------------------
 
@@ -118,7 +123,7 @@ class RecordWriter:
             where = destinations.logger_dir(trainer)
             rank_zero_warn(
                 "DeephysCallback writes TensorBoard events, and this Trainer has no "
-                "TensorBoardLogger: they go to an event file of their own in "
+                "TensorBoardLogger: its event file goes to "
                 + (
                     f"the logger's directory {where!r}"
                     if where
@@ -132,10 +137,17 @@ class RecordWriter:
         """An epoch of ``plan`` starts: find its destination."""
         self._destination = self._log_dir(trainer)
 
-    def prepare(self, trainer: pl.Trainer, plan: EpochPlan) -> None:
+    def prepare(self, trainer: pl.Trainer, plan: EpochPlan, collectives: Collectives) -> None:
         """A recorded epoch ends: collect the record in flight, then (rank zero) read
-        what the destination holds, once, for the thumbnail decisions."""
-        self.wait()
+        what the destination holds, once, for the thumbnail decisions. A failure that
+        stops the run (``strict``, a misconfiguration) stops every process together:
+        rank zero raises it, the others say so."""
+        failure = self._collect()
+        if collectives.decision(failure is not None):
+            raise failure or RuntimeError(
+                "DeephysCallback: rank zero could not write the last record and stops the "
+                "run (strict=True, or a misconfiguration): see its error."
+            )
         self._held = None
         if self.settings.thumbnails and trainer.global_rank == 0:
             self._held = self.log_state(self._destination)
@@ -155,23 +167,33 @@ class RecordWriter:
 
     def wait(self) -> None:
         """Collect the record in flight, if any: a failure warns once per cause (or
-        raises with ``strict``, and for a misconfiguration), and training goes on.
-        Only thumbnails that reached the log count as made: a failed or skipped write
-        keeps them due at the next recorded epoch."""
+        raises with ``strict``, and for a misconfiguration), and training goes on."""
+        failure = self._collect()
+        if failure is not None:
+            raise failure
+
+    def _collect(self) -> BaseException | None:
+        """Collect the record in flight: warn about a failure once per cause and
+        return None, or return the failure that stops the run (``strict``, a
+        misconfiguration, an interrupt). Only thumbnails that reached the log count as
+        made: a failed or skipped write keeps them due at the next recorded epoch. A
+        failed write also closes the event files of our own: TensorBoard's writer
+        keeps its first error for good, and the next record opens a new file."""
         outcome = self._background.wait()
         if outcome is None:
-            return
+            return None
         if outcome.error is None and outcome.value:
             self.thumbnail_policy.written()
-            return
+            return None
         self.thumbnail_policy.discard()
         error = outcome.error
         if error is None:
-            return
+            return None
+        self._close_sinks()
         if isinstance(error, MisconfigurationException) or self.settings.strict:
-            raise error
+            return error
         if not isinstance(error, Exception):
-            raise error  # KeyboardInterrupt and the like
+            return error  # KeyboardInterrupt and the like
         step, destination = self._in_flight
         self._warn_once(
             _cause(error),
@@ -180,6 +202,7 @@ class RecordWriter:
             "check that the log directory is writable and has free space, or pass "
             "DeephysCallback(strict=True) to stop on such errors.",
         )
+        return None
 
     def close(self) -> None:
         """Wait for the record in flight, then close the event files of our own (a
@@ -187,17 +210,33 @@ class RecordWriter:
         try:
             self.wait()
         finally:
-            for sink in self._sinks.values():
-                sink.close()
-            self._sinks = {}
+            self._close_sinks()
 
     def abandon(self) -> None:
-        """After an exception: wait for the record in flight and report its failure
-        as a warning only (the run has failed already)."""
+        """After an exception (an interrupt too): stop the record in flight at its
+        next summary (its record document, written last, is not written: no half
+        record), report it as a warning only (the run has failed already), and close
+        the event files."""
+        if self._background.busy:
+            rank_zero_info(
+                f"DeephysCallback: stopping the record at step {self._in_flight[0]} that "
+                "was being written"
+            )
+            self._cancel.set()
         try:
-            self.wait()
-        except Exception as error:
-            rank_zero_warn(f"DeephysCallback: the last record was not written ({error})")
+            failure = self._collect()
+        finally:
+            self._cancel.clear()
+            self._close_sinks()
+        if failure is not None and not isinstance(failure, RecordCancelled):
+            rank_zero_warn(f"DeephysCallback: the last record was not written ({failure})")
+
+    def _close_sinks(self) -> None:
+        for sink in self._sinks.values():
+            # A writer that failed keeps its error for good: it was said already.
+            with contextlib.suppress(Exception):
+                sink.close()
+        self._sinks = {}
 
     def log_state(self, log_dir: str) -> LogState:
         """What ``log_dir`` holds: this process's knowledge merged with the saved state
@@ -293,6 +332,7 @@ class RecordWriter:
             recordings,
             max_activation_bytes=settings.max_activation_bytes,
             detectors=settings.detectors,
+            cancelled=self._cancel.is_set,
         )
         self._warn_about(view)
         write_view(
@@ -301,6 +341,7 @@ class RecordWriter:
             log_dir=log_dir,
             scalars=settings.scalars,
             histograms=settings.histograms,
+            cancelled=self._cancel.is_set,
         )
         with self._lock:
             state.add(step, plan.stage)

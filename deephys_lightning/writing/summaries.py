@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -25,6 +26,10 @@ from tensorboard.util import tensor_util
 
 from tensorboard_plugin_deephys.log import metadata
 from tensorboard_plugin_deephys.log.metadata import Kind, create_summary_metadata, tag_name
+
+
+class RecordCancelled(Exception):
+    """A record stopped before its end (the run failed): its document is not written."""
 
 
 class SummarySink(Protocol):
@@ -129,8 +134,15 @@ class RecordSink:
     no event nears protobuf's 2 GiB limit by merging.
     """
 
-    def __init__(self, sink: SummarySink, step: int, merge_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        sink: SummarySink,
+        step: int,
+        merge_bytes: int = 4 << 20,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self._sink = sink
+        self._cancelled = cancelled
         self._step = step
         self._merge_bytes = merge_bytes
         self._pending = summary_pb2.Summary()
@@ -140,6 +152,8 @@ class RecordSink:
     def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
         if step != self._step:
             raise ValueError(f"a record's summaries are all at step {self._step}, not {step}")
+        if self._cancelled is not None and self._cancelled():
+            raise RecordCancelled(f"the record at step {step} was stopped before its end")
         for value in summary.value:
             if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
                 self.deephys_tags.add(value.tag)

@@ -25,6 +25,7 @@ from deephys_lightning import detection, metrics
 from deephys_lightning.recording import capture, spatial_maps
 from deephys_lightning.recording.plan import writes_matrix
 from deephys_lightning.recording.rows import Rows
+from deephys_lightning.writing.summaries import RecordCancelled
 from tensorboard_plugin_deephys.log import derived, metadata
 from tensorboard_plugin_deephys.log.assets import Thumbnails
 from tensorboard_plugin_deephys.log.metadata import TOP_PREDICTIONS, Detection, Kind, Record
@@ -166,6 +167,7 @@ def record_view(
     *,
     max_activation_bytes: int | None = None,
     detectors: tuple[str, ...] = (),
+    cancelled: Callable[[], bool] | None = None,
 ) -> RecordView:
     """Everything ``record`` holds, computed from ``recordings`` (pure).
 
@@ -177,7 +179,8 @@ def record_view(
     recording has them. For each layer and OOD set: per-neuron novelty, spurious score
     and activation ratio. For each OOD set: the metrics of the OOD ``detectors``
     (``detection.DETECTORS``; the logit ones need every dataset's logits or logit
-    scores).
+    scores). ``cancelled()`` true stops the computing between layers
+    (``RecordCancelled``).
     """
     missing = [name for name in record.datasets if name not in recordings]
     if missing:
@@ -205,6 +208,8 @@ def record_view(
         for ood, rows in found.items():
             view.detections[ood] += rows
     for layer in record.layers:
+        if cancelled is not None and cancelled():
+            raise RecordCancelled(f"the record at step {record.step} was stopped before its end")
         _layer_view(view, layer, recordings, max_activation_bytes, detectors)
     return view
 

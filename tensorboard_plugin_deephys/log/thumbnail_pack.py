@@ -33,6 +33,7 @@ import io
 import json
 import struct
 import time
+import zlib
 from collections.abc import Sequence
 
 import google_crc32c
@@ -141,9 +142,14 @@ class ThumbnailPack:
         head = self._current()
         data = storage.read_range(self.path, head.data_start, int(head.offsets[-1]))
         images = np.empty(head.shape, dtype=np.uint8)
-        for i in range(head.shape[0]):
-            chunk = data[int(head.offsets[i]) : int(head.offsets[i + 1])]
-            images[i] = self._decode(self._checked(head, i, chunk), i, head.shape[1:])
+        chunks = [
+            self._checked(head, i, data[int(head.offsets[i]) : int(head.offsets[i + 1])])
+            for i in range(head.shape[0])
+        ]
+        # The writer's own PNG layout decodes without a codec, all images at once; any
+        # other image, by Pillow.
+        for i in _plain_pngs_into(chunks, images):
+            images[i] = self._decode(chunks[i], i, head.shape[1:])
         return images if dtype is None else images.astype(dtype)
 
     def _checked(self, head: _Head, index: int, data: bytes) -> bytes:
@@ -238,3 +244,87 @@ class ThumbnailPack:
             )
         shape = (count, int(height), int(width), 3)
         return _Head(identity, time.monotonic(), shape, image_format, data_start, offsets, crcs)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Signature, IHDR (8-bit RGB, no interlace) and the first IDAT's head: what the
+# writer (``deephys_lightning.writing.thumbnail_encoding``) makes.
+_PLAIN_HEAD = struct.Struct(">8sI4sIIBBBBBII4s")
+
+
+def _plain_pngs_into(chunks: Sequence[bytes], out: np.ndarray) -> list[int]:
+    """Decode the ``chunks`` of the writer's plain PNG layout into ``out`` (uint8
+    ``[N, H, W, 3]``) at once; return the indices of the others (left to Pillow).
+
+    Every image of a pack has the same size, so its first 33 bytes (signature and
+    IHDR) are the same: compared as bytes, then one ``zlib.decompress`` per image and
+    one check of every scanline's filter byte for all of them."""
+    n, height, width, _ = out.shape
+    line = 1 + 3 * width
+    prefix = _plain_prefix(chunks[0], height, width) if n else None
+    plain: list[int] = []
+    lines: list[bytes] = []
+    for i, data in enumerate(chunks):
+        if prefix is None or not data.startswith(prefix):
+            continue
+        start = len(prefix) + 8
+        (length,) = struct.unpack_from(">I", data, len(prefix))
+        if data[len(prefix) + 4 : start] != b"IDAT" or data[start + length + 4 :] != _IEND:
+            continue
+        try:
+            decoded = zlib.decompress(data[start : start + length])
+        except zlib.error:
+            continue
+        if len(decoded) == height * line:
+            plain.append(i)
+            lines.append(decoded)
+    if plain:
+        rows = np.frombuffer(b"".join(lines), dtype=np.uint8).reshape(len(plain), height, line)
+        unfiltered = ~rows[:, :, 0].any(axis=1)
+        kept = np.asarray(plain)[unfiltered]
+        out[kept] = rows[unfiltered, :, 1:].reshape(len(kept), height, width, 3)
+        done = set(kept.tolist())
+    else:
+        done = set()
+    return [i for i in range(n) if i not in done]
+
+
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _plain_prefix(data: bytes, height: int, width: int) -> bytes | None:
+    """The 33 bytes (signature, IHDR with its CRC) that begin a plain PNG of this size,
+    when ``data`` begins with them; else None."""
+    if len(data) < 45 or not _plain_png_into(data, np.empty((height, width, 3), np.uint8)):
+        return None
+    return data[:33]
+
+
+def _plain_png_into(data: bytes, out: np.ndarray) -> bool:
+    """Decode ``data`` into ``out`` (uint8 ``[H, W, 3]``) when it is a PNG of the
+    writer's plain layout: one IDAT of 8-bit RGB scanlines, all with filter type 0,
+    of ``out``'s size. False, touching nothing, for any other PNG or JPEG (Pillow
+    decodes those). The bytes were checked against the pack's CRC-32C already."""
+    height, width, _ = out.shape
+    if len(data) < _PLAIN_HEAD.size + 12 or not data.startswith(_PNG_SIGNATURE):
+        return False
+    fields = _PLAIN_HEAD.unpack_from(data)
+    (_, ihdr_length, ihdr, w, h, depth, color, compression, filtering, interlace) = fields[:10]
+    idat_length, idat = fields[11], fields[12]
+    plain = (ihdr_length, ihdr, w, h, depth, color) == (13, b"IHDR", width, height, 8, 2)
+    if not plain or (compression, filtering, interlace) != (0, 0, 0) or idat != b"IDAT":
+        return False
+    start = _PLAIN_HEAD.size
+    if data[start + idat_length + 4 : start + idat_length + 12] != b"\x00\x00\x00\x00IEND":
+        return False  # more than one IDAT, or chunks after it
+    try:
+        lines = zlib.decompress(data[start : start + idat_length])
+    except zlib.error:
+        return False
+    if len(lines) != height * (1 + 3 * width):
+        return False
+    rows = np.frombuffer(lines, dtype=np.uint8).reshape(height, 1 + 3 * width)
+    if rows[:, 0].any():  # a filtered scanline: leave it to Pillow
+        return False
+    out[...] = rows[:, 1:].reshape(height, width, 3)
+    return True

@@ -167,3 +167,68 @@ def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
 
 def _listed(folder: str) -> list[str]:
     return os.listdir(folder) if os.path.isdir(folder) else []
+
+
+def test_a_failed_write_does_not_lose_the_records_after_it(tmp_path, monkeypatch):
+    """TensorBoard's event writer keeps its first error for good: the failed record's
+    event file is closed and the next record opens a new one."""
+    from tensorboard.summary.writer import record_writer as tb_record_writer
+
+    real, failures = tb_record_writer.RecordWriter.write, []
+
+    def full_disk_once(self, data):
+        ours = os.fsdecode(getattr(self._writer, "filename", b"")).endswith(".deephys")
+        if ours and not failures:  # the callback's file only: the logger's is its own
+            failures.append(1)
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(tb_record_writer.RecordWriter, "write", full_disk_once)
+    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=4)
+    with pytest.warns(UserWarning, match="could not be written") as seen:
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    assert sum("could not be written" in str(w.message) for w in seen) == 1
+    assert read_log(t.logger.log_dir).steps == (6, 9, 12)  # only the failed one is lost
+
+
+class Fails(TinyNet):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("the model broke")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_exception_stops_the_record_in_flight_without_half_a_record(tmp_path, monkeypatch):
+    import pickle
+
+    from deephys_lightning.writing.summaries import RecordSink
+
+    real = RecordSink.add_summary
+
+    def slow(self, summary, step):
+        time.sleep(0.5)  # a record of some fifty summaries: half a minute
+        return real(self, summary, step)
+
+    monkeypatch.setattr(RecordSink, "add_summary", slow)
+    callback = DeephysCallback(layer="fc")
+    t = trainer(tmp_path, [callback], max_epochs=3)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="the model broke"):
+        t.fit(Fails(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
+    assert time.monotonic() - start < 15  # stopped at its next summary, not written out
+    with pytest.raises(ValueError, match="0 runs|no Deephys record"):
+        read_log(t.logger.log_dir)  # no half record: its document is written last
+    pickle.dumps(callback)  # no open event file left behind
+
+
+def test_a_failure_that_stops_the_run_stops_every_process():
+    """Rank zero's strict failure is broadcast: another rank raises too, in step."""
+    from deephys_lightning.recording.gather import Collectives
+    from deephys_lightning.writing.record_writer import RecordWriter, WriteSettings
+
+    class Rank:
+        global_rank = 1
+
+    told = Collectives(None, lambda decision, src: True, world_size=2)  # rank zero failed
+    with pytest.raises(RuntimeError, match="rank zero could not write the last record"):
+        RecordWriter(WriteSettings(layers=("fc",), strict=True)).prepare(Rank(), None, told)
