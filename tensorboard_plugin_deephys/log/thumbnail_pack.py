@@ -141,15 +141,18 @@ class ThumbnailPack:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         head = self._current()
         data = storage.read_range(self.path, head.data_start, int(head.offsets[-1]))
+        if len(data) != int(head.offsets[-1]):
+            raise ValueError(f"{self.path} is damaged: it ended before its last image")
+        starts, ends = head.offsets[:-1].astype(np.int64), head.offsets[1:].astype(np.int64)
+        crcs = head.crcs.tolist()
+        for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if google_crc32c.value(data[start:end]) != crcs[i]:
+                self._checked(head, i, data[start:end])  # raises, in words
         images = np.empty(head.shape, dtype=np.uint8)
-        chunks = [
-            self._checked(head, i, data[int(head.offsets[i]) : int(head.offsets[i + 1])])
-            for i in range(head.shape[0])
-        ]
         # The writer's own PNG layout decodes without a codec, all images at once; any
         # other image, by Pillow.
-        for i in _plain_pngs_into(chunks, images):
-            images[i] = self._decode(chunks[i], i, head.shape[1:])
+        for i in _plain_pngs_into(data, starts, ends, images):
+            images[i] = self._decode(data[starts[i] : ends[i]], i, head.shape[1:])
         return images if dtype is None else images.astype(dtype)
 
     def _checked(self, head: _Head, index: int, data: bytes) -> bytes:
@@ -252,41 +255,60 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PLAIN_HEAD = struct.Struct(">8sI4sIIBBBBBII4s")
 
 
-def _plain_pngs_into(chunks: Sequence[bytes], out: np.ndarray) -> list[int]:
-    """Decode the ``chunks`` of the writer's plain PNG layout into ``out`` (uint8
-    ``[N, H, W, 3]``) at once; return the indices of the others (left to Pillow).
+def _plain_pngs_into(
+    data: bytes, starts: np.ndarray, ends: np.ndarray, out: np.ndarray
+) -> list[int]:
+    """Decode the images ``data[starts[i]:ends[i]]`` that are of the writer's plain PNG
+    layout into ``out`` (uint8 ``[N, H, W, 3]``); return the indices of the others
+    (left to Pillow).
 
-    Every image of a pack has the same size, so its first 33 bytes (signature and
-    IHDR) are the same: compared as bytes, then one ``zlib.decompress`` per image and
-    one check of every scanline's filter byte for all of them."""
+    Every image of a pack has the same size, so a plain one begins with the same 33
+    bytes (signature and IHDR): their heads, IDAT lengths and IEND tails are checked
+    for all images at once with NumPy, then each IDAT is decompressed (a view, no
+    copy), and every scanline's filter byte is checked for all of them together."""
     n, height, width, _ = out.shape
     line = 1 + 3 * width
-    prefix = _plain_prefix(chunks[0], height, width) if n else None
-    plain: list[int] = []
-    lines: list[bytes] = []
-    for i, data in enumerate(chunks):
-        if prefix is None or not data.startswith(prefix):
-            continue
-        start = len(prefix) + 8
-        (length,) = struct.unpack_from(">I", data, len(prefix))
-        if data[len(prefix) + 4 : start] != b"IDAT" or data[start + length + 4 :] != _IEND:
-            continue
+    if n == 0:
+        return []
+    first = data[int(starts[0]) : int(ends[0])]
+    prefix = _plain_prefix(first, height, width)
+    if prefix is None:
+        return list(range(n))
+    raw = np.frombuffer(data, dtype=np.uint8)
+    head = len(prefix) + 8  # the prefix, then the IDAT's length and tag
+    sizes = ends - starts
+    room = sizes >= head + len(_IEND)
+    where = np.where(room, starts, 0)[:, None] + np.arange(head)
+    heads = raw[where]
+    plain = room & (heads[:, : len(prefix)] == np.frombuffer(prefix, np.uint8)).all(axis=1)
+    plain &= (heads[:, len(prefix) + 4 :] == np.frombuffer(b"IDAT", np.uint8)).all(axis=1)
+    lengths = heads[:, len(prefix) : len(prefix) + 4].astype(np.int64) @ (
+        1 << np.arange(24, -8, -8)
+    )
+    plain &= sizes == head + lengths + 4 + len(_IEND)  # IDAT, its CRC, then IEND alone
+    tails = raw[np.where(plain, ends, len(_IEND))[:, None] - len(_IEND) + np.arange(len(_IEND))]
+    plain &= (tails == np.frombuffer(_IEND, np.uint8)).all(axis=1)
+    view = memoryview(data)
+    decoded: list[bytes] = []
+    kept: list[int] = []
+    for i in np.flatnonzero(plain).tolist():
+        begin = int(starts[i]) + head
         try:
-            decoded = zlib.decompress(data[start : start + length])
+            lines = zlib.decompress(view[begin : begin + int(lengths[i])])
         except zlib.error:
             continue
-        if len(decoded) == height * line:
-            plain.append(i)
-            lines.append(decoded)
-    if plain:
-        rows = np.frombuffer(b"".join(lines), dtype=np.uint8).reshape(len(plain), height, line)
+        if len(lines) == height * line:
+            decoded.append(lines)
+            kept.append(i)
+    if kept:
+        rows = np.frombuffer(b"".join(decoded), dtype=np.uint8).reshape(len(kept), height, line)
         unfiltered = ~rows[:, :, 0].any(axis=1)
-        kept = np.asarray(plain)[unfiltered]
-        out[kept] = rows[unfiltered, :, 1:].reshape(len(kept), height, width, 3)
-        done = set(kept.tolist())
-    else:
-        done = set()
-    return [i for i in range(n) if i not in done]
+        chosen = np.asarray(kept)[unfiltered]
+        out[chosen] = rows[unfiltered, :, 1:].reshape(len(chosen), height, width, 3)
+        done = np.zeros(n, dtype=bool)
+        done[chosen] = True
+        return np.flatnonzero(~done).tolist()
+    return list(range(n))
 
 
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
