@@ -174,6 +174,7 @@ class EpochRecorder:
         plan = self.plan
         gathered: dict[int, Rows] = {}
         maps: dict[int, dict[str, spatial_maps.TopMaps]] = {}
+        num_classes = collectives.largest(self._num_classes)  # the widest logits seen
         for idx, name in enumerate(plan.names):
             buffer = self._buffers.get(idx)
             local = buffer.rows() if buffer is not None and len(buffer) else None
@@ -188,13 +189,12 @@ class EpochRecorder:
                 if rows is not None and pixels is not None:
                     rows = rows.with_column(columns.THUMBS, pixels)
             if rows is not None:
-                gathered[idx] = self._labelled_rows(name, rows)
+                gathered[idx] = self._labelled_rows(name, rows, num_classes)
             found = {
                 layer: collectives.top_maps(self._top_maps.get((idx, layer)))
                 for layer in self.settings.layers
             }
             maps[idx] = {layer: top for layer, top in found.items() if top is not None}
-        num_classes = collectives.largest(self._num_classes)
         self._clear_epoch()
         return EpochRows(
             {idx: rows for idx, rows in gathered.items() if len(rows)}, maps, num_classes
@@ -265,7 +265,7 @@ class EpochRecorder:
         x, y = batch_inputs(batch, settings.input_key, settings.target_key, settings.unpack_batch)
         acts, logits = self._captured(len(y), where)
         if check_only:
-            self._check_batch(x, y, where)
+            self._check_batch(x, y, logits.shape[-1], where)
             return
         # The recorded path: nothing below reads a value back from the device. Which
         # rows are kept is known on the host (positions); ignored labels and label
@@ -367,21 +367,34 @@ class EpochRecorder:
                 self._top_maps[(dataloader_idx, layer)] = state
             state.update(rows.acts[layer], rows.positions, rows.labels >= 0, maps)
 
-    def _check_batch(self, x: torch.Tensor, y: torch.Tensor, where: str) -> None:
+    def _check_batch(self, x: torch.Tensor, y: torch.Tensor, width: int, where: str) -> None:
         """The checks a recorded batch cannot make without reading values back: the
-        labels against the class names, and whether the inputs make thumbnails."""
+        labels against the class names (without names, against the ``width`` of the
+        classifier outputs), and whether the inputs make thumbnails."""
         assert self.plan is not None
+        labels = y.detach().cpu()
         if self.plan.class_names is not None:
-            self.plan.class_names.check(y.detach().cpu(), where)
+            self.plan.class_names.check(labels, where)
+        elif len(labels) and int(labels.max()) >= width:
+            raise MisconfigurationException(_beyond_the_outputs(int(labels.max()), width, where))
         if self.settings.thumbnails:  # inputs that cannot become images fail here, not later
             size = self.settings.thumbnail_size
             to_thumbnails(denormalize_inputs(x[:2], self.settings.denormalize), size)
 
-    def _labelled_rows(self, name: str, rows: Rows) -> Rows:
+    def _labelled_rows(self, name: str, rows: Rows, num_classes: int) -> Rows:
         """``rows`` without the images whose label is negative (-100 and other ignore
         values), which are counted in a warning; labels beyond the class names stop
-        the run, as the sanity check does."""
+        the run, as the sanity check does. Without class names, labels beyond the
+        ``num_classes`` classifier outputs are left out and counted too: a label is
+        never turned into an allocation of its size."""
         assert self.plan is not None
+        if self.plan.class_names is None and len(rows):
+            beyond = rows.labels >= num_classes
+            count = int(beyond.sum())
+            if count:
+                largest = int(rows.labels.max())
+                rank_zero_warn(_beyond_the_outputs(largest, num_classes, repr(name), count=count))
+                rows = rows.take(torch.nonzero(~beyond).reshape(-1))
         labelled = rows.labels >= 0
         ignored = len(rows) - int(labelled.sum())
         if ignored:
@@ -394,6 +407,19 @@ class EpochRecorder:
         if self.plan.class_names is not None:
             self.plan.class_names.check(rows.labels, repr(name))
         return rows
+
+
+def _beyond_the_outputs(label: int, width: int, where: str, count: int | None = None) -> str:
+    """Labels beyond the classifier's outputs, without class names: what to do
+    (``count``: how many images were left out for it)."""
+    which = f"label {label}" if count is None else f"{count} images with labels up to {label}"
+    left_out = "" if count is None else " They were left out of the record and its scores."
+    return (
+        f"DeephysCallback: {where} has {which}, but the model outputs {width} class "
+        "scores and no class names were given, so the classes are 0 to "
+        f"{width - 1}.{left_out} Give DeephysCallback(class_names=...) one name per "
+        "class (labels beyond the model's outputs are then recorded), or check the labels."
+    )
 
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
