@@ -45,6 +45,55 @@ def test_two_processes_log_what_one_process_logs(tmp_path, max_images, strategy,
     extra += () if chunk_bytes is None else (chunk_bytes,)
     single = _run(tmp_path / "single", weights, 1, *extra)
     double = _run(tmp_path / "double", weights, 2, *extra)
+    _assert_same(single, double, max_images)
+
+
+def test_two_nodes_of_one_process_log_what_one_process_logs(tmp_path):
+    """Lightning's num_nodes=2, one process per "node" on 127.0.0.1 (each started with
+    its NODE_RANK, as a cluster's launcher would): the same arrays as one process."""
+    weights = tmp_path / "weights.pt"
+    torch.manual_seed(0)
+    torch.save(TinyNet().state_dict(), weights)
+    single = _run(tmp_path / "single", weights, 1, "-", "ddp")
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), str(tmp_path / "nodes"), str(weights), "2", "-", "nodes"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(
+                os.environ,
+                PYTHONPATH=str(SCRIPT.parent),
+                OMP_NUM_THREADS="1",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE="2",
+                NODE_RANK=str(node),
+                LOCAL_RANK="0",
+            ),
+        )
+        for node in (0, 1)
+    ]
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "MEMBER: 2/2" in outputs[1]  # one world of two processes, not two of one
+    _assert_same(single, read_log(Path(tmp_path) / "nodes" / "run" / "version_0"), None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _assert_same(single, double, max_images) -> None:
     assert double.datasets == single.datasets == ("ind", "ood", "odd")
     step = single.steps[-1]
     assert double.steps == single.steps

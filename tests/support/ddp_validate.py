@@ -1,10 +1,13 @@
 """Run trainer.validate, then trainer.test, with DeephysCallback on 1 or 2 CPU
 processes (DDP, gloo).
 
-    python tests/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES|-] [STRATEGY] [CHUNK_BYTES]
+    python tests/support/ddp_validate.py LOGDIR WEIGHTS DEVICES [MAX_IMAGES|-] [STRATEGY]
+                                         [CHUNK_BYTES]
 
 Used by test_distributed.py: Lightning's "ddp" strategy starts the second process
-by running this script again, so it must be a script, not a test function.
+by running this script again, so it must be a script, not a test function. STRATEGY
+"nodes": DEVICES nodes of one process each (``num_nodes``), each started by the test
+with its own ``NODE_RANK`` (Lightning's environment variables for multi-node runs).
 """
 
 from __future__ import annotations
@@ -26,10 +29,14 @@ def main() -> None:
     chunk_bytes = {"gather_chunk_bytes": int(sys.argv[6])} if len(sys.argv) > 6 else {}
     model = TinyNet()
     model.load_state_dict(torch.load(weights))
+    nodes = 1
+    if strategy == "nodes":
+        nodes, devices, strategy = devices, 1, "ddp"
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy=strategy if devices > 1 else "auto",
+        num_nodes=nodes,
+        strategy=strategy if devices * nodes > 1 else "auto",
         logger=TensorBoardLogger(logdir, name="run", version=0),
         callbacks=[
             DeephysCallback(layers=["fc", "features.0"], max_images=max_images, **chunk_bytes)
