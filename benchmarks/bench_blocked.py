@@ -28,8 +28,8 @@ import warnings
 
 import lightning as L
 import torch
+from bench_callback import Classifier  # benchmarks/ is on the path of its scripts
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from deephys_lightning import DeephysCallback
@@ -66,24 +66,6 @@ class LoopClock(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._close_gap()  # the last epoch's: to the end of fit (not compared)
-
-
-class Classifier(L.LightningModule):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        return nn.functional.cross_entropy(self(batch[0]), batch[1])
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        self(batch[0])
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=1e-3)
 
 
 def _cnn(images: int):
