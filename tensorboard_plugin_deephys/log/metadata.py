@@ -31,12 +31,20 @@ import io
 import json
 import re
 from collections.abc import Sequence
+from typing import cast
 from urllib.parse import quote
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.json_documents import (
+    MAX_CONTENT_BYTES,
+    Fields,
+    MalformedDocument,
+    items,
+    parse_json,
+)
 
 PLUGIN_NAME = "deephys"
 # Bump when the meaning of a kind changes; readers skip contents newer than this.
@@ -236,19 +244,35 @@ def parse_plugin_content(content: bytes) -> PluginContent | None:
     """Parse plugin content; ``None`` for contents this reader cannot read.
 
     Unknown (newer) versions and unknown kinds are skipped, not errors, so that an
-    older TensorBoard keeps working on a log written by a newer callback.
+    older TensorBoard keeps working on a log written by a newer callback; so are
+    malformed ones (:func:`read_plugin_content` tells them apart).
     """
     try:
-        raw = json.loads(content.decode("utf-8"))
-        version = int(raw["version"])
-        kind = Kind(raw["kind"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return read_plugin_content(content)
+    except MalformedDocument:
         return None
-    if version > CONTENT_VERSION:
+
+
+def read_plugin_content(content: bytes) -> PluginContent | None:
+    """Parse plugin content: ``None`` for a newer version or an unknown kind (a newer
+    callback's, skipped), :class:`MalformedDocument` for anything else that is not a
+    content this version writes (not JSON, a version that is not an integer, a name
+    that is not a text...; see ``json_documents``)."""
+    what = "the plugin content"
+    fields = Fields(parse_json(content, what, max_bytes=MAX_CONTENT_BYTES), what)
+    version = fields.integer("version")
+    kind = fields.text("kind")
+    if version > CONTENT_VERSION or kind not in _KIND_VALUES:
         return None
     return PluginContent(
-        kind=kind, version=version, layer=raw.get("layer"), dataset=raw.get("dataset")
+        kind=Kind(kind),
+        version=version,
+        layer=fields.optional_text("layer"),
+        dataset=fields.optional_text("dataset"),
     )
+
+
+_KIND_VALUES = frozenset(kind.value for kind in Kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,32 +324,36 @@ class Record:
         """Parse a record; ``None`` for a newer version or a malformed one (fields
         missing or of the wrong type, no layer, dataset or class)."""
         try:
-            data = json.loads(raw.decode("utf-8"))
-            if int(data.get("version", 0)) > CONTENT_VERSION:
-                return None
-            names = {key: tuple(data[key]) for key in ("layers", "datasets", "class_names")}
-            if not names["layers"] or not names["datasets"] or not names["class_names"]:
-                return None  # a record must name a layer, a dataset and a class
-            if not all(isinstance(n, str) for group in names.values() for n in group):
-                return None
-            return cls(
-                step=int(data["step"]),
-                epoch=int(data["epoch"]),
-                **names,
-                num_images={str(k): int(v) for k, v in data["num_images"].items()},
-                top_k=int(data["top_k"]),
-                relu=bool(data.get("relu", True)),
-                set_means=str(data.get("set_means", "raw")),
-                stage=str(data.get("stage", "")),
-                dataset_sizes={
-                    str(k): None if v is None else int(v)
-                    for k, v in (data.get("dataset_sizes") or {}).items()
-                },
-                arrays=tuple(str(tag) for tag in data.get("arrays") or ()),
-                version=int(data.get("version", CONTENT_VERSION)),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            return cls.parse(raw)
+        except MalformedDocument:
             return None
+
+    @classmethod
+    def parse(cls, raw: bytes, what: str = "the record") -> Record | None:
+        """Parse a record; ``None`` for a newer version, :class:`MalformedDocument`
+        (naming ``what`` and the field) for a malformed one: fields missing or of the
+        wrong type, numbers out of range, no layer, dataset or class."""
+        fields = Fields(parse_json(raw, what), what)
+        version = fields.integer("version", 0)
+        if version > CONTENT_VERSION:
+            return None
+        names = {key: fields.texts(key) for key in ("layers", "datasets", "class_names")}
+        for key, group in names.items():
+            if not group:  # a record must name a layer, a dataset and a class
+                raise MalformedDocument(what, f"its {key!r} is empty")
+        return cls(
+            step=fields.count("step"),
+            epoch=fields.count("epoch"),
+            **names,
+            num_images=cast("dict[str, int]", fields.counts_by_name("num_images")),
+            top_k=fields.count("top_k"),
+            relu=fields.boolean("relu", True),
+            set_means=fields.text("set_means", "raw"),
+            stage=fields.text("stage", ""),
+            dataset_sizes=fields.counts_by_name("dataset_sizes", {}, optional=True),
+            arrays=fields.texts("arrays", ()),
+            version=fields.integer("version", CONTENT_VERSION),
+        )
 
 
 # The OOD detection metrics of one Detection row, in the order the tables show them.
@@ -366,25 +394,27 @@ class Detection:
         return json.dumps([clean(row) for row in rows], sort_keys=True).encode("utf-8")
 
     @classmethod
-    def list_from_json(cls, raw: bytes) -> list[Detection]:
-        """Parse a ``detection`` blob; ``ValueError`` for a malformed one."""
+    def list_from_json(cls, raw: bytes, what: str = "detection rows") -> list[Detection]:
+        """Parse a ``detection`` blob; :class:`MalformedDocument` (a ``ValueError``)
+        for a malformed one. Metrics may be null or NaN (a set without images)."""
         try:
-            data = json.loads(bytes(raw).decode("utf-8"))
             return [
-                cls(
-                    detector=str(row["detector"]),
-                    layer=None if row.get("layer") is None else str(row["layer"]),
-                    **{
-                        name: float("nan") if row.get(name) is None else float(row[name])
-                        for name in DETECTION_METRICS
-                    },
-                    ind_images=int(row["ind_images"]),
-                    ood_images=int(row["ood_images"]),
-                )
-                for row in data
+                cls._from_fields(Fields(item, f"row {i}"))
+                for i, item in enumerate(items(parse_json(raw, "it", allow_nan=True), "it"))
             ]
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
-            raise ValueError(f"unreadable detection rows: {error}") from None
+        except MalformedDocument as error:
+            message = f"unreadable {what}: {error}"
+            raise MalformedDocument(what, str(error), message) from None
+
+    @classmethod
+    def _from_fields(cls, row: Fields) -> Detection:
+        return cls(
+            detector=row.text("detector"),
+            layer=row.optional_text("layer"),
+            **{name: row.number(name, float("nan"), allow_nan=True) for name in DETECTION_METRICS},
+            ind_images=row.count("ind_images"),
+            ood_images=row.count("ood_images"),
+        )
 
 
 # -- arrays as blob chunks ---------------------------------------------------------
@@ -483,16 +513,14 @@ class ThumbnailReference:
         return json.dumps(data).encode("utf-8")
 
     @classmethod
-    def from_json(cls, raw: bytes) -> ThumbnailReference:
-        """Parse a reference; ``ValueError`` for a malformed one or a foreign file name."""
-        try:
-            data = json.loads(bytes(raw).decode("utf-8"))
-            reference = cls(
-                file=data["file"],
-                count=int(data.get("count", -1)),
-                shape=tuple(int(d) for d in data.get("shape", ())),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
-            raise ValueError(f"unreadable thumbnail reference: {error}") from None
+    def from_json(cls, raw: bytes, what: str = "the thumbnail reference") -> ThumbnailReference:
+        """Parse a reference; :class:`MalformedDocument` (a ``ValueError``) for a
+        malformed one, ``ValueError`` for a foreign file name."""
+        fields = Fields(parse_json(raw, what), what)
+        reference = cls(
+            file=fields.text("file"),
+            count=fields.integer("count", -1, minimum=-1),
+            shape=fields.counts("shape", ()),
+        )
         asset_path("", reference.file)  # refuses anything but our own asset names
         return reference

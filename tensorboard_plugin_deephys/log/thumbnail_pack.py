@@ -40,6 +40,7 @@ import google_crc32c
 import numpy as np
 
 from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.json_documents import Fields, MalformedDocument, parse_json
 
 MAGIC = b"DPHYTHM1"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
@@ -206,13 +207,17 @@ class ThumbnailPack:
         if header_length > _MAX_HEADER:
             raise ValueError(f"{self.path} is damaged: a header of {header_length} bytes")
         try:
-            header = json.loads(storage.read_range(self.path, 12, header_length).decode("utf-8"))
-            count, (height, width, channels) = header["count"], header["shape"]
-            image_format = header["format"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
-            raise ValueError(
-                f"{self.path} is damaged: its header is unreadable ({error})"
-            ) from None
+            what = "its header"
+            header = Fields(
+                parse_json(storage.read_range(self.path, 12, header_length), what), what
+            )
+            count, shape = header.count("count"), header.counts("shape")
+            image_format = header.text("format")
+            if len(shape) != 3:
+                raise MalformedDocument(what, f"its 'shape' has {len(shape)} sides, not 3")
+            height, width, channels = shape
+        except MalformedDocument as error:
+            raise ValueError(f"{self.path} is damaged: {error}") from None
         numbers = (count, height, width, channels)
         if (
             not all(type(n) is int for n in numbers)  # not bool, float, Infinity or text
