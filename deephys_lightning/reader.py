@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -269,8 +269,9 @@ def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
     """
-    logs, damage = _load(log_dir)
+    logs, damage, left_out = _load(log_dir)
     _warn_damage(damage)
+    _warn_left_out(left_out)
     return logs
 
 
@@ -281,9 +282,33 @@ def _warn_damage(damage: dict[str, list[Damage]]) -> None:
             warnings.warn(f"{what}: {stretch}", stacklevel=3)
 
 
-def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]]]:
-    """:func:`read_runs`, and the damage found in each run's event files (every run's,
-    also of runs whose damage left no readable record)."""
+def _warn_left_out(left_out: dict[str, str]) -> None:
+    """One line per run with malformed data: what was left out of it, and why."""
+    for run, what in sorted(left_out.items()):
+        warnings.warn(f"run {run!r}: {what}", stacklevel=3)
+
+
+def _left_out(reader: DeephysReader, run: str, tags: Mapping[str, str]) -> str | None:
+    """What of ``run`` is left out for malformed data (tags of malformed plugin content,
+    malformed records), in one line; None when nothing is."""
+    parts = [
+        f"tag {tag!r} left out, its plugin content is malformed: {c}" for tag, c in tags.items()
+    ]
+    if run in reader.index(RequestContext(), _EXPERIMENT):
+        records = reader.malformed_records(RequestContext(), _EXPERIMENT, run)
+        parts += [
+            f"the record at step {s} left out, it is malformed: {c}" for s, c in records.items()
+        ]
+    return "; ".join(parts) or None
+
+
+def _load(
+    log_dir: str | os.PathLike,
+) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]], dict[str, str]]:
+    """:func:`read_runs`, the damage found in each run's event files (every run's,
+    also of runs whose damage left no readable record), and per run, what of it was
+    left out for malformed data (a run without a readable record is left out whole,
+    the others are read)."""
     log_dir = os.fspath(log_dir)
     if storage.is_url(log_dir):
         log_dir = storage.normalize(log_dir)  # TensorBoard's readers list it as a folder
@@ -295,11 +320,23 @@ def _load(log_dir: str | os.PathLike) -> tuple[dict[str, DeephysLog], dict[str, 
     multiplexer.Reload()
     provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
     reader = DeephysReader(provider, logdir=log_dir)
-    logs = {
-        run: DeephysLog(reader, run, tuple(multiplexer.damage.get(run, ())))
-        for run in reader.index(RequestContext(), _EXPERIMENT)
-    }
-    return logs, {run: found for run, found in multiplexer.damage.items() if found}
+    ctx = RequestContext()
+    index, malformed = reader.index(ctx, _EXPERIMENT), reader.malformed_tags(ctx, _EXPERIMENT)
+    logs: dict[str, DeephysLog] = {}
+    left_out: dict[str, str] = {}
+    for run in sorted(set(index) | set(malformed)):
+        what = _left_out(reader, run, malformed.get(run, {}))
+        try:
+            if run not in index:
+                raise ValueError("it holds no readable Deephys record")
+            logs[run] = DeephysLog(reader, run, tuple(multiplexer.damage.get(run, ())))
+        except ValueError as error:  # no readable record: this run only is left out
+            cause = str(error).removeprefix(f"run {run!r} ")
+            what = f"left out, {cause}" + (f" ({what})" if what else "")
+        if what is not None:
+            left_out[run] = what
+    damage = {run: found for run, found in multiplexer.damage.items() if found}
+    return logs, damage, left_out
 
 
 def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
@@ -317,10 +354,11 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
         ValueError: no run holds Deephys data, or several do and ``run`` is not given.
     """
     try:
-        logs, damage = _load(log_dir)
+        logs, damage, left_out = _load(log_dir)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"read_log: {error}") from None
     runs = sorted(logs)
+    asked = run
     damaged = "".join(
         f"; run {name!r} has damaged event files ({found[0]})"
         for name, found in sorted(damage.items())
@@ -332,6 +370,11 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
         run = runs[0]
     # The damage of the run read (of every run, when none can be picked).
     _warn_damage(damage if run is None else {run: damage.get(run, [])})
+    # What was left out of it for malformed data; and of the runs left out whole, when
+    # the run was not named (one line per run).
+    _warn_left_out(
+        {r: w for r, w in left_out.items() if r == run or (asked is None and r not in logs)}
+    )
     if run is None:
         raise ValueError(
             f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
@@ -340,7 +383,8 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
             + damaged
         )
     if run not in logs:
+        why = f" ({left_out[run]})" if run in left_out else ""
         raise ValueError(
-            f"read_log: no Deephys data in run {run!r}; runs with data: {runs}{damaged}"
+            f"read_log: no Deephys data in run {run!r}{why}; runs with data: {runs}{damaged}"
         )
     return logs[run]

@@ -84,6 +84,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             cache_bytes=cache_bytes,
             logdir_spec=getattr(flags, "logdir_spec", None),
         )
+        self._told: set[tuple] = set()  # malformed tags and records already logged
 
     def get_plugin_apps(self) -> dict[str, Callable]:
         return {
@@ -116,9 +117,27 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def runs_impl(self, ctx, experiment_id: str) -> dict[str, Any]:
         runs, unavailable = [], []
         records: dict[str, list[Record]] = {}
+        malformed = self._reader.malformed_tags(ctx, experiment_id)
+        for run, tags in malformed.items():
+            for tag, cause in tags.items():
+                self._tell(
+                    ("tag", run, tag),
+                    "run %r: tag %r left out: its plugin content is malformed: %s",
+                    run,
+                    tag,
+                    cause,
+                )
         for run in self._reader.index(ctx, experiment_id):
             try:  # one unreadable run must not empty the tab
                 records[run] = self._reader.records(ctx, experiment_id, run)
+                for step, cause in self._reader.malformed_records(ctx, experiment_id, run).items():
+                    self._tell(
+                        ("record", run, step),
+                        "run %r: the record at step %d is left out: %s",
+                        run,
+                        step,
+                        cause,
+                    )
                 entry = self._run_entry(ctx, experiment_id, run, records[run])
             except Exception as error:
                 _logger.warning(
@@ -140,15 +159,23 @@ class DeephysPlugin(base_plugin.TBPlugin):
         for entry in runs:
             entry["sampling"] = self._sampling(records[entry["run"]], recorded.get(entry["run"]))
         for run in self._reader.runs_without_record(ctx, experiment_id):
-            unavailable.append(
-                {
-                    "run": run,
-                    "error": "it holds Deephys arrays but no record yet: its first record is "
-                    "being written, or its event file ends (or is damaged) before it",
-                }
-            )
+            if malformed.get(run):
+                causes = "; ".join(f"tag {t!r}: {c}" for t, c in list(malformed[run].items())[:3])
+                cause = f"its record cannot be read: malformed plugin content ({causes})"
+            else:
+                cause = (
+                    "it holds Deephys arrays but no record yet: its first record is being "
+                    "written, or its event file ends (or is damaged) before it"
+                )
+            unavailable.append({"run": run, "error": cause})
         # Runs with Deephys tags that cannot be shown, each with its cause (the tab says so).
         return {"runs": runs, "unavailable": unavailable}
+
+    def _tell(self, key: tuple, message: str, *args: Any) -> None:
+        """Log ``message`` once per ``key`` (the runs route is asked every few seconds)."""
+        if key not in self._told:
+            self._told.add(key)
+            _logger.warning("Deephys: " + message, *args)
 
     def _run_entry(
         self, ctx, experiment_id: str, run: str, records: list[Record]

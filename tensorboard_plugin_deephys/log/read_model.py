@@ -39,7 +39,7 @@ from tensorboard import errors
 from tensorboard_plugin_deephys.log import array_checks, derived, metadata
 from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.metadata import TOP_NEURONS, Detection, Kind, Record
-from tensorboard_plugin_deephys.log.records import DeephysReader
+from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
 
@@ -424,9 +424,9 @@ class StepData:
         except errors.NotFoundError:  # the names are checked: the step lacks the rows
             return []
         try:
-            return Detection.list_from_json(raw)
-        except ValueError as error:
-            raise errors.NotFoundError(f"the detection rows of {ood!r}: {error}") from None
+            return Detection.list_from_json(raw, f"detection rows of {ood!r}")
+        except ValueError as error:  # json_documents.MalformedDocument
+            raise MalformedDataError(f"run {self.run!r}, step {self.step}: {error}") from None
 
     def accuracy(self, dataset: str) -> float:
         return derived.accuracy(self.labels(dataset), self.predictions(dataset))

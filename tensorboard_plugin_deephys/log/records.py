@@ -31,6 +31,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 from tensorboard_plugin_deephys.log import assets, storage
 from tensorboard_plugin_deephys.log.assets import ThumbnailFile
+from tensorboard_plugin_deephys.log.json_documents import MalformedDocument
 from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
 from tensorboard_plugin_deephys.log.metadata import (
     BLOB_KINDS,
@@ -42,7 +43,7 @@ from tensorboard_plugin_deephys.log.metadata import (
     ThumbnailReference,
     asset_path,
     decode_chunks,
-    parse_plugin_content,
+    read_plugin_content,
 )
 from tensorboard_plugin_deephys.log.run_dirs import RunDirectories
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
@@ -53,6 +54,14 @@ DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 INDEX_TTL_SECONDS = 2.0
 
 TagKey = tuple[Kind, str | None, str | None]  # (kind, layer, dataset)
+# Per run, the tags whose plugin content is malformed, with the cause of each.
+Malformed = Mapping[str, Mapping[str, str]]
+
+
+class MalformedDataError(errors.NotFoundError):
+    """A document of the log (a record, a thumbnail reference, detection rows) or a
+    tag's plugin content that cannot be read (``json_documents.MalformedDocument``):
+    the message names the run, the step or tag, and the cause."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,8 @@ class RunIndex:
     tags: Mapping[TagKey, str]
     # The latest step of each tag the data provider holds.
     max_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Tags of the run left out because their plugin content is malformed, with the cause.
+    malformed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def tag(self, kind: Kind, layer: str | None = None, dataset: str | None = None) -> str | None:
         return self.tags.get((Kind(kind), layer, dataset))
@@ -85,8 +96,9 @@ class DeephysReader:
         self._run_dirs = RunDirectories(logdir, logdir_spec)
         self._cache = ByteLRUCache(cache_bytes)
         self._index_lock = threading.Lock()
-        # experiment -> (when listed, (runs with a record, runs with Deephys tags only))
-        self._index_cache: dict[str, tuple[float, tuple[dict[str, RunIndex], tuple[str, ...]]]] = {}
+        # experiment -> (when listed, (runs with a record, runs with Deephys tags only,
+        # tags of malformed plugin content by run))
+        self._index_cache: dict[str, tuple[float, _Listing]] = {}
         # experiment -> (when read, which tags of which runs, their steps by run)
         self._scalar_cache: dict[str, tuple[float, tuple, dict[str, frozenset[int]]]] = {}
 
@@ -106,7 +118,13 @@ class DeephysReader:
         an event file cut (or damaged) before its first record."""
         return self._listing(ctx, experiment_id)[1]
 
-    def _listing(self, ctx, experiment_id: str) -> tuple[dict[str, RunIndex], tuple[str, ...]]:
+    def malformed_tags(self, ctx, experiment_id: str) -> Malformed:
+        """Per run, the tags left out because their plugin content is malformed (a
+        version that is no integer, a list where a name belongs...), with the cause of
+        each: the run's other tags, and other runs, are read as if they were absent."""
+        return self._listing(ctx, experiment_id)[2]
+
+    def _listing(self, ctx, experiment_id: str) -> _Listing:
         now = time.monotonic()
         with self._index_lock:
             cached = self._index_cache.get(experiment_id)
@@ -117,9 +135,10 @@ class DeephysReader:
             self._index_cache[experiment_id] = (now, listing)
         return listing
 
-    def _list_index(self, ctx, experiment_id: str) -> tuple[dict[str, RunIndex], tuple[str, ...]]:
+    def _list_index(self, ctx, experiment_id: str) -> _Listing:
         runs: dict[str, dict[TagKey, str]] = {}
         max_steps: dict[str, dict[str, int]] = {}
+        malformed: dict[str, dict[str, str]] = {}
         listings = (
             self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME),
             self._provider.list_blob_sequences(
@@ -129,16 +148,21 @@ class DeephysReader:
         for listing in listings:
             for run, tags in listing.items():
                 for tag, meta in tags.items():
-                    content = parse_plugin_content(meta.plugin_content)
-                    if content is not None:
+                    try:
+                        content = read_plugin_content(meta.plugin_content)
+                    except MalformedDocument as error:  # this tag only is left out
+                        malformed.setdefault(run, {})[tag] = error.cause
+                        continue
+                    if content is not None:  # None: a newer callback's, skipped
                         runs.setdefault(run, {})[_tag_key(content)] = tag
                         max_steps.setdefault(run, {})[tag] = int(meta.max_step)
         recorded = {
-            run: RunIndex(tags, max_steps[run])
+            run: RunIndex(tags, max_steps[run], malformed.get(run, {}))
             for run, tags in sorted(runs.items())
             if (Kind.RECORD, None, None) in tags
         }
-        return recorded, tuple(sorted(set(runs) - set(recorded)))
+        without = (set(runs) | set(malformed)) - set(recorded)
+        return recorded, tuple(sorted(without)), malformed
 
     def scalar_steps(
         self, ctx, experiment_id: str, tags: Mapping[str, Collection[str]]
@@ -176,6 +200,11 @@ class DeephysReader:
     def run_index(self, ctx, experiment_id: str, run: str) -> RunIndex:
         index = self.index(ctx, experiment_id)
         if run not in index:
+            malformed = self.malformed_tags(ctx, experiment_id).get(run)
+            if malformed:
+                raise MalformedDataError(
+                    f"run {run!r} has no readable Deephys record: {_malformed_tags(malformed)}"
+                )
             raise errors.NotFoundError(
                 f"run {run!r} has no Deephys data; runs with data: {sorted(index)}"
             )
@@ -184,28 +213,57 @@ class DeephysReader:
     # -- records -----------------------------------------------------------------
 
     def records(self, ctx, experiment_id: str, run: str) -> list[Record]:
-        """The recorded validation epochs of ``run``, oldest first."""
+        """The recorded validation epochs of ``run``, oldest first (records that are
+        malformed left out: :meth:`malformed_records`)."""
+        return self._read_records(ctx, experiment_id, run)[0]
+
+    def malformed_records(self, ctx, experiment_id: str, run: str) -> dict[int, str]:
+        """The steps of ``run`` whose record is malformed (and no readable record was
+        written at that step), with the cause of each."""
+        return self._read_records(ctx, experiment_id, run)[1]
+
+    def _read_records(
+        self, ctx, experiment_id: str, run: str
+    ) -> tuple[list[Record], dict[int, str]]:
         tag = self.run_index(ctx, experiment_id, run).tag(Kind.RECORD)
         # Should a log hold two writes at one step (the callback avoids it), the later
         # one wins, here and for the arrays (by wall time, not by event file order).
         latest: dict[int, tuple[float, Record]] = {}
+        malformed: dict[int, str] = {}
         for datum in self._blob_data(ctx, experiment_id, run, tag):
             record = self._cache.get_or_compute(
                 ("record", experiment_id, run, tuple(ref.blob_key for ref in datum.values)),
                 functools.partial(self._parse_record, ctx, run, datum.values),
             )
-            if record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
+            if isinstance(record, MalformedDocument):
+                malformed[int(datum.step)] = record.cause
+            elif record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
                 latest[record.step] = (datum.wall_time, record)
-        return [latest[step][1] for step in sorted(latest)]
+        unread = {step: cause for step, cause in sorted(malformed.items()) if step not in latest}
+        return [latest[step][1] for step in sorted(latest)], unread
 
-    def _parse_record(self, ctx, run: str, refs: Sequence[provider.BlobReference]) -> Record | None:
-        return Record.from_json(b"".join(self._read_blob(ctx, run, ref) for ref in refs))
+    def _parse_record(
+        self, ctx, run: str, refs: Sequence[provider.BlobReference]
+    ) -> Record | MalformedDocument | None:
+        """The record of ``refs``; None for a newer version; the error of a malformed one
+        (kept in the cache like a record, so that it is parsed once)."""
+        try:
+            return Record.parse(b"".join(self._read_blob(ctx, run, ref) for ref in refs))
+        except MalformedDocument as error:
+            return error
 
     def record(self, ctx, experiment_id: str, run: str, step: int | None = None) -> Record:
         """The record at ``step``, or the latest one when ``step`` is None."""
-        records = self.records(ctx, experiment_id, run)
+        records, malformed = self._read_records(ctx, experiment_id, run)
+        if step is not None and step in malformed:
+            raise MalformedDataError(
+                f"run {run!r}: the record at step {step} is malformed: {malformed[step]}"
+            )
         if not records:
-            raise errors.NotFoundError(f"run {run!r} has no readable Deephys record")
+            detail = "".join(
+                f"; the record at step {s} is malformed: {cause}" for s, cause in malformed.items()
+            )
+            raise errors.NotFoundError(f"run {run!r} has no readable Deephys record{detail}")
         if step is None:
             return records[-1]
         for record in records:
@@ -302,13 +360,19 @@ class DeephysReader:
         self, ctx, experiment_id: str, run: str, kind: Kind, layer: str | None, dataset: str | None
     ) -> str:
         """The tag of ``kind`` for ``layer`` and ``dataset`` in ``run``."""
-        tag = self.run_index(ctx, experiment_id, run).tag(kind, layer, dataset)
+        index = self.run_index(ctx, experiment_id, run)
+        tag = index.tag(kind, layer, dataset)
         if tag is None:
             where = " and ".join(
                 f"{what} {name!r}"
                 for what, name in (("layer", layer), ("dataset", dataset))
                 if name
             )
+            if index.malformed:
+                raise MalformedDataError(
+                    f"run {run!r} has no {kind.value} for {where}; "
+                    f"{_malformed_tags(index.malformed)}"
+                )
             raise errors.NotFoundError(f"run {run!r} has no {kind.value} for {where}")
         return tag
 
@@ -334,9 +398,13 @@ class DeephysReader:
                 f"the thumbnails of {dataset!r} are files beside the events, and {error}"
             ) from None
         try:
-            relative = ThumbnailReference.from_json(reference).file
+            relative = ThumbnailReference.from_json(
+                reference, f"the thumbnail reference of {dataset!r}"
+            ).file
+        except MalformedDocument as error:
+            raise MalformedDataError(f"run {run!r}, step {step}: {error}") from None
         except ValueError as error:
-            raise errors.NotFoundError(str(error)) from None
+            raise errors.NotFoundError(f"run {run!r}, step {step}: {error}") from None
         path = asset_path(run_dir, relative)
         try:
             return self._cache.get_or_compute(
@@ -351,7 +419,8 @@ class DeephysReader:
             raise errors.NotFoundError(f"the thumbnails of {dataset!r}: {error}") from None
         except (OSError, ValueError) as error:  # damaged, unreachable, or not ours
             raise errors.NotFoundError(
-                f"the thumbnails of {dataset!r} are unreadable: {type(error).__name__}: {error}"
+                f"run {run!r}, step {step}: the thumbnails of {dataset!r} are unreadable: "
+                f"{type(error).__name__}: {error}"
             ) from None
 
     def _datum(self, ctx, experiment_id: str, run: str, tag: str, kind: Kind, step: int):
@@ -423,6 +492,14 @@ class DeephysReader:
 
 
 _KIND_NAMES = frozenset(kind.value for kind in Kind)
+_Listing = tuple[dict[str, RunIndex], tuple[str, ...], Malformed]
+
+
+def _malformed_tags(malformed: Mapping[str, str], shown: int = 3) -> str:
+    """Which tags were left out for malformed plugin content, and why (a few)."""
+    listed = "; ".join(f"tag {tag!r}: {cause}" for tag, cause in list(malformed.items())[:shown])
+    more = f" (and {len(malformed) - shown} more)" if len(malformed) > shown else ""
+    return f"its tags of malformed plugin content are left out: {listed}{more}"
 
 
 def _tag_key(content: PluginContent) -> TagKey:
