@@ -23,6 +23,7 @@ import dataclasses
 import json
 
 from tensorboard_plugin_deephys.log import metadata, storage
+from tensorboard_plugin_deephys.log.json_documents import parse_json
 
 
 @dataclasses.dataclass
@@ -55,11 +56,12 @@ class LogState:
     def load(cls, log_dir: str) -> LogState:
         """The saved state of ``log_dir``; an empty one when there is none yet."""
         try:
-            raw = json.loads(storage.read_bytes(cls.path(log_dir)).decode("utf-8"))
+            path = cls.path(log_dir)
+            raw = parse_json(storage.read_bytes(path), path)  # bounded, like the log's
             return cls.from_dict(log_dir, raw)
         except FileNotFoundError:
             return cls(log_dir=log_dir)
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError, TypeError, AttributeError, OverflowError):
             # An unreadable state file must not stop training: start afresh, but keep the
             # steps monotonic from what this process knows.
             return cls(log_dir=log_dir)
