@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
 from deephys_lightning.scores import detection_table, format_table, score_table
+from tensorboard_plugin_deephys.log.storage import ReadTimeout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
         _silence_stdout()
         return 0
+    except ReadTimeout as error:  # a stalled mount or store: said in one line
+        print(f"deephys-lightning {args.command}: {error}", file=sys.stderr)
+        return 2
     return 2  # argparse already refused unknown commands
 
 

@@ -22,6 +22,8 @@ from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from werkzeug import wrappers
 
+from tensorboard_plugin_deephys.log import storage
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
@@ -33,7 +35,7 @@ MAX_STEP = 2**62
 def json_route(handler: Callable) -> Callable:
     """Wrap a route: it gets the request context and experiment id, and returns
     either a response or data sent as JSON; errors become JSON with their 4xx code
-    instead of tracebacks."""
+    instead of tracebacks, and a read past its deadline 504 JSON."""
 
     @functools.wraps(handler)
     def route(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -51,6 +53,10 @@ def json_route(handler: Callable) -> Callable:
             except errors.PublicError as error:
                 return http_util.Respond(
                     request, {"error": str(error)}, "application/json", code=error.http_code
+                )
+            except storage.ReadTimeout as error:  # the read goes on; this thread does not
+                return http_util.Respond(
+                    request, {"error": str(error)}, "application/json", code=504
                 )
             if isinstance(result, wrappers.Response):
                 return result

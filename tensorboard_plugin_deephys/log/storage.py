@@ -12,6 +12,12 @@ name and a rename) and on object stores (S3, GCS, Azure: one object per write, w
 appears whole or not at all); protocols that write in place (ftp, sftp, webdav)
 write in place.
 
+Reads have a deadline: each runs on a small pool of reader threads, and one that
+has not answered within :func:`read_timeout` seconds (``DEEPHYS_READ_TIMEOUT_S``,
+default 60) raises :class:`ReadTimeout` in the caller, whose thread is free again
+(a TensorBoard request answers 504, the command line says so in one line). A local
+path that is not a regular file (a FIFO, a device) is refused at once.
+
 Example::
 
     notes = storage.join("s3://bucket/exp/version_0", "notes", "a.txt")
@@ -22,14 +28,17 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import importlib.util
+import io
 import os
 import posixpath
+import stat
 import threading
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 TMP_SUFFIX = ".tmp"  # an interrupted local write leaves <name>.<pid>-<random>.tmp
 
@@ -51,6 +60,56 @@ class MissingBackendError(ImportError):
 class StorageError(OSError):
     """A store failed in a way its backend does not report as an ``OSError`` (an
     endpoint that cannot be reached, refused credentials): said as one, with the URL."""
+
+
+class ReadTimeout(Exception):
+    """A read did not answer within :func:`read_timeout` seconds. Not an ``OSError``:
+    the file may be fine and the read may still end; no caller should take it for a
+    missing or damaged file."""
+
+
+DEFAULT_READ_TIMEOUT_S = 60.0
+_READERS = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="deephys-read")
+_T = TypeVar("_T")
+
+
+def read_timeout() -> float:
+    """Seconds a read may take: ``DEEPHYS_READ_TIMEOUT_S``, else 60."""
+    try:
+        return max(0.001, float(os.environ.get("DEEPHYS_READ_TIMEOUT_S", DEFAULT_READ_TIMEOUT_S)))
+    except ValueError:
+        return DEFAULT_READ_TIMEOUT_S
+
+
+def _with_deadline(path: str, read: Callable[[], _T]) -> _T:
+    """``read()`` on a reader thread, waited for at most :func:`read_timeout` seconds.
+    A read that is late stays on its thread (a blocked system call cannot be taken
+    back); the caller goes on."""
+    future = _READERS.submit(read)
+    seconds = read_timeout()
+    try:
+        return future.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise ReadTimeout(
+            f"reading {path} did not end within {seconds:g} s (a stalled network mount, "
+            "an unreachable store, or a pipe?); set DEEPHYS_READ_TIMEOUT_S to wait longer"
+        ) from None
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the local regular file ``path`` (a FIFO or a device
+    is refused at once, without waiting for a writer)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} is not a regular file")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _remote(path: str, operation: Callable[[Any, str], Any]) -> Any:
@@ -186,25 +245,93 @@ def identity(path: str) -> tuple:
     """What tells a file from its replacement: (inode, size, mtime) locally; size and
     ETag or modification time on object stores. Raises FileNotFoundError."""
     if not is_url(path):
-        stat = os.stat(local_path(path))
-        return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    info = _remote(path, lambda fs, inner: fs.info(inner, refresh=True))  # not a listing's
-    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
-    return (None, int(info.get("size") or 0), str(tag))
+        info = _with_deadline(path, lambda: os.stat(local_path(path)))
+        return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+    def remote() -> tuple:
+        info = _remote(path, lambda fs, inner: fs.info(inner, refresh=True))  # not a listing's
+        tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        return (None, int(info.get("size") or 0), str(tag))
+
+    return _with_deadline(path, remote)
 
 
 def open_read(path: str) -> IO[bytes]:
-    """A binary file object for reading (seekable; remote ones read ahead in blocks)."""
+    """A binary file object for reading (seekable; remote ones read ahead in blocks),
+    each of whose reads has the deadline of :func:`read_timeout`."""
     if not is_url(path):
-        return open(local_path(path), "rb")  # noqa: SIM115 - the caller closes it
-    return _remote(path, lambda fs, inner: fs.open(inner, "rb"))
+        fd = _with_deadline(path, lambda: _open_regular(local_path(path)))
+        return _DeadlineFile(_DeadlineReader(path, os.fdopen(fd, "rb")))
+    handle = _with_deadline(path, lambda: _remote(path, _open_remote))
+    return _DeadlineFile(_DeadlineReader(path, handle))
+
+
+def _open_remote(fs: Any, inner: str) -> IO[bytes]:
+    return fs.open(inner, "rb")
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A read-only file whose reads and seeks have the deadline of :func:`read_timeout`."""
+
+    def __init__(self, path: str, handle: IO[bytes]) -> None:
+        super().__init__()
+        self._path = path
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        return _with_deadline(self._path, lambda: self._handle.read(-1 if size is None else size))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return _with_deadline(self._path, lambda: self._handle.seek(offset, whence))
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    @property
+    def size(self) -> int | None:
+        """The size of a remote file as opened (fsspec's files know it), else None."""
+        return getattr(self._handle, "size", None)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._handle.close()
+        super().close()
+
+
+class _DeadlineFile(io.BufferedReader):
+    """A buffered :class:`_DeadlineReader` that keeps a remote file's ``size``."""
+
+    raw: _DeadlineReader
+
+    @property
+    def size(self) -> int | None:
+        return self.raw.size
 
 
 def read_bytes(path: str) -> bytes:
     if not is_url(path):
-        with open(local_path(path), "rb") as handle:
-            return handle.read()
-    return _remote(path, lambda fs, inner: fs.cat_file(inner))
+
+        def local() -> bytes:
+            fd = _open_regular(local_path(path))
+            with os.fdopen(fd, "rb") as handle:
+                return handle.read()
+
+        return _with_deadline(path, local)
+    return _with_deadline(path, lambda: _remote(path, lambda fs, inner: fs.cat_file(inner)))
 
 
 def read_range(path: str, offset: int, length: int) -> bytes:
@@ -212,12 +339,21 @@ def read_range(path: str, offset: int, length: int) -> bytes:
     if length <= 0:
         return b""
     if not is_url(path):
-        fd = os.open(local_path(path), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-    return _remote(path, lambda fs, inner: fs.cat_file(inner, start=offset, end=offset + length))
+
+        def local() -> bytes:
+            fd = _open_regular(local_path(path))
+            try:
+                return os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+
+        return _with_deadline(path, local)
+    return _with_deadline(
+        path,
+        lambda: _remote(
+            path, lambda fs, inner: fs.cat_file(inner, start=offset, end=offset + length)
+        ),
+    )
 
 
 def write_bytes(path: str, data: bytes | memoryview) -> None:
