@@ -30,7 +30,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler, RandomSampler
 
 from deephys_lightning.recording.sampling import SamplingPlan
-from tensorboard_plugin_deephys.log.metadata import scalar_tag
+from tensorboard_plugin_deephys.log.metadata import (
+    MAX_NAME_CONTENT_BYTES,
+    name_content_bytes,
+    scalar_tag,
+)
 
 LOADER_KIND = {"fit": "validation", "validate": "validation", "test": "test"}
 MATRIX_ITEM_BYTES = 2  # a recorded activation is float16
@@ -222,6 +226,8 @@ def check_loader_names(names: list[str], stage: str) -> None:
             f"DeephysCallback: a {kind} dataloader is named '' (an empty dict key); give "
             f"it a name. Names: {names}"
         )
+    for name in names:
+        _check_name_fits(name, kind)
     seen: dict[str, str] = {}
     for name in names:
         tag = scalar_tag("x", dataset=name)  # "/" is escaped in tags
@@ -233,6 +239,28 @@ def check_loader_names(names: list[str], stage: str) -> None:
                 f"'%2F' in tags). Rename one. Names: {names}"
             )
         seen[tag] = name
+
+
+def _check_name_fits(name: str, kind: str) -> None:
+    """A name must be text the log can hold: UTF-8 (no lone surrogate, which no tag
+    can hold) and at most ``MAX_NAME_CONTENT_BYTES`` in a plugin content. Long names
+    are fine otherwise: files made from them hold a prefix and a hash
+    (``metadata.asset_name_part``), the record and the tags the whole name."""
+    shown = name if len(name) <= 80 else f"{name[:60]}... ({len(name)} characters)"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MisconfigurationException(
+            f"DeephysCallback: the {kind} dataloader {shown!r} has a name UTF-8 cannot "
+            "encode (a lone surrogate); rename it."
+        ) from None
+    size = name_content_bytes(name)
+    if size > MAX_NAME_CONTENT_BYTES:
+        raise MisconfigurationException(
+            f"DeephysCallback: the {kind} dataloader {shown!r} has a name of {size} bytes "
+            f"in the log's JSON (non-ASCII characters take 6 or 12), over "
+            f"{MAX_NAME_CONTENT_BYTES}; give it a shorter name."
+        )
 
 
 def ind_first(names: list[str], ind: str | int | None, stage: str = "fit") -> list[int]:

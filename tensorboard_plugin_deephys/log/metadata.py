@@ -166,6 +166,19 @@ SCORE_KINDS = {
 }
 
 
+# A dataset's name takes at most this many bytes in a plugin content (JSON, non-ASCII
+# characters as \uXXXX escapes: 6 bytes each, 12 beyond the BMP), so that a content
+# holding it, a layer's name and the rest stays within MAX_CONTENT_BYTES: 16,384
+# ASCII characters, 2,730 CJK ones. The callback refuses longer names at the sanity
+# check (a content over the bound would be read as malformed, its data left out).
+MAX_NAME_CONTENT_BYTES = 16 * 1024
+
+
+def name_content_bytes(name: str) -> int:
+    """How many bytes ``name`` takes in a plugin content (see MAX_NAME_CONTENT_BYTES)."""
+    return len(json.dumps(name))
+
+
 @dataclasses.dataclass(frozen=True)
 class PluginContent:
     """The parsed plugin content of one Deephys tag."""
@@ -468,18 +481,69 @@ def thumbnails_digest(shape: tuple[int, ...], checksums: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+# A dataset's part of an asset file name is at most this many bytes (it is ASCII:
+# UTF-8 bytes, UTF-16 units and characters alike). With the digest, the suffix and
+# the writer's temporary or checksum suffix a file name stays far below the 255
+# bytes (Linux, macOS) or UTF-16 units (Windows) a path component may hold, and a
+# whole key well within S3's 1,024 bytes.
+MAX_NAME_PART = 120
+# A longer escaped name keeps a prefix and ends in "." and a hash of the whole name
+# (escaped names hold no "."; the hash covers every character, so two different names
+# never share a file).
+_NAME_HASH_BYTES = 16
+
+
+def asset_name_part(name: str) -> str:
+    """A dataset (or any user) name as a safe, bounded part of a file name.
+
+    The name percent-escaped (UTF-8, every byte but letters, digits and ``_-~``; dots
+    too, so that no name holds ".."), as it is when that is at most
+    :data:`MAX_NAME_PART` bytes: names of earlier logs keep their files. A longer one
+    keeps the escaped characters that fit (never half a character) and ends in ``.``
+    and a BLAKE2b of the whole name (32 hex digits), so the part is at most
+    :data:`MAX_NAME_PART` bytes and two different names never share it.
+
+    Example::
+
+        >>> asset_name_part("cifar10.1/test")
+        'cifar10%2E1%2Ftest'
+        >>> part = asset_name_part("x" * 1000)
+        >>> len(part), part[:4], part[-33]
+        (120, 'xxxx', '.')
+    """
+    escaped = _escape(name)
+    if len(escaped) <= MAX_NAME_PART:
+        return escaped
+    suffix = "." + hashlib.blake2b(name.encode("utf-8"), digest_size=_NAME_HASH_BYTES).hexdigest()
+    budget = MAX_NAME_PART - len(suffix)
+    prefix = []
+    for char in name:  # whole characters only: an escape is never cut in two
+        part = _escape(char)
+        if len(part) > budget:
+            break
+        prefix.append(part)
+        budget -= len(part)
+    return "".join(prefix) + suffix
+
+
+def _escape(name: str) -> str:
+    return quote(name, safe="").replace(".", "%2E")
+
+
 def thumbnail_asset_name(dataset: str, digest: str, suffix: str = PACK_SUFFIX) -> str:
     """The asset name (relative to ``ASSET_ROOT``) of a dataset's thumbnails.
 
-    It holds the dataset (percent-escaped, dots too, so that no name holds "..")
-    and the content digest, so a changed set gets a new file and an unchanged one
-    is never rewritten. ``suffix``: ``PACK_SUFFIX`` (encoded images, written since
-    0.2) or ``NPY_SUFFIX`` (raw pixels, as earlier versions wrote them).
+    It holds the dataset (:func:`asset_name_part`: percent-escaped, a prefix and a
+    hash past :data:`MAX_NAME_PART` bytes) and the content digest, so a changed set
+    gets a new file and an unchanged one is never rewritten. Readers take the name
+    from the events (the reference's ``file``), never from the dataset, so the
+    shortening of long names changes nothing for logs written before. ``suffix``:
+    ``PACK_SUFFIX`` (encoded images, written since 0.2) or ``NPY_SUFFIX`` (raw
+    pixels, as earlier versions wrote them).
     """
     if suffix not in (PACK_SUFFIX, NPY_SUFFIX):
         raise ValueError(f"thumbnail files end in {PACK_SUFFIX} or {NPY_SUFFIX}, not {suffix!r}")
-    escaped = quote(dataset, safe="").replace(".", "%2E")[:200]
-    return f"{THUMBNAIL_DIR}/{escaped}-{digest}{suffix}"
+    return f"{THUMBNAIL_DIR}/{asset_name_part(dataset)}-{digest}{suffix}"
 
 
 def asset_path(run_dir: str, relative: str) -> str:
