@@ -20,8 +20,9 @@ import math
 import mimetypes
 import os
 import posixpath
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tensorboard import errors
@@ -55,7 +56,12 @@ _logger = logging.getLogger(__name__)
 
 _STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 _MAX_K = 1000
-_IMMUTABLE_CACHE = "private, max-age=86400"
+# A thumbnail asked for by its content digest (``digest=``) never changes: its URL
+# names its content. Any other thumbnail URL may show other images after a new
+# training into the same run: the browser asks again each time (ETag, 304).
+_CONTENT_ADDRESSED_CACHE = "private, max-age=31536000, immutable"
+_REVALIDATED_CACHE = "no-cache"
+_DIGEST = re.compile(r"[0-9a-f]{32}")
 _MISTAKES_SHOWN = 24  # false positives / negatives a category answer lists of each
 _TOP_CATEGORIES = 5
 # How many values per tag of a plugin's blob sequences (the Deephys records are blob
@@ -452,10 +458,38 @@ class DeephysPlugin(base_plugin.TBPlugin):
         return {"run": run, "layer": layer, "dataset": dataset, "neuron": neuron, "points": points}
 
     def thumbnail_impl(
-        self, ctx, experiment_id: str, run: str, dataset: str, index: int, step: int | None
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        dataset: str,
+        index: int,
+        step: int | None,
+        digest: str | None = None,
     ) -> tuple[bytes, str]:
-        """Image ``index`` of ``dataset`` as stored (PNG or JPEG), and its media type."""
-        return self._step(ctx, experiment_id, run, step).thumbnail_encoded(dataset, index)
+        """Image ``index`` of ``dataset`` as stored (PNG or JPEG), and its media type;
+        with ``digest``, only while the thumbnails are those of that content digest."""
+        data = self._step(ctx, experiment_id, run, step)
+        self.thumbnail_digest_impl(data, dataset, index, digest)
+        return _named(data, lambda: data.thumbnail_encoded(dataset, index))
+
+    def thumbnail_digest_impl(
+        self, data: StepData, dataset: str, index: int, digest: str | None = None
+    ) -> str | None:
+        """The content digest of ``dataset``'s thumbnails as of ``data``'s step (the one
+        in their file name, which opening the file checked it holds), after checking
+        ``index``; None for a file name without one. ``NotFoundError`` (404) when
+        ``digest`` is given and is not it: the images changed since it was read."""
+        images = _named(data, lambda: data.thumbnails(dataset))
+        data.check_image(dataset, index)
+        current = getattr(images, "digest", None)
+        if digest is not None and digest != current:
+            raise errors.NotFoundError(
+                f"run {data.run!r}, step {data.step}: the thumbnails of {dataset!r} are now "
+                f"{current}, not {digest} (the images changed since this page read them: "
+                "reload the tab)"
+            )
+        return current
 
     # -- routes (thin) -----------------------------------------------------------------
 
@@ -522,16 +556,23 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def _serve_thumbnail(
         self, request: wrappers.Request, ctx, experiment_id: str
     ) -> wrappers.Response:
-        image, media_type = self.thumbnail_impl(
-            ctx,
-            experiment_id,
-            **required_args(request, "run", "dataset"),
-            index=index_arg(request, "index", default=0),
-            step=step_arg(request),
-        )
-        response = http_util.Respond(request, image, media_type)
-        response.headers["Cache-Control"] = _IMMUTABLE_CACHE
-        return response
+        args = required_args(request, "run", "dataset")
+        index = index_arg(request, "index", default=0)
+        asked = request.args.get("digest")
+        if asked is not None and not _DIGEST.fullmatch(asked):
+            raise errors.InvalidArgumentError(
+                f"digest must be the 32 hex digits of a thumbnail file's name, not {asked[:40]!r}"
+            )
+        data = self._step(ctx, experiment_id, args["run"], step_arg(request))
+        digest = self.thumbnail_digest_impl(data, args["dataset"], index, asked)
+        headers = [("Cache-Control", _CONTENT_ADDRESSED_CACHE if asked else _REVALIDATED_CACHE)]
+        etag = None if digest is None else f"{digest}-{index}"
+        if etag is not None:
+            headers.append(("ETag", f'"{etag}"'))
+            if request.if_none_match.contains_weak(etag):
+                return wrappers.Response(status=304, headers=headers)
+        image, media_type = _named(data, lambda: data.thumbnail_encoded(args["dataset"], index))
+        return http_util.Respond(request, image, media_type, headers=headers)
 
     @json_route
     def _serve_static(
@@ -568,6 +609,20 @@ def _blob_sample_limit(flags) -> int | None:
     if limit is None:
         return DEFAULT_BLOB_SAMPLES
     return None if int(limit) <= 0 else int(limit)
+
+
+_T = TypeVar("_T")
+
+
+def _named(data: StepData, read: Callable[[], _T]) -> _T:
+    """``read()``; a thumbnail ``NotFoundError`` that does not name the run and step
+    (a file found changed after it was opened) is said again with them."""
+    try:
+        return read()
+    except errors.NotFoundError as error:
+        if str(error).startswith(f"run {data.run!r}"):
+            raise
+        raise errors.NotFoundError(f"run {data.run!r}, step {data.step}: {error}") from None
 
 
 def _header(data: StepData, layer: str) -> dict[str, Any]:

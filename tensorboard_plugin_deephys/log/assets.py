@@ -83,7 +83,8 @@ def write_thumbnail_pack(
     asset name. ``encode(pixels)`` gives the image format ("png" or "jpeg") and each
     image's bytes; it is called only when the file is new (the name holds the dataset
     and the content digest, as for :func:`write_thumbnails`). One write, complete or
-    absent."""
+    absent. The pack's header holds the content digest, so that a pack put in the
+    place of another is refused when opened (``thumbnail_pack.ForeignPackError``)."""
     relative = thumbnail_asset_name(dataset, thumbnails.digest, PACK_SUFFIX)
     path = asset_path(run_dir, relative)
     if not storage.exists(path):
@@ -92,7 +93,9 @@ def write_thumbnail_pack(
             raise ValueError(
                 f"{len(encoded)} encoded images for {len(thumbnails.pixels)} thumbnails"
             )
-        data = thumbnail_pack.pack(encoded, thumbnails.pixels.shape[1:], image_format)
+        data = thumbnail_pack.pack(
+            encoded, thumbnails.pixels.shape[1:], image_format, digest=thumbnails.digest
+        )
         storage.write_bytes(path, data)
     return relative
 
@@ -190,11 +193,15 @@ class ThumbnailFile:
     checksums existed are read unchecked). A file that is missing, truncated, not
     uint8 ``[N, H, W, 3]`` with images of at least one pixel, or whose pixels do not
     match raises ``ValueError`` (or ``FileNotFoundError``) with the path and the cause:
-    never a crash. Safe to share between threads.
+    never a crash. The content digest in the file's name (``digest``) is recomputed
+    from the checksums beside it on each reading of the header: a file and checksums
+    of other images put in their place raise ``thumbnail_pack.ForeignPackError``.
+    Safe to share between threads.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, digest: str | None = None) -> None:
         self.path = path
+        self.digest = digest if digest is not None else thumbnail_pack.name_digest(path)
         self._header: _Header | None = None
         self._current()
 
@@ -236,9 +243,17 @@ class ThumbnailFile:
                 f"{expected} (truncated or overwritten; write the thumbnails again)"
             )
         count, height, width, channels = (int(d) for d in shape)  # four: checked above
-        header = _Header(
-            identity, offset, (count, height, width, channels), self._read_checksums(count)
-        )
+        checksums = self._read_checksums(count)
+        shape4 = (count, height, width, channels)
+        if checksums is not None and self.digest is not None:
+            found = thumbnails_digest(shape4, checksums)
+            if found != self.digest:
+                raise thumbnail_pack.ForeignPackError(
+                    f"{self.path} {thumbnail_pack.FOREIGN}: its checksums hash to {found}, "
+                    f"its name says {self.digest} (another set's or another training's "
+                    "thumbnails put in its place; write the thumbnails again)"
+                )
+        header = _Header(identity, offset, shape4, checksums)
         self._header = header
         return header
 
@@ -312,8 +327,11 @@ class ThumbnailFile:
 def open_thumbnails(run_dir: str, relative: str) -> ThumbnailFile | thumbnail_pack.ThumbnailPack:
     """The thumbnails of an asset, read an image at a time: a
     ``thumbnail_pack.ThumbnailPack`` for encoded ones, a :class:`ThumbnailFile` for
-    the raw pixels of earlier logs."""
+    the raw pixels of earlier logs. Each is checked against the content digest in
+    ``relative`` (``thumbnail_pack.ForeignPackError``, a ``ValueError``, when it holds
+    other images)."""
     path = asset_path(run_dir, relative)
+    digest = thumbnail_pack.name_digest(relative)
     if relative.endswith(PACK_SUFFIX):
-        return thumbnail_pack.ThumbnailPack(path)
-    return ThumbnailFile(path)
+        return thumbnail_pack.ThumbnailPack(path, digest)
+    return ThumbnailFile(path, digest)

@@ -5,22 +5,35 @@ A thumbnail request is one ranged read whose bytes are served as they are. The f
 
     8 bytes   b"DPHYTHM1"
     4 bytes   little-endian uint32: the length L of the JSON header
-    L bytes   {"count": N, "shape": [H, W, 3], "format": "png" | "jpeg"}
+    L bytes   {"count": N, "shape": [H, W, 3], "format": "png" | "jpeg",
+               "digest": D, "index_digest": X}
     8(N+1)    little-endian uint64 offsets of each image in the data (the first is 0)
     4N        little-endian uint32 CRC-32C of each encoded image
     ...       the N encoded images, back to back
 
-Opening reads the head (12 bytes per image: 600 KB for 50,000); each image is then
-one ranged read, checked against its CRC-32C. The writer (``DeephysCallback``) picks
-the format per dataset: PNG (lossless) where it is about as small as JPEG (drawn or
-synthetic images) or where JPEG would blur the images (noise-like ones), else JPEG
-at quality 90 (photographs: about 1/7 of the raw pixels at 64 px);
-``docs/data_format.md`` has the measurements.
+``D`` is the content digest of the pixels the images were encoded from (the one in
+the file's name, ``metadata.thumbnails_digest``) and ``X`` ties the index to it
+(:func:`index_digest`: a hash of ``D``, the offsets and the CRC-32Cs). Packs of the
+first 0.2 versions lack both and are still read.
+
+Opening reads the head (12 bytes per image: 600 KB for 50,000) and checks it against
+the digest in the file's name: a pack that another set's or another training's pack
+replaced (in place, by a rename, on an object store) names another digest and is
+refused (:class:`ForeignPackError`), one whose index was changed does not match its
+``X``; each image is then one ranged read, checked against its CRC-32C. Old packs,
+without ``D``, cannot be checked on opening (the name's digest hashes the pixels'
+CRC-32Cs, and JPEG does not give the pixels back): reading a PNG pack whole
+(``numpy.asarray``) recomputes the digest from the decoded pixels.
+
+The writer (``DeephysCallback``) picks the format per dataset: PNG (lossless) where
+it is about as small as JPEG (drawn or synthetic images) or where JPEG would blur
+the images (noise-like ones), else JPEG at quality 90 (photographs: about 1/7 of the
+raw pixels at 64 px); ``docs/data_format.md`` has the measurements.
 
 Example::
 
-    data = pack([png_a, png_b], shape=(64, 64, 3), image_format="png")
-    storage.write_bytes(path, data)
+    data = pack([png_a, png_b], shape=(64, 64, 3), image_format="png", digest=digest)
+    storage.write_bytes(path, data)   # path: .../thumbnails/<dataset>-<digest>.thumbs
     images = ThumbnailPack(path)
     images.encoded(1)     # png_b, as stored
     images[1]             # uint8 [64, 64, 3], decoded
@@ -29,8 +42,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import re
 import struct
 import time
 import zlib
@@ -41,26 +56,61 @@ import numpy as np
 
 from tensorboard_plugin_deephys.log import storage
 from tensorboard_plugin_deephys.log.json_documents import Fields, MalformedDocument, parse_json
+from tensorboard_plugin_deephys.log.metadata import thumbnails_digest
 
 MAGIC = b"DPHYTHM1"
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg"}
 _REMOTE_RECHECK_S = 5.0  # how long an object store's file is trusted between looks
 _MAX_HEADER = 1 << 16
 _MAX_SIDE = 4096  # pixels: thumbnails are small; a larger side is a damaged header
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+# A content digest in an asset name: "<dataset>-<digest>.thumbs" (or ".npy")
+_NAME_DIGEST = re.compile(r"-([0-9a-f]{32})\.(?:thumbs|npy)$")
+FOREIGN = "holds other images than the record names"  # the words of a swapped pack
 
 
-def pack(encoded: Sequence[bytes], shape: Sequence[int], image_format: str) -> bytes:
-    """The file holding ``encoded`` images of ``shape`` ``[H, W, 3]`` in ``image_format``."""
+class ForeignPackError(ValueError):
+    """A pack (or ``.npy`` file) whose content is not the one its name says: another
+    set's or another training's images put in its place."""
+
+
+def name_digest(path: str) -> str | None:
+    """The content digest in a thumbnail file's name (``<dataset>-<digest>.thumbs``);
+    None for a name without one."""
+    found = _NAME_DIGEST.search(path)
+    return found.group(1) if found else None
+
+
+def index_digest(digest: str, offsets: np.ndarray, crcs: np.ndarray) -> str:
+    """What ties a pack's index (its offsets and per-image CRC-32Cs) to the content
+    ``digest`` it was made for: a hash of the three, checked on every opening."""
+    hashed = hashlib.blake2b(b"DPHYTHM1 index", digest_size=16)
+    hashed.update(digest.encode("ascii"))
+    hashed.update(np.ascontiguousarray(offsets, dtype="<u8").data)
+    hashed.update(np.ascontiguousarray(crcs, dtype="<u4").data)
+    return hashed.hexdigest()
+
+
+def pack(
+    encoded: Sequence[bytes], shape: Sequence[int], image_format: str, digest: str | None = None
+) -> bytes:
+    """The file holding ``encoded`` images of ``shape`` ``[H, W, 3]`` in ``image_format``,
+    made from the pixels whose content digest (``metadata.thumbnails_digest``, the one
+    in the file's name) is ``digest``. Without ``digest``, a pack as the first 0.2
+    versions wrote them, without a content digest (tests make such packs)."""
     if image_format not in MEDIA_TYPES:
         raise ValueError(f"image_format must be one of {sorted(MEDIA_TYPES)}, not {image_format!r}")
-    header = json.dumps(
-        {"count": len(encoded), "shape": [int(n) for n in shape], "format": image_format}
-    ).encode("utf-8")
+    if digest is not None and not _DIGEST.fullmatch(digest):
+        raise ValueError(f"digest must be 32 lowercase hex digits, not {digest!r}")
     sizes = np.fromiter((len(e) for e in encoded), dtype=np.uint64, count=len(encoded))
     offsets = np.concatenate([np.zeros(1, np.uint64), np.cumsum(sizes, dtype=np.uint64)])
     crcs = np.fromiter(
         (google_crc32c.value(bytes(e)) for e in encoded), dtype=np.uint32, count=len(encoded)
     )
+    fields: dict = {"count": len(encoded), "shape": [int(n) for n in shape], "format": image_format}
+    if digest is not None:
+        fields.update(digest=digest, index_digest=index_digest(digest, offsets, crcs))
+    header = json.dumps(fields).encode("utf-8")
     return b"".join(
         [
             MAGIC,
@@ -84,6 +134,7 @@ class _Head:
     data_start: int
     offsets: np.ndarray  # uint64 [N + 1]
     crcs: np.ndarray  # uint32 [N]
+    digest: str | None  # the content digest in the header (None in the first 0.2 packs)
 
 
 class ThumbnailPack:
@@ -95,12 +146,24 @@ class ThumbnailPack:
     replaced by something else or damaged raises ``ValueError`` naming the file and the
     cause. Reads notice a replaced file (its identity is looked at again, on object
     stores at most every few seconds). Safe to share between threads.
+
+    ``digest`` is the content digest the pack must hold (default: the one in its
+    file name). A pack whose header names another one, or whose index does not
+    match its header, raises :class:`ForeignPackError` (a ``ValueError``) on opening
+    and on any read after it was replaced so; a pack written before the header held
+    the digest is checked when read whole (PNG) and otherwise only by its count.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, digest: str | None = None) -> None:
         self.path = path
+        self.digest = digest if digest is not None else name_digest(path)
         self._head: _Head | None = None
         self._current()
+
+    @property
+    def checked_on_open(self) -> bool:
+        """Whether the pack's header names its content digest (checked on opening)."""
+        return self._current().digest is not None
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -154,7 +217,24 @@ class ThumbnailPack:
         # other image, by Pillow.
         for i in _plain_pngs_into(data, starts, ends, images):
             images[i] = self._decode(data[starts[i] : ends[i]], i, head.shape[1:])
+        if head.digest is None and head.image_format == "png" and self.digest is not None:
+            self._check_pixels(images)  # an old pack: PNG gives the pixels back exactly
         return images if dtype is None else images.astype(dtype)
+
+    def _check_pixels(self, images: np.ndarray) -> None:
+        """Compare the content digest of ``images`` (decoded, lossless) with the name's."""
+        crcs = np.fromiter(
+            (google_crc32c.value(image.tobytes()) for image in images),
+            dtype=np.uint32,
+            count=len(images),
+        )
+        found = thumbnails_digest(images.shape, crcs)
+        if found != self.digest:
+            raise ForeignPackError(
+                f"{self.path} {FOREIGN}: its images hash to {found}, its name says "
+                f"{self.digest} (another set's or another training's pack put in its "
+                "place; write the thumbnails again)"
+            )
 
     def _checked(self, head: _Head, index: int, data: bytes) -> bytes:
         """``data``, when they are image ``index``'s bytes whole (by its CRC-32C)."""
@@ -213,6 +293,8 @@ class ThumbnailPack:
             )
             count, shape = header.count("count"), header.counts("shape")
             image_format = header.text("format")
+            digest = header.optional_text("digest")
+            index_hash = header.optional_text("index_digest")
             if len(shape) != 3:
                 raise MalformedDocument(what, f"its 'shape' has {len(shape)} sides, not 3")
             height, width, channels = shape
@@ -250,8 +332,35 @@ class ThumbnailPack:
                 f"{self.path} is damaged: its index does not fit its {size} bytes "
                 "(truncated or overwritten; write the thumbnails again)"
             )
+        self._check_digest(digest, index_hash, offsets, crcs)
         shape = (count, int(height), int(width), 3)
-        return _Head(identity, time.monotonic(), shape, image_format, data_start, offsets, crcs)
+        return _Head(
+            identity, time.monotonic(), shape, image_format, data_start, offsets, crcs, digest
+        )
+
+    def _check_digest(
+        self, digest: str | None, index_hash: str | None, offsets: np.ndarray, crcs: np.ndarray
+    ) -> None:
+        """The header's content digest against the name's, and the index against both."""
+        if digest is None and index_hash is None:
+            return  # a pack written before the header held them
+        if digest is None or index_hash is None or not _DIGEST.fullmatch(digest):
+            raise ValueError(
+                f"{self.path} is damaged: its header's content digest is "
+                f"{str(digest)[:40]!r} with index digest {str(index_hash)[:40]!r}"
+            )
+        if self.digest is not None and digest != self.digest:
+            raise ForeignPackError(
+                f"{self.path} {FOREIGN}: it was written for the thumbnails {digest}, its "
+                f"name says {self.digest} (another set's or another training's pack put in "
+                "its place; write the thumbnails again)"
+            )
+        if index_digest(digest, offsets, crcs) != index_hash:
+            raise ForeignPackError(
+                f"{self.path} {FOREIGN}: its index does not match the content digest of "
+                "its header (images of another pack put in its place, or a damaged index; "
+                "write the thumbnails again)"
+            )
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -60,12 +60,15 @@ export async function getNeuron({run, layer, step, neuron, k}) {
 }
 
 /**
- * The URL of one thumbnail (PNG or JPEG as stored).
- * @param {{run: string, dataset: string, index: number, step?: number}} where
+ * The URL of one thumbnail (PNG or JPEG as stored). With `digest` (the content digest
+ * of the dataset's thumbnails, where an answer gives it) the URL names its content
+ * and the browser keeps the image; without, it asks again each time it shows it
+ * (an ETag makes that a 304 while the images are unchanged).
+ * @param {{run: string, dataset: string, index: number, step?: number, digest?: string}} where
  * @returns {string}
  */
-export function thumbnailUrl({run, dataset, index, step}) {
-  return `./thumbnail?${query({run, dataset, index, step})}`;
+export function thumbnailUrl({run, dataset, index, step, digest}) {
+  return `./thumbnail?${query({run, dataset, index, step, digest})}`;
 }
 
 /**

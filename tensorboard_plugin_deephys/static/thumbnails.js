@@ -45,11 +45,14 @@ function thumbnailFailure(url) {
  * A thumbnail `<img>` that, when its image cannot be loaded (missing or damaged
  * files, an unreachable store, no fsspec backend), is replaced by "No image" (the
  * reason on hover), and its view gets one notice per dataset with the reason, as text.
- * @param {{run: string, dataset: string, index: number, step?: number, lazy?: boolean}} where
+ * `digest`: the content digest of the dataset's thumbnails, where the answer shown
+ * gives it (the URL then names its content: model.js's thumbnailUrl).
+ * @param {{run: string, dataset: string, index: number, step?: number, digest?: string,
+ *   lazy?: boolean}} where
  * @returns {HTMLImageElement}
  */
-export function thumbnailImage({run, dataset, index, step, lazy = true}) {
-  const src = thumbnailUrl({run, dataset, index, step});
+export function thumbnailImage({run, dataset, index, step, digest, lazy = true}) {
+  const src = thumbnailUrl({run, dataset, index, step, digest});
   const attrs = {src, alt: `${dataset} image ${index}`};
   if (lazy) attrs.loading = 'lazy';
   const img = /** @type {HTMLImageElement} */ (el('img', {attrs}));
@@ -108,10 +111,11 @@ export function mapScale(images) {
  * value line, and "label → prediction"; a click opens the image view.
  * @param {{run: string, dataset: string, step: number, names: Array<string>,
  *   image: {index: number, label: number, prediction: number, map?: object},
- *   value?: {text: string, title?: string}, on?: {image?: Function}, scale?: number}} tile
+ *   value?: {text: string, title?: string}, on?: {image?: Function}, scale?: number,
+ *   digest?: string}} tile
  * @returns {HTMLElement}
  */
-export function imageTile({run, dataset, step, names, image, value, on = {}, scale = 0}) {
+export function imageTile({run, dataset, step, names, image, value, on = {}, scale = 0, digest}) {
   const correct = image.label === image.prediction;
   const caption = [];
   if (value) caption.push(el('span', {className: 'value', text: value.text, attrs: value.title ? {title: value.title} : {}}));
@@ -121,7 +125,7 @@ export function imageTile({run, dataset, step, names, image, value, on = {}, sca
     className: `image clickable ${correct ? 'right' : 'wrong'}`,
     attrs: {'data-index': image.index, tabindex: 0, title: 'open the image view'},
   }, [el('div', {className: 'thumb'}, [
-    thumbnailImage({run, dataset, index: image.index, step}),
+    thumbnailImage({run, dataset, index: image.index, step, digest}),
     ...(image.map ? [mapOverlay(image.map, scale)] : []),
   ]), el('figcaption', {}, caption)]);
   activate(figure, () => on.image && on.image(dataset, image.index));
