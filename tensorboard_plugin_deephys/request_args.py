@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, overload
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 # The largest index a route accepts (image, neuron, class, page: int32 arrays).
 MAX_INDEX = 2**31 - 1
 MAX_STEP = 2**62
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def json_route(handler: Callable) -> Callable:
@@ -115,12 +117,13 @@ def int_arg(
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    # ASCII digits with an optional minus, as the URLs the tab makes: Python's int()
+    # also takes "+1", " 1", "1_000" and other scripts' digits.
+    if not _INTEGER.fullmatch(raw) or len(raw) > 40:
         raise errors.InvalidArgumentError(
             f"query parameter {name!r} must be an integer, got {raw[:40]!r}"
-        ) from None
+        )
+    value = int(raw)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         if maximum is None:
             bound = f">= {minimum}"

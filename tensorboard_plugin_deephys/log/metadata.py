@@ -359,7 +359,7 @@ class Record:
             epoch=fields.count("epoch"),
             **names,
             num_images=cast("dict[str, int]", fields.counts_by_name("num_images")),
-            top_k=fields.count("top_k"),
+            top_k=fields.integer("top_k", minimum=1),  # 0 top images views nothing
             relu=fields.boolean("relu", True),
             set_means=fields.text("set_means", "raw"),
             stage=fields.text("stage", ""),

@@ -187,6 +187,7 @@ RECORD = Record(
         ({"datasets": []}, "'datasets' is empty"),
         ({"class_names": "ab"}, "not a list of texts"),
         ({"top_k": 2**60}, "out of range"),
+        ({"top_k": 0}, "'top_k' is 0, out of range"),
         ({"dataset_sizes": {"ood": "8"}}, "not an integer"),
         ({"arrays": [1]}, "not a text"),
         ({"relu": "yes"}, "not true or false"),
