@@ -59,6 +59,12 @@ def main() -> None:
         dataloaders={"ind": loader(random_set(8, 4), 3), "ood": loader(random_set(5, 5), 2)},
         verbose=False,
     )
+    if torch.distributed.is_initialized():
+        # Processes started one by one (the "nodes" case): rank zero hosts the store, so
+        # it leaves only once every process is done with it (else gloo may abort the
+        # others at exit).
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
