@@ -254,7 +254,7 @@ def _layer_view(
     # One histogram range per neuron for every dataset, written with the InD set's.
     value_range = metrics.histogram_range(list(acts.values()))
     for name in record.datasets:
-        rows, width = acts[name].shape if acts[name].ndim == 2 else (len(acts[name]), 0)
+        rows, width = acts[name].shape
         arrays = layer_arrays(
             acts[name],
             recordings[name],

@@ -364,9 +364,7 @@ class ThumbnailPack:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Signature, IHDR (8-bit RGB, no interlace) and the first IDAT's head: what the
-# writer (``deephys_lightning.writing.thumbnail_encoding``) makes.
-_PLAIN_HEAD = struct.Struct(">8sI4sIIBBBBBII4s")
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the whole IEND chunk, its CRC included
 
 
 def _plain_pngs_into(
@@ -377,17 +375,15 @@ def _plain_pngs_into(
     (left to Pillow).
 
     Every image of a pack has the same size, so a plain one begins with the same 33
-    bytes (signature and IHDR): their heads, IDAT lengths and IEND tails are checked
-    for all images at once with NumPy, then each IDAT is decompressed (a view, no
-    copy), and every scanline's filter byte is checked for all of them together."""
+    bytes (:func:`_plain_prefix`: signature and IHDR): their heads, IDAT lengths and
+    IEND tails are checked for all images at once with NumPy, then each IDAT is
+    decompressed (a view, no copy), and every scanline's filter byte is checked for
+    all of them together."""
     n, height, width, _ = out.shape
     line = 1 + 3 * width
     if n == 0:
         return []
-    first = data[int(starts[0]) : int(ends[0])]
-    prefix = _plain_prefix(first, height, width)
-    if prefix is None:
-        return list(range(n))
+    prefix = _plain_prefix(height, width)
     raw = np.frombuffer(data, dtype=np.uint8)
     head = len(prefix) + 8  # the prefix, then the IDAT's length and tag
     sizes = ends - starts
@@ -425,42 +421,16 @@ def _plain_pngs_into(
     return list(range(n))
 
 
-_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def _plain_prefix(data: bytes, height: int, width: int) -> bytes | None:
-    """The 33 bytes (signature, IHDR with its CRC) that begin a plain PNG of this size,
-    when ``data`` begins with them; else None."""
-    if len(data) < 45 or not _plain_png_into(data, np.empty((height, width, 3), np.uint8)):
-        return None
-    return data[:33]
+def _plain_prefix(height: int, width: int) -> bytes:
+    """The 33 bytes that begin the writer's plain PNG of this size: the signature and
+    an IHDR of 8-bit RGB, no interlace, with its CRC."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return _PNG_SIGNATURE + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
 
 
 def _plain_png_into(data: bytes, out: np.ndarray) -> bool:
-    """Decode ``data`` into ``out`` (uint8 ``[H, W, 3]``) when it is a PNG of the
-    writer's plain layout: one IDAT of 8-bit RGB scanlines, all with filter type 0,
-    of ``out``'s size. False, touching nothing, for any other PNG or JPEG (Pillow
-    decodes those). The bytes were checked against the pack's CRC-32C already."""
-    height, width, _ = out.shape
-    if len(data) < _PLAIN_HEAD.size + 12 or not data.startswith(_PNG_SIGNATURE):
-        return False
-    fields = _PLAIN_HEAD.unpack_from(data)
-    (_, ihdr_length, ihdr, w, h, depth, color, compression, filtering, interlace) = fields[:10]
-    idat_length, idat = fields[11], fields[12]
-    plain = (ihdr_length, ihdr, w, h, depth, color) == (13, b"IHDR", width, height, 8, 2)
-    if not plain or (compression, filtering, interlace) != (0, 0, 0) or idat != b"IDAT":
-        return False
-    start = _PLAIN_HEAD.size
-    if data[start + idat_length + 4 : start + idat_length + 12] != b"\x00\x00\x00\x00IEND":
-        return False  # more than one IDAT, or chunks after it
-    try:
-        lines = zlib.decompress(data[start : start + idat_length])
-    except zlib.error:
-        return False
-    if len(lines) != height * (1 + 3 * width):
-        return False
-    rows = np.frombuffer(lines, dtype=np.uint8).reshape(height, 1 + 3 * width)
-    if rows[:, 0].any():  # a filtered scanline: leave it to Pillow
-        return False
-    out[...] = rows[:, 1:].reshape(height, width, 3)
-    return True
+    """Decode one image ``data`` into ``out`` (uint8 ``[H, W, 3]``) when it is of the
+    writer's plain layout (:func:`_plain_pngs_into`); False, touching nothing, for any
+    other PNG or JPEG (Pillow decodes those)."""
+    one = np.asarray([0]), np.asarray([len(data)])
+    return not _plain_pngs_into(data, *one, out[None])
