@@ -47,6 +47,7 @@ from tensorboard_plugin_deephys.log.metadata import (
     thumbnails_digest,
 )
 from tensorboard_plugin_deephys.log.storage import TMP_SUFFIX
+from tensorboard_plugin_deephys.log.thumbnail_pack import image_checksums
 
 CHECKSUM_SUFFIX = ".crc32c.npy"  # beside <name>.npy: uint32 [N], one per image
 
@@ -135,15 +136,6 @@ def save_array(path: str, array: np.ndarray) -> None:
 def checksum_path(path: str) -> str:
     """Where the per-image checksums of the thumbnail file ``path`` live."""
     return f"{path[: -len('.npy')]}{CHECKSUM_SUFFIX}"
-
-
-def image_checksums(thumbnails: np.ndarray) -> np.ndarray:
-    """uint32 ``[N]``: the CRC-32C of each image's bytes (checked on every read)."""
-    return np.fromiter(
-        (google_crc32c.value(image.tobytes()) for image in thumbnails),
-        dtype=np.uint32,
-        count=len(thumbnails),
-    )
 
 
 def remove_stale_temporaries(run_dir: str, older_than_s: float = 3600.0) -> list[str]:

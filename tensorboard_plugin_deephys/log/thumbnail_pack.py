@@ -81,6 +81,15 @@ def name_digest(path: str) -> str | None:
     return found.group(1) if found else None
 
 
+def image_checksums(thumbnails: np.ndarray) -> np.ndarray:
+    """uint32 ``[N]``: the CRC-32C of each image's bytes (checked on every read)."""
+    return np.fromiter(
+        (google_crc32c.value(image.tobytes()) for image in thumbnails),
+        dtype=np.uint32,
+        count=len(thumbnails),
+    )
+
+
 def index_digest(digest: str, offsets: np.ndarray, crcs: np.ndarray) -> str:
     """What ties a pack's index (its offsets and per-image CRC-32Cs) to the content
     ``digest`` it was made for: a hash of the three, checked on every opening."""
@@ -223,12 +232,7 @@ class ThumbnailPack:
 
     def _check_pixels(self, images: np.ndarray) -> None:
         """Compare the content digest of ``images`` (decoded, lossless) with the name's."""
-        crcs = np.fromiter(
-            (google_crc32c.value(image.tobytes()) for image in images),
-            dtype=np.uint32,
-            count=len(images),
-        )
-        found = thumbnails_digest(images.shape, crcs)
+        found = thumbnails_digest(images.shape, image_checksums(images))
         if found != self.digest:
             raise ForeignPackError(
                 f"{self.path} {FOREIGN}: its images hash to {found}, its name says "
