@@ -139,12 +139,17 @@ class DeephysReader:
         runs: dict[str, dict[TagKey, str]] = {}
         max_steps: dict[str, dict[str, int]] = {}
         malformed: dict[str, dict[str, str]] = {}
-        listings = (
-            self._provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME),
-            self._provider.list_blob_sequences(
-                ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
-            ),
+        # The blob sequences (the records among them) are listed first: a record is
+        # written after its step's tensors, so a record seen in this first listing has
+        # its tensors in the second even while a loader is still reading the run. (Listed
+        # the other way round, a run could show a record without its labels.)
+        blobs = self._provider.list_blob_sequences(
+            ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
         )
+        tensors = self._provider.list_tensors(
+            ctx, experiment_id=experiment_id, plugin_name=PLUGIN_NAME
+        )
+        listings = (tensors, blobs)
         for listing in listings:
             for run, tags in listing.items():
                 for tag, meta in tags.items():

@@ -243,7 +243,7 @@ def test_logdir_spec_serves_both_runs_thumbnails(tmp_path, s3_run):
     t = trainer(local, [DeephysCallback(layer="fc")])
     t.fit(TinyNet(), loader(random_set(8, 0)), val_dataloaders=_val_loaders())
     spec = f"mine:{local},cloud:s3://{bucket}/exp"
-    with running_tensorboard(("--logdir_spec", spec), load_fast=False) as base:
+    with running_tensorboard(("--logdir_spec", spec), load_fast=False, runs=2) as base:
         runs = {
             r["run"]: r for r in requests.get(f"{base}/data/plugin/deephys/runs").json()["runs"]
         }

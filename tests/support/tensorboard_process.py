@@ -16,12 +16,19 @@ _URL = re.compile(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/")
 
 @contextlib.contextmanager
 def running_tensorboard(
-    logdir, *, load_fast: bool, extra=(), timeout: float = 90.0, wait_for_runs: bool = True
+    logdir,
+    *,
+    load_fast: bool,
+    extra=(),
+    timeout: float = 90.0,
+    wait_for_runs: bool = True,
+    runs: int = 1,
 ):
     """Yield the base URL of a tensorboard serving ``logdir`` once Deephys data is loaded.
 
     With ``wait_for_runs=False`` it is enough that the plugin is enabled (some Deephys
-    tag is loaded), even while no run has a record yet. A ``logdir`` of the form
+    tag is loaded), even while no run has a record yet; else ``runs`` runs must be
+    listed (several groups of ``--logdir_spec`` load one after another). A ``logdir`` of the form
     ``("--logdir_spec", "a:DIR1,b:DIR2")`` is passed as that flag instead.
     """
     flag = list(logdir) if isinstance(logdir, tuple) else ["--logdir", str(logdir)]
@@ -64,8 +71,8 @@ def running_tensorboard(
                 if listing.get("deephys", {}).get("enabled"):
                     if not wait_for_runs:
                         break
-                    runs = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
-                    if runs["runs"]:
+                    listed = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
+                    if len(listed["runs"]) >= runs:
                         break
             except requests.RequestException:
                 pass
