@@ -316,6 +316,10 @@ class Record:
     # The tags written at this step before the record itself (() in logs written
     # before): a reader that finds fewer knows the record is incomplete.
     arrays: tuple[str, ...] = ()
+    # The step pack holding the step's arrays (``log/step_pack.py``): its asset name
+    # under the run's plugins/deephys/ folder; "" where the arrays are in the events
+    # (logs written before 0.3).
+    pack: str = ""
     version: int = CONTENT_VERSION
 
     @property
@@ -365,6 +369,7 @@ class Record:
             stage=fields.text("stage", ""),
             dataset_sizes=fields.counts_by_name("dataset_sizes", {}, optional=True),
             arrays=fields.texts("arrays", ()),
+            pack=fields.text("pack", ""),
             version=fields.integer("version", CONTENT_VERSION),
         )
 

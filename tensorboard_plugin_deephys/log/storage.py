@@ -24,6 +24,7 @@ Example::
     storage.write_bytes(notes, b"seen")
     storage.read_bytes(notes)                 # b"seen"
     storage.read_range(notes, 1, 2)           # b"ee"
+    storage.write_stream(notes, lambda f: f.write(b"seen again"))  # large files
 """
 
 from __future__ import annotations
@@ -381,3 +382,24 @@ def write_with(path: str, write: Callable[[IO[bytes]], object]) -> None:
         with contextlib.suppress(OSError):  # a full disk: leave no half file behind
             os.remove(tmp)
         raise
+
+
+def write_stream(path: str, write: Callable[[IO[bytes]], object]) -> None:
+    """Let ``write`` stream a file of any size to ``path``, which appears complete or
+    not at all: locally through :func:`write_with` (a temporary file, then a rename);
+    on an object store through the backend's writer (S3 and GCS: a multipart upload,
+    which is only committed when the file is closed, and which ``discard`` aborts
+    when ``write`` fails), so that the whole file never has to be in memory."""
+    if not is_url(path):
+        write_with(path, write)
+        return
+    handle = _remote(path, lambda fs, inner: fs.open(inner, "wb"))
+    try:
+        write(handle)
+    except BaseException:
+        with contextlib.suppress(Exception):  # abort the upload: nothing is committed
+            handle.discard()
+        with contextlib.suppress(Exception):  # and never commit it when collected
+            handle.closed = True
+        raise
+    handle.close()
