@@ -1,10 +1,13 @@
-"""Write a computed record (a ``RecordView``) as TensorBoard events and plugin assets.
+"""Write a computed record (a ``RecordView``) as plugin assets and TensorBoard events.
 
-:func:`write_view` is the one place a record is written: each dataset's arrays, its
-accuracy scalar and thumbnail pack (an asset under the run's ``plugins/deephys/``,
-referenced from the events), each layer's view data and maps, the scores with their
-scalars and histograms, the detection metrics, and, last, the record document itself
-(a reader that sees it sees the rest). It computes nothing: see ``view_data``.
+:func:`write_view` is the one place a record is written. First the assets under the
+run's ``plugins/deephys/``: the thumbnail packs of sets whose images are new, then
+one step pack (``log/step_pack.py``) with every array of the step (each dataset's
+labels, predictions..., each layer's view data and maps, the scores) and its JSON
+documents (thumbnail references, detection rows). Then the events, which TensorBoard
+holds in memory: only the scalars (accuracy, scores, detection metrics), the score
+histograms and, last, the record document, which names the pack (a reader that sees
+the record sees the rest). It computes nothing: see ``view_data``.
 :func:`write_record` does both steps for callers that hold recordings.
 
 Example::
@@ -26,6 +29,7 @@ from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
 from deephys_lightning.writing import thumbnail_encoding
 from deephys_lightning.writing.summaries import (
+    RecordCancelled,
     RecordSink,
     SummarySink,
     blob_summary,
@@ -33,7 +37,7 @@ from deephys_lightning.writing.summaries import (
     value_summary,
 )
 from deephys_lightning.writing.view_data import DatasetRecording, RecordView, record_view
-from tensorboard_plugin_deephys.log import assets, derived, metadata
+from tensorboard_plugin_deephys.log import assets, derived, metadata, step_pack
 from tensorboard_plugin_deephys.log.metadata import (
     SCORE_KINDS,
     Detection,
@@ -41,6 +45,7 @@ from tensorboard_plugin_deephys.log.metadata import (
     Record,
     detection_tag,
     scalar_tag,
+    tag_name,
 )
 
 
@@ -54,14 +59,18 @@ def write_record(
     detectors: tuple[str, ...] = (),
     scalars: bool = True,
     histograms: bool = True,
+    layout: str = "packs",
 ) -> RecordView:
     """Compute (``view_data.record_view``), then write (:func:`write_view`) one record
     at ``record.step``; returns what was written."""
     view = record_view(
         record, recordings, max_activation_bytes=max_activation_bytes, detectors=detectors
     )
-    write_view(sink, view, log_dir=log_dir, scalars=scalars, histograms=histograms)
+    write_view(sink, view, log_dir=log_dir, scalars=scalars, histograms=histograms, layout=layout)
     return view
+
+
+LAYOUTS = ("packs", "events")
 
 
 def write_view(
@@ -72,12 +81,86 @@ def write_view(
     scalars: bool = True,
     histograms: bool = True,
     cancelled: Callable[[], bool] | None = None,
+    layout: str = "packs",
 ) -> None:
     """Write ``view`` at its record's step into ``sink``, thumbnails as assets under
     ``log_dir`` (the run directory the sink writes to). ``scalars`` / ``histograms``
     False leave out what TensorBoard's own tabs show (the Deephys tab reads none of
     it). The record itself is written last and alone. ``cancelled()`` true stops the
-    writing at the next summary (``RecordCancelled``), before the record."""
+    writing at the next summary (``RecordCancelled``), before the record.
+
+    ``layout="packs"`` (the default) writes the step's arrays and documents into one
+    step pack under ``log_dir`` (``log/step_pack.py``) and only the record, scalars
+    and histograms into the events; ``"events"`` writes everything into the events,
+    as logs before 0.3 hold it (kept to make such logs in tests).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if layout == "events":
+        _write_events_layout(sink, view, log_dir, scalars, histograms, cancelled)
+        return
+    if log_dir is None:
+        raise ValueError("writing a step pack needs the run's log_dir (packs are assets)")
+    record = view.record
+    step = record.step
+    merged = RecordSink(sink, step, cancelled=cancelled)
+    arrays, documents = _pack_contents(view, log_dir, cancelled)
+    written = step_pack.write_pack(log_dir, record, arrays, documents)
+    for name in record.datasets:
+        if scalars and name in view.accuracy:
+            tag = scalar_tag("accuracy", dataset=name)
+            merged.add_summary(scalar_pb(tag, view.accuracy[name]), step)
+    for layer in record.layers:
+        for ood in record.ood:
+            _write_score_summaries(
+                merged, step, layer, ood, view.scores[(layer, ood)], scalars, histograms
+            )
+    for ood, rows in view.detections.items():
+        _write_detection_scalars(merged, step, ood, rows, scalars)
+    merged.send_pending()
+    merged.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
+    merged.flush()
+
+
+def _pack_contents(
+    view: RecordView, log_dir: str, cancelled: Callable[[], bool] | None
+) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+    """The arrays and JSON documents of ``view``'s step pack, by tag (thumbnail packs
+    written on the way)."""
+    record = view.record
+    arrays: dict[str, np.ndarray] = {}
+    documents: dict[str, bytes] = {}
+    for name in record.datasets:
+        for kind, array in view.datasets[name].items():
+            arrays[tag_name(kind, dataset=name)] = array
+        if name in view.thumbnails:
+            if cancelled is not None and cancelled():
+                raise RecordCancelled(f"the record at step {record.step} was cancelled")
+            reference = _thumbnail_reference(name, view.thumbnails[name], log_dir)
+            documents[tag_name(Kind.THUMBNAILS, dataset=name)] = reference
+    for layer in record.layers:
+        for name in record.datasets:
+            for kind, array in view.layers[(layer, name)].items():
+                arrays[tag_name(kind, layer=layer, dataset=name)] = array
+        for ood in record.ood:
+            scores = view.scores[(layer, ood)]
+            for kind, field in SCORE_KINDS.items():
+                values = np.asarray(getattr(scores, field), dtype=np.float32)
+                arrays[tag_name(kind, layer=layer, dataset=ood)] = values
+    for ood, rows in view.detections.items():
+        documents[tag_name(Kind.DETECTION, dataset=ood)] = Detection.list_to_json(rows)
+    return arrays, documents
+
+
+def _write_events_layout(
+    sink: SummarySink,
+    view: RecordView,
+    log_dir: str | None,
+    scalars: bool,
+    histograms: bool,
+    cancelled: Callable[[], bool] | None,
+) -> None:
+    """Every array in the events: the layout of logs before 0.3."""
     record = view.record
     step = record.step
     merged = RecordSink(sink, step, cancelled=cancelled)
@@ -88,35 +171,41 @@ def write_view(
             tag = scalar_tag("accuracy", dataset=name)
             merged.add_summary(scalar_pb(tag, view.accuracy[name]), step)
         if name in view.thumbnails:
-            _write_thumbnails(merged, step, name, view.thumbnails[name], log_dir)
+            if log_dir is None:
+                raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
+            reference = _thumbnail_reference(name, view.thumbnails[name], log_dir)
+            merged.add_summary(blob_summary(Kind.THUMBNAILS, [reference], dataset=name), step)
     for layer in record.layers:
         for name in record.datasets:
             for kind, array in view.layers[(layer, name)].items():
                 merged.add_summary(value_summary(kind, array, layer=layer, dataset=name), step)
         for ood in record.ood:
-            _write_scores(merged, step, layer, ood, view.scores[(layer, ood)], scalars, histograms)
+            scores = view.scores[(layer, ood)]
+            for kind, field in SCORE_KINDS.items():
+                values = np.asarray(getattr(scores, field), dtype=np.float32)
+                merged.add_summary(tensor_summary(kind, values, layer=layer, dataset=ood), step)
+            _write_score_summaries(merged, step, layer, ood, scores, scalars, histograms)
     for ood, rows in view.detections.items():
-        _write_detections(merged, step, ood, rows, scalars)
+        blob = Detection.list_to_json(rows)
+        merged.add_summary(blob_summary(Kind.DETECTION, [blob], dataset=ood), step)
+        _write_detection_scalars(merged, step, ood, rows, scalars)
     written = dataclasses.replace(record, arrays=tuple(sorted(merged.deephys_tags)))
     merged.send_pending()  # the record goes last and alone: the scan for records reads its head
     merged.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
     merged.flush()
 
 
-def _write_thumbnails(
-    sink: RecordSink, step: int, name: str, thumbnails: assets.Thumbnails, log_dir: str | None
-) -> None:
-    if log_dir is None:
-        raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
+def _thumbnail_reference(name: str, thumbnails: assets.Thumbnails, log_dir: str) -> bytes:
+    """Write ``thumbnails`` as a pack (unless it exists) and return its reference."""
     reference = metadata.ThumbnailReference(
         file=assets.write_thumbnail_pack(log_dir, name, thumbnails, thumbnail_encoding.encode),
         count=int(thumbnails.pixels.shape[0]),
         shape=tuple(thumbnails.pixels.shape[1:]),
     )
-    sink.add_summary(blob_summary(Kind.THUMBNAILS, [reference.to_json()], dataset=name), step)
+    return reference.to_json()
 
 
-def _write_scores(
+def _write_score_summaries(
     sink: RecordSink,
     step: int,
     layer: str,
@@ -125,10 +214,7 @@ def _write_scores(
     scalars: bool = True,
     histograms: bool = True,
 ) -> None:
-    names = {"layer": layer, "dataset": ood}
-    for kind, field in SCORE_KINDS.items():
-        values = np.asarray(getattr(scores, field), dtype=np.float32)
-        sink.add_summary(tensor_summary(kind, values, **names), step)
+    """The scores' scalars and histograms, for TensorBoard's own tabs."""
     if scalars:
         for scalar, value in scores.summary().items():
             sink.add_summary(scalar_pb(scalar_tag(scalar, layer=layer, dataset=ood), value), step)
@@ -143,11 +229,9 @@ def _write_scores(
             sink.add_summary(histogram_pb(tag, finite, buckets=30), step)
 
 
-def _write_detections(
+def _write_detection_scalars(
     sink: RecordSink, step: int, ood: str, rows: list[Detection], scalars: bool = True
 ) -> None:
-    blob = Detection.list_to_json(rows)
-    sink.add_summary(blob_summary(Kind.DETECTION, [blob], dataset=ood), step)
     for row in rows if scalars else ():
         for metric in metadata.DETECTION_METRICS:
             tag = detection_tag(row.detector, metric, dataset=ood, layer=row.layer)
