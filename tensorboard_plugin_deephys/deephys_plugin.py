@@ -240,6 +240,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
         """
         if self._blob_samples is None or len(records) < self._blob_samples:
             return None
+        if records[-1].pack:  # since 0.3 every step's record is in its step pack
+            return None
         kept = {r.step for r in records}
         # Scalars after the latest record kept belong to a record still being written:
         # the sampler always keeps the latest value of a tag.

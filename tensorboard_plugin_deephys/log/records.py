@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import threading
@@ -29,7 +30,7 @@ from tensorboard import errors
 from tensorboard.data import provider
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
-from tensorboard_plugin_deephys.log import assets, storage
+from tensorboard_plugin_deephys.log import assets, step_pack, storage
 from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.json_documents import MalformedDocument
 from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
@@ -44,14 +45,18 @@ from tensorboard_plugin_deephys.log.metadata import (
     asset_path,
     decode_chunks,
     read_plugin_content,
+    tag_name,
 )
 from tensorboard_plugin_deephys.log.run_dirs import RunDirectories
+from tensorboard_plugin_deephys.log.step_pack import StepPack
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
 # Ask the provider for every datum it kept (it has sampled already on load).
 _ALL_SAMPLES = 1_000_000
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 INDEX_TTL_SECONDS = 2.0
+# Packs opened at once when a run's records are listed (each opening is one read).
+_PACK_OPENERS = 8
 
 TagKey = tuple[Kind, str | None, str | None]  # (kind, layer, dataset)
 # Per run, the tags whose plugin content is malformed, with the cause of each.
@@ -101,6 +106,8 @@ class DeephysReader:
         self._index_cache: dict[str, tuple[float, _Listing]] = {}
         # experiment -> (when read, which tags of which runs, their steps by run)
         self._scalar_cache: dict[str, tuple[float, tuple, dict[str, frozenset[int]]]] = {}
+        # (experiment, run) -> (when read, its records and malformed steps)
+        self._records_cache: dict[tuple[str, str], tuple[float, _Records]] = {}
 
     # -- listing -----------------------------------------------------------------
 
@@ -227,9 +234,24 @@ class DeephysReader:
         written at that step), with the cause of each."""
         return self._read_records(ctx, experiment_id, run)[1]
 
-    def _read_records(
-        self, ctx, experiment_id: str, run: str
-    ) -> tuple[list[Record], dict[int, str]]:
+    def _read_records(self, ctx, experiment_id: str, run: str) -> _Records:
+        """The run's records and malformed steps, reused for ``INDEX_TTL_SECONDS`` (one
+        request reads many arrays, each of which needs the record of its step)."""
+        now = time.monotonic()
+        key = (experiment_id, run)
+        with self._index_lock:
+            cached = self._records_cache.get(key)
+            if cached is not None and now - cached[0] < INDEX_TTL_SECONDS:
+                return cached[1]
+        records = self._list_records(ctx, experiment_id, run)
+        with self._index_lock:
+            self._records_cache[key] = (now, records)
+        return records
+
+    def _list_records(self, ctx, experiment_id: str, run: str) -> _Records:
+        """The records of the events and of the step packs, merged by step: a pack's
+        record wins over the events' (every step has a pack in logs since 0.3, where
+        TensorBoard keeps only some of the events' records)."""
         tag = self.run_index(ctx, experiment_id, run).tag(Kind.RECORD)
         # Should a log hold two writes at one step (the callback avoids it), the later
         # one wins, here and for the arrays (by wall time, not by event file order).
@@ -244,8 +266,105 @@ class DeephysReader:
                 malformed[int(datum.step)] = record.cause
             elif record is not None and datum.wall_time >= latest.get(record.step, (-1.0,))[0]:
                 latest[record.step] = (datum.wall_time, record)
+        from_packs: dict[int, tuple[float, Record]] = {}
+        for step, opened in self._step_packs(run):
+            if isinstance(opened, StepPack):
+                if opened.written >= from_packs.get(step, (-1.0,))[0]:
+                    from_packs[step] = (opened.written, opened.record)
+            elif step not in latest:
+                malformed[step] = opened
+        latest.update(from_packs)
         unread = {step: cause for step, cause in sorted(malformed.items()) if step not in latest}
         return [latest[step][1] for step in sorted(latest)], unread
+
+    # -- step packs ----------------------------------------------------------------
+
+    def _step_packs(self, run: str) -> list[tuple[int, StepPack | str]]:
+        """Every step pack of ``run``, opened (the head of each read once, then kept in
+        the cache), or the cause that it cannot be read; ``[]`` for a run whose
+        directory is unknown or that has no packs (logs before 0.3)."""
+        try:
+            run_dir = self._run_dirs.path(run)
+        except LookupError:
+            return []
+        try:
+            names = step_pack.list_packs(run_dir)
+        except storage.MissingBackendError as error:
+            raise errors.NotFoundError(f"run {run!r}: {error}") from None
+        except OSError as error:  # an unreachable store, a folder that is not one
+            raise errors.NotFoundError(
+                f"run {run!r}: its step packs cannot be listed: {type(error).__name__}: {error}"
+            ) from None
+        if not names:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(min(_PACK_OPENERS, len(names))) as pool:
+            opened = list(pool.map(lambda name: self._open_pack(run, run_dir, name), names))
+        return [
+            (int(step_pack.pack_step(name) or 0), pack)
+            for name, pack in zip(names, opened, strict=True)
+        ]
+
+    def _open_pack(self, run: str, run_dir: str, relative: str) -> StepPack | str:
+        """The pack ``relative`` of ``run``, or why it cannot be read."""
+        try:
+            return self._cache.get_or_compute(
+                ("pack", run_dir, relative), lambda: StepPack.open(run_dir, relative)
+            )
+        except FileNotFoundError:
+            return f"its step pack {relative} is missing"
+        except (OSError, ValueError) as error:  # damaged, unreachable, or not ours
+            return f"{type(error).__name__}: {error}"
+
+    def _pack(self, run: str, record: Record) -> StepPack:
+        """The step pack of a record that names one; ``NotFoundError`` naming the step
+        and the cause when it is missing or unreadable."""
+        try:
+            run_dir = self._run_dirs.path(run)
+        except LookupError as error:
+            raise errors.NotFoundError(
+                f"run {run!r}, step {record.step}: the step's arrays are a file beside the "
+                f"events, and {error}"
+            ) from None
+        opened = self._open_pack(run, run_dir, record.pack)
+        if isinstance(opened, str):
+            missing = opened.startswith("its step pack")
+            hint = " (copy the run directory with its plugins/ folder)" if missing else ""
+            raise errors.NotFoundError(f"run {run!r}, step {record.step}: {opened}{hint}")
+        return opened
+
+    def _pack_array(self, run: str, record: Record, tag: str, what: str) -> np.ndarray:
+        pack = self._pack(run, record)
+        if tag not in pack.names:
+            raise errors.NotFoundError(f"run {run!r} has no {what} at step {record.step}")
+        try:
+            return pack.array(tag)
+        except FileNotFoundError:
+            raise errors.NotFoundError(
+                f"run {run!r}, step {record.step}: its step pack {record.pack} is missing "
+                "(copy the run directory with its plugins/ folder)"
+            ) from None
+        except (OSError, ValueError) as error:
+            raise errors.NotFoundError(
+                f"run {run!r}, step {record.step}: {type(error).__name__}: {error}"
+            ) from None
+
+    def _pack_document(
+        self, ctx, experiment_id: str, run: str, tag: str, kind: Kind, step: int, what: str
+    ) -> bytes:
+        """A JSON document of the pack at ``step``; for thumbnails, the latest one at or
+        before it (a pack names the thumbnails written with it), then the events'."""
+        records = [r for r in self.records(ctx, experiment_id, run) if r.step <= step]
+        for record in reversed(records):
+            if record.pack:
+                found = self._pack(run, record).documents.get(tag)
+                if found is not None:
+                    return found
+            if kind is not Kind.THUMBNAILS or not record.pack:
+                break
+        if kind is Kind.THUMBNAILS and tag in self.run_index(ctx, experiment_id, run).max_steps:
+            datum = self._datum(ctx, experiment_id, run, tag, kind, step)
+            return b"".join(self._read_blob(ctx, run, ref) for ref in datum.values)
+        raise errors.NotFoundError(f"run {run!r} has no {what} at step {step}")
 
     def _parse_record(
         self, ctx, run: str, refs: Sequence[provider.BlobReference]
@@ -292,6 +411,12 @@ class DeephysReader:
         index = self.run_index(ctx, experiment_id, run)
         # Tags of kinds this reader does not know (a newer callback's) are not its to miss.
         known = [tag for tag in record.arrays if tag.rsplit("/", 1)[-1] in _KIND_NAMES]
+        if record.pack:  # a pack is written whole: it lacks nothing unless it is gone
+            try:
+                pack = self._pack(run, record)
+            except errors.NotFoundError:
+                return tuple(known)
+            return tuple(t for t in known if t not in pack.names and t not in pack.documents)
         late = [tag for tag in known if index.max_steps.get(tag, -1) < record.step]
         if not exact:
             return tuple(late)
@@ -325,11 +450,25 @@ class DeephysReader:
             raise ValueError(
                 f"{kind.value} is a JSON document, not an array: read it with document()"
             )
+        record = self._record_at(ctx, experiment_id, run, step)
+        if record is not None and record.pack:
+            tag = tag_name(kind, layer=layer, dataset=dataset)
+            what = f"{kind.value} for {_where(layer, dataset)}"
+            return self._cache.get_or_compute(
+                (experiment_id, run, record.pack, tag),
+                lambda: self._pack_array(run, record, tag, what),
+            )
         tag = self._tag(ctx, experiment_id, run, kind, layer, dataset)
         key = (experiment_id, run, tag, step)
         return self._cache.get_or_compute(
             key, lambda: self._load_array(ctx, experiment_id, run, tag, kind, step)
         )
+
+    def _record_at(self, ctx, experiment_id: str, run: str, step: int) -> Record | None:
+        for record in self.records(ctx, experiment_id, run):
+            if record.step == step:
+                return record
+        return None
 
     def document(
         self,
@@ -351,6 +490,11 @@ class DeephysReader:
         kind = Kind(kind)
         if kind not in JSON_KINDS:
             raise ValueError(f"{kind.value} is an array, not a JSON document: read it with array()")
+        record = self._record_at(ctx, experiment_id, run, step)
+        if record is not None and record.pack:
+            tag = tag_name(kind, layer=layer, dataset=dataset)
+            what = f"{kind.value} for {_where(layer, dataset)}"
+            return self._pack_document(ctx, experiment_id, run, tag, kind, step, what)
         tag = self._tag(ctx, experiment_id, run, kind, layer, dataset)
         key = ("document", experiment_id, run, tag, step)
         return self._cache.get_or_compute(
@@ -368,11 +512,7 @@ class DeephysReader:
         index = self.run_index(ctx, experiment_id, run)
         tag = index.tag(kind, layer, dataset)
         if tag is None:
-            where = " and ".join(
-                f"{what} {name!r}"
-                for what, name in (("layer", layer), ("dataset", dataset))
-                if name
-            )
+            where = _where(layer, dataset)
             if index.malformed:
                 raise MalformedDataError(
                     f"run {run!r} has no {kind.value} for {where}; "
@@ -498,6 +638,14 @@ class DeephysReader:
 
 _KIND_NAMES = frozenset(kind.value for kind in Kind)
 _Listing = tuple[dict[str, RunIndex], tuple[str, ...], Malformed]
+# A run's records, oldest first, and the steps whose record is malformed, with the cause.
+_Records = tuple[list[Record], dict[int, str]]
+
+
+def _where(layer: str | None, dataset: str | None) -> str:
+    return " and ".join(
+        f"{what} {name!r}" for what, name in (("layer", layer), ("dataset", dataset)) if name
+    )
 
 
 def _malformed_tags(malformed: Mapping[str, str], shown: int = 3) -> str:
