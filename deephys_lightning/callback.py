@@ -106,6 +106,14 @@ class DeephysCallback(Callback):
         max_activation_bytes: the full float16 activation matrix of a layer and dataset
             is written while it is at most this large; above, only the precomputed view
             data and scores are (they never need it). ``None``: always write it.
+        matrices_every_n_records: write the full matrices (and, by default, the logits)
+            of a fit's validation only at every n-th recorded epoch (the first recorded
+            epoch, then every n-th after it) and at the fit's last epoch
+            (``max_epochs - 1``; a fit that a callback such as ``EarlyStopping`` ends
+            sooner has them at the last n-th), each still within
+            ``max_activation_bytes``. No view needs them, only ``export_step`` and
+            ``read_log(...).activations``. ``trainer.validate`` and ``trainer.test``
+            always write them. Default 1: every recorded epoch.
         record_logits: also write each image's classifier outputs (float32 ``[N, C]``),
             which :func:`deephys_lightning.export.export_step` needs for the original
             Deephys app. ``None`` (default): while the full activation matrix is written.
@@ -167,6 +175,7 @@ class DeephysCallback(Callback):
         spatial_maps: bool = True,
         max_images: int | None = None,
         max_activation_bytes: int | None = DEFAULT_MAX_ACTIVATION_BYTES,
+        matrices_every_n_records: int = 1,
         record_logits: bool | None = None,
         thumbnails: bool = True,
         thumbnail_size: int = 64,
@@ -198,6 +207,9 @@ class DeephysCallback(Callback):
         self.max_images = options.check_int("max_images", max_images, optional=True)
         self.max_activation_bytes = options.check_int(
             "max_activation_bytes", max_activation_bytes, minimum=0, optional=True
+        )
+        self.matrices_every_n_records = options.check_int(
+            "matrices_every_n_records", matrices_every_n_records
         )
         self.record_logits = options.check_record_logits(record_logits)
         self.thumbnails = thumbnails
@@ -256,7 +268,6 @@ class DeephysCallback(Callback):
             thumbnails=self.thumbnails,
             refresh_thumbnails=self.refresh_thumbnails,
             max_images=self.max_images,
-            max_activation_bytes=self.max_activation_bytes,
             detectors=self.ood_detectors,
             scalars=self.log_scalars,
             histograms=self.log_histograms,
@@ -375,6 +386,18 @@ class DeephysCallback(Callback):
 
     # -- workers -----------------------------------------------------------------------
 
+    def _matrix_bytes(self, trainer: pl.Trainer, stage: str) -> int | None:
+        """This epoch's bound on a full matrix: ``max_activation_bytes``, or 0 (none)
+        for a fit's recorded epoch that ``matrices_every_n_records`` skips."""
+        if stage != "fit" or self.matrices_every_n_records == 1:
+            return self.max_activation_bytes
+        epoch = trainer.current_epoch
+        recorded = (epoch + 1) // self.every_n_epochs - 1  # 0 for the first record
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
+        if last or recorded % self.matrices_every_n_records == 0:
+            return self.max_activation_bytes
+        return 0
+
     def _epoch_start(self, trainer: pl.Trainer, dataloaders: Any) -> None:
         """Plan the epoch, point the writer at its destination, hook the model."""
         stage = trainer_stage(trainer)
@@ -400,7 +423,7 @@ class DeephysCallback(Callback):
             class_names=self.class_names,
             max_images=self.max_images,
             loaded_position=self._loaded_position,
-            max_activation_bytes=self.max_activation_bytes,
+            max_activation_bytes=self._matrix_bytes(trainer, stage),
             record_logits=self.record_logits,
         )
         if len(plan.names) == 1 and not self._warned_one_loader:

@@ -72,7 +72,6 @@ class WriteSettings:
     thumbnails: bool = True
     refresh_thumbnails: bool = False
     max_images: int | None = None
-    max_activation_bytes: int | None = None
     detectors: tuple[str, ...] = ()
     scalars: bool = True
     histograms: bool = True
@@ -330,7 +329,7 @@ class RecordWriter:
         view = record_view(
             record,
             recordings,
-            max_activation_bytes=settings.max_activation_bytes,
+            max_activation_bytes=plan.max_activation_bytes,
             detectors=settings.detectors,
             cancelled=self._cancel.is_set,
         )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from event_steps import thumbnail_steps
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tiny_model import TinyNet, loader, module_output, random_set, trainer
@@ -315,3 +316,35 @@ def test_a_shuffled_validation_loader_gets_a_warning(tmp_path):
     shuffled = torch.utils.data.DataLoader(random_set(6, 1), batch_size=3, shuffle=True)
     with pytest.warns(UserWarning, match="shuffles"):
         _fit(tmp_path, DeephysCallback(layer="fc"), shuffled)
+
+
+@pytest.mark.parametrize(("max_epochs", "kept"), [(5, [0, 2, 4]), (4, [0, 2, 3])])
+def test_matrices_every_n_records_keeps_them_every_nth_and_at_the_last_epoch(
+    tmp_path, max_epochs, kept
+):
+    callback = DeephysCallback(layer="fc", matrices_every_n_records=2)
+    t = trainer(tmp_path, [callback], max_epochs=max_epochs)
+    t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(6, 1)))
+    log = read_log(t.logger.log_dir)
+
+    def has_matrix(step: int) -> bool:
+        try:
+            log.activations("fc", "dataset_0", step)
+        except KeyError as error:
+            assert "max_activation_bytes" in str(error)
+            return False
+        log.logits("dataset_0", step)  # the logits follow the matrices
+        return True
+
+    epochs = [log.record(step).epoch for step in log.steps if has_matrix(step)]
+    assert epochs == kept and len(log.steps) == max_epochs
+    assert log.missing() == ()  # a record without them is complete: it never listed them
+    evaluation = trainer(tmp_path / "validate", [callback])
+    evaluation.validate(TinyNet(), loader(random_set(6, 1)))  # validate always has them
+    validated = read_log(evaluation.logger.log_dir)
+    assert validated.activations("fc", "dataset_0").shape == (6, 5)
+
+
+def test_matrices_every_n_records_is_checked_at_construction():
+    with pytest.raises(MisconfigurationException, match="matrices_every_n_records"):
+        DeephysCallback(layer="fc", matrices_every_n_records=0)
