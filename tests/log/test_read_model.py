@@ -157,7 +157,8 @@ def test_steps_without_stored_maxima_still_read(tmp_path):
             for name, n in (("ind", 20), ("ood", 10))
         }
         sink = sink_type(EventFileWriter(str(tmp_path)))
-        write_record(sink, record, recordings[step], log_dir=str(tmp_path))
+        layout = "events" if sink_type is DropMaxima else "packs"  # an old run, resumed
+        write_record(sink, record, recordings[step], log_dir=str(tmp_path), layout=layout)
         sink.close()
     log = read_log(tmp_path)
     assert log.steps == (3, 6)
@@ -229,7 +230,9 @@ def test_logs_of_the_previous_release_still_open(tmp_path):
     }
     recordings["ind"].activations[LAYER][:, 7] = 0  # a dead neuron
     sink = OldWriterSink(EventFileWriter(str(tmp_path)))
-    write_record(sink, record, recordings, log_dir=str(tmp_path), detectors=("msp",))
+    write_record(
+        sink, record, recordings, log_dir=str(tmp_path), detectors=("msp",), layout="events"
+    )
     sink.close()
     log = read_log(tmp_path)
     assert log.record().set_means == "raw"
@@ -384,7 +387,7 @@ def test_a_record_listing_kinds_of_a_newer_callback_is_not_incomplete(tmp_path):
         for name in ("ind", "ood")
     }
     sink = NewerWriterSink(EventFileWriter(str(tmp_path)))
-    write_record(sink, record, recordings, log_dir=str(tmp_path))
+    write_record(sink, record, recordings, log_dir=str(tmp_path), layout="events")
     sink.close()
     log = read_log(tmp_path)
     assert "deephys.data/ind/a_later_kind" in log.record(2).arrays

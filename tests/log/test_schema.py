@@ -145,7 +145,7 @@ def test_a_record_goes_out_in_few_events_and_alone_last():
         top_k=4,
     )
     sink = ListSink()
-    write_record(sink, record, recordings)
+    write_record(sink, record, recordings, layout="events")
     values = [value for event in sink.events for value in event.value]
     assert len(sink.events) < len(values) / 5
     last = sink.events[-1]

@@ -3,12 +3,14 @@ neuron that does not fire on a set, and indices out of range, in one wording."""
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
 import pytest
 import requests
 import torch
+from event_surgery import to_events_layout
 from plugin_client import plugin_client
 from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, trainer
@@ -276,8 +278,11 @@ def test_the_first_and_last_index_are_served(gated):
 @pytest.fixture(scope="module")
 def long_runs(tmp_path_factory):
     """Three runs of the tiny model: 12 recorded epochs with the accuracy scalars
-    (version_0), 12 without (version_1), and 3 (version_2)."""
-    logdir = tmp_path_factory.mktemp("sampled")
+    (version_0), 12 without (version_1), and 3 (version_2), in the events layout of
+    logs before 0.3 (TensorBoard samples their records) under ``events/``, and as
+    written (step packs) under ``packs/``."""
+    root = tmp_path_factory.mktemp("sampled")
+    logdir = root / "fits"
     for epochs, scalars in ((12, True), (12, False), (3, True)):
         callback = DeephysCallback(layer="fc", log_scalars=scalars, ood_detectors=())
         t = trainer(logdir, [callback], max_epochs=epochs)
@@ -292,7 +297,10 @@ def long_runs(tmp_path_factory):
     steps = {
         f"tiny/version_{v}": read_log(logdir / "tiny" / f"version_{v}").steps for v in range(3)
     }
-    return logdir, steps
+    for run in steps:
+        to_events_layout(logdir / run, root / "events" / run)
+    shutil.copytree(logdir, root / "packs")
+    return root, steps
 
 
 def _expected_sampling(steps: dict, keep_all: bool) -> dict:
@@ -309,7 +317,8 @@ def _expected_sampling(steps: dict, keep_all: bool) -> dict:
 @pytest.mark.parametrize("keep_all", [False, True], ids=["default sampling", FLAG])
 @pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
 def test_runs_say_which_records_tensorboard_dropped(long_runs, load_fast, keep_all):
-    logdir, steps = long_runs
+    root, steps = long_runs
+    logdir = root / "events"
     assert [len(s) for s in steps.values()] == [12, 12, 3]
     expected = _expected_sampling(steps, keep_all)
     extra = [FLAG] if keep_all else []
@@ -329,6 +338,24 @@ def test_runs_say_which_records_tensorboard_dropped(long_runs, load_fast, keep_a
     assert {run: r["sampling"] for run, r in got.items()} == expected
     for run, entry in got.items():  # the kept steps are recorded steps
         assert {s["step"] for s in entry["steps"]} <= set(steps[run])
+
+
+@pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
+def test_every_step_of_a_pack_log_is_listed_with_default_flags(long_runs, load_fast):
+    """Since 0.3 the step list comes from the step packs, not from the records
+    TensorBoard kept: all 12, with no notice, without --samples_per_plugin."""
+    root, steps = long_runs
+    with running_tensorboard(root / "packs", load_fast=load_fast, runs=3) as base:
+        deadline = time.monotonic() + 60
+        while True:
+            answer = requests.get(f"{base}{PREFIX}/runs", timeout=30).json()
+            got = {r["run"]: r for r in answer["runs"]}
+            listed = {run: tuple(s["step"] for s in r["steps"]) for run, r in got.items()}
+            if listed == steps or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+    assert listed == steps
+    assert all(entry["sampling"] is None for entry in got.values())
 
 
 def test_runs_without_dropped_records_say_null(gated):

@@ -186,7 +186,7 @@ def test_logs_written_before_the_top_predictions_still_open(tmp_path):
     rng = np.random.default_rng(6)
     recordings = _recordings(logits=lambda n: rng.normal(size=(n, 7)).astype(np.float32))
     sink = OlderLogSink(EventFileWriter(str(tmp_path)))
-    write_record(sink, _record(), recordings, log_dir=str(tmp_path))
+    write_record(sink, _record(), recordings, log_dir=str(tmp_path), layout="events")
     sink.close()
     log = read_log(tmp_path)
     assert log.missing() == ()  # a complete record of its time

@@ -1,6 +1,8 @@
 """Change a run's events as a damaged log or a lenient loader would hand them on:
 arrays altered, events dropped, with intact framing (so that only the checks on
-read, not the CRCs, can tell)."""
+read, not the CRCs, can tell). The copy is of the events layout (every array in the
+events, as logs before 0.3 hold them: :func:`to_events_layout`), where these
+damages can happen; a step pack's damages are in tests/log/test_step_packs.py."""
 
 from __future__ import annotations
 
@@ -20,16 +22,72 @@ def rewrite_events(run_dir, out_dir, change):
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    shutil.copytree(run_dir, out_dir)
-    for source in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-        path = os.path.join(out_dir, os.path.basename(source))
-        events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(source, [])]
+    to_events_layout(run_dir, out_dir)
+    for path in glob.glob(os.path.join(out_dir, "events.out.tfevents.*")):
+        events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(path, [])]
         with open(path, "wb") as handle:
             writer = RecordWriter(handle)
             for event in events:
                 changed = change(event)
                 if changed is not None:
                     writer.write(changed.SerializeToString())
+
+
+def to_events_layout(run_dir, out_dir):
+    """Copy the run ``run_dir`` to ``out_dir`` in the events layout: each step pack's
+    arrays and documents written into the events just before the record of its step
+    (which then names no pack), the packs left out."""
+    import json
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from deephys_lightning.writing.summaries import blob_summary, value_summary
+    from tensorboard_plugin_deephys.log import metadata, step_pack
+
+    shutil.copytree(run_dir, out_dir)
+    packs = {}
+    for relative in step_pack.list_packs(str(out_dir)):
+        pack = step_pack.StepPack.open(str(out_dir), relative)
+        packs[relative] = pack
+        os.remove(pack.path)
+    for path in glob.glob(os.path.join(out_dir, "events.out.tfevents.*")):
+        events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(path, [])]
+        with open(path, "wb") as handle:
+            writer = RecordWriter(handle)
+            for event in events:
+                for value in event.summary.value:
+                    content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
+                    if content is None or content.kind is not metadata.Kind.RECORD:
+                        continue
+                    raw = json.loads(value.tensor.string_val[0])
+                    pack = packs.get(raw.pop("pack", ""))
+                    value.tensor.string_val[0] = json.dumps(raw).encode()
+                    for summary in _pack_summaries(pack, blob_summary, value_summary):
+                        written = event_pb2.Event(wall_time=event.wall_time, step=event.step)
+                        written.summary.CopyFrom(summary)
+                        writer.write(written.SerializeToString())
+                writer.write(event.SerializeToString())
+
+
+def _pack_summaries(pack, blob_summary, value_summary):
+    """The summaries of a step pack's arrays and documents (none for ``None``)."""
+    from tensorboard_plugin_deephys.log import metadata
+
+    if pack is None:
+        return
+    record = pack.record
+    for kind in metadata.Kind:
+        for layer in (None, *record.layers):
+            for dataset in (None, *record.datasets):
+                try:
+                    tag = metadata.tag_name(kind, layer=layer, dataset=dataset)
+                except ValueError:  # no tag of this kind names these
+                    continue
+                if tag in pack.names:
+                    yield value_summary(kind, pack.array(tag), layer=layer, dataset=dataset)
+                elif tag in pack.documents:
+                    yield blob_summary(kind, [pack.documents[tag]], layer=layer, dataset=dataset)
 
 
 def tamper(tag, step, alter):

@@ -386,7 +386,7 @@ def _small_record(tmp_path, sink_type) -> None:
         top_k=3,
     )
     sink = sink_type(EventFileWriter(str(tmp_path)))
-    write_record(sink, record, recordings, log_dir=str(tmp_path))
+    write_record(sink, record, recordings, log_dir=str(tmp_path), layout="events")
     sink.close()
 
 
