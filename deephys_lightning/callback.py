@@ -36,6 +36,7 @@ from deephys_lightning.recording.plan import (
     EpochPlan,
     checkpoint_position,
     epoch_mode,
+    matrix_bound,
     trainer_stage,
 )
 from deephys_lightning.recording.recorder import CaptureSettings, EpochRecorder
@@ -106,14 +107,9 @@ class DeephysCallback(Callback):
         max_activation_bytes: the full float16 activation matrix of a layer and dataset
             is written while it is at most this large; above, only the precomputed view
             data and scores are (they never need it). ``None``: always write it.
-        matrices_every_n_records: write the full matrices (and, by default, the logits)
-            of a fit's validation only at every n-th recorded epoch (the first recorded
-            epoch, then every n-th after it) and at the fit's last epoch
-            (``max_epochs - 1``; a fit that a callback such as ``EarlyStopping`` ends
-            sooner has them at the last n-th), each still within
-            ``max_activation_bytes``. No view needs them, only ``export_step`` and
-            ``read_log(...).activations``. ``trainer.validate`` and ``trainer.test``
-            always write them. Default 1: every recorded epoch.
+        matrices_every_n_records: write a fit's full matrices (and the logits that
+            follow them) only at its first recorded epoch, every n-th after it and
+            its last epoch (docs/callback.md); validate and test always write them.
         record_logits: also write each image's classifier outputs (float32 ``[N, C]``),
             which :func:`deephys_lightning.export.export_step` needs for the original
             Deephys app. ``None`` (default): while the full activation matrix is written.
@@ -386,18 +382,6 @@ class DeephysCallback(Callback):
 
     # -- workers -----------------------------------------------------------------------
 
-    def _matrix_bytes(self, trainer: pl.Trainer, stage: str) -> int | None:
-        """This epoch's bound on a full matrix: ``max_activation_bytes``, or 0 (none)
-        for a fit's recorded epoch that ``matrices_every_n_records`` skips."""
-        if stage != "fit" or self.matrices_every_n_records == 1:
-            return self.max_activation_bytes
-        epoch = trainer.current_epoch
-        recorded = (epoch + 1) // self.every_n_epochs - 1  # 0 for the first record
-        last = trainer.max_epochs is not None and epoch == trainer.max_epochs - 1
-        if last or recorded % self.matrices_every_n_records == 0:
-            return self.max_activation_bytes
-        return 0
-
     def _epoch_start(self, trainer: pl.Trainer, dataloaders: Any) -> None:
         """Plan the epoch, point the writer at its destination, hook the model."""
         stage = trainer_stage(trainer)
@@ -423,7 +407,14 @@ class DeephysCallback(Callback):
             class_names=self.class_names,
             max_images=self.max_images,
             loaded_position=self._loaded_position,
-            max_activation_bytes=self._matrix_bytes(trainer, stage),
+            max_activation_bytes=matrix_bound(
+                self.max_activation_bytes,
+                stage,
+                epoch=trainer.current_epoch,
+                max_epochs=trainer.max_epochs,
+                every_n_epochs=self.every_n_epochs,
+                every_n_records=self.matrices_every_n_records,
+            ),
             record_logits=self.record_logits,
         )
         if len(plan.names) == 1 and not self._warned_one_loader:

@@ -158,6 +158,34 @@ class EpochPlan:
         )
 
 
+def matrix_bound(
+    max_activation_bytes: int | None,
+    stage: str,
+    *,
+    epoch: int,
+    max_epochs: int | None,
+    every_n_epochs: int,
+    every_n_records: int,
+) -> int | None:
+    """An epoch's bound on a full matrix: ``max_activation_bytes``, or 0 (none) for a
+    fit's recorded epoch that ``matrices_every_n_records`` skips: only the first
+    recorded epoch, every ``every_n_records``-th after it and the fit's last keep them.
+
+    >>> [matrix_bound(9, "fit", epoch=e, max_epochs=5, every_n_epochs=1, every_n_records=2)
+    ...  for e in range(5)]
+    [9, 0, 9, 0, 9]
+    >>> matrix_bound(9, "validate", epoch=1, max_epochs=5, every_n_epochs=1, every_n_records=2)
+    9
+    """
+    if stage != "fit" or every_n_records == 1:
+        return max_activation_bytes
+    recorded = (epoch + 1) // every_n_epochs - 1  # 0 for the first recorded epoch
+    last = max_epochs is not None and epoch == max_epochs - 1
+    if last or recorded % every_n_records == 0:
+        return max_activation_bytes
+    return 0
+
+
 def trainer_stage(trainer: pl.Trainer) -> str:
     """Which evaluation runs: validation in fit (with its sanity check), validate, test."""
     if trainer.state.fn == TrainerFn.TESTING:

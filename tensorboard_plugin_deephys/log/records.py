@@ -297,8 +297,11 @@ class DeephysReader:
             ) from None
         if not names:
             return []
-        with concurrent.futures.ThreadPoolExecutor(min(_PACK_OPENERS, len(names))) as pool:
-            opened = list(pool.map(lambda name: self._open_pack(run, run_dir, name), names))
+        unopened = [name for name in names if ("pack", run_dir, name) not in self._cache]
+        if len(unopened) > 1:  # one read each: in parallel (the results stay in the cache)
+            with concurrent.futures.ThreadPoolExecutor(min(_PACK_OPENERS, len(unopened))) as pool:
+                pool.map(lambda name: self._open_pack(run, run_dir, name), unopened)
+        opened = [self._open_pack(run, run_dir, name) for name in names]
         return [
             (int(step_pack.pack_step(name) or 0), pack)
             for name, pack in zip(names, opened, strict=True)

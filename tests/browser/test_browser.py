@@ -681,7 +681,7 @@ def test_thumbnails_from_s3_show_and_unreadable_ones_are_said_in_words(browser, 
         )
         local = tmp_path / "local"
         _fit_tiny(local, max_epochs=1)
-        shutil.rmtree(local / "tiny" / "version_0" / "plugins")
+        shutil.rmtree(local / "tiny" / "version_0" / "plugins" / "deephys" / "thumbnails")
         spec = f"cloud:s3://{bucket}/exp,gone:{local}"
         with running_tensorboard(("--logdir_spec", spec), load_fast=False) as base:
             _served_runs(base, lambda runs: len(runs) == 2)

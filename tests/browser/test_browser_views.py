@@ -12,6 +12,7 @@ import requests
 import scipy.special
 import torch
 from browser_tab import ARTIFACTS, open_tab, running_browser, skip_without_chromium
+from event_surgery import to_events_layout
 from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, random_set, trainer
 from torch import nn
@@ -303,10 +304,19 @@ def test_neuron_table_pages_every_row_and_says_what_its_filter_understands(brows
 
 @pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
 def test_a_notice_says_when_tensorboard_dropped_recorded_steps(browser, tmp_path, load_fast):
-    t = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=12)
+    """Logs of the events layout (before 0.3) get the notice; a log with step packs
+    shows every step with TensorBoard's default flags, and no notice."""
+    t = trainer(tmp_path / "fit", [DeephysCallback(layer="fc")], max_epochs=12)
     data = {"ind": loader(random_set(6, 1)), "ood": loader(random_set(6, 2))}
     t.fit(TinyNet(), loader(random_set(4, 0)), val_dataloaders=data)
-    with running_tensorboard(tmp_path, load_fast=load_fast) as base:
+    with running_tensorboard(tmp_path / "fit", load_fast=load_fast) as base:
+        page, frame, errors = open_tab(browser, base, ready=".neuron-view")
+        assert frame.locator("#sampling-notice").is_hidden()
+        assert frame.locator("#step-select option").count() == 12
+        assert errors == []
+        page.close()
+    to_events_layout(t.logger.log_dir, tmp_path / "old" / "run")
+    with running_tensorboard(tmp_path / "old", load_fast=load_fast) as base:
         page, frame, errors = open_tab(browser, base, ready=".neuron-view")
         notice = frame.locator("#sampling-notice")
         assert notice.text_content() == (
@@ -320,7 +330,7 @@ def test_a_notice_says_when_tensorboard_dropped_recorded_steps(browser, tmp_path
         assert errors == []
         page.close()
     extra = ("--samples_per_plugin=deephys=0",)
-    with running_tensorboard(tmp_path, load_fast=load_fast, extra=extra) as base:
+    with running_tensorboard(tmp_path / "old", load_fast=load_fast, extra=extra) as base:
         page, frame, errors = open_tab(browser, base, ready=".neuron-view")
         assert frame.locator("#sampling-notice").is_hidden()
         assert frame.locator("#step-select option").count() == 12

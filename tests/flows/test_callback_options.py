@@ -3,6 +3,8 @@ subsets, thumbnails, class names, the size cap, resume, and clear errors."""
 
 from __future__ import annotations
 
+import shutil
+
 import lightning as L
 import numpy as np
 import pytest
@@ -285,17 +287,30 @@ def test_unpack_batch_reads_any_batch_layout(tmp_path):
     np.testing.assert_array_equal(log.labels("dataset_0", 0), base.tensors[1].numpy())
 
 
+@pytest.mark.parametrize("layout", ["packs", "events"])
 @pytest.mark.parametrize("load_fast", [False, True], ids=["load_fast=false", "load_fast=true"])
-def test_the_latest_step_is_complete_under_default_sampling(tmp_path, load_fast):
+def test_the_latest_step_is_complete_under_default_sampling(tmp_path, load_fast, layout):
+    """Every step of a log with step packs; the latest (complete) one of a log of the
+    events layout, of which TensorBoard keeps 10 records by default."""
     import requests
+    from event_surgery import to_events_layout
     from tensorboard_process import running_tensorboard
 
-    _, log = _fit(tmp_path, DeephysCallback(layer="fc"), loader(random_set(5, 1)), epochs=14)
+    val = loader(random_set(5, 1))
+    t, log = _fit(tmp_path / "fit", DeephysCallback(layer="fc"), val, epochs=14)
     assert len(log.steps) == 14
-    with running_tensorboard(tmp_path, load_fast=load_fast) as base:  # default sampling
+    served = tmp_path / "served"
+    if layout == "events":
+        to_events_layout(t.logger.log_dir, served / "run")
+    else:
+        shutil.copytree(t.logger.log_dir, served / "run")
+    with running_tensorboard(served, load_fast=load_fast) as base:  # default sampling
         (run,) = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()["runs"]
         steps = [s["step"] for s in run["steps"]]
-        assert len(steps) < 14  # TensorBoard sampled the older steps
+        if layout == "events":
+            assert len(steps) < 14  # TensorBoard sampled the older steps
+        else:
+            assert steps == list(log.steps)
         assert steps[-1] == log.steps[-1]
         neuron = requests.get(
             f"{base}/data/plugin/deephys/neuron",

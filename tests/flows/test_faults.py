@@ -19,7 +19,7 @@ from pathlib import Path
 import fault_tally
 import numpy as np
 import pytest
-from event_surgery import drop_value, rewrite_events, tamper
+from event_surgery import drop_value, rewrite_events, tamper, to_events_layout
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from plugin_client import plugin_client
@@ -125,8 +125,9 @@ def damaged_logs(tmp_path_factory):
     for each copy, the first damaged byte and the records that lie wholly before it
     or (for flips) away from it."""
     base = tmp_path_factory.mktemp("damaged")
-    t = _fit(base / "source")
-    source = t.logger.log_dir
+    t = _fit(base / "fit")
+    source = base / "source"  # the events layout: every array in the events (before 0.3)
+    to_events_layout(t.logger.log_dir, source)
     records = _framing(_events(source))
     data = Path(_events(source)).read_bytes()
     logdir = base / "logs"

@@ -77,6 +77,7 @@ def _pack_summaries(pack, blob_summary, value_summary):
     if pack is None:
         return
     record = pack.record
+    seen = set()
     for kind in metadata.Kind:
         for layer in (None, *record.layers):
             for dataset in (None, *record.datasets):
@@ -84,6 +85,9 @@ def _pack_summaries(pack, blob_summary, value_summary):
                     tag = metadata.tag_name(kind, layer=layer, dataset=dataset)
                 except ValueError:  # no tag of this kind names these
                     continue
+                if tag in seen:  # a kind of datasets only, named again with a layer
+                    continue
+                seen.add(tag)
                 if tag in pack.names:
                     yield value_summary(kind, pack.array(tag), layer=layer, dataset=dataset)
                 elif tag in pack.documents:
