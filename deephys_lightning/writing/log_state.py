@@ -44,6 +44,26 @@ class LogState:
             return self.steps[step]
         return "fit" if step <= self.legacy_until else None
 
+    def forget_lost_thumbnails(self) -> list[str]:
+        """Check that the thumbnail file of each digest held is still there (one
+        existence check per dataset) and forget those that are gone (an object store
+        that lost its objects, a folder deleted by hand), so that they are written
+        again; returns the datasets forgotten."""
+        lost = []
+        for name, digest in list(self.thumbnails.items()):
+            files = (
+                metadata.asset_path(self.log_dir, metadata.thumbnail_asset_name(name, digest, s))
+                for s in (metadata.PACK_SUFFIX, metadata.NPY_SUFFIX)
+            )
+            try:
+                present = any(storage.exists(path) for path in files)
+            except (OSError, ImportError):  # unreachable: the write will say so
+                continue
+            if not present:
+                del self.thumbnails[name]
+                lost.append(name)
+        return lost
+
     def add(self, step: int, stage: str) -> None:
         self.steps[step] = stage
         self.last_step = max(self.last_step, step)

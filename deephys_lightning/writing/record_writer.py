@@ -150,6 +150,18 @@ class RecordWriter:
         self._held = None
         if self.settings.thumbnails and trainer.global_rank == 0:
             self._held = self.log_state(self._destination)
+            lost = self._held.forget_lost_thumbnails()
+            if lost:  # saved, so that the state read again before writing agrees
+                try:
+                    self._held.save()
+                except Exception as error:  # the record's own write will say more
+                    rank_zero_warn(f"DeephysCallback: cannot update the run's state: {error}")
+            for name in lost:
+                rank_zero_warn(
+                    f"DeephysCallback: the thumbnails of {name!r} are no longer in "
+                    f"{self._destination} (deleted, or the store lost them): they are "
+                    "written again with this record."
+                )
 
     def thumbnails_due(self, plan: EpochPlan, name: str, rows: Rows | None) -> bool:
         """Whether the thumbnails of ``name`` travel this epoch (rank zero's view)."""

@@ -184,3 +184,38 @@ def test_refresh_thumbnails_keeps_every_epochs_but_writes_only_new_ones(tmp_path
         t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=loader(random_set(5, 1)))
         assert kept == expected  # the unchanged set's thumbnails cross to the host once
         assert thumbnail_steps(t.logger.log_dir, "dataset_0") == [3]  # written once
+
+
+@pytest.mark.fault
+def test_thumbnails_a_store_lost_are_noticed_and_written_again(tmp_path):
+    """The run's thumbnail files deleted between two fits into it (a store that lost
+    its objects): the resumed fit checks what its state says is there, says so, and
+    writes them again, so that its steps show images."""
+    import shutil
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    val = loader(random_set(5, 1))
+
+    def fit(epochs: int, ckpt_path=None):
+        t = trainer(
+            tmp_path,
+            [DeephysCallback(layer="fc"), ModelCheckpoint(dirpath=tmp_path / f"ckpt{epochs}")],
+            logger=TensorBoardLogger(tmp_path, name="run", version=0),
+            max_epochs=epochs,
+            enable_checkpointing=True,
+        )
+        t.fit(TinyNet(), loader(random_set(12, 0)), val_dataloaders=val, ckpt_path=ckpt_path)
+        return t
+
+    first = fit(1)
+    run_dir = first.logger.log_dir
+    shutil.rmtree(f"{run_dir}/plugins/deephys/thumbnails")
+    (checkpoint,) = (tmp_path / "ckpt1").glob("*.ckpt")
+    with pytest.warns(UserWarning, match="thumbnails of 'dataset_0' are no longer in"):
+        fit(2, ckpt_path=str(checkpoint))
+    log = read_log(run_dir)
+    assert log.steps == (3, 6)
+    assert thumbnail_steps(run_dir, "dataset_0") == [3, 6]
+    assert log.thumbnails("dataset_0", 6).shape == (5, 8, 8, 3)
