@@ -38,7 +38,7 @@ def parse_logdir_spec(logdir_spec: str) -> dict[str, str | None]:
         name, path = spec.partition(":")[::2] if named else (None, spec)
         if _URI.match(path) is None:
             path = os.path.realpath(os.path.expanduser(path))
-        groups[path] = name
+        groups[path] = name or None  # an empty name adds no prefix, as unnamed groups
     return groups
 
 
@@ -59,11 +59,15 @@ class RunDirectories:
         """The directory of ``run``; ``LookupError`` (saying why) when none is known."""
         if self._logdir:
             return _below(self._logdir, run)
+        # Groups whose names are prefixes of each other (a, a/b) may both name a run:
+        # the longest name first, unless only a shorter one's folder holds the run.
         named = [
             _below(root, run[len(name) + 1 :] or ".")
-            for root, name in self._groups.items()
+            for root, name in sorted(self._groups.items(), key=lambda group: -len(group[1] or ""))
             if name is not None and (run == name or run.startswith(f"{name}/"))
         ]
+        if len(named) > 1:
+            return next((c for c in named if storage.isdir(c)), named[0])
         if named:  # a group's name before an unnamed group's folder of that name
             return named[0]
         unnamed = [_below(root, run) for root, name in self._groups.items() if name is None]

@@ -83,6 +83,20 @@ def test_logdir_spec_runs_map_to_their_directories(tmp_path):
         RunDirectories(logdir_spec="a:/x").path("c/.")
 
 
+def test_logdir_spec_groups_named_as_prefixes_or_empty_find_their_runs(tmp_path):
+    """``a:DIR1,a/b:DIR2``: run ``a/b/x`` is DIR2's x unless only DIR1 holds ``b/x``;
+    an empty name (``:DIR``) adds no prefix, as TensorBoard names those runs."""
+    for folder in ("one/b/only_here", "two/x", "three/version_0"):
+        (tmp_path / folder).mkdir(parents=True)
+    dirs = RunDirectories(logdir_spec=f"a:{tmp_path / 'one'},a/b:{tmp_path / 'two'}")
+    assert dirs.path("a/b/x") == str(tmp_path / "two" / "x")
+    assert dirs.path("a/b/only_here") == str(tmp_path / "one" / "b" / "only_here")
+    assert dirs.path("a/c") == str(tmp_path / "one" / "c")
+    empty = RunDirectories(logdir_spec=f":{tmp_path / 'three'}")
+    assert parse_logdir_spec(f":{tmp_path / 'three'}") == {str(tmp_path / "three"): None}
+    assert empty.path("version_0") == str(tmp_path / "three" / "version_0")
+
+
 def test_a_whole_record_on_memory_storage(tmp_path):
     """The callback's writes (thumbnails, state) and read_log through memory://: the
     events themselves go through TensorBoard's writer, which reads fsspec URLs too."""
