@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
@@ -86,8 +87,9 @@ def write_view(
     """Write ``view`` at its record's step into ``sink``, thumbnails as assets under
     ``log_dir`` (the run directory the sink writes to). ``scalars`` / ``histograms``
     False leave out what TensorBoard's own tabs show (the Deephys tab reads none of
-    it). The record itself is written last and alone. ``cancelled()`` true stops the
-    writing at the next summary (``RecordCancelled``), before the record.
+    it). The record itself is written last (in the events layout alone, in the packs
+    layout in one event with the step's scalars and histograms, after the pack).
+    ``cancelled()`` true stops the writing (``RecordCancelled``) before the record.
 
     ``layout="packs"`` (the default) writes the step's arrays and documents into one
     step pack under ``log_dir`` (``log/step_pack.py``) and only the record, scalars
@@ -103,23 +105,39 @@ def write_view(
         raise ValueError("writing a step pack needs the run's log_dir (packs are assets)")
     record = view.record
     step = record.step
-    merged = RecordSink(sink, step, cancelled=cancelled)
     arrays, documents = _pack_contents(view, log_dir, cancelled)
     written = step_pack.write_pack(log_dir, record, arrays, documents)
+    if cancelled is not None and cancelled():
+        raise RecordCancelled(f"the record at step {step} was cancelled")
+    # One event: the record first (the scan for records reads an event's head), then
+    # the step's scalars and histograms, so that a process killed while writing it
+    # leaves all of them or none (a step written again after a resume never holds
+    # its scalars twice).
+    event = _Collected()
+    event.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
     for name in record.datasets:
         if scalars and name in view.accuracy:
             tag = scalar_tag("accuracy", dataset=name)
-            merged.add_summary(scalar_pb(tag, view.accuracy[name]), step)
+            event.add_summary(scalar_pb(tag, view.accuracy[name]), step)
     for layer in record.layers:
         for ood in record.ood:
             _write_score_summaries(
-                merged, step, layer, ood, view.scores[(layer, ood)], scalars, histograms
+                event, step, layer, ood, view.scores[(layer, ood)], scalars, histograms
             )
     for ood, rows in view.detections.items():
-        _write_detection_scalars(merged, step, ood, rows, scalars)
-    merged.send_pending()
-    merged.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
-    merged.flush()
+        _write_detection_scalars(event, step, ood, rows, scalars)
+    sink.add_summary(event.summary, step)
+    sink.flush()
+
+
+class _Collected:
+    """A sink that gathers summaries' values into one summary (one event)."""
+
+    def __init__(self) -> None:
+        self.summary = summary_pb2.Summary()
+
+    def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
+        self.summary.value.extend(summary.value)
 
 
 def _pack_contents(
@@ -206,7 +224,7 @@ def _thumbnail_reference(name: str, thumbnails: assets.Thumbnails, log_dir: str)
 
 
 def _write_score_summaries(
-    sink: RecordSink,
+    sink: SummarySink | _Collected,
     step: int,
     layer: str,
     ood: str,
@@ -230,7 +248,7 @@ def _write_score_summaries(
 
 
 def _write_detection_scalars(
-    sink: RecordSink, step: int, ood: str, rows: list[Detection], scalars: bool = True
+    sink: SummarySink | _Collected, step: int, ood: str, rows: list[Detection], scalars: bool = True
 ) -> None:
     for row in rows if scalars else ():
         for metric in metadata.DETECTION_METRICS:

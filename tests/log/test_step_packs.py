@@ -259,3 +259,24 @@ def test_a_damaged_header_is_a_pack_error_naming_the_cause(tmp_path):
     Path(path).write_bytes(bytes(data))
     with pytest.raises(PackError, match="step 2.*header length"):
         StepPack.open(str(tmp_path), written.pack)
+
+
+def test_a_steps_events_are_one_event_with_the_record_first(tmp_path):
+    """The record, the scalars and the histograms of a step in one event: a process
+    killed while writing it leaves all or none of them, so that a step written again
+    after a resume never holds its scalars twice."""
+    from tensorboard.compat.proto import event_pb2
+
+    from deephys_lightning.event_files import RecordScanner
+
+    run = tmp_path / "run"
+    _write_steps(run, (2, 4, 6))
+    (path,) = run.glob("events.out.tfevents.*")
+    events = [event_pb2.Event.FromString(raw) for raw in RecordScanner(str(path), [])]
+    with_values = [event for event in events if event.summary.value]
+    assert [event.step for event in with_values] == [2, 4, 6]
+    for event in with_values:
+        tags = [value.tag for value in event.summary.value]
+        assert tags[0] == tag_name(Kind.RECORD)
+        assert "deephys/ind/accuracy" in tags and "deephys/fc/ood/novelty" in tags
+        assert not any(tag.startswith("deephys.data/") for tag in tags[1:])
