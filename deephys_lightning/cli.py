@@ -19,8 +19,9 @@ import warnings
 from collections.abc import Sequence
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
+from deephys_lightning.reader import LogDamageWarning
 from deephys_lightning.scores import detection_table, format_table, score_table
-from tensorboard_plugin_deephys.log.storage import ReadTimeout
+from tensorboard_plugin_deephys.log.storage import MissingBackendError, ReadTimeout
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,15 +81,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with _warnings_as_lines(f"deephys-lightning {args.command}"):
+        with _warnings_as_lines(f"deephys-lightning {args.command}") as damage:
             if args.command == "scores":
-                return _scores(args.logdir, as_csv=args.csv, detection=args.detection)
+                return _scores(
+                    args.logdir, as_csv=args.csv, detection=args.detection, damage=damage
+                )
             if args.command == "export":
                 return _export(args)
     except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
         _silence_stdout()
         return 0
-    except ReadTimeout as error:  # a stalled mount or store: said in one line
+    except (ReadTimeout, MissingBackendError) as error:  # said in one line, with the fix
         print(f"deephys-lightning {args.command}: {error}", file=sys.stderr)
         return 2
     return 2  # argparse already refused unknown commands
@@ -97,14 +100,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 @contextlib.contextmanager
 def _warnings_as_lines(prefix: str):
     """Show warnings (a damaged event file...) as one line each on stderr, without
-    the source line Python's default display adds."""
+    the source line Python's default display adds; yields the list of those that said
+    part of the log was left out (``LogDamageWarning``), filled as they come."""
+    damage: list[str] = []
 
     def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LogDamageWarning):
+            damage.append(str(message))
         print(f"{prefix}: warning: {message}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
-        yield
+        yield damage
 
 
 def _silence_stdout() -> None:
@@ -117,14 +124,24 @@ def _silence_stdout() -> None:
         pass
 
 
-def _scores(logdir: str, *, as_csv: bool, detection: bool = False) -> int:
+def _scores(
+    logdir: str, *, as_csv: bool, detection: bool = False, damage: Sequence[str] = ()
+) -> int:
     try:
         rows = detection_table(logdir) if detection else score_table(logdir)
-    except FileNotFoundError as error:
+    except OSError as error:  # missing, access denied, an unreachable store...
         print(f"deephys-lightning scores: {error}", file=sys.stderr)
         return 2
+    what = "OOD detection rows" if detection else "scores"
+    if not rows and damage:  # the cause is the damage said above, not the log's content
+        more = f" (and {len(damage) - 1} more above)" if len(damage) > 1 else ""
+        print(
+            f"deephys-lightning scores: no Deephys {what} could be read under {logdir!r}: "
+            f"part of the log is damaged or unreadable: {damage[0]}{more}",
+            file=sys.stderr,
+        )
+        return 2
     if not rows:
-        what = "OOD detection rows" if detection else "scores"
         print(
             f"deephys-lightning scores: no Deephys {what} under {logdir!r} ({what} need an "
             "OOD set: pass two or more validation dataloaders to a Trainer with "

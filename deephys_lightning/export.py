@@ -35,6 +35,7 @@ import numpy as np
 
 from deephys_lightning import cbor
 from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
 
 # The app's limits, as the deephys package checks them.
 MAX_NAME_LENGTH = 40  # model and dataset names
@@ -221,9 +222,14 @@ def export_step(
 
     Raises:
         ExportError: the step lacks the full activation matrix, the classifier outputs
-            or the thumbnails (the message says how to record them), or a name or
-            value breaks the format's rules. Nothing is written then, except files
-            of datasets that came before a bad value.
+            or the thumbnails (the message says how to record them), they were
+            recorded but cannot be read (the message names the dataset, the step,
+            the damaged array or file and the cause), or a name or value breaks the
+            format's rules. Nothing is written then, except files of datasets that
+            came before a bad value.
+        OSError: ``log_dir`` cannot be read (access denied, an unreachable store).
+        tensorboard_plugin_deephys.log.storage.MissingBackendError: no fsspec backend
+            serves ``log_dir``'s URL (the message says what to install).
 
     Example::
 
@@ -515,9 +521,21 @@ def _export_layers(log, record, step: int, layers: Sequence[str] | None) -> list
 
 
 def _has_matrix(log, layer: str, record, step: int) -> bool:
+    """Whether the step holds the InD matrix of ``layer``; a matrix that was written
+    (the record lists it) or is there but cannot be read is an error naming the cause,
+    never taken for one that was not recorded."""
+    from deephys_lightning.reader import UnreadableDataError
+
     try:
         log.activations(layer, record.ind, step)
-    except KeyError:
+    except UnreadableDataError as error:
+        raise ExportError(f"layer {layer!r}, dataset {record.ind!r}: {error.args[0]}") from None
+    except KeyError as error:
+        if tag_name(Kind.ACTIVATIONS, layer=layer, dataset=record.ind) in record.arrays:
+            raise ExportError(
+                f"layer {layer!r}, dataset {record.ind!r}: the step's record lists its full "
+                f"activation matrix, which cannot be read: {error.args[0]}"
+            ) from None
         return False
     return True
 
@@ -526,19 +544,21 @@ def _dataset_arrays(log, name: str, step: int, layers: Sequence[str], class_name
     try:
         acts = {layer: log.activations(layer, name, step) for layer in layers}
         logits = log.logits(name, step)
-    except KeyError as error:
+        labels = log.labels(name, step)
+    except KeyError as error:  # missing, or damaged (UnreadableDataError): said as it is
         raise ExportError(f"dataset {name!r}: {error.args[0]}") from None
     try:
         thumbnails = log.thumbnails(name, step)
     except KeyError as error:
         reason = error.args[0]
-        if "no thumbnails" in reason:  # never recorded, not a missing file
+        # Never recorded: not a missing file, a damaged pack or a reference lost to a
+        # damaged event file (read_log says those in words of their own).
+        if f"has no thumbnails for dataset {name!r}" in reason:
             reason = (
                 f"it has no thumbnails at step {step}; the Deephys files need the images: "
                 "record with DeephysCallback(thumbnails=True)"
             )
         raise ExportError(f"dataset {name!r}: {reason}") from None
-    labels = log.labels(name, step)
     if len(thumbnails) != len(labels):
         raise ExportError(
             f"dataset {name!r}: {len(thumbnails)} thumbnails for {len(labels)} recorded images"

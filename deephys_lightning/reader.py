@@ -18,14 +18,17 @@ Example::
 
 from __future__ import annotations
 
+import heapq
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import directory_watcher, event_accumulator, io_wrapper
+from tensorboard.compat import tf
 from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
@@ -33,9 +36,9 @@ from deephys_lightning import fast_crc
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
 from tensorboard_plugin_deephys.log import storage
 from tensorboard_plugin_deephys.log.derived import OODScores
-from tensorboard_plugin_deephys.log.metadata import Detection, Kind, Record
-from tensorboard_plugin_deephys.log.read_model import StepData, UnknownNameError
-from tensorboard_plugin_deephys.log.records import DeephysReader
+from tensorboard_plugin_deephys.log.metadata import Detection, Kind, Record, tag_name
+from tensorboard_plugin_deephys.log.read_model import DamagedDataError, StepData, UnknownNameError
+from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
 
 _EXPERIMENT = ""
 _KEEP_EVERYTHING = {
@@ -44,11 +47,24 @@ _KEEP_EVERYTHING = {
 }
 
 
+class UnreadableDataError(KeyError):
+    """Data that were written but cannot be read as they are: an array that does not
+    fit its record (a damaged or foreign log), a malformed document. The message names
+    the array, the step and the cause. A ``KeyError``, as every missing datum is."""
+
+
+class LogDamageWarning(UserWarning):
+    """Part of a log was left out: a damaged or unreadable event file, malformed data
+    (the message names the file or run and the cause). The rest was read."""
+
+
 class DeephysLog:
     """The Deephys data of one run; arrays are read lazily and cached.
 
     Every accessor takes the recorded global ``step`` last; without it, the latest
-    step. Missing data raise ``KeyError`` with what exists and how to record it.
+    step. Missing data raise ``KeyError`` with what exists and how to record it;
+    data that were written but are damaged raise its subclass
+    :class:`UnreadableDataError`, naming the array and the cause.
     Use :func:`read_log` to make one.
 
     Example::
@@ -134,6 +150,7 @@ class DeephysLog:
             "The full activation matrix is written only while it is at most "
             "DeephysCallback(max_activation_bytes=...) large; raise that (or set it to "
             "None) or record fewer images with max_images=.",
+            tag_name(Kind.ACTIVATIONS, layer=layer, dataset=dataset),
         )
 
     def image_top_neurons(
@@ -173,6 +190,7 @@ class DeephysLog:
             read,
             "Maps are kept for layers whose outputs have spatial or token dims, recorded "
             "with reduction='auto' and spatial_maps=True, in logs written since they exist.",
+            tag_name(Kind.TOP_MAPS, layer=layer, dataset=dataset),
         )
 
     def category_means(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
@@ -221,6 +239,7 @@ class DeephysLog:
             ),
             "Logs written before the callback recorded each image's top predictions "
             "lack them; record again to have them.",
+            tag_name(Kind.TOP_CLASSES, dataset=dataset),
         )
 
     def logits(self, dataset: str, step: int | None = None) -> np.ndarray:
@@ -237,39 +256,113 @@ class DeephysLog:
             "Classifier outputs are written while the full activation matrix is "
             "(DeephysCallback(max_activation_bytes=...)), or always with "
             "DeephysCallback(record_logits=True).",
+            tag_name(Kind.LOGITS, dataset=dataset),
         )
 
     def thumbnails(self, dataset: str, step: int | None = None) -> np.ndarray:
         """uint8 ``[N, H, W, 3]`` images of ``dataset`` (as of ``step``, default latest).
 
         Raises:
-            KeyError: none were recorded, or their file is missing or damaged (the
-                message says which file and why).
+            KeyError: none were recorded, their reference was lost to a damaged event
+                file, or their file (or the step pack that names them) is missing or
+                damaged (the message says which file and why).
         """
-        return self._read(step, lambda data: data.thumbnail_array(dataset))
 
-    def _read(self, step: int | None, read: Callable[[StepData], Any], hint: str = "") -> Any:
+        def read(data: StepData) -> np.ndarray:
+            try:
+                return data.thumbnail_array(dataset)
+            except UnknownNameError:
+                raise
+            except NotFoundError as error:  # said again with where the images were written
+                raise type(error)(self._thumbnails_cause(dataset, data.step, error)) from None
+
+        return self._read(step, read)
+
+    def _thumbnails_cause(self, dataset: str, step: int, error: NotFoundError) -> str:
+        """Why the thumbnails of ``dataset`` at ``step`` cannot be read, from the records:
+        thumbnails are written once and found as the latest write at or before a step,
+        so a lost or damaged earlier write is the cause, not this step."""
+        said = _words(error)
+        tag = tag_name(Kind.THUMBNAILS, dataset=dataset)
+        written = [r for r in self.records if r.step <= step and tag in r.arrays]
+        if written and not written[-1].pack and tag in self.missing(written[-1].step):
+            # The events layout: the reference is one event of the step that wrote them.
+            lost = (
+                f"was lost to damage of the event file {_damage_summary(self.damage)}"
+                if self.damage
+                else "is missing from the event files (a copy of them that lacks it?)"
+            )
+            return (
+                f"the thumbnails of {dataset!r} at step {step} were written at step "
+                f"{written[-1].step}, and the thumbnail reference written with them {lost}; "
+                "the thumbnail files may be intact, but are not found without it"
+            )
+        if not written and self.damage and f"has no thumbnails for dataset {dataset!r}" in said:
+            return (
+                f"no thumbnail reference of {dataset!r} at or before step {step} could be "
+                f"read, and the event file {_damage_summary(self.damage)}: if thumbnails "
+                "were recorded (the default), their reference was lost there"
+            )
+        if written and written[-1].step != step:
+            at = written[-1].step
+            return f"the thumbnails of {dataset!r} at step {step} were written at step {at}: {said}"
+        return said
+
+    def _read(
+        self,
+        step: int | None,
+        read: Callable[[StepData], Any],
+        hint: str = "",
+        tag: str | None = None,
+    ) -> Any:
         """``read`` of the step's data; a missing array becomes a ``KeyError`` that says
-        what is missing, and ``hint`` (how to record it) unless a name was wrong."""
+        what is missing, and ``hint`` (how to record it) unless a name was wrong or the
+        record lists ``tag`` as written (then it was lost: the hint would mislead); a
+        damaged one an :class:`UnreadableDataError`."""
         data = self.at(step)
         try:
             return read(data)
         except UnknownNameError as error:
-            raise KeyError(str(error)) from None
+            raise KeyError(_words(error)) from None
+        except (DamagedDataError, MalformedDataError) as error:
+            raise UnreadableDataError(_words(error)) from None
         except NotFoundError as error:
-            raise KeyError(f"{error}. {hint}" if hint else str(error)) from None
+            written = tag is not None and tag in data.record.arrays
+            raise KeyError(
+                f"{_words(error)}. {hint}" if hint and not written else _words(error)
+            ) from None
+
+
+def _words(error: NotFoundError) -> str:
+    """The message of TensorBoard's ``NotFoundError`` without its "Not found: " prefix."""
+    return str(error).removeprefix("Not found: ")
+
+
+def _damage_summary(damage: tuple[Damage, ...]) -> str:
+    """The damaged stretches in a few words: the file and where the first is, and how
+    many more there are."""
+    first = damage[0]
+    more = f", and {len(damage) - 1} more damaged stretches" if len(damage) > 1 else ""
+    return f"{first.path} ({first.cause} at byte {first.offset}{more})"
 
 
 def read_runs(log_dir: str | os.PathLike) -> dict[str, DeephysLog]:
     """Every run under ``log_dir`` that holds Deephys data, by run name.
 
     Run names are paths relative to ``log_dir`` (``"."`` is ``log_dir`` itself), as
-    TensorBoard shows them.
+    TensorBoard shows them; a folder reached again through a symbolic link (a link
+    loop, or two links to one run) is one run, under the name with the fewest links,
+    then the shallowest. What could
+    not be read (a damaged or unreadable event file, malformed data) is left out with
+    one :class:`LogDamageWarning` per cause.
 
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
+        OSError: ``log_dir`` cannot be read (access denied, an unreachable store...).
+        tensorboard_plugin_deephys.log.storage.MissingBackendError: no fsspec backend
+            serves ``log_dir``'s URL (the message says what to install).
     """
-    logs, damage, left_out = _load(log_dir)
+    logs, damage, left_out, _ = _load(log_dir)
     _warn_damage(damage)
     _warn_left_out(left_out)
     return logs
@@ -279,13 +372,14 @@ def _warn_damage(damage: dict[str, list[Damage]]) -> None:
     for found in damage.values():
         for stretch in found:
             what = "event file ends early" if stretch.at_end else "damaged event file"
-            warnings.warn(f"{what}: {stretch}", stacklevel=3)
+            warnings.warn(f"{what}: {stretch}", LogDamageWarning, stacklevel=3)
 
 
 def _warn_left_out(left_out: dict[str, str]) -> None:
-    """One line per run with malformed data: what was left out of it, and why."""
+    """One line per run with malformed or unreadable data: what was left out of it, and
+    why."""
     for run, what in sorted(left_out.items()):
-        warnings.warn(f"run {run!r}: {what}", stacklevel=3)
+        warnings.warn(f"run {run!r}: {what}", LogDamageWarning, stacklevel=3)
 
 
 def _left_out(reader: DeephysReader, run: str, tags: Mapping[str, str]) -> str | None:
@@ -304,28 +398,41 @@ def _left_out(reader: DeephysReader, run: str, tags: Mapping[str, str]) -> str |
 
 def _load(
     log_dir: str | os.PathLike,
-) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]], dict[str, str]]:
+) -> tuple[dict[str, DeephysLog], dict[str, list[Damage]], dict[str, str], dict[str, str]]:
     """:func:`read_runs`, the damage found in each run's event files (every run's,
-    also of runs whose damage left no readable record), and per run, what of it was
-    left out for malformed data (a run without a readable record is left out whole,
-    the others are read)."""
+    also of runs whose damage left no readable record), per run what of it was left
+    out for malformed or unreadable data (a run without a readable record is left out
+    whole, the others are read), and the runs whose event files could not be read,
+    with the cause."""
     log_dir = os.fspath(log_dir)
     if storage.is_url(log_dir):
         log_dir = storage.normalize(log_dir)  # TensorBoard's readers list it as a folder
-    if not storage.isdir(log_dir):
-        raise FileNotFoundError(f"{log_dir!r} is not a directory")
+    try:
+        if not storage.isdir(log_dir):
+            raise FileNotFoundError(f"{log_dir!r} is not a directory")
+        runs = _run_dirs(log_dir)
+    except FileNotFoundError:
+        raise
+    except _store_errors() as error:  # access denied, an unreachable store...
+        failure = _store_failure(log_dir, error)
+        if failure is error:  # it says the folder and the cause already
+            raise
+        raise failure from error
     fast_crc.install()  # record checks at C speed: reading is ten times faster
     multiplexer = CheckedEventMultiplexer(size_guidance=_KEEP_EVERYTHING)
-    multiplexer.AddRunsFromDirectory(log_dir)
-    multiplexer.Reload()
+    for name, path in runs:
+        multiplexer.AddRun(path, name=name)
+    unreadable = _reload(multiplexer, [name for name, _ in runs])
     provider = tb_data_provider.MultiplexerDataProvider(multiplexer, log_dir)
     reader = DeephysReader(provider, logdir=log_dir)
     ctx = RequestContext()
     index, malformed = reader.index(ctx, _EXPERIMENT), reader.malformed_tags(ctx, _EXPERIMENT)
     logs: dict[str, DeephysLog] = {}
     left_out: dict[str, str] = {}
-    for run in sorted(set(index) | set(malformed)):
-        what = _left_out(reader, run, malformed.get(run, {}))
+    for run in sorted(set(index) | set(malformed) | set(unreadable)):
+        parts = [f"an event file cannot be read: {unreadable[run]}"] if run in unreadable else []
+        parts.append(_left_out(reader, run, malformed.get(run, {})) or "")
+        what = "; ".join(part for part in parts if part) or None
         try:
             if run not in index:
                 raise ValueError("it holds no readable Deephys record")
@@ -336,7 +443,92 @@ def _load(
         if what is not None:
             left_out[run] = what
     damage = {run: found for run, found in multiplexer.damage.items() if found}
-    return logs, damage, left_out
+    return logs, damage, left_out, unreadable
+
+
+def _run_dirs(log_dir: str) -> list[tuple[str, str]]:
+    """(run name, folder) of every folder under ``log_dir`` (itself included) that
+    holds an event file, named as TensorBoard names runs (the path relative to
+    ``log_dir``). Local folders are walked here so that each is listed once (where
+    TensorBoard's walk follows a link loop until the path is too long: one run 40
+    times): a folder reached through symbolic links too (a loop, or a link to a run)
+    keeps the name with the fewest links, then the shallowest, then the first in name
+    order."""
+    if storage.is_url(log_dir):  # object stores have no links: TensorBoard's listing
+        found = io_wrapper.GetLogdirSubdirectories(log_dir)
+        return [(os.path.relpath(folder, log_dir), folder) for folder in found]
+    root = storage.local_path(log_dir)
+    runs: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    pending = [(0, 0, root)]  # (links followed, depth, folder): a heap
+    while pending:
+        links, depth, folder = heapq.heappop(pending)
+        try:
+            info = os.stat(folder)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            with os.scandir(folder) as scan:
+                entries = list(scan)
+        except OSError:
+            if folder == root:  # the log directory itself: said, not taken for empty
+                raise
+            continue  # a folder that went away or cannot be listed, as TensorBoard skips it
+        seen.add((info.st_dev, info.st_ino))
+        folders = [entry for entry in entries if _is_dir(entry)]
+        if any(io_wrapper.IsTensorFlowEventsFile(e.path) for e in entries if e not in folders):
+            runs.append((os.path.relpath(folder, root), folder))
+        for entry in folders:
+            heapq.heappush(pending, (links + entry.is_symlink(), depth + 1, entry.path))
+    return sorted(runs)
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is a folder, through links (a broken link is not)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _reload(multiplexer: CheckedEventMultiplexer, runs: list[str]) -> dict[str, str]:
+    """Read each run's event files (as ``EventMultiplexer.Reload`` does, one run after
+    another); the runs whose files could not be read, with the cause (TensorBoard's
+    reload only logs it). What was read before the failure is kept."""
+    unreadable = {}
+    for run in runs:
+        try:
+            multiplexer.GetAccumulator(run).Reload()
+        except directory_watcher.DirectoryDeletedError:
+            unreadable[run] = "its folder was deleted while it was read"
+        except _store_errors() as error:
+            unreadable[run] = f"{type(error).__name__}: {error}"
+    return unreadable
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What a read of event files raises when a file or store cannot be read:
+    ``OSError`` (our storage layer and local files), the errors of TensorBoard's file
+    layer, and botocore's where it is loaded (TensorBoard reads ``s3://`` with boto3);
+    botocore is not imported here where it is absent."""
+    found: list[type[BaseException]] = [OSError, tf.errors.OpError]
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        found += [botocore.BotoCoreError, botocore.ClientError]
+    return tuple(found)
+
+
+def _store_failure(log_dir: str, error: BaseException) -> OSError:
+    """``error`` of reading ``log_dir`` as an ``OSError`` whose message names the folder
+    and the cause (an access denied one as a ``PermissionError``)."""
+    cause = f"{type(error).__name__}: {error}"
+    response = getattr(error, "response", None)  # botocore's ClientError
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") if response else None
+    if isinstance(error, PermissionError) or status in (401, 403):
+        check = "; check the credentials the store is read with" if storage.is_url(log_dir) else ""
+        return PermissionError(f"cannot read {log_dir}: access denied ({cause}){check}")
+    if isinstance(error, OSError) and (error.filename or log_dir in str(error)):
+        return error  # it names the file already
+    return storage.StorageError(f"cannot read {log_dir}: {cause}")
 
 
 def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
@@ -351,10 +543,14 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
 
     Raises:
         FileNotFoundError: ``log_dir`` does not exist.
-        ValueError: no run holds Deephys data, or several do and ``run`` is not given.
+        OSError: ``log_dir`` cannot be read (access denied, an unreachable store...).
+        tensorboard_plugin_deephys.log.storage.MissingBackendError: no fsspec backend
+            serves ``log_dir``'s URL (the message says what to install).
+        ValueError: no run holds Deephys data (the message says which runs have
+            damaged or unreadable event files), or several do and ``run`` is not given.
     """
     try:
-        logs, damage, left_out = _load(log_dir)
+        logs, damage, left_out, unreadable = _load(log_dir)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"read_log: {error}") from None
     runs = sorted(logs)
@@ -362,6 +558,10 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
     damaged = "".join(
         f"; run {name!r} has damaged event files ({found[0]})"
         for name, found in sorted(damage.items())
+        if name not in logs and (run is None or name == run)
+    ) + "".join(
+        f"; run {name!r} has an event file that cannot be read ({cause})"
+        for name, cause in sorted(unreadable.items())
         if name not in logs and (run is None or name == run)
     )
     if run is None and "." in logs:
@@ -376,9 +576,10 @@ def read_log(log_dir: str | os.PathLike, run: str | None = None) -> DeephysLog:
         {r: w for r, w in left_out.items() if r == run or (asked is None and r not in logs)}
     )
     if run is None:
+        none = "none readable" if damaged else "none: was DeephysCallback in the Trainer?"
         raise ValueError(
             f"read_log: {os.fspath(log_dir)!r} holds Deephys data in {len(runs)} runs "
-            f"({runs or 'none: was DeephysCallback in the Trainer?'})"
+            f"({runs or none})"
             + ("; pass run= (deephys-lightning export: --run) to pick one" if runs else "")
             + damaged
         )

@@ -18,7 +18,7 @@ import math
 import os
 import warnings
 
-from deephys_lightning.reader import read_runs
+from deephys_lightning.reader import LogDamageWarning, read_runs
 from tensorboard_plugin_deephys.log.derived import accuracy
 from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS
 
@@ -108,6 +108,7 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
 def _skipped(run: str, step: int, what: str, error: KeyError) -> None:
     warnings.warn(
         f"run {run!r}, step {step}, {what}: left out, its data are unreadable: {error.args[0]}",
+        LogDamageWarning,
         stacklevel=3,
     )
 
