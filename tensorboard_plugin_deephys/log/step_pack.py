@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import struct
 import time
@@ -235,6 +236,7 @@ class StepPack:
         self.written = written
         self._entries = entries
         self._head = head
+        self.names = frozenset(entries)  # the tags of the arrays it holds
 
     @classmethod
     def open(cls, run_dir: str, relative: str) -> StepPack:
@@ -271,11 +273,6 @@ class StepPack:
     @property
     def nbytes(self) -> int:
         return len(self._head) + 200 * len(self._entries)
-
-    @property
-    def names(self) -> frozenset[str]:
-        """The tags of the arrays it holds."""
-        return frozenset(self._entries)
 
     def array(self, tag: str) -> np.ndarray:
         """The array ``tag``, checked against its CRC-32C (``KeyError`` when the pack
@@ -314,7 +311,7 @@ def _parse_header(
             raise MalformedDocument(f"its entry {tag!r}", "its dtype is not one Deephys writes")
         shape = fields.counts("shape")
         offsets = fields.counts("data_offsets")
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        size = math.prod(shape) * dtype.itemsize
         if len(offsets) != 2 or offsets[0] != end_of_data or offsets[1] - offsets[0] != size:
             raise MalformedDocument(f"its entry {tag!r}", "its offsets do not fit its shape")
         begin, end = offsets

@@ -46,6 +46,31 @@ def running_tensorboard(
         "1",
         *extra,
     ]
+    with launched(command, timeout) as (process, base, lines):
+        deadline = time.monotonic() + timeout
+        while True:  # wait until the data is loaded and the plugin is enabled
+            try:
+                listing = requests.get(f"{base}/data/plugins_listing", timeout=10).json()
+                if listing.get("deephys", {}).get("enabled"):
+                    if not wait_for_runs:
+                        break
+                    listed = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
+                    if len(listed["runs"]) >= runs:
+                        break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("tensorboard never showed Deephys data:\n" + "".join(lines))
+            time.sleep(0.5)
+        running_tensorboard.pid = process.pid
+        yield base
+
+
+@contextlib.contextmanager
+def launched(command: list[str], timeout: float = 90.0):
+    """Start the tensorboard ``command`` line (with ``--port 0``) and yield
+    ``(process, base URL, output lines so far)`` once it prints its URL; stop it by its
+    own PID at the end."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     found: list[str] = []
@@ -63,24 +88,8 @@ def running_tensorboard(
         while not found:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("tensorboard did not start:\n" + "".join(lines))
-            time.sleep(0.1)
-        base = found[0]
-        while True:  # wait until the data is loaded and the plugin is enabled
-            try:
-                listing = requests.get(f"{base}/data/plugins_listing", timeout=10).json()
-                if listing.get("deephys", {}).get("enabled"):
-                    if not wait_for_runs:
-                        break
-                    listed = requests.get(f"{base}/data/plugin/deephys/runs", timeout=10).json()
-                    if len(listed["runs"]) >= runs:
-                        break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("tensorboard never showed Deephys data:\n" + "".join(lines))
-            time.sleep(0.5)
-        running_tensorboard.pid = process.pid
-        yield base
+            time.sleep(0.05)
+        yield process, found[0], lines
     finally:
         stop(process)
 
