@@ -64,6 +64,11 @@ _REVALIDATED_CACHE = "no-cache"
 _DIGEST = re.compile(r"[0-9a-f]{32}")
 _MISTAKES_SHOWN = 24  # false positives / negatives a category answer lists of each
 _TOP_CATEGORIES = 5
+# The summary lists each dataset's most frequent confusions (off-diagonal cells); the
+# confusion route pages through all of its cells.
+_TOP_CONFUSIONS = 20
+_CONFUSION_PAGE = 100
+_MAX_CONFUSION_PAGE = 1000
 # How many values per tag of a plugin's blob sequences (the Deephys records are blob
 # sequences) TensorBoard keeps unless --samples_per_plugin names the plugin: 10 with
 # the Python loader (--load_fast=false: data_ingester.DEFAULT_SIZE_GUIDANCE[tensors],
@@ -100,6 +105,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "/summary": self._serve_summary,
             "/image": self._serve_image,
             "/category": self._serve_category,
+            "/confusion": self._serve_confusion,
             "/scores_over_time": self._serve_scores_over_time,
             "/thumbnail": self._serve_thumbnail,
         }
@@ -298,7 +304,8 @@ class DeephysPlugin(base_plugin.TBPlugin):
     def summary_impl(
         self, ctx, experiment_id: str, run: str, layer: str, step: int | None = None
     ) -> dict[str, Any]:
-        """Accuracy and confusion matrix per dataset; per OOD set, every neuron's scores,
+        """Accuracy and confusion per dataset (the dense matrix for a few classes, the
+        most frequent confusions for any number); per OOD set, every neuron's scores,
         their headline numbers and densities, and the OOD detection rows."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
@@ -310,7 +317,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "num_images": len(data.labels(dataset)),
                 "dataset_size": data.record.dataset_sizes.get(dataset),
                 "accuracy": _finite(data.accuracy(dataset)),
-                "confusion": data.confusion_matrix(dataset).tolist(),
+                **_confusion_summary(data, dataset),
             }
             if dataset != data.record.ind:
                 scores = data.scores(layer, dataset)
@@ -428,6 +435,56 @@ class DeephysPlugin(base_plugin.TBPlugin):
             **(_mistakes(data.mistakes(dataset, label), labels, preds) if pred is None else {}),
         }
 
+    def confusion_impl(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        dataset: str,
+        step: int | None = None,
+        label: int | None = None,
+        pred: int | None = None,
+        diagonal: bool = True,
+        page: int = 0,
+        page_size: int = _CONFUSION_PAGE,
+    ) -> dict[str, Any]:
+        """The cells of one dataset's confusion matrix that hold images, most images
+        first, paginated: all of them, those of one true class (``label``), of one
+        predicted class (``pred``) or both; without the diagonal (correct predictions)
+        when ``diagonal`` is False. Memory and time grow with the images, not with the
+        square of the classes."""
+        data = self._step(ctx, experiment_id, run, step)
+        data.check_dataset(dataset)
+        for name, value in (("label", label), ("pred", pred)):
+            if value is not None:
+                data.check_class(name, value)
+        cells = data.confusion_cells(dataset)
+        kept = np.ones(len(cells), dtype=bool)
+        if label is not None:
+            kept &= cells[:, 0] == label
+        if pred is not None:
+            kept &= cells[:, 1] == pred
+        if not diagonal:
+            kept &= cells[:, 0] != cells[:, 1]
+        cells = cells[kept]
+        data.check_page(page, page_size, len(cells), noun="cell")
+        start = page * page_size
+        return {
+            "run": data.run,
+            "step": data.step,
+            "stage": data.record.stage,
+            "dataset": dataset,
+            "num_classes": len(data.record.class_names),
+            "label": label,
+            "pred": pred,
+            "diagonal": diagonal,
+            "num_cells": len(cells),
+            "num_images": int(cells[:, 2].sum()),
+            "page": page,
+            "page_size": page_size,
+            "cells": _cell_list(cells[start : start + page_size]),
+        }
+
     def scores_over_time_impl(
         self, ctx, experiment_id: str, run: str, layer: str, dataset: str, neuron: int | None
     ) -> dict[str, Any]:
@@ -543,6 +600,26 @@ class DeephysPlugin(base_plugin.TBPlugin):
             page=index_arg(request, "page", default=0),
             page_size=int_arg(request, "page_size", default=50, minimum=1, maximum=500),
             either=bool_arg(request, "either"),
+        )
+
+    @json_route
+    def _serve_confusion(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.confusion_impl(
+            ctx,
+            experiment_id,
+            **required_args(request, "run", "dataset"),
+            step=step_arg(request),
+            label=index_arg(request, "label"),
+            pred=index_arg(request, "pred"),
+            diagonal=bool_arg(request, "diagonal", default=True),
+            page=index_arg(request, "page", default=0),
+            page_size=int_arg(
+                request,
+                "page_size",
+                default=_CONFUSION_PAGE,
+                minimum=1,
+                maximum=_MAX_CONFUSION_PAGE,
+            ),
         )
 
     @json_route
@@ -700,6 +777,27 @@ def _mistakes(found: Mistakes, labels: np.ndarray, preds: np.ndarray) -> dict[st
         "false_positives": listed(found.false_positives),
         "false_negatives": listed(found.false_negatives),
     }
+
+
+def _confusion_summary(data: StepData, dataset: str) -> dict[str, Any]:
+    """A dataset's confusion for the summary route: the dense matrix (``[C][C]``) up to
+    ``derived.DENSE_CONFUSION_CLASSES`` classes, else None; for any number of classes,
+    how many off-diagonal cells hold images and how many images they hold, and the
+    ``_TOP_CONFUSIONS`` most frequent of them (the confusion route has every cell)."""
+    dense = len(data.record.class_names) <= derived.DENSE_CONFUSION_CLASSES
+    cells = data.confusion_cells(dataset)
+    confused = cells[cells[:, 0] != cells[:, 1]]
+    return {
+        "confusion": data.confusion_matrix(dataset).tolist() if dense else None,
+        "confused_pairs": len(confused),
+        "misclassified": int(confused[:, 2].sum()),
+        "top_confusions": _cell_list(confused[:_TOP_CONFUSIONS]),
+    }
+
+
+def _cell_list(cells: np.ndarray) -> list[dict[str, int]]:
+    """Confusion cells (``[K, 3]``: true, predicted, count) as the routes send them."""
+    return [{"label": a, "pred": b, "count": n} for a, b, n in cells.tolist()]
 
 
 def _detection_row(row: Detection) -> dict[str, Any]:

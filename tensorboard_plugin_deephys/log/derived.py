@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,12 +70,124 @@ def descending_order(values: np.ndarray, n: int | None = None) -> np.ndarray:
     return order if n is None else order[:n]
 
 
+@dataclasses.dataclass(frozen=True)
+class RankedRows:
+    """Row by row, the first ``n`` entries of :func:`descending_order` and their values
+    (``[R, n]`` each), e.g. every category's top neurons at once."""
+
+    order: np.ndarray  # int64 column indices, highest value first
+    values: np.ndarray  # the values ranked, float32 (float64 for wider input)
+
+    @property
+    def nbytes(self) -> int:
+        """What it holds in memory (the plugin's cache counts it)."""
+        return int(self.order.nbytes + self.values.nbytes)
+
+
+def rank_rows(
+    values: np.ndarray,
+    n: int,
+    prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    *,
+    block_elements: int = 1 << 22,
+) -> RankedRows:
+    """:func:`descending_order` of every row of ``values`` (``[R, K]``), its first ``n``,
+    at once: highest first, ties to the lower column, NaN last. ``prepare`` maps a
+    block of rows to the values ranked (e.g. :func:`normalize` by the InD maxima).
+
+    The same ranking as a loop of :func:`descending_order` (the tests compare them), in
+    ``O(R * K)`` by one partition per row instead of a sort, over blocks of about
+    ``block_elements`` values: memory beyond the result stays bounded whatever ``R``
+    and ``K`` (a category-means matrix of 21,841 classes x 2,048 neurons is 179 MB).
+
+    >>> ranked = rank_rows(np.array([[1.0, 3.0, 3.0], [np.nan, 0.0, 2.0]]), 2)
+    >>> ranked.order.tolist(), ranked.values.tolist()
+    ([[1, 2], [2, 1]], [[3.0, 3.0], [2.0, 0.0]])
+    """
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"rank_rows takes a 2-D array, got shape {values.shape}")
+    rows, width = values.shape
+    n = max(0, min(n, width))
+    dtype = np.float64 if values.dtype.itemsize > 4 else np.float32
+    order = np.empty((rows, n), dtype=np.int64)
+    ranked = np.empty((rows, n), dtype=dtype)
+    step = max(1, block_elements // max(width, 1))
+    for start in range(0, rows if n else 0, step):
+        block = np.ascontiguousarray(values[start : start + step])
+        block = np.asarray(block if prepare is None else prepare(block), dtype=dtype)
+        found = _top_of_rows(-block, n)  # ascending keys: NaN sorts last, as in argsort
+        order[start : start + step] = found
+        ranked[start : start + step] = np.take_along_axis(block, found, axis=1)
+    return RankedRows(order=order, values=ranked)
+
+
+def _top_of_rows(keys: np.ndarray, n: int) -> np.ndarray:
+    """Per row, the columns of the ``n`` lowest ``keys`` in a stable ascending sort
+    (NaN last, ties to the lower column): those at most the ``n``-th lowest (found by a
+    partition); in a row with more of them than places (ties, or fewer than ``n``
+    numbers), those below it, then as many of the rest as fit, lowest column first."""
+    kth = np.partition(keys, n - 1, axis=1)[:, n - 1 : n]
+    chosen = keys <= kth
+    short = np.isnan(kth[:, 0])  # fewer than n numbers: every entry is in the running
+    chosen[short] = True
+    crowded = np.flatnonzero(np.count_nonzero(chosen, axis=1) > n)
+    if len(crowded):
+        some, bound = keys[crowded], kth[crowded]
+        numbers = ~np.isnan(some)
+        below = (some < bound) | (np.isnan(bound) & numbers)
+        tied = (some == bound) | (np.isnan(bound) & ~numbers)
+        room = n - np.count_nonzero(below, axis=1)[:, None]
+        chosen[crowded] = below | (tied & (np.cumsum(tied, axis=1) <= room))
+    columns = np.nonzero(chosen)[1].reshape(len(keys), n)  # ascending within each row
+    by_key = np.argsort(np.take_along_axis(keys, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, by_key, axis=1)
+
+
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts of (true class, predicted class): int64 ``[C, C]``, rows are true classes.
+
+    ``C * C`` cells: for a few classes only (the summary route sends it up to
+    ``DENSE_CONFUSION_CLASSES``); :func:`confusion_cells` holds the same counts in
+    memory proportional to the images, whatever ``C``.
 
     Raises:
         ValueError: lengths differ, or a label or prediction is outside ``[0, C)``.
     """
+    labels, predictions = _class_pairs(labels, predictions, num_classes)
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+# Up to this many classes the summary route sends the confusion matrix as a dense
+# ``[C][C]`` list (the tab draws it up to 60); beyond, only its cells with images.
+DENSE_CONFUSION_CLASSES = 100
+
+
+def confusion_cells(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """The cells of the confusion matrix that hold images, sparsely: int64 ``[K, 3]`` rows
+    ``(true class, predicted class, count)``, most images first, ties to the lower true
+    class, then the lower predicted class. ``K <= N``: memory and time grow with the
+    images (``O(N log N)``), never with ``C * C``; :func:`confusion_matrix` has the same
+    counts at ``[true, predicted]``.
+
+    >>> confusion_cells(np.array([0, 1, 1, 2, 2]), np.array([0, 2, 2, 1, 2]), 3).tolist()
+    [[1, 2, 2], [0, 0, 1], [2, 1, 1], [2, 2, 1]]
+
+    Raises:
+        ValueError: lengths differ, or a label or prediction is outside ``[0, C)``.
+    """
+    labels, predictions = _class_pairs(labels, predictions, num_classes)
+    keys, counts = np.unique(labels * num_classes + predictions, return_counts=True)
+    order = np.lexsort((keys, -counts))  # most images first; ties: (true, predicted) ascending
+    keys, counts = keys[order], counts[order]
+    return np.stack([keys // num_classes, keys % num_classes, counts], axis=1).astype(np.int64)
+
+
+def _class_pairs(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` and ``predictions`` checked (:func:`check_classes`) and of one length."""
     labels = check_classes(labels, num_classes, "labels")
     predictions = check_classes(predictions, num_classes, "predictions")
     if labels.shape != predictions.shape:
@@ -82,8 +195,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
             f"labels and predictions must have the same length, got {len(labels)} "
             f"and {len(predictions)}"
         )
-    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
+    return labels, predictions
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -38,6 +40,7 @@ from tensorboard import errors
 
 from tensorboard_plugin_deephys.log import array_checks, derived, metadata
 from tensorboard_plugin_deephys.log.assets import ThumbnailFile
+from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
 from tensorboard_plugin_deephys.log.metadata import TOP_NEURONS, Detection, Kind, Record
 from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
@@ -224,18 +227,18 @@ class StepData:
             )
 
     @staticmethod
-    def check_page(page: int, page_size: int, count: int) -> None:
-        """``page`` must be one of the pages of ``page_size`` that ``count`` images fill;
-        a set without images has one page, 0, that is empty."""
+    def check_page(page: int, page_size: int, count: int, noun: str = "image") -> None:
+        """``page`` must be one of the pages of ``page_size`` that ``count`` items (images,
+        or the ``noun`` said) fill; a set without any has one page, 0, that is empty."""
         pages = -(-count // page_size)
         if not 0 <= page < max(pages, 1):
             if not pages:
                 raise errors.InvalidArgumentError(
-                    f"page {page} is out of range: the set has no images (page 0 only, empty)"
+                    f"page {page} is out of range: the set has no {noun}s (page 0 only, empty)"
                 )
             raise errors.InvalidArgumentError(
                 f"page {page} is out of range: {_counted(pages, 'page')} of "
-                f"{_counted(page_size, 'image')} ({_span(pages)})"
+                f"{_counted(page_size, noun)} ({_span(pages)})"
             )
 
     # -- stored arrays --------------------------------------------------------------
@@ -245,22 +248,26 @@ class StepData:
         JSON kinds are documents, not arrays (``DeephysReader.document``)."""
         key = (kind, layer, dataset)
         if key not in self._arrays:
-            if layer is not None:
-                self.check_layer(layer)
-            if dataset is not None:
-                self.check_dataset(dataset)
-            array = self._reader.array(
-                self._ctx,
-                self._experiment_id,
-                self.run,
-                kind,
-                step=self.step,
-                layer=layer,
-                dataset=dataset,
-            )
-            self._check(kind, layer, dataset, array)
-            self._arrays[key] = array
+            self._arrays[key] = self._read(kind, layer, dataset)
         return self._arrays[key]
+
+    def _read(self, kind: Kind, layer: str | None, dataset: str | None) -> np.ndarray:
+        """:meth:`array` without keeping it in this instance (the reader's cache may)."""
+        if layer is not None:
+            self.check_layer(layer)
+        if dataset is not None:
+            self.check_dataset(dataset)
+        array = self._reader.array(
+            self._ctx,
+            self._experiment_id,
+            self.run,
+            kind,
+            step=self.step,
+            layer=layer,
+            dataset=dataset,
+        )
+        self._check(kind, layer, dataset, array)
+        return array
 
     def _check(self, kind: Kind, layer: str | None, dataset: str | None, array) -> None:
         """Refuse an array that does not fit its record
@@ -432,9 +439,24 @@ class StepData:
         return derived.accuracy(self.labels(dataset), self.predictions(dataset))
 
     def confusion_matrix(self, dataset: str) -> np.ndarray:
-        """int64 ``[C, C]`` counts of (true, predicted) class."""
+        """int64 ``[C, C]`` counts of (true, predicted) class: ``C * C`` cells, for a few
+        classes only (:meth:`confusion_cells` for any number)."""
+        return self._class_pairs(dataset, derived.confusion_matrix)
+
+    def confusion_cells(self, dataset: str) -> np.ndarray:
+        """int64 ``[K, 3]``: the cells of the confusion matrix that hold images,
+        ``(true, predicted, count)``, most images first, ties to the lower true class,
+        then the lower predicted one (``derived.confusion_cells``: ``K <= N``, whatever
+        the number of classes)."""
+        return self._class_pairs(dataset, derived.confusion_cells)
+
+    def _class_pairs(
+        self, dataset: str, count: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    ) -> np.ndarray:
+        """``count(labels, predictions, C)`` of ``dataset``; labels or predictions
+        outside the classes are a ``NotFoundError`` that says so."""
         try:
-            return derived.confusion_matrix(
+            return count(
                 self.labels(dataset), self.predictions(dataset), len(self.record.class_names)
             )
         except ValueError as error:  # only a damaged or foreign log gets here
@@ -494,9 +516,37 @@ class StepData:
         """The neurons most active on average over the images of category ``label``, by
         mean normalized activation (dead neurons last)."""
         self.check_class("label", label)
-        means = derived.normalize(self.category_means(layer, dataset)[label], self.ind_max(layer))
-        order = derived.descending_order(means, TOP_NEURONS)
-        return TopNeurons(neurons=order, values=means[order])
+        ranked = self.ranked_category_means(layer, dataset, "neurons", TOP_NEURONS)
+        return TopNeurons(neurons=ranked.order[label], values=ranked.values[label])
+
+    def ranked_category_means(
+        self, layer: str, dataset: str, per: str, n: int
+    ) -> derived.RankedRows:
+        """The category means ranked for every category at once (``per="neurons"``:
+        each category's ``n`` top neurons by mean normalized activation, ``[C, n]``) or
+        for every neuron (``per="categories"``: each neuron's ``n`` top categories by
+        raw mean, ``[M, n]``, non-finite means last, as NaN).
+
+        Computed once per step, layer and dataset and kept in a cache of its own
+        (:func:`_ranked_cache`), so that a neuron or category request reads a row of
+        this small table, not the ``[C, M]`` means: 179 MB for 21,841 classes x 2,048
+        neurons, of which four sets do not fit the reader's cache together.
+        """
+        if per not in ("neurons", "categories"):
+            raise ValueError(f"per must be 'neurons' or 'categories', got {per!r}")
+
+        def rank() -> derived.RankedRows:
+            # not kept in this instance: a neuron request ranks every set's means
+            means = self._read(Kind.CATEGORY_MEANS, layer, dataset)
+            if per == "neurons":
+                ind_max = self.ind_max(layer)
+                return derived.rank_rows(means, n, lambda rows: derived.normalize(rows, ind_max))
+            return derived.rank_rows(
+                means.T, n, lambda rows: np.where(np.isfinite(rows), rows, np.float32("nan"))
+            )
+
+        key = (self._experiment_id, self.run, self.step, self.record.pack)
+        return _ranked_cache(self._reader).get_or_compute((*key, layer, dataset, per, n), rank)
 
     def pair_top_neurons(
         self, layer: str, dataset: str, label: int, pred: int, either: bool = False
@@ -669,16 +719,18 @@ class Neuron:
         the stored category means; classes without images, NaN there, are left out),
         highest first, ties to the lower label. None where the step lacks the category
         means."""
-        means = self.data.optional_array(Kind.CATEGORY_MEANS, self.layer, dataset)
-        if means is None:
+        try:  # the ranked table, not the [C, M] means, once it is made
+            ranked = self.data.ranked_category_means(self.layer, dataset, "categories", n)
+        except UnknownNameError:
+            raise
+        except errors.NotFoundError:  # a log written before them, or a damaged array
             return None
-        column = np.asarray(means[:, self.index], dtype=np.float32)
-        order = derived.descending_order(column)
-        labels = order[np.isfinite(column[order])][:n]
+        finite = np.isfinite(ranked.values[self.index])
+        labels, means = ranked.order[self.index][finite], ranked.values[self.index][finite]
         return TopCategories(
             labels=labels,
-            means=column[labels],
-            normalized=derived.normalize(column[labels], self._ind_max()),
+            means=means,
+            normalized=derived.normalize(means, self._ind_max()),
         )
 
     def _ind_max(self) -> np.ndarray:
@@ -694,6 +746,26 @@ class Neuron:
             labels=self.data.labels(dataset)[indices],
             predictions=self.data.predictions(dataset)[indices],
         )
+
+
+# The ranked category means (StepData.ranked_category_means: a few MB at most per step,
+# layer and set) have a cache of their own per reader. In the reader's cache the
+# [C, M] means they are ranked from, read after them, would evict them first (four
+# sets of 21,841 x 2,048 means do not fit its 512 MB), and every request would rank
+# them again.
+RANKED_CACHE_BYTES = 64 * 2**20
+_ranked_caches: weakref.WeakKeyDictionary[DeephysReader, ByteLRUCache] = weakref.WeakKeyDictionary()
+_ranked_lock = threading.Lock()
+
+
+def _ranked_cache(reader: DeephysReader) -> ByteLRUCache:
+    """The cache of ranked tables of ``reader`` (:data:`RANKED_CACHE_BYTES`), made on
+    first use and gone with the reader."""
+    with _ranked_lock:
+        cache = _ranked_caches.get(reader)
+        if cache is None:
+            cache = _ranked_caches[reader] = ByteLRUCache(RANKED_CACHE_BYTES)
+        return cache
 
 
 def _counted(count: int, noun: str, plural: str | None = None) -> str:

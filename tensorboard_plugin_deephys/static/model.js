@@ -105,6 +105,24 @@ export async function getCategory({run, layer, step, dataset, label, pred, eithe
 }
 
 /**
+ * One cell of a confusion matrix: `count` images labelled `label` and predicted `pred`.
+ * @typedef {{label: number, pred: number, count: number}} ConfusionCell
+ */
+
+/**
+ * A page of the cells of one dataset's confusion matrix that hold images, most images
+ * first (`diagonal` false: the misclassified images' cells only).
+ * @param {{run: string, step: number, dataset: string, diagonal?: boolean, page: number,
+ *   pageSize?: number}} where
+ * @returns {Promise<{num_cells: number, num_images: number, page: number, page_size: number,
+ *   cells: Array<ConfusionCell>}>}
+ */
+export async function getConfusion({run, step, dataset, diagonal, page, pageSize}) {
+  return fetchJSON(`./confusion?${query({run, step, dataset, diagonal: diagonal === false ? 0 : null,
+    page, page_size: pageSize})}`);
+}
+
+/**
  * The mean scores of one OOD set at every recorded step.
  * @param {{run: string, layer: string, dataset: string}} where
  * @returns {Promise<object>}

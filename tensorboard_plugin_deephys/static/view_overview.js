@@ -88,7 +88,7 @@ function render(data, over, on) {
       ]));
       if (dataset.detection && dataset.detection.length) card.appendChild(detectionTable(dataset.detection));
     }
-    card.appendChild(confusionTable(dataset, data.class_names, on));
+    card.appendChild(confusionTable(dataset, data, on));
     cards.appendChild(card);
   }
   root.appendChild(cards);
@@ -135,23 +135,27 @@ function detectionTable(rows) {
   ]);
 }
 
+/** The most classes whose confusion matrix is drawn; beyond, the most confused pairs. */
+const MATRIX_CLASSES = 60;
+const PAIRS_PAGE = 100; // rows of the most confused pairs per page, past the summary's own
+
 /**
- * A dataset's confusion matrix (folded away beyond 12 classes, not drawn beyond 60),
- * each non-empty cell opening its confusion set.
- * @param {{name: string, confusion: Array<Array<number>>}} dataset
- * @param {Array<string>} names the class names
+ * A dataset's confusion: its matrix (folded away beyond 12 classes), each non-empty
+ * cell opening its confusion set; beyond 60 classes (or where the summary has no
+ * dense matrix: past 100 classes) the most confused pairs of classes instead.
+ * @param {{name: string, confusion: Array<Array<number>>|null, confused_pairs?: number,
+ *   misclassified?: number, top_confusions?: Array<import('./model.js').ConfusionCell>}} dataset
+ * @param {{run: string, step: number, class_names: Array<string>}} data the summary route's answer
  * @param {Partial<import('./views.js').Navigate>} on
  * @returns {HTMLElement}
  */
-function confusionTable(dataset, names, on) {
-  const n = dataset.confusion.length;
+function confusionTable(dataset, data, on) {
+  const names = data.class_names;
+  const n = dataset.confusion ? dataset.confusion.length : names.length;
+  if (!dataset.confusion || n > MATRIX_CLASSES) return confusedPairs(dataset, data, on);
   const wrapper = el('details', {className: 'confusion', attrs: n <= 12 ? {open: ''} : {}}, [
     el('summary', {text: `confusion matrix (rows: label, columns: prediction)`}),
   ]);
-  if (n > 60) {
-    wrapper.appendChild(message('empty', `${n} classes: too many to draw here; open any of them with the Category view's class picker`));
-    return wrapper;
-  }
   const table = el('table', {className: 'matrix'});
   const head = el('tr', {}, [el('th', {text: ''})]);
   for (let b = 0; b < n; b++) head.appendChild(el('th', {text: className(names, b)}));
@@ -174,6 +178,98 @@ function confusionTable(dataset, names, on) {
     table.appendChild(row);
   }
   wrapper.appendChild(table);
+  return wrapper;
+}
+
+/**
+ * The most confused pairs of classes of a dataset with too many classes for a matrix:
+ * the summary's most frequent ones, then, on request, every pair a page at a time
+ * (the confusion route); each row opens its confusion set.
+ * @param {{name: string, confused_pairs?: number, misclassified?: number,
+ *   top_confusions?: Array<import('./model.js').ConfusionCell>}} dataset
+ * @param {{run: string, step: number, class_names: Array<string>}} data the summary route's answer
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
+function confusedPairs(dataset, data, on) {
+  const names = data.class_names;
+  const top = dataset.top_confusions || [];
+  const total = dataset.confused_pairs ?? top.length;
+  const images = dataset.misclassified ?? top.reduce((sum, cell) => sum + cell.count, 0);
+  const wrapper = el('details', {className: 'confusion confused-pairs', attrs: {open: ''}}, [
+    el('summary', {text: 'most confused pairs (label → prediction)'}),
+  ]);
+  const caption = el('div', {className: 'table-count', attrs: {role: 'status'}});
+  const table = el('table', {className: 'table confused-pairs'});
+  const pager = el('div', {className: 'pager pairs-pager'});
+  const problem = el('div');
+  wrapper.append(
+    el('div', {className: 'confusion-note', text: `${names.length} classes: too many for a matrix. ` +
+      `${images} misclassified ${images === 1 ? 'image' : 'images'} in ${total} ` +
+      `${total === 1 ? 'pair' : 'pairs'} of classes, most images first.`}),
+    caption, table, pager, problem);
+  /**
+   * Show `cells`, the rows from `start` on of the `total` pairs.
+   * @param {Array<import('./model.js').ConfusionCell>} cells
+   * @param {number} start
+   */
+  const show = (cells, start) => {
+    caption.textContent = cells.length
+      ? `pairs ${start + 1}–${start + cells.length} of ${total} shown` : 'no image is misclassified';
+    const head = el('tr', {}, [el('th', {text: 'label'}), el('th', {text: 'predicted as'}), el('th', {text: 'images'})]);
+    const rows = cells.map(({label, pred, count}) => {
+      const row = el('tr', {className: 'clickable', attrs: {tabindex: 0, 'data-label': label, 'data-pred': pred,
+        title: `open the images of ${className(names, label)} predicted as ${className(names, pred)}`}}, [
+        el('td', {text: className(names, label)}),
+        el('td', {text: className(names, pred)}),
+        el('td', {text: count}),
+      ]);
+      activate(row, () => on.category && on.category(dataset.name, label, pred));
+      return row;
+    });
+    table.replaceChildren(head, ...rows);
+  };
+  let asked = 0; // the latest page asked for: an earlier answer arriving later is dropped
+  /**
+   * Fetch and show page `page` of every pair (PAIRS_PAGE a page).
+   * @param {number} page
+   */
+  const load = async (page) => {
+    const mine = ++asked;
+    problem.replaceChildren(message('loading', 'loading…'));
+    try {
+      const body = await model.getConfusion({run: data.run, step: data.step, dataset: dataset.name,
+        diagonal: false, page, pageSize: PAIRS_PAGE});
+      if (mine !== asked) return;
+      problem.replaceChildren();
+      show(body.cells, page * PAIRS_PAGE);
+      const pages = Math.max(1, Math.ceil(body.num_cells / PAIRS_PAGE));
+      /**
+       * A pager button that shows page `to`.
+       * @param {string} text 'previous' or 'next'
+       * @param {number} to
+       * @param {boolean} disabled
+       * @returns {HTMLButtonElement}
+       */
+      const button = (text, to, disabled) => {
+        const b = /** @type {HTMLButtonElement} */ (el('button', {text, attrs: {'data-page': text === 'previous' ? 'prev' : 'next'}}));
+        b.disabled = disabled;
+        b.addEventListener('click', () => load(to));
+        return b;
+      };
+      pager.replaceChildren(button('previous', page - 1, page === 0),
+        el('span', {text: `page ${page + 1} of ${pages}`}), button('next', page + 1, page >= pages - 1));
+    } catch (error) {
+      if (mine !== asked) return;
+      problem.replaceChildren(message('error', `the confused pairs could not be read: ${error.message}`));
+    }
+  };
+  show(top, 0);
+  if (total > top.length) {
+    const more = el('button', {text: `all ${total} pairs, ${PAIRS_PAGE} a page`, attrs: {'data-page': 'all'}});
+    more.addEventListener('click', () => load(0));
+    pager.replaceChildren(more);
+  }
   return wrapper;
 }
 
