@@ -165,7 +165,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
         at_limit = {
             entry["run"]: records[entry["run"]]
             for entry in runs
-            if limit is not None and len(records[entry["run"]]) >= limit
+            if limit is not None
+            and len(records[entry["run"]]) >= limit
+            and not records[entry["run"]][-1].pack  # a pack log lists every step itself
         }
         recorded = self._recorded_steps(ctx, experiment_id, at_limit) if at_limit else {}
         for entry in runs:

@@ -293,7 +293,8 @@ class StepData:
             where = " ".join(f"{what} {name!r}" for what, name in names if name)
             raise DamagedDataError(
                 f"the {kind.value} of {where} at step {self.step} of run {self.run!r} are "
-                f"damaged: {found} (the event file was damaged or not written by Deephys)"
+                f"damaged: {found} (its event file or step pack was damaged, or not written "
+                "by Deephys)"
             )
 
     def optional_array(
@@ -365,7 +366,21 @@ class StepData:
         return self.maxima(layer, self.record.ind)
 
     def num_neurons(self, layer: str) -> int:
-        return int(self.array(Kind.TOP_INDICES, layer, self.record.ind).shape[0])
+        """The layer's width: the rows of its InD top indices (in a step pack, from the
+        pack's header, without reading them)."""
+        self.check_layer(layer)
+        shape = self._reader.array_shape(
+            self._ctx,
+            self._experiment_id,
+            self.run,
+            Kind.TOP_INDICES,
+            step=self.step,
+            layer=layer,
+            dataset=self.record.ind,
+        )
+        if shape is None:  # the events layout: the array itself
+            shape = self.array(Kind.TOP_INDICES, layer, self.record.ind).shape
+        return int(shape[0])
 
     def thumbnails(self, dataset: str) -> ThumbnailPack | ThumbnailFile:
         """The uint8 ``[N, H, W, 3]`` images of ``dataset`` as of this step, read one at a

@@ -467,6 +467,24 @@ class DeephysReader:
             key, lambda: self._load_array(ctx, experiment_id, run, tag, kind, step)
         )
 
+    def array_shape(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        kind: Kind,
+        *,
+        step: int,
+        layer: str | None = None,
+        dataset: str | None = None,
+    ) -> tuple[int, ...] | None:
+        """The shape of an array of a step pack, from the pack's header (no array is
+        read); None for a step of the events layout, or an array the pack lacks."""
+        record = self._record_at(ctx, experiment_id, run, step)
+        if record is None or not record.pack:
+            return None
+        return self._pack(run, record).shape(tag_name(Kind(kind), layer=layer, dataset=dataset))
+
     def _record_at(self, ctx, experiment_id: str, run: str, step: int) -> Record | None:
         for record in self.records(ctx, experiment_id, run):
             if record.step == step:

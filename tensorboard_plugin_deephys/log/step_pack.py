@@ -274,6 +274,11 @@ class StepPack:
     def nbytes(self) -> int:
         return len(self._head) + 200 * len(self._entries)
 
+    def shape(self, tag: str) -> tuple[int, ...] | None:
+        """The shape of the array ``tag`` as the header gives it; None when absent."""
+        entry = self._entries.get(tag)
+        return None if entry is None else entry.shape
+
     def array(self, tag: str) -> np.ndarray:
         """The array ``tag``, checked against its CRC-32C (``KeyError`` when the pack
         holds none, :class:`PackError` when its bytes are not those written)."""
