@@ -25,6 +25,7 @@ The arrays can also be written directly with :func:`write_model` and
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import re
@@ -249,10 +250,14 @@ def export_step(
         raise ExportError(error.args[0]) from None
     chosen = _export_layers(log, record, step, layers)
     layer_names, dataset_names = _new_names(rename, chosen, record.datasets)
-    datasets = {
-        name: _dataset_arrays(log, name, step, chosen, record.class_names)
-        for name in record.datasets
-    }
+    # Each dataset's arrays are read, and its file written below, on a thread of its
+    # own: decompressing thumbnails, converting and writing release the GIL.
+    with concurrent.futures.ThreadPoolExecutor(_workers(record.datasets)) as pool:
+        read = {
+            name: pool.submit(_dataset_arrays, log, name, step, chosen, record.class_names)
+            for name in record.datasets
+        }
+        datasets = {name: future.result() for name, future in read.items()}
     sizes = {layer_names[layer]: datasets[record.ind][0][layer].shape[1] for layer in chosen}
     classification = _classification_layer_name(list(sizes))
     sizes[classification] = len(record.class_names)
@@ -262,10 +267,10 @@ def export_step(
     out.mkdir(parents=True, exist_ok=True)
     file_names = _file_names([model.name, *dataset_names.values()])
     model_path = write_model(out / f"{file_names[0]}.model", model)
-    tests = {}
-    for name, file_name in zip(record.datasets, file_names[1:], strict=True):
+
+    def write(name: str, file_name: str) -> Path:
         acts, logits, thumbnails, labels = datasets[name]
-        tests[name] = write_test(
+        return write_test(
             out / f"{file_name}.test",
             model,
             dataset_names[name],
@@ -275,7 +280,19 @@ def export_step(
             labels,
             dtype=dtype,
         )
+
+    with concurrent.futures.ThreadPoolExecutor(_workers(record.datasets)) as pool:
+        written = {
+            name: pool.submit(write, name, file_name)
+            for name, file_name in zip(record.datasets, file_names[1:], strict=True)
+        }
+        tests = {name: future.result() for name, future in written.items()}
     return ExportedFiles(model_path, tests)
+
+
+def _workers(datasets: Sequence[str]) -> int:
+    """Threads for one per dataset, at most one per core."""
+    return max(1, min(len(datasets), os.cpu_count() or 1))
 
 
 _RENAME_HINT = "rename it with export_step(rename=...) or --rename OLD=NEW"
