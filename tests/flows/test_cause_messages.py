@@ -209,8 +209,10 @@ TOP_INDEX_DAMAGE = {
 def test_damaged_top_image_indices_are_named_not_taken_for_a_missing_matrix(
     fitted, tmp_path, capsys, monkeypatch, layout, how
 ):
-    """The layer's width comes from the InD top images: damaged, the matrix cannot be
-    read. Export says that, not "holds no full activation matrix"."""
+    """In the events layout the layer's width comes from the InD top images: damaged,
+    the matrix cannot be read, and export says that, not "holds no full activation
+    matrix". A step pack's header gives the width: export, which needs no top images,
+    goes on, and the views that need them name the damage."""
     if layout == "events":
         run = tmp_path / "logs" / "run"
         rewrite_events(fitted, run, tamper(IND_TOP_INDICES, 6, lambda a: a + 1000))
@@ -221,6 +223,15 @@ def test_damaged_top_image_indices_are_named_not_taken_for_a_missing_matrix(
         else:
             _rewrite_pack(run, 6, IND_TOP_INDICES, lambda a: a + 1000, monkeypatch)
     code, err = _export(run, tmp_path, capsys, "--step", "6")
+    if layout != "events":
+        assert code == 0, err
+        np.testing.assert_array_equal(
+            read_log(run).activations("fc", "ind", 6), read_log(fitted).activations("fc", "ind", 6)
+        )
+        with pytest.raises(KeyError) as raised:
+            read_log(run).top_images("fc", "ind", step=6)
+        assert TOP_INDEX_DAMAGE[layout, how] in raised.value.args[0]
+        return
     last = _last_line(err)
     assert code == 2 and "holds no full activation matrix" not in err
     assert last.startswith("deephys-lightning export: layer 'fc', dataset 'ind': ")
