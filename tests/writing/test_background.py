@@ -115,15 +115,26 @@ KILLED_FIT = textwrap.dedent(
     from deephys_lightning import DeephysCallback
     from deephys_lightning.writing import record_writer
 
-    real, marker = record_writer.write_view, {marker!r}
+    from tensorboard_plugin_deephys.log import step_pack
+
+    real, marker, where = record_writer.write_view, {marker!r}, {where!r}
+    real_pack = step_pack.write_pack
 
     def stalls_at_step_6(sink, view, **kwargs):
-        if view.record.step == 6:
+        if view.record.step == 6 and where == "before the pack":
             open(marker, "w").close()
             time.sleep(600)  # killed here, in the middle of the write
         return real(sink, view, **kwargs)
 
+    def stalls_after_pack_6(run_dir, record, arrays, documents):
+        written = real_pack(run_dir, record, arrays, documents)
+        if record.step == 6 and where == "between the pack and its event":
+            open(marker, "w").close()
+            time.sleep(600)  # killed with the pack written, its event not
+        return written
+
     record_writer.write_view = stalls_at_step_6
+    step_pack.write_pack = stalls_after_pack_6
     checkpoints = ModelCheckpoint({checkpoints!r}, save_top_k=-1, every_n_epochs=1)
     t = trainer({root!r}, [DeephysCallback(layer="fc"), checkpoints], max_epochs=3,
                 enable_checkpointing=True)
@@ -132,10 +143,14 @@ KILLED_FIT = textwrap.dedent(
 )
 
 
-def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
+@pytest.mark.parametrize("where", ["before the pack", "between the pack and its event"])
+def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path, where):
+    """Killed before step 6's pack, the step is lost; killed after it, before its one
+    event (record, scalars, histograms), the step's arrays are there without its
+    scalars. Either way the resumed fit writes no step twice, no scalar twice."""
     marker, checkpoints = str(tmp_path / "writing"), str(tmp_path / "checkpoints")
     script = KILLED_FIT.format(
-        support=SUPPORT, marker=marker, checkpoints=checkpoints, root=str(tmp_path)
+        support=SUPPORT, marker=marker, checkpoints=checkpoints, root=str(tmp_path), where=where
     )
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
     try:
@@ -152,7 +167,8 @@ def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
         process.kill()
         process.wait()
     run_dir = str(tmp_path / "tiny" / "version_0")
-    assert read_log(run_dir).steps == (3,)  # the record in flight is lost, no more
+    kept = (3,) if where == "before the pack" else (3, 6)
+    assert read_log(run_dir).steps == kept  # the record in flight is lost, no more
     (last,) = [n for n in _listed(checkpoints) if "epoch=1" in n]  # after step 6's hand-over
     same_run = TensorBoardLogger(str(tmp_path), name="tiny", version=0)
     resumed = trainer(tmp_path, [DeephysCallback(layer="fc")], max_epochs=4, logger=same_run)
@@ -162,7 +178,18 @@ def test_a_process_killed_during_a_background_write_resumes_cleanly(tmp_path):
         val_dataloaders=loader(random_set(5, 1)),
         ckpt_path=os.path.join(checkpoints, last),
     )
-    assert read_log(run_dir).steps == (3, 9, 12)  # no duplicate, none out of order
+    assert read_log(run_dir).steps == (*kept, 9, 12)  # no duplicate, none out of order
+    accuracy = scalar_steps(run_dir, "deephys/dataset_0/accuracy")
+    assert sorted(accuracy) == [3, 9, 12]  # once each; none for step 6, whose event was lost
+
+
+def scalar_steps(run_dir: str, tag: str) -> list[int]:
+    """The steps of the scalar ``tag`` in ``run_dir``'s events, as written (repeats kept)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(run_dir, size_guidance={"tensors": 0})
+    acc.Reload()
+    return [event.step for event in acc.Tensors(tag)] if tag in acc.Tags()["tensors"] else []
 
 
 def _listed(folder: str) -> list[str]:
