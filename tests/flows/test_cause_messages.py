@@ -166,6 +166,21 @@ def test_the_pack_that_names_the_thumbnails_is_named_when_it_is_lost(
 # -- damaged arrays: export says which, for which dataset and step --------------------------
 
 
+def _damaged_at_6(fitted, tmp_path, monkeypatch, layout: str, how: str, tag: str, alter):
+    """A copy of the fitted run whose array ``tag`` at step 6 is damaged: ``alter``-ed in
+    the events layout or in a rewritten pack (valid CRCs), or one byte flipped in it."""
+    if layout == "events":
+        run = tmp_path / "logs" / "run"
+        rewrite_events(fitted, run, tamper(tag, 6, alter))
+        return run
+    run = _copy(fitted, tmp_path, layout)
+    if how == "flipped":
+        _flip_in_pack(run, 6, tag)
+    else:
+        _rewrite_pack(run, 6, tag, alter, monkeypatch)
+    return run
+
+
 LABEL_DAMAGE = {  # layout, how -> the cause export names
     ("events", "tampered"): "values must lie in [0, 3); found 99",
     ("packs", "rewritten"): "values must lie in [0, 3); found 99",
@@ -177,15 +192,9 @@ LABEL_DAMAGE = {  # layout, how -> the cause export names
 def test_damaged_labels_make_export_say_so_in_one_line(
     fitted, tmp_path, capsys, monkeypatch, layout, how
 ):
-    if layout == "events":
-        run = tmp_path / "logs" / "run"
-        rewrite_events(fitted, run, tamper(OOD_LABELS, 6, lambda a: a * 0 + 99))
-    else:
-        run = _copy(fitted, tmp_path, layout)
-        if how == "flipped":
-            _flip_in_pack(run, 6, OOD_LABELS)
-        else:
-            _rewrite_pack(run, 6, OOD_LABELS, lambda a: a * 0 + 99, monkeypatch)
+    run = _damaged_at_6(
+        fitted, tmp_path, monkeypatch, layout, how, OOD_LABELS, lambda a: a * 0 + 99
+    )
     code, err = _export(run, tmp_path, capsys, "--step", "6")
     last = _last_line(err)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -213,15 +222,9 @@ def test_damaged_top_image_indices_are_named_not_taken_for_a_missing_matrix(
     the matrix cannot be read, and export says that, not "holds no full activation
     matrix". A step pack's header gives the width: export, which needs no top images,
     goes on, and the views that need them name the damage."""
-    if layout == "events":
-        run = tmp_path / "logs" / "run"
-        rewrite_events(fitted, run, tamper(IND_TOP_INDICES, 6, lambda a: a + 1000))
-    else:
-        run = _copy(fitted, tmp_path, layout)
-        if how == "flipped":
-            _flip_in_pack(run, 6, IND_TOP_INDICES)
-        else:
-            _rewrite_pack(run, 6, IND_TOP_INDICES, lambda a: a + 1000, monkeypatch)
+    run = _damaged_at_6(
+        fitted, tmp_path, monkeypatch, layout, how, IND_TOP_INDICES, lambda a: a + 1000
+    )
     code, err = _export(run, tmp_path, capsys, "--step", "6")
     if layout != "events":
         assert code == 0, err
