@@ -172,7 +172,8 @@ class DeephysLog:
     def top_maps(self, layer: str, dataset: str, step: int | None = None) -> np.ndarray:
         """float16 ``[M, k, h, w]``: where each neuron fires on each of its top images
         (``top_maps[j, i]`` belongs to image ``top_images(...)[0][j, i]``): its map over
-        the layer's spatial dims (``h, w <= 7``) or tokens (``h = 1``, ``w <= 49``).
+        the layer's spatial dims or square token grid (``h, w <= 7``), or other tokens
+        (``h = 1``, ``w <= 49``).
 
         Raises:
             KeyError: the step has no maps for ``layer`` (a flat layer,

@@ -4,8 +4,14 @@ kept for its top images only, with a running top-k on the recording device.
 A layer recorded with ``reduction="auto"`` whose output has maps ``(B, C, H, W)`` or
 tokens ``(B, T, C)`` is recorded as one mean per neuron; this module keeps, beside
 it, the neuron's map itself for the images that rank highest: after the same ReLU,
-average-pooled to at most 7 x 7 cells (tokens to at most 49 positions, a map
-already smaller stays as it is), float16. Torch only, no Lightning.
+average-pooled to at most 7 x 7 cells (a map already smaller stays as it is),
+float16. Tokens that are a square grid, ``T = s * s`` or ``T = 1 + s * s`` (a
+leading class token, left out of the map), are drawn where they are: ``s x s``
+cells pooled as a spatial map; other token sequences stay a strip of at most 49
+positions. Torch only, no Lightning.
+
+- :func:`token_grid`: the side of a token sequence's square grid and the leading
+  tokens left out, or None.
 
 - :func:`pooled_maps`: a rectified layer output -> maps ``[B, M, h, w]``.
 - :func:`ranking_keys`: float16 activations -> int64 keys that order images exactly
@@ -27,6 +33,9 @@ Example::
     >>> state.update(acts, torch.tensor([0, 1]), None, pooled_maps(out))
     >>> state.to_host().positions.tolist()     # image 1 is every neuron's top image
     [[1], [1], [1]]
+    >>> tokens = torch.rand(2, 1 + 16, 3)          # a class token and 4 x 4 patches
+    >>> token_grid(17), pooled_maps(tokens).shape
+    ((4, 1), torch.Size([2, 3, 4, 4]))
 """
 
 from __future__ import annotations
@@ -56,31 +65,56 @@ def has_maps(output: torch.Tensor) -> bool:
     return output.ndim in (3, 4)
 
 
+def token_grid(tokens: int) -> tuple[int, int] | None:
+    """``(s, skip)`` where ``tokens`` positions are a square grid of ``s x s`` after
+    ``skip`` leading tokens: ``T = s * s`` (``skip = 0``; ``T = 1`` is a grid of one)
+    or ``T = 1 + s * s`` with ``s >= 2`` (a leading class token, ``skip = 1``); None
+    for any other ``T`` (drawn as a strip)."""
+    side = math.isqrt(tokens)
+    if tokens > 0 and side * side == tokens:
+        return side, 0
+    side = math.isqrt(max(tokens - 1, 0))
+    if side >= 2 and side * side == tokens - 1:
+        return side, 1
+    return None
+
+
 def map_shape(output: torch.Tensor) -> tuple[int, int]:
     """The shape ``(h, w)`` a layer output's maps are pooled to: at most 7 x 7
-    (``(B, C, H, W)``), or ``(1, t)`` with at most 49 positions (``(B, T, C)``)."""
+    (``(B, C, H, W)``, and tokens ``(B, T, C)`` that are a square grid:
+    :func:`token_grid`), or ``(1, t)`` with at most 49 positions (other tokens)."""
     if output.ndim == 4:
         return min(output.shape[2], MAX_SIDE), min(output.shape[3], MAX_SIDE)
+    grid = token_grid(output.shape[1])
+    if grid is not None:
+        side = min(grid[0], MAX_SIDE)
+        return side, side
     return 1, min(output.shape[1], MAX_TOKENS)
 
 
 def pooled_maps(rectified: torch.Tensor, shape: tuple[int, int] | None = None) -> torch.Tensor:
     """``[B, M, h, w]``: each neuron's map of a (rectified, float) layer output
     ``(B, C, H, W)`` or ``(B, T, C)``, average-pooled to ``shape`` (default
-    :func:`map_shape`) on the output's device; tokens give ``h = 1``. In the output's
-    dtype (a view of it where no pooling is needed): :class:`RunningTopMaps` turns
-    only the maps it keeps into float16, not a whole batch's."""
+    :func:`map_shape`) on the output's device; tokens that are a square grid
+    (:func:`token_grid`, its leading class token left out) as the ``s x s`` map they
+    are, other tokens give ``h = 1``. In the output's dtype (a view of it where no
+    pooling is needed): :class:`RunningTopMaps` turns only the maps it keeps into
+    float16, not a whole batch's. Shapes only are read: no host synchronisation."""
     if shape is None:
         shape = map_shape(rectified)
     height, width = shape
-    if rectified.ndim == 4:
+    grid = token_grid(rectified.shape[1]) if rectified.ndim == 3 else None
+    if rectified.ndim == 4 or grid is not None:
         maps = rectified
+        if grid is not None:  # (B, skip + s s, C) -> a view (B, C, s, s), row by row
+            side, skip = grid
+            maps = rectified[:, skip:].unflatten(1, (side, side)).permute(0, 3, 1, 2)
         if tuple(maps.shape[2:]) != (height, width):
             maps = F.adaptive_avg_pool2d(maps, (height, width))
     else:
         tokens = rectified.transpose(1, 2)  # (B, C, T)
         if height != 1:
-            raise ValueError(f"token maps are pooled to (1, t), not {shape}")
+            raise ValueError(f"tokens that are no square grid are pooled to (1, t), not {shape}")
         if tokens.shape[2] != width:
             tokens = F.adaptive_avg_pool1d(tokens, width)
         maps = tokens.unsqueeze(2)

@@ -109,7 +109,7 @@ class Kind(str, enum.Enum):
     TOP_PROBABILITIES = "top_probabilities"  # float32 [N, k] their softmax probabilities (tensor)
     DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
     # Where each neuron fires on its top images: its map over the layer's spatial dims
-    # (h, w <= 7) or tokens (h = 1, w <= 49), after the ReLU, for layers that have them.
+    # or square token grid (h, w <= 7), or other tokens (h = 1, w <= 49), after the ReLU.
     TOP_MAPS = "top_maps"  # float16 [M, k, h, w] one per top_indices entry (.npy blob chunks)
 
 

@@ -93,6 +93,77 @@ export function mapOverlay(map, scale) {
 }
 
 /**
+ * Whether a map has a spatial extent to draw: a map of one cell (a layer pooled to
+ * 1 x 1, or a single token) would paint the whole image one colour, so it is not drawn.
+ * @param {{shape: Array<number>}} map
+ * @returns {boolean}
+ */
+export function mapHasExtent(map) {
+  return map.shape.reduce((cells, side) => cells * side, 1) > 1;
+}
+
+/** The most positions a strip of tokens is pooled to (spatial_maps.MAX_TOKENS). */
+const MAX_STRIP = 49;
+
+/**
+ * What a view says, once, about the maps of its images that are not drawn as a grid
+ * over the image: maps of 1 x 1 (not drawn), and token strips (`1 x w`: a layer's
+ * tokens that are not a square grid, or a log written before square token grids were
+ * kept as grids). Plain strings, to be inserted as text; none for grids.
+ * @param {Array<{map?: {shape: Array<number>}}>} images
+ * @returns {Array<string>}
+ */
+export function mapNotes(images) {
+  /** @type {Set<string>} */
+  const notes = new Set();
+  for (const image of images) {
+    if (!image.map) continue;
+    const [h, w] = image.map.shape.length === 2 ? image.map.shape : [1, image.map.shape[0]];
+    if (!mapHasExtent(image.map)) {
+      notes.add('Where neurons fire: this layer has no spatial extent at this resolution ' +
+        '(its maps are 1 × 1 cell), so no map is drawn over the images.');
+    } else if (h === 1) {
+      notes.add(stripNote(w));
+    }
+  }
+  return [...notes];
+}
+
+/**
+ * The note of a strip of `w` cells.
+ * @param {number} w
+ * @returns {string}
+ */
+function stripNote(w) {
+  const side = Math.round(Math.sqrt(w));
+  const classSide = Math.round(Math.sqrt(w - 1));
+  const square = side * side === w || (classSide >= 2 && classSide * classSide === w - 1);
+  if (w >= MAX_STRIP) {
+    return `Where neurons fire: tokens shown as a strip of ${w} cells, left to right: this layer's tokens ` +
+      `(more than ${MAX_STRIP}, pooled) are not a square grid` +
+      (square ? ', or the log was written before token grids were kept as grids.' : '.');
+  }
+  if (square) {
+    return `Where neurons fire: tokens shown as a strip of ${w} cells, left to right: ` +
+      'the log was written before square token grids were kept as grids.';
+  }
+  return `Where neurons fire: tokens shown as a strip, left to right: this layer's ${w} tokens are not a square grid.`;
+}
+
+/**
+ * The notes of `mapNotes` as elements (shown while "where neurons fire" is on).
+ * @param {Array<{map?: {shape: Array<number>}}>} images
+ * @returns {Array<HTMLElement>}
+ */
+export function mapNoteElements(images) {
+  return mapNotes(images).map((text) => {
+    const note = message('empty', text);
+    note.classList.add('map-note');
+    return note;
+  });
+}
+
+/**
  * The largest activation in the maps of `images` (those that have one), 0 if none.
  * @param {Array<{map?: {values: Array<number|null>}}>} images
  * @returns {number}
@@ -107,7 +178,7 @@ export function mapScale(images) {
 
 /**
  * One image as a tile: its thumbnail with a green (right) or red (wrong) border
- * (and, when the image has a map, where the neuron fires over it), an optional
+ * (and, when the image has a map of more than one cell, where the neuron fires over it), an optional
  * value line, and "label → prediction"; a click opens the image view.
  * @param {{run: string, dataset: string, step: number, names: Array<string>,
  *   image: {index: number, label: number, prediction: number, map?: object},
@@ -126,7 +197,7 @@ export function imageTile({run, dataset, step, names, image, value, on = {}, sca
     attrs: {'data-index': image.index, tabindex: 0, title: 'open the image view'},
   }, [el('div', {className: 'thumb'}, [
     thumbnailImage({run, dataset, index: image.index, step, digest}),
-    ...(image.map ? [mapOverlay(image.map, scale)] : []),
+    ...(image.map && mapHasExtent(image.map) ? [mapOverlay(image.map, scale)] : []),
   ]), el('figcaption', {}, caption)]);
   activate(figure, () => on.image && on.image(dataset, image.index));
   return figure;

@@ -4,7 +4,7 @@
 
 import {activate, className, el, imageLegend, message, percent, probabilityPercent, roleLabel} from './dom.js';
 import * as model from './model.js';
-import {imageTile, mapScale, thumbnailImage} from './thumbnails.js';
+import {imageTile, mapNoteElements, mapScale, thumbnailImage} from './thumbnails.js';
 
 /** @type {import('./views.js').View} */
 export const image = {
@@ -170,5 +170,6 @@ function render(data, run, on, datasets) {
     list.appendChild(el('div', {className: 'top-neuron'}, [header, rows]));
   }
   root.appendChild(list);
+  list.before(...mapNoteElements(data.top_neurons.flatMap((top) => Object.values(top.top_images).flat())));
   return root;
 }

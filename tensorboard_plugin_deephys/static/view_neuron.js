@@ -4,7 +4,7 @@
 import {activate, className, el, formatRaw, imageLegend, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {activationHistogram} from './plots.js';
-import {imageTile, mapScale} from './thumbnails.js';
+import {imageTile, mapNoteElements, mapScale} from './thumbnails.js';
 
 /** @type {import('./views.js').View} */
 export const neuron = {
@@ -137,8 +137,10 @@ function render(data, run, on, showMaps = false) {
   }
   root.appendChild(imageLegend());
   // one scale for every map shown: the cells compare across sets
-  const scale = mapScale(data.datasets.flatMap((d) => [...d.images, ...(d.bottom_images || []),
-    ...(d.intervals || []).flatMap((band) => band.images)]));
+  const shown = data.datasets.flatMap((d) => [...d.images, ...(d.bottom_images || []),
+    ...(d.intervals || []).flatMap((band) => band.images)]);
+  const scale = mapScale(shown);
+  root.append(...mapNoteElements(shown)); // 1 x 1 maps and token strips: said, once
   if (showMaps && !data.datasets.some((d) => d.images.some((image) => image.map))) {
     root.appendChild(message('empty', `Layer ${data.layer} has no maps of where its neurons fire: its output has ` +
       'no spatial or token positions (or the log was written before maps were recorded).'));

@@ -65,10 +65,40 @@ def reference_maps(model, module, inputs, top_indices) -> np.ndarray:
         height, width = rectified.shape[2:]
         pooled = F.adaptive_avg_pool2d(rectified, (min(height, 7), min(width, 7)))
     else:
-        tokens = rectified.transpose(1, 2)
-        pooled = F.adaptive_avg_pool1d(tokens, min(tokens.shape[2], 49)).unsqueeze(2)
+        pooled = torch.from_numpy(token_maps_by_hand(rectified.numpy()))
     neurons = pooled.shape[1]
     return pooled.numpy()[top_indices, np.arange(neurons)[:, None]]
+
+
+def _windows(size: int, cells: int) -> list[slice]:
+    """Adaptive average pooling's windows: cell ``i`` of ``cells`` over ``size``
+    positions averages ``floor(i size / cells)`` to ``ceil((i + 1) size / cells)``."""
+    return [slice(i * size // cells, -(-(i + 1) * size // cells)) for i in range(cells)]
+
+
+def token_maps_by_hand(tokens: np.ndarray) -> np.ndarray:
+    """float64 ``[B, C, h, w]``: maps of tokens ``(B, T, C)`` by plain numpy loops: a
+    square grid (``T = s * s``, or ``1 + s * s`` without its first token) as ``s x s``
+    cells row by row, block means to at most 7 x 7; other ``T`` a strip ``(1, <= 49)``."""
+    batch, count, channels = tokens.shape
+    side = int(round(count**0.5))
+    skip = 0
+    if side * side != count:
+        side = int(round((count - 1) ** 0.5))
+        skip = 1 if side >= 2 and side * side == count - 1 else -1
+    if skip < 0:  # a strip
+        cells = min(count, 49)
+        out = np.zeros((batch, channels, 1, cells))
+        for j, window in enumerate(_windows(count, cells)):
+            out[:, :, 0, j] = tokens[:, window].mean(axis=1)
+        return out
+    grid = tokens[:, skip:].reshape(batch, side, side, channels)  # row, column
+    cells = min(side, 7)
+    out = np.zeros((batch, channels, cells, cells))
+    for i, rows in enumerate(_windows(side, cells)):
+        for j, cols in enumerate(_windows(side, cells)):
+            out[:, :, i, j] = grid[:, rows, cols].mean(axis=(1, 2))
+    return out
 
 
 def assert_float16_close(got: np.ndarray, expected: np.ndarray) -> None:
@@ -110,14 +140,78 @@ def test_a_map_smaller_than_seven_stays_as_it_is(tmp_path):
     assert_float16_close(maps, reference_maps(model, model.features[0], data.tensors[0], indices))
 
 
-def test_token_maps_are_pooled_to_49_positions(tmp_path):
-    data = image_set(11, 4, side=8)  # 64 tokens
+def test_a_square_grid_of_tokens_is_pooled_as_a_map(tmp_path):
+    data = image_set(11, 4, side=8)  # 64 tokens: an 8 x 8 grid, pooled to 7 x 7
     model = TokenNet()
     log = _record(tmp_path, model, {"ind": data, "ood": image_set(5, 5, side=8)}, layer="tokens")
     indices, _ = log.top_images("tokens", "ind")
     maps = log.top_maps("tokens", "ind")
-    assert maps.shape == (4, 11, 1, 49)
+    assert maps.shape == (4, 11, 7, 7)
     assert_float16_close(maps, reference_maps(model, model.tokens, data.tensors[0], indices))
+
+
+class ClassTokenNet(TinyNet):
+    """A ViT-like net: ``tokens`` gives a class token and one token per pixel,
+    (B, 1 + H W, 4); ``strip`` keeps the class token and the first 6 pixels, (B, 7, 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 4))
+        self.tokens = nn.Identity()
+        self.strip = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.embed(x.flatten(2).transpose(1, 2))  # (B, H W, 4)
+        tokens = self.tokens(torch.cat([self.cls.expand(len(x), -1, -1), patches], dim=1))
+        strip = self.strip(tokens[:, :7])
+        return self.head(torch.relu(self.fc(tokens.mean(dim=1) + strip.mean(dim=1))))
+
+
+@pytest.mark.parametrize(("side", "shape"), [(4, (4, 4)), (9, (7, 7))])
+def test_a_class_token_is_left_out_of_its_grid(tmp_path, side, shape):
+    data = image_set(9, 6, side=side)  # 1 + side * side tokens
+    model = ClassTokenNet()
+    log = _record(tmp_path, model, {"ind": data}, layers=["tokens", "strip"], top_k=4)
+    indices, _ = log.top_images("tokens", "ind")
+    maps = log.top_maps("tokens", "ind")
+    assert maps.shape == (4, 4, *shape)
+    output, _ = module_output(model, model.tokens, data.tensors[0])
+    assert output.shape[1] == 1 + side * side
+    patches = torch.relu(output[:, 1:].double()).numpy()  # the class token left out
+    grid = patches.reshape(len(data), side, side, 4).transpose(0, 3, 1, 2)
+    # 4 x 4: not pooled, the tokens where they are; 9 x 9 -> 7 x 7: torch's pooling
+    expected = grid if side == 4 else F.adaptive_avg_pool2d(torch.from_numpy(grid), 7).numpy()
+    assert_float16_close(maps, expected[indices, np.arange(4)[:, None]])
+    # 7 tokens are no square grid (nor 1 + one): a strip of 7
+    indices, _ = log.top_images("strip", "ind")
+    strip = log.top_maps("strip", "ind")
+    assert strip.shape == (4, 4, 1, 7)
+    assert_float16_close(strip, reference_maps(model, model.strip, data.tensors[0], indices))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "grid"),
+    [(1, (1, 0)), (2, None), (3, None), (4, (2, 0)), (5, (2, 1)), (7, None), (10, (3, 1)),
+     (16, (4, 0)), (17, (4, 1)), (48, None), (50, (7, 1)), (64, (8, 0)), (197, (14, 1))],
+)  # fmt: skip
+def test_token_grids_are_square_after_at_most_one_class_token(tokens, grid):
+    assert sm.token_grid(tokens) == grid
+
+
+@pytest.mark.parametrize("count", [1, 6, 16, 17, 37, 50, 60, 64, 65, 197])
+def test_token_maps_equal_block_means_by_hand(count):
+    generator = torch.Generator().manual_seed(count)
+    tokens = torch.rand(3, count, 5, generator=generator, dtype=torch.float64)
+    got = sm.pooled_maps(tokens)
+    expected = token_maps_by_hand(tokens.numpy())
+    assert tuple(got.shape) == expected.shape
+    assert sm.map_shape(tokens) == expected.shape[2:]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    if count == 17:  # the class token is nowhere in the 4 x 4 map
+        moved = tokens.clone()
+        moved[:, 0] = 1e6
+        torch.testing.assert_close(sm.pooled_maps(moved), got)
 
 
 def test_ties_go_to_the_lower_image_as_the_top_images_do(tmp_path):
