@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
@@ -34,7 +34,6 @@ from deephys_lightning.writing.summaries import (
     RecordSink,
     SummarySink,
     blob_summary,
-    tensor_summary,
     value_summary,
 )
 from deephys_lightning.writing.view_data import DatasetRecording, RecordView, record_view
@@ -105,7 +104,14 @@ def write_view(
         raise ValueError("writing a step pack needs the run's log_dir (packs are assets)")
     record = view.record
     step = record.step
-    arrays, documents = _pack_contents(view, log_dir, cancelled)
+    arrays: dict[str, np.ndarray] = {}
+    documents: dict[str, bytes] = {}
+    for kind, layer, dataset, value in _step_contents(view, log_dir, cancelled):
+        tag = tag_name(kind, layer=layer, dataset=dataset)
+        if isinstance(value, bytes):
+            documents[tag] = value
+        else:
+            arrays[tag] = value
     written = step_pack.write_pack(log_dir, record, arrays, documents)
     if cancelled is not None and cancelled():
         raise RecordCancelled(f"the record at step {step} was cancelled")
@@ -115,17 +121,7 @@ def write_view(
     # its scalars twice).
     event = _Collected()
     event.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
-    for name in record.datasets:
-        if scalars and name in view.accuracy:
-            tag = scalar_tag("accuracy", dataset=name)
-            event.add_summary(scalar_pb(tag, view.accuracy[name]), step)
-    for layer in record.layers:
-        for ood in record.ood:
-            _write_score_summaries(
-                event, step, layer, ood, view.scores[(layer, ood)], scalars, histograms
-            )
-    for ood, rows in view.detections.items():
-        _write_detection_scalars(event, step, ood, rows, scalars)
+    _write_tab_summaries(event, view, scalars, histograms)
     sink.add_summary(event.summary, step)
     sink.flush()
 
@@ -139,35 +135,41 @@ class _Collected:
     def add_summary(self, summary: summary_pb2.Summary, step: int) -> None:
         self.summary.value.extend(summary.value)
 
+    def flush(self) -> None:
+        """Nothing to send: the caller writes :attr:`summary` as one event."""
 
-def _pack_contents(
-    view: RecordView, log_dir: str, cancelled: Callable[[], bool] | None
-) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
-    """The arrays and JSON documents of ``view``'s step pack, by tag (thumbnail packs
-    written on the way)."""
+
+def _step_contents(
+    view: RecordView, log_dir: str | None, cancelled: Callable[[], bool] | None
+) -> Iterator[tuple[Kind, str | None, str | None, np.ndarray | bytes]]:
+    """Every array (``numpy``) and JSON document (``bytes``) of ``view``'s step, as
+    ``(kind, layer, dataset, value)``, in either layout; the thumbnail packs of sets
+    whose images are new are written on the way."""
     record = view.record
-    arrays: dict[str, np.ndarray] = {}
-    documents: dict[str, bytes] = {}
     for name in record.datasets:
         for kind, array in view.datasets[name].items():
-            arrays[tag_name(kind, dataset=name)] = array
+            yield kind, None, name, array
         if name in view.thumbnails:
+            if log_dir is None:
+                raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
             if cancelled is not None and cancelled():
                 raise RecordCancelled(f"the record at step {record.step} was cancelled")
-            reference = _thumbnail_reference(name, view.thumbnails[name], log_dir)
-            documents[tag_name(Kind.THUMBNAILS, dataset=name)] = reference
+            yield (
+                Kind.THUMBNAILS,
+                None,
+                name,
+                _thumbnail_reference(name, view.thumbnails[name], log_dir),
+            )
     for layer in record.layers:
         for name in record.datasets:
             for kind, array in view.layers[(layer, name)].items():
-                arrays[tag_name(kind, layer=layer, dataset=name)] = array
+                yield kind, layer, name, array
         for ood in record.ood:
             scores = view.scores[(layer, ood)]
             for kind, field in SCORE_KINDS.items():
-                values = np.asarray(getattr(scores, field), dtype=np.float32)
-                arrays[tag_name(kind, layer=layer, dataset=ood)] = values
+                yield kind, layer, ood, np.asarray(getattr(scores, field), dtype=np.float32)
     for ood, rows in view.detections.items():
-        documents[tag_name(Kind.DETECTION, dataset=ood)] = Detection.list_to_json(rows)
-    return arrays, documents
+        yield Kind.DETECTION, None, ood, Detection.list_to_json(rows)
 
 
 def _write_events_layout(
@@ -182,35 +184,36 @@ def _write_events_layout(
     record = view.record
     step = record.step
     merged = RecordSink(sink, step, cancelled=cancelled)
-    for name in record.datasets:
-        for kind, array in view.datasets[name].items():
-            merged.add_summary(value_summary(kind, array, dataset=name), step)
-        if scalars and name in view.accuracy:
-            tag = scalar_tag("accuracy", dataset=name)
-            merged.add_summary(scalar_pb(tag, view.accuracy[name]), step)
-        if name in view.thumbnails:
-            if log_dir is None:
-                raise ValueError("writing thumbnails needs the run's log_dir (they are assets)")
-            reference = _thumbnail_reference(name, view.thumbnails[name], log_dir)
-            merged.add_summary(blob_summary(Kind.THUMBNAILS, [reference], dataset=name), step)
-    for layer in record.layers:
-        for name in record.datasets:
-            for kind, array in view.layers[(layer, name)].items():
-                merged.add_summary(value_summary(kind, array, layer=layer, dataset=name), step)
-        for ood in record.ood:
-            scores = view.scores[(layer, ood)]
-            for kind, field in SCORE_KINDS.items():
-                values = np.asarray(getattr(scores, field), dtype=np.float32)
-                merged.add_summary(tensor_summary(kind, values, layer=layer, dataset=ood), step)
-            _write_score_summaries(merged, step, layer, ood, scores, scalars, histograms)
-    for ood, rows in view.detections.items():
-        blob = Detection.list_to_json(rows)
-        merged.add_summary(blob_summary(Kind.DETECTION, [blob], dataset=ood), step)
-        _write_detection_scalars(merged, step, ood, rows, scalars)
+    for kind, layer, dataset, value in _step_contents(view, log_dir, cancelled):
+        if isinstance(value, bytes):
+            summary = blob_summary(kind, [value], layer=layer, dataset=dataset)
+        else:
+            summary = value_summary(kind, value, layer=layer, dataset=dataset)
+        merged.add_summary(summary, step)
+    _write_tab_summaries(merged, view, scalars, histograms)
     written = dataclasses.replace(record, arrays=tuple(sorted(merged.deephys_tags)))
     merged.send_pending()  # the record goes last and alone: the scan for records reads its head
     merged.add_summary(blob_summary(Kind.RECORD, [written.to_json()]), step)
     merged.flush()
+
+
+def _write_tab_summaries(
+    sink: SummarySink, view: RecordView, scalars: bool, histograms: bool
+) -> None:
+    """What TensorBoard's own tabs show of a step: the accuracy, score and detection
+    scalars and the score histograms (as ``scalars`` / ``histograms`` say)."""
+    record = view.record
+    step = record.step
+    for name in record.datasets:
+        if scalars and name in view.accuracy:
+            tag = scalar_tag("accuracy", dataset=name)
+            sink.add_summary(scalar_pb(tag, view.accuracy[name]), step)
+    for layer in record.layers:
+        for ood in record.ood:
+            scores = view.scores[(layer, ood)]
+            _write_score_summaries(sink, step, layer, ood, scores, scalars, histograms)
+    for ood, rows in view.detections.items():
+        _write_detection_scalars(sink, step, ood, rows, scalars)
 
 
 def _thumbnail_reference(name: str, thumbnails: assets.Thumbnails, log_dir: str) -> bytes:
@@ -224,7 +227,7 @@ def _thumbnail_reference(name: str, thumbnails: assets.Thumbnails, log_dir: str)
 
 
 def _write_score_summaries(
-    sink: SummarySink | _Collected,
+    sink: SummarySink,
     step: int,
     layer: str,
     ood: str,
@@ -248,7 +251,7 @@ def _write_score_summaries(
 
 
 def _write_detection_scalars(
-    sink: SummarySink | _Collected, step: int, ood: str, rows: list[Detection], scalars: bool = True
+    sink: SummarySink, step: int, ood: str, rows: list[Detection], scalars: bool = True
 ) -> None:
     for row in rows if scalars else ():
         for metric in metadata.DETECTION_METRICS:
