@@ -297,7 +297,7 @@ class DeephysReader:
             ) from None
         if not names:
             return []
-        unopened = [name for name in names if ("pack", run_dir, name) not in self._cache]
+        unopened = [name for name in names if _pack_key(run_dir, name) not in self._cache]
         if len(unopened) > 1:  # one read each: in parallel (the results stay in the cache)
             with concurrent.futures.ThreadPoolExecutor(min(_PACK_OPENERS, len(unopened))) as pool:
                 pool.map(lambda name: self._open_pack(run, run_dir, name), unopened)
@@ -311,7 +311,7 @@ class DeephysReader:
         """The pack ``relative`` of ``run``, or why it cannot be read."""
         try:
             return self._cache.get_or_compute(
-                ("pack", run_dir, relative), lambda: StepPack.open(run_dir, relative)
+                _pack_key(run_dir, relative), lambda: StepPack.open(run_dir, relative)
             )
         except FileNotFoundError:
             return f"its step pack {relative} is missing"
@@ -453,8 +453,8 @@ class DeephysReader:
             raise ValueError(
                 f"{kind.value} is a JSON document, not an array: read it with document()"
             )
-        record = self._record_at(ctx, experiment_id, run, step)
-        if record is not None and record.pack:
+        record = self._packed_record(ctx, experiment_id, run, step)
+        if record is not None:
             tag = tag_name(kind, layer=layer, dataset=dataset)
             what = f"{kind.value} for {_where(layer, dataset)}"
             return self._cache.get_or_compute(
@@ -480,15 +480,17 @@ class DeephysReader:
     ) -> tuple[int, ...] | None:
         """The shape of an array of a step pack, from the pack's header (no array is
         read); None for a step of the events layout, or an array the pack lacks."""
-        record = self._record_at(ctx, experiment_id, run, step)
-        if record is None or not record.pack:
+        record = self._packed_record(ctx, experiment_id, run, step)
+        if record is None:
             return None
         return self._pack(run, record).shape(tag_name(Kind(kind), layer=layer, dataset=dataset))
 
-    def _record_at(self, ctx, experiment_id: str, run: str, step: int) -> Record | None:
+    def _packed_record(self, ctx, experiment_id: str, run: str, step: int) -> Record | None:
+        """The record at ``step`` when its arrays are in a step pack; None for a step of
+        the events layout (or none at all: the events' readers say what is missing)."""
         for record in self.records(ctx, experiment_id, run):
             if record.step == step:
-                return record
+                return record if record.pack else None
         return None
 
     def document(
@@ -511,8 +513,7 @@ class DeephysReader:
         kind = Kind(kind)
         if kind not in JSON_KINDS:
             raise ValueError(f"{kind.value} is an array, not a JSON document: read it with array()")
-        record = self._record_at(ctx, experiment_id, run, step)
-        if record is not None and record.pack:
+        if self._packed_record(ctx, experiment_id, run, step) is not None:
             tag = tag_name(kind, layer=layer, dataset=dataset)
             what = f"{kind.value} for {_where(layer, dataset)}"
             return self._pack_document(ctx, experiment_id, run, tag, kind, step, what)
@@ -661,6 +662,11 @@ _KIND_NAMES = frozenset(kind.value for kind in Kind)
 _Listing = tuple[dict[str, RunIndex], tuple[str, ...], Malformed]
 # A run's records, oldest first, and the steps whose record is malformed, with the cause.
 _Records = tuple[list[Record], dict[int, str]]
+
+
+def _pack_key(run_dir: str, relative: str) -> tuple[str, str, str]:
+    """The cache key of an opened step pack."""
+    return ("pack", run_dir, relative)
 
 
 def _where(layer: str | None, dataset: str | None) -> str:

@@ -6,10 +6,9 @@ are a strip, said."""
 
 from __future__ import annotations
 
-import numpy as np
 import requests
 import torch
-from browser_tab import open_tab, running_browser, skip_without_chromium
+from browser_tab import drawn_maps, open_tab, running_browser, skip_without_chromium
 from tensorboard_process import running_tensorboard
 from tiny_model import NUM_CLASSES, TinyNet, loader, random_set, trainer
 from torch import nn
@@ -61,13 +60,6 @@ def _neuron(base, run, layer, neuron=0):
     return body.json()
 
 
-def _cells(overlay) -> list[tuple[float, float, float]]:
-    return overlay.locator("rect").evaluate_all(
-        "rs => rs.map(r => [Number(r.getAttribute('x')), Number(r.getAttribute('y')),"
-        " Number(r.getAttribute('fill-opacity'))])"
-    )
-
-
 def test_a_vits_tokens_are_drawn_where_they_are(tmp_path):
     torch.manual_seed(0)
     layers = ["patches", "tokens", "pooled", "strip"]
@@ -85,21 +77,9 @@ def test_a_vits_tokens_are_drawn_where_they_are(tmp_path):
             body = _neuron(base, run, layer)
             images = [image for d in body["datasets"] for image in d["images"]]
             assert images and all(image["map"]["shape"] == [4, 4] for image in images)
-            scale = max(v for image in images for v in image["map"]["values"] if v is not None)
-            for entry in body["datasets"]:
-                figures = frame.locator(f'.column[data-dataset="{entry["name"]}"] > .grid figure')
-                assert figures.count() == len(entry["images"])
-                for figure, image in zip(figures.all(), entry["images"], strict=True):
-                    overlay = figure.locator("svg.map")
-                    assert overlay.is_visible()
-                    assert overlay.get_attribute("data-shape") == "4x4"
-                    assert overlay.get_attribute("viewBox") == "0 0 4 4"
-                    cells = _cells(overlay)
-                    values = image["map"]["values"]
-                    # cell i is token i (after the class token): row i // 4, column i % 4
-                    assert [(x, y) for x, y, _ in cells] == [(i % 4, i // 4) for i in range(16)]
-                    expected = [0.75 * max(0.0, min(1.0, v / scale)) for v in values]
-                    np.testing.assert_allclose([o for _, _, o in cells], expected, atol=1e-3)
+            for _, cells in drawn_maps(frame, body):
+                # cell i is token i (after the class token): row i // 4, column i % 4
+                assert [(x, y) for x, y, _ in cells] == [(i % 4, i // 4) for i in range(16)]
             assert frame.locator(".neuron-view .map-note").count() == 0  # a grid: no note
 
         frame.locator("#layer-select").select_option("pooled")  # 1 x 1: no map, said

@@ -11,7 +11,7 @@ import pytest
 import requests
 import scipy.special
 import torch
-from browser_tab import ARTIFACTS, open_tab, running_browser, skip_without_chromium
+from browser_tab import ARTIFACTS, drawn_maps, open_tab, running_browser, skip_without_chromium
 from event_surgery import to_events_layout
 from tensorboard_process import running_tensorboard
 from tiny_model import TinyNet, loader, random_set, trainer
@@ -415,21 +415,7 @@ def test_maps_show_where_a_neuron_fires_over_its_top_images(browser, tmp_path):
             params={"run": run, "layer": "features", "neuron": 0},
             timeout=30,
         ).json()
-        maps = [image["map"] for d in body["datasets"] for image in d["images"]]
-        scale = max(v for m in maps for v in m["values"] if v is not None)
-        for entry in body["datasets"]:
-            figures = frame.locator(f'.column[data-dataset="{entry["name"]}"] > .grid figure')
-            assert figures.count() == len(entry["images"])
-            for figure, image in zip(figures.all(), entry["images"], strict=True):
-                overlay = figure.locator("svg.map")
-                assert overlay.is_visible()
-                h, w = image["map"]["shape"]
-                assert overlay.get_attribute("data-shape") == f"{h}x{w}"
-                opacities = overlay.locator("rect").evaluate_all(
-                    "rs => rs.map(r => Number(r.getAttribute('fill-opacity')))"
-                )
-                expected = [0.75 * max(0.0, min(1.0, v / scale)) for v in image["map"]["values"]]
-                np.testing.assert_allclose(opacities, expected, atol=1e-3)
+        assert drawn_maps(frame, body)
         frame.locator("#maps-input").uncheck()  # off: the thumbnails as they are
         assert frame.locator("main#deephys.show-maps").count() == 0
         assert frame.locator(".neuron-view figure svg.map").first.is_hidden()

@@ -84,3 +84,34 @@ def loaded_images(frame, view=".neuron-view") -> int:
     return frame.locator(view).evaluate(
         "el => [...el.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0).length"
     )
+
+
+def drawn_maps(frame, body) -> list[tuple[dict, list[tuple[float, float, float]]]]:
+    """Check that the neuron view shows each top image of the ``neuron`` route's answer
+    ``body`` with its map drawn over it: a visible overlay of the map's shape (one unit
+    a cell) whose
+    cells' opacities are the tab's (0.75 for the largest value of the answer, in
+    proportion below it). Returns each image of the answer with its overlay's cells
+    ``(x, y, opacity)``, for checks of where the cells are."""
+    import numpy as np
+
+    maps = [image["map"] for d in body["datasets"] for image in d["images"]]
+    scale = max(v for m in maps for v in m["values"] if v is not None)
+    drawn = []
+    for entry in body["datasets"]:
+        figures = frame.locator(f'.column[data-dataset="{entry["name"]}"] > .grid figure')
+        assert figures.count() == len(entry["images"])
+        for figure, image in zip(figures.all(), entry["images"], strict=True):
+            overlay = figure.locator("svg.map")
+            assert overlay.is_visible()
+            h, w = image["map"]["shape"]
+            assert overlay.get_attribute("data-shape") == f"{h}x{w}"
+            assert overlay.get_attribute("viewBox") == f"0 0 {w} {h}"  # a cell a unit
+            cells = overlay.locator("rect").evaluate_all(
+                "rs => rs.map(r => [Number(r.getAttribute('x')), Number(r.getAttribute('y')),"
+                " Number(r.getAttribute('fill-opacity'))])"
+            )
+            expected = [0.75 * max(0.0, min(1.0, v / scale)) for v in image["map"]["values"]]
+            np.testing.assert_allclose([o for _, _, o in cells], expected, atol=1e-3)
+            drawn.append((image, cells))
+    return drawn
