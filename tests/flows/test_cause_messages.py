@@ -11,13 +11,13 @@ import glob
 import os
 import shutil
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from cli_run import deephys_command
 from event_surgery import rewrite_events, tamper, to_events_layout
 from s3_server import new_bucket, running_s3_server
 from tiny_model import TinyNet, loader, random_set, trainer
@@ -264,12 +264,7 @@ def _spoil_events(run, how: str) -> None:
 def test_scores_says_an_unreadable_event_file_is_the_cause(fitted, tmp_path, layout, how):
     run = _copy(fitted, tmp_path, layout)
     _spoil_events(run, how)
-    done = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "scores", str(run.parent)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = deephys_command("scores", str(run.parent))
     last = _last_line(done.stderr)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "OOD set" not in done.stderr and "Unable to reload" not in done.stderr
@@ -281,12 +276,7 @@ def test_scores_says_an_unreadable_event_file_is_the_cause(fitted, tmp_path, lay
     assert "none readable" in str(raised.value) and _events(run) in str(raised.value)
     # beside a healthy run, the healthy one is scored and the other named
     shutil.copytree(fitted, run.parent / "healthy")
-    done = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "scores", str(run.parent), "--csv"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = deephys_command("scores", str(run.parent), "--csv")
     assert done.returncode == 0 and _events(run) in done.stderr
     assert sorted(line.split(",")[0] for line in done.stdout.splitlines()[1:]) == ["healthy"] * 3
 
@@ -312,21 +302,14 @@ def s3_logs(fitted):
         yield endpoint, f"s3://{bucket}/logs"
 
 
-def _cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_denied_s3_credentials_are_one_line_naming_the_store(s3_logs, tmp_path):
     endpoint, logs = s3_logs
     requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10)  # checked now
     try:
-        scores, export = _cli("scores", logs), _cli("export", f"{logs}/run", str(tmp_path))
+        scores, export = (
+            deephys_command("scores", logs),
+            deephys_command("export", f"{logs}/run", str(tmp_path)),
+        )
     finally:
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
     for done in (scores, export):
@@ -334,7 +317,7 @@ def test_denied_s3_credentials_are_one_line_naming_the_store(s3_logs, tmp_path):
         (line,) = done.stderr.strip().splitlines()
         assert f"cannot read {logs}" in line and "access denied" in line
         assert "PermissionError" in line and "credentials" in line
-    assert _cli("scores", logs).returncode == 0  # the same store, readable again
+    assert deephys_command("scores", logs).returncode == 0  # the same store, readable again
 
 
 def test_an_s3_error_of_tensorboards_own_reader_is_one_line(s3_logs, tmp_path):
@@ -343,7 +326,10 @@ def test_an_s3_error_of_tensorboards_own_reader_is_one_line(s3_logs, tmp_path):
     endpoint, logs = s3_logs
     with running_s3_server() as other:
         env = {"AWS_ENDPOINT_URL": endpoint, "S3_ENDPOINT": other}
-        for done in (_cli("scores", logs, env=env), _cli("export", f"{logs}/run", "x", env=env)):
+        for done in (
+            deephys_command("scores", logs, env=env),
+            deephys_command("export", f"{logs}/run", "x", env=env),
+        ):
             assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
             (line,) = done.stderr.strip().splitlines()
             assert f"cannot read {logs}" in line and "NoSuchBucket" in line

@@ -12,13 +12,13 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import fault_tally
 import numpy as np
 import pytest
+from cli_run import deephys_command
 from event_surgery import drop_value, rewrite_events, tamper, to_events_layout
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -169,12 +169,7 @@ def test_read_log_keeps_every_intact_record_and_says_where_the_damage_is(damaged
 
 def test_the_scores_command_reports_damage_and_keeps_the_rest(damaged_logs):
     logdir, cases = damaged_logs
-    done = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "scores", str(logdir), "--csv"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = deephys_command("scores", str(logdir), "--csv")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     for run, _, _ in cases.values():

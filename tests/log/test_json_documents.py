@@ -12,12 +12,11 @@ import math
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import time
 
 import fault_tally
 import pytest
+from cli_run import deephys_command
 from event_surgery import rewrite_events
 from plugin_client import plugin_client
 from tensorboard_process import running_tensorboard
@@ -505,12 +504,7 @@ def test_read_log_scores_and_export_skip_the_malformed_run_with_one_warning(
         pytest.raises(ValueError, match="no Deephys data in run 'bad' .*malformed"),
     ):
         read_log(logdir, run="bad")
-    done = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "scores", str(logdir), "--csv"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = deephys_command("scores", str(logdir), "--csv")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     warned = [line for line in done.stderr.splitlines() if "'bad'" in line]

@@ -6,12 +6,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import requests
+from cli_run import deephys_command
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
@@ -153,28 +152,11 @@ def test_read_log_scores_and_export_read_from_s3(s3_run, tmp_path):
     assert log.activations("fc", "ood", log.steps[-1]).shape == (5, 5)
     thumbs = log.thumbnails("ind")
     assert thumbs.dtype == np.uint8 and thumbs.shape[0] == 6
-    scores = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "scores", f"s3://{bucket}/exp", "--csv"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    scores = deephys_command("scores", f"s3://{bucket}/exp", "--csv")
     assert scores.returncode == 0, scores.stderr
     rows = [line.split(",") for line in scores.stdout.splitlines()[1:]]
     assert sorted(int(r[1]) for r in rows) == sorted(log.steps)
-    exported = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "deephys_lightning",
-            "export",
-            f"s3://{bucket}/exp/tiny/version_0",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    exported = deephys_command("export", f"s3://{bucket}/exp/tiny/version_0", str(tmp_path))
     assert exported.returncode == 0, exported.stderr
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".model", ".test", ".test"]
 

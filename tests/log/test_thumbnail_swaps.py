@@ -12,12 +12,11 @@ import json
 import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import deephys_command
 from PIL import Image
 from plugin_client import plugin_client
 from tiny_model import TinyNet, loader, random_set, trainer
@@ -86,12 +85,7 @@ def test_another_sets_pack_in_its_place_is_refused(two_sets, swap, tmp_path):
     swap(ood, ind)
     error = _refused(run_dir, tmp_path, tmp_path / "export")
     assert "write the thumbnails again" in error
-    cli = subprocess.run(
-        [sys.executable, "-m", "deephys_lightning", "export", run_dir, str(tmp_path / "cli")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    cli = deephys_command("export", run_dir, str(tmp_path / "cli"))
     assert cli.returncode == 2 and FOREIGN in cli.stderr, cli.stderr
     assert not (tmp_path / "cli").exists() or not list((tmp_path / "cli").iterdir())
 
