@@ -31,7 +31,7 @@ import io
 import json
 import re
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -350,7 +350,13 @@ class Record:
         """Parse a record; ``None`` for a newer version, :class:`MalformedDocument`
         (naming ``what`` and the field) for a malformed one: fields missing or of the
         wrong type, numbers out of range, no layer, dataset or class."""
-        fields = Fields(parse_json(raw, what), what)
+        return cls.from_value(parse_json(raw, what), what)
+
+    @classmethod
+    def from_value(cls, value: Any, what: str = "the record") -> Record | None:
+        """:meth:`parse` of a record's JSON value already parsed (by the bounded parser:
+        a step pack's header holds it)."""
+        fields = Fields(value, what)
         version = fields.integer("version", 0)
         if version > CONTENT_VERSION:
             return None

@@ -259,8 +259,8 @@ class StepPack:
             if len(head) < 8 + length:
                 raise PackError(f"{what} is truncated within its header")
         try:
-            entries, doc = _parse_header(head[8 : 8 + length], 8 + length, what)
-            documents, record, written = _parse_doc(doc, what)
+            entries, doc = _parse_header(head[8 : 8 + length], 8 + length)
+            documents, record, written = _parse_doc(doc)
         except MalformedDocument as error:
             raise PackError(f"{what} is damaged: {error}") from None
         if record.step != step or record.pack != relative:
@@ -296,9 +296,7 @@ class StepPack:
         return np.frombuffer(data, dtype=entry.dtype).reshape(entry.shape)
 
 
-def _parse_header(
-    raw: bytes, data_start: int, what: str
-) -> tuple[dict[str, _Entry], Mapping[str, Any]]:
+def _parse_header(raw: bytes, data_start: int) -> tuple[dict[str, _Entry], Mapping[str, Any]]:
     header = parse_json(raw.rstrip(b" "), "its header", max_bytes=MAX_HEADER_BYTES)
     if not isinstance(header, dict):
         raise MalformedDocument("its header", "it is not a JSON object")
@@ -335,11 +333,11 @@ def _begin(spec: Any) -> int:
     return -1
 
 
-def _parse_doc(doc: Mapping[str, Any], what: str) -> tuple[dict[str, bytes], Record, float]:
+def _parse_doc(doc: Mapping[str, Any]) -> tuple[dict[str, bytes], Record, float]:
     fields = Fields(doc, "its metadata")
     if fields.integer("format") > FORMAT:
         raise MalformedDocument("its metadata", "it is of a newer format than this reader's")
-    record = Record.parse(json.dumps(fields.data["record"]).encode("utf-8"), "its record")
+    record = Record.from_value(fields.data.get("record"), "its record")
     if record is None:
         raise MalformedDocument("its record", "it is of a newer version than this reader's")
     documents = fields.data.get("documents", {})
