@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
 from deephys_lightning.reader import LogDamageWarning
-from deephys_lightning.scores import detection_table, format_table, score_table
+from deephys_lightning.scores import detection_table, format_table, left_out_notes, score_table
 from tensorboard_plugin_deephys.log.storage import MissingBackendError, ReadTimeout
 
 
@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="activation precision"
+    )
+    export.add_argument(
+        "--skip-non-finite",
+        action="store_true",
+        help="leave out the images with NaN or infinite activations or classifier outputs "
+        "(the files cannot hold them; default: stop with an error naming them)",
     )
     return parser
 
@@ -156,6 +162,9 @@ def _scores(
         writer.writerows(dataclasses.asdict(row) for row in rows)
     else:
         print(format_table(rows))
+        if not detection:  # what the "left out" column counts, in words
+            for note in left_out_notes(logdir):
+                print(f"note: {note}")
     return 0
 
 
@@ -171,6 +180,7 @@ def _export(args: argparse.Namespace) -> int:
             model_name=args.name,
             rename=rename,
             dtype=args.dtype,
+            skip_non_finite=args.skip_non_finite,
         )
     except (ExportError, OSError) as error:
         print(f"deephys-lightning export: {error}", file=sys.stderr)
@@ -178,6 +188,8 @@ def _export(args: argparse.Namespace) -> int:
     for path in (files.model, *files.tests.values()):
         size = path.stat().st_size
         print(f"{path}  ({size / 2**20:.1f} MiB)" if size >= 2**20 else f"{path}  ({size} bytes)")
+    for name, count in files.skipped.items():
+        print(f"note: {count} images of {name!r} with NaN or infinite values left out of its file")
     return 0
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from deephys_lightning import cbor
 from tensorboard_plugin_deephys.log import storage
-from tensorboard_plugin_deephys.log.metadata import Kind, tag_name
+from tensorboard_plugin_deephys.log.metadata import Kind, Record, tag_name
 
 # The app's limits, as the deephys package checks them.
 MAX_NAME_LENGTH = 40  # model and dataset names
@@ -93,6 +93,9 @@ class ExportedFiles:
 
     model: Path
     tests: dict[str, Path]
+    # per dataset, the images left out of its file for NaN or infinite values
+    # (export_step(skip_non_finite=True)); absent where none were
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def write_model(path: str | os.PathLike, model: DeephysModel) -> Path:
@@ -205,6 +208,7 @@ def export_step(
     model_name: str | None = None,
     rename: Mapping[str, str] | None = None,
     dtype: str = "float32",
+    skip_non_finite: bool = False,
 ) -> ExportedFiles:
     """Write one recorded step of a Deephys log as ``.model`` and ``.test`` files.
 
@@ -220,6 +224,10 @@ def export_step(
         rename: new names, in the files, for datasets or layers of the log (the
             format allows 40 characters for dataset names, 30 for layer names).
         dtype: ``"float32"`` or ``"float64"`` activations in the files.
+        skip_non_finite: leave out of the files the images whose exported activations
+            or classifier outputs are NaN or infinite (the format cannot hold them;
+            ``ExportedFiles.skipped`` counts them); without it, such an image stops
+            the export with an error naming the dataset, the count and the cause.
 
     Raises:
         ExportError: the step lacks the full activation matrix, the classifier outputs
@@ -258,6 +266,11 @@ def export_step(
             for name in record.datasets
         }
         datasets = {name: future.result() for name, future in read.items()}
+    skipped: dict[str, int] = {}
+    for name, arrays in datasets.items():
+        datasets[name], dropped = _finite_images(arrays, name, record, skip_non_finite)
+        if dropped:
+            skipped[name] = dropped
     sizes = {layer_names[layer]: datasets[record.ind][0][layer].shape[1] for layer in chosen}
     classification = _classification_layer_name(list(sizes))
     sizes[classification] = len(record.class_names)
@@ -287,7 +300,37 @@ def export_step(
             for name, file_name in zip(record.datasets, file_names[1:], strict=True)
         }
         tests = {name: future.result() for name, future in written.items()}
-    return ExportedFiles(model_path, tests)
+    return ExportedFiles(model_path, tests, skipped)
+
+
+def _finite_images(arrays: tuple, name: str, record: Record, skip: bool) -> tuple[tuple, int]:
+    """A dataset's arrays without the images whose activations or classifier outputs
+    are not finite when ``skip``, and how many were left out; else the arrays as they
+    are, or an :class:`ExportError` naming the dataset, the count and the causes."""
+    acts, logits, thumbnails, labels = arrays
+    finite = np.isfinite(np.asarray(logits)).all(axis=1)
+    for values in acts.values():
+        finite &= np.isfinite(np.asarray(values, dtype=np.float32)).all(axis=1)
+    bad = int((~finite).sum())
+    if not bad:
+        return arrays, 0
+    if not skip:
+        causes = "; ".join(row.describe() for row in record.left_out if row.dataset == name)
+        raise ExportError(
+            f"dataset {name!r}: {bad} of its {len(labels)} images hold NaN or infinite "
+            f"activations or classifier outputs at step {record.step}"
+            + (f" ({causes})" if causes else "")
+            + "; the Deephys files cannot hold them. Export the other images with "
+            "--skip-non-finite (export_step(skip_non_finite=True)), or record values that "
+            "stay finite"
+        )
+    keep = np.flatnonzero(finite)
+    return (
+        {layer: values[keep] for layer, values in acts.items()},
+        logits[keep],
+        thumbnails[keep],
+        labels[keep],
+    ), bad
 
 
 def _workers(datasets: Sequence[str]) -> int:

@@ -45,6 +45,9 @@ class ScoreRow:
     activation_ratio_mean: float
     dead_neurons: int
     stage: str = "fit"  # which evaluation: "fit", "validate", "test" ("" in older logs)
+    # Images of the InD and this OOD set left out of these scores and this accuracy for
+    # NaN or infinite values (on this layer, or no prediction); why: left_out_notes().
+    left_out: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +102,32 @@ def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
                             stage=record.stage,
                             spurious_undefined=spurious_undefined,
                             dead_neurons=dead_neurons,
+                            left_out=sum(
+                                row.images
+                                for row in record.left_out
+                                if row.dataset in (record.ind, ood) and row.layer in (None, layer)
+                            ),
                             **summary,
                         )
                     )
     return rows
+
+
+def left_out_notes(log_dir: str | os.PathLike) -> list[str]:
+    """One line per run, step, dataset, layer and cause where images were left out
+    for NaN or infinite values, e.g. ``"run 'a', step 10: 100 images of 'noisy' with
+    NaN or infinite activations of 'fc1' left out: the input images hold NaN or
+    infinite values"``.
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist.
+    """
+    return [
+        f"run {run!r}, step {record.step}: {row.describe()}"
+        for run, log in sorted(read_runs(log_dir).items())
+        for record in log.records
+        for row in record.left_out
+    ]
 
 
 def _skipped(run: str, step: int, what: str, error: KeyError) -> None:
@@ -158,6 +183,7 @@ _SCORE_COLUMNS = (
     ("spurious_undefined", "undef.", "{}"),
     ("activation_ratio_mean", "act.ratio", "{:.1%}"),
     ("dead_neurons", "dead", "{}"),
+    ("left_out", "left out", "{}"),
     ("stage", "stage", "{}"),
 )
 _DETECTION_COLUMNS = (

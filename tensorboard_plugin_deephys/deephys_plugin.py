@@ -32,7 +32,13 @@ from werkzeug import wrappers
 
 from tensorboard_plugin_deephys.log import derived
 from tensorboard_plugin_deephys.log.derived import NEURON_SCORES
-from tensorboard_plugin_deephys.log.metadata import PLUGIN_NAME, Detection, Record, scalar_tag
+from tensorboard_plugin_deephys.log.metadata import (
+    PLUGIN_NAME,
+    Detection,
+    LeftOut,
+    Record,
+    scalar_tag,
+)
 from tensorboard_plugin_deephys.log.read_model import (
     Mistakes,
     Neuron,
@@ -288,6 +294,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "top_categories": None if categories is None else _category_list(categories),
                 "images": _image_list(picked.top_images(dataset, k), picked.top_maps(dataset, k)),
                 **_beyond_the_top(picked, dataset, k),
+                "left_out": _left_out_list(data.left_out(dataset, layer)),
             }
             if dataset != data.record.ind:
                 per_neuron = data.scores(layer, dataset).per_neuron()
@@ -319,6 +326,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "num_images": len(data.labels(dataset)),
                 "dataset_size": data.record.dataset_sizes.get(dataset),
                 "accuracy": _finite(data.accuracy(dataset)),
+                "left_out": _left_out_list(data.left_out(dataset, layer)),
                 **_confusion_summary(data, dataset),
             }
             if dataset != data.record.ind:
@@ -383,8 +391,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "index": index,
             "position": int(data.positions(dataset)[index]),
             "label": int(data.labels(dataset)[index]),
-            "prediction": int(data.predictions(dataset)[index]),
+            "prediction": _class_or_none(data.predictions(dataset)[index]),
             "top_predictions": _prediction_list(data.top_predictions(dataset, index)),
+            # where the image's own values are not finite: why it has no top neurons
+            "left_out": _left_out_list(data.left_out(dataset, layer)) if not top_neurons else [],
             "top_neurons": top_neurons,
         }
 
@@ -431,7 +441,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "page_size": page_size,
             "neurons": _neuron_list(top, "mean"),
             "images": [
-                {"index": int(i), "label": int(labels[i]), "prediction": int(preds[i])}
+                {"index": int(i), "label": int(labels[i]), "prediction": _class_or_none(preds[i])}
                 for i in members[start : start + page_size]
             ],
             **(_mistakes(data.mistakes(dataset, label), labels, preds) if pred is None else {}),
@@ -727,7 +737,7 @@ def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str
             "activation": _finite(activation),
             "normalized": _finite(normalized),
             "label": int(label),
-            "prediction": int(prediction),
+            "prediction": _class_or_none(prediction),
         }
         for index, activation, normalized, label, prediction in zip(
             top.indices.tolist(),
@@ -743,6 +753,22 @@ def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str
         for entry, cells in zip(entries, maps.reshape(len(maps), -1), strict=False):
             entry["map"] = {"shape": shape, "values": _finite_list(cells)}
     return entries
+
+
+def _class_or_none(prediction: Any) -> int | None:
+    """A predicted class for JSON: None (null) where the image has none (its classifier
+    outputs are not finite)."""
+    value = int(prediction)
+    return None if value == derived.NO_PREDICTION else value
+
+
+def _left_out_list(rows: list[LeftOut]) -> list[dict[str, Any]]:
+    """The images left out for values that are not finite, for JSON: each row's
+    fields and its sentence (``LeftOut.describe``)."""
+    return [
+        {"layer": row.layer, "cause": row.cause, "images": row.images, "text": row.describe()}
+        for row in rows
+    ]
 
 
 def _prediction_list(top: TopPredictions | None) -> list[dict[str, Any]] | None:
@@ -768,7 +794,7 @@ def _mistakes(found: Mistakes, labels: np.ndarray, preds: np.ndarray) -> dict[st
                 {
                     "index": int(i),
                     "label": int(labels[i]),
-                    "prediction": int(preds[i]),
+                    "prediction": _class_or_none(preds[i]),
                     "confidence": None if confidence is None else _finite(confidence[i]),
                 }
                 for i in members[:_MISTAKES_SHOWN]

@@ -27,8 +27,8 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deephys_lightning.recording import finiteness, spatial_maps
 from deephys_lightning.recording import rows as columns
-from deephys_lightning.recording import spatial_maps
 from deephys_lightning.recording.capture import (
     Denormalize,
     OutputSelector,
@@ -45,7 +45,7 @@ from deephys_lightning.recording.gather import Collectives
 from deephys_lightning.recording.plan import EpochPlan
 from deephys_lightning.recording.rows import DEFAULT_MAX_DEVICE_BYTES, DeviceBudget, RowBuffer, Rows
 from deephys_lightning.recording.sampling import SamplingPlan
-from tensorboard_plugin_deephys.log.metadata import MAPPED_IMAGES, TOP_PREDICTIONS
+from tensorboard_plugin_deephys.log.metadata import MAPPED_IMAGES, NO_PREDICTION, TOP_PREDICTIONS
 
 LogitScores = Callable[[torch.Tensor], torch.Tensor]
 ThumbnailsDue = Callable[[str, Rows | None], bool]
@@ -99,6 +99,8 @@ class EpochRecorder:
         self._capturing = False  # whether the hooks keep this batch's outputs
         self._loader_idx = 0  # the dataloader of the batch being captured
         self._pending: dict[str, list[torch.Tensor]] = {}
+        # per layer, each pending output's per-image status (recording.finiteness)
+        self._pending_status: dict[str, list[torch.Tensor]] = {}
         self._pending_maps: dict[str, list[torch.Tensor]] = {}
         self._pending_logits: list[torch.Tensor] = []
         # Each dataloader's thumbnail size, from its first batch on (kept across epochs).
@@ -204,6 +206,7 @@ class EpochRecorder:
 
     def _new_batch(self) -> None:
         self._pending = {name: [] for name in self.settings.layers}
+        self._pending_status = {name: [] for name in self.settings.layers}
         self._pending_maps = {name: [] for name in self.settings.layers}
         self._pending_logits = []
 
@@ -226,7 +229,9 @@ class EpochRecorder:
                     selected, relu=relu, reduction=settings.reduction, layer=layer
                 )
                 # Kept on the layer's device, as float16 (read back once, at the end).
-                self._pending[layer].append(acts.to(torch.float16))
+                stored = acts.to(torch.float16)
+                self._pending[layer].append(stored)
+                self._pending_status[layer].append(finiteness.activation_status(acts, stored))
 
         return hook
 
@@ -263,7 +268,7 @@ class EpochRecorder:
         settings, plan = self.settings, self.plan
         where = plan.where(dataloader_idx)
         x, y = batch_inputs(batch, settings.input_key, settings.target_key, settings.unpack_batch)
-        acts, logits = self._captured(len(y), where)
+        acts, statuses, logits = self._captured(len(y), where)
         if check_only:
             self._check_batch(x, y, logits.shape[-1], where)
             return
@@ -279,14 +284,29 @@ class EpochRecorder:
         keep = sampling.keep(positions)
         if not bool(keep.any()):  # a host tensor
             return
+        # Images with values that are not finite are marked, not dropped: the view
+        # data leave them out (recording.finiteness); without finite logits, no class.
+        bad_inputs = finiteness.input_not_finite(x)
+        prediction_status = finiteness.with_input_cause(
+            finiteness.prediction_status(logits), bad_inputs
+        )
+        predicted = prediction_status == finiteness.FINITE
         top_classes, top_probabilities = top_predictions(logits, TOP_PREDICTIONS)
         row = {
             columns.POSITIONS: positions,
             columns.LABELS: y.detach().to(torch.int64),
-            columns.PREDS: logits.argmax(dim=-1),
-            columns.TOP_CLASSES: top_classes,  # softmax in float32, on the device
-            columns.TOP_PROBABILITIES: top_probabilities,
+            columns.PREDS: torch.where(predicted, logits.argmax(dim=-1), NO_PREDICTION),
+            # softmax in float32, on the device
+            columns.TOP_CLASSES: torch.where(predicted[:, None], top_classes, NO_PREDICTION),
+            columns.TOP_PROBABILITIES: torch.where(
+                predicted[:, None], top_probabilities, float("nan")
+            ),
+            columns.LEFT_OUT: prediction_status,
             **{columns.act_column(layer): a for layer, a in acts.items()},
+            **{
+                columns.left_out_column(layer): finiteness.with_input_cause(status, bad_inputs)
+                for layer, status in statuses.items()
+            },
         }
         if settings.thumbnails:  # made on the device; kept only when due (finish)
             thumbs = to_thumbnails(
@@ -317,8 +337,9 @@ class EpochRecorder:
 
     def _captured(
         self, batch_size: int, where: str
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """The batch's layer outputs and classifier outputs, checked against its size."""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """The batch's layer outputs, their per-image statuses
+        (``recording.finiteness``) and classifier outputs, checked against its size."""
         assert self.plan is not None
         kind = self.plan.kind
         for layer, pending in self._pending.items():
@@ -337,6 +358,7 @@ class EpochRecorder:
                 "scores."
             )
         acts = {layer: torch.cat(p) for layer, p in self._pending.items()}
+        statuses = {layer: torch.cat(p) for layer, p in self._pending_status.items()}
         logits = torch.cat(self._pending_logits).reshape(batch_size, -1)
         for layer, a in acts.items():
             if len(a) != batch_size:
@@ -345,7 +367,7 @@ class EpochRecorder:
                     f"produced {len(a)} rows; the layer must run once per batch, on the "
                     "batch's images."
                 )
-        return acts, logits
+        return acts, statuses, logits
 
     def _keep_maps(self, dataloader_idx: int, rows: Rows, kept: torch.Tensor | None) -> None:
         """Merge the kept rows' maps into each layer's running top-k, on the device."""

@@ -41,6 +41,9 @@ FINGERPRINTS = "fingerprints"  # float32 [n]: a projection of the input (did the
 TOP_CLASSES = "top_classes"  # int32 [n, k]: the k most probable classes, most probable first
 TOP_PROBABILITIES = "top_probabilities"  # float32 [n, k]: their softmax probabilities
 ACT_PREFIX = "act:"  # + layer name: float16 [n, M] activations
+# uint8 [n] whether the image's logits are finite, else why not (recording.finiteness)
+LEFT_OUT = "left_out"
+LEFT_OUT_PREFIX = "left_out:"  # + layer name: uint8 [n] the same for its activations
 
 DEFAULT_MAX_DEVICE_BYTES = 4 * 1024**3
 
@@ -48,6 +51,11 @@ DEFAULT_MAX_DEVICE_BYTES = 4 * 1024**3
 def act_column(layer: str) -> str:
     """The column name of a layer's activations."""
     return ACT_PREFIX + layer
+
+
+def left_out_column(layer: str) -> str:
+    """The column name of a layer's per-image statuses (``recording.finiteness``)."""
+    return LEFT_OUT_PREFIX + layer
 
 
 @dataclasses.dataclass
@@ -98,6 +106,20 @@ class Rows:
     @property
     def top_probabilities(self) -> torch.Tensor | None:
         return self.columns.get(TOP_PROBABILITIES)
+
+    @property
+    def left_out(self) -> torch.Tensor | None:
+        """uint8 ``[n]`` each image's prediction status (``recording.finiteness``)."""
+        return self.columns.get(LEFT_OUT)
+
+    @property
+    def layer_left_out(self) -> dict[str, torch.Tensor]:
+        """Layer name -> uint8 ``[n]`` each image's status on that layer."""
+        return {
+            name[len(LEFT_OUT_PREFIX) :]: column
+            for name, column in self.columns.items()
+            if name.startswith(LEFT_OUT_PREFIX)
+        }
 
     @property
     def acts(self) -> dict[str, torch.Tensor]:

@@ -380,15 +380,12 @@ class RecordWriter:
     def _warn_about(self, view: RecordView) -> None:
         """Say what is odd about a record's data: activations that are not finite, maps
         left out, a set recorded in part for another reason than ``max_images``."""
-        for (name, layer), bad in view.non_finite.items():
-            if bad:
-                rank_zero_warn(
-                    f"DeephysCallback: {bad} activations of layer {layer!r} on {name!r} are NaN "
-                    "or infinite (float16 overflows above 65504). They are recorded as they "
-                    "are; scores of the affected neurons are NaN. Record a layer whose "
-                    "outputs stay in float16's range (after a normalization), or scale it "
-                    "with reduction=."
-                )
+        for left in view.record.left_out:
+            rank_zero_warn(
+                f"DeephysCallback: step {view.record.step}: {left.describe()}. They stay in "
+                "the record (the tab and `deephys-lightning scores` count them) but take no "
+                "part in its statistics."
+            )
         for note in view.notes:
             rank_zero_warn(note)
         record, max_images = view.record, self.settings.max_images

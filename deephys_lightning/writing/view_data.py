@@ -22,13 +22,20 @@ import numpy as np
 import torch
 
 from deephys_lightning import detection, metrics
-from deephys_lightning.recording import capture, spatial_maps
+from deephys_lightning.recording import capture, finiteness, spatial_maps
 from deephys_lightning.recording.plan import writes_matrix
 from deephys_lightning.recording.rows import Rows
 from deephys_lightning.writing.summaries import RecordCancelled
 from tensorboard_plugin_deephys.log import derived, metadata
 from tensorboard_plugin_deephys.log.assets import Thumbnails
-from tensorboard_plugin_deephys.log.metadata import TOP_PREDICTIONS, Detection, Kind, Record
+from tensorboard_plugin_deephys.log.metadata import (
+    NO_PREDICTION,
+    TOP_PREDICTIONS,
+    Detection,
+    Kind,
+    LeftOut,
+    Record,
+)
 
 
 @dataclasses.dataclass
@@ -51,6 +58,11 @@ class DatasetRecording:
             computed from ``logits`` when None (and not written without either).
         top_maps: layer name -> the maps of its top images (``spatial_maps.TopMaps``),
             for the layers that have them; written as ``top_maps``.
+        left_out: uint8 [N] whether each image's classifier outputs are finite, else
+            why not (``recording.finiteness``; an image without has no prediction);
+            found from ``logits`` when None (and all finite without them).
+        layer_left_out: layer name -> uint8 [N] the same for the layer's activations;
+            found from the activations for a layer not in it.
     """
 
     labels: np.ndarray
@@ -63,6 +75,25 @@ class DatasetRecording:
     top_classes: np.ndarray | None = None
     top_probabilities: np.ndarray | None = None
     top_maps: dict[str, spatial_maps.TopMaps] = dataclasses.field(default_factory=dict)
+    left_out: np.ndarray | None = None
+    layer_left_out: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def prediction_status(self) -> np.ndarray:
+        """uint8 ``[N]``: :attr:`left_out`, else found from the logits (all finite
+        without them)."""
+        if self.left_out is not None:
+            return np.asarray(self.left_out, dtype=np.uint8)
+        if self.logits is None:
+            return np.zeros(len(self.labels), dtype=np.uint8)
+        return finiteness.prediction_status(torch.from_numpy(np.asarray(self.logits))).numpy()
+
+    def layer_status(self, layer: str) -> np.ndarray:
+        """uint8 ``[N]``: the layer's statuses, recorded or found from its activations."""
+        found = self.layer_left_out.get(layer)
+        if found is not None:
+            return np.asarray(found, dtype=np.uint8)
+        acts = np.asarray(self.activations[layer])
+        return finiteness.status_of_values(acts, stored_as_float16=acts.dtype != np.float16)
 
     def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
@@ -103,8 +134,9 @@ class RecordView:
     images); ``thumbnails`` those to write; ``layers``: by (layer, dataset), the view
     data by kind (:func:`layer_arrays`, with the InD set's ``histogram_range`` and the
     ``top_maps`` where kept); ``scores``: by (layer, OOD set); ``detections``: by OOD
-    set (empty without detectors); ``non_finite``: by (dataset, layer), the count of NaN or infinite
-    activations; ``notes``: what could not be written, in words (a warning each).
+    set (empty without detectors); ``notes``: what could not be written, in words (a
+    warning each). The images left out for values that are not finite are counted in
+    ``record.left_out``.
     """
 
     record: Record
@@ -114,7 +146,6 @@ class RecordView:
     layers: dict[tuple[str, str], dict[Kind, np.ndarray]]
     scores: dict[tuple[str, str], derived.OODScores]
     detections: dict[str, list[Detection]]
-    non_finite: dict[tuple[str, str], int]
     notes: list[str]
 
 
@@ -150,6 +181,8 @@ def recordings_from_rows(
             thumbnails=thumbnails.get(name),
             positions=rows.positions.numpy(),
             top_maps=dict(top_maps.get(name, {})),
+            left_out=_numpy(rows.left_out),
+            layer_left_out={layer: s.numpy() for layer, s in rows.layer_left_out.items()},
         )
     return recordings
 
@@ -186,13 +219,16 @@ def record_view(
     if missing:
         raise ValueError(f"no recording for datasets {missing}")
     detections: dict[str, list[Detection]] = {ood: [] for ood in record.ood} if detectors else {}
-    view = RecordView(record, {}, {}, {}, {}, {}, detections, {}, [])
+    view = RecordView(record, {}, {}, {}, {}, {}, detections, [])
+    left_out: list[LeftOut] = []
     for name in record.datasets:
         rec = recordings[name]
         view.datasets[name] = dataset_arrays(rec)
-        labels = view.datasets[name][Kind.LABELS]
-        if len(labels):
-            view.accuracy[name] = derived.accuracy(labels, view.datasets[name][Kind.PREDICTIONS])
+        left_out += finiteness.left_out(name, None, rec.prediction_status())
+        arrays = view.datasets[name]
+        labels, predictions = arrays[Kind.LABELS], arrays[Kind.PREDICTIONS]
+        if np.any(predictions != NO_PREDICTION):
+            view.accuracy[name] = derived.accuracy(labels, predictions)
         if rec.thumbnails is not None:
             view.thumbnails[name] = Thumbnails.of(rec.thumbnails)
     if any(d in detection.LOGIT_DETECTORS for d in detectors):
@@ -210,7 +246,8 @@ def record_view(
     for layer in record.layers:
         if cancelled is not None and cancelled():
             raise RecordCancelled(f"the record at step {record.step} was stopped before its end")
-        _layer_view(view, layer, recordings, max_activation_bytes, detectors)
+        left_out += _layer_view(view, layer, recordings, max_activation_bytes, detectors)
+    view.record = dataclasses.replace(record, left_out=tuple(left_out))
     return view
 
 
@@ -218,16 +255,22 @@ def dataset_arrays(rec: DatasetRecording) -> dict[Kind, np.ndarray]:
     """A dataset's per-image arrays by kind, in the stored dtypes."""
     labels = np.asarray(rec.labels, dtype=np.int32)
     positions = np.arange(len(labels)) if rec.positions is None else rec.positions
+    # No class for an image whose classifier outputs are not finite (an arg-max of NaN
+    # would say class 0).
+    predicted = rec.prediction_status() == finiteness.FINITE
     arrays = {
         Kind.LABELS: labels,
-        Kind.PREDICTIONS: np.asarray(rec.predictions, dtype=np.int32),
+        Kind.PREDICTIONS: predictions_of(rec),
         Kind.POSITIONS: np.asarray(positions, dtype=np.int32),
     }
     if rec.logits is not None:
         arrays[Kind.LOGITS] = np.asarray(rec.logits, dtype=np.float32)
     top = rec.top_predictions()
     if top is not None:
-        arrays[Kind.TOP_CLASSES], arrays[Kind.TOP_PROBABILITIES] = top
+        classes, probabilities = top
+        keep = predicted[:, None]
+        arrays[Kind.TOP_CLASSES] = np.where(keep, classes, NO_PREDICTION).astype(np.int32)
+        arrays[Kind.TOP_PROBABILITIES] = np.where(keep, probabilities, np.nan).astype(np.float32)
     return arrays
 
 
@@ -237,41 +280,54 @@ def _layer_view(
     recordings: Mapping[str, DatasetRecording],
     max_activation_bytes: int | None,
     detectors: tuple[str, ...],
-) -> None:
-    """One layer's part of ``view``: view data, maps, scores and feature detections."""
+) -> list[LeftOut]:
+    """One layer's part of ``view``: view data, maps, scores and feature detections;
+    returns the images it left out for activations that are not finite.
+
+    Such images take no part in the layer's maxima, means, scores, distributions, top
+    images, confusion sets or detectors: each dataset's arrays are computed on its
+    finite rows (:class:`_FiniteRows`), and their image indices point into the whole
+    set. The activation matrix, where written, keeps every row as recorded.
+    """
     record = view.record
     num_classes = len(record.class_names)
+    left_out: list[LeftOut] = []
+    finite: dict[str, _FiniteRows] = {}
+    for name in record.datasets:
+        status = recordings[name].layer_status(layer)
+        left_out += finiteness.left_out(name, layer, status)
+        finite[name] = _FiniteRows.of(recordings[name], layer, status == finiteness.FINITE)
     # One source of truth: everything is computed on the stored float16 values.
-    acts = {
-        name: np.asarray(recordings[name].activations[layer], dtype=np.float16)
-        for name in record.datasets
-    }
+    acts = {name: rows.acts for name, rows in finite.items()}
     statistics = {
-        name: metrics.dataset_statistics(acts[name], recordings[name].labels, num_classes)
+        name: metrics.dataset_statistics(acts[name], finite[name].labels, num_classes)
         for name in record.datasets
     }
     ind_means, ind_max = statistics[record.ind]
     # One histogram range per neuron for every dataset, written with the InD set's.
     value_range = metrics.histogram_range(list(acts.values()))
     for name in record.datasets:
-        rows, width = acts[name].shape
+        rec, rows = recordings[name], finite[name]
+        all_rows = len(rec.labels)
         arrays = layer_arrays(
             acts[name],
-            recordings[name],
+            rows.recording,
             statistics[name],
             ind_max,
             num_classes=num_classes,
             top_k=record.top_k,
-            full=writes_matrix(rows, width, max_activation_bytes),
+            full=False,
             value_range=value_range,
         )
+        arrays = rows.in_whole_set(arrays)
+        if writes_matrix(all_rows, acts[name].shape[1], max_activation_bytes):
+            arrays = {Kind.ACTIVATIONS: rows.stored, **arrays}
         if name == record.ind:
             arrays[Kind.HISTOGRAM_RANGE] = value_range
-        maps = _top_maps(view, layer, name, recordings[name], arrays[Kind.TOP_INDICES])
+        maps = _top_maps(view, layer, name, rec, arrays[Kind.TOP_INDICES])
         if maps is not None:
             arrays[Kind.TOP_MAPS] = maps
         view.layers[(layer, name)] = arrays
-        view.non_finite[(name, layer)] = non_finite_count(acts[name])
     for ood in record.ood:
         ood_means, ood_max = statistics[ood]
         view.scores[(layer, ood)] = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
@@ -280,12 +336,66 @@ def _layer_view(
             layer,
             acts,
             ind=record.ind,
-            ind_labels=recordings[record.ind].labels,
+            ind_labels=finite[record.ind].labels,
             num_classes=num_classes,
             detectors=detectors,
         )
-        for ood, rows in found.items():
-            view.detections[ood] += rows
+        for ood, rows_found in found.items():
+            view.detections[ood] += rows_found
+    return left_out
+
+
+@dataclasses.dataclass
+class _FiniteRows:
+    """A dataset's rows whose activations on one layer are finite: ``acts`` (float16,
+    as stored), ``labels``, a ``recording`` of those rows only, and ``kept`` (their
+    indices in the whole set; None: all of them). ``stored`` is the whole float16
+    matrix."""
+
+    stored: np.ndarray
+    acts: np.ndarray
+    labels: np.ndarray
+    recording: DatasetRecording
+    kept: np.ndarray | None
+
+    @classmethod
+    def of(cls, rec: DatasetRecording, layer: str, finite: np.ndarray) -> _FiniteRows:
+        with np.errstate(over="ignore"):  # overflow is counted (the status), not warned
+            stored = np.asarray(rec.activations[layer], dtype=np.float16)
+        labels = np.asarray(rec.labels)
+        # Confusion sets pair labels with predictions: none for an image without one.
+        predictions = np.asarray(predictions_of(rec))
+        if bool(finite.all()):
+            subset = DatasetRecording(labels, predictions, {layer: stored})
+            return cls(stored, stored, labels, subset, None)
+        kept = np.flatnonzero(finite)
+        subset = DatasetRecording(labels[kept], predictions[kept], {layer: stored[kept]})
+        return cls(stored, stored[kept], labels[kept], subset, kept)
+
+    def in_whole_set(self, arrays: dict[Kind, np.ndarray]) -> dict[Kind, np.ndarray]:
+        """``arrays`` computed on the finite rows, with image indices into the whole
+        set and per-image rows for every image (none for those left out)."""
+        if self.kept is None:
+            return arrays
+        kept, count = self.kept, len(self.stored)
+        for kind in (Kind.TOP_INDICES, Kind.BOTTOM_INDICES, Kind.INTERVAL_INDICES):
+            found = arrays[kind]
+            whole = np.full(found.shape, -1, dtype=np.int32)
+            whole[found >= 0] = kept[found[found >= 0]]
+            arrays[kind] = whole
+        for kind, empty in ((Kind.IMAGE_TOP_NEURONS, -1), (Kind.IMAGE_TOP_VALUES, np.nan)):
+            found = arrays[kind]
+            whole = np.full((count, *found.shape[1:]), empty, dtype=found.dtype)
+            whole[kept] = found
+            arrays[kind] = whole
+        return arrays
+
+
+def predictions_of(rec: DatasetRecording) -> np.ndarray:
+    """int32 ``[N]`` a recording's predictions, :data:`NO_PREDICTION` where its classifier
+    outputs are not finite."""
+    predicted = rec.prediction_status() == finiteness.FINITE
+    return np.where(predicted, rec.predictions, NO_PREDICTION).astype(np.int32)
 
 
 def _top_maps(
@@ -352,8 +462,12 @@ def layer_arrays(
     arrays[Kind.IMAGE_TOP_VALUES] = normalized.astype(np.float32)
     arrays[Kind.CATEGORY_MEANS] = means.astype(np.float32)
     arrays[Kind.MAXIMA] = maxima.astype(np.float32)
+    labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
+    predicted = predictions != NO_PREDICTION  # the images with a class predicted
+    if not bool(predicted.all()):
+        acts, labels, predictions = acts[predicted], labels[predicted], predictions[predicted]
     directed, either = metrics.confusion_sets_top_neurons(
-        acts, recording.labels, recording.predictions, num_classes, metadata.TOP_NEURONS, ind_max
+        acts, labels, predictions, num_classes, metadata.TOP_NEURONS, ind_max
     )
     for kinds, (pairs, pair_neurons, pair_means) in (
         ((Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS), directed),
@@ -363,13 +477,6 @@ def layer_arrays(
         arrays[kinds[1]] = pair_neurons.astype(np.int32)
         arrays[kinds[2]] = pair_means.astype(np.float32)
     return arrays
-
-
-def non_finite_count(acts: np.ndarray) -> int:
-    """How many of ``acts`` are NaN or infinite (counted in blocks: a full boolean mask
-    would be half the matrix again)."""
-    rows = torch.from_numpy(np.ascontiguousarray(acts))
-    return sum(int((~torch.isfinite(rows[i : i + 4096])).sum()) for i in range(0, len(rows), 4096))
 
 
 def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:

@@ -61,8 +61,11 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
 }
 # Kinds that hold measurements, never indices: floats only.
 _FLOAT_KINDS = frozenset({Kind.TOP_MAPS})
-# Index kinds where -1 marks an empty slot.
-_EMPTY_SLOTS = frozenset({Kind.INTERVAL_INDICES})
+# Index kinds where -1 marks an empty slot: no image in the band, no prediction
+# (NO_PREDICTION), an image left out for values that are not finite.
+_EMPTY_SLOTS = frozenset(
+    {Kind.INTERVAL_INDICES, Kind.PREDICTIONS, Kind.TOP_CLASSES, Kind.IMAGE_TOP_NEURONS}
+)
 # Kinds whose rows pair up with another kind's: (partner, whether the whole shape
 # must match; else the number of rows).
 PAIRED_WITH: dict[Kind, tuple[Kind, bool]] = {

@@ -31,6 +31,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+# The prediction (PREDICTIONS, TOP_CLASSES) of an image whose classifier outputs are not
+# finite: no class. Such images are left out of the accuracy and the confusion matrix.
+NO_PREDICTION = -1
+
 
 def finite_mean(values: np.ndarray) -> float:
     """Mean of the finite entries (in float64); NaN when there are none."""
@@ -187,7 +191,13 @@ def confusion_cells(labels: np.ndarray, predictions: np.ndarray, num_classes: in
 def _class_pairs(
     labels: np.ndarray, predictions: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``labels`` and ``predictions`` checked (:func:`check_classes`) and of one length."""
+    """``labels`` and ``predictions`` checked (:func:`check_classes`) and of one length,
+    without the images that have no prediction (:data:`NO_PREDICTION`)."""
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    if labels.shape == predictions.shape and predictions.size:
+        predicted = predictions != NO_PREDICTION
+        if not predicted.all():
+            labels, predictions = labels[predicted], predictions[predicted]
     labels = check_classes(labels, num_classes, "labels")
     predictions = check_classes(predictions, num_classes, "predictions")
     if labels.shape != predictions.shape:
@@ -199,9 +209,17 @@ def _class_pairs(
 
 
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """The fraction of images predicted as their label; NaN for an empty set."""
+    """The fraction of images predicted as their label, among those with a prediction
+    (:data:`NO_PREDICTION`: classifier outputs not finite); NaN for none.
+
+    >>> accuracy(np.array([0, 1, 1]), np.array([0, 0, NO_PREDICTION]))
+    0.5
+    """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
-    return float(np.mean(labels == predictions)) if len(labels) else float("nan")
+    predicted = predictions != NO_PREDICTION
+    if not predicted.any():
+        return float("nan")
+    return float(np.mean(labels[predicted] == predictions[predicted]))
 
 
 def check_classes(values: np.ndarray, num_classes: int, name: str = "labels") -> np.ndarray:

@@ -231,6 +231,15 @@ class Fields:
             raise self._bad(key, value, "true or false")
         return value
 
+    def list(self, key: str, default: Any = _REQUIRED) -> list[Any]:
+        """A list of any values (null reads as the default, when there is one)."""
+        present, value = self._get(key, default)
+        if not present or (value is None and default is not _REQUIRED):
+            return list(default)
+        if not isinstance(value, list):
+            raise self._bad(key, value, "a list")
+        return value
+
     def texts(self, key: str, default: Any = _REQUIRED) -> tuple[str, ...]:
         """A list of texts (null reads as the default, when there is one)."""
         present, value = self._get(key, default)

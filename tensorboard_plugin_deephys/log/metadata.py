@@ -38,6 +38,7 @@ import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
 from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log.derived import NO_PREDICTION  # noqa: F401 (one name)
 from tensorboard_plugin_deephys.log.json_documents import (
     MAX_CONTENT_BYTES,
     Fields,
@@ -288,6 +289,59 @@ def read_plugin_content(content: bytes) -> PluginContent | None:
 _KIND_VALUES = frozenset(kind.value for kind in Kind)
 
 
+# Why an image's values are not finite, most upstream first (LeftOut.cause):
+# "input": the image itself holds NaN or an infinity; "activation": the layer's output
+# (or the logits, for the predictions) is not finite in the model's own precision;
+# "float16": finite in the model but beyond float16's range (65504) where the callback
+# stores it; "logits": the classifier outputs are not finite, the layer's are.
+LEFT_OUT_CAUSES = ("input", "activation", "float16", "logits")
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """Images of one dataset left out because some of their values are not finite.
+
+    ``layer`` None: left out of the accuracy and the confusion matrix (their prediction
+    is :data:`NO_PREDICTION`); a layer: left out of that layer's maxima, means, scores,
+    distributions, top images and detectors. ``cause`` is one of
+    :data:`LEFT_OUT_CAUSES`; a dataset and layer have a row per cause found.
+
+    Example::
+
+        >>> row = LeftOut("noisy", "fc1", "input", 100)
+        >>> print(row.describe())  # doctest: +NORMALIZE_WHITESPACE
+        100 images of 'noisy' with NaN or infinite activations of 'fc1' left out: the input
+        images hold NaN or infinite values
+    """
+
+    dataset: str
+    layer: str | None
+    cause: str
+    images: int
+
+    def describe(self) -> str:
+        """One sentence: how many images, where, why (as the tab and ``scores`` say it)."""
+        what = (
+            "classifier outputs (no prediction; not in the accuracy)"
+            if self.layer is None
+            else f"activations of {self.layer!r}"
+        )
+        image_word = "image" if self.images == 1 else "images"
+        return (
+            f"{self.images} {image_word} of {self.dataset!r} with NaN or infinite {what} "
+            f"left out: {CAUSE_TEXT.get(self.cause, self.cause)}"
+        )
+
+
+CAUSE_TEXT = {
+    "input": "the input images hold NaN or infinite values",
+    "activation": "the layer's output is not finite in the model (the input is)",
+    "float16": "finite in the model but beyond float16's range (65504), where the "
+    "callback stores activations; record a layer after a normalization",
+    "logits": "the classifier outputs are not finite (the input images are finite)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
     """What one recorded validation epoch holds: written once per step as JSON.
@@ -320,6 +374,10 @@ class Record:
     # under the run's plugins/deephys/ folder; "" where the arrays are in the events
     # (logs written before 0.3).
     pack: str = ""
+    # Images left out because their values are not finite (docs/concepts.md), a row
+    # per dataset, layer (None: the predictions) and cause; () where none (or in logs
+    # written before 0.3, which kept them in and let NaN spread).
+    left_out: tuple[LeftOut, ...] = ()
     version: int = CONTENT_VERSION
 
     @property
@@ -376,8 +434,21 @@ class Record:
             dataset_sizes=fields.counts_by_name("dataset_sizes", {}, optional=True),
             arrays=fields.texts("arrays", ()),
             pack=fields.text("pack", ""),
+            left_out=tuple(
+                _left_out(Fields(item, f"{what}'s left_out row {i}"))
+                for i, item in enumerate(fields.list("left_out", []))
+            ),
             version=fields.integer("version", CONTENT_VERSION),
         )
+
+
+def _left_out(row: Fields) -> LeftOut:
+    return LeftOut(
+        dataset=row.text("dataset"),
+        layer=row.optional_text("layer"),
+        cause=row.text("cause"),
+        images=row.count("images"),
+    )
 
 
 # The OOD detection metrics of one Detection row, in the order the tables show them.

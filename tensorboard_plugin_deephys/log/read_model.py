@@ -41,7 +41,13 @@ from tensorboard import errors
 from tensorboard_plugin_deephys.log import array_checks, derived, metadata
 from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
-from tensorboard_plugin_deephys.log.metadata import TOP_NEURONS, Detection, Kind, Record
+from tensorboard_plugin_deephys.log.metadata import (
+    TOP_NEURONS,
+    Detection,
+    Kind,
+    LeftOut,
+    Record,
+)
 from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
 from tensorboard_plugin_deephys.log.thumbnail_pack import ThumbnailPack
 
@@ -161,6 +167,15 @@ class StepData:
     def role(self, dataset: str) -> str:
         """``"ind"`` for the in-distribution set, ``"ood"`` for the others."""
         return "ind" if dataset == self.record.ind else "ood"
+
+    def left_out(self, dataset: str, layer: str | None) -> list[LeftOut]:
+        """The record's counts of ``dataset``'s images left out for values that are not
+        finite: on ``layer``, and from its predictions (rows without a layer)."""
+        return [
+            row
+            for row in self.record.left_out
+            if row.dataset == dataset and row.layer in (None, layer)
+        ]
 
     # -- name and range checks ------------------------------------------------------
 
@@ -525,7 +540,9 @@ class StepData:
         """Image ``index``'s ``n`` top neurons by normalized activation."""
         self.check_image(dataset, index)
         neurons, normalized = self.image_top_neuron_arrays(layer, dataset)
-        return TopNeurons(neurons=neurons[index, :n], values=normalized[index, :n])
+        # An image left out of the layer (activations not finite) has none (-1).
+        found = neurons[index] >= 0
+        return TopNeurons(neurons=neurons[index][found][:n], values=normalized[index][found][:n])
 
     def category_top_neurons(self, layer: str, dataset: str, label: int) -> TopNeurons:
         """The neurons most active on average over the images of category ``label``, by
@@ -634,7 +651,8 @@ class StepData:
         probabilities = self.optional_array(Kind.TOP_PROBABILITIES, dataset=dataset)
         if classes is None or probabilities is None:
             return None
-        return TopPredictions(classes[index], probabilities[index])
+        found = classes[index] != derived.NO_PREDICTION  # none without finite logits
+        return TopPredictions(classes[index][found], probabilities[index][found])
 
     def mistakes(self, dataset: str, label: int) -> Mistakes:
         """Category ``label``'s false positives (predicted ``label``, labelled
@@ -652,7 +670,9 @@ class StepData:
 
         return Mistakes(
             false_positives=ordered((predictions == label) & (labels != label)),
-            false_negatives=ordered((labels == label) & (predictions != label)),
+            false_negatives=ordered(
+                (labels == label) & (predictions != label) & (predictions != derived.NO_PREDICTION)
+            ),
             confidence=confidence,
         )
 

@@ -131,7 +131,23 @@ export function formatRaw(value) {
  * @returns {string}
  */
 export function className(names, index) {
+  if (index === null || index === undefined) return 'none';
   return names[index] ?? String(index);
+}
+
+/**
+ * The notes on a set's images left out for values that are not finite (NaN or
+ * infinite activations or classifier outputs), one line each, as the routes word them.
+ * @param {Array<{layer: string|null, cause: string, images: number, text: string}>|undefined} rows
+ * @returns {Array<HTMLElement>}
+ */
+export function leftOutNotes(rows) {
+  return (rows || []).map((row) => {
+    const note = message('warning', row.text);
+    note.classList.add('left-out');
+    note.dataset.cause = row.cause;
+    return note;
+  });
 }
 
 /**

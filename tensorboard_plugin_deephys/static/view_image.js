@@ -2,7 +2,7 @@
 // active neurons, each with its top images (as many as Top k) in InD and in the
 // image's own set.
 
-import {activate, className, el, imageLegend, message, percent, probabilityPercent, roleLabel} from './dom.js';
+import {activate, className, el, imageLegend, leftOutNotes, message, percent, probabilityPercent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {imageTile, mapNoteElements, mapScale, thumbnailImage} from './thumbnails.js';
 
@@ -103,6 +103,7 @@ function topPredictions(top, names, data, on) {
   if (!top) {
     return message('empty', 'Top predictions: not in this log (it was written before they were recorded).');
   }
+  if (!top.length) return message('empty', 'Top predictions: none (the classifier outputs are not finite).');
   const list = el('ol', {className: 'top-predictions', attrs: {'aria-label': 'top predictions'}});
   for (const {label, probability} of top) {
     const bar = el('div', {className: 'bar'});
@@ -129,13 +130,16 @@ function render(data, run, on, datasets) {
   root.appendChild(imagePicker(data, datasets, on));
   root.appendChild(el('h2', {text: `Image ${data.index} of ${data.dataset} (${roleLabel(data.role)}) — step ${data.step}`}));
   const correct = data.label === data.prediction;
-  const prediction = el('div', {}, [el('span', {text: 'prediction: '}), categoryLink(names, data.prediction, data.dataset, on),
-    el('span', {text: ` (${correct ? 'right' : 'wrong'}`})]);
-  if (!correct) {
+  const predicted = data.prediction !== null && data.prediction !== undefined;
+  const prediction = predicted
+    ? el('div', {}, [el('span', {text: 'prediction: '}), categoryLink(names, data.prediction, data.dataset, on),
+      el('span', {text: ` (${correct ? 'right' : 'wrong'}`})])
+    : el('div', {className: 'no-prediction', text: 'prediction: none (its classifier outputs are NaN or infinite)'});
+  if (predicted && !correct) {
     prediction.append(el('span', {text: ': '}), categoryLink(names, data.label, data.dataset, on,
       {pred: data.prediction, text: 'images with this confusion'}));
   }
-  prediction.append(el('span', {text: ')'}));
+  if (predicted) prediction.append(el('span', {text: ')'}));
   root.appendChild(el('div', {className: `subject ${correct ? 'right' : 'wrong'}`}, [
     thumbnailImage({run, dataset: data.dataset, index: data.index, step: data.step, lazy: false}),
     el('div', {className: 'facts'}, [
@@ -146,6 +150,7 @@ function render(data, run, on, datasets) {
     topPredictions(data.top_predictions, names, data, on),
   ]));
   root.appendChild(imageLegend());
+  for (const note of leftOutNotes(data.left_out)) root.appendChild(note);
   const list = el('div', {className: 'top-neurons'});
   for (const top of data.top_neurons) {
     const value = top.normalized;

@@ -1,7 +1,7 @@
 // The neuron view: one neuron's top images in every dataset side by side, with its
 // scores on each OOD set, its top categories, and where it never fires.
 
-import {activate, className, el, formatRaw, imageLegend, message, percent, roleLabel} from './dom.js';
+import {activate, className, el, formatRaw, imageLegend, leftOutNotes, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {activationHistogram} from './plots.js';
 import {imageTile, mapNoteElements, mapScale} from './thumbnails.js';
@@ -176,7 +176,7 @@ function render(data, run, on, showMaps = false) {
       header.appendChild(el('span', {className: 'fires', text: `fires on ${percent(dataset.fire_fraction)} of its images`,
         attrs: {title: 'the share of the set\'s recorded images where the activation is above 0'}}));
     }
-    const body = [header];
+    const body = [header, ...leftOutNotes(dataset.left_out)];
     if (dataset.distribution) {
       const ind = data.datasets.find((d) => d.role === 'ind');
       body.push(activationHistogram(dataset.distribution, dataset.role === 'ood' ? ind?.distribution || null : null,

@@ -2,7 +2,7 @@
 // scores' headline numbers and densities and the OOD detection table; the mean
 // scores across steps; and the table of every neuron's scores.
 
-import {activate, className, el, formatRaw, message, percent, roleLabel} from './dom.js';
+import {activate, className, el, formatRaw, leftOutNotes, message, percent, roleLabel} from './dom.js';
 import * as model from './model.js';
 import {densityPlot, scoresOverTime} from './plots.js';
 
@@ -72,6 +72,7 @@ function render(data, over, on) {
         el('span', {className: 'accuracy', text: `accuracy ${percent(dataset.accuracy)}`}),
         el('span', {className: 'count', text: imageCount(dataset)}),
       ]),
+      ...leftOutNotes(dataset.left_out),
     ]);
     if (dataset.summary) {
       const s = dataset.summary;

@@ -237,7 +237,9 @@ def test_non_finite_activations_are_recorded_with_a_warning(tmp_path):
         t = trainer(tmp_path, [DeephysCallback(layer="fc")])
         t.validate(model, dataloaders=loader(random_set(5, 1)))
     log = read_log(t.logger.log_dir)
-    assert np.isinf(log.activations("fc", "dataset_0", log.steps[-1])).any()
+    assert np.isinf(log.activations("fc", "dataset_0", log.steps[-1])).any()  # kept as recorded
+    # every image overflows: all are left out of the layer, counted with their cause
+    assert [(r.layer, r.cause, r.images) for r in log.latest.left_out] == [("fc", "float16", 5)]
 
 
 def test_ood_sets_with_fewer_classes_skip_the_missing_categories(tmp_path):

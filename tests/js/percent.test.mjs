@@ -1,4 +1,4 @@
-// The tab's probability format: 0.99997 never reads 100.0%.
+// The tab's formats: 0.99997 never reads 100.0%; no prediction reads "none".
 import assert from 'node:assert/strict';
 import {readFileSync, writeFileSync, mkdtempSync} from 'node:fs';
 import {tmpdir} from 'node:os';
@@ -21,4 +21,11 @@ test('probabilities keep the digits that tell them from 0 % and 100 %', () => {
   assert.equal(probabilityPercent(1 - 2 ** -24), '99.99999%');  // float32's last below 1
   assert.equal(probabilityPercent(null), 'n/a');
   assert.equal(percent(0.99997), '100.0%');  // other shares keep one decimal
+});
+
+test('an image without a prediction reads "none", never a class', async () => {
+  const {className} = await import(copy);
+  assert.equal(className(['zero', 'one'], null), 'none');
+  assert.equal(className(['zero', 'one'], 1), 'one');
+  assert.equal(className(['zero'], 7), '7');
 });

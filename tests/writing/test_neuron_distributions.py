@@ -29,15 +29,29 @@ FIELDS = ("fire_fraction", "distribution", "bottom_images", "intervals")
 # -- the slow reference: loops per neuron -------------------------------------------
 
 
-def _reference(acts: dict[str, np.ndarray], k: int) -> dict[str, list[dict]]:
+def _reference(
+    acts: dict[str, np.ndarray], k: int, *, finite_rows: bool = False
+) -> dict[str, list[dict]]:
     """Per dataset and neuron, by loops over the float16 activations: the fraction of
     images above 0, the histogram over the shared range (``np.histogram``), the ``k``
-    lowest images (a sorted list) and the images of each band (a loop)."""
+    lowest images (a sorted list) and the images of each band (a loop).
+
+    ``finite_rows``: as a record has them, of the images whose activations are all
+    finite (the others are left out of the layer, indices still into the whole set);
+    else of every image, as the kernels compute them on what they are given.
+    """
+    kept_rows = {
+        name: [i for i in range(len(a)) if not finite_rows or np.isfinite(a[i].astype(float)).all()]
+        for name, a in acts.items()
+    }
     m = next(iter(acts.values())).shape[1]
     ranges = []
     for j in range(m):
         finite = [
-            float(x) for a in acts.values() for x in a[:, j].tolist() if math.isfinite(float(x))
+            float(a[i, j])
+            for name, a in acts.items()
+            for i in kept_rows[name]
+            if math.isfinite(float(a[i, j]))
         ]
         low = min([0.0, *finite])
         high = max(finite) if finite else -math.inf
@@ -45,26 +59,34 @@ def _reference(acts: dict[str, np.ndarray], k: int) -> dict[str, list[dict]]:
     out = {}
     for name, a in acts.items():
         out[name] = []
+        kept = kept_rows[name]
         for j in range(m):
-            column = [float(x) for x in a[:, j].tolist()]
+            values = [float(x) for x in a[:, j].tolist()]
+            column = {i: values[i] for i in kept}  # image index -> activation
             low, high = (float(np.float32(v)) for v in ranges[j])
-            counts, edges = np.histogram(np.array(column), bins=BINS, range=(low, high))
+            counts, edges = np.histogram(
+                np.array(list(column.values())), bins=BINS, range=(low, high)
+            )
             nan_last = sorted(
-                range(len(column)),
+                column,
                 key=lambda i: (
                     math.isnan(column[i]),
                     0.0 if math.isnan(column[i]) else column[i],
                     i,
                 ),
             )
-            maximum = float(np.max(a[:, j])) if len(column) else math.nan  # NaN if one is
+            # NaN if one is
+            maximum = float(np.max([column[i] for i in kept])) if kept else math.nan
             out[name].append(
                 {
-                    "fire_fraction": sum(x > 0 for x in column) / len(column) if column else None,
+                    "fire_fraction": sum(x > 0 for x in column.values()) / len(column)
+                    if column
+                    else None,
                     "edges": edges.tolist(),
                     "counts": counts.tolist(),
                     "bottom": nan_last[:k],
-                    "values": column,
+                    "values": values,
+                    "kept": len(kept),
                     "intervals": _bands(column, maximum),
                     "maximum": maximum,
                 }
@@ -72,14 +94,14 @@ def _reference(acts: dict[str, np.ndarray], k: int) -> dict[str, list[dict]]:
     return out
 
 
-def _bands(column: list[float], maximum: float) -> list[tuple[float, float, list[int]]]:
+def _bands(column: dict[int, float], maximum: float) -> list[tuple[float, float, list[int]]]:
     if not (math.isfinite(maximum) and maximum > 0):
         return []
     edges = [maximum * j / BANDS for j in range(BANDS + 1)]
     bands = []
     for band in range(BANDS - 1, -1, -1):  # highest first
         low, high = edges[band], edges[band + 1]
-        members = [i for i, x in enumerate(column) if low < x <= high]
+        members = [i for i, x in column.items() if low < x <= high]
         members.sort(key=lambda i: (-column[i], i))
         shown = min(PER_BAND, len(members))
         picked = [members[(2 * s + 1) * len(members) // (2 * shown)] for s in range(shown)]
@@ -106,7 +128,7 @@ def _check_images(got: list[dict], indices: list[int], ref: dict, labels, preds,
 
 def _check_route(client, run: str, layer: str, acts, labels, preds, k: int) -> None:
     """The neuron route of every neuron of ``layer`` against the reference."""
-    reference = _reference(acts, k)
+    reference = _reference(acts, k, finite_rows=True)
     ind = next(iter(acts))
     for neuron in range(next(iter(acts.values())).shape[1]):
         response = client.get(f"{PREFIX}/neuron?run={run}&layer={layer}&neuron={neuron}")
@@ -123,7 +145,7 @@ def _check_route(client, run: str, layer: str, acts, labels, preds, k: int) -> N
             assert entry["distribution"] == {"edges": ref["edges"], "counts": ref["counts"]}
             # one range per neuron: the same edges for every dataset
             assert entry["distribution"]["edges"] == entries[0]["distribution"]["edges"]
-            expected_k = min(k, len(ref["values"]))
+            expected_k = min(k, ref["kept"])
             assert len(entry["bottom_images"]) == expected_k
             args = (labels[entry["name"]], preds[entry["name"]], ind_max)
             _check_images(entry["bottom_images"], ref["bottom"], ref, *args)
@@ -158,10 +180,10 @@ def crafted(tmp_path_factory):
     k = 5
     sizes = {"ind": 40, "ood": 25, "few": 3}
     acts = {name: _crafted(n, seed) for seed, (name, n) in enumerate(sizes.items())}
-    acts["ind"][7, 2] = np.nan  # NaN on InD: no bands there, left out of the histogram
+    acts["ind"][7, 2] = np.nan  # NaN on InD: image 7 is left out of the layer
     acts["ind"][:, 4] = 1.5  # constant on InD: every image in the top band
-    acts["ood"][3, 5] = np.inf  # an infinity: no bands, not in the histogram
-    acts["ood"][4, 5] = -np.inf  # the lowest image
+    acts["ood"][3, 5] = np.inf  # infinities: images 3 and 4 are left out of the layer
+    acts["ood"][4, 5] = -np.inf
     acts["ood"][5, 5] = -0.0
     rng = np.random.default_rng(9)
     recordings = {
@@ -202,23 +224,26 @@ def _by_dataset(client, neuron: int, query: str = "") -> dict[str, dict]:
 def test_the_edge_cases_read_as_documented(crafted):
     root, acts, *_ = crafted
     client = plugin_client(root)
+    left_out = {"ind": 1, "ood": 2, "few": 0}  # images with a NaN or an infinity
     for name, entry in _by_dataset(client, 1).items():  # all zero: [0, 1], all in bin 0
-        n = len(acts[name])
+        n = len(acts[name]) - left_out[name]
         assert entry["distribution"]["edges"][::BINS] == [0.0, 1.0]
         assert entry["distribution"]["counts"] == [n] + [0] * (BINS - 1)
         assert entry["fire_fraction"] == 0.0 and entry["intervals"] == []
         assert [i["activation"] for i in entry["bottom_images"]] == [0.0] * min(5, n)
     nan = _by_dataset(client, 2)
-    assert sum(nan["ind"]["distribution"]["counts"]) == 39  # the NaN is not counted
-    assert nan["ind"]["intervals"] == [] and nan["ind"]["max"] is None  # no bands
+    assert sum(nan["ind"]["distribution"]["counts"]) == 39  # image 7 (a NaN) left out
+    assert len(nan["ind"]["intervals"]) == BANDS and nan["ind"]["max"] is not None
     assert len(nan["ood"]["intervals"]) == BANDS
+    assert 7 not in [i["index"] for i in nan["ind"]["bottom_images"]]
+    assert [row["images"] for row in nan["ind"]["left_out"]] == [1]
     negative = _by_dataset(client, 6)["ind"]
     assert negative["distribution"]["edges"][::BINS] == [-2.0, -1.0]
     assert negative["fire_fraction"] == 0.0 and negative["intervals"] == []
     infinite = _by_dataset(client, 5)["ood"]
-    assert infinite["intervals"] == [] and sum(infinite["distribution"]["counts"]) == 23
-    assert infinite["bottom_images"][0]["index"] == 4  # -inf first
-    assert infinite["fire_fraction"] == pytest.approx(23 / 25)  # +inf fires; -inf, -0 not
+    assert len(infinite["intervals"]) == BANDS and sum(infinite["distribution"]["counts"]) == 23
+    assert infinite["bottom_images"][0]["index"] == 5  # -0.0 first; 3 and 4 left out
+    assert infinite["fire_fraction"] == pytest.approx(22 / 23)  # -0 does not fire
     asked = _by_dataset(client, 0, "&k=2")
     assert [len(e["bottom_images"]) for e in asked.values()] == [2, 2, 2]
     full = _by_dataset(client, 0)
