@@ -108,7 +108,7 @@ def logit_scores(logits: torch.Tensor) -> torch.Tensor:
     ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j - l_top)``: it ranks images exactly
     as ``p`` does, where ``p`` itself rounds to 1.0 for every confident image (beyond
     a margin of about 17 in float32, 37 in float64) and ties them. ``sigmoid`` of it
-    is ``p``.
+    is ``p``. A row with a NaN or infinite logit scores NaN in every column.
     """
     logits = logits.detach().float()
     logits = logits.flatten(1) if logits.ndim > 1 else logits[:, None]
@@ -119,7 +119,10 @@ def logit_scores(logits: torch.Tensor) -> torch.Tensor:
     others = logits - max_logit[:, None]
     others.scatter_(1, top[:, None], float("-inf"))  # the rest (a tie for the top stays)
     msp_log_odds = -torch.logsumexp(others, dim=1)  # +inf for a single class
-    return torch.stack([msp_log_odds, max_logit, energy], dim=1)
+    scores = torch.stack([msp_log_odds, max_logit, energy], dim=1)
+    # An image without finite logits has no prediction: no score either (NaN, left out
+    # of the metrics), never the extreme an infinite logit would give it.
+    return scores.masked_fill(~torch.isfinite(logits).all(dim=1, keepdim=True), float("nan"))
 
 
 def detection_metrics(ind_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:

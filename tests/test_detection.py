@@ -400,3 +400,9 @@ def test_detectors_can_be_switched_off(tmp_path, capsys):
     assert not [tag for tag in acc.Tags()["tensors"] if "/msp/" in tag]
     assert main(["scores", str(tmp_path), "--detection"]) == 1
     assert "no Deephys OOD detection rows" in capsys.readouterr().err
+
+
+def test_an_image_without_finite_logits_has_no_logit_score():
+    logits = torch.tensor([[4.0, 0.0], [float("inf"), 0.0], [float("nan"), 1.0], [0.0, 1.0]])
+    scores = detection.logit_scores(logits)
+    assert torch.isnan(scores[1:3]).all() and torch.isfinite(scores[[0, 3]]).all()
