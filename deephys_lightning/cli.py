@@ -16,11 +16,18 @@ import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
 from deephys_lightning.reader import LogDamageWarning
-from deephys_lightning.scores import detection_table, format_table, left_out_notes, score_table
+from deephys_lightning.scores import (
+    calibration_table,
+    detection_table,
+    format_table,
+    left_out_notes,
+    score_table,
+)
 from tensorboard_plugin_deephys.log.storage import MissingBackendError, ReadTimeout
 
 
@@ -39,12 +46,20 @@ def _parser() -> argparse.ArgumentParser:
         "spurious score and how many neurons have it undefined, the mean activation "
         "ratio and how many neurons are dead (never above 0 on InD, left out of every "
         "mean). With --detection: per OOD set, step and detector, AUROC, AUPR-In, "
-        "AUPR-Out and FPR at 95%% TPR of telling the InD set from it.",
+        "AUPR-Out and FPR at 95%% TPR of telling the InD set from it. With "
+        "--calibration: per dataset and step, accuracy and its drop from InD, the "
+        "expected calibration error and failure detection (AUROC of right vs wrong, AURC).",
     )
     scores.add_argument("logdir", help="a TensorBoard log directory (or one run's directory)")
     scores.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    scores.add_argument(
+    table = scores.add_mutually_exclusive_group()
+    table.add_argument(
         "--detection", action="store_true", help="print the OOD detection table instead"
+    )
+    table.add_argument(
+        "--calibration",
+        action="store_true",
+        help="print the calibration and failure-detection table instead",
     )
     export = commands.add_parser(
         "export",
@@ -89,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _warnings_as_lines(f"deephys-lightning {args.command}") as damage:
             if args.command == "scores":
-                return _scores(
-                    args.logdir, as_csv=args.csv, detection=args.detection, damage=damage
-                )
+                table = "detection" if args.detection else "scores"
+                table = "calibration" if args.calibration else table
+                return _scores(args.logdir, as_csv=args.csv, table=table, damage=damage)
             if args.command == "export":
                 return _export(args)
     except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
@@ -130,15 +145,21 @@ def _silence_stdout() -> None:
         pass
 
 
-def _scores(
-    logdir: str, *, as_csv: bool, detection: bool = False, damage: Sequence[str] = ()
-) -> int:
+_TABLES: dict[str, tuple[Callable[[str], list[Any]], str]] = {
+    "scores": (score_table, "scores"),
+    "detection": (detection_table, "OOD detection rows"),
+    "calibration": (calibration_table, "calibration rows"),
+}
+
+
+def _scores(logdir: str, *, as_csv: bool, table: str = "scores", damage: Sequence[str] = ()) -> int:
+    make, what = _TABLES[table]
+    detection = table != "scores"  # the tables that need the logit detectors
     try:
-        rows = detection_table(logdir) if detection else score_table(logdir)
+        rows = make(logdir)
     except OSError as error:  # missing, access denied, an unreachable store...
         print(f"deephys-lightning scores: {error}", file=sys.stderr)
         return 2
-    what = "OOD detection rows" if detection else "scores"
     if not rows and damage:  # the cause is the damage said above, not the log's content
         more = f" (and {len(damage) - 1} more above)" if len(damage) > 1 else ""
         print(
@@ -162,7 +183,7 @@ def _scores(
         writer.writerows(dataclasses.asdict(row) for row in rows)
     else:
         print(format_table(rows))
-        if not detection:  # what the "left out" column counts, in words
+        if table == "scores":  # what the "left out" column counts, in words
             for note in left_out_notes(logdir):
                 print(f"note: {note}")
     return 0

@@ -36,7 +36,7 @@ from deephys_lightning import fast_crc
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
 from tensorboard_plugin_deephys.log import storage
 from tensorboard_plugin_deephys.log.derived import OODScores
-from tensorboard_plugin_deephys.log.metadata import Detection, Kind, Record, tag_name
+from tensorboard_plugin_deephys.log.metadata import Calibration, Detection, Kind, Record, tag_name
 from tensorboard_plugin_deephys.log.read_model import DamagedDataError, StepData, UnknownNameError
 from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
 
@@ -213,6 +213,13 @@ class DeephysLog:
         per detector, AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR against the InD set.
         Empty when none were recorded."""
         return self._read(step, lambda data: data.detection(ood))
+
+    def calibration(self, dataset: str, step: int | None = None) -> Calibration | None:
+        """How well the classifier's confidence serves on ``dataset``: accuracy,
+        expected calibration error, failure detection (AUROC of right vs wrong
+        predictions, AURC). None where the step lacks it (no logit detectors, or a log
+        written before)."""
+        return self._read(step, lambda data: data.calibration(dataset))
 
     def labels(self, dataset: str, step: int | None = None) -> np.ndarray:
         """int32 ``[N]`` ground-truth class of each image."""

@@ -70,6 +70,65 @@ class DetectionRow:
     stage: str = "fit"
 
 
+@dataclasses.dataclass(frozen=True)
+class CalibrationRow:
+    """How well the classifier's confidence serves on one dataset at one step: its
+    accuracy and the drop from the InD set's, the expected calibration error, and
+    failure detection (AUROC of right vs wrong predictions, AURC)."""
+
+    run: str
+    step: int
+    epoch: int
+    dataset: str
+    role: str  # "ind" or "ood"
+    accuracy: float
+    accuracy_drop: float
+    ece: float
+    failure_auroc: float
+    aurc: float
+    images: int
+    stage: str = "fit"
+
+
+def calibration_table(log_dir: str | os.PathLike) -> list[CalibrationRow]:
+    """Calibration and failure detection of every dataset of every run under
+    ``log_dir``, oldest step first (steps recorded without logit detectors have none).
+
+    Raises:
+        FileNotFoundError: ``log_dir`` does not exist.
+    """
+    rows = []
+    for run, log in sorted(read_runs(log_dir).items()):
+        for record in log.records:
+            try:
+                found = {name: log.calibration(name, record.step) for name in record.datasets}
+            except KeyError as error:
+                _skipped(run, record.step, "calibration", error)
+                continue
+            ind = found[record.ind]
+            for name, row in found.items():
+                if row is None:
+                    continue
+                drop = (ind.accuracy if ind is not None else math.nan) - row.accuracy
+                rows.append(
+                    CalibrationRow(
+                        run=run,
+                        step=record.step,
+                        epoch=record.epoch,
+                        dataset=name,
+                        role="ind" if name == record.ind else "ood",
+                        accuracy=row.accuracy,
+                        accuracy_drop=drop,
+                        ece=row.ece,
+                        failure_auroc=row.failure_auroc,
+                        aurc=row.aurc,
+                        images=row.images,
+                        stage=record.stage,
+                    )
+                )
+    return rows
+
+
 def score_table(log_dir: str | os.PathLike) -> list[ScoreRow]:
     """Scores of every run with Deephys data under ``log_dir``, oldest step first.
 
@@ -199,16 +258,36 @@ _DETECTION_COLUMNS = (
 )
 
 
+_CALIBRATION_COLUMNS = (
+    ("run", "run", "{}"),
+    ("step", "step", "{}"),
+    ("epoch", "epoch", "{}"),
+    ("dataset", "dataset", "{}"),
+    ("role", "role", "{}"),
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("accuracy_drop", "drop", "{:.1%}"),
+    ("ece", "ECE", "{:.4f}"),
+    ("failure_auroc", "failure AUROC", "{:.4f}"),
+    ("aurc", "AURC", "{:.4f}"),
+    ("images", "images", "{}"),
+    ("stage", "stage", "{}"),
+)
+
+
 def _cell(value: object, fmt: str) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "nan"
     return fmt.format(value)
 
 
-def format_table(rows: list[ScoreRow] | list[DetectionRow]) -> str:
-    """A fixed-width text table of ``rows`` (of :func:`score_table` or
-    :func:`detection_table`), one line per row."""
-    columns = _DETECTION_COLUMNS if rows and isinstance(rows[0], DetectionRow) else _SCORE_COLUMNS
+def format_table(rows: list[ScoreRow] | list[DetectionRow] | list[CalibrationRow]) -> str:
+    """A fixed-width text table of ``rows`` (of :func:`score_table`,
+    :func:`detection_table` or :func:`calibration_table`), one line per row."""
+    columns: tuple[tuple[str, str, str], ...] = _SCORE_COLUMNS
+    if rows and isinstance(rows[0], DetectionRow):
+        columns = _DETECTION_COLUMNS
+    elif rows and isinstance(rows[0], CalibrationRow):
+        columns = _CALIBRATION_COLUMNS
     header = [title for _, title, _ in columns]
     lines = [[_cell(getattr(row, field), fmt) for field, _, fmt in columns] for row in rows]
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(header)]

@@ -34,6 +34,7 @@ from tensorboard_plugin_deephys.log import derived
 from tensorboard_plugin_deephys.log.derived import NEURON_SCORES
 from tensorboard_plugin_deephys.log.metadata import (
     PLUGIN_NAME,
+    Calibration,
     Detection,
     LeftOut,
     Record,
@@ -319,6 +320,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         datasets = []
+        ind_accuracy = data.accuracy(data.record.ind)
         for dataset in data.record.datasets:
             entry: dict[str, Any] = {
                 "name": dataset,
@@ -327,6 +329,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "dataset_size": data.record.dataset_sizes.get(dataset),
                 "accuracy": _finite(data.accuracy(dataset)),
                 "left_out": _left_out_list(data.left_out(dataset, layer)),
+                "calibration": _calibration(data.calibration(dataset), ind_accuracy),
                 **_confusion_summary(data, dataset),
             }
             if dataset != data.record.ind:
@@ -826,6 +829,18 @@ def _confusion_summary(data: StepData, dataset: str) -> dict[str, Any]:
 def _cell_list(cells: np.ndarray) -> list[dict[str, int]]:
     """Confusion cells (``[K, 3]``: true, predicted, count) as the routes send them."""
     return [{"label": a, "pred": b, "count": n} for a, b, n in cells.tolist()]
+
+
+def _calibration(found: Calibration | None, ind_accuracy: float) -> dict[str, Any] | None:
+    """A dataset's calibration for JSON (NaN as null), with its accuracy drop from the
+    InD set's; None where the step lacks it."""
+    if found is None:
+        return None
+    fields = {
+        name: _finite(value) if isinstance(value, float) else value
+        for name, value in dataclasses.asdict(found).items()
+    }
+    return {**fields, "accuracy_drop": _finite(ind_accuracy - found.accuracy)}
 
 
 def _detection_row(row: Detection) -> dict[str, Any]:

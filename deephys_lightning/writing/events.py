@@ -170,6 +170,8 @@ def _step_contents(
                 yield kind, layer, ood, np.asarray(getattr(scores, field), dtype=np.float32)
     for ood, rows in view.detections.items():
         yield Kind.DETECTION, None, ood, Detection.list_to_json(rows)
+    for name, found in view.calibration.items():
+        yield Kind.CALIBRATION, None, name, found.to_json()
 
 
 def _write_events_layout(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from deephys_lightning import detection, metrics
+from deephys_lightning import calibration, detection, metrics
 from deephys_lightning.recording import capture, finiteness, spatial_maps
 from deephys_lightning.recording.plan import writes_matrix
 from deephys_lightning.recording.rows import Rows
@@ -29,8 +29,10 @@ from deephys_lightning.writing.summaries import RecordCancelled
 from tensorboard_plugin_deephys.log import derived, metadata
 from tensorboard_plugin_deephys.log.assets import Thumbnails
 from tensorboard_plugin_deephys.log.metadata import (
+    CALIBRATION_METRICS,
     NO_PREDICTION,
     TOP_PREDICTIONS,
+    Calibration,
     Detection,
     Kind,
     LeftOut,
@@ -134,9 +136,10 @@ class RecordView:
     images); ``thumbnails`` those to write; ``layers``: by (layer, dataset), the view
     data by kind (:func:`layer_arrays`, with the InD set's ``histogram_range`` and the
     ``top_maps`` where kept); ``scores``: by (layer, OOD set); ``detections``: by OOD
-    set (empty without detectors); ``notes``: what could not be written, in words (a
-    warning each). The images left out for values that are not finite are counted in
-    ``record.left_out``.
+    set (empty without detectors); ``calibration``: by dataset, how well the
+    classifier's confidence serves (with logit scores only); ``notes``: what could not
+    be written, in words (a warning each). The images left out for values that are not
+    finite are counted in ``record.left_out``.
     """
 
     record: Record
@@ -147,6 +150,7 @@ class RecordView:
     scores: dict[tuple[str, str], derived.OODScores]
     detections: dict[str, list[Detection]]
     notes: list[str]
+    calibration: dict[str, Calibration] = dataclasses.field(default_factory=dict)
 
 
 LogitsRule = Callable[[int, list[int]], bool]
@@ -243,12 +247,31 @@ def record_view(
         found = detection.logit_detections(logit_scores, ind=record.ind, detectors=detectors)
         for ood, rows in found.items():
             view.detections[ood] += rows
+        for name, scores in logit_scores.items():
+            arrays = view.datasets[name]
+            view.calibration[name] = dataset_calibration(
+                scores, arrays[Kind.PREDICTIONS], arrays[Kind.LABELS]
+            )
     for layer in record.layers:
         if cancelled is not None and cancelled():
             raise RecordCancelled(f"the record at step {record.step} was stopped before its end")
         left_out += _layer_view(view, layer, recordings, max_activation_bytes, detectors)
     view.record = dataclasses.replace(record, left_out=tuple(left_out))
     return view
+
+
+def dataset_calibration(
+    logit_scores: np.ndarray, predictions: np.ndarray, labels: np.ndarray
+) -> Calibration:
+    """A dataset's :class:`Calibration` from its logit scores (the ``msp`` column, the
+    log-odds of the confidence), predictions and labels; images without a prediction
+    have no confidence either (NaN scores) and are counted as ``unscored``."""
+    found = calibration.calibration_metrics(logit_scores[:, 0], predictions, labels)
+    return Calibration(
+        images=int(found["images"]),
+        unscored=int(found["unscored"]),
+        **{name: float(found[name]) for name in CALIBRATION_METRICS},
+    )
 
 
 def dataset_arrays(rec: DatasetRecording) -> dict[Kind, np.ndarray]:

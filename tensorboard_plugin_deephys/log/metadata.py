@@ -109,6 +109,7 @@ class Kind(str, enum.Enum):
     TOP_CLASSES = "top_classes"  # int32 [N, k] most probable classes, most probable first (tensor)
     TOP_PROBABILITIES = "top_probabilities"  # float32 [N, k] their softmax probabilities (tensor)
     DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
+    CALIBRATION = "calibration"  # JSON Calibration of a dataset (blob)
     # Where each neuron fires on its top images: its map over the layer's spatial dims
     # or square token grid (h, w <= 7), or other tokens (h = 1, w <= 49), after the ReLU.
     TOP_MAPS = "top_maps"  # float16 [M, k, h, w] one per top_indices entry (.npy blob chunks)
@@ -116,10 +117,18 @@ class Kind(str, enum.Enum):
 
 # Kinds stored as blob sequences (everything else is a tensor).
 BLOB_KINDS = frozenset(
-    {Kind.RECORD, Kind.THUMBNAILS, Kind.ACTIVATIONS, Kind.LOGITS, Kind.DETECTION, Kind.TOP_MAPS}
+    {
+        Kind.RECORD,
+        Kind.THUMBNAILS,
+        Kind.ACTIVATIONS,
+        Kind.LOGITS,
+        Kind.DETECTION,
+        Kind.CALIBRATION,
+        Kind.TOP_MAPS,
+    }
 )
 # Blob kinds holding one JSON document (the others hold .npy chunks).
-JSON_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.DETECTION})
+JSON_KINDS = frozenset({Kind.RECORD, Kind.THUMBNAILS, Kind.DETECTION, Kind.CALIBRATION})
 # The neuron view's distributions, per layer and dataset: bottom k, histogram (its
 # range once per layer), fire fraction, interval examples.
 DISTRIBUTION_KINDS = frozenset(
@@ -509,6 +518,53 @@ class Detection:
             **{name: row.number(name, float("nan"), allow_nan=True) for name in DETECTION_METRICS},
             ind_images=row.count("ind_images"),
             ood_images=row.count("ood_images"),
+        )
+
+
+# The numbers of one Calibration document, in the order the tables show them.
+CALIBRATION_METRICS = ("accuracy", "ece", "failure_auroc", "aurc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """How well the classifier's confidence (its maximum softmax probability) serves
+    on one dataset at one step (``deephys_lightning.calibration``): ``accuracy`` (of
+    the ``images`` with a confidence), ``ece`` (expected calibration error, 15 equal
+    bins), ``failure_auroc`` (how well confidence tells right predictions from wrong
+    ones; NaN with only one kind) and ``aurc`` (area under the risk-coverage curve;
+    lower is better). ``unscored``: images without a confidence (no finite logits).
+    A kind ``calibration`` blob holds one as JSON per dataset.
+
+    Example::
+
+        >>> row = Calibration(images=4, unscored=0, accuracy=0.75, ece=0.1,
+        ...                   failure_auroc=float("nan"), aurc=0.2)
+        >>> Calibration.from_json(row.to_json()).failure_auroc
+        nan
+    """
+
+    images: int
+    unscored: int
+    accuracy: float
+    ece: float
+    failure_auroc: float
+    aurc: float
+
+    def to_json(self) -> bytes:
+        data = dataclasses.asdict(self)  # NaN as null: JSON has no NaN
+        clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in data.items()}
+        return json.dumps(clean, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, raw: bytes, what: str = "the calibration") -> Calibration:
+        """Parse a ``calibration`` blob; :class:`MalformedDocument` for a malformed one."""
+        row = Fields(parse_json(raw, what, allow_nan=True), what)
+        return cls(
+            images=row.count("images"),
+            unscored=row.count("unscored", 0),
+            **{
+                name: row.number(name, float("nan"), allow_nan=True) for name in CALIBRATION_METRICS
+            },
         )
 
 

@@ -43,6 +43,7 @@ from tensorboard_plugin_deephys.log.assets import ThumbnailFile
 from tensorboard_plugin_deephys.log.lru_cache import ByteLRUCache
 from tensorboard_plugin_deephys.log.metadata import (
     TOP_NEURONS,
+    Calibration,
     Detection,
     Kind,
     LeftOut,
@@ -462,6 +463,27 @@ class StepData:
             return []
         try:
             return Detection.list_from_json(raw, f"detection rows of {ood!r}")
+        except ValueError as error:  # json_documents.MalformedDocument
+            raise MalformedDataError(f"run {self.run!r}, step {self.step}: {error}") from None
+
+    def calibration(self, dataset: str) -> Calibration | None:
+        """How well the classifier's confidence serves on ``dataset`` (ECE, failure
+        detection); None where the step lacks it (no logit detectors, or a log written
+        before)."""
+        self.check_dataset(dataset)
+        try:
+            raw = self._reader.document(
+                self._ctx,
+                self._experiment_id,
+                self.run,
+                Kind.CALIBRATION,
+                step=self.step,
+                dataset=dataset,
+            )
+        except errors.NotFoundError:  # the name is checked: the step lacks it
+            return None
+        try:
+            return Calibration.from_json(raw, f"calibration of {dataset!r}")
         except ValueError as error:  # json_documents.MalformedDocument
             raise MalformedDataError(f"run {self.run!r}, step {self.step}: {error}") from None
 

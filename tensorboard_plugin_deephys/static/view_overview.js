@@ -89,6 +89,7 @@ function render(data, over, on) {
       ]));
       if (dataset.detection && dataset.detection.length) card.appendChild(detectionTable(dataset.detection));
     }
+    if (dataset.calibration) card.appendChild(calibrationLine(dataset));
     card.appendChild(confusionTable(dataset, data, on));
     cards.appendChild(card);
   }
@@ -107,6 +108,26 @@ function imageCount(dataset) {
   const size = dataset.dataset_size;
   return size !== null && size !== undefined && size > dataset.num_images
     ? `${dataset.num_images} of ${size} images` : `${dataset.num_images} images`;
+}
+
+/**
+ * How well the classifier's confidence serves on a set: its calibration error, how
+ * well it tells right from wrong predictions, and (OOD sets) the accuracy lost.
+ * @param {{role: string, calibration: {ece: number|null, failure_auroc: number|null,
+ *   aurc: number|null, accuracy_drop: number|null}}} dataset
+ * @returns {HTMLElement}
+ */
+function calibrationLine(dataset) {
+  const c = dataset.calibration;
+  const number = (/** @type {number|null} */ v) => (v === null ? 'n/a' : v.toFixed(3));
+  const drop = dataset.role === 'ood' && c.accuracy_drop !== null
+    ? ` · accuracy ${(100 * c.accuracy_drop).toFixed(1)} points below InD` : '';
+  return el('div', {className: 'calibration', text:
+    `confidence: ECE ${number(c.ece)} · failure AUROC ${number(c.failure_auroc)} · ` +
+    `AURC ${number(c.aurc)}${drop}`,
+  attrs: {title: 'ECE: expected calibration error of the maximum softmax probability ' +
+    '(15 bins); failure AUROC: how well it ranks right predictions above wrong ones; ' +
+    'AURC: area under the risk-coverage curve (lower is better)'}});
 }
 
 const DETECTION_COLUMNS = [
