@@ -10,12 +10,12 @@ cd "$(dirname "$0")/.."
 
 venv="${DEEPHYS_VENV:-.venv}"
 
-if [ ! -x /usr/bin/chromium ]; then
-    echo "== installing Debian's chromium for the browser tests"
+if [ ! -x /usr/bin/chromium ] || [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    echo "== installing Debian's chromium (browser tests) and dataset-fashion-mnist (examples)"
     sudo_cmd=""
     if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

