@@ -72,7 +72,8 @@ def _cnn(images: int):
     from deephys_lightning.demo.data import make_colored_digits
     from deephys_lightning.demo.model import PENULTIMATE_LAYER, DigitClassifier
 
-    data = make_colored_digits(train_per_class=500, val_per_class=images // 10)
+    # generated digits: any number per class (the real ones hold 500)
+    data = make_colored_digits(train_per_class=500, val_per_class=images // 10, digits="generated")
     return (
         DigitClassifier,
         PENULTIMATE_LAYER,

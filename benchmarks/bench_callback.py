@@ -178,7 +178,7 @@ def _cnn_case():
     from deephys_lightning.demo.data import make_colored_digits
     from deephys_lightning.demo.model import PENULTIMATE_LAYER, DigitClassifier
 
-    data = make_colored_digits(500, 100, seed=0)
+    data = make_colored_digits(500, 100, seed=0, digits="generated")  # any size
     loaders = {name: DataLoader(ds, batch_size=256) for name, ds in data.val.items()}
     return "demo CNN, 4 x 1,000 images", DigitClassifier(), loaders, PENULTIMATE_LAYER
 

@@ -56,7 +56,7 @@ def digits(count: int) -> np.ndarray:
     from deephys_lightning.demo.data import make_colored_digits
     from deephys_lightning.recording.capture import to_thumbnails
 
-    data = make_colored_digits(count // 10, count // 10, seed=0)
+    data = make_colored_digits(count // 10, count // 10, seed=0, digits="generated")
     dataset = next(iter(data.val.values()))
     inputs = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
     return to_thumbnails(inputs, 64).numpy()
