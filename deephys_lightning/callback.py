@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -40,6 +40,7 @@ from deephys_lightning.recording.plan import (
     trainer_stage,
 )
 from deephys_lightning.recording.recorder import CaptureSettings, EpochRecorder
+from deephys_lightning.recording.reference import FitSources, with_fit_set
 from deephys_lightning.recording.rows import DEFAULT_MAX_DEVICE_BYTES
 from deephys_lightning.writing.record_writer import RecordWriter, WriteSettings
 
@@ -58,21 +59,15 @@ class DeephysCallback(Callback):
     ``trainer.test`` record (``stages``); outside ``fit`` a record is made at the loaded
     checkpoint's step and epoch.
 
-    The sanity check (and, with ``num_sanity_val_steps=0``, the first batch of each
-    dataloader of the first validation) runs every check of the recording path and
-    writes nothing, so a misconfiguration stops the run before the first training
-    batch. During a recorded epoch (never the sanity check, nor ``fast_dev_run``
-    unless ``record_fast_dev_run``), forward hooks keep, for each image and layer, one
-    activation per neuron: the output after ReLU (``relu=True``), averaged over spatial
-    dims ``(B, C, H, W)`` or tokens ``(B, T, C)``. The prediction is the arg-max over
-    the last dim of the output of ``logits_layer`` (by default the LightningModule's
-    own ``forward``, so ``validation_step`` must call ``self(x)``); the label comes from
-    the batch. At the end of the epoch the rows of all processes are gathered in
-    dataset order and rank zero hands them to a writer thread, which computes the
-    scores and view data and writes them, while training goes on, into an event file
-    of the callback's own in the logger's run directory (or in a new
-    ``lightning_logs/version_N`` under ``trainer.default_root_dir``); ``fit``,
-    ``validate`` and ``test`` return once every record is written.
+    The sanity check runs every check of the recording path and writes nothing, so a
+    misconfiguration stops the run before the first training batch. During a recorded
+    epoch, forward hooks keep one activation per neuron, image and layer (after ReLU,
+    averaged over spatial dims or tokens) and the prediction (arg-max of
+    ``logits_layer``'s output, by default ``forward``'s: ``validation_step`` must call
+    ``self(x)``). At the end of the epoch every process's rows are gathered and rank
+    zero's writer thread computes and writes the record into the logger's run
+    directory while training goes on; ``fit``, ``validate`` and ``test`` return once
+    every record is written (docs/callback.md).
 
     Args:
         layer: dotted name of the module to record, as in ``model.named_modules()``.
@@ -102,8 +97,8 @@ class DeephysCallback(Callback):
             running top-k on the device (``M x top_k`` maps per layer and dataset),
             no second pass. Layers with flat outputs, and any layer with
             ``reduction="none"`` or a function, have none.
-        max_images: record at most this many images per dataset: an evenly spread,
-            deterministic subset (the same images every epoch).
+        max_images: record at most this many images per dataset (an evenly spread
+            subset, the same images every epoch).
         max_activation_bytes: the full float16 activation matrix of a layer and dataset
             is written while it is at most this large; above, only the precomputed view
             data and scores are (they never need it). ``None``: always write it.
@@ -116,30 +111,26 @@ class DeephysCallback(Callback):
             Each image's top 5 classes and their probabilities are written either way.
         thumbnails: store an image per recorded image (needs image inputs).
         thumbnail_size: longest side, in pixels, of the stored thumbnails.
-        denormalize: ``(mean, std)`` per channel, or a function, that turns model
-            inputs back into displayable images for the thumbnails.
+        denormalize: ``(mean, std)`` per channel, or a function, turning inputs into
+            displayable images.
         input_key: where the inputs are in a batch: a position for tuple batches
             (default 0), a key for dict batches (default: ``image``/``input``/``x``...).
         target_key: where the labels are (default position 1, or ``label``/``target``/``y``).
         unpack_batch: a function ``batch -> (inputs, labels)``, for any other batch layout.
         record_fast_dev_run: record under ``Trainer(fast_dev_run=...)`` too.
-        ood_detectors: which OOD detectors to evaluate, InD against each OOD set, at
-            every recorded step (``"msp"``, ``"max_logit"``, ``"energy"`` on the logits;
-            ``"mahalanobis"``, ``"knn"`` on each recorded layer's features; see
-            ``deephys_lightning.detection``). Default: the three on the logits, which
-            cost milliseconds; ``()`` or None: none.
-        log_scalars: also log the headline numbers as scalars for TensorBoard's
-            Scalars tab (``deephys/...``); the Deephys tab does not need them.
+        ood_detectors: the OOD detectors evaluated, InD against each OOD set, at every
+            recorded step (``deephys_lightning.detection.DETECTORS``). Default: msp,
+            max logit and energy, which cost milliseconds; ``()`` or None: none.
+        reference: a dataloader (e.g. a training subset) that the detectors on features
+            are fitted on; without it, one half of the InD set (docs/callback.md).
+        head: the ``torch.nn.Linear`` that maps the recorded layer to the logits
+            (default: found, and checked against the recorded logits).
+        log_scalars: also log the headline numbers as scalars (``deephys/...``).
         log_histograms: also log per-neuron novelty and spurious histograms.
-        strict: raise when writing a record fails (a full disk, an unwritable folder,
-            unexpected data) instead of warning and going on training without that
-            record. For CI of your own code.
-        refresh_thumbnails: keep (gather, digest, write if new) the thumbnails of every
-            recorded epoch. By default they are resized on the device every recorded
-            epoch, but kept only on the first recorded epoch of each dataset in each
-            ``fit``, ``validate`` or ``test`` call, and on an epoch whose images differ
-            from the last written one's (each image's input fingerprint, a projection
-            computed on the device, compared at the end of the epoch).
+        strict: raise when writing a record fails (a full disk, unexpected data)
+            instead of warning and training on without that record.
+        refresh_thumbnails: keep the thumbnails of every recorded epoch (by default
+            only when a set's images are new or changed: docs/callback.md).
         max_device_buffer_bytes: the epoch's rows (all datasets together) are kept on
             the recording device while they take at most this much (default 4 GiB);
             the columns beyond it, and thumbnails always, go to pinned host memory
@@ -181,6 +172,8 @@ class DeephysCallback(Callback):
         unpack_batch: Callable[[Any], tuple[torch.Tensor, torch.Tensor]] | None = None,
         record_fast_dev_run: bool = False,
         ood_detectors: Sequence[str] | None = detection.DEFAULT_DETECTORS,
+        reference: Iterable[Any] | None = None,
+        head: str | None = None,
         log_scalars: bool = True,
         log_histograms: bool = True,
         strict: bool = False,
@@ -216,6 +209,8 @@ class DeephysCallback(Callback):
         self.unpack_batch = unpack_batch
         self.record_fast_dev_run = record_fast_dev_run
         self.ood_detectors = options.check_detectors(ood_detectors)
+        self.reference = options.check_reference(reference, self.ood_detectors)
+        self.head = options.check_optional_name("head", head)
         self.log_scalars = options.check_flag("log_scalars", log_scalars)
         self.log_histograms = options.check_flag("log_histograms", log_histograms)
         self.strict = options.check_flag("strict", strict)
@@ -227,6 +222,7 @@ class DeephysCallback(Callback):
 
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
+        self._fit_sources: FitSources | None = None  # for the detectors fitted on features
         self._plan: EpochPlan | None = None  # the evaluation epoch under way
         self._loaded_position: tuple[int, int] | None = None  # (global_step, epoch)
         self._checked = False  # the recording path's checks have passed once
@@ -285,6 +281,9 @@ class DeephysCallback(Callback):
             pl_module
             if self.logits_layer is None
             else find_module(pl_module, self.logits_layer, "logits_layer")
+        )
+        self._fit_sources = FitSources.of(
+            pl_module, self, self._layer_modules, self._logits_module, self._capture_settings()
         )
         self._writer.setup(trainer)
 
@@ -446,4 +445,6 @@ class DeephysCallback(Callback):
         epoch = self._recorder.finish(
             collectives, lambda name, rows: self._writer.thumbnails_due(plan, name, rows)
         )
+        if self._fit_sources is not None:  # the detectors fitted on features
+            epoch = with_fit_set(epoch, trainer, collectives, self._fit_sources)
         self._writer.write(trainer, plan, epoch)

@@ -3,24 +3,35 @@ tell the InD set from each OOD set.
 
 Every detector gives each image a score, **higher meaning more in-distribution**:
 
-- ``msp``: the maximum softmax probability ``p`` of the logits (Hendrycks & Gimpel,
-  2017), ranked by its log-odds ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j -
-  l_top)``: the same order as ``p``, without the rounding that makes every confident
-  image's probability exactly 1.0 in floating point (and ties them);
-- ``max_logit``: the largest logit (Hendrycks et al., 2022);
-- ``energy``: ``logsumexp`` of the logits, the negative free energy at temperature 1
-  (Liu et al., 2020);
-- ``mahalanobis``: minus the smallest Mahalanobis distance of the layer's features to
-  a class mean, with class means and one tied covariance fitted on the InD set's
-  features (Lee et al., 2018), pseudo-inverted;
-- ``knn``: minus the distance of the L2-normalized features to their ``k``-th nearest
-  InD neighbour (Sun et al., 2022), ``k`` = :data:`KNN_NEIGHBORS`; an InD image is
-  never its own neighbour. Beyond :data:`KNN_MAX_IMAGES` images per set, an evenly
-  spread subset of that many is used (as neighbours and as queries).
+- on the logits (every image, computed per batch on the recording device:
+  :func:`logit_scores`):
 
-The feature detectors are fitted on the InD *validation* set itself (the callback sees
-no training data), so their InD scores are in-sample: Mahalanobis then flatters the
-InD side when a layer has nearly as many neurons as the set has images.
+  - ``msp``: the maximum softmax probability ``p`` of the logits (Hendrycks & Gimpel,
+    2017), ranked by its log-odds ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j -
+    l_top)``: the same order as ``p``, without the rounding that makes every confident
+    image's probability exactly 1.0 in floating point (and ties them);
+  - ``max_logit``: the largest logit (Hendrycks et al., 2022);
+  - ``energy``: ``logsumexp`` of the logits, the negative free energy at temperature 1
+    (Liu et al., 2020);
+  - ``gen``: the generalized entropy of the 100 largest probabilities (Liu et al.,
+    2023; ``head_detectors.gen_scores``);
+
+- on a recorded layer's features, fitted on a *fit set* (:class:`FitSet`) that is
+  never the set scored: the callback's reference set (``DeephysCallback(reference=)``,
+  e.g. a fixed subset of the training data, as OpenOOD and pytorch-ood fit on training
+  data) or, without one, one half of the InD set, the other half being the InD side:
+
+  - ``mahalanobis``: minus the smallest Mahalanobis distance to a class mean, class
+    means and one tied covariance fitted on the fit set (Lee et al., 2018),
+    pseudo-inverted;
+  - ``knn``: minus the distance of the L2-normalized features to their ``k``-th
+    nearest fit-set neighbour (Sun et al., 2022), ``k`` = :data:`KNN_NEIGHBORS`.
+    Beyond :data:`KNN_MAX_IMAGES` images per set, an evenly spread subset of that
+    many is used (as neighbours and as queries);
+  - ``react``, ``ash``, ``scale``, ``vim``, ``fdbd``: the post-hoc detectors that need
+    the layer's features and the linear head that maps them to the logits
+    (``head_detectors``); a layer that feeds no linear head gets rows with a note that
+    says why.
 
 :func:`detection_metrics` gives AUROC, AUPR-In, AUPR-Out and FPR at 95 % TPR with
 InD as the positive class, computed by torchmetrics.
@@ -28,7 +39,7 @@ InD as the positive class, computed by torchmetrics.
 Example::
 
     >>> import torch
-    >>> scores = logit_scores(torch.tensor([[4.0, 0.0], [0.1, 0.0]]))   # [B, 3]
+    >>> scores = logit_scores(torch.tensor([[4.0, 0.0], [0.1, 0.0]]))   # [B, 4]
     >>> scores[:, 0].tolist()                     # msp's log-odds: p = 0.982, 0.525
     [4.0, 0.10000000149011612]
     >>> logit_scores(torch.tensor([[40.0, 0.0], [30.0, 0.0]]))[:, 0].tolist()  # p ~ 1.0
@@ -40,6 +51,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -47,12 +59,17 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
+from deephys_lightning import head_detectors
+from deephys_lightning.head_detectors import LinearHead
 from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS, Detection
 
 __all__ = [
     "DEFAULT_DETECTORS",
     "DETECTORS",
     "FEATURE_DETECTORS",
+    "FITTED_DETECTORS",
+    "FitSet",
+    "HEAD_DETECTORS",
     "KNN_MAX_IMAGES",
     "KNN_NEIGHBORS",
     "LOGIT_DETECTORS",
@@ -64,14 +81,20 @@ __all__ = [
     "logit_scores",
     "mahalanobis_scores",
     "scored_counts",
+    "split_half",
 ]
 
-LOGIT_DETECTORS = ("msp", "max_logit", "energy")  # the columns of logit_scores()
+LOGIT_DETECTORS = ("msp", "max_logit", "energy", "gen")  # the columns of logit_scores()
 FEATURE_DETECTORS = ("mahalanobis", "knn")  # per recorded layer
-DETECTORS = LOGIT_DETECTORS + FEATURE_DETECTORS
+# per recorded layer that feeds the linear head (gen, which needs only the logits, is
+# among the logit detectors)
+HEAD_DETECTORS = tuple(d for d in head_detectors.HEAD_DETECTORS if d != "gen")
+FITTED_DETECTORS = FEATURE_DETECTORS + HEAD_DETECTORS  # fitted on a FitSet
+DETECTORS = LOGIT_DETECTORS + FITTED_DETECTORS
 # The logit detectors cost a few milliseconds per epoch even at ImageNet scale; the
-# feature detectors cost seconds there (benchmarks/bench_scores.py): opt-in.
-DEFAULT_DETECTORS = LOGIT_DETECTORS
+# feature detectors cost seconds there (benchmarks/bench_scores.py): opt-in. GEN is
+# computed with the others but left out of the default table.
+DEFAULT_DETECTORS = ("msp", "max_logit", "energy")
 KNN_NEIGHBORS = 50
 KNN_MAX_IMAGES = 10_000
 # The fraction of InD images accepted at the FPR's threshold.
@@ -101,8 +124,9 @@ def check_detectors(detectors: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def logit_scores(logits: torch.Tensor) -> torch.Tensor:
-    """float32 ``[B, 3]``: the ``msp``, ``max_logit`` and ``energy`` score of each row
-    of ``logits`` ``[B, C]``, on the logits' device (no host synchronisation).
+    """float32 ``[B, 4]``: the ``msp``, ``max_logit``, ``energy`` and ``gen`` score of
+    each row of ``logits`` ``[B, C]`` (:data:`LOGIT_DETECTORS`' order), on the logits'
+    device (no host synchronisation).
 
     The ``msp`` column is the log-odds of the maximum softmax probability ``p``,
     ``log(p / (1 - p)) = -logsumexp_{j != top}(l_j - l_top)``: it ranks images exactly
@@ -113,13 +137,14 @@ def logit_scores(logits: torch.Tensor) -> torch.Tensor:
     logits = logits.detach().float()
     logits = logits.flatten(1) if logits.ndim > 1 else logits[:, None]
     if logits.shape[1] == 0:
-        return torch.full((logits.shape[0], 3), float("nan"), device=logits.device)
+        return torch.full((logits.shape[0], 4), float("nan"), device=logits.device)
     energy = torch.logsumexp(logits, dim=1)
     max_logit, top = logits.max(dim=1)
     others = logits - max_logit[:, None]
     others.scatter_(1, top[:, None], float("-inf"))  # the rest (a tie for the top stays)
     msp_log_odds = -torch.logsumexp(others, dim=1)  # +inf for a single class
-    scores = torch.stack([msp_log_odds, max_logit, energy], dim=1)
+    gen = head_detectors.gen_tensor(logits).to(logits.dtype)
+    scores = torch.stack([msp_log_odds, max_logit, energy, gen], dim=1)
     # An image without finite logits has no prediction: no score either (NaN, left out
     # of the metrics), never the extreme an infinite logit would give it.
     return scores.masked_fill(~torch.isfinite(logits).all(dim=1, keepdim=True), float("nan"))
@@ -257,21 +282,23 @@ def _unit_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
 
 
 def knn_scores(
-    ind_features: np.ndarray,
+    bank_features: np.ndarray,
     features: Mapping[str, np.ndarray],
     *,
-    ind: str,
+    ind: str | None = None,
     k: int = KNN_NEIGHBORS,
     max_images: int = KNN_MAX_IMAGES,
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``knn`` scores of each dataset in ``features``: ``(indices, scores)``, the
     images scored (at most ``max_images``, evenly spread) and their float32 scores.
 
-    The neighbours are the InD images of the same evenly spread subset; ``features[ind]``
-    (the InD set) is scored leave-one-out. ``k`` is capped at the neighbours there are.
+    The neighbours are the images of ``bank_features`` (the fit set; an evenly spread
+    subset of at most ``max_images``). ``ind``, when given, names the set in
+    ``features`` that *is* the bank: it is scored leave-one-out on the same subset.
+    ``k`` is capped at the neighbours there are.
     """
-    bank_rows = spread_subset(len(ind_features), max_images)
-    bank = _unit_rows(ind_features, bank_rows)  # [B, M]
+    bank_rows = spread_subset(len(bank_features), max_images)
+    bank = _unit_rows(bank_features, bank_rows)  # [B, M]
     out = {}
     for name, dataset in features.items():
         is_ind = name == ind
@@ -299,8 +326,10 @@ def logit_detections(
     scores: Mapping[str, np.ndarray], *, ind: str, detectors: Sequence[str]
 ) -> dict[str, list[Detection]]:
     """Per OOD set, a row per logit detector of ``detectors``: ``scores`` maps each
-    dataset (``ind`` among them) to its :func:`logit_scores` ``[N, 3]``."""
-    chosen = [d for d in detectors if d in LOGIT_DETECTORS]
+    dataset (``ind`` among them) to its :func:`logit_scores` ``[N, 4]`` (``[N, 3]``,
+    without ``gen``, from before it)."""
+    width = min(found.shape[1] for found in scores.values())
+    chosen = [d for d in detectors if d in LOGIT_DETECTORS[:width]]
     rows: dict[str, list[Detection]] = {}
     for name, ood in scores.items():
         if name == ind:
@@ -312,43 +341,116 @@ def logit_detections(
     return rows
 
 
+@dataclasses.dataclass(frozen=True)
+class FitSet:
+    """Where the detectors on a layer's features are fitted: ``features`` ``[F, M]``
+    (finite rows), their ``labels`` ``[F]``, and ``source``: ``"reference"`` (the
+    callback's reference set) or ``"ind_half"`` (one half of the InD set)."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    source: str
+
+
+def split_half(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The InD images ``(fit, scored)`` when no reference set is given: every other
+    image from the first, and the rest (deterministic, the same every epoch).
+
+    >>> [half.tolist() for half in split_half(5)]
+    [[0, 2, 4], [1, 3]]
+    """
+    return np.arange(0, count, 2), np.arange(1, count, 2)
+
+
 def feature_detections(
     layer: str,
     features: Mapping[str, np.ndarray],
     *,
     ind: str,
-    ind_labels: np.ndarray,
+    fit: FitSet,
     num_classes: int,
     detectors: Sequence[str],
+    head: LinearHead | None = None,
+    no_head: str = "",
 ) -> dict[str, list[Detection]]:
-    """Per OOD set, a row per feature detector of ``detectors`` on ``layer``'s
-    ``features`` (dataset -> ``[N, M]``, ``ind`` among them)."""
+    """Per OOD set, a row per detector of ``detectors`` fitted on ``fit`` (see
+    :data:`FITTED_DETECTORS`), on ``layer``'s ``features`` (dataset -> ``[N, M]``,
+    ``ind`` among them: the InD images scored). The head detectors need ``head``;
+    without one their rows have NaN metrics and ``no_head`` (why) as their note."""
     rows: dict[str, list[Detection]] = {name: [] for name in features if name != ind}
+
+    def add(detector: str, scores: Mapping[str, np.ndarray], note: str = "") -> None:
+        for name in rows:
+            rows[name].append(
+                _row(
+                    detector,
+                    layer,
+                    scores[ind],
+                    scores[name],
+                    fitted_on=fit.source,
+                    fit_images=len(fit.features),
+                    note=note,
+                )
+            )
+
     if "mahalanobis" in detectors:
-        n, m = features[ind].shape
+        n, m = fit.features.shape
         if n <= m + num_classes:
             warnings.warn(
-                f"OOD detector 'mahalanobis' on layer {layer!r}: {n} InD images for {m} "
-                f"neurons and {num_classes} classes. It is fitted on the InD set itself, "
-                "so with this few images its InD scores are far too good (its AUROC is "
-                "meaningless); record more InD images or leave it out of ood_detectors.",
+                f"OOD detector 'mahalanobis' on layer {layer!r}: fitted on {n} images "
+                f"({_FIT_WORDS[fit.source]}) for {m} neurons and {num_classes} classes: too "
+                "few for a covariance of this size, its scores are unreliable; pass a larger "
+                "DeephysCallback(reference=...) or leave it out of ood_detectors.",
                 stacklevel=2,
             )
-        scores = mahalanobis_scores(features[ind], ind_labels, num_classes, features)
-        for name in rows:
-            rows[name].append(_row("mahalanobis", layer, scores[ind], scores[name]))
+        add("mahalanobis", mahalanobis_scores(fit.features, fit.labels, num_classes, features))
     if "knn" in detectors:
-        scored = knn_scores(features[ind], features, ind=ind)
-        for name in rows:
-            rows[name].append(_row("knn", layer, scored[ind][1], scored[name][1]))
+        scored = knn_scores(fit.features, features)
+        add("knn", {name: found[1] for name, found in scored.items()})
+    chosen = [d for d in HEAD_DETECTORS if d in detectors]
+    if chosen and head is None:
+        nothing = {name: np.full(0, np.nan, dtype=np.float32) for name in features}
+        for detector in chosen:
+            add(detector, nothing, no_head or f"layer {layer!r} feeds no linear head")
+    elif chosen:
+        assert head is not None
+        fitted = head_detectors.fit_head_detectors(fit.features, head, chosen)
+        by_set = {
+            name: head_detectors.head_detector_scores(fitted, values, chosen)
+            for name, values in features.items()
+        }
+        for detector in chosen:
+            add(detector, {name: found[detector] for name, found in by_set.items()})
     return rows
 
 
-def _row(detector: str, layer: str | None, ind: np.ndarray, ood: np.ndarray) -> Detection:
+_FIT_WORDS = {
+    "reference": "the reference set",
+    "ind_half": "one half of the InD set; pass DeephysCallback(reference=...) to fit on more",
+}
+
+
+def _row(
+    detector: str,
+    layer: str | None,
+    ind: np.ndarray,
+    ood: np.ndarray,
+    *,
+    fitted_on: str = "",
+    fit_images: int = 0,
+    note: str = "",
+) -> Detection:
+    found = detection_metrics(ind, ood)
     return Detection(
         detector=detector,
         layer=layer,
-        **detection_metrics(ind, ood),
+        auroc=found["auroc"],
+        aupr_in=found["aupr_in"],
+        aupr_out=found["aupr_out"],
+        fpr_at_95_tpr=found["fpr_at_95_tpr"],
         ind_images=scored_counts(ind),
         ood_images=scored_counts(ood),
+        fitted_on=fitted_on,
+        fit_images=fit_images,
+        note=note,
     )

@@ -98,6 +98,13 @@ def check_ind(ind: Any) -> str | int | None:
     return ind
 
 
+def check_optional_name(option: str, name: Any) -> str | None:
+    """A module name (a non-empty string), or None."""
+    if name is not None and (not isinstance(name, str) or not name):
+        raise _refuse(option, f"must be a module name such as 'fc', got {name!r}")
+    return name
+
+
 def check_reduction(reduction: Any) -> Any:
     if not (callable(reduction) or reduction in ("auto", "none")):
         raise _refuse("reduction", f"must be 'auto', 'none' or a function, got {reduction!r}")
@@ -137,3 +144,21 @@ def check_detectors(detectors: Sequence[str] | None) -> tuple[str, ...]:
         return detection.check_detectors(detectors)
     except ValueError as error:
         raise MisconfigurationException(f"DeephysCallback(ood_detectors=...): {error}") from None
+
+
+def check_reference(reference: Any, detectors: tuple[str, ...]) -> Any:
+    """``reference`` (a dataloader, or None) for the detectors that are fitted."""
+    if reference is None:
+        return None
+    if isinstance(reference, (str, bytes)) or not hasattr(reference, "__iter__"):
+        raise MisconfigurationException(
+            f"DeephysCallback(reference=...) takes a dataloader of reference images (for "
+            f"example a fixed subset of the training set), got {type(reference).__name__}"
+        )
+    if not any(d in detection.FITTED_DETECTORS for d in detectors):
+        raise MisconfigurationException(
+            "DeephysCallback(reference=...) fits the OOD detectors on features, but "
+            f"ood_detectors={list(detectors)} has none of them; add some of "
+            f"{list(detection.FITTED_DETECTORS)}, e.g. ood_detectors=['msp', 'knn', 'vim']"
+        )
+    return reference

@@ -68,6 +68,11 @@ class DetectionRow:
     ind_images: int
     ood_images: int
     stage: str = "fit"
+    # detectors on features: where they were fitted ("reference", "ind_half"; "" for
+    # the logit detectors), on how many images, and why the metrics are missing
+    fitted_on: str = ""
+    fit_images: int = 0
+    note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +259,7 @@ _DETECTION_COLUMNS = (
     ("layer", "layer", "{}"),
     *((metric, metric.replace("_at_95_tpr", "@95tpr"), "{:.4f}") for metric in DETECTION_METRICS),
     ("ood_images", "OOD images", "{}"),
+    ("fitted_on", "fitted on", "{}"),
     ("stage", "stage", "{}"),
 )
 

@@ -14,6 +14,8 @@ LAYERS = {
     "tensorboard_plugin_deephys.log": "log",
     "deephys_lightning.metrics": "kernels",
     "deephys_lightning.detection": "kernels",
+    "deephys_lightning.head_detectors": "kernels",
+    "deephys_lightning.calibration": "kernels",
     "deephys_lightning.fast_crc": "kernels",
     "deephys_lightning.cbor": "kernels",
     "deephys_lightning.event_files": "kernels",

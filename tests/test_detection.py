@@ -114,24 +114,21 @@ def test_mahalanobis_survives_non_finite_features_and_large_offsets():
         "fc",
         {"ind": bad, "ood": ood},
         ind="ind",
-        ind_labels=labels,
+        fit=detection.FitSet(bad, labels, "reference"),
         num_classes=3,
         detectors=("mahalanobis",),
     )
     assert rows["ood"][0].ind_images == 298 and rows["ood"][0].ood_images == 50
+    assert (rows["ood"][0].fitted_on, rows["ood"][0].fit_images) == ("reference", 300)
 
 
-def test_a_wide_layer_warns_that_mahalanobis_is_in_sample():
+def test_a_fit_set_too_small_for_mahalanobis_warns():
     rng = np.random.default_rng(3)
     feats = {"ind": rng.normal(size=(20, 30)), "ood": rng.normal(size=(20, 30))}
-    with pytest.warns(UserWarning, match="fitted on the InD set itself"):
+    fit = detection.FitSet(rng.normal(size=(20, 30)), rng.integers(0, 2, 20), "ind_half")
+    with pytest.warns(UserWarning, match="too few for a covariance.*reference="):
         detection.feature_detections(
-            "fc",
-            feats,
-            ind="ind",
-            ind_labels=rng.integers(0, 2, 20),
-            num_classes=2,
-            detectors=("mahalanobis",),
+            "fc", feats, ind="ind", fit=fit, num_classes=2, detectors=("mahalanobis",)
         )
 
 
@@ -199,6 +196,12 @@ def test_saturated_logits_give_the_exact_metrics_of_every_logit_detector(seed):
         "msp": lambda z: softmax(z.astype(np.float64), axis=1).max(1),
         "max_logit": lambda z: z.astype(np.float64).max(1),
         "energy": lambda z: logsumexp(z.astype(np.float64), axis=1),
+        # GEN (Liu et al., 2023) by its formula, gamma 0.1, over every class (C <= 100)
+        "gen": lambda z: (
+            -np.log(
+                np.sum((p := softmax(z.astype(np.float64), axis=1)) ** 0.1 * (1 - p) ** 0.1, axis=1)
+            )
+        ),
     }
     saturated = np.exp(ind.max(1) - logsumexp(ind, axis=1).astype(np.float32))
     assert (saturated == 1.0).mean() > 0.5  # the old float32 MSP tied most InD images
@@ -352,8 +355,11 @@ def test_a_trainer_run_logs_detection_rows_and_scalars(detected):
                 for name in DETECTION_METRICS:
                     assert getattr(row, name) == pytest.approx(expected[name], abs=1e-5)
             acts = {d: log.activations("fc", d, step) for d in log.datasets}
+            # fitted on one half of InD (no reference set), the other half scored
+            fit, scored = detection.split_half(len(acts["ind"]))
+            labels = log.labels("ind", step)
             maha = detection.mahalanobis_scores(
-                acts["ind"], log.labels("ind", step), NUM_CLASSES, acts
+                acts["ind"][fit], labels[fit], NUM_CLASSES, {**acts, "ind": acts["ind"][scored]}
             )
             expected = sklearn_metrics(maha["ind"], maha[ood])
             assert rows[("mahalanobis", "fc")].auroc == pytest.approx(expected["auroc"], abs=1e-6)

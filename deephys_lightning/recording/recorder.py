@@ -27,6 +27,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_warn
 
+from deephys_lightning.head_detectors import LinearHead
 from deephys_lightning.recording import finiteness, spatial_maps
 from deephys_lightning.recording import rows as columns
 from deephys_lightning.recording.capture import (
@@ -87,6 +88,11 @@ class EpochRows:
     rows: dict[int, Rows]
     maps: dict[int, dict[str, spatial_maps.TopMaps]]
     num_classes: int
+    # What the detectors on features are fitted with (the callback adds them): the
+    # reference set's gathered rows, and the weights of the linear layers that may be
+    # the head, copied when the epoch ended.
+    reference: Rows | None = None
+    heads: dict[str, LinearHead] = dataclasses.field(default_factory=dict)
 
 
 class EpochRecorder:

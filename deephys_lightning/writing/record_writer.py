@@ -338,12 +338,19 @@ class RecordWriter:
             stage=plan.stage,
             dataset_sizes={name: plan.dataset_sizes.get(name) for name in recordings},
         )
+        reference = None
+        if epoch.reference is not None and len(epoch.reference):
+            reference = recordings_from_rows(
+                {"reference": epoch.reference}, {}, lambda *_: True, {}
+            )["reference"]
         view = record_view(
             record,
             recordings,
             max_activation_bytes=plan.max_activation_bytes,
             detectors=settings.detectors,
             cancelled=self._cancel.is_set,
+            reference=reference,
+            heads=epoch.heads,
         )
         self._warn_about(view)
         write_view(

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from deephys_lightning import calibration, detection, metrics
+from deephys_lightning.head_detectors import LinearHead
 from deephys_lightning.recording import capture, finiteness, spatial_maps
+from deephys_lightning.recording.head import head_mismatch
 from deephys_lightning.recording.plan import writes_matrix
 from deephys_lightning.recording.rows import Rows
 from deephys_lightning.writing.summaries import RecordCancelled
@@ -205,6 +207,8 @@ def record_view(
     max_activation_bytes: int | None = None,
     detectors: tuple[str, ...] = (),
     cancelled: Callable[[], bool] | None = None,
+    reference: DatasetRecording | None = None,
+    heads: Mapping[str, LinearHead] | None = None,
 ) -> RecordView:
     """Everything ``record`` holds, computed from ``recordings`` (pure).
 
@@ -256,6 +260,8 @@ def record_view(
         if cancelled is not None and cancelled():
             raise RecordCancelled(f"the record at step {record.step} was stopped before its end")
         left_out += _layer_view(view, layer, recordings, max_activation_bytes, detectors)
+        if any(d in detection.FITTED_DETECTORS for d in detectors):
+            _fitted_detections(view, layer, recordings, reference, heads or {}, detectors)
     view.record = dataclasses.replace(record, left_out=tuple(left_out))
     return view
 
@@ -354,18 +360,94 @@ def _layer_view(
     for ood in record.ood:
         ood_means, ood_max = statistics[ood]
         view.scores[(layer, ood)] = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
-    if any(d in detection.FEATURE_DETECTORS for d in detectors):
-        found = detection.feature_detections(
-            layer,
-            acts,
-            ind=record.ind,
-            ind_labels=finite[record.ind].labels,
-            num_classes=num_classes,
-            detectors=detectors,
-        )
-        for ood, rows_found in found.items():
-            view.detections[ood] += rows_found
     return left_out
+
+
+def _fitted_detections(
+    view: RecordView,
+    layer: str,
+    recordings: Mapping[str, DatasetRecording],
+    reference: DatasetRecording | None,
+    heads: Mapping[str, LinearHead],
+    detectors: tuple[str, ...],
+) -> None:
+    """The rows of the detectors fitted on ``layer``'s features (``detection.FitSet``):
+    fitted on the ``reference`` set's finite rows, every InD image scored; without a
+    reference, fitted on one half of the InD set's finite rows, the other half scored.
+    The head detectors use the first of ``heads`` that maps the layer's recorded
+    activations to the recorded classifier outputs (``recording.head``)."""
+    record = view.record
+    finite = {
+        name: _FiniteRows.of(recordings[name], layer, recordings[name].layer_status(layer) == 0)
+        for name in record.datasets
+    }
+    scored = {name: rows.acts for name, rows in finite.items()}
+    ind = finite[record.ind]
+    if reference is not None and layer in reference.activations:
+        kept = _FiniteRows.of(reference, layer, reference.layer_status(layer) == 0)
+        fit = detection.FitSet(kept.acts, kept.labels, "reference")
+        checked_on: tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
+        checked_on = (kept.acts, reference.logits, None)
+        if reference.logits is not None and kept.kept is not None:
+            checked_on = (kept.acts, np.asarray(reference.logits)[kept.kept], None)
+    else:
+        fit_rows, scored_rows = detection.split_half(len(ind.acts))
+        fit = detection.FitSet(ind.acts[fit_rows], ind.labels[fit_rows], "ind_half")
+        scored[record.ind] = ind.acts[scored_rows]
+        checked_on = _check_rows(recordings[record.ind], ind)
+    head, no_head = None, ""
+    if any(d in detection.HEAD_DETECTORS for d in detectors):
+        head, no_head = _layer_head(layer, heads, *checked_on)
+    found = detection.feature_detections(
+        layer,
+        scored,
+        ind=record.ind,
+        fit=fit,
+        num_classes=len(record.class_names),
+        detectors=detectors,
+        head=head,
+        no_head=no_head,
+    )
+    for ood, rows in found.items():
+        view.detections[ood] += rows
+
+
+def _check_rows(
+    rec: DatasetRecording, rows: _FiniteRows
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """What a head is checked on, from the InD set: its finite activations and their
+    classifier outputs, or (without logits) their ``max_logit`` scores."""
+    kept = slice(None) if rows.kept is None else rows.kept
+    logits = None if rec.logits is None else np.asarray(rec.logits)[kept]
+    scores = rec.detector_scores()
+    max_logits = None if scores is None else scores[kept, 1]
+    return rows.acts, logits, max_logits
+
+
+def _layer_head(
+    layer: str,
+    heads: Mapping[str, LinearHead],
+    features: np.ndarray,
+    logits: np.ndarray | None,
+    max_logits: np.ndarray | None,
+) -> tuple[LinearHead | None, str]:
+    """The first of ``heads`` that maps ``features`` to ``logits`` (or to their maxima,
+    ``max_logits``), and None with the reason in words when none does."""
+    target = logits if logits is not None else max_logits
+    if not heads:
+        return None, (
+            f"the model has no torch.nn.Linear as wide as its logits for layer {layer!r} "
+            "to feed; name it with DeephysCallback(head=...)"
+        )
+    if target is None:
+        return None, "no classifier outputs were recorded to check the head against"
+    reasons = []
+    for name, head in heads.items():
+        mismatch = head_mismatch(features, target, head)
+        if mismatch is None:
+            return head, ""
+        reasons.append(f"{name!r}: {mismatch}")
+    return None, f"layer {layer!r} feeds no linear head as recorded (" + "; ".join(reasons) + ")"
 
 
 @dataclasses.dataclass

@@ -470,7 +470,11 @@ class Detection:
 
     ``detector`` scores every image, higher meaning more in-distribution (see
     docs/concepts.md); ``layer`` is the recorded layer whose features it used, or
-    None for the detectors on the logits. The metrics (:data:`DETECTION_METRICS`) treat
+    None for the detectors on the logits. ``fitted_on``: where a detector on features
+    was fitted, ``"reference"`` (the callback's reference set) or ``"ind_half"`` (one
+    half of the InD set, the other half scored); ``""`` for the logit detectors and in
+    logs written before 0.3 (fitted on the whole InD set). ``fit_images``: the images
+    it was fitted on. ``note``: why the metrics are missing (NaN), in words. The metrics (:data:`DETECTION_METRICS`) treat
     InD as the positive class: AUROC, average precision with InD positive
     (``aupr_in``) and with OOD positive (``aupr_out``), and the fraction of OOD images
     accepted at the threshold that accepts 95 % of the InD images
@@ -487,6 +491,9 @@ class Detection:
     fpr_at_95_tpr: float
     ind_images: int
     ood_images: int
+    fitted_on: str = ""
+    fit_images: int = 0
+    note: str = ""
 
     @staticmethod
     def list_to_json(rows: Sequence[Detection]) -> bytes:
@@ -518,6 +525,9 @@ class Detection:
             **{name: row.number(name, float("nan"), allow_nan=True) for name in DETECTION_METRICS},
             ind_images=row.count("ind_images"),
             ood_images=row.count("ood_images"),
+            fitted_on=row.text("fitted_on", ""),
+            fit_images=row.count("fit_images", 0),
+            note=row.text("note", ""),
         )
 
 

@@ -130,6 +130,24 @@ function calibrationLine(dataset) {
     'AURC: area under the risk-coverage curve (lower is better)'}});
 }
 
+/**
+ * Where the detectors on features were fitted, once per fit set, in words.
+ * @param {Array<{fitted_on?: string, fit_images?: number, layer: string|null}>} rows
+ * @returns {Array<string>}
+ */
+function fitNotes(rows) {
+  const said = new Set();
+  for (const row of rows) {
+    if (row.fitted_on === 'reference') {
+      said.add(`detectors on features fitted on the reference set (${row.fit_images} images); every InD image scored`);
+    } else if (row.fitted_on === 'ind_half') {
+      said.add(`detectors on features fitted on one half of the InD set (${row.fit_images} images), ` +
+        'scored on the other half (pass DeephysCallback(reference=...) to fit on training data)');
+    }
+  }
+  return [...said];
+}
+
 const DETECTION_COLUMNS = [
   ['auroc', 'AUROC'], ['aupr_in', 'AUPR-In'], ['aupr_out', 'AUPR-Out'], ['fpr_at_95_tpr', 'FPR@95%TPR'],
 ];
@@ -145,15 +163,19 @@ function detectionTable(rows) {
   table.appendChild(el('tr', {}, [el('th', {text: 'detector'}), ...DETECTION_COLUMNS.map(([, t]) => el('th', {text: t}))]));
   for (const row of rows) {
     const name = row.layer === null ? row.detector : `${row.detector} (${row.layer})`;
-    const sampled = row.detector === 'knn' ? `, on ${row.ind_images} InD and ${row.ood_images} OOD images` : '';
-    table.appendChild(el('tr', {attrs: {'data-detector': row.detector, title: `higher score = more in-distribution${sampled}`}}, [
+    const sampled = row.fitted_on ? `, on ${row.ind_images} InD and ${row.ood_images} OOD images` : '';
+    const title = row.note || `higher score = more in-distribution${sampled}`;
+    table.appendChild(el('tr', {attrs: {'data-detector': row.detector, title}}, [
       el('td', {text: name}),
       ...DETECTION_COLUMNS.map(([key]) => el('td', {text: row[key] === null ? 'n/a' : row[key].toFixed(3)})),
     ]));
   }
+  const notes = [...new Set(rows.filter((row) => row.note).map((row) => `${row.detector}: ${row.note}`))];
   return el('details', {className: 'detection', attrs: {open: ''}}, [
     el('summary', {text: 'OOD detection (InD positive)'}),
     table,
+    ...fitNotes(rows).map((text) => el('div', {className: 'fit-note', text})),
+    ...notes.map((text) => el('div', {className: 'detector-note', text})),
   ]);
 }
 

@@ -115,6 +115,16 @@ def _assert_same(single, double, max_images) -> None:
         np.testing.assert_allclose(
             probabilities, single.top_predictions(dataset, step)[1], rtol=1e-5, atol=1e-6
         )
+        if dataset != "ind":  # the detectors fitted on the gathered reference set
+            found = {(r.detector, r.layer): r for r in double.detection(dataset, step)}
+            for key, row in {
+                (r.detector, r.layer): r for r in single.detection(dataset, step)
+            }.items():
+                assert found[key].fitted_on == row.fitted_on
+                assert found[key].fit_images == row.fit_images
+                assert found[key].auroc == pytest.approx(row.auroc, abs=1e-6, nan_ok=True)
+            assert found[("knn", "fc")].fit_images == 11
+            assert found[("vim", "fc")].note == "" and found[("vim", "features.0")].note != ""
         for layer in ("fc", "features.0"):
             np.testing.assert_allclose(
                 double.activations(layer, dataset, step).astype(np.float32),

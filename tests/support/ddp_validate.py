@@ -39,7 +39,15 @@ def main() -> None:
         strategy=strategy if devices * nodes > 1 else "auto",
         logger=TensorBoardLogger(logdir, name="run", version=0),
         callbacks=[
-            DeephysCallback(layers=["fc", "features.0"], max_images=max_images, **chunk_bytes)
+            DeephysCallback(
+                layers=["fc", "features.0"],
+                max_images=max_images,
+                # fitted on a reference set of 11 images in 6 batches: each process runs
+                # every other batch, the rows are gathered
+                ood_detectors=["msp", "knn", "vim"],
+                reference=loader(random_set(11, 6), 2),
+                **chunk_bytes,
+            )
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
