@@ -222,7 +222,7 @@ class DeephysCallback(Callback):
 
         self._layer_modules: dict[str, torch.nn.Module] = {}
         self._logits_module: torch.nn.Module | None = None
-        self._fit_sources: FitSources | None = None  # for the detectors fitted on features
+        self._fit_sources: FitSources | None = None  # the reference set, the candidate heads
         self._plan: EpochPlan | None = None  # the evaluation epoch under way
         self._loaded_position: tuple[int, int] | None = None  # (global_step, epoch)
         self._checked = False  # the recording path's checks have passed once
@@ -445,6 +445,6 @@ class DeephysCallback(Callback):
         epoch = self._recorder.finish(
             collectives, lambda name, rows: self._writer.thumbnails_due(plan, name, rows)
         )
-        if self._fit_sources is not None:  # the detectors fitted on features
+        if self._fit_sources is not None:  # the reference rows, the head weights
             epoch = with_fit_set(epoch, trainer, collectives, self._fit_sources)
         self._writer.write(trainer, plan, epoch)

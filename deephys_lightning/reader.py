@@ -33,7 +33,9 @@ from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
+from deephys_lightning.contributions import ImageContributions
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
+from deephys_lightning.head_detectors import LinearHead
 from tensorboard_plugin_deephys.log import storage
 from tensorboard_plugin_deephys.log.derived import OODScores
 from tensorboard_plugin_deephys.log.metadata import Calibration, Detection, Kind, Record, tag_name
@@ -202,6 +204,38 @@ class DeephysLog:
         """float32 ``[M]`` highest activation of each neuron on ``dataset``; those of the
         InD set normalize every dataset's activations."""
         return self._read(step, lambda data: data.maxima(layer, dataset))
+
+    def head(self, layer: str, step: int | None = None) -> LinearHead | None:
+        """The linear head ``layer`` feeds, as recorded at ``step`` (its weight and
+        bias), or None where the layer feeds none (or the log is older)."""
+
+        def read(data: StepData) -> LinearHead | None:
+            weight = data.optional_array(Kind.HEAD_WEIGHT, layer, data.record.ind)
+            bias = data.optional_array(Kind.HEAD_BIAS, layer, data.record.ind)
+            return None if weight is None or bias is None else LinearHead(weight, bias)
+
+        return self._read(step, read)
+
+    def contributions(
+        self, layer: str, dataset: str, step: int | None = None
+    ) -> ImageContributions | None:
+        """Per image, the neurons that contributed most to its predicted and true
+        class's logits through the linear head, and its margin
+        (``deephys_lightning.contributions``); None where the layer feeds no head."""
+
+        def read(data: StepData) -> ImageContributions | None:
+            kinds = (
+                Kind.PREDICTED_PUSH_NEURONS,
+                Kind.PREDICTED_PUSH_VALUES,
+                Kind.LABEL_PUSH_NEURONS,
+                Kind.LABEL_PUSH_VALUES,
+                Kind.MARGINS,
+            )
+            found = [data.optional_array(kind, layer, dataset) for kind in kinds]
+            arrays = [a for a in found if a is not None]
+            return ImageContributions(*arrays) if len(arrays) == len(kinds) else None
+
+        return self._read(step, read)
 
     def scores(self, layer: str, ood: str, step: int | None = None) -> OODScores:
         """Per-neuron novelty (``.novelty``, in the authors' units; ``.novelty_raw``),

@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 
-from deephys_lightning import detection
 from deephys_lightning.recording import finiteness
 from deephys_lightning.recording import rows as columns
 from deephys_lightning.recording.capture import batch_inputs, reduce_activations, select_output
@@ -59,14 +58,13 @@ class FitSources:
         logits_module: torch.nn.Module,
         settings: Any,
     ) -> FitSources | None:
-        """The sources of ``callback`` (its ``ood_detectors``, ``reference`` and
-        ``head``) on ``model``; None when none of its detectors is fitted."""
-        detectors = callback.ood_detectors
-        if not any(d in detection.FITTED_DETECTORS for d in detectors):
+        """The sources of ``callback`` (its ``reference`` and ``head``) on ``model``:
+        the head candidates serve the contributions (``deephys_lightning.contributions``)
+        and the head detectors; None when there is neither a candidate nor a
+        reference set."""
+        heads = head_candidates(model, callback.head, num_classes=None)
+        if not heads and callback.reference is None:
             return None
-        heads: dict[str, torch.nn.Linear] = {}
-        if any(d in detection.HEAD_DETECTORS for d in detectors):
-            heads = head_candidates(model, callback.head, num_classes=None)
         return cls(callback.reference, layers, logits_module, settings, heads)
 
 
@@ -90,11 +88,14 @@ def with_fit_set(
             to_device=trainer.strategy.batch_to_device,
         )
         reference = collectives.rows(local)
-    heads = {
-        name: found
-        for name, found in snapshot(sources.heads).items()
-        if found.num_classes == epoch.num_classes
-    }
+    # only the layers as wide as the logits are copied (a ViT has dozens of others)
+    heads = snapshot(
+        {
+            name: module
+            for name, module in sources.heads.items()
+            if module.out_features == epoch.num_classes
+        }
+    )
     return dataclasses.replace(epoch, reference=reference, heads=heads)
 
 

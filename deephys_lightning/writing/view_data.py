@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import torch
 
-from deephys_lightning import calibration, detection, metrics
+from deephys_lightning import calibration, contributions, detection, metrics
 from deephys_lightning.head_detectors import LinearHead
 from deephys_lightning.recording import capture, finiteness, spatial_maps
 from deephys_lightning.recording.head import head_mismatch
@@ -259,9 +259,12 @@ def record_view(
     for layer in record.layers:
         if cancelled is not None and cancelled():
             raise RecordCancelled(f"the record at step {record.step} was stopped before its end")
-        left_out += _layer_view(view, layer, recordings, max_activation_bytes, detectors)
+        head, no_head = None, ""
+        if heads:
+            head, no_head = _head_of(layer, recordings[record.ind], reference, heads)
+        left_out += _layer_view(view, layer, recordings, max_activation_bytes, head)
         if any(d in detection.FITTED_DETECTORS for d in detectors):
-            _fitted_detections(view, layer, recordings, reference, heads or {}, detectors)
+            _fitted_detections(view, layer, recordings, reference, (head, no_head), detectors)
     view.record = dataclasses.replace(record, left_out=tuple(left_out))
     return view
 
@@ -308,10 +311,12 @@ def _layer_view(
     layer: str,
     recordings: Mapping[str, DatasetRecording],
     max_activation_bytes: int | None,
-    detectors: tuple[str, ...],
+    head: LinearHead | None,
 ) -> list[LeftOut]:
-    """One layer's part of ``view``: view data, maps, scores and feature detections;
-    returns the images it left out for activations that are not finite.
+    """One layer's part of ``view``: view data, maps, scores and, where the layer feeds
+    the linear ``head``, what each neuron did to each prediction
+    (:func:`contribution_arrays`); returns the images it left out for activations that
+    are not finite.
 
     Such images take no part in the layer's maxima, means, scores, distributions, top
     images, confusion sets or detectors: each dataset's arrays are computed on its
@@ -348,11 +353,15 @@ def _layer_view(
             full=False,
             value_range=value_range,
         )
+        if head is not None:
+            arrays.update(contribution_arrays(acts[name], rows.recording, arrays[Kind.PAIRS], head))
         arrays = rows.in_whole_set(arrays)
         if writes_matrix(all_rows, acts[name].shape[1], max_activation_bytes):
             arrays = {Kind.ACTIVATIONS: rows.stored, **arrays}
         if name == record.ind:
             arrays[Kind.HISTOGRAM_RANGE] = value_range
+            if head is not None:
+                arrays[Kind.HEAD_WEIGHT], arrays[Kind.HEAD_BIAS] = head.weight, head.bias
         maps = _top_maps(view, layer, name, rec, arrays[Kind.TOP_INDICES])
         if maps is not None:
             arrays[Kind.TOP_MAPS] = maps
@@ -368,14 +377,14 @@ def _fitted_detections(
     layer: str,
     recordings: Mapping[str, DatasetRecording],
     reference: DatasetRecording | None,
-    heads: Mapping[str, LinearHead],
+    head_found: tuple[LinearHead | None, str],
     detectors: tuple[str, ...],
 ) -> None:
     """The rows of the detectors fitted on ``layer``'s features (``detection.FitSet``):
     fitted on the ``reference`` set's finite rows, every InD image scored; without a
     reference, fitted on one half of the InD set's finite rows, the other half scored.
-    The head detectors use the first of ``heads`` that maps the layer's recorded
-    activations to the recorded classifier outputs (``recording.head``)."""
+    The head detectors use the layer's head (:func:`_head_of`), or say why there is
+    none."""
     record = view.record
     finite = {
         name: _FiniteRows.of(recordings[name], layer, recordings[name].layer_status(layer) == 0)
@@ -386,18 +395,16 @@ def _fitted_detections(
     if reference is not None and layer in reference.activations:
         kept = _FiniteRows.of(reference, layer, reference.layer_status(layer) == 0)
         fit = detection.FitSet(kept.acts, kept.labels, "reference")
-        checked_on: tuple[np.ndarray, np.ndarray | None, np.ndarray | None]
-        checked_on = (kept.acts, reference.logits, None)
-        if reference.logits is not None and kept.kept is not None:
-            checked_on = (kept.acts, np.asarray(reference.logits)[kept.kept], None)
     else:
         fit_rows, scored_rows = detection.split_half(len(ind.acts))
         fit = detection.FitSet(ind.acts[fit_rows], ind.labels[fit_rows], "ind_half")
         scored[record.ind] = ind.acts[scored_rows]
-        checked_on = _check_rows(recordings[record.ind], ind)
-    head, no_head = None, ""
-    if any(d in detection.HEAD_DETECTORS for d in detectors):
-        head, no_head = _layer_head(layer, heads, *checked_on)
+    head, no_head = head_found
+    if head is None and not no_head:
+        no_head = (
+            f"the model has no torch.nn.Linear as wide as its logits for layer {layer!r} "
+            "to feed; name it with DeephysCallback(head=...)"
+        )
     found = detection.feature_detections(
         layer,
         scored,
@@ -412,16 +419,50 @@ def _fitted_detections(
         view.detections[ood] += rows
 
 
-def _check_rows(
-    rec: DatasetRecording, rows: _FiniteRows
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """What a head is checked on, from the InD set: its finite activations and their
-    classifier outputs, or (without logits) their ``max_logit`` scores."""
+def contribution_arrays(
+    acts: np.ndarray, recording: DatasetRecording, pairs: np.ndarray, head: LinearHead
+) -> dict[Kind, np.ndarray]:
+    """What each neuron did to the predictions of ``acts``' images through the linear
+    ``head`` (``deephys_lightning.contributions``): per image, the top contributions
+    to its predicted and true class's logits and its margin; per directed confusion
+    pair of ``pairs``, the top mean contributions to the margin."""
+    labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
+    found = contributions.image_contributions(
+        acts, labels, predictions, head, n=metadata.TOP_NEURONS
+    )
+    pair_neurons, pair_values = contributions.pair_contributions(
+        acts, labels, predictions, pairs, head, n=metadata.TOP_NEURONS
+    )
+    return {
+        Kind.PREDICTED_PUSH_NEURONS: found.predicted_neurons,
+        Kind.PREDICTED_PUSH_VALUES: found.predicted_values,
+        Kind.LABEL_PUSH_NEURONS: found.label_neurons,
+        Kind.LABEL_PUSH_VALUES: found.label_values,
+        Kind.MARGINS: found.margins,
+        Kind.PAIR_PUSH_NEURONS: pair_neurons,
+        Kind.PAIR_PUSH_VALUES: pair_values,
+    }
+
+
+def _head_of(
+    layer: str,
+    ind: DatasetRecording,
+    reference: DatasetRecording | None,
+    heads: Mapping[str, LinearHead],
+) -> tuple[LinearHead | None, str]:
+    """The linear head ``layer`` feeds, checked on the reference set's rows (with their
+    logits) or else on the InD set's (logits, or without them the ``max_logit``
+    scores); None with the reason in words when none of ``heads`` fits."""
+    if reference is not None and reference.logits is not None and layer in reference.activations:
+        rows = _FiniteRows.of(reference, layer, reference.layer_status(layer) == 0)
+        kept = slice(None) if rows.kept is None else rows.kept
+        return _layer_head(layer, heads, rows.acts, np.asarray(reference.logits)[kept], None)
+    rows = _FiniteRows.of(ind, layer, ind.layer_status(layer) == 0)
     kept = slice(None) if rows.kept is None else rows.kept
-    logits = None if rec.logits is None else np.asarray(rec.logits)[kept]
-    scores = rec.detector_scores()
+    logits = None if ind.logits is None else np.asarray(ind.logits)[kept]
+    scores = ind.detector_scores()
     max_logits = None if scores is None else scores[kept, 1]
-    return rows.acts, logits, max_logits
+    return _layer_head(layer, heads, rows.acts, logits, max_logits)
 
 
 def _layer_head(
@@ -488,7 +529,18 @@ class _FiniteRows:
             whole = np.full(found.shape, -1, dtype=np.int32)
             whole[found >= 0] = kept[found[found >= 0]]
             arrays[kind] = whole
-        for kind, empty in ((Kind.IMAGE_TOP_NEURONS, -1), (Kind.IMAGE_TOP_VALUES, np.nan)):
+        per_image = (
+            (Kind.IMAGE_TOP_NEURONS, -1),
+            (Kind.IMAGE_TOP_VALUES, np.nan),
+            (Kind.PREDICTED_PUSH_NEURONS, -1),
+            (Kind.PREDICTED_PUSH_VALUES, np.nan),
+            (Kind.LABEL_PUSH_NEURONS, -1),
+            (Kind.LABEL_PUSH_VALUES, np.nan),
+            (Kind.MARGINS, np.nan),
+        )
+        for kind, empty in per_image:
+            if kind not in arrays:
+                continue
             found = arrays[kind]
             whole = np.full((count, *found.shape[1:]), empty, dtype=found.dtype)
             whole[kept] = found

@@ -58,13 +58,30 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.SPURIOUS: (("M",), None),
     Kind.ACTIVATION_RATIO: (("M",), None),
     Kind.TOP_MAPS: (("M", "any", "any", "any"), None),
+    Kind.HEAD_WEIGHT: (("any", "M"), None),
+    Kind.HEAD_BIAS: (("any",), None),
+    Kind.PREDICTED_PUSH_NEURONS: (("N", "any"), "M"),
+    Kind.PREDICTED_PUSH_VALUES: (("N", "any"), None),
+    Kind.LABEL_PUSH_NEURONS: (("N", "any"), "M"),
+    Kind.LABEL_PUSH_VALUES: (("N", "any"), None),
+    Kind.MARGINS: (("N",), None),
+    Kind.PAIR_PUSH_NEURONS: (("any", "any"), "M"),
+    Kind.PAIR_PUSH_VALUES: (("any", "any"), None),
 }
 # Kinds that hold measurements, never indices: floats only.
 _FLOAT_KINDS = frozenset({Kind.TOP_MAPS})
 # Index kinds where -1 marks an empty slot: no image in the band, no prediction
 # (NO_PREDICTION), an image left out for values that are not finite.
 _EMPTY_SLOTS = frozenset(
-    {Kind.INTERVAL_INDICES, Kind.PREDICTIONS, Kind.TOP_CLASSES, Kind.IMAGE_TOP_NEURONS}
+    {
+        Kind.INTERVAL_INDICES,
+        Kind.PREDICTIONS,
+        Kind.TOP_CLASSES,
+        Kind.IMAGE_TOP_NEURONS,
+        Kind.PREDICTED_PUSH_NEURONS,
+        Kind.LABEL_PUSH_NEURONS,
+        Kind.PAIR_PUSH_NEURONS,
+    }
 )
 # Kinds whose rows pair up with another kind's: (partner, whether the whole shape
 # must match; else the number of rows).
@@ -79,6 +96,10 @@ PAIRED_WITH: dict[Kind, tuple[Kind, bool]] = {
     Kind.CONFUSION_TOP_NEURONS: (Kind.CONFUSIONS, False),
     Kind.CONFUSION_TOP_MEANS: (Kind.CONFUSION_TOP_NEURONS, True),
     Kind.TOP_MAPS: (Kind.TOP_INDICES, False),  # and one map per first top image (below)
+    Kind.PREDICTED_PUSH_VALUES: (Kind.PREDICTED_PUSH_NEURONS, True),
+    Kind.LABEL_PUSH_VALUES: (Kind.LABEL_PUSH_NEURONS, True),
+    Kind.PAIR_PUSH_NEURONS: (Kind.PAIRS, False),
+    Kind.PAIR_PUSH_VALUES: (Kind.PAIR_PUSH_NEURONS, True),
 }
 
 

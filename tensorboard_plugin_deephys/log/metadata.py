@@ -110,6 +110,18 @@ class Kind(str, enum.Enum):
     TOP_PROBABILITIES = "top_probabilities"  # float32 [N, k] their softmax probabilities (tensor)
     DETECTION = "detection"  # JSON list of Detection rows of an OOD set (blob)
     CALIBRATION = "calibration"  # JSON Calibration of a dataset (blob)
+    # Where the layer feeds a linear head (deephys_lightning.contributions): the head,
+    # once per layer and step (written with the InD set), and what each neuron did to
+    # each image's prediction, exactly: activation x weight.
+    HEAD_WEIGHT = "head_weight"  # float32 [C', M] the head's weight; InD only (tensor)
+    HEAD_BIAS = "head_bias"  # float32 [C'] its bias; InD only (tensor)
+    PREDICTED_PUSH_NEURONS = "predicted_push_neurons"  # int32 [N, n] top contributions to l_p
+    PREDICTED_PUSH_VALUES = "predicted_push_values"  # float32 [N, n] a_j W[p, j] (tensor)
+    LABEL_PUSH_NEURONS = "label_push_neurons"  # int32 [N, n] top contributions to l_y
+    LABEL_PUSH_VALUES = "label_push_values"  # float32 [N, n] a_j W[y, j] (tensor)
+    MARGINS = "margins"  # float32 [N] l_p - l_y by the head, NaN without a prediction
+    PAIR_PUSH_NEURONS = "pair_push_neurons"  # int32 [P, n] top mean contributions to l_b - l_a
+    PAIR_PUSH_VALUES = "pair_push_values"  # float32 [P, n] those means (tensor)
     # Where each neuron fires on its top images: its map over the layer's spatial dims
     # or square token grid (h, w <= 7), or other tokens (h = 1, w <= 49), after the ReLU.
     TOP_MAPS = "top_maps"  # float16 [M, k, h, w] one per top_indices entry (.npy blob chunks)
@@ -142,6 +154,20 @@ DISTRIBUTION_KINDS = frozenset(
         Kind.INTERVAL_VALUES,
     }
 )
+# What the layer's linear head did (deephys_lightning.contributions), where it has one.
+CONTRIBUTION_KINDS = frozenset(
+    {
+        Kind.HEAD_WEIGHT,
+        Kind.HEAD_BIAS,
+        Kind.PREDICTED_PUSH_NEURONS,
+        Kind.PREDICTED_PUSH_VALUES,
+        Kind.LABEL_PUSH_NEURONS,
+        Kind.LABEL_PUSH_VALUES,
+        Kind.MARGINS,
+        Kind.PAIR_PUSH_NEURONS,
+        Kind.PAIR_PUSH_VALUES,
+    }
+)
 # Kinds written per layer (everything else but RECORD is per dataset only).
 LAYER_KINDS = frozenset(
     {
@@ -163,6 +189,7 @@ LAYER_KINDS = frozenset(
         Kind.SPURIOUS,
         Kind.ACTIVATION_RATIO,
         Kind.TOP_MAPS,
+        *CONTRIBUTION_KINDS,
     }
 )
 # Per-neuron scores stored per layer for each OOD set, and the field of
