@@ -14,9 +14,15 @@ logits per image. Each tree runs in its own process. Printed:
   detectors (the baseline has none), and the ratio this tree / baseline;
 - this tree only, the cost of each detector: ``logit_scores`` over every batch of
   the validation loop (batches of 256) plus the four metrics, for the logit detectors
-  together; Mahalanobis and KNN (fit + scoring + metrics) each.
+  together; Mahalanobis and KNN (fit + scoring + metrics) each;
+- this tree only, a second table: the head detectors of ``head_detectors`` (ReAct,
+  ASH-S, SCALE, GEN, ViM, fDBD) on penultimate features: the fit on a reference set
+  of ``--reference`` images and the scoring of the InD set and ``--ood-sets`` OOD
+  sets (``--images`` x ``--neurons`` float16 each, ``--classes`` classes), each
+  detector alone and all six in one call (they share the logits); GEN from the
+  recorded logits (batches of 256) too. Repeats interleaved, best of ``--repeats``.
 
-Without ``--baseline`` only this tree.
+Without ``--baseline`` only this tree; ``--head-only`` only the second table.
 """
 
 from __future__ import annotations
@@ -59,6 +65,50 @@ def timed(action, repeat: int = 1) -> float:
         start = time.perf_counter()
         action()
         best = min(best, time.perf_counter() - start)
+    return best
+
+
+def head_figures(
+    images: int, neurons: int, classes: int, reference: int, ood_sets: int, repeats: int
+) -> dict[str, list[float]]:
+    """Per head detector (and all six together): [fit, score every set] in seconds,
+    the best of ``repeats`` rounds, the detectors interleaved within each round."""
+    import torch
+
+    from deephys_lightning import head_detectors as hd
+
+    rng = np.random.default_rng(1)
+
+    def features(count: int, shift: float) -> np.ndarray:
+        out = np.empty((count, neurons), dtype=np.float16)
+        for start in range(0, count, 10_000):  # float32 in slices: less memory
+            block = rng.standard_normal((min(10_000, count - start), neurons), dtype=np.float32)
+            out[start : start + len(block)] = np.maximum(block + shift, 0)
+        return out
+
+    weight = rng.standard_normal((classes, neurons), dtype=np.float32) / np.sqrt(neurons)
+    head = hd.LinearHead(weight * 4, rng.standard_normal(classes, dtype=np.float32))
+    ref = features(reference, 0.0)
+    sets = [features(images, 0.0)] + [features(images, -0.1 * (i + 1)) for i in range(ood_sets)]
+    logits = [head.logits(x).numpy() for x in sets]  # as the callback records them
+    best: dict[str, list[float]] = {}
+    runs = [(name, (name,)) for name in hd.HEAD_DETECTORS] + [("all six", hd.HEAD_DETECTORS)]
+    for _ in range(repeats):
+        for label, names in runs:
+            start = time.perf_counter()
+            fitted = hd.fit_head_detectors(ref, head, names)
+            fitted_at = time.perf_counter()
+            for x in sets:
+                hd.head_detector_scores(fitted, x)
+            done = time.perf_counter()
+            old = best.get(label, [float("inf")] * 2)
+            best[label] = [min(old[0], fitted_at - start), min(old[1], done - fitted_at)]
+        start = time.perf_counter()
+        for batch_logits in logits:
+            t = torch.from_numpy(batch_logits)
+            np.concatenate([hd.gen_scores(t[i : i + 256]) for i in range(0, len(t), 256)])
+        old = best.get("gen from logits (batches of 256)", [0.0, float("inf")])
+        best["gen from logits (batches of 256)"] = [0.0, min(old[1], time.perf_counter() - start)]
     return best
 
 
@@ -139,15 +189,14 @@ def measure(images: int, neurons: int, classes: int) -> dict[str, float]:
 
     figures["detectors: msp + max_logit + energy"] = timed(logit_detectors, repeat=2)
     acts = {name: d["acts"] for name, d in data.items()}
-    for name in detection.FEATURE_DETECTORS:
+    if hasattr(detection, "FitSet"):  # fitted on a set of their own: the InD set here
+        fit = {"fit": detection.FitSet(acts["ind"], data["ind"]["labels"], "reference")}
+    else:  # a tree from before: fitted on the InD set itself
+        fit = {"ind_labels": data["ind"]["labels"]}
+    for name in ("mahalanobis", "knn"):
         figures[f"detector: {name}"] = timed(
             lambda name=name: detection.feature_detections(
-                "fc",
-                acts,
-                ind="ind",
-                ind_labels=data["ind"]["labels"],
-                num_classes=classes,
-                detectors=(name,),
+                "fc", acts, ind="ind", num_classes=classes, detectors=(name,), **fit
             )
         )
     return figures
@@ -159,11 +208,44 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000)
     parser.add_argument("--neurons", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--reference", type=int, default=10_000, help="head detectors' fit set")
+    parser.add_argument("--ood-sets", type=int, default=3, help="OOD sets the head detectors score")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the head detectors")
+    parser.add_argument("--head-only", action="store_true", help="only the head detectors")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--head-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.images, args.neurons, args.classes)))
         return
+    if args.head_child:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+        sizes = (args.images, args.neurons, args.classes, args.reference)
+        print(json.dumps(head_figures(*sizes, args.ood_sets, args.repeats)))
+        return
+    if not args.head_only:
+        compare_trees(args)
+    command = [sys.executable, os.path.abspath(__file__), "--head-child"]
+    for flag in ("images", "neurons", "classes", "reference", "ood_sets", "repeats"):
+        command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True, cwd=ROOT)
+    head = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"\nhead detectors: fit on {args.reference} reference images, score InD + "
+        f"{args.ood_sets} OOD sets of {args.images} x {args.neurons} (float16), "
+        f"{args.classes} classes; best of {args.repeats}, {os.cpu_count()} CPUs"
+    )
+    width = max(len(n) for n in head)
+    sets = args.ood_sets + 1
+    print(f"{'':{width}}  {'fit':>8}  {f'score {sets} sets':>13}  {'total':>8}")
+    for name, (fit, score) in head.items():
+        print(f"{name:{width}}  {fit:>7.2f}s  {score:>12.2f}s  {fit + score:>7.2f}s")
+
+
+def compare_trees(args: argparse.Namespace) -> None:
     trees = {"this tree": ROOT}
     if args.baseline:
         trees["baseline"] = os.path.abspath(args.baseline)
