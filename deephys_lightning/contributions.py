@@ -11,7 +11,10 @@ contributions to the margin ``l_p - l_y`` are ``a_j * (W[p, j] - W[y, j])``.
   the margin ``l_p - l_y`` the head gives;
 - :func:`pair_contributions`: per confusion pair (images labelled ``a`` predicted
   ``b``), the ``n`` neurons with the largest mean contribution to the margin
-  ``l_b - l_a`` over the pair's images.
+  ``l_b - l_a`` over the pair's images;
+- :func:`zeroing_effect`: per neuron, how many of a set's predictions change, and the
+  set's accuracy, when that neuron alone is zeroed: exact for a linear head, from the
+  recorded activations.
 
 Everything in torch, float32 products accumulated in float64 where summed, in blocks
 of rows. Images without a prediction (``-1``) get no neurons (``-1``, values NaN).
@@ -38,9 +41,20 @@ import torch
 
 from deephys_lightning.head_detectors import LinearHead
 
-__all__ = ["ImageContributions", "image_contributions", "pair_contributions"]
+__all__ = [
+    "ImageContributions",
+    "ZeroingEffect",
+    "image_contributions",
+    "pair_contributions",
+    "zeroing_effect",
+]
 
 _ROW_BLOCK = 2048
+_TIE_MARGIN = 16  # _top's candidates beyond n
+# zeroing_effect's images per set at most: an evenly spread subset beyond
+ZEROING_MAX_IMAGES = 2_000
+# zeroing_effect's (image, neuron) pairs handled at once ([pairs, C] float64 each)
+_ZEROING_PAIRS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +82,21 @@ def _top(values: torch.Tensor, n: int, valid: torch.Tensor) -> tuple[np.ndarray,
     """The ``n`` largest of each row, ties to the lower neuron; rows not ``valid``
     get ``-1`` / NaN."""
     n = min(n, values.shape[1])
-    # a stable descending sort puts ties in neuron order
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices[:, :n]
+    values = torch.where(valid[:, None], values, 0.0)
+    # top-k of a few more than n, then a stable sort of those in neuron order: exact
+    # unless the tie at the cut reaches past them (those rows are sorted whole)
+    extra = min(n + _TIE_MARGIN, values.shape[1])
+    found = values.topk(extra, dim=1).indices.sort(dim=1).values
+    found_values = values.gather(1, found)
+    order = found.gather(1, found_values.sort(dim=1, descending=True, stable=True).indices)
+    order = order[:, :n]
+    if extra < values.shape[1]:
+        cut = values.gather(1, order[:, -1:])  # the n-th value
+        past = found_values.min(dim=1, keepdim=True).values
+        unsure = torch.nonzero((past >= cut)[:, 0], as_tuple=True)[0]
+        if len(unsure):
+            whole = torch.sort(values[unsure], dim=1, descending=True, stable=True).indices
+            order[unsure] = whole[:, :n]
     picked = values.gather(1, order)
     neurons = torch.where(valid[:, None], order, -1).to(torch.int32)
     found = torch.where(valid[:, None], picked, float("nan"))
@@ -154,3 +181,101 @@ def pair_contributions(
     valid = sizes > 0
     neurons, values = _top(push.float(), n, valid)
     return neurons, values
+
+
+@dataclasses.dataclass(frozen=True)
+class ZeroingEffect:
+    """What zeroing each neuron alone does to a set's predictions through the head:
+    ``changed`` int32 ``[M]`` how many predictions change, ``accuracy`` float32 ``[M]``
+    the set's accuracy then; ``base_accuracy`` the head's accuracy on the recorded
+    activations (its predictions, to which ``changed`` compares, can differ from the
+    model's on near-ties: the activations are stored in float16), over ``images``
+    (those with finite activations)."""
+
+    changed: np.ndarray
+    accuracy: np.ndarray
+    base_accuracy: float
+    images: int
+
+
+def zeroing_effect(
+    acts: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    head: LinearHead,
+    *,
+    max_images: int | None = None,
+) -> ZeroingEffect:
+    """:class:`ZeroingEffect` of every neuron of ``acts`` ``[N, M]`` (the head's input,
+    rows with a non-finite value left out) with ``labels`` ``[N]``; on an evenly
+    spread subset of at most ``max_images`` images (None: all).
+
+    Exact, and cheap for a confident model: zeroing neuron ``j`` moves the gap between
+    class ``c`` and the prediction ``p`` by ``a_j (W[p, j] - W[c, j])``, at most
+    ``|a_j| R_j`` with ``R_j`` the spread of column ``j`` of ``W``. So only the classes
+    within ``max_j |a_j| R_j`` of the top logit can take over; each image's new
+    arg-max is computed over those (ties to the lower class, as ``argmax``).
+
+    Example::
+
+        >>> head = LinearHead(np.array([[1.0, 0.0], [0.0, 1.0]]), np.zeros(2))
+        >>> found = zeroing_effect(np.array([[2.0, 1.0], [0.5, 1.0]]), np.array([0, 0]), head)
+        >>> found.changed.tolist(), found.accuracy.tolist(), found.base_accuracy
+        ([1, 1], [0.0, 1.0], 0.5)
+    """
+    if max_images is not None and len(acts) > max_images:
+        rows_kept = np.unique(np.linspace(0, len(acts) - 1, max_images).round().astype(np.int64))
+        acts, labels = acts[rows_kept], np.asarray(labels)[rows_kept]
+    weight = torch.from_numpy(head.weight).double()  # [C, M]
+    bias = torch.from_numpy(head.bias).double()
+    spread = weight.max(dim=0).values - weight.min(dim=0).values  # R_j, [M]
+    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    m = head.in_features
+    changed = torch.zeros(m, dtype=torch.int64)
+    right = torch.zeros(m, dtype=torch.int64)
+    base_right = 0
+    images = 0
+    for start in range(0, len(labels_t), _ROW_BLOCK):
+        a = _rows(acts, start, start + _ROW_BLOCK).double()
+        y = labels_t[start : start + _ROW_BLOCK]
+        keep = torch.isfinite(a).all(dim=1)
+        a, y = a[keep], y[keep]
+        if not len(a):
+            continue
+        logits = a @ weight.T + bias  # [B, C]
+        predicted = logits.argmax(dim=1)
+        top = logits.gather(1, predicted[:, None])[:, 0]
+        was_right = predicted == y
+        base_right += int(was_right.sum())
+        right += int(was_right.sum())  # every neuron, until a change says otherwise
+        images += len(a)
+        # Zeroing neuron j moves a class's gap to the top by at most |a_j| R_j: only
+        # the (image, neuron) pairs where that reaches the runner-up can change the
+        # prediction, and only the classes within that reach can take over.
+        shift = a.abs() * spread  # [B, M]
+        runner_up = (
+            torch.where(
+                torch.arange(logits.shape[1])[None, :] == predicted[:, None], -torch.inf, logits
+            )
+            .max(dim=1)
+            .values
+        )
+        rows, neurons = torch.nonzero(shift >= (top - runner_up)[:, None], as_tuple=True)
+        for chunk in range(0, len(rows), _ZEROING_PAIRS):
+            i = rows[chunk : chunk + _ZEROING_PAIRS]
+            j = neurons[chunk : chunk + _ZEROING_PAIRS]
+            reach = shift[i, j]
+            within = (top[i, None] - logits[i]) <= reach[:, None]  # [P, C]
+            # the classes within reach, in class order (argmax: ties to the lower class)
+            moved = torch.where(within, logits[i] - a[i, j][:, None] * weight[:, j].T, -torch.inf)
+            winners = moved.argmax(dim=1)
+            changed.index_add_(0, j, (winners != predicted[i]).long())
+            right.index_add_(0, j, (winners == y[i]).long() - was_right[i].long())
+    if images == 0:
+        nan = np.full(m, np.nan, dtype=np.float32)
+        return ZeroingEffect(np.zeros(m, dtype=np.int32), nan, float("nan"), 0)
+    return ZeroingEffect(
+        changed.numpy().astype(np.int32),
+        (right.double() / images).numpy().astype(np.float32),
+        base_right / images,
+        images,
+    )

@@ -33,7 +33,7 @@ from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
-from deephys_lightning.contributions import ImageContributions
+from deephys_lightning.contributions import ImageContributions, ZeroingEffect
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
 from deephys_lightning.head_detectors import LinearHead
 from tensorboard_plugin_deephys.log import storage
@@ -234,6 +234,21 @@ class DeephysLog:
             found = [data.optional_array(kind, layer, dataset) for kind in kinds]
             arrays = [a for a in found if a is not None]
             return ImageContributions(*arrays) if len(arrays) == len(kinds) else None
+
+        return self._read(step, read)
+
+    def zeroing(self, layer: str, dataset: str, step: int | None = None) -> ZeroingEffect | None:
+        """What zeroing each neuron alone does to ``dataset``'s predictions through the
+        linear head (``deephys_lightning.contributions.zeroing_effect``), or None where
+        the layer feeds no head."""
+
+        def read(data: StepData) -> ZeroingEffect | None:
+            changed = data.optional_array(Kind.ZEROED_CHANGES, layer, dataset)
+            accuracy = data.optional_array(Kind.ZEROED_ACCURACY, layer, dataset)
+            base = data.optional_array(Kind.ZEROING_BASE, layer, dataset)
+            if changed is None or accuracy is None or base is None:
+                return None
+            return ZeroingEffect(changed, accuracy, float(base[0]), int(base[1]))
 
         return self._read(step, read)
 

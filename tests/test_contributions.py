@@ -11,7 +11,11 @@ import torch
 from tiny_model import TinyNet, loader, module_output, random_set, trainer
 
 from deephys_lightning import DeephysCallback, read_log
-from deephys_lightning.contributions import image_contributions, pair_contributions
+from deephys_lightning.contributions import (
+    image_contributions,
+    pair_contributions,
+    zeroing_effect,
+)
 from deephys_lightning.head_detectors import LinearHead
 
 
@@ -20,10 +24,10 @@ def _top(values: np.ndarray, n: int) -> list[int]:
     return sorted(range(len(values)), key=lambda j: (-values[j], j))[:n]
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_image_contributions_equal_a_loop(seed):
+@pytest.mark.parametrize(("seed", "m"), [(0, 12), (1, 12), (2, 64), (3, 64)])
+def test_image_contributions_equal_a_loop(seed, m):
     rng = np.random.default_rng(seed)
-    n_images, m, c = 40, 12, 5
+    n_images, c = 40, 5  # m = 64: ties reach past the candidates a top-k looks at
     acts = rng.choice([0.0, 0.5, 1.0, 2.0], size=(n_images, m)).astype(np.float16)  # ties
     head = LinearHead(rng.choice([-1.0, 0.0, 1.0, 0.5], size=(c, m)), rng.normal(size=c))
     labels = rng.integers(0, c, n_images)
@@ -88,6 +92,19 @@ def test_a_fit_records_the_head_and_what_each_neuron_did(tmp_path):
         assert float(moved) == pytest.approx(float(found.predicted_values[i, 0]), abs=2e-3)
         margin = logits[i, predictions[i]] - logits[i, labels[i]]
         assert found.margins[i] == pytest.approx(float(margin), abs=2e-3)  # float16 features
+    # each neuron zeroed, through the real head (float64) on the stored float16 values
+    zeroed_effect = log.zeroing("fc", "ood")
+    stored = features.half().double()
+    weight, bias = model.head.weight.detach().double(), model.head.bias.detach().double()
+    base = (stored @ weight.T + bias).argmax(1)
+    assert zeroed_effect.images == len(x)
+    for j in range(stored.shape[1]):
+        zeroed = stored.clone()
+        zeroed[:, j] = 0
+        new = (zeroed @ weight.T + bias).argmax(1)
+        assert zeroed_effect.changed[j] == int((new != base).sum())
+        expected = float((new.numpy() == labels).mean())
+        assert zeroed_effect.accuracy[j] == pytest.approx(expected)
 
 
 def test_a_layer_that_feeds_no_head_has_no_contributions(tmp_path):
@@ -98,3 +115,34 @@ def test_a_layer_that_feeds_no_head_has_no_contributions(tmp_path):
     log = read_log(t.logger.log_dir)
     assert log.head("features.0") is None and log.contributions("features.0", "ind") is None
     assert log.head("fc") is not None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_zeroing_each_neuron_equals_the_real_head_run_again(seed):
+    """Every neuron zeroed in turn, through a torch Linear with the same weights: the
+    predictions that change and the accuracy, against the pruned exact kernel."""
+    rng = np.random.default_rng(seed)
+    n_images, m, c = 64, 10, 7
+    acts = np.maximum(rng.normal(size=(n_images, m)), 0).astype(np.float16)
+    acts[5] = acts[6]  # a duplicate row
+    acts[9, 2] = np.nan  # left out
+    linear = torch.nn.Linear(m, c).double()
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(rng.choice([-1.0, 0.0, 1.0, 2.0], size=(c, m))))
+        linear.bias.copy_(torch.from_numpy(rng.choice([0.0, 0.5], size=c)))
+    head = LinearHead.from_module(linear)
+    labels = rng.integers(0, c, n_images)
+    found = zeroing_effect(acts, labels, head)
+    keep = np.isfinite(acts.astype(np.float64)).all(1)
+    x = torch.from_numpy(acts[keep].astype(np.float64))
+    y = torch.from_numpy(labels[keep])
+    with torch.no_grad():
+        base = linear(x).argmax(1)
+        assert found.base_accuracy == pytest.approx(float((base == y).double().mean()))
+        for j in range(m):
+            zeroed = x.clone()
+            zeroed[:, j] = 0
+            new = linear(zeroed).argmax(1)
+            assert found.changed[j] == int((new != base).sum()), j
+            assert found.accuracy[j] == pytest.approx(float((new == y).double().mean())), j
+    assert found.images == int(keep.sum())

@@ -425,7 +425,9 @@ def contribution_arrays(
     """What each neuron did to the predictions of ``acts``' images through the linear
     ``head`` (``deephys_lightning.contributions``): per image, the top contributions
     to its predicted and true class's logits and its margin; per directed confusion
-    pair of ``pairs``, the top mean contributions to the margin."""
+    pair of ``pairs``, the top mean contributions to the margin; per neuron, what
+    zeroing it alone does to the predictions (on at most
+    ``contributions.ZEROING_MAX_IMAGES`` images, evenly spread)."""
     labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
     found = contributions.image_contributions(
         acts, labels, predictions, head, n=metadata.TOP_NEURONS
@@ -433,7 +435,13 @@ def contribution_arrays(
     pair_neurons, pair_values = contributions.pair_contributions(
         acts, labels, predictions, pairs, head, n=metadata.TOP_NEURONS
     )
+    zeroed = contributions.zeroing_effect(
+        acts, labels, head, max_images=contributions.ZEROING_MAX_IMAGES
+    )
     return {
+        Kind.ZEROED_CHANGES: zeroed.changed,
+        Kind.ZEROED_ACCURACY: zeroed.accuracy,
+        Kind.ZEROING_BASE: np.array([zeroed.base_accuracy, zeroed.images], dtype=np.float32),
         Kind.PREDICTED_PUSH_NEURONS: found.predicted_neurons,
         Kind.PREDICTED_PUSH_VALUES: found.predicted_values,
         Kind.LABEL_PUSH_NEURONS: found.label_neurons,

@@ -67,6 +67,9 @@ _LAYOUT: dict[Kind, tuple[tuple[str, ...], str | None]] = {
     Kind.MARGINS: (("N",), None),
     Kind.PAIR_PUSH_NEURONS: (("any", "any"), "M"),
     Kind.PAIR_PUSH_VALUES: (("any", "any"), None),
+    Kind.ZEROED_CHANGES: (("M",), None),
+    Kind.ZEROED_ACCURACY: (("M",), None),
+    Kind.ZEROING_BASE: (("2",), None),
 }
 # Kinds that hold measurements, never indices: floats only.
 _FLOAT_KINDS = frozenset({Kind.TOP_MAPS})

@@ -122,6 +122,10 @@ class Kind(str, enum.Enum):
     MARGINS = "margins"  # float32 [N] l_p - l_y by the head, NaN without a prediction
     PAIR_PUSH_NEURONS = "pair_push_neurons"  # int32 [P, n] top mean contributions to l_b - l_a
     PAIR_PUSH_VALUES = "pair_push_values"  # float32 [P, n] those means (tensor)
+    # Each neuron zeroed alone, through the head, on (a subset of) the set's images:
+    ZEROED_CHANGES = "zeroed_changes"  # int32 [M] how many predictions change (tensor)
+    ZEROED_ACCURACY = "zeroed_accuracy"  # float32 [M] the set's accuracy then (tensor)
+    ZEROING_BASE = "zeroing_base"  # float32 [2] the head's accuracy, the images used
     # Where each neuron fires on its top images: its map over the layer's spatial dims
     # or square token grid (h, w <= 7), or other tokens (h = 1, w <= 49), after the ReLU.
     TOP_MAPS = "top_maps"  # float16 [M, k, h, w] one per top_indices entry (.npy blob chunks)
@@ -166,6 +170,9 @@ CONTRIBUTION_KINDS = frozenset(
         Kind.MARGINS,
         Kind.PAIR_PUSH_NEURONS,
         Kind.PAIR_PUSH_VALUES,
+        Kind.ZEROED_CHANGES,
+        Kind.ZEROED_ACCURACY,
+        Kind.ZEROING_BASE,
     }
 )
 # Kinds written per layer (everything else but RECORD is per dataset only).
@@ -500,12 +507,12 @@ class Detection:
     None for the detectors on the logits. ``fitted_on``: where a detector on features
     was fitted, ``"reference"`` (the callback's reference set) or ``"ind_half"`` (one
     half of the InD set, the other half scored); ``""`` for the logit detectors and in
-    logs written before 0.3 (fitted on the whole InD set). ``fit_images``: the images
-    it was fitted on. ``note``: why the metrics are missing (NaN), in words. The metrics (:data:`DETECTION_METRICS`) treat
-    InD as the positive class: AUROC, average precision with InD positive
-    (``aupr_in``) and with OOD positive (``aupr_out``), and the fraction of OOD images
-    accepted at the threshold that accepts 95 % of the InD images
-    (``fpr_at_95_tpr``). ``ind_images`` / ``ood_images`` are the images scored (a
+    logs written before 0.3 (fitted on the whole InD set). ``fit_images``: the images it
+    was fitted on. ``note``: why the metrics are missing (NaN), in words. The metrics
+    (:data:`DETECTION_METRICS`) treat InD as the positive class: AUROC, average
+    precision with InD positive (``aupr_in``) and with OOD positive (``aupr_out``), and
+    the fraction of OOD images accepted at the threshold that accepts 95 % of the InD
+    images (``fpr_at_95_tpr``). ``ind_images`` / ``ood_images`` are the images scored (a
     detector may score a documented subsample). A kind ``detection`` blob holds a
     JSON list of rows per OOD set.
     """
