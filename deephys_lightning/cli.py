@@ -5,6 +5,7 @@ Example::
     deephys-lightning scores lightning_logs        # the score table of every run
     python -m deephys_lightning scores lightning_logs --csv
     deephys-lightning export lightning_logs/version_0 deephys_files   # for the Deephys app
+    deephys-lightning report lightning_logs/version_0 --out report.html   # one HTML file
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from deephys_lightning.export import DTYPES, ExportError, export_step
 from deephys_lightning.reader import LogDamageWarning
+from deephys_lightning.report import ReportError, parse_images, parse_indices, write_report
 from deephys_lightning.scores import (
     calibration_table,
     detection_table,
@@ -96,7 +98,44 @@ def _parser() -> argparse.ArgumentParser:
         help="leave out the images with NaN or infinite activations or classifier outputs "
         "(the files cannot hold them; default: stop with an error naming them)",
     )
+    _add_report(commands)
     return parser
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write a recorded step as one self-contained HTML file, to send or publish",
+        description="Write one recorded step of a run as a single HTML file that needs "
+        "nothing else (thumbnails inlined, no script, nothing fetched): the overview "
+        "(accuracy, scores, OOD detection, calibration, images left out, confusion) and "
+        "a section per chosen neuron, image and category, as the Deephys tab shows them.",
+    )
+    report.add_argument("logdir", help="a run directory (or a log directory with one run)")
+    report.add_argument("--out", default="report.html", help="the HTML file to write")
+    report.add_argument("--step", type=int, help="which recorded step (default: the latest)")
+    report.add_argument("--run", help="which run under LOGDIR, when it holds several")
+    report.add_argument("--layer", help="which recorded layer (default: the first)")
+    report.add_argument(
+        "--neurons",
+        action="append",
+        metavar="J,...",
+        help="neurons to show (default: the 3 with the highest mean spurious score "
+        "across the OOD sets)",
+    )
+    report.add_argument(
+        "--images",
+        action="append",
+        metavar="INDEX@DATASET,...",
+        help="images to show, e.g. 5@permuted: the index among the recorded images of "
+        "the set, as in the tab's image view",
+    )
+    report.add_argument(
+        "--categories", action="append", metavar="C,...", help="classes to show, by index"
+    )
+    report.add_argument(
+        "--k", type=int, default=6, help="top images per neuron and set (default: 6)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _scores(args.logdir, as_csv=args.csv, table=table, damage=damage)
             if args.command == "export":
                 return _export(args)
+            if args.command == "report":
+                return _report(args)
     except BrokenPipeError:  # e.g. `deephys-lightning scores ... | head`: end quietly
         _silence_stdout()
         return 0
@@ -211,6 +252,29 @@ def _export(args: argparse.Namespace) -> int:
         print(f"{path}  ({size / 2**20:.1f} MiB)" if size >= 2**20 else f"{path}  ({size} bytes)")
     for name, count in files.skipped.items():
         print(f"note: {count} images of {name!r} with NaN or infinite values left out of its file")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        neurons = [j for text in args.neurons or [] for j in parse_indices(text, "--neurons")]
+        path = write_report(
+            args.logdir,
+            args.out,
+            step=args.step,
+            run=args.run,
+            layer=args.layer,
+            neurons=neurons or None,
+            images=[image for text in args.images or [] for image in parse_images(text)],
+            categories=[
+                c for text in args.categories or [] for c in parse_indices(text, "--categories")
+            ],
+            k=args.k,
+        )
+    except (ReportError, OSError) as error:
+        print(f"deephys-lightning report: {error}", file=sys.stderr)
+        return 2
+    print(f"{path}  ({path.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 
