@@ -51,10 +51,16 @@ __all__ = [
 
 _ROW_BLOCK = 2048
 _TIE_MARGIN = 16  # _top's candidates beyond n
+_PAIR_COLUMNS = 256  # pair_contributions' neurons per block
 # zeroing_effect's images per set at most: an evenly spread subset beyond
 ZEROING_MAX_IMAGES = 2_000
-# zeroing_effect's (image, neuron) pairs handled at once ([pairs, C] float64 each)
+# zeroing_effect's (image, neuron) pairs handled at once ([pairs, C] float64 each), its
+# images per block, and the (pair, class) comparisons after which it stops (about 2 s
+# on a CPU core: a head without margins, untrained, makes every pair reach every class;
+# a trained head, few)
 _ZEROING_PAIRS = 4096
+_ZEROING_BLOCK = 128
+_ZEROING_BUDGET = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,34 +159,60 @@ def pair_contributions(
     b``, every contribution is 0)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     m = head.in_features
+    n = min(n, m)
     count = len(pairs)
     if count == 0:
-        return np.zeros((0, min(n, m)), np.int32), np.zeros((0, min(n, m)), np.float32)
+        return np.zeros((0, n), np.int32), np.zeros((0, n), np.float32)
     num_classes = head.num_classes
-    key = torch.from_numpy(pairs[:, 0] * num_classes + pairs[:, 1])
-    image_key = torch.from_numpy(
-        np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(predictions, dtype=np.int64)
+    # each image's pair (row of ``pairs``), or -1: not one of them, or left out
+    keys = pairs[:, 0] * num_classes + pairs[:, 1]
+    order = np.argsort(keys, kind="stable")
+    image_keys = np.asarray(labels, dtype=np.int64) * num_classes + np.asarray(
+        predictions, dtype=np.int64
     )
-    predicted = torch.from_numpy(np.asarray(predictions) >= 0)
-    sums = torch.zeros((count, m), dtype=torch.float64)
-    sizes = torch.zeros(count, dtype=torch.float64)
-    for start in range(0, len(image_key), _ROW_BLOCK):
-        a = _rows(acts, start, start + _ROW_BLOCK)
-        keys = image_key[start : start + _ROW_BLOCK]
-        slot = torch.searchsorted(torch.sort(key).values, keys)
-        order = torch.argsort(key)
-        slot = slot.clamp(max=count - 1)
-        found = (torch.sort(key).values[slot] == keys) & predicted[start : start + _ROW_BLOCK]
-        found &= torch.isfinite(a).all(dim=1)
-        rows = order[slot[found]]
-        sums.index_add_(0, rows, a[found].double())
-        sizes.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
-    means = sums / sizes[:, None]  # NaN for a pair without images
+    slot = np.clip(np.searchsorted(keys[order], image_keys), 0, count - 1)
+    row_of = np.where(keys[order][slot] == image_keys, order[slot], -1)
+    row_of[np.asarray(predictions) < 0] = -1
+    finite = np.concatenate(
+        [
+            torch.isfinite(_rows(acts, i, i + _ROW_BLOCK)).all(dim=1).numpy()
+            for i in range(0, len(row_of), _ROW_BLOCK)
+        ]
+        or [np.zeros(0, dtype=bool)]
+    )
+    row_of[~finite] = -1
+    member = torch.from_numpy(np.flatnonzero(row_of >= 0))
+    into = torch.from_numpy(row_of[row_of >= 0])
+    sizes = torch.bincount(into, minlength=count).double()
     weight = torch.from_numpy(head.weight).double()
-    push = means * (weight[pairs[:, 1]] - weight[pairs[:, 0]])  # [P, M]
+    gap = weight[pairs[:, 1]] - weight[pairs[:, 0]]  # [P, M]: W[b] - W[a]
+    best_values = torch.full((count, 0), float("nan"), dtype=torch.float64)
+    best_neurons = torch.zeros((count, 0), dtype=torch.int64)
+    # Column blocks, a running top: the [P, M] means of many pairs would not fit.
+    for first in range(0, m, _PAIR_COLUMNS):
+        columns = slice(first, min(first + _PAIR_COLUMNS, m))
+        sums = torch.zeros((count, columns.stop - first), dtype=torch.float64)
+        for start in range(0, len(member), _ROW_BLOCK):
+            rows = member[start : start + _ROW_BLOCK]
+            if isinstance(acts, torch.Tensor):
+                block = acts[rows, columns].double()
+            else:  # only this block's columns of the rows are copied
+                block = torch.from_numpy(np.asarray(acts[rows.numpy(), columns])).double()
+            sums.index_add_(0, into[start : start + _ROW_BLOCK], block)
+        push = sums / sizes[:, None] * gap[:, columns]
+        # candidates in neuron order: the running top (lower neurons), then this block's;
+        # a stable sort keeps the lower neuron first among ties
+        values = torch.cat([best_values, push], dim=1)
+        neurons = torch.cat(
+            [best_neurons, torch.arange(first, columns.stop).expand(count, -1)], dim=1
+        )
+        ranked = torch.sort(values.nan_to_num(nan=-torch.inf), dim=1, descending=True, stable=True)
+        keep = ranked.indices[:, :n]
+        best_values, best_neurons = values.gather(1, keep), neurons.gather(1, keep)
     valid = sizes > 0
-    neurons, values = _top(push.float(), n, valid)
-    return neurons, values
+    found = torch.where(valid[:, None], best_neurons, -1).to(torch.int32)
+    means = torch.where(valid[:, None], best_values, float("nan")).float()
+    return found.numpy(), means.numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +222,8 @@ class ZeroingEffect:
     the set's accuracy then; ``base_accuracy`` the head's accuracy on the recorded
     activations (its predictions, to which ``changed`` compares, can differ from the
     model's on near-ties: the activations are stored in float16), over ``images``
-    (those with finite activations)."""
+    (those with finite activations; fewer than asked where a head without margins
+    makes the comparisons exceed a budget of about 2 s: the first ones, in order)."""
 
     changed: np.ndarray
     accuracy: np.ndarray
@@ -234,9 +267,12 @@ def zeroing_effect(
     right = torch.zeros(m, dtype=torch.int64)
     base_right = 0
     images = 0
-    for start in range(0, len(labels_t), _ROW_BLOCK):
-        a = _rows(acts, start, start + _ROW_BLOCK).double()
-        y = labels_t[start : start + _ROW_BLOCK]
+    spent = 0
+    for start in range(0, len(labels_t), _ZEROING_BLOCK):
+        if spent >= _ZEROING_BUDGET:  # a head without margins: the images so far
+            break
+        a = _rows(acts, start, start + _ZEROING_BLOCK).double()
+        y = labels_t[start : start + _ZEROING_BLOCK]
         keep = torch.isfinite(a).all(dim=1)
         a, y = a[keep], y[keep]
         if not len(a):
@@ -260,6 +296,7 @@ def zeroing_effect(
             .values
         )
         rows, neurons = torch.nonzero(shift >= (top - runner_up)[:, None], as_tuple=True)
+        spent += len(rows) * logits.shape[1]
         for chunk in range(0, len(rows), _ZEROING_PAIRS):
             i = rows[chunk : chunk + _ZEROING_PAIRS]
             j = neurons[chunk : chunk + _ZEROING_PAIRS]

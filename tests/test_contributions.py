@@ -49,10 +49,11 @@ def test_image_contributions_equal_a_loop(seed, m):
         assert found.margins[i] == pytest.approx(margin, abs=1e-5)
 
 
-def test_pair_contributions_equal_a_loop():
+@pytest.mark.parametrize("m", [8, 600])  # 600: three blocks of neurons, ties across them
+def test_pair_contributions_equal_a_loop(m):
     rng = np.random.default_rng(7)
-    acts = np.maximum(rng.normal(size=(60, 8)), 0).astype(np.float16)
-    head = LinearHead(rng.normal(size=(3, 8)), rng.normal(size=3))
+    acts = rng.choice([0.0, 0.5, 1.0], size=(60, m)).astype(np.float16)
+    head = LinearHead(rng.choice([-1.0, 0.0, 1.0], size=(3, m)), rng.normal(size=3))
     labels, predictions = rng.integers(0, 3, 60), rng.integers(0, 3, 60)
     pairs = np.array([[0, 1], [1, 0], [2, 2], [2, 1]])
     neurons, values = pair_contributions(acts, labels, predictions, pairs, head, n=3)
