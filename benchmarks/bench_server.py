@@ -7,14 +7,16 @@ Writes, through the real writer, InD + 3 OOD sets of 50,000 images x 2,048 neuro
 with 1,000 classes at 2 steps (thumbnails of 64 px as asset files, no full
 activation matrix: the callback's defaults), then for each loader starts
 ``tensorboard --port 0`` on it and prints: the time until the log is loaded, the
-time to the tab's first data after that (runs, then a neuron), p50/p95 of runs,
-summary, confusion (a page of a set's most confused pairs), neuron, image, category,
-confusion set (a category with ``pred``) and thumbnail requests after warm-up (the
-neuron answer with its top categories and whether it fires, the image's top
-predictions, the category's false positives and negatives: all the tab asks; the
-slowest request too, a set's first being the one that ranks its category means), the
-size of the summary answer, and the peak RSS of the server (with the Rust data
-server process, when used). The same figures for the demo's log.
+time to the tab's first data after that (runs, then a neuron), the first summary and
+category_sets answers, p50/p95 of runs, summary, confusion (a page of a set's most
+confused pairs), neuron, image, category, category across every set
+(``category_sets``: one class in the four sets side by side, with what each OOD set
+keeps of the InD top neurons), confusion set (a category with ``pred``) and thumbnail
+requests after warm-up (the neuron answer with its top categories and whether it
+fires, the image's top predictions, the category's false positives and negatives: all
+the tab asks; the slowest request too, a set's first being the one that ranks its
+category means), the size of the summary answer, and the peak RSS of the server (with
+the Rust data server process, when used). The same figures for the demo's log.
 Targets: first data <= 3 s, p95 <= 150 ms, peak RSS <= 2.5 GB.
 
 ``--many-classes``: the same log with ImageNet-21k's 21,841 classes (issue 31), and
@@ -153,6 +155,9 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
             num_classes = len(summary.json()["class_names"])
             confused_pairs = {d["name"]: d["confused_pairs"] for d in summary.json()["datasets"]}
             top_confusions = {d["name"]: d["top_confusions"] for d in summary.json()["datasets"]}
+            # the first category across the sets: it ranks the InD means and reads each
+            # set's means once (later ones read rows of the tables made then)
+            sets_s, _ = _timed_get(session, f"{prefix}/category_sets?run={run}&layer={layer}")
 
             def neuron():
                 return f"neuron?run={run}&layer={layer}&neuron={rng.randrange(num_neurons)}&k=12"
@@ -166,6 +171,10 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
                 d = rng.choice(datasets)
                 label = rng.randrange(num_classes)
                 return f"category?run={run}&layer={layer}&dataset={d}&label={label}"
+
+            def category_sets():
+                label = rng.randrange(num_classes)
+                return f"category_sets?run={run}&layer={layer}&label={label}"
 
             def runs():
                 return "runs"
@@ -192,6 +201,7 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
             print(f"  log loaded after server start     {loaded:8.2f} s")
             print(f"  first data (runs + neuron)        {first * 1000:8.1f} ms")
             print(f"  summary route (first call)        {summary_s * 1000:8.1f} ms")
+            print(f"  category_sets route (first call)  {sets_s * 1000:8.1f} ms")
             print(
                 f"  summary answer                    {len(summary.content) / 2**10:8.1f} KiB "
                 f"({num_classes:,} classes)"
@@ -203,6 +213,7 @@ def measure(title: str, logdir: str, run: str, load_fast: bool, n: int, datasets
                 ("neuron", neuron),
                 ("image", image),
                 ("category", category),
+                ("cat. sets", category_sets),
                 ("pair", pair),
                 ("thumbnail", thumbnail),
             ):

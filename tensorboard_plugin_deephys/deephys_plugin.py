@@ -41,6 +41,9 @@ from tensorboard_plugin_deephys.log.metadata import (
     scalar_tag,
 )
 from tensorboard_plugin_deephys.log.read_model import (
+    LOST_MARKED,
+    TOP_NEURONS,
+    KeptActivation,
     Mistakes,
     Neuron,
     StepData,
@@ -69,7 +72,7 @@ _MAX_K = 1000
 _CONTENT_ADDRESSED_CACHE = "private, max-age=31536000, immutable"
 _REVALIDATED_CACHE = "no-cache"
 _DIGEST = re.compile(r"[0-9a-f]{32}")
-_MISTAKES_SHOWN = 24  # false positives / negatives a category answer lists of each
+_MISTAKES_SHOWN = 24  # false positives / negatives a page of a category answer lists
 _TOP_CATEGORIES = 5
 # The summary lists each dataset's most frequent confusions (off-diagonal cells); the
 # confusion route pages through all of its cells.
@@ -112,6 +115,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "/summary": self._serve_summary,
             "/image": self._serve_image,
             "/category": self._serve_category,
+            "/category_sets": self._serve_category_sets,
             "/confusion": self._serve_confusion,
             "/scores_over_time": self._serve_scores_over_time,
             "/thumbnail": self._serve_thumbnail,
@@ -414,10 +418,14 @@ class DeephysPlugin(base_plugin.TBPlugin):
         page: int = 0,
         page_size: int = 50,
         either: bool = False,
+        fp_page: int = 0,
+        fn_page: int = 0,
     ) -> dict[str, Any]:
         """A category (``label``) or a confusion set (``label`` predicted as ``pred``;
         with ``either``, also ``pred`` predicted as ``label``): neurons ranked by mean
-        normalized activation over its images, and its images, paginated."""
+        normalized activation over its images, and its images, paginated; for a
+        category, its false positives and negatives, pages ``fp_page`` and ``fn_page``
+        of ``_MISTAKES_SHOWN`` each."""
         data = self._step(ctx, experiment_id, run, step)
         data.check_layer(layer)
         data.check_dataset(dataset)
@@ -427,9 +435,10 @@ class DeephysPlugin(base_plugin.TBPlugin):
             top = data.category_top_neurons(layer, dataset, label)
         else:
             top = data.pair_top_neurons(layer, dataset, label, pred, either)
+            if fp_page or fn_page:
+                raise errors.InvalidArgumentError("fp_page and fn_page page a category: no pred")
         members = data.members(dataset, label, pred, either)
         data.check_page(page, page_size, len(members))
-        labels, preds = data.labels(dataset), data.predictions(dataset)
         start = page * page_size
         return {
             **_header(data, layer),
@@ -443,11 +452,54 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "page": page,
             "page_size": page_size,
             "neurons": _neuron_list(top, "mean"),
-            "images": [
-                {"index": int(i), "label": int(labels[i]), "prediction": _class_or_none(preds[i])}
-                for i in members[start : start + page_size]
-            ],
-            **(_mistakes(data.mistakes(dataset, label), labels, preds) if pred is None else {}),
+            "images": _members_list(data, dataset, members[start : start + page_size]),
+            **(
+                _mistakes(data, dataset, data.mistakes(dataset, label), fp_page, fn_page)
+                if pred is None
+                else {}
+            ),
+        }
+
+    def category_sets_impl(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        layer: str,
+        label: int,
+        step: int | None = None,
+        n: int = 10,
+        k: int = 12,
+    ) -> dict[str, Any]:
+        """Category ``label`` in every set side by side, InD first: the set's recall of
+        it, its images of it (the first ``k``), its own ``n`` top neurons, and what it
+        keeps of the InD set's ``n`` top neurons (``StepData.kept_activation``: the
+        lowest kept shares marked ``lost``)."""
+        data = self._step(ctx, experiment_id, run, step)
+        data.check_layer(layer)
+        data.check_class("label", label)
+        datasets = []
+        for dataset in data.record.datasets:
+            members = data.members(dataset, label)
+            own = data.category_top_neurons(layer, dataset, label)
+            datasets.append(
+                {
+                    "name": dataset,
+                    "role": data.role(dataset),
+                    "accuracy": _finite(data.category_accuracy(dataset, label)),
+                    "num_images": len(members),
+                    "neurons": _neuron_list(TopNeurons(own.neurons[:n], own.values[:n]), "mean"),
+                    "ind_neurons": _kept_list(data.kept_activation(layer, dataset, label, n)),
+                    "images": _members_list(data, dataset, members[:k]),
+                }
+            )
+        return {
+            **_header(data, layer),
+            "label": label,
+            "n": n,
+            "k": k,
+            "lost_marked": LOST_MARKED,
+            "datasets": datasets,
         }
 
     def confusion_impl(
@@ -615,6 +667,20 @@ class DeephysPlugin(base_plugin.TBPlugin):
             page=index_arg(request, "page", default=0),
             page_size=int_arg(request, "page_size", default=50, minimum=1, maximum=500),
             either=bool_arg(request, "either"),
+            fp_page=index_arg(request, "fp_page", default=0),
+            fn_page=index_arg(request, "fn_page", default=0),
+        )
+
+    @json_route
+    def _serve_category_sets(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.category_sets_impl(
+            ctx,
+            experiment_id,
+            **required_args(request, "run", "layer"),
+            label=index_arg(request, "label", default=0),
+            step=step_arg(request),
+            n=int_arg(request, "n", default=10, minimum=1, maximum=TOP_NEURONS),
+            k=int_arg(request, "k", default=12, minimum=0, maximum=100),
         )
 
     @json_route
@@ -783,31 +849,58 @@ def _prediction_list(top: TopPredictions | None) -> list[dict[str, Any]] | None:
     ]
 
 
-def _mistakes(found: Mistakes, labels: np.ndarray, preds: np.ndarray) -> dict[str, Any]:
+def _mistakes(
+    data: StepData, dataset: str, found: Mistakes, fp_page: int, fn_page: int
+) -> dict[str, Any]:
     """A category's false positives and false negatives for the category route: the
-    count of each and the first ``_MISTAKES_SHOWN``, most confident first."""
+    count of each and its page (``fp_page``, ``fn_page``) of ``_MISTAKES_SHOWN``, most
+    confident first."""
     confidence = found.confidence
     order = "index" if confidence is None else "confidence"
 
-    def listed(members: np.ndarray) -> dict[str, Any]:
+    def listed(members: np.ndarray, page: int, what: str) -> dict[str, Any]:
+        data.check_page(page, _MISTAKES_SHOWN, len(members), noun=what)
+        start = page * _MISTAKES_SHOWN
+        shown = members[start : start + _MISTAKES_SHOWN]
+        images = _members_list(data, dataset, shown)
+        for image, i in zip(images, shown.tolist(), strict=True):
+            image["confidence"] = None if confidence is None else _finite(confidence[i])
         return {
             "count": len(members),
             "sorted_by": order,
-            "images": [
-                {
-                    "index": int(i),
-                    "label": int(labels[i]),
-                    "prediction": _class_or_none(preds[i]),
-                    "confidence": None if confidence is None else _finite(confidence[i]),
-                }
-                for i in members[:_MISTAKES_SHOWN]
-            ],
+            "page": page,
+            "page_size": _MISTAKES_SHOWN,
+            "images": images,
         }
 
     return {
-        "false_positives": listed(found.false_positives),
-        "false_negatives": listed(found.false_negatives),
+        "false_positives": listed(found.false_positives, fp_page, "false positive"),
+        "false_negatives": listed(found.false_negatives, fn_page, "false negative"),
     }
+
+
+def _members_list(data: StepData, dataset: str, members: np.ndarray) -> list[dict[str, Any]]:
+    """Images ``members`` of ``dataset`` with their label and prediction."""
+    labels, preds = data.labels(dataset), data.predictions(dataset)
+    return [
+        {"index": i, "label": int(labels[i]), "prediction": _class_or_none(preds[i])}
+        for i in members.tolist()
+    ]
+
+
+def _kept_list(kept: KeptActivation) -> list[dict[str, Any]]:
+    """The InD top neurons of a category on one set (``StepData.kept_activation``)."""
+    return [
+        {"neuron": j, "ind_mean": _finite(a), "mean": _finite(b), "kept": _finite(c), "lost": d}
+        for j, a, b, c, d in zip(
+            kept.neurons.tolist(),
+            kept.ind_means.tolist(),
+            kept.set_means.tolist(),
+            kept.kept.tolist(),
+            kept.lost.tolist(),
+            strict=True,
+        )
+    ]
 
 
 def _confusion_summary(data: StepData, dataset: str) -> dict[str, Any]:

@@ -120,6 +120,29 @@ class TopPredictions:
 
 
 @dataclasses.dataclass(frozen=True)
+class KeptActivation:
+    """The InD set's top neurons of one category and what another set keeps of their
+    activation on that category (``[n]`` each, in the InD set's order).
+
+    ``kept = set_means / ind_means`` (NaN where the InD mean is not positive or the set
+    has no image of the category); ``lost`` marks the :data:`LOST_MARKED` neurons with
+    the lowest kept share among those that keep less than all of it (``kept < 1``),
+    ties to the higher InD rank; none on the InD set itself.
+    """
+
+    neurons: np.ndarray
+    ind_means: np.ndarray  # mean normalized activation on the InD images of the category
+    set_means: np.ndarray  # the same on this set's images of the category
+    kept: np.ndarray
+    lost: np.ndarray  # bool
+
+
+# How many of a category's InD top neurons the category-across-sets answer marks, per
+# OOD set, as losing most of their activation there (KeptActivation.lost).
+LOST_MARKED = 3
+
+
+@dataclasses.dataclass(frozen=True)
 class Mistakes:
     """A category's misclassified images (indices, most confident first) and every
     image's confidence (None where the log lacks it)."""
@@ -601,6 +624,46 @@ class StepData:
 
         key = (self._experiment_id, self.run, self.step, self.record.pack)
         return _ranked_cache(self._reader).get_or_compute((*key, layer, dataset, per, n), rank)
+
+    def category_accuracy(self, dataset: str, label: int) -> float:
+        """Recall of category ``label`` on ``dataset``: its images predicted ``label``
+        among those with a prediction (``derived.accuracy``); NaN for none."""
+        self.check_class("label", label)
+        labels = self.labels(dataset)
+        members = labels == label
+        return derived.accuracy(labels[members], self.predictions(dataset)[members])
+
+    def kept_activation(self, layer: str, dataset: str, label: int, n: int) -> KeptActivation:
+        """The InD set's ``n`` top neurons of category ``label``
+        (:meth:`category_top_neurons` of the InD set) and their mean normalized
+        activation over ``dataset``'s images of the category: how much of it they keep.
+
+        Like :meth:`ranked_category_means`, every category's row is computed at once per
+        step, layer and set and kept in the ranked cache, so a request reads a row
+        (not the ``[C, M]`` means of every set).
+        """
+        self.check_class("label", label)
+
+        def pick() -> derived.RankedRows:
+            ind = self.ranked_category_means(layer, self.record.ind, "neurons", TOP_NEURONS)
+            if dataset == self.record.ind:  # its own ranking
+                return ind
+            means = self._read(Kind.CATEGORY_MEANS, layer, dataset)
+            picked = np.take_along_axis(means, ind.order, axis=1)
+            values = derived.normalize(picked, self.ind_max(layer)[ind.order])
+            return derived.RankedRows(order=ind.order, values=values)
+
+        key = (self._experiment_id, self.run, self.step, self.record.pack, layer, dataset)
+        row = _ranked_cache(self._reader).get_or_compute((*key, "ind_neurons", TOP_NEURONS), pick)
+        ind = self.category_top_neurons(layer, self.record.ind, label)
+        ind_means, set_means = ind.values[:n], row.values[label][:n]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kept = np.where(ind_means > 0, set_means / ind_means, np.nan).astype(np.float32)
+        lost = np.zeros(len(kept), dtype=bool)
+        if dataset != self.record.ind:
+            losing = np.flatnonzero(np.isfinite(kept) & (kept < 1))
+            lost[losing[np.argsort(kept[losing], kind="stable")[:LOST_MARKED]]] = True
+        return KeptActivation(ind.neurons[:n], ind_means, set_means, kept, lost)
 
     def pair_top_neurons(
         self, layer: str, dataset: str, label: int, pred: int, either: bool = False

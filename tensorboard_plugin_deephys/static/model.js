@@ -96,12 +96,23 @@ export async function getImage({run, layer, step, dataset, index, k}) {
 /**
  * A category or confusion set: its neurons, a page of its images, its mistakes.
  * @param {{run: string, layer: string, step: number, dataset: string, label: number,
- *   pred: number|null, either?: boolean, page: number}} where
+ *   pred: number|null, either?: boolean, page: number, fpPage?: number, fnPage?: number}} where
+ *   (`fpPage`, `fnPage`: the pages of its false positives and negatives)
  * @returns {Promise<object>}
  */
-export async function getCategory({run, layer, step, dataset, label, pred, either, page}) {
+export async function getCategory({run, layer, step, dataset, label, pred, either, page, fpPage, fnPage}) {
   return fetchJSON(`./category?${query({run, layer, step, dataset, label, pred,
-    either: either ? 1 : null, page})}`);
+    either: either ? 1 : null, page, fp_page: fpPage || null, fn_page: fnPage || null})}`);
+}
+
+/**
+ * One category in every set side by side, InD first: each set's recall of it, its
+ * images, its own top neurons and what it keeps of the InD set's top neurons.
+ * @param {{run: string, layer: string, step: number, label: number, n?: number, k?: number}} where
+ * @returns {Promise<object>}
+ */
+export async function getCategorySets({run, layer, step, label, n, k}) {
+  return fetchJSON(`./category_sets?${query({run, layer, step, label, n, k})}`);
 }
 
 /**

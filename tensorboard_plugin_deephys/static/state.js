@@ -51,7 +51,9 @@ export const DEFAULT_K = 12;
  * @property {number} k
  * @property {boolean} maps draw where neurons fire over the top images (layers with maps)
  * @property {{dataset: string, index: number}|null} image
- * @property {{dataset: string, label: number, pred: number|null, either: boolean, page: number}|null} category
+ * @property {{dataset: string, label: number, pred: number|null, either: boolean, page: number,
+ *   fpPage?: number, fnPage?: number}|null} category (`fpPage`, `fnPage`: the pages of a
+ *   category's false positives and negatives)
  * @property {number} request the number of the latest panel load (a newer one makes it stale)
  * @property {PageState} page
  */

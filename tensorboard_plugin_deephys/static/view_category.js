@@ -1,9 +1,13 @@
 // The category view: a category (or a confusion set) of one dataset, picked by
-// dataset and class name with type-ahead; its most active neurons, its images,
-// and for a category its false positives and false negatives by the model's
-// confidence.
+// dataset and class name with type-ahead; for a category, first the category across
+// every set side by side (InD first: each set's recall of it, its images, its own
+// top neurons, and what it keeps of the InD set's top neurons, the neurons that lose
+// most flagged); then the picked set's most active neurons, its images, and for a
+// category its false positives and false negatives by the model's confidence, a page
+// of each at a time.
 
-import {activate, className, el, formatRaw, imageLegend, message, percent, probabilityPercent} from './dom.js';
+import {activate, className, el, formatRaw, imageLegend, message, percent, probabilityPercent,
+  roleLabel} from './dom.js';
 import * as model from './model.js';
 import {imageTile} from './thumbnails.js';
 
@@ -12,45 +16,72 @@ export const category = {
   name: 'category',
   title: 'Category',
   /**
-   * The shown category as `LABEL:PRED:PAGE[:either]@DATASET` (PRED empty for a category).
+   * The shown category as `LABEL:PRED:PAGE[:either][:fpN][:fnN]@DATASET` (PRED empty for
+   * a category; `fpN`, `fnN`: the pages of its false positives and negatives, when not 0).
    * @param {import('./state.js').TabState} state
    * @returns {Object<string, string>}
    */
   encode(state) {
     const c = state.category;
-    return c ? {category: `${c.label}:${c.pred ?? ''}:${c.page}${c.either ? ':either' : ''}@${c.dataset}`} : {};
+    if (!c) return {};
+    const pages = `${c.fpPage ? `:fp${c.fpPage}` : ''}${c.fnPage ? `:fn${c.fnPage}` : ''}`;
+    return {category: `${c.label}:${c.pred ?? ''}:${c.page}${c.either ? ':either' : ''}${pages}@${c.dataset}`};
   },
   /**
    * The category that the URL's `category` names, or null.
    * @param {Object<string, string>} data
    * @returns {{category: {label: number, pred: number|null, page: number, dataset: string,
-   *   either: boolean}|null}}
+   *   either: boolean, fpPage: number, fnPage: number}|null}}
    */
   decode(data) {
-    const match = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?@(.*)$/s);
+    const match = (data.category || '').match(/^(\d+):(\d*):(\d+)(:either)?(?::fp(\d+))?(?::fn(\d+))?@(.*)$/s);
     return {category: match
       ? {label: Number(match[1]), pred: match[2] === '' ? null : Number(match[2]),
-        page: Number(match[3]), dataset: match[5],
-        either: Boolean(match[4]) && match[2] !== '' && match[2] !== match[1]}
+        page: Number(match[3]), dataset: match[7],
+        either: Boolean(match[4]) && match[2] !== '' && match[2] !== match[1],
+        fpPage: Number(match[5] || 0), fnPage: Number(match[6] || 0)}
       : null};
   },
   /**
-   * The shown category (class 0 of the InD set when none is chosen).
+   * The shown category (class 0 of the InD set when none is chosen), and for a
+   * category (no `pred`) the category across every set.
    * @param {import('./views.js').ViewContext} context
-   * @returns {Promise<object>}
+   * @returns {Promise<{one: object, sets: object|null}>}
    */
-  load({where, state, info}) {
+  async load({where, state, info}) {
     const shown = state.category || {dataset: info.ind, label: 0, pred: null, page: 0};
-    return model.getCategory({...where, ...shown});
+    const [one, sets] = await Promise.all([
+      model.getCategory({...where, ...shown}),
+      shown.pred === null ? model.getCategorySets({...where, label: shown.label}) : null,
+    ]);
+    return {one, sets};
   },
   /**
    * Draw the view.
-   * @param {object} data the category route's answer
+   * @param {{one: object, sets: object|null}} data the category route's answer, and the
+   *   category_sets route's (null for a confusion set)
    * @param {import('./views.js').ViewContext} context
    * @returns {HTMLElement}
    */
-  render: (data, {run, navigate, info}) => render(data, run, navigate, info.datasets),
+  render: ({one, sets}, {run, navigate, info, state}) =>
+    render(one, sets, run, navigate, info.datasets, (kind, page) => showMistakes(state, navigate, info, kind, page)),
 };
+
+/**
+ * Show page `page` of the shown category's false positives (`kind` 'fp') or false
+ * negatives ('fn'): the state keeps it (and the URL with it, through `navigate.page`,
+ * which keeps the category's other fields).
+ * @param {import('./state.js').TabState} state
+ * @param {Partial<import('./views.js').Navigate>} navigate
+ * @param {import('./state.js').RunInfo} info
+ * @param {string} kind
+ * @param {number} page
+ */
+function showMistakes(state, navigate, info, kind, page) {
+  const shown = state.category || {dataset: info.ind, label: 0, pred: null, either: false, page: 0};
+  state.category = {...shown, [kind === 'fp' ? 'fpPage' : 'fnPage']: page};
+  if (navigate.page) navigate.page(shown.page);
+}
 
 /**
  * The class that `text` names: a class name (any case), or a class number; null
@@ -128,9 +159,10 @@ function categoryPicker(data, datasets, on) {
  * @param {string} run
  * @param {Partial<import('./views.js').Navigate>} on
  * @param {string} kind 'false-positives' or 'false-negatives'
+ * @param {(page: number) => void} turn show another page of them
  * @returns {HTMLElement|null}
  */
-function mistakes(title, errors, data, run, on, kind) {
+function mistakes(title, errors, data, run, on, kind, turn) {
   if (!errors) return null;
   const grid = el('div', {className: 'grid'});
   for (const image of errors.images) {
@@ -141,9 +173,98 @@ function mistakes(title, errors, data, run, on, kind) {
   if (!errors.images.length) grid.appendChild(message('empty', 'none'));
   const order = errors.sorted_by === 'confidence' ? 'most confident first'
     : 'in dataset order (this log has no prediction probabilities)';
-  const shown = errors.images.length < errors.count ? `, the first ${errors.images.length} shown` : '';
-  return el('div', {className: `mistakes ${kind}`, attrs: {'data-kind': kind}}, [
+  const page = errors.page || 0;
+  const size = errors.page_size || errors.images.length;
+  const pages = size ? Math.ceil(errors.count / size) : 1;
+  const shown = pages > 1 ? `, ${page * size + 1}–${page * size + errors.images.length} shown` : '';
+  const box = el('div', {className: `mistakes ${kind}`, attrs: {'data-kind': kind, 'data-page': page}}, [
     el('h3', {text: `${title}: ${errors.count} images (${order}${shown})`}), grid,
+  ]);
+  if (pages > 1) box.appendChild(pager(page, pages, turn, `mistakes-pager ${kind}`));
+  return box;
+}
+
+/**
+ * Previous / next buttons and "page P of N".
+ * @param {number} page
+ * @param {number} pages
+ * @param {(page: number) => void} turn
+ * @param {string} className
+ * @param {string} [idPrefix] ids of the buttons (`PREFIX-prev`, `PREFIX-next`)
+ * @returns {HTMLElement}
+ */
+function pager(page, pages, turn, className, idPrefix) {
+  const prev = /** @type {HTMLButtonElement} */ (el('button', {text: 'previous', className: 'prev',
+    attrs: idPrefix ? {id: `${idPrefix}-prev`} : {}}));
+  const next = /** @type {HTMLButtonElement} */ (el('button', {text: 'next', className: 'next',
+    attrs: idPrefix ? {id: `${idPrefix}-next`} : {}}));
+  prev.disabled = page === 0;
+  next.disabled = page >= pages - 1;
+  prev.addEventListener('click', () => turn(page - 1));
+  next.addEventListener('click', () => turn(page + 1));
+  return el('div', {className: `pager ${className}`}, [prev, el('span', {text: `page ${page + 1} of ${pages}`}), next]);
+}
+
+/**
+ * One category in every set side by side, InD first (the category_sets route's
+ * answer): per set its recall of the category and its number of images, the InD
+ * set's top neurons with their mean there and the share of their InD mean they keep
+ * (those that lose most flagged in words), the set's own top neurons and its first
+ * images of the category.
+ * @param {object} sets the category_sets route's answer
+ * @param {string} run
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
+function acrossSets(sets, run, on) {
+  const names = sets.class_names;
+  const name = className(names, sets.label);
+  const columns = el('div', {className: 'columns set-columns'});
+  for (const d of sets.datasets) {
+    const ind = d.role === 'ind';
+    const rows = el('tbody');
+    for (const n of d.ind_neurons) {
+      const flag = n.lost ? el('span', {className: 'lost-flag', text: '▼ loses most'}) : el('span');
+      const row = el('tr', {className: `clickable${n.lost ? ' lost' : ''}`, attrs: {tabindex: 0,
+        'data-neuron': n.neuron, 'data-kept': n.kept ?? '', 'data-lost': n.lost,
+        title: `neuron ${n.neuron}: mean ${percent(n.mean)} of its InD max on ${d.name}'s ${name} images` +
+          ` (${percent(n.ind_mean)} on InD's)`}}, [
+        el('td', {text: n.neuron}),
+        el('td', {className: 'mean', text: percent(n.mean)}),
+        ...(ind ? [] : [el('td', {className: 'kept', text: percent(n.kept)}), el('td', {}, [flag])]),
+      ]);
+      activate(row, () => on.neuron && on.neuron(n.neuron));
+      rows.appendChild(row);
+    }
+    const head = el('tr', {}, [el('th', {text: 'neuron'}), el('th', {text: 'mean'}),
+      ...(ind ? [] : [el('th', {text: 'kept'}), el('th', {text: ''})])]);
+    const own = el('ol', {className: 'set-own-neurons'});
+    for (const n of d.neurons) {
+      const item = el('li', {className: 'clickable', text: `neuron ${n.neuron}: ${percent(n.mean)}`,
+        attrs: {tabindex: 0, 'data-neuron': n.neuron}});
+      activate(item, () => on.neuron && on.neuron(n.neuron));
+      own.appendChild(item);
+    }
+    const grid = el('div', {className: 'grid'});
+    for (const image of d.images) {
+      grid.appendChild(imageTile({run, dataset: d.name, step: sets.step, names, image, on}));
+    }
+    if (!d.images.length) grid.appendChild(message('empty', 'no images'));
+    columns.appendChild(el('div', {className: `column set-column ${d.role}`, attrs: {'data-dataset': d.name, 'data-role': d.role}}, [
+      el('header', {}, [el('span', {className: `role ${d.role}`, text: roleLabel(d.role)}), el('strong', {text: d.name})]),
+      el('div', {className: 'set-stats', text: `accuracy on ${name}: ${percent(d.accuracy)} of ${d.num_images} images`}),
+      el('h4', {text: ind ? `InD top neurons (mean of InD max)` : 'InD top neurons here (kept: share of the InD mean)'}),
+      el('table', {className: 'table kept-neurons'}, [el('thead', {}, [head]), rows]),
+      el('h4', {text: `its own top neurons`}), own,
+      el('h4', {text: `${name} images`}), grid,
+    ]));
+  }
+  const rule = `▼ loses most: on each OOD set, the ${sets.lost_marked} InD top neurons with the lowest kept share ` +
+    '(OOD mean / InD mean), among those below 100%.';
+  return el('section', {className: 'category-sets', attrs: {'data-label': sets.label, 'aria-label': 'category across every set'}}, [
+    el('h3', {text: `${name} across every set — which neurons carry it on InD, and what each OOD set keeps of them`}),
+    el('p', {className: 'lost-rule', text: rule}),
+    columns,
   ]);
 }
 
@@ -151,12 +272,15 @@ function mistakes(title, errors, data, run, on, kind) {
  * The category view: its picker, its title, the confusion set's direction, its most
  * active neurons, a page of its images (with a pager), its false positives and negatives.
  * @param {object} data the category route's answer
+ * @param {object|null} sets the category_sets route's answer (null: a confusion set)
  * @param {string} run
  * @param {Partial<import('./views.js').Navigate>} on
  * @param {Array<string>} datasets the run's datasets
+ * @param {(kind: string, page: number) => void} turnMistakes show another page of the
+ *   false positives ('fp') or negatives ('fn')
  * @returns {HTMLElement}
  */
-function render(data, run, on, datasets) {
+function render(data, sets, run, on, datasets, turnMistakes) {
   const names = data.class_names;
   const pair = data.pred !== null && data.pred !== undefined;
   const [a, b] = [className(names, data.label), pair ? className(names, data.pred) : ''];
@@ -165,6 +289,7 @@ function render(data, run, on, datasets) {
       : `label ${a} predicted as ${b}`;
   const root = el('section', {className: 'category-view', attrs: {'data-dataset': data.dataset, 'data-label': data.label}});
   root.appendChild(categoryPicker(data, datasets, on));
+  if (sets) root.append(imageLegend(), acrossSets(sets, run, on));
   root.appendChild(el('h2', {text: `${what} in ${data.dataset} — ${data.num_images} images, step ${data.step}`}));
   if (pair && data.label !== data.pred && (data.either_available || data.either)) {
     const toggle = el('div', {className: 'direction', attrs: {role: 'group', 'aria-label': 'confusion set'}});
@@ -178,7 +303,7 @@ function render(data, run, on, datasets) {
     }
     root.appendChild(toggle);
   }
-  root.appendChild(imageLegend());
+  if (!sets) root.appendChild(imageLegend());
   const normalized = data.means !== 'raw';
   const neurons = el('ol', {className: 'category-neurons'});
   for (const n of data.neurons) {
@@ -197,18 +322,12 @@ function render(data, run, on, datasets) {
     el('div', {className: 'column'}, [el('h3', {text: 'Images'}), grid]),
   ]));
   const pages = Math.ceil(data.num_images / data.page_size);
-  if (pages > 1) {
-    const prev = /** @type {HTMLButtonElement} */ (el('button', {text: 'previous', attrs: {id: 'page-prev'}}));
-    const next = /** @type {HTMLButtonElement} */ (el('button', {text: 'next', attrs: {id: 'page-next'}}));
-    prev.disabled = data.page === 0;
-    next.disabled = data.page >= pages - 1;
-    prev.addEventListener('click', () => on.page && on.page(data.page - 1));
-    next.addEventListener('click', () => on.page && on.page(data.page + 1));
-    root.appendChild(el('div', {className: 'pager'}, [prev, el('span', {text: `page ${data.page + 1} of ${pages}`}), next]));
-  }
+  if (pages > 1) root.appendChild(pager(data.page, pages, (page) => on.page && on.page(page), 'images-pager', 'page'));
   for (const box of [
-    mistakes(`False positives (predicted ${a}, labelled otherwise)`, data.false_positives, data, run, on, 'false-positives'),
-    mistakes(`False negatives (labelled ${a}, predicted otherwise)`, data.false_negatives, data, run, on, 'false-negatives'),
+    mistakes(`False positives in ${data.dataset} (predicted ${a}, labelled otherwise)`, data.false_positives, data, run, on,
+      'false-positives', (page) => turnMistakes('fp', page)),
+    mistakes(`False negatives in ${data.dataset} (labelled ${a}, predicted otherwise)`, data.false_negatives, data, run, on,
+      'false-negatives', (page) => turnMistakes('fn', page)),
   ]) {
     if (box) root.appendChild(box);
   }
