@@ -46,6 +46,7 @@ from tensorboard_plugin_deephys.log.read_model import (
     KeptActivation,
     Mistakes,
     Neuron,
+    Pushes,
     StepData,
     TopCategories,
     TopImages,
@@ -300,6 +301,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
                 "images": _image_list(picked.top_images(dataset, k), picked.top_maps(dataset, k)),
                 **_beyond_the_top(picked, dataset, k),
                 "left_out": _left_out_list(data.left_out(dataset, layer)),
+                "zeroing": data.zeroing(layer, dataset, neuron),
             }
             if dataset != data.record.ind:
                 per_neuron = data.scores(layer, dataset).per_neuron()
@@ -402,6 +404,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "top_predictions": _prediction_list(data.top_predictions(dataset, index)),
             # where the image's own values are not finite: why it has no top neurons
             "left_out": _left_out_list(data.left_out(dataset, layer)) if not top_neurons else [],
+            "pushes": _pushes(data.image_pushes(layer, dataset, index, n)),
             "top_neurons": top_neurons,
         }
 
@@ -452,6 +455,9 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "page": page,
             "page_size": page_size,
             "neurons": _neuron_list(top, "mean"),
+            # a directed confusion set (label predicted as pred): the neurons that pushed
+            # pred over label most, on average, through the linear head
+            "pushes": _pair_pushes(data, layer, dataset, label, pred, either),
             "images": _members_list(data, dataset, members[start : start + page_size]),
             **(
                 _mistakes(data, dataset, data.mistakes(dataset, label), fp_page, fn_page)
@@ -822,6 +828,48 @@ def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str
         for entry, cells in zip(entries, maps.reshape(len(maps), -1), strict=False):
             entry["map"] = {"shape": shape, "values": _finite_list(cells)}
     return entries
+
+
+# Why an image view shows no contributions: the layer has no checked linear head.
+_NO_HEAD = (
+    "this layer feeds no linear head the callback could check against the recorded "
+    "logits (a convolution, a layer with another between it and the head, a ReLU the "
+    "recording adds and the model does not, or a log written before 0.3); name the head "
+    "with DeephysCallback(head=...)"
+)
+
+
+def _pushes(found: Pushes | None) -> dict[str, Any]:
+    """What pushed an image's prediction, for JSON (or why it is not known)."""
+    if found is None:
+        return {"available": False, "why": _NO_HEAD}
+
+    def listed(top: TopNeurons) -> list[dict[str, Any]]:
+        return [
+            {"neuron": int(neuron), "value": _finite(value)}
+            for neuron, value in zip(top.neurons.tolist(), top.values.tolist(), strict=True)
+        ]
+
+    return {
+        "available": True,
+        "why": None,
+        "margin": _finite(found.margin),
+        "predicted": listed(found.predicted),
+        "label": listed(found.label),
+    }
+
+
+def _pair_pushes(
+    data: StepData, layer: str, dataset: str, label: int, pred: int | None, either: bool
+) -> dict[str, Any] | None:
+    """For a directed confusion set, its top mean contributions to the margin of
+    ``pred`` over ``label`` (or why there are none); None for a category."""
+    if pred is None or either or pred == label:
+        return None
+    found = data.pair_pushes(layer, dataset, label, pred)
+    if found is None:
+        return {"available": False, "why": _NO_HEAD if not data.has_head(layer) else "no image"}
+    return {"available": True, "why": None, "neurons": _neuron_list(found, "mean")}
 
 
 def _class_or_none(prediction: Any) -> int | None:

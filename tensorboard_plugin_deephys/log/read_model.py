@@ -83,6 +83,17 @@ class TopNeurons:
 
 
 @dataclasses.dataclass(frozen=True)
+class Pushes:
+    """What pushed one image's prediction through the linear head: the top
+    contributions (activation x weight, in logit units) to the predicted class's logit
+    and to the true class's, and the margin between the two logits."""
+
+    predicted: TopNeurons
+    label: TopNeurons
+    margin: float  # NaN without a prediction
+
+
+@dataclasses.dataclass(frozen=True)
 class TopCategories:
     """The classes with the highest mean activation of one neuron on one dataset,
     highest first (``[n]`` each)."""
@@ -702,6 +713,61 @@ class StepData:
             values=self.array(kinds[2], layer, dataset)[row[0]],
             normalized=either or self.record.set_means == "normalized",
         )
+
+    def has_head(self, layer: str) -> bool:
+        """Whether ``layer`` feeds a linear head the callback checked at this step (and
+        so has the contributions of ``deephys_lightning.contributions``)."""
+        return self.optional_array(Kind.HEAD_WEIGHT, layer, self.record.ind) is not None
+
+    def image_pushes(self, layer: str, dataset: str, index: int, n: int) -> Pushes | None:
+        """What pushed image ``index``'s prediction through the linear head: its ``n``
+        top contributions to the predicted and to the true class's logits, and its
+        margin; None where the layer feeds no head."""
+        self.check_image(dataset, index)
+        if not self.has_head(layer):
+            return None
+        arrays = [
+            self.array(kind, layer, dataset)[index]
+            for kind in (
+                Kind.PREDICTED_PUSH_NEURONS,
+                Kind.PREDICTED_PUSH_VALUES,
+                Kind.LABEL_PUSH_NEURONS,
+                Kind.LABEL_PUSH_VALUES,
+            )
+        ]
+        predicted, label = arrays[0] >= 0, arrays[2] >= 0  # none without a prediction
+        return Pushes(
+            predicted=TopNeurons(arrays[0][predicted][:n], arrays[1][predicted][:n], False),
+            label=TopNeurons(arrays[2][label][:n], arrays[3][label][:n], False),
+            margin=float(self.array(Kind.MARGINS, layer, dataset)[index]),
+        )
+
+    def pair_pushes(self, layer: str, dataset: str, label: int, pred: int) -> TopNeurons | None:
+        """The neurons with the largest mean contribution to the margin of ``pred`` over
+        ``label`` on the images of ``label`` predicted as ``pred``; None where the layer
+        feeds no head or no image is so."""
+        if not self.has_head(layer):
+            return None
+        pairs = self.array(Kind.PAIRS, layer, dataset)
+        row = np.flatnonzero((pairs[:, 0] == label) & (pairs[:, 1] == pred))
+        if not len(row):
+            return None
+        neurons = self.array(Kind.PAIR_PUSH_NEURONS, layer, dataset)[row[0]]
+        values = self.array(Kind.PAIR_PUSH_VALUES, layer, dataset)[row[0]]
+        return TopNeurons(neurons[neurons >= 0], values[neurons >= 0], False)
+
+    def zeroing(self, layer: str, dataset: str, neuron: int) -> dict[str, float] | None:
+        """What zeroing ``neuron`` alone does to ``dataset``'s predictions through the
+        head: ``changed``, ``accuracy``, ``base_accuracy``, ``images``; None without."""
+        if not self.has_head(layer):
+            return None
+        base = self.array(Kind.ZEROING_BASE, layer, dataset)
+        return {
+            "changed": int(self.array(Kind.ZEROED_CHANGES, layer, dataset)[neuron]),
+            "accuracy": float(self.array(Kind.ZEROED_ACCURACY, layer, dataset)[neuron]),
+            "base_accuracy": float(base[0]),
+            "images": int(base[1]),
+        }
 
     def has_either_confusions(self, layer: str, dataset: str) -> bool:
         """Whether this step holds the confusion sets in either direction (logs written

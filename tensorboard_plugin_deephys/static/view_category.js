@@ -317,8 +317,21 @@ function render(data, sets, run, on, datasets, turnMistakes) {
     grid.appendChild(imageTile({run, dataset: data.dataset, step: data.step, names, image, on}));
   }
   if (!data.images.length) grid.appendChild(message('empty', 'no images'));
+  const pushed = [];
+  if (data.pushes && data.pushes.available) {
+    const list = el('ol', {className: 'pair-pushes'});
+    for (const n of data.pushes.neurons) {
+      const value = n.mean === null ? 'n/a' : `${n.mean >= 0 ? '+' : ''}${n.mean.toFixed(3)}`;
+      const item = el('li', {className: 'clickable', text: `neuron ${n.neuron}: ${value}`, attrs: {tabindex: 0, 'data-neuron': n.neuron}});
+      activate(item, () => on.neuron && on.neuron(n.neuron));
+      list.appendChild(item);
+    }
+    pushed.push(el('h3', {text: `Pushed ${b} over ${a} (mean activation × weight difference)`}), list);
+  } else if (data.pushes) {
+    pushed.push(message('empty', `What pushed ${b} over ${a}: not shown (${data.pushes.why})`));
+  }
   root.appendChild(el('div', {className: 'columns'}, [
-    el('div', {}, [el('h3', {text: 'Most active neurons'}), neurons]),
+    el('div', {}, [el('h3', {text: 'Most active neurons'}), neurons, ...pushed]),
     el('div', {className: 'column'}, [el('h3', {text: 'Images'}), grid]),
   ]));
   const pages = Math.ceil(data.num_images / data.page_size);

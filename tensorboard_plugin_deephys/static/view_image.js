@@ -116,6 +116,51 @@ function topPredictions(top, names, data, on) {
 }
 
 /**
+ * What pushed the prediction: through the linear head the layer feeds, the neurons
+ * with the largest contributions (activation × weight) to the predicted class's logit
+ * and to the true class's, and the margin between the two; or why there is none.
+ * @param {{available: boolean, why?: string|null, margin?: number|null,
+ *   predicted?: Array<{neuron: number, value: number|null}>,
+ *   label?: Array<{neuron: number, value: number|null}>}} pushes
+ * @param {Array<string>} names the class names
+ * @param {{label: number, prediction: number|null}} data the image route's answer
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @returns {HTMLElement}
+ */
+function pushesPanel(pushes, names, data, on) {
+  if (!pushes.available) {
+    return message('empty', `What pushed the prediction: not shown (${pushes.why})`);
+  }
+  const column = (/** @type {string} */ title, /** @type {Array<{neuron: number, value: number|null}>} */ rows) => {
+    const list = el('ol', {className: 'pushes'});
+    for (const row of rows) {
+      const item = el('li', {className: 'clickable', attrs: {tabindex: 0, 'data-neuron': row.neuron, title: 'open the neuron view'}}, [
+        el('span', {className: 'name', text: `neuron ${row.neuron}`}),
+        el('span', {className: 'value', text: row.value === null ? 'n/a' : `${row.value >= 0 ? '+' : ''}${row.value.toFixed(3)}`}),
+      ]);
+      activate(item, () => on.neuron && on.neuron(row.neuron));
+      list.appendChild(item);
+    }
+    return el('div', {className: 'push-column'}, [el('div', {className: 'facts-title', text: title}), list]);
+  };
+  const predicted = className(names, data.prediction);
+  const truth = className(names, data.label);
+  const wrong = data.prediction !== data.label;
+  const margin = pushes.margin === null || pushes.margin === undefined ? null : pushes.margin;
+  const summary = wrong && margin !== null
+    ? `The head scores "${predicted}" ${margin.toFixed(3)} above "${truth}": each neuron adds activation × weight to each logit.`
+    : 'Each neuron adds activation × weight to each class logit.';
+  return el('section', {className: 'pushes-panel'}, [
+    el('h3', {text: 'What pushed the prediction (through the linear head)'}),
+    el('div', {className: 'note', text: summary}),
+    el('div', {className: 'push-columns'}, [
+      column(`towards the prediction "${predicted}"`, pushes.predicted || []),
+      ...(wrong ? [column(`towards the label "${truth}"`, pushes.label || [])] : []),
+    ]),
+  ]);
+}
+
+/**
  * The image view: its picker, the image with its label and prediction, its top
  * predictions, and its most active neurons with their top images.
  * @param {object} data the image route's answer
@@ -149,6 +194,7 @@ function render(data, run, on, datasets) {
     ]),
     topPredictions(data.top_predictions, names, data, on),
   ]));
+  if (data.pushes) root.appendChild(pushesPanel(data.pushes, names, data, on));
   root.appendChild(imageLegend());
   for (const note of leftOutNotes(data.left_out)) root.appendChild(note);
   const list = el('div', {className: 'top-neurons'});

@@ -116,6 +116,19 @@ function beyondTheTop(dataset, data, run, on, scale) {
 }
 
 /**
+ * What zeroing the neuron alone does to a set's predictions through the linear head.
+ * @param {{changed: number, accuracy: number|null, base_accuracy: number|null, images: number}} zeroing
+ * @returns {HTMLElement}
+ */
+function zeroingLine(zeroing) {
+  const accuracy = zeroing.accuracy === null || zeroing.base_accuracy === null ? ''
+    : ` (accuracy ${percent(zeroing.base_accuracy)} → ${percent(zeroing.accuracy)})`;
+  const word = zeroing.changed === 1 ? 'prediction changes' : 'predictions change';
+  return el('div', {className: 'zeroing', text: `zeroed: ${zeroing.changed} of ${zeroing.images} ${word}${accuracy}`,
+    attrs: {title: 'this neuron set to 0 on the recorded activations, through the linear head the layer feeds (exact)'}});
+}
+
+/**
  * The neuron view: one column per dataset with its scores, its distribution, its
  * top images and categories, and the images beyond the top.
  * @param {object} data the neuron route's answer
@@ -177,6 +190,7 @@ function render(data, run, on, showMaps = false) {
         attrs: {title: 'the share of the set\'s recorded images where the activation is above 0'}}));
     }
     const body = [header, ...leftOutNotes(dataset.left_out)];
+    if (dataset.zeroing) body.push(zeroingLine(dataset.zeroing));
     if (dataset.distribution) {
       const ind = data.datasets.find((d) => d.role === 'ind');
       body.push(activationHistogram(dataset.distribution, dataset.role === 'ood' ? ind?.distribution || null : null,
