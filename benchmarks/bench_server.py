@@ -16,7 +16,10 @@ requests after warm-up (the neuron answer with its top categories and whether it
 fires, the image's top predictions, the category's false positives and negatives: all
 the tab asks; the slowest request too, a set's first being the one that ranks its
 category means), the size of the summary answer, and the peak RSS of the server (with
-the Rust data server process, when used). The same figures for the demo's log.
+the Rust data server process, when used). The layer feeds a linear head, so the image
+answers hold what pushed each prediction, the neuron answers what zeroing it does and
+the confusion sets their top mean contributions (issue 30). The same figures for the
+demo's log.
 Targets: first data <= 3 s, p95 <= 150 ms, peak RSS <= 2.5 GB.
 
 ``--many-classes``: the same log with ImageNet-21k's 21,841 classes (issue 31), and
@@ -56,9 +59,11 @@ def write_imagenet_scale_log(
     """Write two steps of synthetic data into ``logdir/run`` through the real writer
     (thumbnails at the first step only); return ``run``. ``write_seconds`` gets the
     time of each step's ``write_record``."""
+    import torch
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    from deephys_lightning import fast_crc
+    from deephys_lightning import detection, fast_crc
+    from deephys_lightning.head_detectors import LinearHead
     from deephys_lightning.writing import DatasetRecording, EventFileSink, write_record
     from tensorboard_plugin_deephys.log.metadata import Record
 
@@ -67,19 +72,27 @@ def write_imagenet_scale_log(
     os.makedirs(run_dir)
     sink = EventFileSink(EventFileWriter(run_dir))
     rng = np.random.default_rng(0)
+    # a linear head on "fc": the contributions (what pushed each prediction) are written
+    # and served too; the recorded max_logit scores are the head's, so it checks out
+    head = LinearHead(rng.normal(scale=0.02, size=(classes, neurons)), np.zeros(classes))
     for step in (1000, 2000):
         recordings = {}
         for name in names:
             labels = rng.integers(0, classes, images)
             correct = rng.random(images) < 0.7
+            acts = np.maximum(rng.standard_normal((images, neurons), dtype=np.float32), 0)
+            acts = acts.astype(np.float16)
+            scores = np.concatenate(
+                [
+                    detection.logit_scores(head.logits(acts[i : i + 4096])).numpy()
+                    for i in range(0, images, 4096)
+                ]
+            )
             recordings[name] = DatasetRecording(
                 labels=labels,
                 predictions=np.where(correct, labels, rng.integers(0, classes, images)),
-                activations={
-                    "fc": np.maximum(
-                        rng.standard_normal((images, neurons), dtype=np.float32), 0
-                    ).astype(np.float16)
-                },
+                activations={"fc": acts},
+                logit_scores=scores,
                 thumbnails=rng.integers(
                     0, 256, (images, thumbnail_px, thumbnail_px, 3), dtype=np.uint8
                 )
@@ -96,9 +109,15 @@ def write_imagenet_scale_log(
             top_k=32,
         )
         start = time.perf_counter()
-        write_record(
-            sink, record, recordings, log_dir=run_dir, max_activation_bytes=max_activation_bytes
-        )
+        with torch.inference_mode():
+            write_record(
+                sink,
+                record,
+                recordings,
+                log_dir=run_dir,
+                max_activation_bytes=max_activation_bytes,
+                heads={"head": head},
+            )
         if write_seconds is not None:
             write_seconds.append(time.perf_counter() - start)
         del recordings

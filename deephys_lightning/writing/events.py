@@ -21,13 +21,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram.summary_v2 import histogram_pb
 from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
+from deephys_lightning.head_detectors import LinearHead
 from deephys_lightning.writing import thumbnail_encoding
 from deephys_lightning.writing.summaries import (
     RecordCancelled,
@@ -60,11 +61,16 @@ def write_record(
     scalars: bool = True,
     histograms: bool = True,
     layout: str = "packs",
+    heads: Mapping[str, LinearHead] | None = None,
 ) -> RecordView:
-    """Compute (``view_data.record_view``), then write (:func:`write_view`) one record
-    at ``record.step``; returns what was written."""
+    """Compute (``view_data.record_view``, with the candidate linear ``heads``), then
+    write (:func:`write_view`) one record at ``record.step``; returns what was written."""
     view = record_view(
-        record, recordings, max_activation_bytes=max_activation_bytes, detectors=detectors
+        record,
+        recordings,
+        max_activation_bytes=max_activation_bytes,
+        detectors=detectors,
+        heads=heads,
     )
     write_view(sink, view, log_dir=log_dir, scalars=scalars, histograms=histograms, layout=layout)
     return view
