@@ -23,7 +23,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
@@ -33,14 +33,16 @@ from tensorboard.context import RequestContext
 from tensorboard.errors import NotFoundError
 
 from deephys_lightning import fast_crc
-from deephys_lightning.contributions import ImageContributions, ZeroingEffect
 from deephys_lightning.event_files import CheckedEventMultiplexer, Damage
-from deephys_lightning.head_detectors import LinearHead
 from tensorboard_plugin_deephys.log import storage
 from tensorboard_plugin_deephys.log.derived import OODScores
 from tensorboard_plugin_deephys.log.metadata import Calibration, Detection, Kind, Record, tag_name
 from tensorboard_plugin_deephys.log.read_model import DamagedDataError, StepData, UnknownNameError
 from tensorboard_plugin_deephys.log.records import DeephysReader, MalformedDataError
+
+if TYPE_CHECKING:  # read_log never imports torch: these are imported where asked for
+    from deephys_lightning.contributions import ImageContributions, ZeroingEffect
+    from deephys_lightning.head_detectors import LinearHead
 
 _EXPERIMENT = ""
 _KEEP_EVERYTHING = {
@@ -209,6 +211,8 @@ class DeephysLog:
         """The linear head ``layer`` feeds, as recorded at ``step`` (its weight and
         bias), or None where the layer feeds none (or the log is older)."""
 
+        from deephys_lightning.head_detectors import LinearHead  # torch: only when asked
+
         def read(data: StepData) -> LinearHead | None:
             weight = data.optional_array(Kind.HEAD_WEIGHT, layer, data.record.ind)
             bias = data.optional_array(Kind.HEAD_BIAS, layer, data.record.ind)
@@ -222,6 +226,8 @@ class DeephysLog:
         """Per image, the neurons that contributed most to its predicted and true
         class's logits through the linear head, and its margin
         (``deephys_lightning.contributions``); None where the layer feeds no head."""
+
+        from deephys_lightning.contributions import ImageContributions  # torch: when asked
 
         def read(data: StepData) -> ImageContributions | None:
             kinds = (
@@ -241,6 +247,8 @@ class DeephysLog:
         """What zeroing each neuron alone does to ``dataset``'s predictions through the
         linear head (``deephys_lightning.contributions.zeroing_effect``), or None where
         the layer feeds no head."""
+
+        from deephys_lightning.contributions import ZeroingEffect  # torch: only when asked
 
         def read(data: StepData) -> ZeroingEffect | None:
             changed = data.optional_array(Kind.ZEROED_CHANGES, layer, dataset)

@@ -102,7 +102,8 @@ def test_one_score_summary_for_scalars_table_and_reader(fitted):
     acc.Reload()
     rows = {(r.step, r.ood): r for r in score_table(root)}
     summary_names = list(log.scores(LAYER, "noise").summary())
-    assert [f.name for f in dataclasses.fields(ScoreRow)][6:-1] == summary_names  # then stage
+    fields = [f.name for f in dataclasses.fields(ScoreRow)]
+    assert fields[6:-2] == summary_names and fields[-2:] == ["stage", "left_out"]
     for step in log.steps:
         for ood in ("noise", "other"):
             summary = log.scores(LAYER, ood, step).summary()
