@@ -129,13 +129,17 @@ def image_contributions(
         y = labels_t[start : start + _ROW_BLOCK]
         p = predicted_t[start : start + _ROW_BLOCK]
         valid = (p >= 0) & torch.isfinite(a).all(dim=1)
+        # a label beyond the head's classes (class names given for more classes than
+        # the classifier outputs) has no logit: no contributions to it, no margin
+        known = valid & (y < weight.shape[0])
+        y = torch.where(known, y, 0)
         towards_p = a * weight[p.clamp(min=0)]  # [B, M]
         towards_y = a * weight[y]
         margin = (towards_p.double().sum(1) + bias[p.clamp(min=0)].double()) - (
             towards_y.double().sum(1) + bias[y].double()
         )
-        margin = torch.where(valid, margin, float("nan")).float()
-        parts.append((*_top(towards_p, n, valid), *_top(towards_y, n, valid), margin.numpy()))
+        margin = torch.where(known, margin, float("nan")).float()
+        parts.append((*_top(towards_p, n, valid), *_top(towards_y, n, known), margin.numpy()))
     if not parts:
         empty_i, empty_f = np.zeros((0, n), np.int32), np.zeros((0, n), np.float32)
         return ImageContributions(empty_i, empty_f, empty_i, empty_f, np.zeros(0, np.float32))
@@ -185,7 +189,11 @@ def pair_contributions(
     into = torch.from_numpy(row_of[row_of >= 0])
     sizes = torch.bincount(into, minlength=count).double()
     weight = torch.from_numpy(head.weight).double()
-    gap = weight[pairs[:, 1]] - weight[pairs[:, 0]]  # [P, M]: W[b] - W[a]
+    # a class beyond the head's (a label without a logit) has no margin: no pushes
+    within = (pairs < num_classes).all(axis=1)
+    sizes[torch.from_numpy(~within)] = 0
+    safe = np.where(within[:, None], pairs, 0)
+    gap = weight[safe[:, 1]] - weight[safe[:, 0]]  # [P, M]: W[b] - W[a]
     best_values = torch.full((count, 0), float("nan"), dtype=torch.float64)
     best_neurons = torch.zeros((count, 0), dtype=torch.int64)
     # Column blocks, a running top: the [P, M] means of many pairs would not fit.

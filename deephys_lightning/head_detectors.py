@@ -164,11 +164,14 @@ class LinearHead:
 
     @classmethod
     def from_module(cls, linear: torch.nn.Linear) -> LinearHead:
-        """The head of a ``torch.nn.Linear`` (a missing bias is zero)."""
-        weight = linear.weight.detach().cpu().numpy()
+        """The head of a ``torch.nn.Linear`` (a missing bias is zero), copied: on the
+        CPU ``.numpy()`` shares the parameter's memory, which training goes on changing."""
+        weight = linear.weight.detach().to("cpu", torch.float32, copy=True).numpy()
         bias = linear.bias
         no_bias = np.zeros(len(weight), dtype=np.float32)
-        return cls(weight, no_bias if bias is None else bias.detach().cpu().numpy())
+        if bias is None:
+            return cls(weight, no_bias)
+        return cls(weight, bias.detach().to("cpu", torch.float32, copy=True).numpy())
 
     @property
     def num_classes(self) -> int:

@@ -147,3 +147,17 @@ def test_zeroing_each_neuron_equals_the_real_head_run_again(seed):
             assert found.changed[j] == int((new != base).sum()), j
             assert found.accuracy[j] == pytest.approx(float((new == y).double().mean())), j
     assert found.images == int(keep.sum())
+
+
+def test_a_label_beyond_the_heads_classes_has_no_contributions():
+    """Class names for more classes than the classifier outputs: a label without a
+    logit gets no contributions towards it and no margin, never an index error."""
+    head = LinearHead(np.eye(2, 3), np.zeros(2))
+    acts = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=np.float16)
+    labels, predictions = np.array([0, 5]), np.array([0, 1])
+    found = image_contributions(acts, labels, predictions, head, n=2)
+    assert found.label_neurons[1].tolist() == [-1, -1] and np.isnan(found.margins[1])
+    assert found.margins[0] == 0.0 and found.predicted_neurons[1, 0] == 1
+    neurons, _ = pair_contributions(acts, labels, predictions, np.array([[0, 0], [5, 1]]), head)
+    assert (neurons[1] == -1).all()
+    assert zeroing_effect(acts, labels, head).images == 2

@@ -332,3 +332,16 @@ def test_cuda_features_are_scored_on_the_device_like_the_cpu():
     on_gpu = head_detector_scores(fitted, torch.from_numpy(scored).cuda())
     for name in HEAD_DETECTORS:
         assert_close(on_gpu[name], on_cpu[name].astype(np.float64), rtol=1e-4)
+
+
+def test_a_head_taken_from_a_module_is_a_copy():
+    """The callback copies the head when an epoch is recorded while training goes on
+    changing the module (on the CPU .numpy() would share the parameter's memory)."""
+    linear = torch.nn.Linear(3, 2)
+    head = LinearHead.from_module(linear)
+    before = head.weight.copy()
+    with torch.no_grad():
+        linear.weight.add_(1.0)
+        linear.bias.add_(1.0)
+    np.testing.assert_array_equal(head.weight, before)
+    assert not np.shares_memory(head.bias, linear.bias.detach().numpy())
