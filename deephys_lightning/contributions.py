@@ -190,7 +190,7 @@ def pair_contributions(
     sizes = torch.bincount(into, minlength=count).double()
     weight = torch.from_numpy(head.weight).double()
     # a class beyond the head's (a label without a logit) has no margin: no pushes
-    within = (pairs < num_classes).all(axis=1)
+    within: np.ndarray = np.all(pairs < num_classes, axis=1)
     sizes[torch.from_numpy(~within)] = 0
     safe = np.where(within[:, None], pairs, 0)
     gap = weight[safe[:, 1]] - weight[safe[:, 0]]  # [P, M]: W[b] - W[a]

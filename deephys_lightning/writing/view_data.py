@@ -262,9 +262,10 @@ def record_view(
         head, no_head = None, ""
         if heads:
             head, no_head = _head_of(layer, recordings[record.ind], reference, heads)
-        left_out += _layer_view(view, layer, recordings, max_activation_bytes, head)
+        finite = {name: _FiniteRows.finite(recordings[name], layer) for name in record.datasets}
+        left_out += _layer_view(view, layer, recordings, finite, max_activation_bytes, head)
         if any(d in detection.FITTED_DETECTORS for d in detectors):
-            _fitted_detections(view, layer, recordings, reference, (head, no_head), detectors)
+            _fitted_detections(view, layer, finite, reference, (head, no_head), detectors)
     view.record = dataclasses.replace(record, left_out=tuple(left_out))
     return view
 
@@ -310,6 +311,7 @@ def _layer_view(
     view: RecordView,
     layer: str,
     recordings: Mapping[str, DatasetRecording],
+    finite: Mapping[str, _FiniteRows],
     max_activation_bytes: int | None,
     head: LinearHead | None,
 ) -> list[LeftOut]:
@@ -326,11 +328,8 @@ def _layer_view(
     record = view.record
     num_classes = len(record.class_names)
     left_out: list[LeftOut] = []
-    finite: dict[str, _FiniteRows] = {}
     for name in record.datasets:
-        status = recordings[name].layer_status(layer)
-        left_out += finiteness.left_out(name, layer, status)
-        finite[name] = _FiniteRows.of(recordings[name], layer, status == finiteness.FINITE)
+        left_out += finiteness.left_out(name, layer, recordings[name].layer_status(layer))
     # One source of truth: everything is computed on the stored float16 values.
     acts = {name: rows.acts for name, rows in finite.items()}
     statistics = {
@@ -375,7 +374,7 @@ def _layer_view(
 def _fitted_detections(
     view: RecordView,
     layer: str,
-    recordings: Mapping[str, DatasetRecording],
+    finite: Mapping[str, _FiniteRows],
     reference: DatasetRecording | None,
     head_found: tuple[LinearHead | None, str],
     detectors: tuple[str, ...],
@@ -386,14 +385,10 @@ def _fitted_detections(
     The head detectors use the layer's head (:func:`_head_of`), or say why there is
     none."""
     record = view.record
-    finite = {
-        name: _FiniteRows.of(recordings[name], layer, recordings[name].layer_status(layer) == 0)
-        for name in record.datasets
-    }
     scored = {name: rows.acts for name, rows in finite.items()}
     ind = finite[record.ind]
     if reference is not None and layer in reference.activations:
-        kept = _FiniteRows.of(reference, layer, reference.layer_status(layer) == 0)
+        kept = _FiniteRows.finite(reference, layer)
         fit = detection.FitSet(kept.acts, kept.labels, "reference")
     else:
         fit_rows, scored_rows = detection.split_half(len(ind.acts))
@@ -462,10 +457,10 @@ def _head_of(
     logits) or else on the InD set's (logits, or without them the ``max_logit``
     scores); None with the reason in words when none of ``heads`` fits."""
     if reference is not None and reference.logits is not None and layer in reference.activations:
-        rows = _FiniteRows.of(reference, layer, reference.layer_status(layer) == 0)
+        rows = _FiniteRows.finite(reference, layer)
         kept = slice(None) if rows.kept is None else rows.kept
         return _layer_head(layer, heads, rows.acts, np.asarray(reference.logits)[kept], None)
-    rows = _FiniteRows.of(ind, layer, ind.layer_status(layer) == 0)
+    rows = _FiniteRows.finite(ind, layer)
     kept = slice(None) if rows.kept is None else rows.kept
     logits = None if ind.logits is None else np.asarray(ind.logits)[kept]
     scores = ind.detector_scores()
@@ -511,6 +506,11 @@ class _FiniteRows:
     labels: np.ndarray
     recording: DatasetRecording
     kept: np.ndarray | None
+
+    @classmethod
+    def finite(cls, rec: DatasetRecording, layer: str) -> _FiniteRows:
+        """The rows of ``rec`` whose activations on ``layer`` are all finite."""
+        return cls.of(rec, layer, rec.layer_status(layer) == finiteness.FINITE)
 
     @classmethod
     def of(cls, rec: DatasetRecording, layer: str, finite: np.ndarray) -> _FiniteRows:
