@@ -120,6 +120,7 @@ class DeephysPlugin(base_plugin.TBPlugin):
             "/confusion": self._serve_confusion,
             "/scores_over_time": self._serve_scores_over_time,
             "/thumbnail": self._serve_thumbnail,
+            "/compare": self._serve_compare,
         }
 
     def is_active(self) -> bool:
@@ -589,6 +590,29 @@ class DeephysPlugin(base_plugin.TBPlugin):
             )
         return {"run": run, "layer": layer, "dataset": dataset, "neuron": neuron, "points": points}
 
+    def compare_impl(
+        self,
+        ctx,
+        experiment_id: str,
+        run: str,
+        other_run: str,
+        layer: str,
+        step: int | None = None,
+        other_step: int | None = None,
+    ) -> dict[str, Any]:
+        """Whether two records (two steps of a run, or steps of two runs) can be shown
+        side by side on ``layer``, their units matched by index; if not, why in words."""
+        a = self._step(ctx, experiment_id, run, step)
+        b = self._step(ctx, experiment_id, other_run, other_step)
+        why = _why_not_comparable(a, b, layer)
+        return {
+            "comparable": why is None,
+            "why": why,
+            "a": _side(a),
+            "b": _side(b),
+            "matched_by": "neuron index",
+        }
+
     def thumbnail_impl(
         self,
         ctx,
@@ -719,6 +743,16 @@ class DeephysPlugin(base_plugin.TBPlugin):
         )
 
     @json_route
+    def _serve_compare(self, request: wrappers.Request, ctx, experiment_id: str) -> dict:
+        return self.compare_impl(
+            ctx,
+            experiment_id,
+            **required_args(request, "run", "other_run", "layer"),
+            step=step_arg(request),
+            other_step=step_arg(request, "other_step"),
+        )
+
+    @json_route
     def _serve_thumbnail(
         self, request: wrappers.Request, ctx, experiment_id: str
     ) -> wrappers.Response:
@@ -800,6 +834,45 @@ def _header(data: StepData, layer: str) -> dict[str, Any]:
         "stage": data.record.stage,
         "class_names": list(data.record.class_names),
     }
+
+
+def _side(data: StepData) -> dict[str, Any]:
+    """One side of a comparison: which record it is."""
+    return {
+        "run": data.run,
+        "step": data.step,
+        "epoch": data.record.epoch,
+        "stage": data.record.stage,
+    }
+
+
+def _why_not_comparable(a: StepData, b: StepData, layer: str) -> str | None:
+    """Why records ``a`` and ``b`` cannot be compared on ``layer`` neuron by neuron
+    (None: they can): the layer in both, the same sets in the same order, InD first,
+    and the same number of neurons."""
+
+    def name(data: StepData) -> str:
+        return f"run {data.run!r} at step {data.step}"
+
+    for side, data in (("A", a), ("B", b)):
+        if layer not in data.record.layers:
+            return (
+                f"layer {layer!r} was not recorded in {side} ({name(data)}); "
+                f"its layers: {', '.join(data.record.layers)}"
+            )
+    if a.record.datasets != b.record.datasets:
+        return (
+            f"the datasets differ: A ({name(a)}) has {', '.join(a.record.datasets)}, "
+            f"B ({name(b)}) has {', '.join(b.record.datasets)} (the same names in the "
+            "same order, InD first, are needed)"
+        )
+    width_a, width_b = a.num_neurons(layer), b.num_neurons(layer)
+    if width_a != width_b:
+        return (
+            f"layer {layer!r} has {width_a} neurons in A ({name(a)}) and {width_b} in B "
+            f"({name(b)}): neurons are matched by index, so the widths must be equal"
+        )
+    return None
 
 
 def _image_list(top: TopImages, maps: np.ndarray | None = None) -> list[dict[str, Any]]:

@@ -165,6 +165,7 @@ def bool_arg(request: wrappers.Request, name: str, *, default: bool = False) -> 
     )
 
 
-def step_arg(request: wrappers.Request) -> int | None:
-    """The ``step`` parameter: a recorded global step, or None for the latest."""
-    return int_arg(request, "step", maximum=MAX_STEP)
+def step_arg(request: wrappers.Request, name: str = "step") -> int | None:
+    """The ``step`` parameter (or another named step, such as ``other_step``): a recorded
+    global step, or None for the latest."""
+    return int_arg(request, name, maximum=MAX_STEP)

@@ -4,7 +4,7 @@
 // (index.js) to record and redraw it through `tab`.
 
 import * as dom from './dom.js';
-import {clampK, parseInteger, runInfo, selectRun, state} from './state.js';
+import {clampK, compareText, parseCompare, parseInteger, runInfo, selectRun, state} from './state.js';
 import {VIEWS} from './views.js';
 
 /**
@@ -46,6 +46,19 @@ function stepOptions(info) {
 }
 
 /**
+ * The comparison selector's options: none, then every recorded step of every run
+ * (the shown run's first), as `RUN@STEP`.
+ * @returns {Array<{value: string, text: string}>}
+ */
+function compareOptions() {
+  const runs = [...state.runs.filter((r) => r.run === state.run), ...state.runs.filter((r) => r.run !== state.run)];
+  return [{value: '', text: 'none'}, ...runs.flatMap((info) => stepOptions(info).map(({value, text}) => ({
+    value: compareText({run: info.run, step: value}),
+    text: info.run === state.run ? `this run: ${text}` : `${info.run}: ${text}`,
+  })))];
+}
+
+/**
  * The bar of controls, wired.
  * @param {TabActions} tab
  * @returns {HTMLElement}
@@ -56,6 +69,8 @@ export function controls(tab) {
   const runSel = dom.labeledSelect('Run', 'run-select', runOptions(), state.run);
   const layerSel = dom.labeledSelect('Layer', 'layer-select', layerOptions(info), state.layer);
   const stepSel = dom.labeledSelect('Step', 'step-select', stepOptions(info), state.step);
+  const compareSel = dom.labeledSelect('Compare with', 'compare-select', compareOptions(), compareText(state.compare));
+  compareSel.select.title = 'B: another step of this run, or a step of another run with the same layer, sets and width';
   const neuronInput = /** @type {HTMLInputElement} */ (dom.el('input', {attrs: {id: 'neuron-input', type: 'number', min: 0, value: state.neuron}}));
   const kInput = /** @type {HTMLInputElement} */ (dom.el('input', {attrs: {id: 'k-input', type: 'number', min: 1, max: info.top_k, value: state.k,
     title: `1 to ${info.top_k}: the callback kept the top ${info.top_k} images of each neuron (DeephysCallback(top_k=...))`}}));
@@ -68,6 +83,7 @@ export function controls(tab) {
     runSel.wrapper,
     layerSel.wrapper,
     stepSel.wrapper,
+    compareSel.wrapper,
     dom.el('label', {text: 'Neuron', attrs: {for: 'neuron-input'}}, [prev, neuronInput, next]),
     dom.el('label', {text: 'Top k', attrs: {for: 'k-input'}}, [kInput]),
     kNote,
@@ -91,6 +107,11 @@ export function controls(tab) {
   });
   stepSel.select.addEventListener('change', () => {
     state.step = Number(stepSel.select.value);
+    tab.remember();
+    tab.renderPanel();
+  });
+  compareSel.select.addEventListener('change', () => {
+    state.compare = parseCompare(compareSel.select.value, state.runs);
     tab.remember();
     tab.renderPanel();
   });
@@ -190,6 +211,7 @@ export function updateControls() {
   setOptions(root.querySelector('#run-select'), runOptions(), state.run);
   setOptions(root.querySelector('#layer-select'), layerOptions(info), state.layer);
   setOptions(root.querySelector('#step-select'), stepOptions(info), state.step);
+  setOptions(root.querySelector('#compare-select'), compareOptions(), compareText(state.compare));
   root.querySelector('#k-input').setAttribute('max', String(info.top_k));
   root.querySelector('#sampling-notice').replaceWith(dom.samplingNotice(info.sampling));
   const datasets = root.querySelector('ul.datasets');

@@ -224,3 +224,41 @@ export function imageLegend() {
     el('li', {text: 'caption: label → prediction'}),
   ]);
 }
+
+/**
+ * One side of a comparison in words: "A: run x, step 44 (epoch 0)".
+ * @param {string} side 'A' or 'B'
+ * @param {{run: string, step: number, epoch?: number}} record
+ * @returns {string}
+ */
+export function sideLabel(side, record) {
+  const epoch = record.epoch === undefined ? '' : ` (epoch ${record.epoch})`;
+  return `${side}: run ${record.run}, step ${record.step}${epoch}`;
+}
+
+/**
+ * The line above a comparison: which record is A and which B, and how units match
+ * (run names as text).
+ * @param {import('./model.js').Comparison} comparison
+ * @param {boolean} shown whether the shown view draws B (else it says which views do)
+ * @returns {HTMLElement}
+ */
+export function compareBanner(comparison, shown) {
+  const where = shown ? '' : ' The Neuron and Overview views show both.';
+  return el('div', {className: 'message compare-banner', attrs: {role: 'status'}}, [
+    el('span', {className: 'side-a', text: sideLabel('A', comparison.a)}),
+    el('span', {text: ' compared with '}),
+    el('span', {className: 'side-b', text: sideLabel('B', comparison.b)}),
+    el('span', {text: `; neurons are matched by ${comparison.matched_by}.${where}`}),
+  ]);
+}
+
+/**
+ * Why the chosen comparison is not shown (the compare route's words): A alone is.
+ * @param {string} why
+ * @returns {HTMLElement}
+ */
+export function compareRefused(why) {
+  return el('div', {className: 'message warning compare-refused', text: `Not compared: ${why}. A alone is shown.`,
+    attrs: {role: 'status'}});
+}

@@ -79,14 +79,30 @@ function remember({push = true} = {}) {
 }
 
 /**
- * The shown view, loaded and drawn.
- * @returns {Promise<HTMLElement>}
+ * The shown view, loaded and drawn, after the comparison's banner or the reason it
+ * is refused (A alone is then drawn).
+ * @returns {Promise<Array<HTMLElement>>}
  */
 async function load() {
   const view = viewNamed(VIEWS, state.view);
-  const context = {info: runInfo(state), state, run: state.run, navigate,
-    where: {run: state.run, layer: state.layer, step: state.step}};
-  return view.render(await view.load(context), context);
+  const where = {run: state.run, layer: state.layer, step: state.step};
+  /** @type {import('./views.js').ViewContext} */
+  const context = {info: runInfo(state), state, run: state.run, navigate, where, compare: null};
+  const notes = [];
+  if (state.compare) {
+    try {
+      const comparison = await model.getCompare({...where, other: state.compare});
+      if (comparison.comparable) {
+        notes.push(dom.compareBanner(comparison, Boolean(view.compares)));
+        context.compare = {comparison, where: {run: comparison.b.run, layer: state.layer, step: comparison.b.step}};
+      } else {
+        notes.push(dom.compareRefused(comparison.why));
+      }
+    } catch (error) {
+      notes.push(dom.compareRefused(error.message));
+    }
+  }
+  return [...notes, view.render(await view.load(context), context)];
 }
 
 /**
@@ -98,9 +114,9 @@ async function renderPanel() {
   const request = ++state.request;
   target.replaceChildren(dom.message('loading', 'Loading…'));
   try {
-    const view = await load();
+    const shown = await load();
     if (request !== state.request) return; // the user picked something else meanwhile
-    target.replaceChildren(...dom.incompleteNotice(missingArrays(state)), view);
+    target.replaceChildren(...dom.incompleteNotice(missingArrays(state)), ...shown);
   } catch (error) {
     if (request !== state.request) return;
     target.replaceChildren(...dom.incompleteNotice(missingArrays(state)), dom.message('error', error.message));
@@ -201,7 +217,7 @@ async function updateScoresOverTime() {
   }
   if (old && box) old.replaceWith(box);
   else if (old) old.remove();
-  else if (box) view.querySelector('.cards').after(box);
+  else if (box) [...view.querySelectorAll('.cards')].pop().after(box); // after B's cards where compared
 }
 
 /**

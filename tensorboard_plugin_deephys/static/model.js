@@ -141,3 +141,20 @@ export async function getConfusion({run, step, dataset, diagonal, page, pageSize
 export async function getScoresOverTime({run, layer, dataset}) {
   return fetchJSON(`./scores_over_time?${query({run, layer, dataset})}`);
 }
+
+/**
+ * The compare route's answer: whether two records can be shown side by side on a
+ * layer (neurons matched by index), and if not why, in words.
+ * @typedef {{comparable: boolean, why: string|null, matched_by: string,
+ *   a: {run: string, step: number, epoch: number, stage: string},
+ *   b: {run: string, step: number, epoch: number, stage: string}}} Comparison
+ */
+
+/**
+ * Whether the record at `run`/`step` (A) and the one at `other` (B) compare on `layer`.
+ * @param {{run: string, layer: string, step: number, other: {run: string, step: number}}} where
+ * @returns {Promise<Comparison>}
+ */
+export async function getCompare({run, layer, step, other}) {
+  return fetchJSON(`./compare?${query({run, step, layer, other_run: other.run, other_step: other.step})}`);
+}

@@ -54,8 +54,14 @@ export const DEFAULT_K = 12;
  * @property {{dataset: string, label: number, pred: number|null, either: boolean, page: number,
  *   fpPage?: number, fnPage?: number}|null} category (`fpPage`, `fnPage`: the pages of a
  *   category's false positives and negatives)
+ * @property {Compare|null} compare the record the shown one is compared with (B), or none
  * @property {number} request the number of the latest panel load (a newer one makes it stale)
  * @property {PageState} page
+ */
+
+/**
+ * The other record of a comparison (B): a step of this run or of another.
+ * @typedef {{run: string, step: number}} Compare
  */
 
 /**
@@ -75,6 +81,7 @@ export function initialState() {
     maps: false,
     image: null,
     category: null,
+    compare: null,
     request: 0,
     page: {phase: 'loading', root: null, listening: false, firstRead: null, refreshing: null, refreshAgain: false},
   };
@@ -152,6 +159,31 @@ export function missingArrays(state) {
 }
 
 /**
+ * A comparison as the URL keeps it: `RUN@STEP` (a run name may hold `@`: the last one
+ * splits), or '' for none.
+ * @param {Compare|null} compare
+ * @returns {string}
+ */
+export function compareText(compare) {
+  return compare ? `${compare.run}@${compare.step}` : '';
+}
+
+/**
+ * The comparison `text` names (compareText's inverse), or null where it names no
+ * recorded step of a listed run (or is empty).
+ * @param {string|undefined} text
+ * @param {Array<RunInfo>} runs
+ * @returns {Compare|null}
+ */
+export function parseCompare(text, runs) {
+  const at = (text || '').lastIndexOf('@');
+  if (at < 0) return null;
+  const run = runs.find((r) => r.run === text.slice(0, at));
+  const step = parseInteger(text.slice(at + 1), NaN);
+  return run && run.steps.some((s) => s.step === step) ? {run: run.run, step} : null;
+}
+
+/**
  * The state as the URL's string values: the controls', then each view's own.
  * @param {TabState} state
  * @param {Array<ViewCodec>} views
@@ -161,6 +193,7 @@ export function encodeState(state, views) {
   const data = {view: state.view, run: state.run, layer: state.layer, step: String(state.step),
     neuron: String(state.neuron), k: String(state.k)};
   if (state.maps) data.maps = '1';
+  if (state.compare) data.compare = compareText(state.compare);
   for (const view of views) Object.assign(data, view.encode(state));
   return data;
 }
@@ -186,6 +219,7 @@ export function decodeState(state, data, views) {
   // An empty k (`k=`) has always read as 0, so Top k 1.
   state.k = clampK(data.k === '' ? 0 : parseInteger(data.k, DEFAULT_K, {min: 0}), run.top_k);
   state.maps = data.maps === '1';
+  state.compare = parseCompare(data.compare, state.runs);
   for (const view of views) Object.assign(state, view.decode(data));
   return true;
 }

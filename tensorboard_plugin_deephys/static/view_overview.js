@@ -2,7 +2,7 @@
 // scores' headline numbers and densities and the OOD detection table; the mean
 // scores across steps; and the table of every neuron's scores.
 
-import {activate, className, el, formatRaw, leftOutNotes, message, percent, roleLabel} from './dom.js';
+import {activate, className, el, formatRaw, leftOutNotes, message, percent, roleLabel, sideLabel} from './dom.js';
 import * as model from './model.js';
 import {densityPlot, scoresOverTime} from './plots.js';
 
@@ -39,31 +39,56 @@ export const overview = {
    * @param {import('./views.js').ViewContext} context
    * @returns {Promise<{summary: object, over: Array<import('./plots.js').ScoreSeries>}>}
    */
-  async load({where, info}) {
-    const [summary, over] = await Promise.all([model.getSummary(where), loadScoresOverTime(where, info)]);
-    return {summary, over};
+  async load({where, info, compare}) {
+    const [summary, over, other] = await Promise.all([model.getSummary(where), loadScoresOverTime(where, info),
+      compare ? model.getSummary(compare.where) : null]);
+    return {summary, over, other};
   },
   /**
    * Draw the view.
-   * @param {{summary: object, over: Array<import('./plots.js').ScoreSeries>}} data what load gave
+   * @param {{summary: object, over: Array<import('./plots.js').ScoreSeries>, other: object|null}} data what
+   *   load gave (`other`: B's summary, where compared)
    * @param {import('./views.js').ViewContext} context
    * @returns {HTMLElement}
    */
-  render: ({summary, over}, {navigate}) => render(summary, over, navigate),
+  render: ({summary, over, other}, {navigate}) => render(summary, over, navigate, other),
+  compares: true,
 };
 
 /**
- * The overview: a card per dataset, the mean scores across steps, the neuron table.
+ * The overview: a card per dataset, the mean scores across steps, the neuron table;
+ * where compared, A's cards then B's, each labelled, and B's scores in the table.
  * @param {object} data the summary route's answer
  * @param {Array<import('./plots.js').ScoreSeries>} over
  * @param {Partial<import('./views.js').Navigate>} on
+ * @param {object|null} [other] B's summary, where compared
  * @returns {HTMLElement}
  */
-function render(data, over, on) {
+function render(data, over, on, other = null) {
   const root = el('section', {className: 'overview-view'});
   const stage = data.stage === 'test' || data.stage === 'validate' ? `, ${data.stage}` : '';
   root.appendChild(el('h2', {text: `Overview — layer ${data.layer}, step ${data.step} (epoch ${data.epoch}${stage})`}));
-  const cards = el('div', {className: 'cards'});
+  if (other) {
+    root.append(el('h3', {className: 'side-label side-a', text: sideLabel('A', data)}), cards(data, on, 'a'),
+      // B's cards open no view: the views show A, B beside it
+      el('h3', {className: 'side-label side-b', text: sideLabel('B', other)}), cards(other, {}, 'b'));
+  } else {
+    root.appendChild(cards(data, on));
+  }
+  if (over && over.length) root.appendChild(scoresOverTime(over));
+  root.appendChild(neuronTable(data, on, other));
+  return root;
+}
+
+/**
+ * A card per dataset of one summary.
+ * @param {object} data the summary route's answer
+ * @param {Partial<import('./views.js').Navigate>} on
+ * @param {string} [side] 'a' or 'b' where compared
+ * @returns {HTMLElement}
+ */
+function cards(data, on, side) {
+  const box = el('div', {className: 'cards', attrs: side ? {'data-side': side} : {}});
   for (const dataset of data.datasets) {
     const card = el('div', {className: `card ${dataset.role}`, attrs: {'data-dataset': dataset.name}}, [
       el('header', {}, [
@@ -91,12 +116,9 @@ function render(data, over, on) {
     }
     if (dataset.calibration) card.appendChild(calibrationLine(dataset));
     card.appendChild(confusionTable(dataset, data, on));
-    cards.appendChild(card);
+    box.appendChild(card);
   }
-  root.appendChild(cards);
-  if (over && over.length) root.appendChild(scoresOverTime(over));
-  root.appendChild(neuronTable(data, on));
-  return root;
+  return box;
 }
 
 /**
@@ -352,22 +374,72 @@ export function parseFilter(text, value, dead) {
 }
 
 /**
- * Every neuron's scores on every OOD set: sortable, filtered, in pages.
+ * A column of the neuron table.
+ * @typedef {{key: string, title: string, unit?: string, value: (i: number) => number|null,
+ *   dead?: Set<number>, percent?: boolean}} TableColumn (`dead`: the neurons whose undefined
+ *   value reads "dead"; `percent`: shown as a percentage)
+ */
+
+/**
+ * B − A of two values, or null where either is undefined.
+ * @param {number|null} a
+ * @param {number|null} b
+ * @returns {number|null}
+ */
+export function difference(a, b) {
+  return a === null || a === undefined || b === null || b === undefined ? null : b - a;
+}
+
+/**
+ * The neuron table's score columns of every OOD set: novelty, spurious and activation
+ * ratio; where compared (`other`: B's summary, whose sets are A's in the same order),
+ * for novelty and spurious A's, B's and B − A, for the activation ratio A's and B's.
+ * @param {object} data the summary route's answer (A)
+ * @param {object|null} other B's, or null
+ * @returns {Array<TableColumn>}
+ */
+function scoreColumns(data, other) {
+  const deadA = new Set(data.dead || []);
+  const deadB = new Set(other?.dead || []);
+  const either = new Set([...deadA, ...deadB]);
+  const columns = [];
+  data.datasets.forEach((d, index) => {
+    if (d.role !== 'ood') return;
+    const b = other ? other.datasets[index] : null;
+    for (const [key, title, unit] of [['novelty', 'novelty', 'units of the InD max'], ['spurious', 'spurious', '0–1'],
+      ['activation_ratio', 'act. ratio', 'OOD max / InD max']]) {
+      const ratio = key === 'activation_ratio';
+      /** @type {(i: number) => number|null} */
+      const a = (i) => d.scores[key][i];
+      columns.push({key: `${d.name}:${key}`, title: `${d.name} ${title}${b ? ' A' : ''}`, unit, value: a,
+        dead: deadA, percent: ratio});
+      if (!b) continue;
+      /** @type {(i: number) => number|null} */
+      const valueB = (i) => b.scores[key][i];
+      columns.push({key: `${d.name}:${key}:b`, title: `${d.name} ${title} B`, unit, value: valueB, dead: deadB,
+        percent: ratio});
+      if (!ratio) {
+        columns.push({key: `${d.name}:${key}:diff`, title: `${d.name} ${title} B − A`, unit,
+          value: (i) => difference(a(i), valueB(i)), dead: either});
+      }
+    }
+  });
+  return columns;
+}
+
+/**
+ * Every neuron's scores on every OOD set: sortable, filtered, in pages; where
+ * compared, B's scores and B − A beside A's (neurons matched by index).
  * @param {{num_neurons: number, dead?: Array<number>, datasets: Array<{name: string, role: string,
  *   scores?: Object<string, Array<number|null>>}>}} data the summary route's answer
  * @param {Partial<import('./views.js').Navigate>} on
+ * @param {object|null} [other] B's summary, where compared
  * @returns {HTMLElement}
  */
-function neuronTable(data, on) {
-  const oods = data.datasets.filter((d) => d.role === 'ood');
+function neuronTable(data, on, other = null) {
   const dead = new Set(data.dead || []);
-  const columns = [{key: 'neuron', title: 'neuron', value: (i) => i}];
-  for (const d of oods) {
-    for (const [key, title, unit] of [['novelty', 'novelty', 'units of the InD max'], ['spurious', 'spurious', '0–1'],
-      ['activation_ratio', 'act. ratio', 'OOD max / InD max']]) {
-      columns.push({key: `${d.name}:${key}`, title: `${d.name} ${title}`, unit, value: (i) => d.scores[key][i]});
-    }
-  }
+  /** @type {Array<TableColumn>} */
+  const columns = [{key: 'neuron', title: 'neuron', value: (i) => i}, ...scoreColumns(data, other)];
   const box = el('div', {className: 'neuron-table'}, [el('h3', {text: 'Neurons'})]);
   const filter = /** @type {HTMLInputElement} */ (el('input', {attrs: {id: 'neuron-filter', type: 'search', placeholder: 'filter, e.g. >0.5 or 10-20',
     'aria-describedby': 'neuron-filter-help'}}));
@@ -419,8 +491,8 @@ function neuronTable(data, on) {
       const tr = el('tr', {className: 'clickable', attrs: {tabindex: 0, 'data-neuron': i}}, columns.map((c) => {
         const v = c.value(i);
         if (c.key === 'neuron') return el('td', {text: dead.has(i) ? `${v} (dead)` : v});
-        if (dead.has(i) && v === null) return el('td', {className: 'dead', text: 'dead'});
-        return el('td', {text: c.key.endsWith('activation_ratio') ? percent(v) : formatRaw(v)});
+        if (c.dead?.has(i) && v === null) return el('td', {className: 'dead', text: 'dead', attrs: {'data-key': c.key}});
+        return el('td', {text: c.percent ? percent(v) : formatRaw(v), attrs: {'data-key': c.key, 'data-value': String(v)}});
       }));
       activate(tr, () => on.neuron && on.neuron(i));
       return tr;

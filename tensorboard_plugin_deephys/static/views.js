@@ -12,7 +12,15 @@ import {overview} from './view_overview.js';
  * What a view needs from the tab: the shown run's entry, the state, the route
  * parameters every view shares, and the navigation between views.
  * @typedef {{info: import('./state.js').RunInfo, state: import('./state.js').TabState,
- *   where: {run: string, layer: string, step: number}, run: string, navigate: Navigate}} ViewContext
+ *   where: {run: string, layer: string, step: number}, run: string, navigate: Navigate,
+ *   compare?: CompareContext|null}} ViewContext
+ */
+
+/**
+ * The record the shown one (A) is compared with (B), once the compare route said they
+ * compare: the route's answer, and B's route parameters.
+ * @typedef {{comparison: import('./model.js').Comparison,
+ *   where: {run: string, layer: string, step: number}}} CompareContext
  */
 
 /**
@@ -35,6 +43,7 @@ import {overview} from './view_overview.js';
  * @property {(data: Object<string, string>) => object} decode the state it owns, from the URL's values
  * @property {(context: ViewContext) => Promise<any>} load fetch what it shows
  * @property {(data: any, context: ViewContext) => HTMLElement} render draw it
+ * @property {boolean} [compares] whether it draws B beside A when a comparison is chosen
  */
 
 /** @type {Array<View>} in the order of the tab's buttons */
