@@ -252,11 +252,11 @@ function acrossSets(sets, run, on) {
     if (!d.images.length) grid.appendChild(message('empty', 'no images'));
     columns.appendChild(el('div', {className: `column set-column ${d.role}`, attrs: {'data-dataset': d.name, 'data-role': d.role}}, [
       el('header', {}, [el('span', {className: `role ${d.role}`, text: roleLabel(d.role)}), el('strong', {text: d.name})]),
-      el('div', {className: 'set-stats', text: `accuracy on ${name}: ${percent(d.accuracy)} of ${d.num_images} images`}),
+      el('div', {className: 'set-stats', text: `accuracy on "${name}": ${percent(d.accuracy)} of ${d.num_images} images`}),
       el('h4', {text: ind ? `InD top neurons (mean of InD max)` : 'InD top neurons here (kept: share of the InD mean)'}),
       el('table', {className: 'table kept-neurons'}, [el('thead', {}, [head]), rows]),
       el('h4', {text: `its own top neurons`}), own,
-      el('h4', {text: `${name} images`}), grid,
+      el('h4', {text: `images of "${name}"`}), grid,
     ]));
   }
   const rule = `▼ loses most: on each OOD set, the ${sets.lost_marked} InD top neurons with the lowest kept share ` +

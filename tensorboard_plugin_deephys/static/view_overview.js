@@ -142,8 +142,9 @@ function imageCount(dataset) {
 function calibrationLine(dataset) {
   const c = dataset.calibration;
   const number = (/** @type {number|null} */ v) => (v === null ? 'n/a' : v.toFixed(3));
+  const points = c.accuracy_drop === null ? 0 : 100 * c.accuracy_drop;
   const drop = dataset.role === 'ood' && c.accuracy_drop !== null
-    ? ` · accuracy ${(100 * c.accuracy_drop).toFixed(1)} points below InD` : '';
+    ? ` · accuracy ${Math.abs(points).toFixed(1)} points ${points >= 0 ? 'below' : 'above'} InD` : '';
   return el('div', {className: 'calibration', text:
     `confidence: ECE ${number(c.ece)} · failure AUROC ${number(c.failure_auroc)} · ` +
     `AURC ${number(c.aurc)}${drop}`,

@@ -91,7 +91,7 @@ def test_the_panel_shows_the_routes_kept_shares_and_flags_the_neurons_that_lose_
     for entry in body["datasets"]:
         column = panel.locator(f'.set-column[data-dataset="{entry["name"]}"]')
         stats = column.locator(".set-stats").text_content()
-        assert stats == f"accuracy on zero: {_percent(entry['accuracy'])} of {PER_CLASS} images"
+        assert stats == f'accuracy on "zero": {_percent(entry["accuracy"])} of {PER_CLASS} images'
         rows = column.locator("table.kept-neurons tbody tr").evaluate_all(
             """rs => rs.map(r => ({neuron: Number(r.dataset.neuron),
                 kept: r.dataset.kept === '' ? null : Number(r.dataset.kept),

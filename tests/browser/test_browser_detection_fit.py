@@ -45,5 +45,7 @@ def test_the_overview_says_where_detectors_were_fitted_and_how_calibrated(tmp_pa
         calibration = ood["calibration"]
         assert f"ECE {calibration['ece']:.3f}" in line
         assert f"AURC {calibration['aurc']:.3f}" in line
-        assert "points below InD" in line
+        points = 100 * calibration["accuracy_drop"]
+        side = "below" if points >= 0 else "above"
+        assert f"accuracy {abs(points):.1f} points {side} InD" in line
         assert errors == []
