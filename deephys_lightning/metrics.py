@@ -78,12 +78,22 @@ def as_numpy(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def _as_torch(array: np.ndarray) -> torch.Tensor:
-    """A CPU tensor sharing memory with ``array`` where it can (torch's half-precision
-    kernels are much faster than NumPy's)."""
+def _as_torch(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor sharing memory with ``array`` where it can (torch's half-precision
+    kernels are much faster than NumPy's): a tensor stays on its device, float64 and
+    other types become float32."""
+    if isinstance(array, torch.Tensor):
+        array = array.detach()
+        if array.dtype == torch.float64 or not (array.is_floating_point() or _integral(array)):
+            array = array.float()
+        return array
     if array.dtype.kind not in "fiub" or array.dtype == np.float64:
         array = array.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _integral(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() and not tensor.is_complex()
 
 
 def _matrix(array: Any, name: str) -> np.ndarray:
@@ -91,6 +101,21 @@ def _matrix(array: Any, name: str) -> np.ndarray:
     if out.ndim != 2:
         raise ValueError(f"{name} must be 2-D [images, neurons], got shape {out.shape}")
     return out
+
+
+def _rows(array: Any, name: str) -> torch.Tensor:
+    """A 2-D ``[images, neurons]`` tensor of ``array``: a torch tensor stays on its
+    device (the kernels that take it compute there; only their results, which are
+    small, cross to the host), anything else is a CPU tensor sharing its memory."""
+    rows = _as_torch(array if isinstance(array, torch.Tensor) else as_numpy(array))
+    if rows.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [images, neurons], got shape {tuple(rows.shape)}")
+    return rows
+
+
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    """A small result on the host, as NumPy."""
+    return tensor.cpu().numpy()
 
 
 def _labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarray:
@@ -122,24 +147,24 @@ def dataset_statistics(
     The same values as :func:`category_means` and :func:`max_per_neuron`, for a
     dataset that is read once (float16 rows are widened block by block).
     """
-    acts = _matrix(activations, "activations")
-    labels = _labels(labels, acts.shape[0], num_classes)
-    n, m = acts.shape
-    rows = _as_torch(acts)
-    index = torch.from_numpy(labels)
-    sums = torch.zeros((num_classes, m), dtype=torch.float64)
-    block_sums = torch.empty((num_classes, m), dtype=torch.float32)
-    maxima = torch.full((m,), float("nan") if n == 0 else -float("inf"))
+    rows = _rows(activations, "activations")
+    n, m = rows.shape
+    labels = _labels(labels, n, num_classes)
+    device = rows.device
+    index = torch.from_numpy(labels).to(device)
+    sums = torch.zeros((num_classes, m), dtype=torch.float64, device=device)
+    block_sums = torch.empty((num_classes, m), dtype=torch.float32, device=device)
+    maxima = torch.full((m,), float("nan") if n == 0 else -float("inf"), device=device)
     for start in range(0, n, _ROW_BLOCK):
         block = rows[start : start + _ROW_BLOCK].float()
         # Sum each block in float32, accumulate the blocks in float64.
         block_sums.zero_().index_add_(0, index[start : start + _ROW_BLOCK], block)
         sums += block_sums
         maxima = torch.maximum(maxima, block.amax(dim=0))  # NaN propagates, as in max()
-    counts = torch.from_numpy(np.bincount(labels, minlength=num_classes)).to(torch.float64)
+    counts = torch.from_numpy(np.bincount(labels, minlength=num_classes)).to(device, torch.float64)
     means = sums / counts[:, None]
     means[counts == 0] = float("nan")
-    return means.float().numpy(), maxima.numpy()
+    return _host(means.float()), _host(maxima)
 
 
 # A kind of confusion sets: (pairs [P, 2], neurons [P, n], means [P, n]).
@@ -186,17 +211,18 @@ def confusion_sets_top_neurons(
         ``((pairs [P, 2], neurons [P, n], means [P, n]), (pairs [S, 2], neurons [S, n],
         means [S, n]))``, pairs sorted by their first, then second class.
     """
-    acts = _matrix(activations, "activations")
-    labels = _labels(labels, acts.shape[0], num_classes)
-    predictions = _labels(predictions, acts.shape[0], num_classes, "predictions")
+    rows = _rows(activations, "activations")
+    count, m = rows.shape
+    labels = _labels(labels, count, num_classes)
+    predictions = _labels(predictions, count, num_classes, "predictions")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    count, m = acts.shape
     n = min(n, m)
+    device = rows.device
     divisor = (
-        torch.ones(m)
+        torch.ones(m, device=device)
         if ind_max is None
-        else torch.from_numpy(derived.alive_divisor(as_numpy(ind_max)))
+        else torch.from_numpy(derived.alive_divisor(as_numpy(ind_max))).to(device)
     )
     pair_ids, groups = np.unique(labels * num_classes + predictions, return_inverse=True)
     pairs = np.stack([pair_ids // num_classes, pair_ids % num_classes], axis=1)
@@ -214,21 +240,22 @@ def confusion_sets_top_neurons(
     both_sizes = np.bincount(
         both_rank[either_of[summed]], weights=sizes[off[summed]], minlength=int(two_way.sum())
     )
-    summed_rows = torch.from_numpy(off[summed])
-    into_both = torch.from_numpy(both_rank[either_of[summed]].astype(np.int64))
-    index = torch.from_numpy(groups.astype(np.int64))
-    rows = _as_torch(acts)
-    directed = _RunningTop(len(pair_ids), n, torch.from_numpy(sizes).float()[:, None])
-    both = _RunningTop(int(two_way.sum()), n, torch.from_numpy(both_sizes).float()[:, None])
+    summed_rows = torch.from_numpy(off[summed]).to(device)
+    into_both = torch.from_numpy(both_rank[either_of[summed]].astype(np.int64)).to(device)
+    index = torch.from_numpy(groups.astype(np.int64)).to(device)
+    directed = _RunningTop(len(pair_ids), n, torch.from_numpy(sizes).float()[:, None], device)
+    both = _RunningTop(int(two_way.sum()), n, torch.from_numpy(both_sizes).float()[:, None], device)
     for start in range(0, m, _COLUMN_BLOCK * 4):
         columns = rows[:, start : start + _COLUMN_BLOCK * 4]
-        sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32)
+        sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32, device=device)
         for row in range(0, count, _ROW_BLOCK):
             sums.index_add_(
                 0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
             )
         scale = divisor[start : start + columns.shape[1]]
-        both_sums = torch.zeros((both.neurons.shape[0], columns.shape[1]), dtype=torch.float32)
+        both_sums = torch.zeros(
+            (both.neurons.shape[0], columns.shape[1]), dtype=torch.float32, device=device
+        )
         both_sums.index_add_(0, into_both, sums[summed_rows])
         directed.add(start, sums / scale)
         both.add(start, both_sums / scale)
@@ -249,17 +276,17 @@ def confusion_sets_top_neurons(
 class _RunningTop:
     """The ``n`` highest mean columns of each of ``groups`` rows, over column blocks."""
 
-    def __init__(self, groups: int, n: int, sizes: torch.Tensor) -> None:
+    def __init__(self, groups: int, n: int, sizes: torch.Tensor, device: torch.device) -> None:
         self.n = n
-        self.sizes = sizes
-        self.neurons = torch.empty((groups, 0), dtype=torch.int64)
-        self.means = torch.empty((groups, 0), dtype=torch.float32)
+        self.sizes = sizes.to(device)
+        self.neurons = torch.empty((groups, 0), dtype=torch.int64, device=device)
+        self.means = torch.empty((groups, 0), dtype=torch.float32, device=device)
 
     def add(self, start: int, sums: torch.Tensor) -> None:
         groups, width = sums.shape
         # Candidates in ascending neuron order, so that ties go to the lower neuron.
         kept = torch.sort(self.neurons, dim=1)
-        block_neurons = torch.arange(start, start + width)
+        block_neurons = torch.arange(start, start + width, device=sums.device)
         candidates = torch.cat([kept.values, block_neurons.expand(groups, -1)], dim=1)
         means = torch.cat([torch.gather(self.means, 1, kept.indices), sums / self.sizes], dim=1)
         order = _top_columns(means, min(self.n, means.shape[1]))
@@ -267,7 +294,7 @@ class _RunningTop:
         self.means = torch.gather(means, 1, order)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.neurons.numpy(), self.means.numpy()
+        return _host(self.neurons), _host(self.means)
 
 
 def mean_activation(activations: Any, selection: Any) -> np.ndarray:
@@ -306,10 +333,10 @@ def confusion_matrix(labels: Any, predictions: Any, num_classes: int) -> np.ndar
 
 def max_per_neuron(activations: Any) -> np.ndarray:
     """Highest activation of every neuron over the images: float32 [M] (NaN when N = 0)."""
-    acts = _matrix(activations, "activations")
-    if acts.shape[0] == 0:
-        return np.full(acts.shape[1], np.nan, dtype=np.float32)
-    return _as_torch(acts).amax(dim=0).float().numpy()
+    rows = _rows(activations, "activations")
+    if rows.shape[0] == 0:
+        return np.full(rows.shape[1], np.nan, dtype=np.float32)
+    return _host(rows.amax(dim=0).float())
 
 
 def normalized_activations(activations: Any, ind_max: Any) -> np.ndarray:
@@ -477,27 +504,26 @@ def top_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         ``(indices [M, k], values [M, k])``, highest first; ties go to the lower
         image index; NaN ranks last. Values are float32.
     """
-    acts = _matrix(activations, "activations")
+    rows = _rows(activations, "activations")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    n, m = acts.shape
+    n, m = rows.shape
     k = min(k, n)
-    rows = _as_torch(acts)
-    indices = np.empty((m, k), dtype=np.int64)
-    values = np.empty((m, k), dtype=np.float32)
+    indices = torch.empty((m, k), dtype=torch.int64, device=rows.device)
+    values = torch.empty((m, k), dtype=torch.float32, device=rows.device)
     for start in range(0, m, _COLUMN_BLOCK):
         # One row per neuron: torch's selection kernels are fastest along rows.
         block = rows[:, start : start + _COLUMN_BLOCK].T.contiguous().float()  # [B, N]
         order = _top_columns(block, k)
-        indices[start : start + block.shape[0]] = order.numpy()
-        values[start : start + block.shape[0]] = torch.gather(block, 1, order).numpy()
-    return indices, values
+        indices[start : start + block.shape[0]] = order
+        values[start : start + block.shape[0]] = torch.gather(block, 1, order)
+    return _host(indices), _host(values)
 
 
 def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
     """[B, k] column indices of the k largest values of each row of ``block``, in order."""
     if k == 0:
-        return torch.empty((block.shape[0], 0), dtype=torch.int64)
+        return torch.empty((block.shape[0], 0), dtype=torch.int64, device=block.device)
     key = block
     nan = torch.isnan(block)
     if nan.any():
@@ -544,26 +570,25 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
         ``(neurons [N, n], normalized [N, n])``, highest first, ties to the lower
         neuron; neurons dead on InD (NaN normalized activation) rank last.
     """
-    acts = _matrix(activations, "activations")
+    rows = _rows(activations, "activations")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    count, m = acts.shape
+    count, m = rows.shape
     n = min(n, m)
     ind_max = as_numpy(ind_max).astype(np.float32)
     if ind_max.shape != (m,):
         raise ValueError(f"ind_max must have shape ({m},), got {ind_max.shape}")
-    denominator = torch.from_numpy(derived.alive_divisor(ind_max))
-    rows = _as_torch(acts)
-    neurons = np.empty((count, n), dtype=np.int64)
-    values = np.empty((count, n), dtype=np.float32)
+    denominator = torch.from_numpy(derived.alive_divisor(ind_max)).to(rows.device)
+    neurons = torch.empty((count, n), dtype=torch.int64, device=rows.device)
+    values = torch.empty((count, n), dtype=torch.float32, device=rows.device)
     # About two million values a block: the NaN-aware ranking widens them to float64.
     step = max(1, (1 << 21) // max(m, 1))
     for start in range(0, count, step):
         block = rows[start : start + step].float() / denominator  # NaN if dead
         order = _top_columns(block, n)
-        neurons[start : start + len(block)] = order.numpy()
-        values[start : start + len(block)] = torch.gather(block, 1, order).numpy()
-    return neurons, values
+        neurons[start : start + len(block)] = order
+        values[start : start + len(block)] = torch.gather(block, 1, order)
+    return _host(neurons), _host(values)
 
 
 def ood_scores(ind_means: Any, ind_max: Any, ood_means: Any, ood_max: Any) -> OODScores:
@@ -621,7 +646,8 @@ def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
     low: torch.Tensor | None = None
     high: torch.Tensor | None = None
     for activations in datasets:
-        lows, highs = _finite_range(_matrix(activations, "activations"))
+        lows, highs = _finite_range(_rows(activations, "activations"))
+        lows, highs = lows.cpu(), highs.cpu()  # [M] each: the sets may be on several devices
         low = lows if low is None else torch.minimum(low, lows)
         high = highs if high is None else torch.maximum(high, highs)
     if low is None or high is None:
@@ -631,13 +657,13 @@ def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
     return torch.stack([low, high], dim=1).numpy().astype(np.float32)
 
 
-def _finite_range(acts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _finite_range(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``[M]`` each neuron's lowest and highest finite activation (inf and -inf
-    where none is finite)."""
-    n, m = acts.shape
+    where none is finite), on the device of ``rows``."""
+    n, m = rows.shape
     if n == 0:
-        return torch.full((m,), torch.inf), torch.full((m,), -torch.inf)
-    rows = _as_torch(acts)
+        empty = torch.full((m,), torch.inf, device=rows.device)
+        return empty, -empty
     low, high = rows.amin(dim=0).float(), rows.amax(dim=0).float()
     # Only the columns with a NaN or an infinity need a second look, without them.
     odd = torch.nonzero(~(torch.isfinite(low) & torch.isfinite(high)))[:, 0]
@@ -667,8 +693,9 @@ def bottom_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     values = np.empty((m, k), dtype=np.float32)
 
     def fill(start: int, block: _SortedColumns) -> None:
-        indices[start : start + block.rows] = block.order[:, :k]
-        values[start : start + block.rows] = block.values(block.order[:, :k])
+        lowest = block.lowest(k)
+        indices[start : start + block.rows] = lowest
+        values[start : start + block.rows] = block.values(lowest)
 
     _each_sorted_column_block(acts, fill)
     return indices, values
@@ -683,12 +710,16 @@ def neuron_distributions(
     bins: int,
     bands: int,
     per_band: int,
+    engine: Literal["auto", "numpy", "torch"] = "auto",
 ) -> NeuronDistributions:
     """Each neuron's histogram, firing fraction, bottom images and interval examples on
     one dataset, from one stable sort per neuron.
 
     Args:
-        activations: ``[N, M]``, float16 as stored (other input is rounded to it).
+        activations: ``[N, M]``, float16 as stored (other input is rounded to it); a
+            tensor on a device is sorted there, in blocks of neurons that take at most
+            ``_DEVICE_SORT_BYTES`` (16 bytes a value), and only the results cross to
+            the host.
         value_range: float32 ``[M, 2]`` the histograms' shared range
             (:func:`histogram_range`); the bins are
             ``tensorboard_plugin_deephys.log.derived.histogram_edges``.
@@ -703,13 +734,32 @@ def neuron_distributions(
             as :func:`top_k` orders them (highest first, ties to the lower index), the
             ones at positions ``(2 s + 1) c // (2 n)`` for ``s < n = min(per_band, c)``
             (the middles of ``n`` equal runs; all of them when ``c <= per_band``).
+        engine: how the neurons are sorted: ``"numpy"``, NumPy's radix sort of 16-bit
+            keys on the host's threads (the fastest on a CPU); ``"torch"``, torch's
+            stable sort and searches on the device that holds ``activations``;
+            ``"auto"``: torch for a tensor on a device other than the CPU, else NumPy.
+            Both give the same arrays.
     """
     if k < 1 or bins < 1 or bands < 1 or per_band < 1:
         raise ValueError(
             f"k, bins, bands and per_band must be >= 1, got {k}, {bins}, {bands}, {per_band}"
         )
-    acts = _float16_matrix(activations)
-    n, m = acts.shape
+    on_device = isinstance(activations, torch.Tensor) and activations.device.type != "cpu"
+    if engine == "torch" or (engine == "auto" and on_device):
+        rows = _rows(activations, "activations").to(torch.float16)
+        acts_shape = tuple(rows.shape)
+
+        def each_block(work: Callable[[int, Any], None]) -> None:
+            _each_device_block(rows, work)
+    elif engine in ("auto", "numpy"):
+        acts = _float16_matrix(activations)
+        acts_shape = acts.shape
+
+        def each_block(work: Callable[[int, Any], None]) -> None:
+            _each_sorted_column_block(acts, work)
+    else:
+        raise ValueError(f"engine must be 'auto', 'numpy' or 'torch', got {engine!r}")
+    n, m = acts_shape
     value_range = as_numpy(value_range).astype(np.float32)
     maxima = as_numpy(maxima).astype(np.float32)
     if value_range.shape != (m, 2) or maxima.shape != (m,):
@@ -727,7 +777,7 @@ def neuron_distributions(
         interval_values=np.full((m, bands, per_band), np.nan, dtype=np.float32),
     )
 
-    def fill(start: int, block: _SortedColumns) -> None:
+    def fill(start: int, block: _SortedColumns | _DeviceSortedColumns) -> None:
         rows = slice(start, start + block.rows)
         edges = derived.histogram_edges(value_range[rows], bins)
         below = block.count_below(_keys_at_least(edges))  # x < edge, NaN never
@@ -735,17 +785,21 @@ def neuron_distributions(
         out.counts[rows] = np.diff(below, axis=1)
         positive = block.finite_or_inf - block.count_at_most(_ZERO_KEY)[:, 0]
         out.fire_fraction[rows] = positive / n
-        out.bottom_indices[rows] = block.order[:, :k]
-        out.bottom_values[rows] = block.values(block.order[:, :k])
+        lowest = block.lowest(k)
+        out.bottom_indices[rows] = lowest
+        out.bottom_values[rows] = block.values(lowest)
         indices, values = _interval_examples(block, maxima[rows], bands, per_band)
         out.interval_indices[rows], out.interval_values[rows] = indices, values
 
-    _each_sorted_column_block(acts, fill)
+    each_block(fill)
     return out
 
 
 def _interval_examples(
-    block: _SortedColumns, maxima: np.ndarray, bands: int, per_band: int
+    block: _SortedColumns | _DeviceSortedColumns,
+    maxima: np.ndarray,
+    bands: int,
+    per_band: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[B, bands, per_band]`` image indices (-1: none) and activations (NaN: none)."""
     edges = derived.interval_edges(maxima, bands)  # [B, bands + 1], NaN: no bands
@@ -851,12 +905,76 @@ class _SortedColumns:
         """``[B, q]`` float32 activations of the images ``indices`` of each row."""
         return self._acts[indices, self._columns].astype(np.float32)
 
+    def lowest(self, k: int) -> np.ndarray:
+        """``[B, k]`` the images of each row's ``k`` lowest values (NaN last)."""
+        return self.order[:, :k]
+
+
+class _DeviceSortedColumns:
+    """:class:`_SortedColumns` on the device that holds the activations: the same
+    questions, the same answers (NumPy arrays, small), from torch's stable sort of
+    int32 keys and its batched searches; only the answers cross to the host."""
+
+    def __init__(self, rows: torch.Tensor, start: int, stop: int) -> None:
+        self._block = rows[:, start:stop].T.contiguous()  # [B, N] float16
+        self.rows, self.n = self._block.shape
+        bits = self._block.view(torch.int16).to(torch.int32) & 0xFFFF
+        keys = torch.where(bits >= 0x8000, ~bits & 0xFFFF, bits | 0x8000)
+        keys = torch.where(bits == 0x8000, _ZERO_KEY, keys)
+        keys = torch.where((bits & 0x7FFF) > 0x7C00, _NAN_KEY, keys)
+        self._sorted_keys, self._order = torch.sort(keys, dim=1, stable=True)
+        self.finite_or_inf = self.count_below(np.full((self.rows, 1), _NAN_KEY))[:, 0]
+
+    def _device(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        # (a copy: the arrays asked about are small, and may be read-only broadcasts)
+        return torch.from_numpy(np.array(array)).to(self._block.device, dtype)
+
+    def _search(self, keys: torch.Tensor, side: Literal["left", "right"]) -> torch.Tensor:
+        return torch.searchsorted(self._sorted_keys, keys.contiguous(), side=side)
+
+    def count_below(self, keys: np.ndarray) -> np.ndarray:
+        """``[B, q]``: per row, how many keys are below each of its ``q`` keys."""
+        found = self._device(np.asarray(keys).reshape(self.rows, -1), torch.int32)
+        return _host(self._search(found, "left"))
+
+    def count_at_most(self, keys) -> np.ndarray:
+        """``[B, q]``: per row, how many keys are at most each of its keys (a scalar key
+        is the same for every row)."""
+        wide = np.broadcast_to(keys, (self.rows,) + np.shape(keys)[1:]).reshape(self.rows, -1)
+        return _host(self._search(self._device(wide, torch.int32), "right"))
+
+    def order_descending(self, rank: np.ndarray) -> np.ndarray:
+        """``[B, q]`` image indices at the given ranks of each row's non-NaN values in
+        :func:`top_k`'s order (highest first, ties to the lower index)."""
+        rank_t = self._device(rank, torch.int64)
+        finite = self._device(self.finite_or_inf, torch.int64)[:, None]
+        position = (finite - 1 - rank_t).clamp(0, self.n - 1)  # the value's ascending place
+        keys = torch.gather(self._sorted_keys, 1, position)
+        first = self._search(keys, "left")  # the value's tied images, ascending by index
+        last = self._search(keys, "right") - 1
+        ascending = (first + rank_t - (finite - 1 - last)).clamp(0, self.n - 1)
+        return _host(torch.gather(self._order, 1, ascending))
+
+    def values(self, indices: np.ndarray) -> np.ndarray:
+        """``[B, q]`` float32 activations of the images ``indices`` of each row."""
+        found = torch.gather(self._block, 1, self._device(indices, torch.int64))
+        return _host(found.float())
+
+    def lowest(self, k: int) -> np.ndarray:
+        """``[B, k]`` the images of each row's ``k`` lowest values (NaN last)."""
+        return _host(self._order[:, :k])
+
 
 # A sorted block holds 20 bytes per value (uint16 keys and sorted keys, int64 order and
 # searchable keys): 64 MiB for 64 neurons of 50,000 images. Blocks are sorted on
 # several threads while together they fit in _SORT_BYTES.
 _SORT_BYTES_PER_VALUE = 20
 _SORT_BYTES = 128 << 20
+# On a device, a block of neurons takes 16 bytes a value while it is sorted (int32 keys
+# and sorted keys, int64 order), and blocks take at most this much (256 MiB: 335
+# neurons of 50,000 images); one block at a time.
+_DEVICE_SORT_BYTES_PER_VALUE = 16
+_DEVICE_SORT_BYTES = 256 << 20
 # Rows of a column block made into keys and transposed at a time (a tile that stays in
 # the cache: twice as fast as transposing the block at once).
 _TILE_ROWS = 1024
@@ -891,3 +1009,16 @@ def _each_sorted_column_block(
     with ThreadPoolExecutor(workers) as pool:
         for done in [pool.submit(run, start) for start in starts]:
             done.result()  # raises a block's error, if any
+
+
+def _each_device_block(
+    rows: torch.Tensor, work: Callable[[int, _DeviceSortedColumns], None]
+) -> None:
+    """``work(first neuron, _DeviceSortedColumns)`` for each block of neurons that fits
+    in ``_DEVICE_SORT_BYTES``, one after the other, on the device of ``rows``."""
+    n, m = rows.shape
+    if n == 0:
+        return
+    width = max(1, min(m, _DEVICE_SORT_BYTES // (_DEVICE_SORT_BYTES_PER_VALUE * n)))
+    for start in range(0, m, width):
+        work(start, _DeviceSortedColumns(rows, start, min(start + width, m)))

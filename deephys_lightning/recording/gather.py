@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from deephys_lightning.recording.rows import Rows
+from deephys_lightning.recording.rows import ACT_PREFIX, DeviceBudget, Rows
 from deephys_lightning.recording.spatial_maps import RunningTopMaps, TopMaps
 
 AllGather = Callable[[torch.Tensor], torch.Tensor]
@@ -45,8 +45,12 @@ def gather_rows(
     world_size: int,
     device: torch.device | str = "cpu",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    keep: DeviceBudget | None = None,
 ) -> Rows | None:
-    """Every process's rows, on the CPU, in dataset order (call on every process, in step).
+    """Every process's rows, in dataset order (call on every process, in step): on the
+    CPU, but for the activation columns that the budget ``keep`` has room for
+    (gathered, in column order; it counts them as taken), which stay on ``device``
+    for the record's kernels.
 
     ``all_gather`` maps a tensor of one shape on every process to the stacked
     ``[world_size, ...]`` tensor and ``broadcast(obj, src)`` sends a Python object
@@ -56,7 +60,16 @@ def gather_rows(
     dropped. Returns None when no process has rows.
     """
     if world_size == 1:
-        return None if rows is None else rows.to("cpu").sorted()
+        if rows is None:
+            return None
+        count = len(rows)
+
+        def place(name: str, column: torch.Tensor) -> torch.Tensor:
+            if _stays_on_device(keep, name, column, count, column.device):
+                return column
+            return column.to("cpu")
+
+        return rows.map_named(place).sorted()
     assert all_gather is not None and broadcast is not None
     count = 0 if rows is None else len(rows)
     counts = all_gather(torch.tensor([count], dtype=torch.int64, device=device))
@@ -68,12 +81,30 @@ def gather_rows(
     layout = broadcast(None if rows is None or count == 0 else rows.layout(), source)
     if rows is None or count == 0:
         rows = Rows.empty(layout, device=device)
-    width = int(counts.max())
+    width, total = int(counts.max()), int(counts.sum())
     gathered = {
-        name: _gather_column(column, counts, width, all_gather, device, chunk_bytes)
+        name: _gather_column(
+            column,
+            counts,
+            width,
+            all_gather,
+            device,
+            chunk_bytes,
+            on_device=_stays_on_device(keep, name, column, total, torch.device(device)),
+        )
         for name, column in sorted(rows.columns.items())  # the same order on every process
     }
     return Rows(gathered).sorted()
+
+
+def _stays_on_device(
+    keep: DeviceBudget | None, name: str, column: torch.Tensor, rows: int, device: torch.device
+) -> bool:
+    """Whether an activation ``column`` (``rows`` of it once gathered) stays on
+    ``device``, a device other than the CPU: while ``keep`` has room for it."""
+    if keep is None or device.type == "cpu" or not name.startswith(ACT_PREFIX):
+        return False
+    return keep.take(rows * math.prod(column.shape[1:]) * column.element_size())
 
 
 def gather_stacked(
@@ -99,8 +130,10 @@ def _gather_column(
     all_gather: AllGather,
     device: torch.device | str,
     chunk_bytes: int,
+    on_device: bool = False,
 ) -> torch.Tensor:
-    """One column of every process, on the CPU, process by process, padding dropped."""
+    """One column of every process, process by process, padding dropped: on the CPU,
+    or with ``on_device`` on ``device``."""
     row_bytes = max(1, math.prod(column.shape[1:]) * column.element_size())
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
     world_size = len(counts)
@@ -110,7 +143,9 @@ def _gather_column(
         chunk = torch.zeros((stop - start, *column.shape[1:]), dtype=column.dtype, device=device)
         mine = column[start:stop]
         chunk[: len(mine)] = mine.to(device, non_blocking=True)
-        stacked = all_gather(chunk).cpu()  # [world_size, stop - start, ...]
+        stacked = all_gather(chunk)  # [world_size, stop - start, ...]
+        if not on_device:
+            stacked = stacked.cpu()
         for rank in range(world_size):
             keep = max(0, min(stop, int(counts[rank])) - start)
             parts[rank].append(stacked[rank, :keep])
@@ -176,10 +211,17 @@ class Collectives:
             strategy.all_gather, strategy.broadcast, world_size, strategy.root_device, chunk_bytes
         )
 
-    def rows(self, local: Rows | None) -> Rows | None:
-        """Every process's rows, on the CPU, in dataset order (:func:`gather_rows`)."""
+    def rows(self, local: Rows | None, keep: DeviceBudget | None = None) -> Rows | None:
+        """Every process's rows, in dataset order, on the CPU but for the activations
+        that ``keep`` has room for on the root device (:func:`gather_rows`)."""
         return gather_rows(
-            local, self.all_gather, self.broadcast, self.world_size, self.device, self.chunk_bytes
+            local,
+            self.all_gather,
+            self.broadcast,
+            self.world_size,
+            self.device,
+            self.chunk_bytes,
+            keep,
         )
 
     def top_maps(self, local: RunningTopMaps | None) -> TopMaps | None:

@@ -183,6 +183,9 @@ class EpochRecorder:
         gathered: dict[int, Rows] = {}
         maps: dict[int, dict[str, spatial_maps.TopMaps]] = {}
         num_classes = collectives.largest(self._num_classes)  # the widest logits seen
+        # The activations stay on the root device for the record's kernels while
+        # together they fit in the same budget as the epoch's rows there.
+        keep = DeviceBudget(self.settings.max_device_buffer_bytes)
         for idx, name in enumerate(plan.names):
             buffer = self._buffers.get(idx)
             local = buffer.rows() if buffer is not None and len(buffer) else None
@@ -190,7 +193,7 @@ class EpochRecorder:
             if local is not None and columns.THUMBS in local.columns:
                 local_thumbs = local.select([columns.THUMBS])
                 local = local.without(columns.THUMBS)
-            rows = collectives.rows(local)
+            rows = collectives.rows(local, keep)
             if self.settings.thumbnails and collectives.decision(thumbnails_due(name, rows)):
                 thumbs = collectives.rows(local_thumbs)
                 pixels = None if thumbs is None else thumbs.thumbs

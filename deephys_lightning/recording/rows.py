@@ -150,8 +150,9 @@ class Rows:
         return Rows({**self.columns, name: column})
 
     def take(self, index: torch.Tensor) -> Rows:
-        """The rows at ``index`` (an integer tensor on the columns' device)."""
-        return self.map(lambda column: column.index_select(0, index))
+        """The rows at ``index`` (an integer tensor; each column takes them on its own
+        device)."""
+        return self.map(lambda column: column.index_select(0, index.to(column.device)))
 
     def head(self, count: int) -> Rows:
         return self.map(lambda column: column[:count])

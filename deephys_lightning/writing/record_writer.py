@@ -33,10 +33,11 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -53,6 +54,7 @@ from deephys_lightning.writing.log_state import LogState
 from deephys_lightning.writing.summaries import EventFileSink, RecordCancelled
 from deephys_lightning.writing.thumbnail_policy import ThumbnailPolicy
 from deephys_lightning.writing.view_data import (
+    DatasetRecording,
     RecordView,
     class_names_for,
     record_view,
@@ -343,15 +345,16 @@ class RecordWriter:
             reference = recordings_from_rows(
                 {"reference": epoch.reference}, {}, lambda *_: True, {}
             )["reference"]
-        view = record_view(
-            record,
-            recordings,
-            max_activation_bytes=plan.max_activation_bytes,
-            detectors=settings.detectors,
-            cancelled=self._cancel.is_set,
-            reference=reference,
-            heads=epoch.heads,
-        )
+        with _side_stream(recordings):
+            view = record_view(
+                record,
+                recordings,
+                max_activation_bytes=plan.max_activation_bytes,
+                detectors=settings.detectors,
+                cancelled=self._cancel.is_set,
+                reference=reference,
+                heads=epoch.heads,
+            )
         self._warn_about(view)
         write_view(
             self._sink(log_dir),
@@ -461,3 +464,28 @@ def _cause(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"{type(error).__name__}: {error.strerror}"
     return f"{type(error).__name__}: {error}"
+
+
+@contextlib.contextmanager
+def _side_stream(recordings: Mapping[str, DatasetRecording]) -> Iterator[None]:
+    """The record's kernels on a CUDA stream of their own where its activations are on
+    a GPU, so that training's kernels, queued meanwhile on the default stream, never
+    wait behind them; done when the block ends (the rows may be freed then)."""
+    devices = {
+        acts.device
+        for rec in recordings.values()
+        for acts in rec.activations.values()
+        if isinstance(acts, torch.Tensor) and acts.device.type == "cuda"
+    }
+    if not devices:
+        yield
+        return
+    streams = [torch.cuda.Stream(device) for device in devices]
+    for stream in streams:  # the rows were made on the default stream
+        stream.wait_stream(torch.cuda.default_stream(stream.device))
+    with contextlib.ExitStack() as using:
+        for stream in streams:
+            using.enter_context(torch.cuda.stream(stream))
+        yield
+    for stream in streams:
+        stream.synchronize()

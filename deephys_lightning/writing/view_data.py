@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -49,7 +50,9 @@ class DatasetRecording:
     Args:
         labels: int [N] ground-truth classes.
         predictions: int [N] predicted classes.
-        activations: layer name -> float [N, M] activations (after ReLU and reduction).
+        activations: layer name -> float [N, M] activations (after ReLU and reduction);
+            a torch tensor on a device (a GPU) is computed on there, and only the
+            results, which are small, cross to the host.
         thumbnails: uint8 [N, H, W, 3] (or ``assets.Thumbnails``, with their checksums
             and digest computed already), or None when written already for this dataset.
         positions: int [N] index in the dataset of each image (default 0..N-1).
@@ -71,7 +74,7 @@ class DatasetRecording:
 
     labels: np.ndarray
     predictions: np.ndarray
-    activations: dict[str, np.ndarray]
+    activations: dict[str, np.ndarray | torch.Tensor]
     thumbnails: np.ndarray | Thumbnails | None = None
     positions: np.ndarray | None = None
     logits: np.ndarray | None = None
@@ -96,8 +99,10 @@ class DatasetRecording:
         found = self.layer_left_out.get(layer)
         if found is not None:
             return np.asarray(found, dtype=np.uint8)
-        acts = np.asarray(self.activations[layer])
-        return finiteness.status_of_values(acts, stored_as_float16=acts.dtype != np.float16)
+        acts = self.activations[layer]
+        if not isinstance(acts, torch.Tensor):
+            acts = torch.from_numpy(np.ascontiguousarray(acts))
+        return finiteness.status_of_values(acts, stored_as_float16=acts.dtype != torch.float16)
 
     def top_predictions(self) -> tuple[np.ndarray, np.ndarray] | None:
         """int32 ``[N, k]`` top classes and float32 ``[N, k]`` their probabilities, or
@@ -164,14 +169,17 @@ def recordings_from_rows(
     keeps_logits: LogitsRule,
     thumbnails: Mapping[str, Thumbnails | None],
 ) -> dict[str, DatasetRecording]:
-    """Each dataset's recording from its gathered rows (on the CPU), in the order given.
+    """Each dataset's recording from its gathered rows, in the order given: on the
+    host, but for activations that are on a device (rank zero's root device under
+    CUDA), which stay there for the record's kernels (:func:`record_view`).
 
     ``keeps_logits(num_images, layer_widths)`` is the plan's rule for the classifier
     outputs (``EpochPlan.keeps_logits``); ``thumbnails`` those to write, by dataset.
     """
     recordings: dict[str, DatasetRecording] = {}
     for name, rows in rows_by_name.items():
-        acts = {layer: a.numpy() for layer, a in rows.acts.items()}
+        # Activations stay tensors, on a device where they are: the kernels compute there.
+        acts: dict[str, np.ndarray | torch.Tensor] = dict(rows.acts)
         widths = [a.shape[-1] for a in acts.values()]
         logits = rows.logits
         if logits is not None and not keeps_logits(len(rows), widths):
@@ -330,8 +338,9 @@ def _layer_view(
     left_out: list[LeftOut] = []
     for name in record.datasets:
         left_out += finiteness.left_out(name, layer, recordings[name].layer_status(layer))
-    # One source of truth: everything is computed on the stored float16 values.
-    acts = {name: rows.acts for name, rows in finite.items()}
+    # One source of truth: everything is computed on the stored float16 values, on the
+    # device that holds them.
+    acts = {name: rows.kernel_acts for name, rows in finite.items()}
     statistics = {
         name: metrics.dataset_statistics(acts[name], finite[name].labels, num_classes)
         for name in record.datasets
@@ -353,7 +362,7 @@ def _layer_view(
             value_range=value_range,
         )
         if head is not None:
-            arrays.update(contribution_arrays(acts[name], rows.recording, arrays[Kind.PAIRS], head))
+            arrays.update(contribution_arrays(rows.acts, rows.recording, arrays[Kind.PAIRS], head))
         arrays = rows.in_whole_set(arrays)
         if writes_matrix(all_rows, acts[name].shape[1], max_activation_bytes):
             arrays = {Kind.ACTIVATIONS: rows.stored, **arrays}
@@ -494,18 +503,29 @@ def _layer_head(
     return None, f"layer {layer!r} feeds no linear head as recorded (" + "; ".join(reasons) + ")"
 
 
-@dataclasses.dataclass
 class _FiniteRows:
-    """A dataset's rows whose activations on one layer are finite: ``acts`` (float16,
-    as stored), ``labels``, a ``recording`` of those rows only, and ``kept`` (their
-    indices in the whole set; None: all of them). ``stored`` is the whole float16
-    matrix."""
+    """A dataset's rows whose activations on one layer are finite: ``kernel_acts``
+    (float16, as stored, where the recording holds them: on its device for a tensor
+    on one), ``labels``, a ``recording`` of those rows' labels and predictions, and
+    ``kept`` (their indices in the whole set; None: all of them). ``acts`` and
+    ``stored`` (the whole float16 matrix) are host copies, made only when asked for
+    (the full matrix written, the contributions, the detectors on features)."""
 
-    stored: np.ndarray
-    acts: np.ndarray
-    labels: np.ndarray
-    recording: DatasetRecording
-    kept: np.ndarray | None
+    def __init__(
+        self, whole: np.ndarray | torch.Tensor, rec: DatasetRecording, kept: np.ndarray | None
+    ) -> None:
+        self._whole = whole
+        self.kept = kept
+        labels = np.asarray(rec.labels)
+        # Confusion sets pair labels with predictions: none for an image without one.
+        predictions = np.asarray(predictions_of(rec))
+        if kept is None:
+            self.kernel_acts = whole
+        else:
+            labels, predictions = labels[kept], predictions[kept]
+            self.kernel_acts = whole[kept] if isinstance(whole, np.ndarray) else _on(whole, kept)
+        self.labels = labels
+        self.recording = DatasetRecording(labels, predictions, {})
 
     @classmethod
     def finite(cls, rec: DatasetRecording, layer: str) -> _FiniteRows:
@@ -514,24 +534,30 @@ class _FiniteRows:
 
     @classmethod
     def of(cls, rec: DatasetRecording, layer: str, finite: np.ndarray) -> _FiniteRows:
-        with np.errstate(over="ignore"):  # overflow is counted (the status), not warned
-            stored = np.asarray(rec.activations[layer], dtype=np.float16)
-        labels = np.asarray(rec.labels)
-        # Confusion sets pair labels with predictions: none for an image without one.
-        predictions = np.asarray(predictions_of(rec))
-        if bool(finite.all()):
-            subset = DatasetRecording(labels, predictions, {layer: stored})
-            return cls(stored, stored, labels, subset, None)
-        kept = np.flatnonzero(finite)
-        subset = DatasetRecording(labels[kept], predictions[kept], {layer: stored[kept]})
-        return cls(stored, stored[kept], labels[kept], subset, kept)
+        found = _kernel_input(rec.activations[layer])
+        if isinstance(found, torch.Tensor):
+            whole: np.ndarray | torch.Tensor = found.detach().to(torch.float16)
+        else:
+            with np.errstate(over="ignore"):  # overflow is counted (the status), not warned
+                whole = np.asarray(found, dtype=np.float16)
+        return cls(whole, rec, None if bool(finite.all()) else np.flatnonzero(finite))
+
+    @functools.cached_property
+    def stored(self) -> np.ndarray:
+        """The whole float16 matrix, on the host."""
+        return metrics.as_numpy(self._whole)
+
+    @functools.cached_property
+    def acts(self) -> np.ndarray:
+        """The finite rows, float16, on the host."""
+        return metrics.as_numpy(self.kernel_acts)
 
     def in_whole_set(self, arrays: dict[Kind, np.ndarray]) -> dict[Kind, np.ndarray]:
         """``arrays`` computed on the finite rows, with image indices into the whole
         set and per-image rows for every image (none for those left out)."""
         if self.kept is None:
             return arrays
-        kept, count = self.kept, len(self.stored)
+        kept, count = self.kept, len(self._whole)
         for kind in (Kind.TOP_INDICES, Kind.BOTTOM_INDICES, Kind.INTERVAL_INDICES):
             found = arrays[kind]
             whole = np.full(found.shape, -1, dtype=np.int32)
@@ -580,7 +606,7 @@ def _top_maps(
 
 
 def layer_arrays(
-    acts: np.ndarray,
+    acts: np.ndarray | torch.Tensor,
     recording: DatasetRecording,
     statistics: tuple[np.ndarray, np.ndarray],
     ind_max: np.ndarray,
@@ -601,7 +627,7 @@ def layer_arrays(
     means, maxima = statistics
     arrays: dict[Kind, np.ndarray] = {}
     if full:
-        arrays[Kind.ACTIVATIONS] = acts
+        arrays[Kind.ACTIVATIONS] = metrics.as_numpy(acts)
     indices, values = metrics.top_k(acts, top_k)
     arrays[Kind.TOP_INDICES] = indices.astype(np.int32)
     arrays[Kind.TOP_VALUES] = values.astype(np.float32)
@@ -630,7 +656,11 @@ def layer_arrays(
     labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
     predicted = predictions != NO_PREDICTION  # the images with a class predicted
     if not bool(predicted.all()):
-        acts, labels, predictions = acts[predicted], labels[predicted], predictions[predicted]
+        if isinstance(acts, np.ndarray):
+            acts = acts[predicted]
+        else:
+            acts = _on(acts, np.flatnonzero(predicted))
+        labels, predictions = labels[predicted], predictions[predicted]
     directed, either = metrics.confusion_sets_top_neurons(
         acts, labels, predictions, num_classes, metadata.TOP_NEURONS, ind_max
     )
@@ -646,3 +676,15 @@ def layer_arrays(
 
 def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
+
+
+def _kernel_input(acts: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """Activations as the record's kernels take them: a tensor as it is, on its device
+    (the CPU's tensors take the same path, sharing their memory), anything else as a
+    host array."""
+    return acts.detach() if isinstance(acts, torch.Tensor) else np.asarray(acts)
+
+
+def _on(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+    """The ``rows`` of ``tensor``, on its device."""
+    return tensor[torch.from_numpy(rows).to(tensor.device)]
