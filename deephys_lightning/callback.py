@@ -133,11 +133,11 @@ class DeephysCallback(Callback):
             only when a set's images are new or changed: docs/callback.md).
         max_device_buffer_bytes: the epoch's rows (all datasets together) are kept on
             the recording device while they take at most this much (default 4 GiB);
-            the columns beyond it, and thumbnails always, go to pinned host memory
-            with non-blocking copies, batch by batch.
-        gather_chunk_bytes: under several processes, rows are gathered column by
-            column in chunks of at most this many bytes per process (default 256 MiB;
-            the collective's result is ``world_size`` times that, on the root device).
+            the rest, and thumbnails always, go to pinned host memory
+            with non-blocking copies. Rank zero's gathered activations stay on its
+            root device within the same bound: the record is computed there.
+        gather_chunk_bytes: under several processes, rows are gathered in chunks of
+            at most this many bytes per process (default 256 MiB, on the root device).
 
     Raises:
         MisconfigurationException: on invalid arguments, or at ``setup`` when a layer is

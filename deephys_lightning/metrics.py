@@ -197,6 +197,7 @@ def confusion_sets_top_neurons(
     num_classes: int,
     n: int,
     ind_max: Any | None = None,
+    image_top: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[ConfusionSets, ConfusionSets]:
     """The ``n`` most active neurons of every confusion set that has images, in one pass.
 
@@ -206,6 +207,12 @@ def confusion_sets_top_neurons(
     predicted as ``a``. A set's activation is the mean over its images, divided by the
     neuron's InD maximum when ``ind_max`` ([M]) is given (dead neurons: NaN). Neurons are
     ranked by it, highest first, ties to the lower neuron, NaN last.
+
+    ``image_top``, each image's ``(neurons [N, n], normalized [N, n])`` from
+    :func:`top_neurons` on the same activations and ``ind_max``, saves most of the
+    work where many sets hold one image (a wrong prediction seldom made twice): such a
+    set's mean is its image's normalized activation, so its top neurons are the
+    image's, the same numbers; only the other sets are summed.
 
     Returns:
         ``((pairs [P, 2], neurons [P, n], means [P, n]), (pairs [S, 2], neurons [S, n],
@@ -222,7 +229,9 @@ def confusion_sets_top_neurons(
     divisor = (
         torch.ones(m, device=device)
         if ind_max is None
-        else torch.from_numpy(derived.alive_divisor(as_numpy(ind_max))).to(device)
+        else torch.from_numpy(derived.alive_divisor(as_numpy(ind_max).astype(np.float32))).to(
+            device
+        )
     )
     pair_ids, groups = np.unique(labels * num_classes + predictions, return_inverse=True)
     pairs = np.stack([pair_ids // num_classes, pair_ids % num_classes], axis=1)
@@ -240,15 +249,29 @@ def confusion_sets_top_neurons(
     both_sizes = np.bincount(
         both_rank[either_of[summed]], weights=sizes[off[summed]], minlength=int(two_way.sum())
     )
-    summed_rows = torch.from_numpy(off[summed]).to(device)
+    # The sets of one image that take no part in a two-way sum are copied from their
+    # image's top neurons (with image_top); the others are summed, in compact order.
+    copied = np.zeros(len(pair_ids), dtype=bool)
+    if image_top is not None:
+        _check_image_top(image_top, count, n, ind_max)
+        copied = sizes == 1
+        copied[off[summed]] = False
+    kept = np.flatnonzero(~copied)
+    compact = np.cumsum(~copied) - 1  # each kept set's row in the sums
+    summed_images = None if not copied.any() else np.flatnonzero(~copied[groups])
+    image_groups = groups if summed_images is None else groups[summed_images]
+    summed_rows = torch.from_numpy(compact[off[summed]]).to(device)
     into_both = torch.from_numpy(both_rank[either_of[summed]].astype(np.int64)).to(device)
-    index = torch.from_numpy(groups.astype(np.int64)).to(device)
-    directed = _RunningTop(len(pair_ids), n, torch.from_numpy(sizes).float()[:, None], device)
+    index = torch.from_numpy(compact[image_groups].astype(np.int64)).to(device)
+    image_rows = None if summed_images is None else torch.from_numpy(summed_images).to(device)
+    directed = _RunningTop(len(kept), n, torch.from_numpy(sizes[kept]).float()[:, None], device)
     both = _RunningTop(int(two_way.sum()), n, torch.from_numpy(both_sizes).float()[:, None], device)
     for start in range(0, m, _COLUMN_BLOCK * 4):
         columns = rows[:, start : start + _COLUMN_BLOCK * 4]
-        sums = torch.zeros((len(pair_ids), columns.shape[1]), dtype=torch.float32, device=device)
-        for row in range(0, count, _ROW_BLOCK):
+        if image_rows is not None:
+            columns = columns[image_rows]
+        sums = torch.zeros((len(kept), columns.shape[1]), dtype=torch.float32, device=device)
+        for row in range(0, len(columns), _ROW_BLOCK):
             sums.index_add_(
                 0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
             )
@@ -259,7 +282,15 @@ def confusion_sets_top_neurons(
         both_sums.index_add_(0, into_both, sums[summed_rows])
         directed.add(start, sums / scale)
         both.add(start, both_sums / scale)
-    pair_neurons, pair_means = directed.result()
+    pair_neurons = np.empty((len(pair_ids), n), dtype=np.int64)
+    pair_means = np.empty((len(pair_ids), n), dtype=np.float32)
+    pair_neurons[kept], pair_means[kept] = directed.result()
+    if copied.any():
+        assert image_top is not None
+        image_of = np.empty(len(pair_ids), dtype=np.int64)
+        image_of[groups] = np.arange(count)  # a set's image (its only one where copied)
+        pair_neurons[copied] = image_top[0][image_of[copied]]
+        pair_means[copied] = image_top[1][image_of[copied]]
     # Each unordered pair's result: its one directed set, or the two-way sum.
     one_way_row = np.zeros(len(either_ids), dtype=np.int64)
     one_way_row[either_of[~summed]] = off[~summed]
@@ -271,6 +302,19 @@ def confusion_sets_top_neurons(
         either_neurons,
         either_means,
     )
+
+
+def _check_image_top(
+    image_top: tuple[np.ndarray, np.ndarray], count: int, n: int, ind_max: Any | None
+) -> None:
+    if ind_max is None:
+        raise ValueError("image_top are normalized by ind_max: pass it too")
+    neurons, values = image_top
+    if neurons.shape != (count, n) or values.shape != (count, n):
+        raise ValueError(
+            f"image_top must be two [{count}, {n}] arrays (top_neurons of the same "
+            f"activations), got {list(neurons.shape)} and {list(values.shape)}"
+        )
 
 
 class _RunningTop:
@@ -620,7 +664,9 @@ class NeuronDistributions:
     0 (NaN without images); ``bottom_indices`` / ``bottom_values`` ``[M, k]``: the
     lowest activations (:func:`bottom_k`); ``interval_indices`` int32 ``[M, bands,
     n]`` (-1: no image) and ``interval_values`` float32 (NaN: no image): up to ``n``
-    images per activation band, highest band first (:func:`neuron_distributions`).
+    images per activation band, highest band first (:func:`neuron_distributions`);
+    ``top_indices`` int32 / ``top_values`` float32 ``[M, k]``: the highest activations,
+    the very arrays of :func:`top_k`, read off the same sort.
     """
 
     counts: np.ndarray
@@ -629,6 +675,8 @@ class NeuronDistributions:
     bottom_values: np.ndarray
     interval_indices: np.ndarray
     interval_values: np.ndarray
+    top_indices: np.ndarray
+    top_values: np.ndarray
 
 
 def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
@@ -775,6 +823,8 @@ def neuron_distributions(
         bottom_values=np.empty((m, k), dtype=np.float32),
         interval_indices=np.full((m, bands, per_band), -1, dtype=np.int32),
         interval_values=np.full((m, bands, per_band), np.nan, dtype=np.float32),
+        top_indices=np.empty((m, k), dtype=np.int32),
+        top_values=np.empty((m, k), dtype=np.float32),
     )
 
     def fill(start: int, block: _SortedColumns | _DeviceSortedColumns) -> None:
@@ -790,6 +840,9 @@ def neuron_distributions(
         out.bottom_values[rows] = block.values(lowest)
         indices, values = _interval_examples(block, maxima[rows], bands, per_band)
         out.interval_indices[rows], out.interval_values[rows] = indices, values
+        highest = _highest(block, k)
+        out.top_indices[rows] = highest
+        out.top_values[rows] = block.values(highest)
 
     each_block(fill)
     return out
@@ -817,6 +870,15 @@ def _interval_examples(
     picked = block.order_descending(rank.reshape(block.rows, -1)).reshape(rank.shape)
     values = block.values(picked.reshape(block.rows, -1)).reshape(rank.shape)
     return np.where(filled, picked, -1), np.where(filled, values, np.nan)
+
+
+def _highest(block: _SortedColumns | _DeviceSortedColumns, k: int) -> np.ndarray:
+    """``[B, k]`` the images of each row's ``k`` highest values in :func:`top_k`'s
+    order: highest first, ties to the lower index, then the NaN ones by index (the last
+    of the ascending order, which keeps them in index order)."""
+    rank = np.broadcast_to(np.arange(k), (block.rows, k))
+    valued = rank < block.finite_or_inf[:, None]
+    return np.where(valued, block.order_descending(rank), block.at(rank))
 
 
 # Float16 values as uint16 keys in the same order (see _order_keys): +0's key.
@@ -909,6 +971,10 @@ class _SortedColumns:
         """``[B, k]`` the images of each row's ``k`` lowest values (NaN last)."""
         return self.order[:, :k]
 
+    def at(self, position: np.ndarray) -> np.ndarray:
+        """``[B, q]`` the images at the given places of each row's ascending order."""
+        return np.take_along_axis(self.order, position, axis=1)
+
 
 class _DeviceSortedColumns:
     """:class:`_SortedColumns` on the device that holds the activations: the same
@@ -963,6 +1029,10 @@ class _DeviceSortedColumns:
     def lowest(self, k: int) -> np.ndarray:
         """``[B, k]`` the images of each row's ``k`` lowest values (NaN last)."""
         return _host(self._order[:, :k])
+
+    def at(self, position: np.ndarray) -> np.ndarray:
+        """``[B, q]`` the images at the given places of each row's ascending order."""
+        return _host(torch.gather(self._order, 1, self._device(position, torch.int64)))
 
 
 # A sorted block holds 20 bytes per value (uint16 keys and sorted keys, int64 order and

@@ -356,3 +356,43 @@ def test_confusion_sets_in_either_direction_match_the_set_means():
     m = m / np.where(ind_max > 0, ind_max, np.nan)
     np.testing.assert_allclose(means[0], m[neurons[0]], rtol=1e-5)
     assert 3 not in neurons[0].tolist() and 100 not in neurons[0].tolist()
+
+
+@pytest.mark.parametrize(
+    ("seed", "n", "m", "classes"),
+    [(7, 600, 90, 40), (8, 300, 20, 1000), (9, 50, 300, 3), (10, 8, 5, 1000)],
+)
+def test_confusion_sets_of_one_image_take_their_images_top_neurons(seed, n, m, classes):
+    """The same sets with and without ``image_top``: many sets of one image (40 and
+    1,000 classes: most wrong predictions are made once), some summed both ways, ties,
+    NaN, +-inf, a dead neuron, fewer neurons than n."""
+    rng = np.random.default_rng(seed)
+    acts = np.round(rng.random((n, m)) * 6).astype(np.float16)
+    acts[rng.integers(0, n, 3), rng.integers(0, m, 3)] = np.inf
+    acts[rng.integers(0, n, 2), rng.integers(0, m, 2)] = np.nan
+    labels = rng.integers(0, classes, n)
+    preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, classes, n))
+    preds[:4], labels[:4] = labels[:4][::-1], preds[:4][::-1]  # confused both ways, some
+    ind_max = metrics.max_per_neuron(acts)
+    ind_max[0] = 0  # dead
+    image_top = metrics.top_neurons(acts, ind_max, 16)
+    found = metrics.confusion_sets_top_neurons(
+        acts, labels, preds, classes, 16, ind_max, image_top=image_top
+    )
+    expected = metrics.confusion_sets_top_neurons(acts, labels, preds, classes, 16, ind_max)
+    for found_sets, expected_sets in zip(found, expected, strict=True):
+        for got, want in zip(found_sets, expected_sets, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_image_top_must_fit_the_activations():
+    acts = np.ones((4, 3), np.float16)
+    labels = np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="pass it too"):
+        metrics.confusion_sets_top_neurons(
+            acts, labels, labels, 2, 2, image_top=(np.zeros((4, 2)), np.zeros((4, 2)))
+        )
+    with pytest.raises(ValueError, match=r"two \[4, 2\] arrays"):
+        metrics.confusion_sets_top_neurons(
+            acts, labels, labels, 2, 2, np.ones(3), image_top=(np.zeros((4, 3)), np.zeros((4, 3)))
+        )

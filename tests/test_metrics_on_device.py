@@ -114,6 +114,10 @@ def test_distributions_sorted_by_torch_equal_numpys_radix_sort(device, case, mon
         )
 
     expected = distributions(acts, "numpy")
+    # the top images read off the sort are those of top_k, exactly
+    top_indices, top_values = metrics.top_k(acts, 32)
+    _same(expected.top_indices, top_indices)
+    _same(expected.top_values, top_values)
     on_device = torch.from_numpy(acts).to(device)
     for found in (distributions(on_device, "torch"), distributions(on_device, "auto")):
         for field in (
@@ -123,6 +127,8 @@ def test_distributions_sorted_by_torch_equal_numpys_radix_sort(device, case, mon
             "bottom_values",
             "interval_indices",
             "interval_values",
+            "top_indices",
+            "top_values",
         ):
             _same(getattr(found, field), getattr(expected, field))
 

@@ -628,9 +628,6 @@ def layer_arrays(
     arrays: dict[Kind, np.ndarray] = {}
     if full:
         arrays[Kind.ACTIVATIONS] = metrics.as_numpy(acts)
-    indices, values = metrics.top_k(acts, top_k)
-    arrays[Kind.TOP_INDICES] = indices.astype(np.int32)
-    arrays[Kind.TOP_VALUES] = values.astype(np.float32)
     if value_range is None:
         value_range = metrics.histogram_range([acts])
     found = metrics.neuron_distributions(
@@ -642,6 +639,9 @@ def layer_arrays(
         bands=metadata.INTERVAL_BANDS,
         per_band=metadata.INTERVAL_IMAGES,
     )
+    # The top images come from the same sort (the arrays of metrics.top_k).
+    arrays[Kind.TOP_INDICES] = found.top_indices
+    arrays[Kind.TOP_VALUES] = found.top_values
     arrays[Kind.BOTTOM_INDICES] = found.bottom_indices
     arrays[Kind.BOTTOM_VALUES] = found.bottom_values
     arrays[Kind.ACTIVATION_COUNTS] = found.counts
@@ -661,8 +661,16 @@ def layer_arrays(
         else:
             acts = _on(acts, np.flatnonzero(predicted))
         labels, predictions = labels[predicted], predictions[predicted]
+        neurons, normalized = neurons[predicted], normalized[predicted]
+    # A confusion set of one image has its image's top neurons (computed just above).
     directed, either = metrics.confusion_sets_top_neurons(
-        acts, labels, predictions, num_classes, metadata.TOP_NEURONS, ind_max
+        acts,
+        labels,
+        predictions,
+        num_classes,
+        metadata.TOP_NEURONS,
+        ind_max,
+        image_top=(neurons, normalized),
     )
     for kinds, (pairs, pair_neurons, pair_means) in (
         ((Kind.PAIRS, Kind.PAIR_TOP_NEURONS, Kind.PAIR_TOP_MEANS), directed),

@@ -503,6 +503,7 @@ def test_new_steps_appear_on_tensorboard_reload(browser, tmp_path, load_fast):
         frame.locator(".overview-view .over-time").wait_for()
         frame.locator(".over-time details.over-time-numbers summary").click()
         dots = frame.locator('svg.line-plot[data-score="novelty"] circle')
+        dots.first.wait_for(state="attached")  # the scores over time arrive on their own
         assert dots.count() == 1
         frame.locator(".overview-view").evaluate("el => { el.__before_reload = true; }")
         panel_requests: list[str] = []
