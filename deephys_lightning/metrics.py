@@ -67,8 +67,9 @@ __all__ = [
 # as a whole (50,000 x 2,048 is 400 MB in float32).
 _ROW_BLOCK = 2048
 _COLUMN_BLOCK = 64
-# top_k looks at this many candidates beyond k to settle ties cheaply.
-_TIE_MARGIN = 32
+# Rows at most twice this beyond k are ranked by one stable sort (faster than a
+# selection there).
+_SORT_MARGIN = 32
 
 
 def as_numpy(array: Any) -> np.ndarray:
@@ -577,25 +578,25 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
             key = torch.where(torch.isneginf(key), -torch.finfo(torch.float64).max, key)
         key = torch.where(nan, -torch.inf, key)  # without -inf values, NaN alone is -inf
     n = key.shape[1]
-    # Take some extra candidates: when the last of them is below the k-th key, every
-    # entry tied with the k-th key is among them, and sorting them is exact.
-    wide = min(n, k + _TIE_MARGIN)
-    if n <= 2 * wide:  # a row hardly longer than k: one stable sort is exact, and faster
+    if n <= 2 * (k + _SORT_MARGIN):  # a row hardly longer than k: one stable sort is exact
         return torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
-    top_keys, candidates = torch.topk(key, wide, dim=1)
-    if wide == n or bool((top_keys[:, wide - 1] < top_keys[:, k - 1]).all()):
-        columns = candidates.sort(dim=1).values
-    else:
-        # More ties than the margin: keep the lowest columns among those tied with the
-        # k-th key that complete k.
-        kth = top_keys[:, k - 1 : k]
-        above = key > kth
-        tied = key == kth
+    # One candidate beyond k: where it is below the k-th key, the first k candidates
+    # are the k largest (in some order), and sorting them is exact.
+    top_keys, candidates = torch.topk(key, k + 1, dim=1)
+    columns = candidates[:, :k].sort(dim=1).values
+    tied_rows = torch.nonzero(top_keys[:, k] == top_keys[:, k - 1])[:, 0]
+    if len(tied_rows):
+        # Rows with ties across the k-th key: keep the lowest columns among those tied
+        # with it that complete k.
+        tied_keys = key[tied_rows]
+        kth = top_keys[tied_rows, k - 1 : k]
+        above = tied_keys > kth
+        tied = tied_keys == kth
         room = k - torch.count_nonzero(above, dim=1).unsqueeze(1)
         running = tied.to(torch.int32).cumsum(dim=1, dtype=torch.int32)
         chosen = above | (tied & (running <= room))
         # Exactly k per row; nonzero() lists them row by row, columns ascending.
-        columns = chosen.nonzero()[:, 1].reshape(key.shape[0], k)
+        columns[tied_rows] = chosen.nonzero()[:, 1].reshape(len(tied_rows), k)
     keys = torch.gather(key, 1, columns)
     # A stable sort keeps the lower column first among equal keys.
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
