@@ -570,8 +570,9 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
     if k == 0:
         return torch.empty((block.shape[0], 0), dtype=torch.int64, device=block.device)
     key = block
-    nan = torch.isnan(block)
-    if nan.any():
+    # A NaN makes the sum NaN (so does inf beside -inf: then the mask finds none).
+    if bool(torch.isnan(block.sum())):
+        nan = torch.isnan(block)
         if torch.isneginf(block).any():
             # A float64 key orders every float32 value and puts NaN below even -inf.
             key = block.double()
