@@ -42,6 +42,7 @@ __all__ = [
     "NeuronDistributions",
     "OODScores",
     "activation_ratio",
+    "as_float16",
     "as_numpy",
     "bottom_k",
     "category_means",
@@ -114,6 +115,23 @@ def _rows(array: Any, name: str) -> torch.Tensor:
     return rows
 
 
+def as_float16(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as the log stores it, float16, on its device; float64 is rounded once,
+    as NumPy rounds it (torch rounds it to float32 first), on the host.
+
+    Example::
+
+        >>> just_above_a_midpoint = 1.00048828125 + 2**-30
+        >>> as_float16(torch.tensor([just_above_a_midpoint], dtype=torch.float64)).item()
+        1.0009765625
+    """
+    if tensor.dtype == torch.float64:
+        with np.errstate(over="ignore"):  # overflow is inf, as in the log
+            rounded = tensor.detach().cpu().numpy().astype(np.float16)
+        return torch.from_numpy(rounded).to(tensor.device)
+    return tensor.detach().to(torch.float16)
+
+
 def _host(tensor: torch.Tensor) -> np.ndarray:
     """A small result on the host, as NumPy."""
     return tensor.cpu().numpy()
@@ -154,18 +172,33 @@ def dataset_statistics(
     device = rows.device
     index = torch.from_numpy(labels).to(device)
     sums = torch.zeros((num_classes, m), dtype=torch.float64, device=device)
-    block_sums = torch.empty((num_classes, m), dtype=torch.float32, device=device)
+    block_sums = torch.empty((num_classes, m), dtype=torch.float64, device=device)
+    wide = _WideBlock(rows)
     maxima = torch.full((m,), float("nan") if n == 0 else -float("inf"), device=device)
     for start in range(0, n, _ROW_BLOCK):
-        block = rows[start : start + _ROW_BLOCK].float()
-        # Sum each block in float32, accumulate the blocks in float64.
-        block_sums.zero_().index_add_(0, index[start : start + _ROW_BLOCK], block)
+        block = rows[start : start + _ROW_BLOCK]
+        # Each block summed in float64, exactly for float16 values (_ROW_BLOCK rows of
+        # them span at most 51 bits), so in any order (a GPU's atomic adds too); the
+        # blocks added in order.
+        block_sums.zero_().index_add_(0, index[start : start + _ROW_BLOCK], wide.of(block))
         sums += block_sums
-        maxima = torch.maximum(maxima, block.amax(dim=0))  # NaN propagates, as in max()
+        maxima = torch.maximum(maxima, block.amax(dim=0).float())  # NaN propagates
     counts = torch.from_numpy(np.bincount(labels, minlength=num_classes)).to(device, torch.float64)
     means = sums / counts[:, None]
     means[counts == 0] = float("nan")
     return _host(means.float()), _host(maxima)
+
+
+class _WideBlock:
+    """float64 copies of blocks of ``rows`` (at most ``_ROW_BLOCK`` of them), made in one
+    buffer: a new 32 MiB tensor a block would cost more in page faults than the copy."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        shape = (min(_ROW_BLOCK, len(rows)), *rows.shape[1:])
+        self._buffer = torch.empty(shape, dtype=torch.float64, device=rows.device)
+
+    def of(self, block: torch.Tensor) -> torch.Tensor:
+        return self._buffer[: len(block)].copy_(block)
 
 
 # A kind of confusion sets: (pairs [P, 2], neurons [P, n], means [P, n]).
@@ -271,16 +304,20 @@ def confusion_sets_top_neurons(
         columns = rows[:, start : start + _COLUMN_BLOCK * 4]
         if image_rows is not None:
             columns = columns[image_rows]
-        sums = torch.zeros((len(kept), columns.shape[1]), dtype=torch.float32, device=device)
+        # Summed like dataset_statistics: exact float64 sums of each block of rows (the
+        # same in any order), the blocks added in order, then rounded to float32.
+        wide_sums = torch.zeros((len(kept), columns.shape[1]), dtype=torch.float64, device=device)
+        block_sums = torch.empty_like(wide_sums)
+        wide = _WideBlock(columns)
         for row in range(0, len(columns), _ROW_BLOCK):
-            sums.index_add_(
-                0, index[row : row + _ROW_BLOCK], columns[row : row + _ROW_BLOCK].float()
-            )
+            block = wide.of(columns[row : row + _ROW_BLOCK])
+            wide_sums += block_sums.zero_().index_add_(0, index[row : row + _ROW_BLOCK], block)
+        sums = wide_sums.float()
         scale = divisor[start : start + columns.shape[1]]
         both_sums = torch.zeros(
             (both.neurons.shape[0], columns.shape[1]), dtype=torch.float32, device=device
         )
-        both_sums.index_add_(0, into_both, sums[summed_rows])
+        both_sums.index_add_(0, into_both, sums[summed_rows])  # two terms: any order
         directed.add(start, sums / scale)
         both.add(start, both_sums / scale)
     pair_neurons = np.empty((len(pair_ids), n), dtype=np.int64)
@@ -291,7 +328,8 @@ def confusion_sets_top_neurons(
         image_of = np.empty(len(pair_ids), dtype=np.int64)
         image_of[groups] = np.arange(count)  # a set's image (its only one where copied)
         pair_neurons[copied] = image_top[0][image_of[copied]]
-        pair_means[copied] = image_top[1][image_of[copied]]
+        # + 0.0: a zero is +0.0, as a sum of one image's -0.0 is
+        pair_means[copied] = image_top[1][image_of[copied]] + np.float32(0.0)
     # Each unordered pair's result: its one directed set, or the two-way sum.
     one_way_row = np.zeros(len(either_ids), dtype=np.int64)
     one_way_row[either_of[~summed]] = off[~summed]
@@ -579,8 +617,9 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
             key = torch.where(torch.isneginf(key), -torch.finfo(torch.float64).max, key)
         key = torch.where(nan, -torch.inf, key)  # without -inf values, NaN alone is -inf
     n = key.shape[1]
+    # (+ 0.0 makes -0.0 a +0.0: equal values must tie in every device's sort)
     if n <= 2 * (k + _SORT_MARGIN):  # a row hardly longer than k: one stable sort is exact
-        return torch.sort(key, dim=1, descending=True, stable=True).indices[:, :k]
+        return torch.sort(key + 0.0, dim=1, descending=True, stable=True).indices[:, :k]
     # One candidate beyond k: where it is below the k-th key, the first k candidates
     # are the k largest (in some order), and sorting them is exact.
     top_keys, candidates = torch.topk(key, k + 1, dim=1)
@@ -598,7 +637,7 @@ def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
         chosen = above | (tied & (running <= room))
         # Exactly k per row; nonzero() lists them row by row, columns ascending.
         columns[tied_rows] = chosen.nonzero()[:, 1].reshape(len(tied_rows), k)
-    keys = torch.gather(key, 1, columns)
+    keys = torch.gather(key, 1, columns) + 0.0
     # A stable sort keeps the lower column first among equal keys.
     order = torch.sort(keys, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.gather(columns, 1, order)
@@ -796,7 +835,7 @@ def neuron_distributions(
         )
     on_device = isinstance(activations, torch.Tensor) and activations.device.type != "cpu"
     if engine == "torch" or (engine == "auto" and on_device):
-        rows = _rows(activations, "activations").to(torch.float16)
+        rows = as_float16(_rows(activations, "activations"))
         acts_shape = tuple(rows.shape)
 
         def each_block(work: Callable[[int, Any], None]) -> None:

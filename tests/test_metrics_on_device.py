@@ -145,3 +145,30 @@ def test_an_unknown_engine_is_refused():
             per_band=1,
             engine="gpu",  # type: ignore[arg-type]
         )
+
+
+def test_sums_are_exact_so_the_order_of_the_rows_does_not_matter():
+    """A GPU adds with atomics, in no fixed order: the category means and confusion
+    sets sum each block of float16 rows exactly (float64), so any order of the rows
+    within a block gives the same bits, and the means are the exact means rounded."""
+    rng = np.random.default_rng(11)
+    n, m, classes = 1800, 64, 7  # one block of rows
+    acts = (rng.normal(size=(n, m)) * 37).astype(np.float16)  # generic values, both signs
+    labels = rng.integers(0, classes, n)
+    predictions = np.where(rng.random(n) < 0.5, labels, rng.integers(0, classes, n))
+    shuffled = rng.permutation(n)
+    means, _ = metrics.dataset_statistics(acts, labels, classes)
+    again, _ = metrics.dataset_statistics(acts[shuffled], labels[shuffled], classes)
+    _same(again, means)
+    wide = acts.astype(np.float64)
+    for c in range(classes):
+        exact = wide[labels == c].sum(axis=0) / np.count_nonzero(labels == c)
+        _same(means[c], exact.astype(np.float32))
+    ind_max = metrics.max_per_neuron(np.abs(acts))
+    found = metrics.confusion_sets_top_neurons(acts, labels, predictions, classes, 8, ind_max)
+    moved = metrics.confusion_sets_top_neurons(
+        acts[shuffled], labels[shuffled], predictions[shuffled], classes, 8, ind_max
+    )
+    for found_sets, moved_sets in zip(found, moved, strict=True):
+        for got, want in zip(found_sets, moved_sets, strict=True):
+            _same(got, want)

@@ -94,7 +94,7 @@ def gather_rows(
         )
         for name, column in sorted(rows.columns.items())  # the same order on every process
     }
-    return Rows(gathered).sorted()
+    return Rows.sorted_from(gathered)
 
 
 def _stays_on_device(
@@ -133,23 +133,29 @@ def _gather_column(
     on_device: bool = False,
 ) -> torch.Tensor:
     """One column of every process, process by process, padding dropped: on the CPU,
-    or with ``on_device`` on ``device``."""
+    or with ``on_device`` on ``device``. Each chunk's rows go straight into the
+    column's storage, allocated once: besides it, one chunk of every process."""
     row_bytes = max(1, math.prod(column.shape[1:]) * column.element_size())
     rows_per_chunk = max(1, chunk_bytes // row_bytes)
     world_size = len(counts)
-    parts: list[list[torch.Tensor]] = [[] for _ in range(world_size)]
+    first = [0, *torch.cumsum(counts, 0).tolist()]  # each process's first row in the column
+    out = torch.empty(
+        (first[-1], *column.shape[1:]),
+        dtype=column.dtype,
+        device=device if on_device else "cpu",
+    )
     for start in range(0, width, rows_per_chunk):
         stop = min(width, start + rows_per_chunk)
         chunk = torch.zeros((stop - start, *column.shape[1:]), dtype=column.dtype, device=device)
         mine = column[start:stop]
         chunk[: len(mine)] = mine.to(device, non_blocking=True)
         stacked = all_gather(chunk)  # [world_size, stop - start, ...]
-        if not on_device:
-            stacked = stacked.cpu()
         for rank in range(world_size):
             keep = max(0, min(stop, int(counts[rank])) - start)
-            parts[rank].append(stacked[rank, :keep])
-    return torch.cat([piece for rank_parts in parts for piece in rank_parts])
+            at = first[rank] + start
+            out[at : at + keep] = stacked[rank, :keep]  # to the host where out is there
+        del stacked
+    return out
 
 
 def gather_top_maps(
@@ -203,17 +209,24 @@ class Collectives:
     world_size: int
     device: torch.device | str = "cpu"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    rank: int = 0
 
     @classmethod
     def of(cls, strategy: Any, world_size: int, chunk_bytes: int) -> Collectives:
         """The collectives of a Lightning ``strategy``."""
         return cls(
-            strategy.all_gather, strategy.broadcast, world_size, strategy.root_device, chunk_bytes
+            strategy.all_gather,
+            strategy.broadcast,
+            world_size,
+            strategy.root_device,
+            chunk_bytes,
+            strategy.global_rank,
         )
 
     def rows(self, local: Rows | None, keep: DeviceBudget | None = None) -> Rows | None:
         """Every process's rows, in dataset order, on the CPU but for the activations
-        that ``keep`` has room for on the root device (:func:`gather_rows`)."""
+        that ``keep`` has room for on the root device (:func:`gather_rows`): on rank
+        zero, which computes the record; the other processes drop their rows."""
         return gather_rows(
             local,
             self.all_gather,
@@ -221,7 +234,7 @@ class Collectives:
             self.world_size,
             self.device,
             self.chunk_bytes,
-            keep,
+            keep if self.rank == 0 else None,
         )
 
     def top_maps(self, local: RunningTopMaps | None) -> TopMaps | None:

@@ -167,6 +167,21 @@ class Rows:
             return self
         return self.take(torch.argsort(positions))
 
+    @staticmethod
+    def sorted_from(columns: dict[str, torch.Tensor]) -> Rows:
+        """The rows of ``columns`` in dataset order, each column replaced by its sorted
+        copy one at a time (``columns`` is emptied): at most one column is held twice."""
+        positions = columns[POSITIONS]
+        if len(positions) < 2 or bool((positions[1:] > positions[:-1]).all()):
+            return Rows(dict(columns))
+        order = torch.argsort(positions)
+        ordered = {}
+        for name in list(columns):
+            column = columns.pop(name)
+            ordered[name] = column.index_select(0, order.to(column.device))
+            del column
+        return Rows(ordered)
+
     def row_bytes(self) -> int:
         """Bytes one row takes, over all columns."""
         return sum(

@@ -466,11 +466,17 @@ def _cause(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+# One side stream per device, made once: the record's kernels reuse the memory cached
+# for it (only the writer thread uses them, one record at a time).
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
 @contextlib.contextmanager
 def _side_stream(recordings: Mapping[str, DatasetRecording]) -> Iterator[None]:
     """The record's kernels on a CUDA stream of their own where its activations are on
     a GPU, so that training's kernels, queued meanwhile on the default stream, never
-    wait behind them; done when the block ends (the rows may be freed then)."""
+    wait behind them; done when the block ends, even when it raises (the rows may be
+    freed then)."""
     devices = {
         acts.device
         for rec in recordings.values()
@@ -480,12 +486,18 @@ def _side_stream(recordings: Mapping[str, DatasetRecording]) -> Iterator[None]:
     if not devices:
         yield
         return
-    streams = [torch.cuda.Stream(device) for device in devices]
-    for stream in streams:  # the rows were made on the default stream
-        stream.wait_stream(torch.cuda.default_stream(stream.device))
-    with contextlib.ExitStack() as using:
+    streams = []
+    for device in devices:
+        stream = _SIDE_STREAMS.get(device)
+        if stream is None:
+            stream = _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.default_stream(device))  # the rows were made there
+        streams.append(stream)
+    try:
+        with contextlib.ExitStack() as using:
+            for stream in streams:
+                using.enter_context(torch.cuda.stream(stream))
+            yield
+    finally:
         for stream in streams:
-            using.enter_context(torch.cuda.stream(stream))
-        yield
-    for stream in streams:
-        stream.synchronize()
+            stream.synchronize()

@@ -536,7 +536,7 @@ class _FiniteRows:
     def of(cls, rec: DatasetRecording, layer: str, finite: np.ndarray) -> _FiniteRows:
         found = _kernel_input(rec.activations[layer])
         if isinstance(found, torch.Tensor):
-            whole: np.ndarray | torch.Tensor = found.detach().to(torch.float16)
+            whole: np.ndarray | torch.Tensor = metrics.as_float16(found)
         else:
             with np.errstate(over="ignore"):  # overflow is counted (the status), not warned
                 whole = np.asarray(found, dtype=np.float16)
