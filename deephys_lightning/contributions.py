@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from deephys_lightning.head_detectors import LinearHead
+from deephys_lightning.metrics import top_columns
 
 __all__ = [
     "ImageContributions",
@@ -50,7 +51,6 @@ __all__ = [
 ]
 
 _ROW_BLOCK = 2048
-_TIE_MARGIN = 16  # _top's candidates beyond n
 _PAIR_COLUMNS = 256  # pair_contributions' neurons per block
 # zeroing_effect's images per set at most: an evenly spread subset beyond
 ZEROING_MAX_IMAGES = 2_000
@@ -84,29 +84,26 @@ def _rows(acts: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tenso
     return block.float()
 
 
+def _device(acts: np.ndarray | torch.Tensor) -> torch.device:
+    """Where the work on ``acts`` happens: a tensor's device (a GPU's, for the record's
+    rows kept there), else the CPU; only the results cross to the host."""
+    return acts.device if isinstance(acts, torch.Tensor) else torch.device("cpu")
+
+
+def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array)).to(device, dtype)
+
+
 def _top(values: torch.Tensor, n: int, valid: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` largest of each row, ties to the lower neuron; rows not ``valid``
-    get ``-1`` / NaN."""
+    """The ``n`` largest of each row, ties to the lower neuron (``metrics.top_columns``);
+    rows not ``valid`` get ``-1`` / NaN."""
     n = min(n, values.shape[1])
     values = torch.where(valid[:, None], values, 0.0)
-    # top-k of a few more than n, then a stable sort of those in neuron order: exact
-    # unless the tie at the cut reaches past them (those rows are sorted whole)
-    extra = min(n + _TIE_MARGIN, values.shape[1])
-    found = values.topk(extra, dim=1).indices.sort(dim=1).values
-    found_values = values.gather(1, found)
-    order = found.gather(1, found_values.sort(dim=1, descending=True, stable=True).indices)
-    order = order[:, :n]
-    if extra < values.shape[1]:
-        cut = values.gather(1, order[:, -1:])  # the n-th value
-        past = found_values.min(dim=1, keepdim=True).values
-        unsure = torch.nonzero((past >= cut)[:, 0], as_tuple=True)[0]
-        if len(unsure):
-            whole = torch.sort(values[unsure], dim=1, descending=True, stable=True).indices
-            order[unsure] = whole[:, :n]
+    order = top_columns(values, n)
     picked = values.gather(1, order)
     neurons = torch.where(valid[:, None], order, -1).to(torch.int32)
     found = torch.where(valid[:, None], picked, float("nan"))
-    return neurons.numpy(), found.numpy().astype(np.float32)
+    return neurons.cpu().numpy(), found.cpu().numpy().astype(np.float32)
 
 
 def image_contributions(
@@ -119,10 +116,10 @@ def image_contributions(
 ) -> ImageContributions:
     """:class:`ImageContributions` of every image of ``acts`` ``[N, M]`` (the head's
     input), with its ``labels`` and ``predictions`` ``[N]`` (``-1``: no prediction)."""
-    weight = torch.from_numpy(head.weight)  # [C, M]
-    bias = torch.from_numpy(head.bias)
-    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    predicted_t = torch.from_numpy(np.asarray(predictions, dtype=np.int64))
+    device = _device(acts)
+    weight, bias = head.on(device)  # [C, M], [C]
+    labels_t = _tensor(labels, device, torch.int64)
+    predicted_t = _tensor(predictions, device, torch.int64)
     parts: list[tuple[np.ndarray, ...]] = []
     for start in range(0, len(labels_t), _ROW_BLOCK):
         a = _rows(acts, start, start + _ROW_BLOCK)
@@ -139,7 +136,7 @@ def image_contributions(
             towards_y.double().sum(1) + bias[y].double()
         )
         margin = torch.where(known, margin, float("nan")).float()
-        parts.append((*_top(towards_p, n, valid), *_top(towards_y, n, known), margin.numpy()))
+        parts.append((*_top(towards_p, n, valid), *_top(towards_y, n, known), margin.cpu().numpy()))
     if not parts:
         empty_i, empty_f = np.zeros((0, n), np.int32), np.zeros((0, n), np.float32)
         return ImageContributions(empty_i, empty_f, empty_i, empty_f, np.zeros(0, np.float32))
@@ -179,31 +176,32 @@ def pair_contributions(
     row_of[np.asarray(predictions) < 0] = -1
     finite = np.concatenate(
         [
-            torch.isfinite(_rows(acts, i, i + _ROW_BLOCK)).all(dim=1).numpy()
+            torch.isfinite(_rows(acts, i, i + _ROW_BLOCK)).all(dim=1).cpu().numpy()
             for i in range(0, len(row_of), _ROW_BLOCK)
         ]
         or [np.zeros(0, dtype=bool)]
     )
     row_of[~finite] = -1
+    device = _device(acts)
     member = torch.from_numpy(np.flatnonzero(row_of >= 0))
-    into = torch.from_numpy(row_of[row_of >= 0])
+    into = _tensor(row_of[row_of >= 0], device, torch.int64)
     sizes = torch.bincount(into, minlength=count).double()
-    weight = torch.from_numpy(head.weight).double()
+    weight = head.on(device)[0].double()
     # a class beyond the head's (a label without a logit) has no margin: no pushes
     within: np.ndarray = np.all(pairs < num_classes, axis=1)
-    sizes[torch.from_numpy(~within)] = 0
-    safe = np.where(within[:, None], pairs, 0)
+    sizes[_tensor(~within, device, torch.bool)] = 0
+    safe = _tensor(np.where(within[:, None], pairs, 0), device, torch.int64)
     gap = weight[safe[:, 1]] - weight[safe[:, 0]]  # [P, M]: W[b] - W[a]
-    best_values = torch.full((count, 0), float("nan"), dtype=torch.float64)
-    best_neurons = torch.zeros((count, 0), dtype=torch.int64)
+    best_values = torch.full((count, 0), float("nan"), dtype=torch.float64, device=device)
+    best_neurons = torch.zeros((count, 0), dtype=torch.int64, device=device)
     # Column blocks, a running top: the [P, M] means of many pairs would not fit.
     for first in range(0, m, _PAIR_COLUMNS):
         columns = slice(first, min(first + _PAIR_COLUMNS, m))
-        sums = torch.zeros((count, columns.stop - first), dtype=torch.float64)
+        sums = torch.zeros((count, columns.stop - first), dtype=torch.float64, device=device)
         for start in range(0, len(member), _ROW_BLOCK):
             rows = member[start : start + _ROW_BLOCK]
             if isinstance(acts, torch.Tensor):
-                block = acts[rows, columns].double()
+                block = acts[rows.to(device), columns].double()
             else:  # only this block's columns of the rows are copied
                 block = torch.from_numpy(np.asarray(acts[rows.numpy(), columns])).double()
             sums.index_add_(0, into[start : start + _ROW_BLOCK], block)
@@ -212,15 +210,15 @@ def pair_contributions(
         # a stable sort keeps the lower neuron first among ties
         values = torch.cat([best_values, push], dim=1)
         neurons = torch.cat(
-            [best_neurons, torch.arange(first, columns.stop).expand(count, -1)], dim=1
+            [best_neurons, torch.arange(first, columns.stop, device=device).expand(count, -1)],
+            dim=1,
         )
-        ranked = torch.sort(values.nan_to_num(nan=-torch.inf), dim=1, descending=True, stable=True)
-        keep = ranked.indices[:, :n]
+        keep = top_columns(values, min(n, values.shape[1]))
         best_values, best_neurons = values.gather(1, keep), neurons.gather(1, keep)
     valid = sizes > 0
     found = torch.where(valid[:, None], best_neurons, -1).to(torch.int32)
     means = torch.where(valid[:, None], best_values, float("nan")).float()
-    return found.numpy(), means.numpy()
+    return found.cpu().numpy(), means.cpu().numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,16 +261,20 @@ def zeroing_effect(
         >>> found.changed.tolist(), found.accuracy.tolist(), found.base_accuracy
         ([1, 1], [0.0, 1.0], 0.5)
     """
+    device = _device(acts)
     if max_images is not None and len(acts) > max_images:
         rows_kept = np.unique(np.linspace(0, len(acts) - 1, max_images).round().astype(np.int64))
-        acts, labels = acts[rows_kept], np.asarray(labels)[rows_kept]
-    weight = torch.from_numpy(head.weight).double()  # [C, M]
-    bias = torch.from_numpy(head.bias).double()
+        if isinstance(acts, torch.Tensor):
+            acts = acts[_tensor(rows_kept, device, torch.int64)]
+        else:
+            acts = acts[rows_kept]
+        labels = np.asarray(labels)[rows_kept]
+    weight, bias = (tensor.double() for tensor in head.on(device))  # [C, M], [C]
     spread = weight.max(dim=0).values - weight.min(dim=0).values  # R_j, [M]
-    labels_t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    labels_t = _tensor(labels, device, torch.int64)
     m = head.in_features
-    changed = torch.zeros(m, dtype=torch.int64)
-    right = torch.zeros(m, dtype=torch.int64)
+    changed = torch.zeros(m, dtype=torch.int64, device=device)
+    right = torch.zeros(m, dtype=torch.int64, device=device)
     base_right = 0
     images = 0
     spent = 0
@@ -298,7 +300,9 @@ def zeroing_effect(
         shift = a.abs() * spread  # [B, M]
         runner_up = (
             torch.where(
-                torch.arange(logits.shape[1])[None, :] == predicted[:, None], -torch.inf, logits
+                torch.arange(logits.shape[1], device=device)[None, :] == predicted[:, None],
+                -torch.inf,
+                logits,
             )
             .max(dim=1)
             .values
@@ -319,8 +323,8 @@ def zeroing_effect(
         nan = np.full(m, np.nan, dtype=np.float32)
         return ZeroingEffect(np.zeros(m, dtype=np.int32), nan, float("nan"), 0)
     return ZeroingEffect(
-        changed.numpy().astype(np.int32),
-        (right.double() / images).numpy().astype(np.float32),
+        changed.cpu().numpy().astype(np.int32),
+        (right.double() / images).cpu().numpy().astype(np.float32),
         base_right / images,
         images,
     )

@@ -186,10 +186,11 @@ class LinearHead:
         CPU tensor for numpy features)."""
         _check_width(features, self)
         x = _as_tensor(features).float()
-        weight, bias = self._on(x.device)
+        weight, bias = self.on(x.device)
         return x @ weight.T + bias
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight and bias as float32 tensors on ``device``."""
         return torch.from_numpy(self.weight).to(device), torch.from_numpy(self.bias).to(device)
 
 
@@ -427,7 +428,7 @@ class _State:
 
     def __init__(self, fitted: FittedHeadDetectors, device: torch.device) -> None:
         self.fitted = fitted
-        self.weight, self.bias = fitted.head._on(device)
+        self.weight, self.bias = fitted.head.on(device)
         self.weight_t = self.weight.T.contiguous()  # [M, C], rows per neuron
         m = fitted.head.in_features
         self.m = m
@@ -571,7 +572,7 @@ def _fit_vim(
     # eigenvalues ascending: the first M - d eigenvectors span the residual space
     _, eigenvectors = _eigh(gram / count)
     basis = eigenvectors[:, : m - dim].float().contiguous()
-    weight32, bias32 = head._on(device)
+    weight32, bias32 = head.on(device)
     top_logits = torch.zeros((), dtype=torch.float64, device=device)
     residuals = torch.zeros((), dtype=torch.float64, device=device)
     for block in _finite_blocks(features, finite, device):

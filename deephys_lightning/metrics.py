@@ -60,6 +60,7 @@ __all__ = [
     "ratio_of_maxima",
     "raw_novelty",
     "spurious",
+    "top_columns",
     "top_k",
     "top_neurons",
 ]
@@ -372,7 +373,7 @@ class _RunningTop:
         block_neurons = torch.arange(start, start + width, device=sums.device)
         candidates = torch.cat([kept.values, block_neurons.expand(groups, -1)], dim=1)
         means = torch.cat([torch.gather(self.means, 1, kept.indices), sums / self.sizes], dim=1)
-        order = _top_columns(means, min(self.n, means.shape[1]))
+        order = top_columns(means, min(self.n, means.shape[1]))
         self.neurons = torch.gather(candidates, 1, order)
         self.means = torch.gather(means, 1, order)
 
@@ -597,14 +598,22 @@ def top_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
     for start in range(0, m, _COLUMN_BLOCK):
         # One row per neuron: torch's selection kernels are fastest along rows.
         block = rows[:, start : start + _COLUMN_BLOCK].T.contiguous().float()  # [B, N]
-        order = _top_columns(block, k)
+        order = top_columns(block, k)
         indices[start : start + block.shape[0]] = order
         values[start : start + block.shape[0]] = torch.gather(block, 1, order)
     return _host(indices), _host(values)
 
 
-def _top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
-    """[B, k] column indices of the k largest values of each row of ``block``, in order."""
+def top_columns(block: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, k]`` column indices of the ``k`` largest values of each row of ``block``, in
+    order: highest first, ties to the lower column (-0.0 ties with +0.0), NaN last.
+    Tensor in, tensor out, on the block's device (the rule every top list here uses).
+
+    Example::
+
+        >>> top_columns(torch.tensor([[1.0, 3.0, float("nan"), 3.0]]), 3).tolist()
+        [[1, 3, 0]]
+    """
     if k == 0:
         return torch.empty((block.shape[0], 0), dtype=torch.int64, device=block.device)
     key = block
@@ -670,7 +679,7 @@ def top_neurons(activations: Any, ind_max: Any, n: int) -> tuple[np.ndarray, np.
     step = max(1, (1 << 21) // max(m, 1))
     for start in range(0, count, step):
         block = rows[start : start + step].float() / denominator  # NaN if dead
-        order = _top_columns(block, n)
+        order = top_columns(block, n)
         neurons[start : start + len(block)] = order
         values[start : start + len(block)] = torch.gather(block, 1, order)
     return _host(neurons), _host(values)

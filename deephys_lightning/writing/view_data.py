@@ -362,7 +362,9 @@ def _layer_view(
             value_range=value_range,
         )
         if head is not None:
-            arrays.update(contribution_arrays(rows.acts, rows.recording, arrays[Kind.PAIRS], head))
+            arrays.update(
+                contribution_arrays(rows.kernel_acts, rows.recording, arrays[Kind.PAIRS], head)
+            )
         arrays = rows.in_whole_set(arrays)
         if writes_matrix(all_rows, acts[name].shape[1], max_activation_bytes):
             arrays = {Kind.ACTIVATIONS: rows.stored, **arrays}
@@ -424,7 +426,10 @@ def _fitted_detections(
 
 
 def contribution_arrays(
-    acts: np.ndarray, recording: DatasetRecording, pairs: np.ndarray, head: LinearHead
+    acts: np.ndarray | torch.Tensor,
+    recording: DatasetRecording,
+    pairs: np.ndarray,
+    head: LinearHead,
 ) -> dict[Kind, np.ndarray]:
     """What each neuron did to the predictions of ``acts``' images through the linear
     ``head`` (``deephys_lightning.contributions``): per image, the top contributions
@@ -468,19 +473,19 @@ def _head_of(
     if reference is not None and reference.logits is not None and layer in reference.activations:
         rows = _FiniteRows.finite(reference, layer)
         kept = slice(None) if rows.kept is None else rows.kept
-        return _layer_head(layer, heads, rows.acts, np.asarray(reference.logits)[kept], None)
+        return _layer_head(layer, heads, rows.kernel_acts, np.asarray(reference.logits)[kept], None)
     rows = _FiniteRows.finite(ind, layer)
     kept = slice(None) if rows.kept is None else rows.kept
     logits = None if ind.logits is None else np.asarray(ind.logits)[kept]
     scores = ind.detector_scores()
     max_logits = None if scores is None else scores[kept, 1]
-    return _layer_head(layer, heads, rows.acts, logits, max_logits)
+    return _layer_head(layer, heads, rows.kernel_acts, logits, max_logits)
 
 
 def _layer_head(
     layer: str,
     heads: Mapping[str, LinearHead],
-    features: np.ndarray,
+    features: np.ndarray | torch.Tensor,
     logits: np.ndarray | None,
     max_logits: np.ndarray | None,
 ) -> tuple[LinearHead | None, str]:

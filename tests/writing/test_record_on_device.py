@@ -1,8 +1,9 @@
 """A record computed where its activations are (issue 27): ``record_view`` on torch
 tensors (on the CPU here, on a GPU where there is one) gives the very arrays it gives
 on host arrays, with NaN and infinite rows left out, a dead neuron, ties, k > N; on a
-GPU, nothing the size of the activations crosses to the host, and the gathered
-activations stay on the device within the budget."""
+GPU, nothing the size of the activations crosses to the host (the contributions
+through the head and its check included), and the gathered activations stay on the
+device within the budget."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 
 from deephys_lightning import metrics
+from deephys_lightning.head_detectors import LinearHead
 from deephys_lightning.recording import rows as columns
 from deephys_lightning.recording.gather import gather_rows
 from deephys_lightning.recording.rows import DeviceBudget, Rows
 from deephys_lightning.writing.view_data import DatasetRecording, record_view
-from tensorboard_plugin_deephys.log.metadata import Record
+from tensorboard_plugin_deephys.log.metadata import Kind, Record
 
 CUDA = pytest.param(
     "cuda",
@@ -27,13 +29,21 @@ CUDA = pytest.param(
 NAMES = ("ind", "near", "far")
 
 
+def _head(m: int, classes: int) -> LinearHead:
+    rng = np.random.default_rng(99)
+    return LinearHead(rng.normal(size=(classes, m)).astype(np.float32), np.zeros(classes))
+
+
 def _recordings(n: int, m: int, classes: int, seed: int = 0) -> dict[str, DatasetRecording]:
+    """Three sets whose logits are those of :func:`_head` (the layer feeds it)."""
     rng = np.random.default_rng(seed)
+    head = _head(m, classes)
     recordings = {}
     for i, name in enumerate(NAMES):
         acts = np.maximum(np.round(rng.normal(i * 0.2, 1, (n, m)) * 4) / 4, 0).astype(np.float16)
         acts[:, 1] = 0  # dead
-        logits = rng.normal(size=(n, classes)).astype(np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            logits = head.logits(acts).numpy()
         if name != "ind":
             acts[2, 3] = np.nan
             acts[5, 0] = np.inf
@@ -89,13 +99,17 @@ def _assert_same_views(found, expected) -> None:
 def test_a_record_computed_on_tensors_equals_the_host_computation(device, n, m, classes, top_k):
     recordings = _recordings(n, m, classes)
     record = _record(recordings, classes, top_k)
-    detectors = ("msp", "energy", "mahalanobis", "knn")
-    expected = record_view(record, recordings, max_activation_bytes=None, detectors=detectors)
+    detectors = ("msp", "energy", "mahalanobis", "knn", "react", "vim")
+    heads = {"head": _head(m, classes)}  # the contributions and the head detectors too
+    expected = record_view(
+        record, recordings, max_activation_bytes=None, detectors=detectors, heads=heads
+    )
     found = record_view(
-        record, _on(recordings, device), max_activation_bytes=None, detectors=detectors
+        record, _on(recordings, device), max_activation_bytes=None, detectors=detectors, heads=heads
     )
     _assert_same_views(found, expected)
     assert {left.cause for left in found.record.left_out} >= {"activation", "logits"}
+    assert Kind.PREDICTED_PUSH_NEURONS in found.layers[("fc", "near")]  # the head was used
 
 
 @pytest.mark.cuda
@@ -118,8 +132,15 @@ def test_on_a_gpu_only_small_results_cross_to_the_host(monkeypatch):
 
     monkeypatch.setattr(metrics, "_host", counted)
     monkeypatch.setattr(metrics, "as_numpy", refused)
-    record_view(record, _on(recordings, "cuda"), max_activation_bytes=0, detectors=("msp",))
+    view = record_view(
+        record,
+        _on(recordings, "cuda"),
+        max_activation_bytes=0,
+        detectors=("msp",),
+        heads={"head": _head(m, 10)},  # the contributions and the head's check on the GPU
+    )
     assert crossed and max(crossed) < n * m // 2
+    assert Kind.MARGINS in view.layers[("fc", "ind")]
 
 
 @pytest.mark.cuda
