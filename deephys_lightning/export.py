@@ -303,6 +303,14 @@ def export_step(
     return ExportedFiles(model_path, tests, skipped)
 
 
+def _finite_rows(values: np.ndarray) -> np.ndarray:
+    """bool ``[N]``: the rows of ``values`` ``[N, M]`` that are all finite (float16 by its
+    exponent bits: all ones is inf or NaN; no float32 copy of the matrix)."""
+    if values.dtype == np.float16:
+        return ((values.view(np.uint16) & 0x7C00) != 0x7C00).all(axis=1)
+    return np.isfinite(values).all(axis=1)
+
+
 def _finite_images(arrays: tuple, name: str, record: Record, skip: bool) -> tuple[tuple, int]:
     """A dataset's arrays without the images whose activations or classifier outputs
     are not finite when ``skip``, and how many were left out; else the arrays as they
@@ -310,7 +318,7 @@ def _finite_images(arrays: tuple, name: str, record: Record, skip: bool) -> tupl
     acts, logits, thumbnails, labels = arrays
     finite = np.isfinite(np.asarray(logits)).all(axis=1)
     for values in acts.values():
-        finite &= np.isfinite(np.asarray(values, dtype=np.float32)).all(axis=1)
+        finite &= _finite_rows(np.asarray(values))
     bad = int((~finite).sum())
     if not bad:
         return arrays, 0
