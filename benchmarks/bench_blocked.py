@@ -1,6 +1,7 @@
 """How long a recorded epoch holds the training loop back, and end-to-end fit time.
 
     python benchmarks/bench_blocked.py [--models cnn resnet50] [--epochs 5] [--repeats 3]
+                                       [--device cpu|cuda]
 
 For each model, ``fit`` runs side by side, repeats interleaved: without the callback
 and with it (recording every validation epoch). A clock callback notes, each epoch,
@@ -109,7 +110,9 @@ def _median_gap(runs: list[tuple[LoopClock, float]], epochs: slice) -> float:
     return statistics.median(g for clock, _ in runs for g in clock.gaps[epochs])
 
 
-def _fit(make, layer, train, val, epochs: int, record: bool) -> tuple[LoopClock, float]:
+def _fit(
+    make, layer, train, val, epochs: int, record: bool, device: str = "cpu"
+) -> tuple[LoopClock, float]:
     torch.manual_seed(0)
     clock = LoopClock()
     # The clock last: its batch end follows the callback's (capture is per batch, not
@@ -118,7 +121,8 @@ def _fit(make, layer, train, val, epochs: int, record: bool) -> tuple[LoopClock,
     callbacks.append(clock)
     with tempfile.TemporaryDirectory() as logdir:
         trainer = L.Trainer(
-            accelerator="cpu",
+            accelerator=device,
+            devices=1,
             max_epochs=epochs,
             callbacks=callbacks,
             logger=TensorBoardLogger(logdir),
@@ -138,20 +142,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=1000, help="validation images per set")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in args.models:
         images = args.images if name == "cnn" else min(args.images, 256)
         make, layer, train, val = MODELS[name](images)
-        _fit(make, layer, train, val, 1, record=True)  # warm-up: imports, first-call costs
+        # warm-up: imports, first-call costs
+        _fit(make, layer, train, val, 1, record=True, device=args.device)
         runs: dict[bool, list[tuple[LoopClock, float]]] = {False: [], True: []}
         for _ in range(args.repeats):
             for record in (False, True):  # interleaved
-                runs[record].append(_fit(make, layer, train, val, args.epochs, record))
+                found = _fit(make, layer, train, val, args.epochs, record, args.device)
+                runs[record].append(found)
         bare_val = statistics.median(v for clock, _ in runs[False] for v in clock.validation)
 
         print(
-            f"{name}: {len(val)} sets x {images} images, {args.epochs} epochs, "
+            f"{name} on {args.device}: {len(val)} sets x {images} images, {args.epochs} epochs, "
             f"{args.repeats} repeats; bare validation epoch {bare_val * 1e3:.0f} ms"
         )
         for label, epochs in (
