@@ -87,16 +87,12 @@ def _as_torch(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     other types become float32."""
     if isinstance(array, torch.Tensor):
         array = array.detach()
-        if array.dtype == torch.float64 or not (array.is_floating_point() or _integral(array)):
+        if array.dtype == torch.float64 or array.is_complex():
             array = array.float()
         return array
     if array.dtype.kind not in "fiub" or array.dtype == np.float64:
         array = array.astype(np.float32)
     return torch.from_numpy(np.ascontiguousarray(array))
-
-
-def _integral(tensor: torch.Tensor) -> bool:
-    return not tensor.is_floating_point() and not tensor.is_complex()
 
 
 def _matrix(array: Any, name: str) -> np.ndarray:

@@ -75,15 +75,12 @@ def with_input_cause(status: torch.Tensor, bad_inputs: torch.Tensor) -> torch.Te
     return torch.where(bad_inputs & (status != FINITE), INPUT, status).to(torch.uint8)
 
 
-def status_of_values(values: np.ndarray | torch.Tensor, *, stored_as_float16: bool) -> np.ndarray:
+def status_of_values(values: torch.Tensor, *, stored_as_float16: bool) -> np.ndarray:
     """uint8 ``[N]`` statuses of a recording that came without them (built outside the
     callback): the values alone tell ``activation`` from ``float16`` overflow, never
-    ``input``. ``stored_as_float16``: the values are widened to float16 as stored. A
-    tensor is checked on its device; the statuses come to the host."""
-    if isinstance(values, torch.Tensor):
-        rows = values.detach()
-    else:
-        rows = torch.from_numpy(np.ascontiguousarray(values))
+    ``input``. ``stored_as_float16``: the values are widened to float16 as stored.
+    Checked on the values' device; the statuses come to the host."""
+    rows = values.detach()
     blocks = []
     for start in range(0, len(rows), 4096):
         block = rows[start : start + 4096]

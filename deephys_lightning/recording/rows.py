@@ -162,10 +162,7 @@ class Rows:
 
     def sorted(self) -> Rows:
         """The same rows in dataset order."""
-        positions = self.positions
-        if len(positions) < 2 or bool((positions[1:] > positions[:-1]).all()):
-            return self
-        return self.take(torch.argsort(positions))
+        return Rows.sorted_from(dict(self.columns))
 
     @staticmethod
     def sorted_from(columns: dict[str, torch.Tensor]) -> Rows:

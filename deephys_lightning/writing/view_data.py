@@ -528,7 +528,7 @@ class _FiniteRows:
             self.kernel_acts = whole
         else:
             labels, predictions = labels[kept], predictions[kept]
-            self.kernel_acts = whole[kept] if isinstance(whole, np.ndarray) else _on(whole, kept)
+            self.kernel_acts = _rows_at(whole, kept)
         self.labels = labels
         self.recording = DatasetRecording(labels, predictions, {})
 
@@ -539,7 +539,7 @@ class _FiniteRows:
 
     @classmethod
     def of(cls, rec: DatasetRecording, layer: str, finite: np.ndarray) -> _FiniteRows:
-        found = _kernel_input(rec.activations[layer])
+        found = rec.activations[layer]
         if isinstance(found, torch.Tensor):
             whole: np.ndarray | torch.Tensor = metrics.as_float16(found)
         else:
@@ -661,10 +661,7 @@ def layer_arrays(
     labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
     predicted = predictions != NO_PREDICTION  # the images with a class predicted
     if not bool(predicted.all()):
-        if isinstance(acts, np.ndarray):
-            acts = acts[predicted]
-        else:
-            acts = _on(acts, np.flatnonzero(predicted))
+        acts = _rows_at(acts, np.flatnonzero(predicted))
         labels, predictions = labels[predicted], predictions[predicted]
         neurons, normalized = neurons[predicted], normalized[predicted]
     # A confusion set of one image has its image's top neurons (computed just above).
@@ -691,13 +688,8 @@ def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
-def _kernel_input(acts: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-    """Activations as the record's kernels take them: a tensor as it is, on its device
-    (the CPU's tensors take the same path, sharing their memory), anything else as a
-    host array."""
-    return acts.detach() if isinstance(acts, torch.Tensor) else np.asarray(acts)
-
-
-def _on(tensor: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-    """The ``rows`` of ``tensor``, on its device."""
-    return tensor[torch.from_numpy(rows).to(tensor.device)]
+def _rows_at(acts: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+    """The ``rows`` of ``acts``: of a tensor on its device."""
+    if isinstance(acts, np.ndarray):
+        return acts[rows]
+    return acts[torch.from_numpy(rows).to(acts.device)]
