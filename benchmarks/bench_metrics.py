@@ -166,8 +166,8 @@ def main() -> None:
         print(f"{name:34s} {fast_s:10.3f}s {slow_s:10.3f}s {slow_s / fast_s:8.1f}x")
 
     def all_scores():
-        im, imax = metrics.dataset_statistics(ind, ind_labels, c)
-        om, omax = metrics.dataset_statistics(ood, ood_labels, c)
+        im, imax, _ = metrics.dataset_statistics(ind, ind_labels, c)
+        om, omax, _ = metrics.dataset_statistics(ood, ood_labels, c)
         return metrics.ood_scores(im, imax, om, omax)
 
     def all_scores_reference():

@@ -128,7 +128,10 @@ def measure(images: int, neurons: int, classes: int) -> dict[str, float]:
     }
     figures = {}
     figures["scores"] = timed(
-        lambda: metrics.ood_scores(*stats["ind"], *stats["ood"]).summary(), repeat=3
+        lambda: metrics.ood_scores(
+            stats["ind"].means, stats["ind"].maxima, stats["ood"].means, stats["ood"].maxima
+        ).summary(),
+        repeat=3,
     )
     try:
         from deephys_lightning import detection

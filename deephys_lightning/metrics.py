@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from tensorboard_plugin_deephys.log import derived
 from tensorboard_plugin_deephys.log.derived import OODScores
 
 __all__ = [
+    "DatasetStatistics",
     "NeuronDistributions",
     "OODScores",
     "activation_ratio",
@@ -155,13 +156,33 @@ def category_means(activations: Any, labels: Any, num_classes: int) -> np.ndarra
     return dataset_statistics(activations, labels, num_classes)[0]
 
 
-def dataset_statistics(
-    activations: Any, labels: Any, num_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Category means ``[C, M]`` and per-neuron maxima ``[M]`` in one pass over the rows.
+class DatasetStatistics(NamedTuple):
+    """What one pass over a dataset's rows finds (:func:`dataset_statistics`).
+
+    ``means`` float32 ``[C, M]`` the category means (NaN: a category without images);
+    ``maxima`` and ``minima`` float32 ``[M]`` each neuron's highest and lowest
+    activation (NaN where it has a NaN; NaN without images).
+    """
+
+    means: np.ndarray
+    maxima: np.ndarray
+    minima: np.ndarray
+
+
+def dataset_statistics(activations: Any, labels: Any, num_classes: int) -> DatasetStatistics:
+    """Category means ``[C, M]`` and per-neuron maxima and minima ``[M]`` in one pass
+    over the rows.
 
     The same values as :func:`category_means` and :func:`max_per_neuron`, for a
-    dataset that is read once (float16 rows are widened block by block).
+    dataset that is read once (float16 rows are widened block by block); the minima
+    let :func:`histogram_range` skip its own pass.
+
+    Example::
+
+        >>> means, maxima, minima = dataset_statistics(
+        ...     np.array([[1.0, -2.0], [3.0, 0.0]]), np.array([0, 0]), num_classes=1)
+        >>> means.tolist(), maxima.tolist(), minima.tolist()
+        ([[2.0, -1.0]], [3.0, 0.0], [1.0, -2.0])
     """
     rows = _rows(activations, "activations")
     n, m = rows.shape
@@ -172,6 +193,7 @@ def dataset_statistics(
     block_sums = torch.empty((num_classes, m), dtype=torch.float64, device=device)
     wide = _WideBlock(rows)
     maxima = torch.full((m,), float("nan") if n == 0 else -float("inf"), device=device)
+    minima = -maxima
     for start in range(0, n, _ROW_BLOCK):
         block = rows[start : start + _ROW_BLOCK]
         # Each block summed in float64, exactly for float16 values (_ROW_BLOCK rows of
@@ -180,10 +202,11 @@ def dataset_statistics(
         block_sums.zero_().index_add_(0, index[start : start + _ROW_BLOCK], wide.of(block))
         sums += block_sums
         maxima = torch.maximum(maxima, block.amax(dim=0).float())  # NaN propagates
+        minima = torch.minimum(minima, block.amin(dim=0).float())
     counts = torch.from_numpy(np.bincount(labels, minlength=num_classes)).to(device, torch.float64)
     means = sums / counts[:, None]
     means[counts == 0] = float("nan")
-    return _host(means.float()), _host(maxima)
+    return DatasetStatistics(_host(means.float()), _host(maxima), _host(minima))
 
 
 class _WideBlock:
@@ -551,10 +574,28 @@ def _centred(ranks: np.ndarray, valid: np.ndarray, count: np.ndarray) -> np.ndar
 
 
 def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks (1-based) along each row, ties sharing their average rank, as float64."""
+    """Ranks (1-based) along each row, ties sharing their average rank, as float64;
+    blocks of rows on as many threads as torch uses (NumPy's sorts release the GIL)."""
     m, c = values.shape
+    ranks = np.empty((m, c), dtype=np.float64)
     if c == 0:
-        return values.astype(np.float64)
+        return ranks
+
+    def run(start: int) -> None:
+        rows = slice(start, start + _RANK_ROWS)
+        ranks[rows] = _average_ranks_of(values[rows])
+
+    _on_threads(run, range(0, m, _RANK_ROWS), torch.get_num_threads())
+    return ranks
+
+
+# Rows ranked at a time by one thread.
+_RANK_ROWS = 256
+
+
+def _average_ranks_of(values: np.ndarray) -> np.ndarray:
+    """:func:`_average_ranks` of a block of rows, on the calling thread."""
+    m, c = values.shape
     # NumPy's SIMD quicksort; the order among ties does not matter, they share a rank.
     order = np.argsort(values, axis=1)
     ordered = np.take_along_axis(values, order, axis=1)
@@ -571,6 +612,20 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty((m, c), dtype=np.float64)
     np.put_along_axis(ranks, order, (first + last) / 2 + 1, axis=1)
     return ranks
+
+
+def _on_threads(work: Callable[[int], None], starts: Sequence[int], threads: int) -> None:
+    """``work(start)`` for each of ``starts``, on up to ``threads`` threads; each writes
+    its own part of the results, so the threads change no result. Raises the first
+    error of any of them."""
+    threads = max(1, min(threads, len(starts)))
+    if threads == 1:
+        for start in starts:
+            work(start)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(work, start) for start in starts]:
+            done.result()
 
 
 def top_k(activations: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -725,11 +780,16 @@ class NeuronDistributions:
     top_values: np.ndarray
 
 
-def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
+def histogram_range(
+    datasets: Sequence[Any], statistics: Sequence[DatasetStatistics] | None = None
+) -> np.ndarray:
     """The range each neuron's activation histograms share over ``datasets``.
 
     Args:
         datasets: the ``[N_d, M]`` activations of every dataset of a record.
+        statistics: each dataset's :func:`dataset_statistics`, in the same order, if
+            made: their maxima and minima are the range wherever they are finite, so
+            only the neurons with a NaN or an infinity are read again.
 
     Returns:
         float32 ``[M, 2]``: ``low = min(0, lowest finite activation)`` and ``high`` the
@@ -737,10 +797,16 @@ def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
         ``high = low + 1`` where that leaves no width (a neuron that is always 0, or
         constant, or never finite).
     """
+    if statistics is not None and len(statistics) != len(datasets):
+        raise ValueError(
+            f"statistics must have one entry per dataset, got {len(statistics)} for "
+            f"{len(datasets)} datasets"
+        )
     low: torch.Tensor | None = None
     high: torch.Tensor | None = None
-    for activations in datasets:
-        lows, highs = _finite_range(_rows(activations, "activations"))
+    for number, activations in enumerate(datasets):
+        found = None if statistics is None else statistics[number]
+        lows, highs = _finite_range(_rows(activations, "activations"), found)
         lows, highs = lows.cpu(), highs.cpu()  # [M] each: the sets may be on several devices
         low = lows if low is None else torch.minimum(low, lows)
         high = highs if high is None else torch.maximum(high, highs)
@@ -751,14 +817,28 @@ def histogram_range(datasets: Sequence[Any]) -> np.ndarray:
     return torch.stack([low, high], dim=1).numpy().astype(np.float32)
 
 
-def _finite_range(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _finite_range(
+    rows: torch.Tensor, statistics: DatasetStatistics | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``[M]`` each neuron's lowest and highest finite activation (inf and -inf
-    where none is finite), on the device of ``rows``."""
+    where none is finite), on the device of ``rows``; from ``statistics`` (their
+    minima and maxima) where given."""
     n, m = rows.shape
     if n == 0:
         empty = torch.full((m,), torch.inf, device=rows.device)
         return empty, -empty
-    low, high = rows.amin(dim=0).float(), rows.amax(dim=0).float()
+    if statistics is None:
+        low, high = rows.amin(dim=0).float(), rows.amax(dim=0).float()
+    else:
+        if statistics.minima.shape != (m,) or statistics.maxima.shape != (m,):
+            raise ValueError(
+                f"statistics hold minima {statistics.minima.shape} and maxima "
+                f"{statistics.maxima.shape} for activations of {m} neurons: pass each "
+                "dataset's own dataset_statistics, in the order of the datasets"
+            )
+        # (copies: the columns below are written)
+        low = torch.tensor(statistics.minima, dtype=torch.float32, device=rows.device)
+        high = torch.tensor(statistics.maxima, dtype=torch.float32, device=rows.device)
     # Only the columns with a NaN or an infinity need a second look, without them.
     odd = torch.nonzero(~(torch.isfinite(low) & torch.isfinite(high)))[:, 0]
     for start in range(0, len(odd), _COLUMN_BLOCK):
@@ -943,8 +1023,12 @@ def _order_keys(values: np.ndarray) -> np.ndarray:
     above +inf (last, as in :func:`top_k`), so a stable sort of the keys orders the
     values lowest first, ties to the lower index, NaN last."""
     bits = np.ascontiguousarray(values, dtype=np.float16).view(np.uint16)
-    keys = np.where(bits >= 0x8000, ~bits, bits | 0x8000).astype(np.uint16)
-    keys[bits == 0x8000] = _ZERO_KEY
+    # Negative values flip every bit, the others only the sign bit: keys ^= 0xFFFF or
+    # 0x8000, from the sign spread over all 16 bits by an arithmetic shift.
+    keys = (bits.view(np.int16) >> 15).view(np.uint16)
+    keys |= 0x8000
+    keys ^= bits
+    keys[keys == 0x7FFF] = _ZERO_KEY  # -0.0 (only its key is 0x7FFF)
     keys[(bits & 0x7FFF) > 0x7C00] = _NAN_KEY
     return keys
 
@@ -978,16 +1062,17 @@ class _SortedColumns:
         self._acts = acts
         self._columns = np.arange(start, start + self.rows)[:, None]
         self.order = np.argsort(keys, axis=1, kind="stable")  # a radix sort for uint16
-        self._offsets = np.arange(self.rows, dtype=np.int64)[:, None]
+        # (int32: a block's rows times 2**16 fit, and the searches touch half the bytes)
+        self._offsets = np.arange(self.rows, dtype=np.int32)[:, None] * _KEYS
         self._sorted_keys = np.take_along_axis(keys, self.order, axis=1)
-        self._flat = (self._sorted_keys + self._offsets * _KEYS).ravel()
+        self._flat = (self._sorted_keys + self._offsets).ravel()
         # values that are not NaN, finite or infinite: the first of them in the order
         self.finite_or_inf = self.count_below(np.full((self.rows, 1), _NAN_KEY))[:, 0]
 
     def _search(self, keys: np.ndarray, side: Literal["left", "right"]) -> np.ndarray:
-        keys = np.asarray(keys, dtype=np.int64).reshape(self.rows, -1)
-        found = np.searchsorted(self._flat, keys + self._offsets * _KEYS, side=side)
-        return found - self._offsets * self.n
+        keys = np.asarray(keys, dtype=np.int32).reshape(self.rows, -1)
+        found = np.searchsorted(self._flat, keys + self._offsets, side=side)
+        return found - np.arange(self.rows)[:, None] * self.n
 
     def count_below(self, keys: np.ndarray) -> np.ndarray:
         """``[B, q]``: per row, how many keys are below each of its ``q`` keys."""
@@ -1081,10 +1166,10 @@ class _DeviceSortedColumns:
         return _host(torch.gather(self._order, 1, self._device(position, torch.int64)))
 
 
-# A sorted block holds 20 bytes per value (uint16 keys and sorted keys, int64 order and
-# searchable keys): 64 MiB for 64 neurons of 50,000 images. Blocks are sorted on
+# A sorted block holds 16 bytes per value (uint16 keys and sorted keys, int64 order,
+# int32 searchable keys): 49 MiB for 64 neurons of 50,000 images. Blocks are sorted on
 # several threads while together they fit in _SORT_BYTES.
-_SORT_BYTES_PER_VALUE = 20
+_SORT_BYTES_PER_VALUE = 16
 _SORT_BYTES = 128 << 20
 # On a device, a block of neurons takes 16 bytes a value while it is sorted (int32 keys
 # and sorted keys, int64 order), and blocks take at most this much (256 MiB: 335
@@ -1115,16 +1200,8 @@ def _each_sorted_column_block(
             keys[:, row : row + _TILE_ROWS] = _order_keys(tile).T
         work(start, _SortedColumns(acts, start, keys))
 
-    starts = range(0, m, _COLUMN_BLOCK)
     fit = _SORT_BYTES // (_SORT_BYTES_PER_VALUE * _COLUMN_BLOCK * n)
-    workers = max(1, min(torch.get_num_threads(), len(starts), fit))
-    if workers == 1:
-        for start in starts:
-            run(start)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        for done in [pool.submit(run, start) for start in starts]:
-            done.result()  # raises a block's error, if any
+    _on_threads(run, range(0, m, _COLUMN_BLOCK), min(torch.get_num_threads(), fit))
 
 
 def _each_device_block(

@@ -66,10 +66,11 @@ def test_view_kernels_on_a_device_equal_the_host_implementation(device, case):
     predictions = np.where(rng.random(n) < 0.7, labels, rng.integers(0, c, n))
     on_device = torch.from_numpy(acts).to(device)
 
-    means, maxima = metrics.dataset_statistics(acts, labels, c)
+    means, maxima, minima = metrics.dataset_statistics(acts, labels, c)
     found = metrics.dataset_statistics(on_device, labels, c)
     _same(found[0], means)
     _same(found[1], maxima)
+    _same(found[2], minima)
     _same(metrics.max_per_neuron(on_device), metrics.max_per_neuron(acts))
     for k in (1, 32):
         for got, want in zip(metrics.top_k(on_device, k), metrics.top_k(acts, k), strict=True):
@@ -82,6 +83,7 @@ def test_view_kernels_on_a_device_equal_the_host_implementation(device, case):
     ):
         _same(got, want)
     _same(metrics.histogram_range([on_device]), metrics.histogram_range([acts]))
+    _same(metrics.histogram_range([on_device], [found]), metrics.histogram_range([acts]))
     for got_sets, want_sets in zip(
         metrics.confusion_sets_top_neurons(on_device, labels, predictions, c, 16, ind_max),
         metrics.confusion_sets_top_neurons(acts, labels, predictions, c, 16, ind_max),
@@ -157,8 +159,8 @@ def test_sums_are_exact_so_the_order_of_the_rows_does_not_matter():
     labels = rng.integers(0, classes, n)
     predictions = np.where(rng.random(n) < 0.5, labels, rng.integers(0, classes, n))
     shuffled = rng.permutation(n)
-    means, _ = metrics.dataset_statistics(acts, labels, classes)
-    again, _ = metrics.dataset_statistics(acts[shuffled], labels[shuffled], classes)
+    means, _, _ = metrics.dataset_statistics(acts, labels, classes)
+    again, _, _ = metrics.dataset_statistics(acts[shuffled], labels[shuffled], classes)
     _same(again, means)
     wide = acts.astype(np.float64)
     for c in range(classes):

@@ -345,9 +345,11 @@ def _layer_view(
         name: metrics.dataset_statistics(acts[name], finite[name].labels, num_classes)
         for name in record.datasets
     }
-    ind_means, ind_max = statistics[record.ind]
+    ind_means, ind_max, _ = statistics[record.ind]
     # One histogram range per neuron for every dataset, written with the InD set's.
-    value_range = metrics.histogram_range(list(acts.values()))
+    value_range = metrics.histogram_range(
+        [acts[name] for name in record.datasets], [statistics[name] for name in record.datasets]
+    )
     for name in record.datasets:
         rec, rows = recordings[name], finite[name]
         all_rows = len(rec.labels)
@@ -377,7 +379,7 @@ def _layer_view(
             arrays[Kind.TOP_MAPS] = maps
         view.layers[(layer, name)] = arrays
     for ood in record.ood:
-        ood_means, ood_max = statistics[ood]
+        ood_means, ood_max, _ = statistics[ood]
         view.scores[(layer, ood)] = metrics.ood_scores(ind_means, ind_max, ood_means, ood_max)
     return left_out
 
@@ -613,7 +615,7 @@ def _top_maps(
 def layer_arrays(
     acts: np.ndarray | torch.Tensor,
     recording: DatasetRecording,
-    statistics: tuple[np.ndarray, np.ndarray],
+    statistics: metrics.DatasetStatistics,
     ind_max: np.ndarray,
     *,
     num_classes: int,
@@ -623,18 +625,18 @@ def layer_arrays(
 ) -> dict[Kind, np.ndarray]:
     """The view data of one layer on one dataset, by kind, in the stored dtypes.
 
-    ``statistics`` are the dataset's category means and per-neuron maxima
+    ``statistics`` are the dataset's category means and per-neuron maxima and minima
     (``metrics.dataset_statistics``), ``ind_max`` the InD maxima that normalize it.
     ``full`` adds the activation matrix itself. ``value_range`` (float32 ``[M, 2]``,
     ``metrics.histogram_range`` of every dataset of the record; None: of this one)
     is the range of the activation histograms, written once per layer by the caller.
     """
-    means, maxima = statistics
+    means, maxima, _ = statistics
     arrays: dict[Kind, np.ndarray] = {}
     if full:
         arrays[Kind.ACTIVATIONS] = metrics.as_numpy(acts)
     if value_range is None:
-        value_range = metrics.histogram_range([acts])
+        value_range = metrics.histogram_range([acts], [statistics])
     found = metrics.neuron_distributions(
         acts,
         value_range,

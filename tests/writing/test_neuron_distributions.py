@@ -289,6 +289,11 @@ def test_the_kernels_equal_the_reference_with_ties_nan_and_infinities(seed):
     n, m, k = int(rng.integers(0, 70)), int(rng.integers(1, 9)), int(rng.integers(1, 9))
     acts = {"a": _random_matrix(rng, n, m), "b": _random_matrix(rng, int(rng.integers(1, 9)), m)}
     value_range = metrics.histogram_range(list(acts.values()))
+    # The range from the statistics pass (its maxima and minima) is the same range.
+    statistics = [metrics.dataset_statistics(a, np.zeros(len(a), int), 1) for a in acts.values()]
+    np.testing.assert_array_equal(
+        metrics.histogram_range(list(acts.values()), statistics), value_range
+    )
     reference = _reference(acts, k)
     for name, a in acts.items():
         found = metrics.neuron_distributions(
@@ -329,10 +334,14 @@ def test_bottom_k_is_the_rule_of_top_k_on_the_negated_activations(seed):
 def test_the_histogram_range_is_shared_finite_and_never_empty():
     ind = np.array([[0, 0, 1, -3, np.nan, np.inf], [0, 2, 1, 4, np.nan, 5]], np.float16)
     ood = np.array([[0, 6, 1, -1, np.nan, -np.inf]], np.float16)
-    np.testing.assert_array_equal(
-        metrics.histogram_range([ind, ood]),
-        np.array([[0, 1], [0, 6], [0, 1], [-3, 4], [0, 1], [0, 5]], np.float32),
-    )
+    expected = np.array([[0, 1], [0, 6], [0, 1], [-3, 4], [0, 1], [0, 5]], np.float32)
+    np.testing.assert_array_equal(metrics.histogram_range([ind, ood]), expected)
+    statistics = [metrics.dataset_statistics(a, np.zeros(len(a), int), 1) for a in (ind, ood)]
+    np.testing.assert_array_equal(metrics.histogram_range([ind, ood], statistics), expected)
+    with pytest.raises(ValueError, match="one entry per dataset"):
+        metrics.histogram_range([ind, ood], statistics[:1])
+    with pytest.raises(ValueError, match="each dataset's own dataset_statistics"):
+        metrics.histogram_range([ind[:, :2]], statistics[:1])
     constant = np.full((4, 1), -2.5, np.float16)
     np.testing.assert_array_equal(metrics.histogram_range([constant]), [[-2.5, -1.5]])
     with pytest.raises(ValueError, match="at least one dataset"):
