@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import numpy as np
+
 UINT = 0
 BYTES = 2
 TEXT = 3
@@ -39,6 +41,35 @@ def head(major: int, length: int) -> bytes:
 def uint(value: int) -> bytes:
     """An unsigned integer."""
     return head(UINT, int(value))
+
+
+def uints(start: int, stop: int) -> list[bytes]:
+    """``[uint(i) for i in range(start, stop)]``, made in bulk: the values that share a
+    head size are laid out together by NumPy (about twice as fast for image indices).
+
+    Example::
+
+        >>> uints(22, 26)
+        [b'\\x16', b'\\x17', b'\\x18\\x18', b'\\x18\\x19']
+    """
+    if start < 0:
+        raise ValueError(f"CBOR lengths and unsigned integers are >= 0, got {start}")
+    found: list[bytes] = [uint(i) for i in range(start, min(stop, 24))]
+    # (the head's low bits, the bytes that follow, the first value that needs them)
+    for extra, size, first in ((24, 1, 24), (25, 2, 1 << 8), (26, 4, 1 << 16), (27, 8, 1 << 32)):
+        low, high = max(start, first), min(stop, 1 << (8 * size))
+        if low >= high:
+            continue
+        heads = np.empty((high - low, 1 + size), np.uint8)
+        heads[:, 0] = (UINT << 5) | extra
+        values = np.arange(low, high, dtype=np.uint64).astype(f">u{size}")
+        heads[:, 1:] = values.view(np.uint8).reshape(-1, size)
+        laid = heads.tobytes()
+        width = 1 + size
+        found += [laid[i : i + width] for i in range(0, len(laid), width)]
+    if stop > 1 << 64:
+        raise ValueError(f"{stop - 1} does not fit in a CBOR head")
+    return found
 
 
 def text(value: str) -> bytes:

@@ -31,6 +31,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 
@@ -188,10 +189,11 @@ def write_test(
                 filled = layout.fill(block[: stop - start], images[start:stop], vectors, start)
                 flat, size = filled.data.cast("B"), layout.size
                 pieces: list[bytes | memoryview] = []
+                indices = cbor.uints(start, stop)
                 for j, label in enumerate(labels[start:stop].tolist()):
-                    head = image_head + cbor.uint(start + j) + per_class[label]
+                    head = image_head + indices[j] + per_class[label]
                     pieces += (head, flat[j * size : (j + 1) * size])
-                file.write(b"".join(pieces))
+                _write_pieces(file, pieces)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -469,6 +471,34 @@ def _activation_bytes(
 _BLOCK_IMAGES = 128
 
 
+def _write_pieces(file: BinaryIO, pieces: list[bytes | memoryview]) -> None:
+    """Write ``pieces`` in order: gathered by the kernel (``os.writev``) where the
+    platform has it, so they are not first copied into one string."""
+    if not hasattr(os, "writev"):  # Windows
+        file.write(b"".join(pieces))
+        return
+    file.flush()
+    descriptor = file.fileno()
+    for first in range(0, len(pieces), _MAX_PIECES):
+        group = pieces[first : first + _MAX_PIECES]
+        written = os.writev(descriptor, group)
+        if written < sum(map(len, group)):  # a short write: on from the first byte left
+            rest = memoryview(b"".join(group))[written:]
+            while rest:
+                rest = rest[os.write(descriptor, rest) :]
+
+
+def _iov_max() -> int:
+    try:
+        return max(16, os.sysconf("SC_IOV_MAX"))  # 1,024 on Linux and macOS
+    except (AttributeError, ValueError, OSError):
+        return 16  # POSIX's least
+
+
+# At most this many buffers per writev call (the system's IOV_MAX).
+_MAX_PIECES = _iov_max()
+
+
 class _ImageLayout:
     """The bytes of an image from its pixel data to its end, the same size for all.
 
@@ -514,9 +544,9 @@ class _ImageLayout:
         return out
 
 
-# Float images are converted this many at a time, so that the images and their
-# product by 255 are still in the CPU's cache when checked and copied.
-_PIXEL_CHUNK = 32
+# Float images are converted this many at a time, so that the images are still in the
+# CPU's cache when, checked, they are multiplied.
+_PIXEL_CHUNK = 64
 
 
 def _put_pixels(out: np.ndarray, images: np.ndarray, start: int) -> None:
@@ -525,31 +555,28 @@ def _put_pixels(out: np.ndarray, images: np.ndarray, start: int) -> None:
     if images.dtype == np.uint8:
         out[...] = images
         return
-    # Multiplied in the images' own precision, then cast: image * 255 -> uint8.
-    scratch = np.empty((min(_PIXEL_CHUNK, len(images)), *images.shape[1:]), images.dtype)
     for at in range(0, len(images), _PIXEL_CHUNK):
         chunk = images[at : at + _PIXEL_CHUNK]
-        product = scratch[: len(chunk)]
-        np.multiply(chunk, 255, out=product)
-        if not _within_range(chunk, product):
+        if not _within_range(chunk):
             raise _pixel_error(chunk, start + at)
-        out[at : at + len(chunk)] = product
+        # Multiplied in the images' own precision, then cast: image * 255 -> uint8,
+        # in one pass without a float copy.
+        np.multiply(chunk, 255, out=out[at : at + len(chunk)], casting="unsafe")
 
 
-def _within_range(images: np.ndarray, product: np.ndarray) -> bool:
-    """Whether all ``images`` (floats) are in [0, 1], given ``product = images * 255``.
+def _within_range(images: np.ndarray) -> bool:
+    """Whether all ``images`` (floats) are in [0, 1].
 
-    Rounding is monotonic and 255 * 1.0 is exact, so ``images`` are in [0, 1] exactly
-    when ``product`` is in [0, 255]. The bit patterns of non-negative floats, read as
-    unsigned integers, sort as the numbers do; negative numbers (sign bit) and NaN
-    sort above 255: one pass decides. Only when it fails (perhaps for a -0.0) are
-    the exact minimum and maximum needed.
+    The bit patterns of non-negative floats, read as unsigned integers, sort as the
+    numbers do; negative numbers (sign bit) and NaN sort above 1.0's: one pass
+    decides. Only when it fails (perhaps for a -0.0) are the exact minimum and maximum
+    needed.
     """
     if not images.size:
         return True
-    if product.dtype.itemsize in (2, 4, 8) and product.flags.c_contiguous:
-        unsigned = np.dtype(f"u{product.dtype.itemsize}")
-        if product.view(unsigned).max() <= np.array(255, product.dtype).view(unsigned):
+    if images.dtype.itemsize in (2, 4, 8) and images.flags.c_contiguous:
+        unsigned = np.dtype(f"u{images.dtype.itemsize}")
+        if images.view(unsigned).max() <= np.array(1, images.dtype).view(unsigned):
             return True
     low, high = images.min(), images.max()
     return bool(low >= 0 and high <= 1)  # NaN fails

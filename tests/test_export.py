@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 
 import cbor2
 import deephys
@@ -12,7 +13,7 @@ import pytest
 import torch
 from tiny_model import NUM_CLASSES, TinyNet, loader, random_set, trainer
 
-from deephys_lightning import DeephysCallback, read_log
+from deephys_lightning import DeephysCallback, export, read_log
 from deephys_lightning.cli import main as cli_main
 from deephys_lightning.export import DeephysModel, ExportError, export_step, write_model, write_test
 
@@ -97,6 +98,48 @@ def test_uint8_images_are_written_as_they_are(tmp_path):
     decoded = _decode(from_bytes)["images"]
     assert [d["imageID"] for d in decoded] == list(range(300))  # across write blocks
     assert bytes(pixels[299, 1, 23]) == decoded[299]["data"][1][23]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_pixels_are_times_255_in_their_own_precision_truncated(tmp_path, dtype):
+    activations, images, labels = _random_arrays(seed=4, n=150, size=(4, 5))
+    images = images.astype(dtype)
+    images[0, 0, 0, :3] = [0.0, 1.0, -0.0]  # the ends of the range, and a -0.0
+    images[1] = np.asarray(254.99 / 255, dtype)  # rounds up to 255 or stays at 254
+    model = DeephysModel("tiny", {"fc": 12, "conv": 4, "logits": 3}, "logits")
+    path = write_test(tmp_path / "f.test", model, "d", CLASSES, activations, images, labels)
+    expected = (images * dtype(255)).astype(np.uint8)
+    decoded = _decode(path)["images"]
+    for i in (0, 1, 149):
+        assert [list(rows) for rows in decoded[i]["data"]] == [
+            [bytes(row) for row in channel] for channel in expected[i]
+        ]
+    outside = images.copy()
+    outside[140, 2, 3, 4] = dtype(1.001)
+    with pytest.raises(ExportError, match="image 140 holds"):
+        write_test(tmp_path / "g.test", model, "d", CLASSES, activations, outside, labels)
+
+
+@pytest.mark.skipif(not hasattr(os, "writev"), reason="os.writev is POSIX's")
+def test_short_writes_and_more_pieces_than_one_call_takes_lose_no_byte(tmp_path, monkeypatch):
+    # A regular file takes whole writes; a signal can cut one short. Each writev here
+    # writes at most 7 bytes, and takes at most 3 buffers.
+    activations, images, labels = _random_arrays(seed=3, n=300, size=(6, 6))
+    model = DeephysModel("tiny", {"fc": 12, "conv": 4, "logits": 3}, "logits")
+    whole = write_test(tmp_path / "whole.test", model, "d", CLASSES, activations, images, labels)
+    real_writev = os.writev
+    calls = []
+
+    def short_writev(descriptor, buffers):
+        calls.append(len(buffers))
+        assert len(buffers) <= 3
+        return real_writev(descriptor, [b"".join(buffers)[:7]])
+
+    monkeypatch.setattr(export, "_MAX_PIECES", 3)
+    monkeypatch.setattr(os, "writev", short_writev)
+    cut = write_test(tmp_path / "cut.test", model, "d", CLASSES, activations, images, labels)
+    assert calls and max(calls) == 3
+    assert cut.read_bytes() == whole.read_bytes()
 
 
 @pytest.fixture(scope="module")
