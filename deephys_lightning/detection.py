@@ -199,50 +199,80 @@ def scored_counts(scores: np.ndarray) -> int:
     return int(np.sum(~np.isnan(np.asarray(scores, dtype=np.float64))))
 
 
-def _float_rows(features: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
+Features = np.ndarray | torch.Tensor  # [N, M]: a tensor is scored on its device
+
+
+def _device_of(features: Features) -> torch.device:
+    return features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of the detectors' matrix products: float32 on the CPU; float64 on an
+    accelerator, where float32 products may run in TF32 (a 10-bit mantissa) when
+    training allows it (``torch.set_float32_matmul_precision``), a setting shared by
+    the whole process."""
+    return torch.float32 if device.type == "cpu" else torch.float64
+
+
+def _float_rows(
+    features: Features, start: int, stop: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     block = features[start:stop]
     block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
-    return block.float()
+    return block.to(device, dtype)
 
 
 def mahalanobis_scores(
-    ind_features: np.ndarray,
+    ind_features: Features,
     ind_labels: np.ndarray,
     num_classes: int,
-    features: Mapping[str, np.ndarray],
+    features: Mapping[str, Features],
 ) -> dict[str, np.ndarray]:
     """``mahalanobis`` scores (float32 ``[N]``) of each dataset in ``features``.
 
     Class means and a tied covariance are fitted on the rows of ``ind_features``
     ``[N, M]`` whose features are all finite, with ``ind_labels``; the covariance is
     pseudo-inverted (eigenvalues below ``M * eps * max`` are dropped). A class without
-    InD images has no mean. Rows with a non-finite feature score NaN.
+    InD images has no mean. Rows with a non-finite feature score NaN. Computed on the
+    device of ``ind_features`` (a tensor's; the CPU for NumPy arrays); only the
+    scores cross to the host.
+
+    Example::
+
+        >>> ind = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+        >>> found = mahalanobis_scores(ind, np.zeros(4, int), 1, {"x": np.ones((1, 2))})
+        >>> found["x"].tolist()  # the class mean itself: distance 0
+        [-0.0]
     """
+    device = _device_of(ind_features)
+    dtype = _exact_dtype(device)
     ind_labels = np.asarray(ind_labels, dtype=np.int64)
-    finite_rows = np.concatenate(
+    n_rows, m = ind_features.shape[0], ind_features.shape[1]
+    finite_rows = torch.cat(
         [
-            torch.isfinite(_float_rows(ind_features, i, i + _ROW_BLOCK)).all(1).numpy()
-            for i in range(0, len(ind_features), _ROW_BLOCK)
+            torch.isfinite(_float_rows(ind_features, i, i + _ROW_BLOCK, device, dtype)).all(1)
+            for i in range(0, n_rows, _ROW_BLOCK)
         ]
-        or [np.zeros(0, dtype=bool)]
+        or [torch.zeros(0, dtype=torch.bool, device=device)]
     )
-    n, m = int(finite_rows.sum()), ind_features.shape[1]
+    n = int(finite_rows.sum())
     if n == 0:
         return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
     # Sums and the Gram matrix of the rows minus a shift (their first finite row), in
-    # float32 blocks accumulated in float64: the shift keeps large offsets from
-    # cancelling. The tied covariance does not depend on it.
-    first = int(np.argmax(finite_rows))
-    shift = _float_rows(ind_features, first, first + 1)[0]
-    sums = torch.zeros((num_classes, m), dtype=torch.float64)
-    gram = torch.zeros((m, m), dtype=torch.float64)
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for start in range(0, len(ind_features), _ROW_BLOCK):
-        keep = torch.from_numpy(finite_rows[start : start + _ROW_BLOCK])
-        block = _float_rows(ind_features, start, start + _ROW_BLOCK)[keep] - shift
-        index = torch.from_numpy(ind_labels[start : start + _ROW_BLOCK])[keep]
+    # blocks accumulated in float64: the shift keeps large offsets from cancelling.
+    # The tied covariance does not depend on it.
+    first = int(torch.argmax(finite_rows.to(torch.uint8)))
+    shift = _float_rows(ind_features, first, first + 1, device, dtype)[0]
+    sums = torch.zeros((num_classes, m), dtype=torch.float64, device=device)
+    gram = torch.zeros((m, m), dtype=torch.float64, device=device)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=device)
+    labels = torch.from_numpy(ind_labels).to(device)
+    for start in range(0, n_rows, _ROW_BLOCK):
+        keep = finite_rows[start : start + _ROW_BLOCK]
+        block = _float_rows(ind_features, start, start + _ROW_BLOCK, device, dtype)[keep] - shift
+        index = labels[start : start + _ROW_BLOCK][keep]
         sums.index_add_(0, index, block.double())
-        counts.index_add_(0, index, torch.ones(len(index), dtype=torch.float64))
+        counts.index_add_(0, index, torch.ones(len(index), dtype=torch.float64, device=device))
         gram += (block.T @ block).double()
     present = counts > 0
     means = sums[present] / counts[present, None]  # [C', M], shifted
@@ -253,20 +283,28 @@ def mahalanobis_scores(
     except RuntimeError:  # torch.linalg.LinAlgError: a degenerate covariance
         return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
     keep = eigenvalues > eigenvalues.max().clamp(min=0) * m * torch.finfo(torch.float64).eps
-    whiten = (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).float()  # [M, r]
-    centre = (sums.sum(0) / n).float()  # of the shifted rows
-    class_points = (means.float() - centre) @ whiten  # [C', r]
+    whiten = (eigenvectors[:, keep] / eigenvalues[keep].sqrt()).to(dtype)  # [M, r]
+    centre = (sums.sum(0) / n).to(dtype)  # of the shifted rows
+    class_points = (means.to(dtype) - centre) @ whiten  # [C', r]
     class_norms = (class_points**2).sum(1)
     out = {}
     for name, dataset in features.items():
-        scores = np.empty(len(dataset), dtype=np.float32)
+        parts = []
         for start in range(0, len(dataset), _ROW_BLOCK):
-            points = (_float_rows(dataset, start, start + _ROW_BLOCK) - shift - centre) @ whiten
+            rows = _float_rows(dataset, start, start + _ROW_BLOCK, device, dtype)
+            points = (rows - shift - centre) @ whiten
             distances = (points**2).sum(1, keepdim=True) - 2 * points @ class_points.T + class_norms
             # a row with a non-finite feature gets NaN: NaN propagates through amin
-            scores[start : start + len(points)] = (-distances.amin(1).clamp(min=0)).numpy()
-        out[name] = scores
+            parts.append(-distances.amin(1).clamp(min=0))
+        out[name] = _host_scores(parts)
     return out
+
+
+def _host_scores(parts: list[torch.Tensor]) -> np.ndarray:
+    """The blocks of scores of one set, float32, on the host (one copy)."""
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    return torch.cat(parts).to("cpu", torch.float32).numpy()
 
 
 def spread_subset(count: int, limit: int) -> np.ndarray:
@@ -276,14 +314,19 @@ def spread_subset(count: int, limit: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
-def _unit_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
-    block = torch.from_numpy(np.asarray(features[rows])).float()
+def _unit_rows(
+    features: Features, rows: np.ndarray, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    if isinstance(features, torch.Tensor):
+        block = features[torch.from_numpy(rows).to(features.device)].to(device, dtype)
+    else:
+        block = torch.from_numpy(np.asarray(features[rows])).to(device, dtype)
     return block / block.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
 def knn_scores(
-    bank_features: np.ndarray,
-    features: Mapping[str, np.ndarray],
+    bank_features: Features,
+    features: Mapping[str, Features],
     *,
     ind: str | None = None,
     k: int = KNN_NEIGHBORS,
@@ -295,29 +338,40 @@ def knn_scores(
     The neighbours are the images of ``bank_features`` (the fit set; an evenly spread
     subset of at most ``max_images``). ``ind``, when given, names the set in
     ``features`` that *is* the bank: it is scored leave-one-out on the same subset.
-    ``k`` is capped at the neighbours there are.
+    ``k`` is capped at the neighbours there are. Computed on the device of
+    ``bank_features`` (a tensor's; the CPU for NumPy arrays); only the scores cross
+    to the host.
+
+    Example::
+
+        >>> bank = np.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> rows, scores = knn_scores(bank, {"x": np.array([[1.0, 0.0]])}, k=1)["x"]
+        >>> rows.tolist(), scores.tolist()  # its nearest neighbour is itself: distance 0
+        ([0], [-0.0])
     """
+    device = _device_of(bank_features)
+    dtype = _exact_dtype(device)
     bank_rows = spread_subset(len(bank_features), max_images)
-    bank = _unit_rows(bank_features, bank_rows)  # [B, M]
+    bank = _unit_rows(bank_features, bank_rows, device, dtype)  # [B, M]
     out = {}
     for name, dataset in features.items():
         is_ind = name == ind
         rows = bank_rows if is_ind else spread_subset(len(dataset), max_images)
         neighbours = min(k, len(bank) - (1 if is_ind else 0))
-        scores = np.full(len(rows), np.nan, dtype=np.float32)
-        if neighbours >= 1:
-            for start in range(0, len(rows), 1024):
-                queries = (
-                    bank[start : start + 1024]
-                    if is_ind
-                    else _unit_rows(dataset, rows[start : start + 1024])
-                )
-                similarity = queries @ bank.T  # [q, B]
-                if is_ind:  # an image is not its own neighbour
-                    own = torch.arange(start, start + len(queries))
-                    similarity[torch.arange(len(queries)), own] = -float("inf")
-                kth = similarity.topk(neighbours, dim=1).values[:, -1]
-                scores[start : start + len(queries)] = (-(2 - 2 * kth).clamp(min=0).sqrt()).numpy()
+        parts = []
+        for start in range(0, len(rows) if neighbours >= 1 else 0, 1024):
+            queries = (
+                bank[start : start + 1024]
+                if is_ind
+                else _unit_rows(dataset, rows[start : start + 1024], device, dtype)
+            )
+            similarity = queries @ bank.T  # [q, B]
+            if is_ind:  # an image is not its own neighbour
+                own = torch.arange(start, start + len(queries), device=device)
+                similarity[torch.arange(len(queries), device=device), own] = -float("inf")
+            kth = similarity.topk(neighbours, dim=1).values[:, -1]
+            parts.append(-(2 - 2 * kth).clamp(min=0).sqrt())
+        scores = _host_scores(parts) if parts else np.full(len(rows), np.nan, np.float32)
         out[name] = (rows, scores)
     return out
 
@@ -344,10 +398,11 @@ def logit_detections(
 @dataclasses.dataclass(frozen=True)
 class FitSet:
     """Where the detectors on a layer's features are fitted: ``features`` ``[F, M]``
-    (finite rows), their ``labels`` ``[F]``, and ``source``: ``"reference"`` (the
-    callback's reference set) or ``"ind_half"`` (one half of the InD set)."""
+    (finite rows; a tensor's device is where the detectors compute), their
+    ``labels`` ``[F]``, and ``source``: ``"reference"`` (the callback's reference
+    set) or ``"ind_half"`` (one half of the InD set)."""
 
-    features: np.ndarray
+    features: Features
     labels: np.ndarray
     source: str
 
@@ -364,7 +419,7 @@ def split_half(count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def feature_detections(
     layer: str,
-    features: Mapping[str, np.ndarray],
+    features: Mapping[str, Features],
     *,
     ind: str,
     fit: FitSet,

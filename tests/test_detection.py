@@ -274,6 +274,41 @@ def test_knn_matches_a_slow_reference_and_subsamples():
     np.testing.assert_allclose(scores, slow_knn(bank, ood[rows], 7, False), atol=1e-3)
 
 
+CUDA = pytest.param(
+    "cuda",
+    marks=[
+        pytest.mark.cuda,
+        pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    ],
+)
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_the_detectors_on_features_compute_on_the_features_device(device):
+    rng = np.random.default_rng(8)
+    ind = (rng.normal(1, 1, (500, 12)) * 10 + 100).astype(np.float16)  # a large offset
+    ind[7, 2] = np.nan
+    ood = (rng.normal(0, 1, (130, 12)) * 10 + 100).astype(np.float16)
+    ood[3, 0] = np.inf
+    labels = rng.integers(0, 3, 500)
+    sets = {"ind": ind, "ood": ood}
+    on = {name: torch.from_numpy(x).to(device) for name, x in sets.items()}
+    # the host's float32 products on the CPU (the same bits); float64 on a GPU
+    exact = {"atol": 0, "rtol": 0} if device == "cpu" else {"atol": 1e-3, "rtol": 1e-4}
+    found = detection.mahalanobis_scores(on["ind"], labels, 3, on)
+    for name, scores in detection.mahalanobis_scores(ind, labels, 3, sets).items():
+        assert isinstance(found[name], np.ndarray) and found[name].dtype == np.float32
+        np.testing.assert_allclose(found[name], scores, **exact)
+    assert np.isnan(found["ind"][7]) and np.isnan(found["ood"][3])
+    # a set on the host scored against a fit set on the device
+    mixed = detection.mahalanobis_scores(on["ind"], labels, 3, {"ood": ood})["ood"]
+    np.testing.assert_array_equal(mixed, found["ood"])
+    knn = detection.knn_scores(on["ind"][:400], on, ind=None, k=5, max_images=300)
+    for name, (rows, scores) in detection.knn_scores(ind[:400], sets, k=5, max_images=300).items():
+        np.testing.assert_array_equal(knn[name][0], rows)
+        np.testing.assert_allclose(knn[name][1], scores, **exact)
+
+
 def test_detector_names_are_checked_in_init():
     assert detection.check_detectors(None) == ()
     assert detection.check_detectors(["energy", "msp", "energy"]) == ("energy", "msp")

@@ -396,17 +396,19 @@ def _fitted_detections(
     fitted on the ``reference`` set's finite rows, every InD image scored; without a
     reference, fitted on one half of the InD set's finite rows, the other half scored.
     The head detectors use the layer's head (:func:`_head_of`), or say why there is
-    none."""
+    none. They compute on the device that holds the fit set's rows."""
     record = view.record
-    scored = {name: rows.acts for name, rows in finite.items()}
+    scored = {name: rows.kernel_acts for name, rows in finite.items()}
     ind = finite[record.ind]
     if reference is not None and layer in reference.activations:
         kept = _FiniteRows.finite(reference, layer)
-        fit = detection.FitSet(kept.acts, kept.labels, "reference")
+        fit = detection.FitSet(kept.kernel_acts, kept.labels, "reference")
     else:
-        fit_rows, scored_rows = detection.split_half(len(ind.acts))
-        fit = detection.FitSet(ind.acts[fit_rows], ind.labels[fit_rows], "ind_half")
-        scored[record.ind] = ind.acts[scored_rows]
+        fit_rows, scored_rows = detection.split_half(len(ind.labels))
+        fit = detection.FitSet(
+            _rows_at(ind.kernel_acts, fit_rows), ind.labels[fit_rows], "ind_half"
+        )
+        scored[record.ind] = _rows_at(ind.kernel_acts, scored_rows)
     head, no_head = head_found
     if head is None and not no_head:
         no_head = (
@@ -514,9 +516,8 @@ class _FiniteRows:
     """A dataset's rows whose activations on one layer are finite: ``kernel_acts``
     (float16, as stored, where the recording holds them: on its device for a tensor
     on one), ``labels``, a ``recording`` of those rows' labels and predictions, and
-    ``kept`` (their indices in the whole set; None: all of them). ``acts`` and
-    ``stored`` (the whole float16 matrix) are host copies, made only when asked for
-    (the full matrix written, the contributions, the detectors on features)."""
+    ``kept`` (their indices in the whole set; None: all of them). ``stored`` (the
+    whole float16 matrix) is a host copy, made only when the full matrix is written."""
 
     def __init__(
         self, whole: np.ndarray | torch.Tensor, rec: DatasetRecording, kept: np.ndarray | None
@@ -553,11 +554,6 @@ class _FiniteRows:
     def stored(self) -> np.ndarray:
         """The whole float16 matrix, on the host."""
         return metrics.as_numpy(self._whole)
-
-    @functools.cached_property
-    def acts(self) -> np.ndarray:
-        """The finite rows, float16, on the host."""
-        return metrics.as_numpy(self.kernel_acts)
 
     def in_whole_set(self, arrays: dict[Kind, np.ndarray]) -> dict[Kind, np.ndarray]:
         """``arrays`` computed on the finite rows, with image indices into the whole
