@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -81,6 +82,7 @@ __all__ = [
     "logit_scores",
     "mahalanobis_scores",
     "scored_counts",
+    "halves",
     "split_half",
 ]
 
@@ -207,10 +209,11 @@ def _device_of(features: Features) -> torch.device:
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
-    """The dtype of the detectors' matrix products: float32 on the CPU; float64 on an
-    accelerator, where float32 products may run in TF32 (a 10-bit mantissa) when
-    training allows it (``torch.set_float32_matmul_precision``), a setting shared by
-    the whole process."""
+    """The dtype of the detectors' matrix products: float64 on an accelerator, where
+    float32 products may run in TF32 (a 10-bit mantissa) when training allows it
+    (``torch.set_float32_matmul_precision("high")``, a setting shared by the whole
+    process, the writer thread included); float32 on the CPU, twice as fast there,
+    where only ``"medium"`` changes them (oneDNN's bf16 on CPUs that have it)."""
     return torch.float32 if device.type == "cpu" else torch.float64
 
 
@@ -233,9 +236,10 @@ def mahalanobis_scores(
     Class means and a tied covariance are fitted on the rows of ``ind_features``
     ``[N, M]`` whose features are all finite, with ``ind_labels``; the covariance is
     pseudo-inverted (eigenvalues below ``M * eps * max`` are dropped). A class without
-    InD images has no mean. Rows with a non-finite feature score NaN. Computed on the
-    device of ``ind_features`` (a tensor's; the CPU for NumPy arrays); only the
-    scores cross to the host.
+    InD images has no mean; a row whose label is not a class (an ignore index such
+    as -100, or one beyond ``num_classes``) takes no part in the fit. Rows with a
+    non-finite feature score NaN. Computed on the device of ``ind_features`` (a
+    tensor's; the CPU for NumPy arrays); only the scores cross to the host.
 
     Example::
 
@@ -248,13 +252,18 @@ def mahalanobis_scores(
     dtype = _exact_dtype(device)
     ind_labels = np.asarray(ind_labels, dtype=np.int64)
     n_rows, m = ind_features.shape[0], ind_features.shape[1]
+    if ind_labels.shape != (n_rows,):
+        raise ValueError(f"ind_labels must be [{n_rows}], one per row, got {ind_labels.shape}")
+    # (checked on the host: a label out of range on a GPU is a device-side assert)
+    classed = (ind_labels >= 0) & (ind_labels < num_classes)
+    ind_labels = np.where(classed, ind_labels, 0)
     finite_rows = torch.cat(
         [
             torch.isfinite(_float_rows(ind_features, i, i + _ROW_BLOCK, device, dtype)).all(1)
             for i in range(0, n_rows, _ROW_BLOCK)
         ]
         or [torch.zeros(0, dtype=torch.bool, device=device)]
-    )
+    ) & torch.from_numpy(classed).to(device)
     n = int(finite_rows.sum())
     if n == 0:
         return {name: np.full(len(f), np.nan, dtype=np.float32) for name, f in features.items()}
@@ -414,7 +423,18 @@ def split_half(count: int) -> tuple[np.ndarray, np.ndarray]:
     >>> [half.tolist() for half in split_half(5)]
     [[0, 2, 4], [1, 3]]
     """
-    return np.arange(0, count, 2), np.arange(1, count, 2)
+    fit, scored = halves(np.arange(count))
+    return fit, scored
+
+
+@overload
+def halves(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def halves(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+def halves(rows: Features) -> tuple[Features, Features]:
+    """The :func:`split_half` halves of ``rows`` (an array or a tensor, on any device)
+    as views: strided slices, no copy of the features."""
+    return rows[0::2], rows[1::2]
 
 
 def feature_detections(

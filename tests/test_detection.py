@@ -309,6 +309,20 @@ def test_the_detectors_on_features_compute_on_the_features_device(device):
         np.testing.assert_allclose(knn[name][1], scores, **exact)
 
 
+def test_rows_without_a_class_take_no_part_in_the_mahalanobis_fit():
+    rng = np.random.default_rng(9)
+    ind = rng.normal(0, 1, (300, 6)).astype(np.float32)
+    labels = rng.integers(0, 3, 300)
+    labels[::7], labels[3::11] = -100, 3  # an ignore index, and a label beyond the classes
+    ood = rng.normal(0.5, 1, (40, 6)).astype(np.float32)
+    classed = (labels >= 0) & (labels < 3)
+    found = detection.mahalanobis_scores(ind, labels, 3, {"ood": ood})["ood"]
+    expected = detection.mahalanobis_scores(ind[classed], labels[classed], 3, {"ood": ood})
+    np.testing.assert_allclose(found, expected["ood"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one per row"):
+        detection.mahalanobis_scores(ind, labels[:-1], 3, {"ood": ood})
+
+
 def test_detector_names_are_checked_in_init():
     assert detection.check_detectors(None) == ()
     assert detection.check_detectors(["energy", "msp", "energy"]) == ("energy", "msp")

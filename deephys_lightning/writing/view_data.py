@@ -404,11 +404,9 @@ def _fitted_detections(
         kept = _FiniteRows.finite(reference, layer)
         fit = detection.FitSet(kept.kernel_acts, kept.labels, "reference")
     else:
-        fit_rows, scored_rows = detection.split_half(len(ind.labels))
-        fit = detection.FitSet(
-            _rows_at(ind.kernel_acts, fit_rows), ind.labels[fit_rows], "ind_half"
-        )
-        scored[record.ind] = _rows_at(ind.kernel_acts, scored_rows)
+        # (views of the rows: the halves take no memory of their own)
+        fit_acts, scored[record.ind] = detection.halves(ind.kernel_acts)
+        fit = detection.FitSet(fit_acts, detection.halves(ind.labels)[0], "ind_half")
     head, no_head = head_found
     if head is None and not no_head:
         no_head = (
