@@ -54,6 +54,8 @@ def uints(start: int, stop: int) -> list[bytes]:
     """
     if start < 0:
         raise ValueError(f"CBOR lengths and unsigned integers are >= 0, got {start}")
+    if stop > 1 << 64:
+        raise ValueError(f"{stop - 1} does not fit in a CBOR head")
     found: list[bytes] = [uint(i) for i in range(start, min(stop, 24))]
     # (the head's low bits, the bytes that follow, the first value that needs them)
     for extra, size, first in ((24, 1, 24), (25, 2, 1 << 8), (26, 4, 1 << 16), (27, 8, 1 << 32)):
@@ -67,8 +69,6 @@ def uints(start: int, stop: int) -> list[bytes]:
         laid = heads.tobytes()
         width = 1 + size
         found += [laid[i : i + width] for i in range(0, len(laid), width)]
-    if stop > 1 << 64:
-        raise ValueError(f"{stop - 1} does not fit in a CBOR head")
     return found
 
 

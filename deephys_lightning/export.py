@@ -556,7 +556,10 @@ def _put_pixels(out: np.ndarray, images: np.ndarray, start: int) -> None:
         out[...] = images
         return
     for at in range(0, len(images), _PIXEL_CHUNK):
+        # (a strided or byte-swapped chunk is copied first, in the cache, for the check)
         chunk = images[at : at + _PIXEL_CHUNK]
+        if not (chunk.flags.c_contiguous and chunk.dtype.isnative):
+            chunk = np.ascontiguousarray(chunk, dtype=chunk.dtype.newbyteorder("="))
         if not _within_range(chunk):
             raise _pixel_error(chunk, start + at)
         # Multiplied in the images' own precision, then cast: image * 255 -> uint8,
@@ -574,7 +577,8 @@ def _within_range(images: np.ndarray) -> bool:
     """
     if not images.size:
         return True
-    if images.dtype.itemsize in (2, 4, 8) and images.flags.c_contiguous:
+    fast = images.dtype.itemsize in (2, 4, 8) and images.dtype.isnative
+    if fast and images.flags.c_contiguous:
         unsigned = np.dtype(f"u{images.dtype.itemsize}")
         if images.view(unsigned).max() <= np.array(1, images.dtype).view(unsigned):
             return True

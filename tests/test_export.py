@@ -100,22 +100,26 @@ def test_uint8_images_are_written_as_they_are(tmp_path):
     assert bytes(pixels[299, 1, 23]) == decoded[299]["data"][1][23]
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, ">f4", "strided"])
 def test_float_pixels_are_times_255_in_their_own_precision_truncated(tmp_path, dtype):
     activations, images, labels = _random_arrays(seed=4, n=150, size=(4, 5))
-    images = images.astype(dtype)
+    if dtype == "strided":  # channels last in memory, as a transposed array is
+        dtype, images = np.float32, np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+        images = images.transpose(0, 3, 1, 2)
+    images = images.astype(dtype)  # ">f4": big-endian, as np.frombuffer or h5py give
+    native = np.dtype(dtype).newbyteorder("=").type
     images[0, 0, 0, :3] = [0.0, 1.0, -0.0]  # the ends of the range, and a -0.0
     images[1] = np.asarray(254.99 / 255, dtype)  # rounds up to 255 or stays at 254
     model = DeephysModel("tiny", {"fc": 12, "conv": 4, "logits": 3}, "logits")
     path = write_test(tmp_path / "f.test", model, "d", CLASSES, activations, images, labels)
-    expected = (images * dtype(255)).astype(np.uint8)
+    expected = (images.astype(native) * native(255)).astype(np.uint8)
     decoded = _decode(path)["images"]
     for i in (0, 1, 149):
         assert [list(rows) for rows in decoded[i]["data"]] == [
             [bytes(row) for row in channel] for channel in expected[i]
         ]
     outside = images.copy()
-    outside[140, 2, 3, 4] = dtype(1.001)
+    outside[140, 2, 3, 4] = native(1.001)
     with pytest.raises(ExportError, match="image 140 holds"):
         write_test(tmp_path / "g.test", model, "d", CLASSES, activations, outside, labels)
 
