@@ -37,7 +37,7 @@ from typing import IO
 import google_crc32c
 import numpy as np
 
-from tensorboard_plugin_deephys.log import storage, thumbnail_pack
+from tensorboard_plugin_deephys.log import npy, storage, thumbnail_pack
 from tensorboard_plugin_deephys.log.metadata import (
     ASSET_ROOT,
     NPY_SUFFIX,
@@ -210,11 +210,7 @@ class ThumbnailFile:
             return header
         with storage.open_read(self.path) as handle:
             try:
-                version = np.lib.format.read_magic(handle)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+                shape, fortran, dtype = npy.read_header(handle)
             except (ValueError, OSError, SyntaxError, TypeError) as error:
                 raise ValueError(f"{self.path} is not a thumbnail file: {error}") from None
             offset = handle.tell()
@@ -253,7 +249,7 @@ class ThumbnailFile:
         """The per-image checksums beside the file; None for files written before them."""
         path = checksum_path(self.path)
         try:
-            checksums = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+            checksums = npy.loads(storage.read_bytes(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as error:

@@ -37,7 +37,7 @@ from urllib.parse import quote
 import numpy as np
 from tensorboard.compat.proto import summary_pb2
 
-from tensorboard_plugin_deephys.log import storage
+from tensorboard_plugin_deephys.log import npy, storage
 from tensorboard_plugin_deephys.log.derived import NO_PREDICTION  # noqa: F401 (one name)
 from tensorboard_plugin_deephys.log.json_documents import (
     MAX_CONTENT_BYTES,
@@ -634,8 +634,9 @@ def encode_chunks(array: np.ndarray, chunk_bytes: int = MAX_CHUNK_BYTES) -> list
 
 
 def decode_chunks(chunks: Sequence[bytes]) -> np.ndarray:
-    """Join chunks written by :func:`encode_chunks` and load the array."""
-    return np.load(io.BytesIO(b"".join(chunks)), allow_pickle=False)
+    """Join chunks written by :func:`encode_chunks` and load the array (writable,
+    safe on several threads at once: :mod:`.npy`)."""
+    return npy.loads(bytearray().join(chunks))
 
 
 # -- assets beside the events --------------------------------------------------------
