@@ -402,27 +402,33 @@ def _plain_pngs_into(
     plain &= sizes == head + lengths + 4 + len(_IEND)  # IDAT, its CRC, then IEND alone
     tails = raw[np.where(plain, ends, len(_IEND))[:, None] - len(_IEND) + np.arange(len(_IEND))]
     plain &= (tails == np.frombuffer(_IEND, np.uint8)).all(axis=1)
-    view = memoryview(data)
-    decoded: list[bytes] = []
-    kept: list[int] = []
-    for i in np.flatnonzero(plain).tolist():
-        begin = int(starts[i]) + head
+    # Each IDAT inflated straight into one array of scanlines (its rows' filter bytes
+    # included), read through views: no bytes joined or copied per image.
+    candidates = np.flatnonzero(plain)
+    begins = starts[candidates] + head
+    spans = zip(begins.tolist(), (begins + lengths[candidates]).tolist(), strict=True)
+    rows = np.empty((len(candidates), height, line), dtype=np.uint8)
+    flat, size, view = rows.reshape(-1).data, height * line, memoryview(data)
+    inflated = np.ones(len(candidates), dtype=bool)
+    for k, (begin, end) in enumerate(spans):
         try:
-            lines = zlib.decompress(view[begin : begin + int(lengths[i])])
+            lines = zlib.decompress(view[begin:end])
         except zlib.error:
+            inflated[k] = False
             continue
-        if len(lines) == height * line:
-            decoded.append(lines)
-            kept.append(i)
-    if kept:
-        rows = np.frombuffer(b"".join(decoded), dtype=np.uint8).reshape(len(kept), height, line)
-        unfiltered = ~rows[:, :, 0].any(axis=1)
-        chosen = np.asarray(kept)[unfiltered]
-        out[chosen] = rows[unfiltered, :, 1:].reshape(len(chosen), height, width, 3)
-        done = np.zeros(n, dtype=bool)
-        done[chosen] = True
-        return np.flatnonzero(~done).tolist()
-    return list(range(n))
+        if len(lines) == size:
+            flat[k * size : (k + 1) * size] = lines
+        else:
+            inflated[k] = False
+    unfiltered = inflated & ~rows[:, :, 0].any(axis=1)  # (rows not inflated: unset, masked)
+    chosen = candidates[unfiltered]
+    if len(chosen) == n:  # every image (the writer's packs): one copy, no index
+        out[...] = rows[:, :, 1:].reshape(out.shape)
+        return []
+    out[chosen] = rows[unfiltered, :, 1:].reshape(len(chosen), height, width, 3)
+    done = np.zeros(n, dtype=bool)
+    done[chosen] = True
+    return np.flatnonzero(~done).tolist()
 
 
 def _plain_prefix(height: int, width: int) -> bytes:
