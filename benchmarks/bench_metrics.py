@@ -131,8 +131,8 @@ def main() -> None:
     compare("max_per_neuron (one set)", (metrics.max_per_neuron, ood), (ref_max, ood), close)
     ind_max, ood_max = metrics.max_per_neuron(ind), metrics.max_per_neuron(ood)
     compare(
-        "novelty",
-        (metrics.novelty, ind_means, ood_means),
+        "novelty (raw)",
+        (metrics.raw_novelty, ind_means, ood_means),
         (ref_novelty, ind_means, ood_means),
         close,
     )
@@ -177,7 +177,7 @@ def main() -> None:
 
     scores, fast_s = timed(all_scores)
     (nov, spu, ratio), slow_s = timed(all_scores_reference)
-    close(scores.novelty, nov)
+    close(scores.novelty_raw, nov)
     close(scores.spurious, spu)
     close(scores.activation_ratio, ratio)
     print(
