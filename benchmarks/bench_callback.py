@@ -317,14 +317,6 @@ def _log_size() -> None:
     # The neuron view's distributions: their bytes and the time of their two kernels.
     tally = {"bytes": 0, "seconds": 0.0}
 
-    class TallySink(EventFileSink):
-        def add_summary(self, summary, step):
-            for value in summary.value:
-                content = metadata.parse_plugin_content(value.metadata.plugin_data.content)
-                if content is not None and content.kind in metadata.DISTRIBUTION_KINDS:
-                    tally["bytes"] += value.ByteSize()
-            super().add_summary(summary, step)
-
     def timed(kernel):
         def run(*args, **kwargs):
             start = time.perf_counter()
@@ -340,12 +332,25 @@ def _log_size() -> None:
         setattr(metrics, name, timed(kernel))
     try:
         with tempfile.TemporaryDirectory() as logdir:
-            sink = TallySink(EventFileWriter(logdir))
+            sink = EventFileSink(EventFileWriter(logdir))
             start = time.perf_counter()
-            write_record(sink, record, recordings, max_activation_bytes=32 * 2**20)
+            view = write_record(
+                sink, record, recordings, log_dir=logdir, max_activation_bytes=32 * 2**20
+            )
             sink.close()
             seconds = time.perf_counter() - start
-            size = sum(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
+            # the events and the step pack beside them (plugins/deephys/steps/)
+            size = sum(
+                os.path.getsize(os.path.join(folder, f))
+                for folder, _, files in os.walk(logdir)
+                for f in files
+            )
+            tally["bytes"] = sum(
+                array.nbytes
+                for arrays in view.layers.values()
+                for kind, array in arrays.items()
+                if kind in metadata.DISTRIBUTION_KINDS
+            )
     finally:
         for name, kernel in kernels.items():
             setattr(metrics, name, kernel)

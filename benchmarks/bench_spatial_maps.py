@@ -12,7 +12,6 @@ time, the overhead, and the event file sizes (the log-size growth).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import statistics
 import tempfile
@@ -62,8 +61,12 @@ def _validate(model, loaders, layers, maps: bool, root: str) -> tuple[float, int
     start = time.perf_counter()
     trainer.validate(model, dataloaders=loaders, verbose=False)
     seconds = time.perf_counter() - start
-    events = glob.glob(os.path.join(logger.log_dir, "events.out.tfevents.*"))
-    return seconds, sum(os.path.getsize(path) for path in events)
+    # the events and the step packs beside them (plugins/deephys/steps/), where the maps go
+    return seconds, sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(logger.log_dir)
+        for name in names
+    )
 
 
 def main() -> None:
@@ -96,7 +99,7 @@ def main() -> None:
     print(f"overhead: {on - off:+.2f} s ({on / off:.3f}x)")
     mib = 1024**2
     print(
-        f"event file: {sizes[False] / mib:.2f} MiB -> {sizes[True] / mib:.2f} MiB "
+        f"log (events and step packs): {sizes[False] / mib:.2f} MiB -> {sizes[True] / mib:.2f} MiB "
         f"(+{(sizes[True] - sizes[False]) / mib:.2f} MiB)"
     )
 

@@ -29,7 +29,7 @@ import numpy as np
 import requests
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "support"))  # the S3 and TB servers of the tests
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "support"))  # the tests' S3 and TB servers
 
 
 def photographs(count: int, px: int, seed: int = 0) -> np.ndarray:
