@@ -22,6 +22,18 @@ from tiny_model import TinyNet, loader, random_set
 from deephys_lightning import DeephysCallback
 
 
+class _LeaveTogether(L.Callback):
+    """ddp_spawn's workers end inside Lightning: each, at its teardown, waits for the
+    others, then destroys its process group, as the processes started one by one do
+    at the end of main (a gloo process group left to the interpreter's exit aborts it
+    now and then: "terminate called without an active exception")."""
+
+    def teardown(self, trainer, pl_module, stage):
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     logdir, weights, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
     max_images = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
@@ -47,7 +59,8 @@ def main() -> None:
                 ood_detectors=["msp", "knn", "vim"],
                 reference=loader(random_set(11, 6), 2),
                 **chunk_bytes,
-            )
+            ),
+            *([_LeaveTogether()] if strategy == "ddp_spawn" else []),
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
