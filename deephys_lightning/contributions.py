@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from deephys_lightning.head_detectors import LinearHead
-from deephys_lightning.metrics import top_columns
+from deephys_lightning.metrics import device_of, rows_at, spread_subset, top_columns
 
 __all__ = [
     "ImageContributions",
@@ -84,12 +84,6 @@ def _rows(acts: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tenso
     return block.float()
 
 
-def _device(acts: np.ndarray | torch.Tensor) -> torch.device:
-    """Where the work on ``acts`` happens: a tensor's device (a GPU's, for the record's
-    rows kept there), else the CPU; only the results cross to the host."""
-    return acts.device if isinstance(acts, torch.Tensor) else torch.device("cpu")
-
-
 def _tensor(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array)).to(device, dtype)
 
@@ -116,7 +110,7 @@ def image_contributions(
 ) -> ImageContributions:
     """:class:`ImageContributions` of every image of ``acts`` ``[N, M]`` (the head's
     input), with its ``labels`` and ``predictions`` ``[N]`` (``-1``: no prediction)."""
-    device = _device(acts)
+    device = device_of(acts)
     weight, bias = head.on(device)  # [C, M], [C]
     labels_t = _tensor(labels, device, torch.int64)
     predicted_t = _tensor(predictions, device, torch.int64)
@@ -182,7 +176,7 @@ def pair_contributions(
         or [np.zeros(0, dtype=bool)]
     )
     row_of[~finite] = -1
-    device = _device(acts)
+    device = device_of(acts)
     member = torch.from_numpy(np.flatnonzero(row_of >= 0))
     into = _tensor(row_of[row_of >= 0], device, torch.int64)
     sizes = torch.bincount(into, minlength=count).double()
@@ -261,14 +255,10 @@ def zeroing_effect(
         >>> found.changed.tolist(), found.accuracy.tolist(), found.base_accuracy
         ([1, 1], [0.0, 1.0], 0.5)
     """
-    device = _device(acts)
+    device = device_of(acts)
     if max_images is not None and len(acts) > max_images:
-        rows_kept = np.unique(np.linspace(0, len(acts) - 1, max_images).round().astype(np.int64))
-        if isinstance(acts, torch.Tensor):
-            acts = acts[_tensor(rows_kept, device, torch.int64)]
-        else:
-            acts = acts[rows_kept]
-        labels = np.asarray(labels)[rows_kept]
+        rows_kept = spread_subset(len(acts), max_images)
+        acts, labels = rows_at(acts, rows_kept), np.asarray(labels)[rows_kept]
     weight, bias = (tensor.double() for tensor in head.on(device))  # [C, M], [C]
     spread = weight.max(dim=0).values - weight.min(dim=0).values  # R_j, [M]
     labels_t = _tensor(labels, device, torch.int64)

@@ -62,6 +62,7 @@ from torchmetrics.functional.classification import binary_roc
 
 from deephys_lightning import head_detectors
 from deephys_lightning.head_detectors import LinearHead
+from deephys_lightning.metrics import device_of, rows_at, spread_subset
 from tensorboard_plugin_deephys.log.metadata import DETECTION_METRICS, Detection
 
 __all__ = [
@@ -204,10 +205,6 @@ def scored_counts(scores: np.ndarray) -> int:
 Features = np.ndarray | torch.Tensor  # [N, M]: a tensor is scored on its device
 
 
-def _device_of(features: Features) -> torch.device:
-    return features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
-
-
 def _exact_dtype(device: torch.device) -> torch.dtype:
     """The dtype of the detectors' matrix products: float64 on an accelerator, where
     float32 products may run in TF32 (a 10-bit mantissa) when training allows it
@@ -248,7 +245,7 @@ def mahalanobis_scores(
         >>> found["x"].tolist()  # the class mean itself: distance 0
         [-0.0]
     """
-    device = _device_of(ind_features)
+    device = device_of(ind_features)
     dtype = _exact_dtype(device)
     ind_labels = np.asarray(ind_labels, dtype=np.int64)
     n_rows, m = ind_features.shape[0], ind_features.shape[1]
@@ -316,20 +313,10 @@ def _host_scores(parts: list[torch.Tensor]) -> np.ndarray:
     return torch.cat(parts).to("cpu", torch.float32).numpy()
 
 
-def spread_subset(count: int, limit: int) -> np.ndarray:
-    """Indices of at most ``limit`` of ``count`` items, evenly spread, deterministic."""
-    if count <= limit:
-        return np.arange(count)
-    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
-
-
 def _unit_rows(
     features: Features, rows: np.ndarray, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    if isinstance(features, torch.Tensor):
-        block = features[torch.from_numpy(rows).to(features.device)].to(device, dtype)
-    else:
-        block = torch.from_numpy(np.asarray(features[rows])).to(device, dtype)
+    block = torch.as_tensor(rows_at(features, rows)).to(device, dtype)
     return block / block.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
@@ -358,7 +345,7 @@ def knn_scores(
         >>> rows.tolist(), scores.tolist()  # its nearest neighbour is itself: distance 0
         ([0], [-0.0])
     """
-    device = _device_of(bank_features)
+    device = device_of(bank_features)
     dtype = _exact_dtype(device)
     bank_rows = spread_subset(len(bank_features), max_images)
     bank = _unit_rows(bank_features, bank_rows, device, dtype)  # [B, M]

@@ -51,6 +51,7 @@ __all__ = [
     "confusion_sets_top_neurons",
     "confusion_top_neurons",
     "dataset_statistics",
+    "device_of",
     "histogram_range",
     "max_per_neuron",
     "mean_activation",
@@ -60,6 +61,8 @@ __all__ = [
     "ood_scores",
     "ratio_of_maxima",
     "raw_novelty",
+    "rows_at",
+    "spread_subset",
     "spurious",
     "top_columns",
     "top_k",
@@ -133,6 +136,48 @@ def as_float16(tensor: torch.Tensor) -> torch.Tensor:
 def _host(tensor: torch.Tensor) -> np.ndarray:
     """A small result on the host, as NumPy."""
     return tensor.cpu().numpy()
+
+
+# -- rows: where they are, which of them ---------------------------------------------
+
+
+def device_of(array: np.ndarray | torch.Tensor) -> torch.device:
+    """Where the work on ``array`` happens: a tensor's device (a GPU's, for the record's
+    rows kept there), else the CPU.
+
+    Example::
+
+        >>> device_of(np.zeros(2)), device_of(torch.zeros(2))
+        (device(type='cpu'), device(type='cpu'))
+    """
+    return array.device if isinstance(array, torch.Tensor) else torch.device("cpu")
+
+
+def rows_at(array: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray | torch.Tensor:
+    """The ``rows`` of ``array``: of a tensor on its device (the index is copied there).
+
+    Example::
+
+        >>> rows_at(torch.arange(5), np.array([4, 0])).tolist()
+        [4, 0]
+    """
+    if isinstance(array, torch.Tensor):
+        return array[torch.from_numpy(np.asarray(rows)).to(array.device)]
+    return np.asarray(array)[rows]
+
+
+def spread_subset(count: int, limit: int) -> np.ndarray:
+    """Indices of at most ``limit`` of ``count`` items, evenly spread, deterministic
+    (the same every epoch): every rule here that keeps a part of a set keeps these.
+
+    Example::
+
+        >>> spread_subset(10, 4).tolist()
+        [0, 3, 6, 9]
+    """
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 def _labels(labels: Any, n: int, num_classes: int, name: str = "labels") -> np.ndarray:

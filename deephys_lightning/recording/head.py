@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from deephys_lightning.head_detectors import LinearHead
+from deephys_lightning.metrics import rows_at, spread_subset
 from deephys_lightning.recording.modules import find_module
 
 # How far head(features) may be from the recorded logits, relative to the logits'
@@ -93,10 +94,8 @@ def head_mismatch(
     kept = np.flatnonzero(rows)
     if not len(kept):
         return "no image has finite activations and classifier outputs to check it on"
-    if len(kept) > CHECKED_ROWS:
-        kept = kept[np.linspace(0, len(kept) - 1, CHECKED_ROWS).round().astype(np.int64)]
-    chosen = features[torch.from_numpy(kept).to(features.device)]
-    found = head.logits(chosen).cpu().numpy()
+    kept = kept[spread_subset(len(kept), CHECKED_ROWS)]
+    found = head.logits(rows_at(features, kept)).cpu().numpy()
     if logits.ndim == 1:
         found = found.max(axis=1)
     expected = logits[kept]

@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from deephys_lightning.metrics import spread_subset
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingPlan:
@@ -43,9 +45,7 @@ class SamplingPlan:
         selected = None
         if max_images is not None and num_images is not None and num_images > max_images:
             selected = np.zeros(num_images, dtype=bool)
-            selected[np.unique(np.linspace(0, num_images - 1, max_images).round().astype(int))] = (
-                True
-            )
+            selected[spread_subset(num_images, max_images)] = True
         return cls(num_images, world_size, rank, selected, max_images)
 
     @property

@@ -529,7 +529,7 @@ class _FiniteRows:
             self.kernel_acts = whole
         else:
             labels, predictions = labels[kept], predictions[kept]
-            self.kernel_acts = _rows_at(whole, kept)
+            self.kernel_acts = metrics.rows_at(whole, kept)
         self.labels = labels
         self.recording = DatasetRecording(labels, predictions, {})
 
@@ -657,7 +657,7 @@ def layer_arrays(
     labels, predictions = np.asarray(recording.labels), np.asarray(recording.predictions)
     predicted = predictions != NO_PREDICTION  # the images with a class predicted
     if not bool(predicted.all()):
-        acts = _rows_at(acts, np.flatnonzero(predicted))
+        acts = metrics.rows_at(acts, np.flatnonzero(predicted))
         labels, predictions = labels[predicted], predictions[predicted]
         neurons, normalized = neurons[predicted], normalized[predicted]
     # A confusion set of one image has its image's top neurons (computed just above).
@@ -682,10 +682,3 @@ def layer_arrays(
 
 def _numpy(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
-
-
-def _rows_at(acts: np.ndarray | torch.Tensor, rows: np.ndarray) -> np.ndarray | torch.Tensor:
-    """The ``rows`` of ``acts``: of a tensor on its device."""
-    if isinstance(acts, np.ndarray):
-        return acts[rows]
-    return acts[torch.from_numpy(rows).to(acts.device)]
